@@ -1,0 +1,28 @@
+//! Meshfed's trust layer: the CA hierarchy (offline root, per-cluster
+//! intermediates, short-lived workload leaves), SPIFFE identities, trust
+//! bundles, the rustls verifiers every hop uses, the identity service that
+//! signs workload CSRs, and the client that keeps a workload's certificate
+//! fresh.
+
+mod bundle;
+mod ca;
+mod cert;
+mod files;
+mod spiffe;
+mod tls;
+mod verify;
+
+pub use bundle::{BundleError, TrustBundle};
+pub use ca::{
+    CaError, ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
+    IssuedWorkload, KeyAlgorithm, RootCa, paths,
+};
+pub use cert::{CertError, CertInfo, fingerprint, spiffe_id_of};
+pub use files::{FileError, certs_to_pem, read_certs, read_key, write_certs, write_key};
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use tls::{
+    Credentials, CredentialsError, CredentialsWatch, bootstrap_client_config,
+    bootstrap_server_config, client_config, install_crypto_provider, peer_id, provider,
+    server_config,
+};
+pub use verify::{BundleSource, CLOCK_SKEW, ExpectedIds, SvidVerifier, Usage, VerifyError};
