@@ -4,21 +4,38 @@
 //! signs workload CSRs, and the client that keeps a workload's certificate
 //! fresh.
 
+mod admin;
+mod auth;
 mod bundle;
 mod ca;
 mod cert;
+mod client;
 mod files;
+mod incoming;
+mod service;
 mod spiffe;
 mod tls;
 mod verify;
 
+pub use admin::{Readiness, serve_admin};
+pub use auth::{
+    AuthError, Authenticator, BootstrapTokens, ProvenIdentity, TokenFileError, TokenReviewer,
+};
 pub use bundle::{BundleError, TrustBundle};
 pub use ca::{
     CaError, ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
     IssuedWorkload, KeyAlgorithm, RootCa, paths,
 };
 pub use cert::{CertError, CertInfo, fingerprint, spiffe_id_of};
+pub use client::{
+    ClientError, CredentialSource, IdentityClient, IdentityClientConfig, csr_for, renew_after,
+};
 pub use files::{FileError, certs_to_pem, read_certs, read_key, write_certs, write_key};
+pub use incoming::{TlsConn, TlsConnectInfo, tls_incoming};
+pub use service::{
+    IdentityService, IdentityServiceConfig, MAX_CREDENTIAL_BYTES, MAX_CSR_BYTES, self_credentials,
+    serve,
+};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use tls::{
     Credentials, CredentialsError, CredentialsWatch, bootstrap_client_config,

@@ -1,0 +1,309 @@
+//! The identity service: proves a workload's credential, checks its CSR asks
+//! for exactly the identity proven, and signs a short-lived leaf with the
+//! cluster's intermediate. The workload's key never leaves it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshfed_api::identity::identity_server::{Identity, IdentityServer};
+use meshfed_api::identity::{CertifyRequest, CertifyResponse};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use rcgen::{CertificateSigningRequestParams, SanType};
+use rustls_pki_types::CertificateSigningRequestDer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::ca::ClusterCa;
+use crate::incoming::tls_incoming;
+use crate::spiffe::SpiffeId;
+use crate::tls::{Credentials, CredentialsWatch, bootstrap_server_config};
+
+/// Largest CSR accepted, DER bytes. An ECDSA CSR with one SAN is ~300.
+pub const MAX_CSR_BYTES: usize = 4096;
+/// Largest credential accepted (ServiceAccount tokens are ~1 KiB).
+pub const MAX_CREDENTIAL_BYTES: usize = 8192;
+/// Largest gRPC message the service decodes.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// The service's tunables.
+#[derive(Debug, Clone)]
+pub struct IdentityServiceConfig {
+    /// Lifetime of issued leaves.
+    pub leaf_ttl: Duration,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for IdentityServiceConfig {
+    fn default() -> Self {
+        Self {
+            leaf_ttl: crate::ca::DEFAULT_LEAF_TTL,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a Certify call ended, as counted in `meshfed_identity_certify_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum Outcome {
+    Issued,
+    BadCredential,
+    AuthUnavailable,
+    IdentityMismatch,
+    MalformedCsr,
+    UnsupportedKey,
+    Oversize,
+    Internal,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    result: Outcome,
+}
+
+/// The identity service's gRPC handler.
+#[derive(Debug)]
+pub struct IdentityService {
+    ca: Arc<ClusterCa>,
+    auth: Authenticator,
+    leaf_ttl: Duration,
+    certify_total: Family<OutcomeLabels, Counter>,
+}
+
+impl IdentityService {
+    /// A service signing with `ca`, proving credentials with `auth`, and
+    /// registering its metrics under `registry` (prefix it as you like).
+    pub fn new(
+        ca: Arc<ClusterCa>,
+        auth: Authenticator,
+        leaf_ttl: Duration,
+        registry: &mut Registry,
+    ) -> Self {
+        let certify_total = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "certify",
+            "Certify requests by result",
+            certify_total.clone(),
+        );
+        Self {
+            ca,
+            auth,
+            leaf_ttl,
+            certify_total,
+        }
+    }
+
+    fn count(&self, result: Outcome) {
+        self.certify_total
+            .get_or_create(&OutcomeLabels { result })
+            .inc();
+    }
+
+    async fn certify_inner(
+        &self,
+        req: CertifyRequest,
+    ) -> Result<CertifyResponse, (Outcome, Status)> {
+        if req.csr_der.len() > MAX_CSR_BYTES {
+            return Err((
+                Outcome::Oversize,
+                Status::resource_exhausted(format!("csr larger than {MAX_CSR_BYTES} bytes")),
+            ));
+        }
+        if req.credential.len() > MAX_CREDENTIAL_BYTES {
+            return Err((
+                Outcome::Oversize,
+                Status::resource_exhausted(format!(
+                    "credential larger than {MAX_CREDENTIAL_BYTES} bytes"
+                )),
+            ));
+        }
+        let proven = self
+            .auth
+            .authenticate(&req.credential)
+            .await
+            .map_err(|e| match e {
+                AuthError::Rejected(why) => (Outcome::BadCredential, Status::unauthenticated(why)),
+                AuthError::Unavailable(why) => (Outcome::AuthUnavailable, Status::unavailable(why)),
+            })?;
+        let expected = self
+            .ca
+            .trust_domain()
+            .workload(&proven.namespace, &proven.service_account)
+            .map_err(|e| {
+                (
+                    Outcome::BadCredential,
+                    Status::unauthenticated(format!("credential names no valid workload: {e}")),
+                )
+            })?;
+
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
+            req.csr_der.as_slice(),
+        ))
+        .map_err(|e| {
+            (
+                Outcome::MalformedCsr,
+                Status::invalid_argument(format!("malformed csr: {e}")),
+            )
+        })?;
+        let asked = requested_id(&csr.params.subject_alt_names)
+            .map_err(|why| (Outcome::IdentityMismatch, Status::permission_denied(why)))?;
+        if asked != expected {
+            return Err((
+                Outcome::IdentityMismatch,
+                Status::permission_denied(format!(
+                    "csr asks for {asked} but the credential proves {expected}"
+                )),
+            ));
+        }
+        let alg = csr.public_key.algorithm();
+        if alg != &rcgen::PKCS_ECDSA_P256_SHA256
+            && alg != &rcgen::PKCS_ECDSA_P384_SHA384
+            && alg != &rcgen::PKCS_ED25519
+        {
+            return Err((
+                Outcome::UnsupportedKey,
+                Status::invalid_argument("csr key must be ECDSA P-256, P-384 or Ed25519"),
+            ));
+        }
+        let chain = self
+            .ca
+            .issue_leaf(&expected, &csr.public_key, self.leaf_ttl)
+            .map_err(|e| {
+                (
+                    Outcome::Internal,
+                    Status::internal(format!("signing failed: {e}")),
+                )
+            })?;
+        let expires = crate::cert::CertInfo::parse(&chain[0])
+            .map_err(|e| {
+                (
+                    Outcome::Internal,
+                    Status::internal(format!("issued leaf unreadable: {e}")),
+                )
+            })?
+            .not_after;
+        tracing::info!(spiffe_id = %expected, "issued workload certificate");
+        Ok(CertifyResponse {
+            cert_chain_der: chain.iter().map(|c| c.to_vec()).collect(),
+            trust_bundle_der: self
+                .ca
+                .bundle()
+                .roots()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect(),
+            expires_at_unix: unix_secs(expires),
+            spiffe_id: expected.to_string(),
+        })
+    }
+}
+
+/// The one SPIFFE ID a CSR asks for: exactly one SAN, a URI.
+fn requested_id(sans: &[SanType]) -> Result<SpiffeId, String> {
+    match sans {
+        [SanType::URI(uri)] => {
+            SpiffeId::parse(uri.as_str()).map_err(|e| format!("csr uri san: {e}"))
+        }
+        [] => Err("csr carries no spiffe id (it needs exactly one URI SAN)".into()),
+        _ => Err(format!(
+            "csr must carry exactly one URI SAN and nothing else, found {} SANs",
+            sans.len()
+        )),
+    }
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        match self.certify_inner(request.into_inner()).await {
+            Ok(resp) => {
+                self.count(Outcome::Issued);
+                Ok(Response::new(resp))
+            }
+            Err((outcome, status)) => {
+                self.count(outcome);
+                tracing::warn!(result = ?outcome, message = status.message(), "certify refused");
+                Err(status)
+            }
+        }
+    }
+}
+
+/// Issues the service's own certificate from its CA and keeps it fresh: the
+/// service is its own identity provider.
+pub fn self_credentials(
+    ca: Arc<ClusterCa>,
+    id: SpiffeId,
+    ttl: Duration,
+) -> Result<(CredentialsWatch, tokio::task::JoinHandle<()>), crate::tls::CredentialsError> {
+    let issue = {
+        let ca = ca.clone();
+        let id = id.clone();
+        move || -> Result<Credentials, crate::tls::CredentialsError> {
+            let w = ca
+                .issue_workload(&id, ttl)
+                .map_err(|e| crate::tls::CredentialsError::Key(e.to_string()))?;
+            Credentials::new(
+                w.chain,
+                rustls_pki_types::PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
+                w.bundle,
+            )
+        }
+    };
+    let (tx, rx) = watch::channel(Arc::new(issue()?));
+    let task = tokio::spawn(async move {
+        loop {
+            let current = tx.borrow().clone();
+            tokio::time::sleep(crate::client::renew_after(
+                SystemTime::now(),
+                current.not_after(),
+            ))
+            .await;
+            match issue() {
+                Ok(next) => {
+                    let _ = tx.send(Arc::new(next));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing own certificate failed");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    });
+    Ok((rx, task))
+}
+
+/// Serves the identity service over TLS on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    service: IdentityService,
+    creds: CredentialsWatch,
+    config: &IdentityServiceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let mut tls = bootstrap_server_config(creds);
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let incoming = tls_incoming(listener, Arc::new(tls), config.handshake_timeout);
+    let svc = IdentityServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(64 * 1024);
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
