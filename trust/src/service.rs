@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshfed_api::identity::identity_server::{Identity, IdentityServer};
 use meshfed_api::identity::{CertifyRequest, CertifyResponse};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -49,7 +51,7 @@ impl Default for IdentityServiceConfig {
 }
 
 /// How a Certify call ended, as counted in `meshfed_identity_certify_total`.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 enum Outcome {
     Issued,
     BadCredential,
@@ -59,6 +61,27 @@ enum Outcome {
     UnsupportedKey,
     Oversize,
     Internal,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::BadCredential => "bad_credential",
+            Self::AuthUnavailable => "auth_unavailable",
+            Self::IdentityMismatch => "identity_mismatch",
+            Self::MalformedCsr => "malformed_csr",
+            Self::UnsupportedKey => "unsupported_key",
+            Self::Oversize => "oversize",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -236,7 +259,11 @@ impl Identity for IdentityService {
             }
             Err((outcome, status)) => {
                 self.count(outcome);
-                tracing::warn!(result = ?outcome, message = status.message(), "certify refused");
+                tracing::warn!(
+                    result = outcome.as_str(),
+                    message = status.message(),
+                    "certify refused"
+                );
                 Err(status)
             }
         }
