@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use meshfed_trust::{
     CertInfo, ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
@@ -188,14 +188,7 @@ fn issue_workload(a: IssueWorkloadArgs) -> anyhow::Result<()> {
         paths::ROOT_CERT,
     ]
     .map(|f| out.join(f));
-    if !a.force {
-        if let Some(existing) = targets.iter().find(|p| p.exists()) {
-            bail!(
-                "{} already exists (pass --force to overwrite)",
-                existing.display()
-            );
-        }
-    }
+    meshfed_trust::check_writable(&targets, a.force)?;
     let issued = ca.issue_workload(&id, a.ttl)?;
     meshfed_trust::write_key(&out.join(paths::LEAF_KEY), &issued.key_pkcs8, a.force)?;
     meshfed_trust::write_certs(&out.join(paths::LEAF_CERT), &issued.chain[..1], a.force)?;

@@ -62,7 +62,7 @@ pub enum Authenticator {
     /// Local mode: tokens from a file.
     Bootstrap(BootstrapTokens),
     /// Cluster mode: ServiceAccount tokens checked with TokenReview.
-    TokenReview(TokenReviewer),
+    TokenReview(Box<TokenReviewer>),
 }
 
 impl Authenticator {

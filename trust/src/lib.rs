@@ -30,7 +30,9 @@ pub use cert::{CertError, CertInfo, fingerprint, spiffe_id_of};
 pub use client::{
     ClientError, CredentialSource, IdentityClient, IdentityClientConfig, csr_for, renew_after,
 };
-pub use files::{FileError, certs_to_pem, read_certs, read_key, write_certs, write_key};
+pub use files::{
+    FileError, certs_to_pem, check_writable, read_certs, read_key, write_certs, write_key,
+};
 pub use incoming::{TlsConn, TlsConnectInfo, tls_incoming};
 pub use service::{
     IdentityService, IdentityServiceConfig, MAX_CREDENTIAL_BYTES, MAX_CSR_BYTES, self_credentials,

@@ -102,7 +102,10 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API for TokenReview (use --auth bootstrap outside a cluster)")?;
-            Authenticator::TokenReview(TokenReviewer::new(client, args.token_audiences.clone()))
+            Authenticator::TokenReview(Box::new(TokenReviewer::new(
+                client,
+                args.token_audiences.clone(),
+            )))
         }
     };
 
