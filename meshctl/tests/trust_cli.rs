@@ -5,15 +5,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn meshctl(args: &[&str], cwd: &Path) -> Output {
+/// Runs meshctl with whitespace-separated `args` in `cwd`.
+fn meshctl(args: &str, cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshctl"))
-        .args(args)
+        .args(args.split_whitespace())
         .current_dir(cwd)
         .output()
         .expect("run meshctl")
 }
 
-fn ok(args: &[&str], cwd: &Path) -> String {
+fn ok(args: &str, cwd: &Path) -> String {
     let out = meshctl(args, cwd);
     assert!(
         out.status.success(),
@@ -23,7 +24,7 @@ fn ok(args: &[&str], cwd: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn fails(args: &[&str], cwd: &Path) -> String {
+fn fails(args: &str, cwd: &Path) -> String {
     let out = meshctl(args, cwd);
     assert!(!out.status.success(), "meshctl {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -46,41 +47,13 @@ fn mode(path: &Path) -> u32 {
 fn init_issue_cluster_issue_workload_verify_with_openssl() {
     let t = tempfile::tempdir().expect("tempdir");
     let d = t.path();
+    ok("trust init --trust-domain mesh.example --out root", d);
     ok(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "root",
-        ],
+        "trust issue-cluster --root root --cluster east --out east",
         d,
     );
     ok(
-        &[
-            "trust",
-            "issue-cluster",
-            "--root",
-            "root",
-            "--cluster",
-            "east",
-            "--out",
-            "east",
-        ],
-        d,
-    );
-    ok(
-        &[
-            "trust",
-            "issue-workload",
-            "--ca",
-            "east",
-            "--spiffe-id",
-            "spiffe://mesh.example/ns/shop/sa/api",
-            "--out",
-            "api",
-        ],
+        "trust issue-workload --ca east --spiffe-id spiffe://mesh.example/ns/shop/sa/api --out api",
         d,
     );
 
@@ -94,17 +67,7 @@ fn init_issue_cluster_issue_workload_verify_with_openssl() {
         "api/leaf.crt"
     ));
     // The intermediate alone is not enough without the right root.
-    ok(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "other-root",
-        ],
-        d,
-    );
+    ok("trust init --trust-domain mesh.example --out other-root", d);
     assert!(!openssl_verify(
         d,
         "other-root/root.crt",
@@ -112,12 +75,12 @@ fn init_issue_cluster_issue_workload_verify_with_openssl() {
         "api/leaf.crt"
     ));
 
-    let json = ok(&["trust", "inspect", "api/leaf.crt", "-o", "json"], d);
+    let json = ok("trust inspect api/leaf.crt -o json", d);
     let v: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(v[0]["spiffe_id"], "spiffe://mesh.example/ns/shop/sa/api");
     assert_eq!(v[0]["is_ca"], false);
     assert_eq!(v[0]["fingerprint_sha256"].as_str().expect("fp").len(), 95);
-    let text = ok(&["trust", "inspect", "east/intermediate.crt"], d);
+    let text = ok("trust inspect east/intermediate.crt", d);
     assert!(
         text.contains("ca           yes") && text.contains("meshfed east intermediate CA"),
         "{text}"
@@ -128,29 +91,9 @@ fn init_issue_cluster_issue_workload_verify_with_openssl() {
 fn refuses_to_overwrite_without_force_and_changes_nothing() {
     let t = tempfile::tempdir().expect("tempdir");
     let d = t.path();
-    ok(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "root",
-        ],
-        d,
-    );
+    ok("trust init --trust-domain mesh.example --out root", d);
     let before = std::fs::read(d.join("root/root.key")).expect("key");
-    let err = fails(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "root",
-        ],
-        d,
-    );
+    let err = fails("trust init --trust-domain mesh.example --out root", d);
     assert!(
         err.contains("already exists") && err.contains("--force"),
         "{err}"
@@ -161,46 +104,20 @@ fn refuses_to_overwrite_without_force_and_changes_nothing() {
         "nothing changed"
     );
     ok(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "root",
-            "--force",
-        ],
+        "trust init --trust-domain mesh.example --out root --force",
         d,
     );
     assert_ne!(std::fs::read(d.join("root/root.key")).expect("key"), before);
     assert_eq!(mode(&d.join("root/root.key")), 0o600);
 
     ok(
-        &[
-            "trust",
-            "issue-cluster",
-            "--root",
-            "root",
-            "--cluster",
-            "east",
-            "--out",
-            "east",
-        ],
+        "trust issue-cluster --root root --cluster east --out east",
         d,
     );
     // One existing file makes the whole command refuse, before writing anything.
     std::fs::remove_file(d.join("east/intermediate.crt")).expect("rm");
     let err = fails(
-        &[
-            "trust",
-            "issue-cluster",
-            "--root",
-            "root",
-            "--cluster",
-            "east",
-            "--out",
-            "east",
-        ],
+        "trust issue-cluster --root root --cluster east --out east",
         d,
     );
     assert!(err.contains("already exists"), "{err}");
@@ -211,57 +128,19 @@ fn refuses_to_overwrite_without_force_and_changes_nothing() {
 fn bad_input_gets_a_clear_error() {
     let t = tempfile::tempdir().expect("tempdir");
     let d = t.path();
-    let err = fails(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "Mesh Example",
-            "--out",
-            "root",
-        ],
-        d,
-    );
+    let err = fails("trust init --trust-domain Mesh.Example --out root", d);
     assert!(
         err.contains("--trust-domain") && err.contains("bad trust domain"),
         "{err}"
     );
-    ok(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "root",
-        ],
-        d,
-    );
+    ok("trust init --trust-domain mesh.example --out root", d);
     let err = fails(
-        &[
-            "trust",
-            "issue-cluster",
-            "--root",
-            "root",
-            "--cluster",
-            "East_1",
-            "--out",
-            "e",
-        ],
+        "trust issue-cluster --root root --cluster East_1 --out e",
         d,
     );
     assert!(err.contains("bad cluster name"), "{err}");
     let err = fails(
-        &[
-            "trust",
-            "issue-cluster",
-            "--root",
-            "nowhere",
-            "--cluster",
-            "east",
-            "--out",
-            "e",
-        ],
+        "trust issue-cluster --root nowhere --cluster east --out e",
         d,
     );
     assert!(
@@ -269,43 +148,16 @@ fn bad_input_gets_a_clear_error() {
         "{err}"
     );
     ok(
-        &[
-            "trust",
-            "issue-cluster",
-            "--root",
-            "root",
-            "--cluster",
-            "east",
-            "--out",
-            "east",
-        ],
+        "trust issue-cluster --root root --cluster east --out east",
         d,
     );
     let err = fails(
-        &[
-            "trust",
-            "issue-workload",
-            "--ca",
-            "east",
-            "--spiffe-id",
-            "spiffe://other.example/ns/a/sa/b",
-            "--out",
-            "w",
-        ],
+        "trust issue-workload --ca east --spiffe-id spiffe://other.example/ns/a/sa/b --out w",
         d,
     );
     assert!(err.contains("not in this CA's trust domain"), "{err}");
     let err = fails(
-        &[
-            "trust",
-            "issue-workload",
-            "--ca",
-            "east",
-            "--spiffe-id",
-            "spiffe://mesh.example/a/b",
-            "--out",
-            "w",
-        ],
+        "trust issue-workload --ca east --spiffe-id spiffe://mesh.example/a/b --out w",
         d,
     );
     assert!(
@@ -314,16 +166,7 @@ fn bad_input_gets_a_clear_error() {
     );
     // A root directory is not a cluster CA.
     let err = fails(
-        &[
-            "trust",
-            "issue-workload",
-            "--ca",
-            "root",
-            "--spiffe-id",
-            "spiffe://mesh.example/ns/a/sa/b",
-            "--out",
-            "w",
-        ],
+        "trust issue-workload --ca root --spiffe-id spiffe://mesh.example/ns/a/sa/b --out w",
         d,
     );
     assert!(err.contains("intermediate.crt"), "{err}");
@@ -334,58 +177,18 @@ fn bad_input_gets_a_clear_error() {
 fn root_rotation_bundle_trusts_old_and_new() {
     let t = tempfile::tempdir().expect("tempdir");
     let d = t.path();
-    ok(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "old",
-        ],
-        d,
-    );
-    ok(
-        &[
-            "trust",
-            "init",
-            "--trust-domain",
-            "mesh.example",
-            "--out",
-            "new",
-        ],
-        d,
-    );
+    ok("trust init --trust-domain mesh.example --out old", d);
+    ok("trust init --trust-domain mesh.example --out new", d);
     let out = ok(
-        &[
-            "trust",
-            "issue-cluster",
-            "--root",
-            "new",
-            "--cluster",
-            "west",
-            "--out",
-            "west",
-            "--extra-root",
-            "old/root.crt",
-        ],
+        "trust issue-cluster --root new --cluster west --out west --extra-root old/root.crt",
         d,
     );
     assert!(out.contains("trusts 2 root(s)"), "{out}");
-    let bundle = ok(&["trust", "inspect", "west/root.crt", "-o", "json"], d);
+    let bundle = ok("trust inspect west/root.crt -o json", d);
     let v: serde_json::Value = serde_json::from_str(&bundle).expect("json");
     assert_eq!(v.as_array().expect("array").len(), 2);
     ok(
-        &[
-            "trust",
-            "issue-workload",
-            "--ca",
-            "west",
-            "--spiffe-id",
-            "spiffe://mesh.example/ns/shop/sa/api",
-            "--out",
-            "api",
-        ],
+        "trust issue-workload --ca west --spiffe-id spiffe://mesh.example/ns/shop/sa/api --out api",
         d,
     );
     assert!(openssl_verify(
