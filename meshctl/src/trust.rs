@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use meshfed_trust::{
     CertInfo, ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
-    KeyAlgorithm, RootCa, SpiffeId, TrustDomain, paths,
+    KeyAlgorithm, RootCa, SpiffeId, TrustBundle, TrustDomain, paths,
 };
 use serde::Serialize;
 
@@ -28,6 +28,7 @@ pub enum TrustCommand {
     /// Show what a certificate file holds: subject, SPIFFE ID, issuer chain, validity, fingerprint.
     ///
     /// Example: meshctl trust inspect ./api/leaf.crt -o json
+    /// (`-o spiffe-bundle` on a root.crt prints it as SPIFFE bundle JSON)
     Inspect(InspectArgs),
 }
 
@@ -72,7 +73,7 @@ pub struct IssueClusterArgs {
     /// Intermediate lifetime, e.g. 8760h (cut short to the root's expiry).
     #[arg(long, value_parser = humantime::parse_duration, default_value = humantime_default(DEFAULT_INTERMEDIATE_VALIDITY))]
     validity: Duration,
-    /// Another root to trust besides this one (during a root rotation, the old root). Repeatable.
+    /// Another root to trust besides this one (during a root rotation, the old root); PEM or SPIFFE bundle JSON. Repeatable.
     #[arg(long = "extra-root")]
     extra_roots: Vec<PathBuf>,
     /// Overwrite existing files.
@@ -112,6 +113,8 @@ pub struct InspectArgs {
 enum Output {
     Text,
     Json,
+    /// The file's roots as a SPIFFE trust bundle (JWK set), for SPIFFE-aware peers.
+    SpiffeBundle,
 }
 
 fn humantime_default(d: Duration) -> clap::builder::OsStr {
@@ -157,7 +160,9 @@ fn issue_cluster(a: IssueClusterArgs) -> anyhow::Result<()> {
     let root = RootCa::load(&a.root).context("loading --root")?;
     let mut extra = Vec::new();
     for path in &a.extra_roots {
-        extra.extend(meshfed_trust::read_certs(path).context("--extra-root")?);
+        let bundle =
+            TrustBundle::from_file(root.trust_domain().clone(), path).context("--extra-root")?;
+        extra.extend(bundle.roots().iter().cloned());
     }
     let ca = root.issue_cluster(&a.cluster, a.validity, extra)?;
     ca.save(&a.out, a.force)?;
@@ -249,6 +254,18 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         })
         .collect();
     match a.output {
+        Output::SpiffeBundle => {
+            let td = infos
+                .iter()
+                .find_map(|i| i.spiffe_id().ok())
+                .map(|id| id.trust_domain().clone())
+                .context(
+                    "no certificate in the file names its trust domain (spiffe://<td> URI SAN)",
+                )?;
+            let bundle = TrustBundle::new(td, certs)
+                .context("the file's certificates do not form a trust bundle")?;
+            println!("{}", bundle.to_spiffe_json(1)?);
+        }
         Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
         Output::Text => {
             for (i, v) in views.iter().enumerate() {

@@ -197,4 +197,13 @@ fn root_rotation_bundle_trusts_old_and_new() {
         "west/intermediate.crt",
         "api/leaf.crt"
     ));
+
+    // The bundle as SPIFFE JSON works wherever a bundle file is read.
+    let json = ok("trust inspect west/root.crt -o spiffe-bundle", d);
+    std::fs::write(d.join("bundle.json"), json).expect("write");
+    let out = ok(
+        "trust issue-cluster --root new --cluster south --out south --extra-root bundle.json",
+        d,
+    );
+    assert!(out.contains("trusts 2 root(s)"), "{out}");
 }

@@ -102,9 +102,26 @@ impl TrustBundle {
         Self::new(trust_domain, roots)
     }
 
-    /// Loads a bundle from a PEM file.
-    pub fn from_pem_file(trust_domain: TrustDomain, path: &Path) -> Result<Self, BundleError> {
-        Self::new(trust_domain, files::read_certs(path)?)
+    /// Loads a bundle file: SPIFFE bundle JSON if it starts with `{`, PEM otherwise.
+    pub fn from_file(trust_domain: TrustDomain, path: &Path) -> Result<Self, BundleError> {
+        let bytes = std::fs::read(path).map_err(|source| FileError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let in_file = |e: BundleError| match e {
+            BundleError::File(f) => BundleError::File(f),
+            other => BundleError::File(FileError::Pem {
+                path: path.into(),
+                reason: other.to_string(),
+            }),
+        };
+        if bytes.trim_ascii_start().starts_with(b"{") {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| in_file(BundleError::Json("not UTF-8".into())))?;
+            Self::from_spiffe_json(trust_domain, &text).map_err(in_file)
+        } else {
+            Self::from_pem(trust_domain, &bytes).map_err(in_file)
+        }
     }
 
     /// Loads a bundle from the SPIFFE bundle JSON format. Keys whose `use`

@@ -328,7 +328,7 @@ impl ClusterCa {
         let key = load_key(&dir.join(paths::INTERMEDIATE_KEY))?;
         let signer = Signer::new(cert, key, &crt)?;
         let bundle =
-            TrustBundle::from_pem_file(signer.trust_domain.clone(), &dir.join(paths::ROOT_CERT))?;
+            TrustBundle::from_file(signer.trust_domain.clone(), &dir.join(paths::ROOT_CERT))?;
         let (_, inter) = X509Certificate::from_der(&signer.cert)
             .map_err(|e| invalid(&crt, &format!("malformed: {e}")))?;
         let signed_by_root = bundle.roots().iter().any(|root| {

@@ -94,7 +94,7 @@ impl Credentials {
         let key = files::read_key(&dir.join(paths::LEAF_KEY))?;
         let leaf = CertInfo::parse(&chain[0])?.spiffe_id()?;
         let bundle =
-            TrustBundle::from_pem_file(leaf.trust_domain().clone(), &dir.join(paths::ROOT_CERT))?;
+            TrustBundle::from_file(leaf.trust_domain().clone(), &dir.join(paths::ROOT_CERT))?;
         Self::new(chain, key, bundle)
     }
 

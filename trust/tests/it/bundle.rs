@@ -94,3 +94,35 @@ fn bundles_refuse_leaves_and_empty_input() {
     ));
     assert!(TrustBundle::from_pem(td(), b"no pem here").is_err());
 }
+
+#[test]
+fn bundle_files_load_as_pem_or_spiffe_json() {
+    let a = Pki::new(TD);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = TrustBundle::new(td(), [a.root.cert().clone()]).expect("bundle");
+    let json = dir.path().join("bundle.json");
+    std::fs::write(
+        &json,
+        format!("\n  {}", bundle.to_spiffe_json(1).expect("json")),
+    )
+    .expect("write");
+    let pem = dir.path().join("root.crt");
+    std::fs::write(&pem, meshfed_trust::certs_to_pem(bundle.roots())).expect("write");
+    assert_eq!(
+        TrustBundle::from_file(td(), &json)
+            .expect("json file")
+            .roots(),
+        bundle.roots()
+    );
+    assert_eq!(
+        TrustBundle::from_file(td(), &pem)
+            .expect("pem file")
+            .roots(),
+        bundle.roots()
+    );
+    std::fs::write(&json, "{\"keys\": [{\"use\": \"x509-svid\"}]}").expect("write");
+    let err = TrustBundle::from_file(td(), &json)
+        .expect_err("malformed")
+        .to_string();
+    assert!(err.contains("bundle.json"), "errors name the file: {err}");
+}
