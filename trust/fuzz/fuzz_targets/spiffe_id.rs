@@ -8,7 +8,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(id) = meshfed_trust::SpiffeId::parse(s) {
             // What parses must print back to the same string and parse again.
             assert_eq!(id.to_string(), s);
-            assert_eq!(meshfed_trust::SpiffeId::parse(&id.to_string()).as_ref(), Ok(&id));
+            assert_eq!(
+                meshfed_trust::SpiffeId::parse(&id.to_string()).as_ref(),
+                Ok(&id)
+            );
             let _ = id.workload();
         }
     }
