@@ -219,14 +219,7 @@ async fn serve_in_process(
     Arc<std::sync::Mutex<Registry>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let auth = Authenticator::Bootstrap(BootstrapTokens::parse(&tokens()).expect("tokens"));
-    let mut registry = Registry::default();
-    let svc = IdentityService::new(
-        pki.ca.clone(),
-        auth,
-        leaf_ttl,
-        registry.sub_registry_with_prefix("meshfed_identity"),
-    );
+    let (svc, registry) = service(pki, leaf_ttl);
     let (creds, _renew) =
         meshfed_trust::self_credentials(pki.ca.clone(), own_id, Duration::from_secs(3600))
             .expect("own creds");
@@ -269,13 +262,13 @@ async fn client_renews_before_expiry_and_publishes_new_credentials() {
     assert_ne!(a.spki_der, b.spki_der, "every renewal uses a fresh key");
 }
 
-fn service(pki: &Pki) -> (IdentityService, Registry) {
+fn service(pki: &Pki, leaf_ttl: Duration) -> (IdentityService, Registry) {
     let auth = Authenticator::Bootstrap(BootstrapTokens::parse(&tokens()).expect("tokens"));
     let mut registry = Registry::default();
     let svc = IdentityService::new(
         pki.ca.clone(),
         auth,
-        Duration::from_secs(3600),
+        leaf_ttl,
         registry.sub_registry_with_prefix("meshfed_identity"),
     );
     (svc, registry)
@@ -307,7 +300,7 @@ async fn certify(
 #[tokio::test]
 async fn handler_refuses_malformed_oversize_and_overreaching_csrs() {
     let pki = Pki::new(TD);
-    let (svc, registry) = service(&pki);
+    let (svc, registry) = service(&pki, Duration::from_secs(3600));
     let api = || uri(&format!("spiffe://{TD}/ns/shop/sa/api"));
 
     assert!(certify(&svc, csr(vec![api()]), API_TOKEN).await.is_ok());
