@@ -6,3 +6,5 @@ pub mod identity {
     #![allow(missing_debug_implementations, clippy::all)]
     tonic::include_proto!("meshfed.identity.v1");
 }
+
+pub mod crd;

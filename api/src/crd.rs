@@ -1,0 +1,26 @@
+//! Meshfed's custom resources, group `meshfed.io`, version `v1alpha1`. The
+//! CRD YAML in `deploy/crds/` is generated from these types and
+//! drift-tested; never edit it by hand.
+
+mod failover;
+mod link;
+
+pub use failover::{
+    Failback, FailoverPolicy, FailoverPolicySpec, FailoverPolicyStatus, LocalityKey,
+    OutlierDetection, RetryBudget,
+};
+pub use link::{GatewaySpec, Link, LinkSpec, LinkStatus, ProbeSpec};
+
+/// The API group of every Meshfed resource.
+pub const GROUP: &str = "meshfed.io";
+
+/// The condition type every Meshfed resource reports its validation in.
+pub const CONDITION_ACCEPTED: &str = "Accepted";
+
+/// Every CRD Meshfed installs, in a stable order.
+pub fn all()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![Link::crd(), FailoverPolicy::crd()]
+}
