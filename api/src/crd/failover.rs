@@ -47,7 +47,7 @@ pub struct FailoverPolicySpec {
 }
 
 /// A locality level to match on.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum LocalityKey {
     /// Same region.
