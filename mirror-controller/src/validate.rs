@@ -64,13 +64,13 @@ pub fn validate_link(spec: &LinkSpec) -> Result<(), Vec<FieldError>> {
             ),
         );
     }
-    if let Some(region) = &spec.region {
-        if !is_dns_label(region) {
-            e.add(
-                "spec.region",
-                format!("{region:?} is not a DNS label (1-63 of a-z, 0-9, '-')"),
-            );
-        }
+    if let Some(region) = &spec.region
+        && !is_dns_label(region)
+    {
+        e.add(
+            "spec.region",
+            format!("{region:?} is not a DNS label (1-63 of a-z, 0-9, '-')"),
+        );
     }
     let gw = &spec.gateway;
     if gw.addresses.is_empty() {
