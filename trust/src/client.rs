@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 use crate::bundle::TrustBundle;
 use crate::spiffe::SpiffeId;
 use crate::tls::{Credentials, CredentialsWatch, bootstrap_client_config};
-use crate::verify::{BundleSource, ExpectedIds};
+use crate::verify::ExpectedIds;
 
 /// Fraction of a leaf's lifetime after which it is renewed.
 const RENEW_FRACTION: f64 = 0.7;
@@ -210,10 +210,8 @@ impl IdentityClient {
         bundles: Arc<TrustBundle>,
     ) -> Result<tonic::transport::Channel, ClientError> {
         let addr = self.config.addr.clone();
-        let mut tls = bootstrap_client_config(
-            bundles as Arc<TrustBundle>,
-            ExpectedIds::one(self.config.server_id.clone()),
-        );
+        let mut tls =
+            bootstrap_client_config(bundles, ExpectedIds::one(self.config.server_id.clone()));
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let connector = TlsConnector::from(Arc::new(tls));
         let host = addr
@@ -278,12 +276,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-impl BundleSource for Arc<Credentials> {
-    fn bundle(&self) -> Arc<TrustBundle> {
-        Credentials::bundle(self).clone()
-    }
 }
 
 #[cfg(test)]

@@ -281,9 +281,7 @@ pub fn self_credentials(
         let ca = ca.clone();
         let id = id.clone();
         move || -> Result<Credentials, crate::tls::CredentialsError> {
-            let w = ca
-                .issue_workload(&id, ttl)
-                .map_err(|e| crate::tls::CredentialsError::Key(e.to_string()))?;
+            let w = ca.issue_workload(&id, ttl)?;
             Credentials::new(
                 w.chain,
                 rustls_pki_types::PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),

@@ -45,6 +45,9 @@ pub enum CredentialsError {
     /// A file could not be read.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The CA could not issue the certificate.
+    #[error(transparent)]
+    Issue(#[from] crate::ca::CaError),
 }
 
 /// A workload's current identity: its SVID, key and the roots it trusts.

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use meshfed_api::identity::CertifyRequest;
@@ -202,7 +201,7 @@ pub fn openssl_verify(root: &Path, intermediate: &Path, leaf: &Path) -> (bool, S
 #[tokio::test]
 async fn client_refuses_an_identity_service_with_the_wrong_identity() {
     let pki = Pki::new(TD);
-    let (addr, _reg, _task) =
+    let (addr, _task) =
         serve_in_process(&pki, Duration::from_secs(3600), id("/ns/evil/sa/mitm")).await;
     let err = client(&pki, addr, "/ns/shop/sa/api", API_TOKEN)
         .fetch(&pki.bundle())
@@ -214,12 +213,9 @@ async fn serve_in_process(
     pki: &Pki,
     leaf_ttl: Duration,
     own_id: SpiffeId,
-) -> (
-    SocketAddr,
-    Arc<std::sync::Mutex<Registry>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (svc, registry) = service(pki, leaf_ttl);
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    // Metrics are checked against the binary and the handler tests; not needed here.
+    let (svc, _registry) = service(pki, leaf_ttl);
     let (creds, _renew) =
         meshfed_trust::self_credentials(pki.ca.clone(), own_id, Duration::from_secs(3600))
             .expect("own creds");
@@ -237,14 +233,14 @@ async fn serve_in_process(
         .await
         .expect("serve");
     });
-    (addr, Arc::new(std::sync::Mutex::new(registry)), task)
+    (addr, task)
 }
 
 #[tokio::test]
 async fn client_renews_before_expiry_and_publishes_new_credentials() {
     let pki = Pki::new(TD);
     // Leaves live 3 s, so the client renews after ~2.1 s.
-    let (addr, _reg, _task) = serve_in_process(&pki, Duration::from_secs(3), identity_id()).await;
+    let (addr, _task) = serve_in_process(&pki, Duration::from_secs(3), identity_id()).await;
     let (mut creds, _renewal) = client(&pki, addr, "/ns/shop/sa/api", API_TOKEN)
         .start()
         .await
