@@ -2,7 +2,11 @@
 //! so building Meshfed never needs a hand-installed `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/identity.proto"];
+    let protos = [
+        "proto/identity.proto",
+        "proto/federation.proto",
+        "proto/discovery.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -2,9 +2,33 @@
 //! linked clusters export, keeps mirrors of them, watches their health and
 //! tells sidecars and gateways where a service lives.
 //!
-//! Built so far: validation of `Link` and `FailoverPolicy` specs and the
-//! `Accepted` condition that reports it.
+//! Data flow: a [`Store`] publishes the cluster's state; the controller folds
+//! it and every linked peer's state (federation stream, probes, resolved
+//! gateway addresses) into one world value on a `watch` channel; mirrors,
+//! statuses, the federation server and discovery subscriptions all follow
+//! that channel.
 
+mod controller;
+mod discovery;
+mod federation;
+pub mod fixtures;
+mod local;
+mod metrics;
+mod mirrors;
+mod peer;
+mod status;
+mod store;
 mod validate;
+mod world;
 
+pub use controller::{Controller, ControllerConfig};
+pub use discovery::{DiscoveryService, LocalCluster};
+pub use federation::{Exports, FederationService, PeerAuthorizer};
+pub use metrics::Metrics;
+pub use status::CONDITION_ALIVE;
+pub use store::{
+    ClusterState, FileStore, FileStoreConfig, KubeStore, Mirror, ObjKey, Store, StoreError,
+    is_mirror,
+};
 pub use validate::{FieldError, accepted_condition, validate_failover_policy, validate_link};
+pub use world::World;

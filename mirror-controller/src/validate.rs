@@ -2,6 +2,7 @@
 //! `Accepted=False` condition naming every field at fault and why; nothing
 //! else about it is acted on.
 
+use meshfed_api::sni::is_dns_label;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
@@ -283,15 +284,6 @@ pub fn accepted_condition(
         observed_generation: generation,
         last_transition_time: now,
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=63).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 fn is_dns_name(s: &str) -> bool {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     kind = "FailoverPolicy",
     namespaced,
     status = "FailoverPolicyStatus",
+    derive = "PartialEq",
     shortname = "fp",
     category = "meshfed",
     printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service"}"#,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
     kind = "Link",
     namespaced,
     status = "LinkStatus",
+    derive = "PartialEq",
     shortname = "mlink",
     category = "meshfed",
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.cluster"}"#,

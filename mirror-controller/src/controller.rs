@@ -1,0 +1,291 @@
+//! Wiring: the store feeds the world and the export set; Links start and
+//! stop peers; mirrors, statuses, federation and discovery all follow the
+//! world.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshfed_api::discovery::discovery_server::DiscoveryServer;
+use meshfed_api::federation::federation_server::FederationServer;
+use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain, server_config, tls_incoming};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::discovery::{DiscoveryService, LocalCluster};
+use crate::federation::{Exports, FederationService, PeerAuthorizer};
+use crate::local::exports;
+use crate::metrics::{LinkLabels, Metrics};
+use crate::peer::{self, PeerContext, PeerHandle};
+use crate::status;
+use crate::store::{ClusterState, ObjKey, Store};
+use crate::validate::validate_link;
+use crate::world::{PeerState, PeerWriter, World};
+
+/// Largest gRPC message a peer or sidecar may send the controller.
+const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// Largest message the controller sends (a big export snapshot).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// This cluster's name.
+    pub cluster: String,
+    /// This cluster's region, for default failover ordering.
+    pub region: Option<String>,
+    /// Peer controller identities allowed besides the controller's own and
+    /// the Links' `controllerIdentity`.
+    pub extra_peers: Vec<SpiffeId>,
+    /// How long a TLS handshake may take on the served ports.
+    pub handshake_timeout: Duration,
+    /// How often Link and FailoverPolicy statuses are brought up to date.
+    pub status_period: Duration,
+}
+
+impl ControllerConfig {
+    /// Defaults for `cluster`.
+    pub fn new(cluster: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            region: None,
+            extra_peers: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            status_period: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running controller. Dropping it stops its tasks.
+#[derive(Debug)]
+pub struct Controller {
+    config: ControllerConfig,
+    me: LocalCluster,
+    creds: CredentialsWatch,
+    store: Arc<dyn Store>,
+    world: watch::Receiver<Arc<World>>,
+    exports: watch::Receiver<Arc<Exports>>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Controller {
+    /// Starts reconciling `store` as cluster `config.cluster`; metrics go
+    /// into `registry`. Serving is separate: see [`Controller::serve_federation`]
+    /// and [`Controller::serve_discovery`].
+    pub fn start(
+        config: ControllerConfig,
+        store: Arc<dyn Store>,
+        creds: CredentialsWatch,
+        registry: &mut Registry,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new(registry));
+        let trust_domain: TrustDomain = creds.borrow().id().trust_domain().clone();
+        let me = LocalCluster {
+            name: config.cluster.clone(),
+            region: config.region.clone(),
+            trust_domain,
+        };
+        let state = store.state();
+        let initial = state.borrow().clone();
+        let (world_tx, world) = watch::channel(Arc::new(World::new(initial)));
+        let (exports_tx, exports_rx) = watch::channel(Arc::new(Exports::default()));
+        let ctx = PeerContext {
+            local_cluster: config.cluster.clone(),
+            creds: creds.clone(),
+            metrics: metrics.clone(),
+        };
+        let tasks = vec![
+            tokio::spawn(follow_store(state, world_tx, exports_tx, me.clone(), ctx)),
+            tokio::spawn(crate::mirrors::run(
+                store.clone(),
+                world.clone(),
+                metrics.clone(),
+            )),
+            tokio::spawn(status::run(
+                store.clone(),
+                world.clone(),
+                metrics.clone(),
+                config.status_period,
+            )),
+        ];
+        Self {
+            config,
+            me,
+            creds,
+            store,
+            world,
+            exports: exports_rx,
+            metrics,
+            tasks,
+        }
+    }
+
+    /// Serves the federation stream on `listener` (mTLS) until `shutdown`.
+    pub async fn serve_federation(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let own = self.creds.borrow().id().clone();
+        let authorizer =
+            PeerAuthorizer::new(own, self.config.extra_peers.clone(), self.store.state());
+        let svc = FederationService::new(
+            self.config.cluster.clone(),
+            self.exports.clone(),
+            authorizer,
+            self.metrics.clone(),
+        );
+        let svc = FederationServer::new(svc)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let incoming = self.incoming(listener);
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+
+    /// Serves discovery on `listener` (mTLS, any mesh identity) until `shutdown`.
+    pub async fn serve_discovery(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let svc = DiscoveryService::new(self.me.clone(), self.world.clone(), self.metrics.clone());
+        let svc = DiscoveryServer::new(svc)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let incoming = self.incoming(listener);
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+
+    fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<meshfed_trust::TlsConn, std::io::Error>>
+    {
+        let mut tls = server_config(self.creds.clone());
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        tls_incoming(listener, Arc::new(tls), self.config.handshake_timeout)
+    }
+
+    /// The current export set (what peers are sent).
+    pub fn exports(&self) -> watch::Receiver<Arc<Exports>> {
+        self.exports.clone()
+    }
+}
+
+/// Follows the store: publishes its state into the world, recomputes the
+/// export set, and starts, restarts or stops a peer per valid Link.
+async fn follow_store(
+    mut state: watch::Receiver<Arc<ClusterState>>,
+    world: watch::Sender<Arc<World>>,
+    exports_tx: watch::Sender<Arc<Exports>>,
+    me: LocalCluster,
+    ctx: PeerContext,
+) {
+    let mut peers: BTreeMap<ObjKey, PeerHandle> = BTreeMap::new();
+    loop {
+        let local = state.borrow_and_update().clone();
+        let set = exports(&local, &me.trust_domain);
+        ctx.metrics
+            .exports
+            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        exports_tx.send_if_modified(|cur| {
+            if cur.set == set {
+                return false;
+            }
+            *cur = Arc::new(Exports {
+                revision: cur.revision + 1,
+                set,
+            });
+            true
+        });
+        world.send_modify(|w| {
+            let w = Arc::make_mut(w);
+            w.local = local.clone();
+            w.changed_at = Instant::now();
+        });
+        sync_peers(&local, &mut peers, &world, &ctx);
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn sync_peers(
+    local: &ClusterState,
+    peers: &mut BTreeMap<ObjKey, PeerHandle>,
+    world: &watch::Sender<Arc<World>>,
+    ctx: &PeerContext,
+) {
+    let wanted: BTreeMap<&ObjKey, _> = local
+        .links
+        .iter()
+        .filter(|(_, l)| validate_link(&l.spec).is_ok())
+        .map(|(k, l)| (k, &l.spec))
+        .collect();
+    let gone: Vec<ObjKey> = peers
+        .iter()
+        .filter(|(k, h)| wanted.get(k).is_none_or(|spec| **spec != h.spec))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in gone {
+        peers.remove(&key);
+        tracing::info!(link = %key, "peer stopped");
+        world.send_modify(|w| {
+            let w = Arc::make_mut(w);
+            w.peers.remove(&key);
+            w.changed_at = Instant::now();
+        });
+        let labels = LinkLabels {
+            link: key.to_string(),
+        };
+        ctx.metrics.peer_alive.remove(&labels);
+        ctx.metrics.imports.remove(&labels);
+    }
+    for (key, spec) in wanted {
+        if peers.contains_key(key) {
+            continue;
+        }
+        world.send_modify(|w| {
+            let w = Arc::make_mut(w);
+            w.peers
+                .insert(key.clone(), Arc::new(PeerState::new(spec.clone())));
+            w.changed_at = Instant::now();
+        });
+        let writer = PeerWriter {
+            key: key.clone(),
+            world: world.clone(),
+        };
+        match peer::spawn(spec.clone(), writer, ctx.clone()) {
+            Ok(handle) => {
+                tracing::info!(link = %key, cluster = %spec.cluster, "peer started");
+                peers.insert(key.clone(), handle);
+            }
+            Err(e) => {
+                tracing::error!(link = %key, error = %e, "cannot start peer");
+                world.send_modify(|w| {
+                    Arc::make_mut(w).peers.remove(key);
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Discovery for sidecars and gateways: a service port's endpoints as
+//! priority groups in failover order, pushed on every change.
+
+mod groups;
+mod server;
+
+pub use groups::LocalCluster;
+pub use server::DiscoveryService;

@@ -1,0 +1,284 @@
+//! Building a service's endpoint set in failover order from the world.
+//!
+//! Groups, highest priority first:
+//! 1. the caller's zone in this cluster;
+//! 2. the other zones of this cluster (one group);
+//! 3. remote clusters, one group each, alive ones only: in the policy's
+//!    `clusters` order (unlisted clusters are left out), or sorted by the
+//!    policy's `locality` keys (default `[region]`: same region first), then
+//!    probe latency p50 (whole milliseconds), then cluster name.
+//!
+//! Spill thresholds: with a FailoverPolicy, its `spillThreshold` on every
+//! group. Without one, 0.7 between local zones and a barrier (0) after the
+//! last local group — remote clusters get traffic only when this cluster has
+//! no healthy endpoint — then 0.7 between remote clusters.
+//! A mirror (`<name>-<cluster>`) resolves to that one cluster's group.
+
+use std::cmp::Reverse;
+
+use meshfed_api::crd::{FailoverPolicySpec, LocalityKey};
+use meshfed_api::discovery::{Endpoint, EndpointSet, Locality, Policy, PriorityGroup};
+use meshfed_api::federation::ExportedService;
+use meshfed_api::labels;
+use meshfed_api::priority::{GroupHealth, shares};
+use meshfed_trust::TrustDomain;
+
+use crate::local;
+use crate::mirrors::imported;
+use crate::store::ObjKey;
+use crate::validate::validate_failover_policy;
+use crate::world::{PeerState, World};
+
+/// Spill threshold when no policy says otherwise.
+pub(crate) const DEFAULT_SPILL: f64 = 0.7;
+
+/// Who this controller is.
+#[derive(Debug, Clone)]
+pub struct LocalCluster {
+    /// The cluster's name.
+    pub name: String,
+    /// Its region, if known.
+    pub region: Option<String>,
+    /// The mesh's trust domain.
+    pub trust_domain: TrustDomain,
+}
+
+/// One subscription: a service port and where the caller runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Query {
+    pub(crate) key: ObjKey,
+    pub(crate) port: u16,
+    pub(crate) caller_zone: String,
+}
+
+/// The endpoint set for `q` (revision left at 0 for the caller to set).
+pub(crate) fn endpoint_set(world: &World, me: &LocalCluster, q: &Query) -> EndpointSet {
+    let policy = policy_for(world, &q.key);
+    let wire_policy = wire_policy(policy);
+    let svc = world.local.services.get(&q.key);
+    let mirror_of = svc.and_then(|s| {
+        let l = s.metadata.labels.as_ref()?;
+        Some((
+            l.get(labels::ORIGIN_CLUSTER)?,
+            l.get(labels::ORIGIN_SERVICE)?,
+        ))
+    });
+    let mut groups = Vec::new();
+    let mut exists = false;
+    if let Some((cluster, origin)) = mirror_of {
+        let origin_key = ObjKey::new(&q.key.namespace, origin);
+        for peer in world.peers.values().filter(|p| &p.spec.cluster == cluster) {
+            if let Some(svc) = imported(peer, &origin_key) {
+                exists |= has_port(svc, q.port);
+                if let Some(g) = remote_group(peer, svc, q) {
+                    groups.push(g);
+                }
+            }
+        }
+        set_thresholds(&mut groups, policy.map(|p| p.spill_threshold));
+        set_shares(&mut groups);
+        return EndpointSet {
+            exists,
+            groups,
+            policy: Some(wire_policy),
+            revision: 0,
+        };
+    }
+    if let Some(svc) = svc
+        && local::service_port(svc, q.port).is_some()
+    {
+        exists = true;
+        let eps = local::endpoints(&world.local, &me.trust_domain, &q.key, q.port);
+        let (same, other): (Vec<_>, Vec<_>) = eps
+            .into_iter()
+            .partition(|e| !q.caller_zone.is_empty() && e.zone.as_deref() == Some(&q.caller_zone));
+        if !same.is_empty() {
+            groups.push(local_group(me, &q.caller_zone, same));
+        }
+        if !other.is_empty() {
+            groups.push(local_group(me, "", other));
+        }
+    }
+    let local_groups = groups.len();
+    let mut remote: Vec<(&PeerState, PriorityGroup)> = Vec::new();
+    for peer in world.peers.values() {
+        let Some(svc) = imported(peer, &q.key) else {
+            continue;
+        };
+        exists |= has_port(svc, q.port);
+        if let Some(g) = remote_group(peer, svc, q) {
+            remote.push((peer, g));
+        }
+    }
+    order_remote(&mut remote, me, policy, &q.caller_zone);
+    groups.extend(remote.into_iter().map(|(_, g)| g));
+    set_thresholds(&mut groups, policy.map(|p| p.spill_threshold));
+    if policy.is_none() && local_groups > 0 {
+        groups[local_groups - 1].spill_threshold = 0.0;
+    }
+    set_shares(&mut groups);
+    EndpointSet {
+        exists,
+        groups,
+        policy: Some(wire_policy),
+        revision: 0,
+    }
+}
+
+/// The valid FailoverPolicy for a service, the first by name if several.
+fn policy_for<'a>(world: &'a World, key: &ObjKey) -> Option<&'a FailoverPolicySpec> {
+    world
+        .local
+        .policies
+        .iter()
+        .filter(|(k, p)| k.namespace == key.namespace && p.spec.service == key.name)
+        .find(|(_, p)| validate_failover_policy(&p.spec).is_ok())
+        .map(|(_, p)| &p.spec)
+}
+
+fn wire_policy(p: Option<&FailoverPolicySpec>) -> Policy {
+    let (od, fb, rb) = match p {
+        Some(p) => (
+            p.outlier_detection.clone(),
+            p.failback.clone(),
+            p.retry_budget.clone(),
+        ),
+        None => Default::default(),
+    };
+    let ms = |s: u32| s.saturating_mul(1000);
+    Policy {
+        spill_threshold: p.map_or(DEFAULT_SPILL, |p| p.spill_threshold),
+        consecutive_failures: od.consecutive_failures,
+        ejection_time_ms: ms(od.ejection_time_seconds),
+        max_ejected_percent: od.max_ejected_percent,
+        failback_hold_ms: ms(fb.hold_seconds),
+        retry_budget_percent: rb.percent,
+        min_retries_per_second: rb.min_retries_per_second,
+    }
+}
+
+fn has_port(svc: &ExportedService, port: u16) -> bool {
+    svc.ports.iter().any(|p| p.port == u32::from(port))
+}
+
+fn local_group(me: &LocalCluster, zone: &str, eps: Vec<local::LocalEndpoint>) -> PriorityGroup {
+    let healthy = eps.iter().filter(|e| e.ready).count();
+    let total = eps.len();
+    PriorityGroup {
+        locality: Some(Locality {
+            cluster: me.name.clone(),
+            region: me.region.clone().unwrap_or_default(),
+            zone: zone.to_owned(),
+        }),
+        remote: false,
+        healthy: u32::try_from(healthy).unwrap_or(u32::MAX),
+        total: u32::try_from(total).unwrap_or(u32::MAX),
+        endpoints: eps
+            .into_iter()
+            .map(|e| Endpoint {
+                address: e.address.to_string(),
+                weight: 1,
+                identities: vec![e.identity],
+                locality: Some(Locality {
+                    cluster: me.name.clone(),
+                    region: me.region.clone().unwrap_or_default(),
+                    zone: e.zone.unwrap_or_default(),
+                }),
+                ready: e.ready,
+                sni: String::new(),
+            })
+            .collect(),
+        spill_threshold: DEFAULT_SPILL,
+        load_permille: 0,
+    }
+}
+
+/// A remote cluster's group, if the cluster is alive and exports the port.
+fn remote_group(peer: &PeerState, svc: &ExportedService, q: &Query) -> Option<PriorityGroup> {
+    if !peer.alive() || !has_port(svc, q.port) {
+        return None;
+    }
+    let healthy: u32 = svc.zones.iter().map(|z| z.ready).sum();
+    let total: u32 = svc.zones.iter().map(|z| z.total).sum();
+    let locality = Locality {
+        cluster: peer.spec.cluster.clone(),
+        region: peer.spec.region.clone().unwrap_or_default(),
+        zone: String::new(),
+    };
+    let sni = meshfed_api::sni::service(&svc.name, &svc.namespace, q.port);
+    Some(PriorityGroup {
+        locality: Some(locality.clone()),
+        remote: true,
+        healthy,
+        total,
+        endpoints: peer
+            .gateways
+            .iter()
+            .map(|g| Endpoint {
+                address: g.to_string(),
+                weight: healthy.max(1),
+                identities: svc.identities.clone(),
+                locality: Some(locality.clone()),
+                ready: healthy > 0,
+                sni: sni.clone(),
+            })
+            .collect(),
+        spill_threshold: DEFAULT_SPILL,
+        load_permille: 0,
+    })
+}
+
+fn order_remote(
+    remote: &mut Vec<(&PeerState, PriorityGroup)>,
+    me: &LocalCluster,
+    policy: Option<&FailoverPolicySpec>,
+    caller_zone: &str,
+) {
+    if let Some(order) = policy.and_then(|p| p.clusters.as_ref()) {
+        remote.retain(|(p, _)| order.contains(&p.spec.cluster));
+        remote.sort_by_key(|(p, _)| order.iter().position(|c| *c == p.spec.cluster));
+        return;
+    }
+    let keys = policy
+        .and_then(|p| p.locality.clone())
+        .unwrap_or_else(|| vec![LocalityKey::Region]);
+    remote.sort_by_cached_key(|(p, _)| {
+        let matches: Vec<Reverse<bool>> = keys
+            .iter()
+            .map(|k| {
+                Reverse(match k {
+                    LocalityKey::Region => me.region.is_some() && p.spec.region == me.region,
+                    LocalityKey::Zone => {
+                        !caller_zone.is_empty()
+                            && p.imports.iter().flat_map(|s| s.values()).any(|s| {
+                                s.zones.iter().any(|z| z.zone == caller_zone && z.ready > 0)
+                            })
+                    }
+                })
+            })
+            .collect();
+        let latency_ms = p.latency.map_or(u128::MAX, |(p50, _)| p50.as_millis());
+        (matches, latency_ms, p.spec.cluster.clone())
+    });
+}
+
+/// Sets every group's threshold: the policy's, or the default.
+fn set_thresholds(groups: &mut [PriorityGroup], spill: Option<f64>) {
+    for g in groups.iter_mut() {
+        g.spill_threshold = spill.unwrap_or(DEFAULT_SPILL);
+    }
+}
+
+fn set_shares(groups: &mut [PriorityGroup]) {
+    let health: Vec<GroupHealth> = groups
+        .iter()
+        .map(|g| GroupHealth {
+            healthy: g.healthy,
+            total: g.total,
+            spill_threshold: g.spill_threshold,
+        })
+        .collect();
+    for (g, s) in groups.iter_mut().zip(shares(&health)) {
+        g.load_permille = s;
+    }
+}

@@ -1,0 +1,7 @@
+//! Federation between controllers: the server that streams this cluster's
+//! exports to peers, and the client that imports a peer's.
+
+pub(crate) mod client;
+mod server;
+
+pub use server::{Exports, FederationService, PeerAuthorizer};

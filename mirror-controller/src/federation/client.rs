@@ -1,0 +1,301 @@
+//! The importing side of federation: holds the stream of one peer's exports
+//! through its gateway, applies snapshots and diffs to the peer's imports,
+//! and treats silence past the lease TTL as the peer being gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use meshfed_api::crd::LinkSpec;
+use meshfed_api::federation::federation_client::FederationClient;
+use meshfed_api::federation::{ExportsUpdate, WatchExportsRequest};
+use rand::Rng;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::local::ExportSet;
+use crate::metrics::LinkLabels;
+use crate::peer::{PeerContext, lease_ttl};
+use crate::store::ObjKey;
+use crate::world::PeerWriter;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest update accepted from a peer (10,000 services fit well within).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub(crate) async fn run_federation_client(
+    spec: LinkSpec,
+    writer: PeerWriter,
+    tls: Arc<ClientConfig>,
+    ctx: PeerContext,
+) {
+    let ttl = lease_ttl(&spec);
+    let labels = LinkLabels {
+        link: writer.key.to_string(),
+    };
+    let connector = TlsConnector::from(tls);
+    // A restarted controller grants every peer one lease before judging it.
+    let mut deadline = Instant::now() + ttl;
+    let mut backoff = MIN_BACKOFF;
+    let mut turn = 0usize;
+    loop {
+        let result = watch_once(&writer, &connector, &ctx, ttl, &mut deadline, &mut turn).await;
+        ctx.metrics
+            .federation_stream_up
+            .get_or_create(&labels)
+            .set(0);
+        writer.update(|p| p.stream_up = false);
+        let healthy_run = match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(link = %writer.key, error = %e, "federation stream ended");
+                writer.update(|p| p.last_error = Some(format!("federation: {e}")));
+                false
+            }
+        };
+        if healthy_run {
+            backoff = MIN_BACKOFF;
+        }
+        let delay = jitter(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // Wait out the backoff, but withdraw the peer the moment its lease runs out.
+        let retry_at = Instant::now() + delay;
+        if deadline < retry_at && writer.get().is_some_and(|p| p.lease_alive) {
+            tokio::time::sleep_until(deadline).await;
+            expire(&writer);
+        }
+        tokio::time::sleep_until(retry_at).await;
+    }
+}
+
+/// One stream from connect to end. `Ok` when it delivered a snapshot before
+/// ending (the next attempt starts without backoff).
+async fn watch_once(
+    writer: &PeerWriter,
+    connector: &TlsConnector,
+    ctx: &PeerContext,
+    ttl: Duration,
+    deadline: &mut Instant,
+    turn: &mut usize,
+) -> Result<(), String> {
+    let gateways = writer.get().map(|p| p.gateways.clone()).unwrap_or_default();
+    if gateways.is_empty() {
+        return Err("gateway address not resolved yet".into());
+    }
+    let target = gateways[*turn % gateways.len()];
+    *turn = turn.wrapping_add(1);
+    let connector = connector.clone();
+    let dial = tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(target).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(meshfed_api::sni::FEDERATION)
+                .map_err(std::io::Error::other)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let endpoint = tonic::transport::Endpoint::from_static("http://federation.meshfed.local")
+        .connect_timeout(CONNECT_TIMEOUT);
+    let channel = endpoint.connect_with_connector(dial);
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT, channel)
+        .await
+        .map_err(|_| format!("connecting to {target}: timed out"))?
+        .map_err(|e| format!("connecting to {target}: {}", error_chain(&e)))?;
+    let mut client = FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let request = WatchExportsRequest {
+        cluster: ctx.local_cluster.clone(),
+        lease_ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+    };
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, client.watch_exports(request))
+        .await
+        .map_err(|_| format!("{target}: no answer to WatchExports"))?
+        .map_err(|s| format!("{target}: {} ({:?})", s.message(), s.code()))?
+        .into_inner();
+    let labels = LinkLabels {
+        link: writer.key.to_string(),
+    };
+    ctx.metrics
+        .federation_stream_up
+        .get_or_create(&labels)
+        .set(1);
+    writer.update(|p| p.stream_up = true);
+    let mut imports: Option<ExportSet> = None;
+    loop {
+        let next = tokio::time::timeout_at(*deadline, stream.message()).await;
+        let update = match next {
+            Err(_) => {
+                expire(writer);
+                return Err(format!("{target}: silent past the lease TTL ({ttl:?})"));
+            }
+            Ok(Err(status)) => {
+                return Err(format!(
+                    "{target}: {} ({:?})",
+                    status.message(),
+                    status.code()
+                ));
+            }
+            Ok(Ok(None)) => return imports.map(|_| ()).ok_or_else(|| "stream closed".into()),
+            Ok(Ok(Some(u))) => u,
+        };
+        *deadline = Instant::now() + ttl;
+        let changed = apply(&mut imports, update).map_err(|e| format!("{target}: {e}"))?;
+        let Some(set) = imports.as_ref() else {
+            return Err(format!("{target}: first message was not a snapshot"));
+        };
+        let count = i64::try_from(set.len()).unwrap_or(i64::MAX);
+        ctx.metrics.imports.get_or_create(&labels).set(count);
+        let set = changed.then(|| Arc::new(set.clone()));
+        writer.update(|p| {
+            p.lease_alive = true;
+            p.last_error = None;
+            if let Some(set) = set {
+                p.imports = Some(set);
+            }
+        });
+    }
+}
+
+/// Applies an update to the imports; `true` when the set changed.
+fn apply(imports: &mut Option<ExportSet>, update: ExportsUpdate) -> Result<bool, String> {
+    if update.snapshot {
+        let mut set = ExportSet::new();
+        for svc in update.upserts {
+            set.insert(key_of(&svc.namespace, &svc.name)?, svc);
+        }
+        let changed = imports.as_ref() != Some(&set);
+        *imports = Some(set);
+        return Ok(changed);
+    }
+    let Some(set) = imports.as_mut() else {
+        return Ok(false);
+    };
+    // Check every name before changing anything: a bad update applies not at all.
+    let removals = update
+        .removals
+        .iter()
+        .map(|r| key_of(&r.namespace, &r.name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let upserts = update
+        .upserts
+        .into_iter()
+        .map(|s| Ok((key_of(&s.namespace, &s.name)?, s)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut changed = false;
+    for key in removals {
+        changed |= set.remove(&key).is_some();
+    }
+    for (key, svc) in upserts {
+        changed |= set.insert(key, svc.clone()).as_ref() != Some(&svc);
+    }
+    Ok(changed)
+}
+
+/// A peer's names become names of local objects: they must be DNS labels.
+fn key_of(namespace: &str, name: &str) -> Result<ObjKey, String> {
+    if !meshfed_api::sni::is_dns_label(namespace) || !meshfed_api::sni::is_dns_label(name) {
+        return Err(format!(
+            "peer sent an invalid service name {namespace:?}/{name:?}"
+        ));
+    }
+    Ok(ObjKey::new(namespace, name))
+}
+
+/// The lease ran out: the peer's services are withdrawn.
+fn expire(writer: &PeerWriter) {
+    tracing::warn!(link = %writer.key, "peer silent past its lease; withdrawing its services");
+    writer.update(|p| {
+        p.lease_alive = false;
+        p.imports = Some(Arc::new(ExportSet::new()));
+    });
+}
+
+fn jitter(d: Duration) -> Duration {
+    let f = rand::rng().random_range(0.5..1.0);
+    d.mul_f64(f)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshfed_api::federation::{ExportedService, ServiceRef};
+
+    fn svc(name: &str) -> ExportedService {
+        ExportedService {
+            namespace: "shop".into(),
+            name: name.into(),
+            ..ExportedService::default()
+        }
+    }
+
+    #[test]
+    fn snapshots_replace_and_diffs_patch() {
+        let mut imports = None;
+        let diff = ExportsUpdate {
+            upserts: vec![svc("x")],
+            ..ExportsUpdate::default()
+        };
+        assert_eq!(
+            apply(&mut imports, diff.clone()),
+            Ok(false),
+            "no diff before a snapshot"
+        );
+        let snap = ExportsUpdate {
+            snapshot: true,
+            upserts: vec![svc("a"), svc("b")],
+            ..ExportsUpdate::default()
+        };
+        assert_eq!(apply(&mut imports, snap.clone()), Ok(true));
+        assert_eq!(
+            apply(&mut imports, snap),
+            Ok(false),
+            "same snapshot, no change"
+        );
+        let d = ExportsUpdate {
+            upserts: vec![svc("c")],
+            removals: vec![ServiceRef {
+                namespace: "shop".into(),
+                name: "a".into(),
+            }],
+            ..ExportsUpdate::default()
+        };
+        assert_eq!(apply(&mut imports, d), Ok(true));
+        let names: Vec<_> = imports
+            .iter()
+            .flat_map(|s| s.keys())
+            .map(|k| k.name.as_str())
+            .collect();
+        assert_eq!(names, ["b", "c"]);
+        let heartbeat = ExportsUpdate::default();
+        assert_eq!(apply(&mut imports, heartbeat), Ok(false));
+    }
+
+    #[test]
+    fn refuses_names_that_are_not_dns_labels() {
+        let mut imports = None;
+        let snap = ExportsUpdate {
+            snapshot: true,
+            upserts: vec![svc("../etc")],
+            ..ExportsUpdate::default()
+        };
+        assert!(apply(&mut imports, snap).is_err());
+        assert!(imports.is_none(), "nothing applied");
+    }
+}

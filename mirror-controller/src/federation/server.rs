@@ -1,0 +1,247 @@
+//! The federation service: streams this cluster's exports to peer
+//! controllers — a snapshot, then changes, with heartbeats as the lease.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use meshfed_api::federation::federation_server::Federation;
+use meshfed_api::federation::{ExportsUpdate, ServiceRef, WatchExportsRequest};
+use meshfed_trust::{SpiffeId, TlsConnectInfo, peer_id};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::local::ExportSet;
+use crate::metrics::Metrics;
+use crate::store::ClusterState;
+
+/// The export set with a revision that grows with every change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Exports {
+    /// Bumped on every change of `set`.
+    pub revision: u64,
+    pub(crate) set: ExportSet,
+}
+
+/// Who may open the federation stream: the controller's own identity (peer
+/// controllers run under the same service account in every cluster), the
+/// controller identity of every Link, and identities allowed explicitly.
+#[derive(Debug, Clone)]
+pub struct PeerAuthorizer {
+    own: SpiffeId,
+    extra: Vec<SpiffeId>,
+    state: watch::Receiver<Arc<ClusterState>>,
+}
+
+impl PeerAuthorizer {
+    /// Builds the authorizer.
+    pub fn new(
+        own: SpiffeId,
+        extra: Vec<SpiffeId>,
+        state: watch::Receiver<Arc<ClusterState>>,
+    ) -> Self {
+        Self { own, extra, state }
+    }
+
+    /// Whether `id` is a peer controller.
+    pub fn allows(&self, id: &SpiffeId) -> bool {
+        if *id == self.own || self.extra.contains(id) {
+            return true;
+        }
+        let id = id.to_string();
+        self.state
+            .borrow()
+            .links
+            .values()
+            .any(|l| l.spec.gateway.controller_identity == id)
+    }
+}
+
+/// The tonic service.
+#[derive(Debug, Clone)]
+pub struct FederationService {
+    cluster: String,
+    exports: watch::Receiver<Arc<Exports>>,
+    authorizer: PeerAuthorizer,
+    metrics: Arc<Metrics>,
+}
+
+impl FederationService {
+    /// Serves the exports of `cluster`.
+    pub fn new(
+        cluster: String,
+        exports: watch::Receiver<Arc<Exports>>,
+        authorizer: PeerAuthorizer,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            cluster,
+            exports,
+            authorizer,
+            metrics,
+        }
+    }
+}
+
+/// Heartbeat period for a caller's lease TTL: a third of it, within bounds.
+fn heartbeat_every(lease_ttl_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(lease_ttl_ms / 3))
+        .clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<ExportsUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    type WatchExportsStream = UpdateStream;
+
+    async fn watch_exports(
+        &self,
+        req: Request<WatchExportsRequest>,
+    ) -> Result<Response<Self::WatchExportsStream>, Status> {
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo>()
+            .and_then(|i| i.peer_certs.clone());
+        let Some(caller) = peer_id(certs.as_deref()) else {
+            self.metrics.federation_refused.inc();
+            return Err(Status::unauthenticated("no verified client certificate"));
+        };
+        if !self.authorizer.allows(&caller) {
+            self.metrics.federation_refused.inc();
+            tracing::warn!(%caller, "refused federation stream: not a peer controller");
+            return Err(Status::permission_denied(format!(
+                "{caller} is not a peer controller"
+            )));
+        }
+        let req = req.into_inner();
+        tracing::info!(%caller, peer_cluster = %req.cluster, "federation stream opened");
+        let (tx, rx) = mpsc::channel(16);
+        let exports = self.exports.clone();
+        let cluster = self.cluster.clone();
+        let every = heartbeat_every(req.lease_ttl_ms);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            metrics.federation_streams_served.inc();
+            stream_exports(cluster, exports, every, tx).await;
+            metrics.federation_streams_served.dec();
+            tracing::info!(%caller, "federation stream closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends the snapshot, then a diff per change, and a heartbeat whenever
+/// nothing else went out for `every`. Returns when the caller goes away.
+async fn stream_exports(
+    cluster: String,
+    mut exports: watch::Receiver<Arc<Exports>>,
+    every: Duration,
+    tx: mpsc::Sender<Result<ExportsUpdate, Status>>,
+) {
+    let mut sent = exports.borrow_and_update().clone();
+    let snapshot = ExportsUpdate {
+        cluster: cluster.clone(),
+        snapshot: true,
+        upserts: sent.set.values().cloned().collect(),
+        removals: Vec::new(),
+        revision: sent.revision,
+    };
+    if tx.send(Ok(snapshot)).await.is_err() {
+        return;
+    }
+    loop {
+        let update = tokio::select! {
+            changed = exports.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = exports.borrow_and_update().clone();
+                let update = diff(&cluster, &sent, &now);
+                sent = now;
+                update
+            }
+            () = tokio::time::sleep(every) => ExportsUpdate {
+                cluster: cluster.clone(),
+                revision: sent.revision,
+                ..ExportsUpdate::default()
+            },
+            () = tx.closed() => return,
+        };
+        if tx.send(Ok(update)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn diff(cluster: &str, old: &Exports, new: &Exports) -> ExportsUpdate {
+    let upserts = new
+        .set
+        .iter()
+        .filter(|(k, v)| old.set.get(*k) != Some(*v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let removals = old
+        .set
+        .keys()
+        .filter(|k| !new.set.contains_key(*k))
+        .map(|k| ServiceRef {
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+        })
+        .collect();
+    ExportsUpdate {
+        cluster: cluster.to_owned(),
+        snapshot: false,
+        upserts,
+        removals,
+        revision: new.revision,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjKey;
+    use meshfed_api::federation::ExportedService;
+
+    fn svc(name: &str, ready: u32) -> ExportedService {
+        ExportedService {
+            namespace: "shop".into(),
+            name: name.into(),
+            zones: vec![meshfed_api::federation::ZoneEndpoints {
+                zone: String::new(),
+                ready,
+                total: ready,
+            }],
+            ..ExportedService::default()
+        }
+    }
+
+    #[test]
+    fn diffs_carry_only_what_changed() {
+        let mut old = Exports::default();
+        old.set.insert(ObjKey::new("shop", "a"), svc("a", 1));
+        old.set.insert(ObjKey::new("shop", "b"), svc("b", 1));
+        let mut new = old.clone();
+        new.revision = 2;
+        new.set.remove(&ObjKey::new("shop", "a"));
+        new.set.insert(ObjKey::new("shop", "b"), svc("b", 2));
+        new.set.insert(ObjKey::new("shop", "c"), svc("c", 1));
+        let d = diff("west", &old, &new);
+        let names: Vec<_> = d.upserts.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(d.removals.len(), 1);
+        assert_eq!(d.removals[0].name, "a");
+        assert!(!d.snapshot);
+    }
+
+    #[test]
+    fn heartbeats_follow_the_lease() {
+        assert_eq!(heartbeat_every(5000), Duration::from_millis(1666));
+        assert_eq!(heartbeat_every(0), Duration::from_millis(100));
+        assert_eq!(heartbeat_every(u32::MAX), Duration::from_secs(10));
+    }
+}

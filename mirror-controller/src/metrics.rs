@@ -1,0 +1,129 @@
+//! The controller's Prometheus metrics, registered under `meshfed_controller`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-link metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    /// The Link, `namespace/name`.
+    pub link: String,
+}
+
+/// Labels of reconcile errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// What failed: `apply_mirror`, `delete_mirror`, `status`, `store`.
+    pub what: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+/// Every metric of the controller.
+#[derive(Debug)]
+pub struct Metrics {
+    pub(crate) exports: Gauge,
+    pub(crate) imports: Family<LinkLabels, Gauge>,
+    pub(crate) mirrors: Family<LinkLabels, Gauge>,
+    pub(crate) probe_latency: Family<LinkLabels, Histogram, fn() -> Histogram>,
+    pub(crate) probe_alive: Family<LinkLabels, Gauge>,
+    pub(crate) peer_alive: Family<LinkLabels, Gauge>,
+    pub(crate) federation_stream_up: Family<LinkLabels, Gauge>,
+    pub(crate) federation_streams_served: Gauge,
+    pub(crate) federation_refused: Counter,
+    pub(crate) discovery_subscribers: Gauge,
+    pub(crate) discovery_push_latency: Histogram,
+    pub(crate) reconcile_errors: Family<ErrorLabels, Counter>,
+    pub(crate) store_errors: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under `meshfed_controller`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            exports: Gauge::default(),
+            imports: Family::default(),
+            mirrors: Family::default(),
+            probe_latency: Family::new_with_constructor(latency_histogram),
+            probe_alive: Family::default(),
+            peer_alive: Family::default(),
+            federation_stream_up: Family::default(),
+            federation_streams_served: Gauge::default(),
+            federation_refused: Counter::default(),
+            discovery_subscribers: Gauge::default(),
+            discovery_push_latency: latency_histogram(),
+            reconcile_errors: Family::default(),
+            store_errors: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("meshfed_controller");
+        r.register(
+            "exports",
+            "Services this cluster exports",
+            m.exports.clone(),
+        );
+        r.register("imports", "Services imported per link", m.imports.clone());
+        r.register(
+            "mirrors",
+            "Mirrors in the local store per link",
+            m.mirrors.clone(),
+        );
+        r.register(
+            "probe_latency_seconds",
+            "Latency of successful gateway probes",
+            m.probe_latency.clone(),
+        );
+        r.register(
+            "probe_alive",
+            "Whether the link's gateway answers probes",
+            m.probe_alive.clone(),
+        );
+        r.register(
+            "peer_alive",
+            "Whether the linked cluster receives traffic (probe and lease)",
+            m.peer_alive.clone(),
+        );
+        r.register(
+            "federation_stream_up",
+            "Whether the federation stream to the link's peer is connected",
+            m.federation_stream_up.clone(),
+        );
+        r.register(
+            "federation_streams_served",
+            "Federation streams this controller serves to peers",
+            m.federation_streams_served.clone(),
+        );
+        r.register(
+            "federation_refused",
+            "Federation streams refused (unauthenticated or not a peer controller)",
+            m.federation_refused.clone(),
+        );
+        r.register(
+            "discovery_subscribers",
+            "Open discovery subscriptions",
+            m.discovery_subscribers.clone(),
+        );
+        r.register(
+            "discovery_push_latency_seconds",
+            "Time from a change to its endpoint set reaching a subscriber's stream",
+            m.discovery_push_latency.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed store writes by what was attempted",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "store_file_errors",
+            "Manifest files that currently fail to parse (file store)",
+            m.store_errors.clone(),
+        );
+        m
+    }
+}

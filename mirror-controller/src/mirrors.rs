@@ -1,0 +1,478 @@
+//! Mirrors: for every service imported from a peer, a local `<name>-<cluster>`
+//! Service and EndpointSlice at the peer's gateway. Reconciled from the
+//! world on every change: missing or changed mirrors are applied, mirrors
+//! nothing imports any more are deleted (found by label, never by name).
+//! A mirror whose peer has not sent its first snapshot since start is left
+//! alone, so a restarting controller churns nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use meshfed_api::federation::ExportedService;
+use meshfed_api::labels;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
+use crate::store::{Mirror, ObjKey, Store, is_mirror};
+use crate::world::{PeerState, World};
+
+/// Annotation holding a digest of what the controller last applied, so an
+/// unchanged mirror is never rewritten.
+const HASH: &str = "meshfed.io/mirror-hash";
+/// Re-check everything this often even without changes.
+const RESYNC: Duration = Duration::from_secs(10);
+/// Wait before retrying a write that failed.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The mirror name of `service` imported from `cluster`, if it is a valid
+/// Service name.
+pub(crate) fn mirror_name(service: &str, cluster: &str) -> Option<String> {
+    let name = format!("{service}-{cluster}");
+    meshfed_api::sni::is_dns_label(&name).then_some(name)
+}
+
+/// Whether `labels` match a Link's selector (no selector matches all).
+pub(crate) fn selector_matches(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let Some(sel) = selector else { return true };
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            // Validation refuses such Links; match nothing rather than everything.
+            _ => false,
+        }
+    });
+    by_labels && by_exprs
+}
+
+/// The exports of `peer` its Link selects.
+pub(crate) fn selected<'a>(peer: &'a PeerState) -> impl Iterator<Item = &'a ExportedService> + 'a {
+    let sel = peer.spec.selector.as_ref();
+    peer.imports
+        .iter()
+        .flat_map(|set| set.values())
+        .filter(move |svc| {
+            let labels: BTreeMap<String, String> = svc
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            selector_matches(sel, &labels)
+        })
+}
+
+/// The export `key` of `peer`, if its Link selects it.
+pub(crate) fn imported<'a>(peer: &'a PeerState, key: &ObjKey) -> Option<&'a ExportedService> {
+    let svc = peer.imports.as_ref()?.get(key)?;
+    let labels: BTreeMap<String, String> = svc
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    selector_matches(peer.spec.selector.as_ref(), &labels).then_some(svc)
+}
+
+/// What should exist, by mirror key, with the link each comes through.
+pub(crate) fn desired(world: &World) -> BTreeMap<ObjKey, (ObjKey, Mirror)> {
+    let mut out = BTreeMap::new();
+    for (link_key, peer) in &world.peers {
+        let link = world.local.links.get(link_key);
+        for svc in selected(peer) {
+            let Some(name) = mirror_name(&svc.name, &peer.spec.cluster) else {
+                tracing::warn!(service = %svc.name, cluster = %peer.spec.cluster,
+                    "mirror name would exceed 63 characters; not mirrored");
+                continue;
+            };
+            let owner = link.and_then(|l| {
+                // Owner references cannot cross namespaces.
+                (l.metadata.namespace.as_deref() == Some(svc.namespace.as_str()))
+                    .then(|| owner_ref(l))
+                    .flatten()
+            });
+            let mirror = build(svc, &name, link_key, peer, owner);
+            out.entry(ObjKey::new(&svc.namespace, &name))
+                .or_insert((link_key.clone(), mirror));
+        }
+    }
+    out
+}
+
+fn owner_ref(link: &meshfed_api::crd::Link) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "meshfed.io/v1alpha1".into(),
+        kind: "Link".into(),
+        name: link.metadata.name.clone()?,
+        uid: link.metadata.uid.clone()?,
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    })
+}
+
+fn build(
+    svc: &ExportedService,
+    name: &str,
+    link: &ObjKey,
+    peer: &PeerState,
+    owner: Option<OwnerReference>,
+) -> Mirror {
+    let mut mirror_labels = BTreeMap::from([
+        (labels::ORIGIN_CLUSTER.to_owned(), peer.spec.cluster.clone()),
+        (labels::LINK.to_owned(), link.name.clone()),
+        (labels::ORIGIN_SERVICE.to_owned(), svc.name.clone()),
+    ]);
+    let service = Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(svc.namespace.clone()),
+            labels: Some(mirror_labels.clone()),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            ports: Some(
+                svc.ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: (!p.name.is_empty()).then(|| p.name.clone()),
+                        port: i32::try_from(p.port).unwrap_or_default(),
+                        protocol: Some(p.protocol.clone()),
+                        app_protocol: (!p.app_protocol.is_empty()).then(|| p.app_protocol.clone()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    mirror_labels.insert(labels::SERVICE_NAME.into(), name.into());
+    mirror_labels.insert(labels::MANAGED_BY.into(), labels::CONTROLLER.into());
+    let v4: Vec<&SocketAddr> = peer.gateways.iter().filter(|a| a.is_ipv4()).collect();
+    let (address_type, gateways) = if v4.is_empty() {
+        ("IPv6", peer.gateways.iter().collect())
+    } else {
+        ("IPv4", v4)
+    };
+    let ready = peer.alive();
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(svc.namespace.clone()),
+            labels: Some(mirror_labels),
+            ..ObjectMeta::default()
+        },
+        address_type: address_type.into(),
+        endpoints: Some(
+            gateways
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![a.ip().to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(ready),
+                        ..EndpointConditions::default()
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
+        ),
+        ports: Some(
+            svc.ports
+                .iter()
+                .map(|p| EndpointPort {
+                    name: (!p.name.is_empty()).then(|| p.name.clone()),
+                    port: Some(i32::from(peer.spec.gateway.port)),
+                    protocol: Some("TCP".into()),
+                    ..EndpointPort::default()
+                })
+                .collect(),
+        ),
+    };
+    let mut mirror = Mirror { service, slice };
+    let digest = digest(&mirror);
+    for meta in [&mut mirror.service.metadata, &mut mirror.slice.metadata] {
+        meta.annotations = Some(BTreeMap::from([(HASH.to_owned(), digest.clone())]));
+    }
+    mirror
+}
+
+fn digest(m: &Mirror) -> String {
+    let bytes = serde_json::to_vec(&(&m.service, &m.slice)).unwrap_or_default();
+    let d = Sha256::digest(bytes);
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+fn applied_digest(svc: &Service) -> Option<&str> {
+    svc.metadata
+        .annotations
+        .as_ref()?
+        .get(HASH)
+        .map(String::as_str)
+}
+
+/// The writes that bring the store to the desired mirrors.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Plan {
+    pub(crate) apply: Vec<Mirror>,
+    pub(crate) delete: Vec<ObjKey>,
+}
+
+pub(crate) fn plan(world: &World) -> Plan {
+    let desired = desired(world);
+    let mut plan = Plan::default();
+    for (key, (_, mirror)) in &desired {
+        let current = world.local.services.get(key);
+        let slice_ok = world.local.slices.contains_key(key);
+        let same = current.and_then(applied_digest)
+            == mirror
+                .service
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(HASH))
+                .map(String::as_str);
+        if !same || !slice_ok {
+            plan.apply.push(mirror.clone());
+        }
+    }
+    for (key, svc) in &world.local.services {
+        let labels_ = svc.metadata.labels.as_ref();
+        if !is_mirror(labels_) || desired.contains_key(key) {
+            continue;
+        }
+        let link_name = labels_.and_then(|l| l.get(labels::LINK));
+        // Its peer has not spoken since start: keep it until it does or its lease ends.
+        let pending = world
+            .peers
+            .iter()
+            .any(|(k, p)| Some(&k.name) == link_name && p.imports.is_none());
+        if !pending {
+            plan.delete.push(key.clone());
+        }
+    }
+    plan
+}
+
+/// Keeps the store's mirrors in line with the world until the world ends.
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    mut world: watch::Receiver<Arc<World>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut failed: HashMap<ObjKey, Instant> = HashMap::new();
+    loop {
+        let snapshot = world.borrow_and_update().clone();
+        let plan = plan(&snapshot);
+        let now = Instant::now();
+        failed.retain(|_, until| *until > now);
+        for mirror in plan.apply {
+            let key = mirror.key();
+            if failed.contains_key(&key) {
+                continue;
+            }
+            if let Err(e) = store.apply_mirror(mirror).await {
+                tracing::warn!(mirror = %key, error = %e, "applying mirror failed");
+                metrics
+                    .reconcile_errors
+                    .get_or_create(&ErrorLabels {
+                        what: "apply_mirror",
+                    })
+                    .inc();
+                failed.insert(key, now + RETRY);
+            } else {
+                tracing::info!(mirror = %key, "mirror applied");
+            }
+        }
+        for key in plan.delete {
+            if failed.contains_key(&key) {
+                continue;
+            }
+            if let Err(e) = store.delete_mirror(key.clone()).await {
+                tracing::warn!(mirror = %key, error = %e, "deleting mirror failed");
+                metrics
+                    .reconcile_errors
+                    .get_or_create(&ErrorLabels {
+                        what: "delete_mirror",
+                    })
+                    .inc();
+                failed.insert(key, now + RETRY);
+            } else {
+                tracing::info!(mirror = %key, "mirror deleted");
+            }
+        }
+        count_mirrors(&world.borrow(), &metrics);
+        let next_retry = failed.values().min().copied();
+        tokio::select! {
+            changed = world.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RESYNC) => {}
+            () = async {
+                match next_retry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+fn count_mirrors(world: &World, metrics: &Metrics) {
+    let mut by_link: BTreeMap<String, i64> =
+        world.peers.keys().map(|k| (k.to_string(), 0)).collect();
+    for svc in world.local.services.values() {
+        let Some(link) = svc
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::LINK))
+        else {
+            continue;
+        };
+        if let Some((_, n)) = by_link
+            .iter_mut()
+            .find(|(k, _)| k.ends_with(&format!("/{link}")))
+        {
+            *n += 1;
+        }
+    }
+    for (link, n) in by_link {
+        metrics.mirrors.get_or_create(&LinkLabels { link }).set(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+    use crate::store::ClusterState;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use meshfed_api::federation::ServicePort as WirePort;
+
+    fn exported(name: &str, tier: &str) -> ExportedService {
+        ExportedService {
+            namespace: "shop".into(),
+            name: name.into(),
+            labels: [("tier".to_owned(), tier.to_owned())].into(),
+            ports: vec![WirePort {
+                name: "http".into(),
+                port: 80,
+                protocol: "TCP".into(),
+                app_protocol: String::new(),
+            }],
+            ..ExportedService::default()
+        }
+    }
+
+    fn world_with(imports: Option<Vec<ExportedService>>, local: ClusterState) -> World {
+        let link = fixtures::link(
+            "meshfed",
+            "west",
+            &["127.0.0.2"],
+            4443,
+            "spiffe://t/ns/a/sa/gw",
+            "spiffe://t/ns/a/sa/c",
+        );
+        let mut peer = PeerState::new(link.spec.clone());
+        peer.gateways = vec!["127.0.0.2:4443".parse().expect("addr")];
+        peer.imports = imports.map(|v| {
+            Arc::new(
+                v.into_iter()
+                    .map(|s| (ObjKey::new(&s.namespace, &s.name), s))
+                    .collect(),
+            )
+        });
+        let mut local = local;
+        local.links.insert(ObjKey::new("meshfed", "west"), link);
+        let mut w = World::new(Arc::new(local));
+        w.peers
+            .insert(ObjKey::new("meshfed", "west"), Arc::new(peer));
+        w
+    }
+
+    #[test]
+    fn imports_become_mirrors_at_the_gateway() {
+        let w = world_with(Some(vec![exported("api", "web")]), ClusterState::default());
+        let p = plan(&w);
+        assert_eq!(p.apply.len(), 1);
+        let m = &p.apply[0];
+        assert_eq!(m.key(), ObjKey::new("shop", "api-west"));
+        let l = m.service.metadata.labels.as_ref().expect("labels");
+        assert_eq!(l[labels::ORIGIN_CLUSTER], "west");
+        assert_eq!(l[labels::LINK], "west");
+        assert_eq!(
+            m.slice.endpoints.as_ref().expect("endpoints")[0].addresses,
+            vec!["127.0.0.2".to_owned()]
+        );
+        assert_eq!(m.slice.ports.as_ref().expect("ports")[0].port, Some(4443));
+    }
+
+    #[test]
+    fn applied_mirrors_are_not_rewritten_and_stale_ones_go() {
+        let w = world_with(Some(vec![exported("api", "web")]), ClusterState::default());
+        let m = plan(&w).apply.remove(0);
+        let mut local = ClusterState::default();
+        local.services.insert(m.key(), m.service.clone());
+        local.slices.insert(m.key(), m.slice.clone());
+        let mut stale = m.clone();
+        stale.service.metadata.name = Some("old-west".into());
+        local
+            .services
+            .insert(ObjKey::new("shop", "old-west"), stale.service);
+        let w = world_with(Some(vec![exported("api", "web")]), local.clone());
+        assert_eq!(
+            plan(&w),
+            Plan {
+                apply: vec![],
+                delete: vec![ObjKey::new("shop", "old-west")]
+            }
+        );
+        // Before the peer's first snapshot nothing is touched.
+        let w = world_with(None, local);
+        assert_eq!(plan(&w), Plan::default());
+    }
+
+    #[test]
+    fn selectors_pick_exports() {
+        let mut sel = LabelSelector {
+            match_labels: Some([("tier".to_owned(), "web".to_owned())].into()),
+            ..LabelSelector::default()
+        };
+        let web: BTreeMap<_, _> = [("tier".to_owned(), "web".to_owned())].into();
+        let db: BTreeMap<_, _> = [("tier".to_owned(), "db".to_owned())].into();
+        assert!(selector_matches(Some(&sel), &web));
+        assert!(!selector_matches(Some(&sel), &db));
+        sel.match_labels = None;
+        sel.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "tier".into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["web".into()]),
+        }]);
+        assert!(!selector_matches(Some(&sel), &web));
+        assert!(selector_matches(Some(&sel), &db));
+        assert!(selector_matches(None, &db));
+    }
+
+    #[test]
+    fn long_names_are_not_mirrored() {
+        assert_eq!(mirror_name("api", "west").as_deref(), Some("api-west"));
+        assert_eq!(mirror_name(&"a".repeat(60), "west"), None);
+    }
+}

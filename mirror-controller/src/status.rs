@@ -1,0 +1,220 @@
+//! Statuses: each Link's `Accepted` and `Alive` conditions, liveness,
+//! probe latency, imported service count, resolved addresses and last
+//! error; each FailoverPolicy's `Accepted`. Written only when they change,
+//! at most once per period per object.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use meshfed_api::crd::{FailoverPolicyStatus, LinkStatus};
+use tokio::sync::watch;
+
+use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
+use crate::mirrors::selected;
+use crate::store::{ObjKey, Store};
+use crate::validate::{accepted_condition, validate_failover_policy, validate_link};
+use crate::world::{PeerState, World};
+
+/// The condition type that says whether a linked cluster receives traffic.
+pub const CONDITION_ALIVE: &str = "Alive";
+
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    world: watch::Receiver<Arc<World>>,
+    metrics: Arc<Metrics>,
+    period: Duration,
+) {
+    let mut written_links: HashMap<ObjKey, LinkStatus> = HashMap::new();
+    let mut written_policies: HashMap<ObjKey, FailoverPolicyStatus> = HashMap::new();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let w = world.borrow().clone();
+        let now = Time(Timestamp::now());
+        for (key, link) in &w.local.links {
+            let peer = w.peers.get(key).map(|p| &**p);
+            if let Some(p) = peer {
+                let labels = LinkLabels {
+                    link: key.to_string(),
+                };
+                metrics
+                    .peer_alive
+                    .get_or_create(&labels)
+                    .set(i64::from(p.alive()));
+            }
+            let previous = written_links
+                .get(key)
+                .or(link.status.as_ref())
+                .cloned()
+                .unwrap_or_default();
+            let validation = validate_link(&link.spec);
+            let gen_ = link.metadata.generation;
+            let mut next = link_status(peer, &previous, now.clone());
+            next.conditions = merge_conditions(
+                &previous.conditions,
+                vec![
+                    accepted_condition(&validation, gen_, now.clone()),
+                    alive_condition(peer, gen_, now.clone()),
+                ],
+            );
+            next.observed_generation = gen_;
+            if link.status.as_ref() == Some(&next) || written_links.get(key) == Some(&next) {
+                continue;
+            }
+            match store.set_link_status(key.clone(), next.clone()).await {
+                Ok(()) => {
+                    written_links.insert(key.clone(), next);
+                }
+                Err(e) => {
+                    tracing::warn!(link = %key, error = %e, "writing link status failed");
+                    metrics
+                        .reconcile_errors
+                        .get_or_create(&ErrorLabels { what: "status" })
+                        .inc();
+                }
+            }
+        }
+        written_links.retain(|k, _| w.local.links.contains_key(k));
+        for (key, policy) in &w.local.policies {
+            let previous = written_policies
+                .get(key)
+                .or(policy.status.as_ref())
+                .cloned()
+                .unwrap_or_default();
+            let gen_ = policy.metadata.generation;
+            let next = FailoverPolicyStatus {
+                conditions: merge_conditions(
+                    &previous.conditions,
+                    vec![accepted_condition(
+                        &validate_failover_policy(&policy.spec),
+                        gen_,
+                        now.clone(),
+                    )],
+                ),
+                observed_generation: gen_,
+            };
+            if policy.status.as_ref() == Some(&next) || written_policies.get(key) == Some(&next) {
+                continue;
+            }
+            match store.set_policy_status(key.clone(), next.clone()).await {
+                Ok(()) => {
+                    written_policies.insert(key.clone(), next);
+                }
+                Err(e) => {
+                    tracing::warn!(policy = %key, error = %e, "writing policy status failed");
+                    metrics
+                        .reconcile_errors
+                        .get_or_create(&ErrorLabels { what: "status" })
+                        .inc();
+                }
+            }
+        }
+        written_policies.retain(|k, _| w.local.policies.contains_key(k));
+    }
+}
+
+fn link_status(peer: Option<&PeerState>, previous: &LinkStatus, _now: Time) -> LinkStatus {
+    let Some(p) = peer else {
+        return LinkStatus {
+            alive: Some(false),
+            last_error: previous.last_error.clone(),
+            ..LinkStatus::default()
+        };
+    };
+    LinkStatus {
+        conditions: Vec::new(),
+        alive: Some(p.alive()),
+        latency_p50: p.latency.map(|(p50, _)| format_latency(p50)),
+        latency_p99: p.latency.map(|(_, p99)| format_latency(p99)),
+        imported_services: u32::try_from(selected(p).count()).unwrap_or(u32::MAX),
+        resolved_addresses: p.gateways.iter().map(ToString::to_string).collect(),
+        last_error: p.last_error.clone(),
+        observed_generation: None,
+    }
+}
+
+fn alive_condition(peer: Option<&PeerState>, generation: Option<i64>, now: Time) -> Condition {
+    let (status, reason, message) = match peer {
+        None => (
+            "False",
+            "NotLinked",
+            "the Link is not valid; no peer runs".to_owned(),
+        ),
+        Some(p) if p.alive() => (
+            "True",
+            "ProbeAndLease",
+            "gateway answers probes and the federation lease is current".to_owned(),
+        ),
+        Some(p) if p.gateways.is_empty() => (
+            "False",
+            "Unresolved",
+            "no gateway address resolved".to_owned(),
+        ),
+        Some(p) if !p.lease_alive => (
+            "False",
+            "LeaseExpired",
+            "the peer controller was silent past the lease TTL".to_owned(),
+        ),
+        Some(_) => (
+            "False",
+            "ProbeFailing",
+            "the gateway does not answer probes".to_owned(),
+        ),
+    };
+    Condition {
+        type_: CONDITION_ALIVE.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now,
+    }
+}
+
+/// Keeps a condition's transition time while its status stays the same.
+fn merge_conditions(previous: &[Condition], next: Vec<Condition>) -> Vec<Condition> {
+    next.into_iter()
+        .map(|mut c| {
+            if let Some(old) = previous.iter().find(|o| o.type_ == c.type_)
+                && old.status == c.status
+            {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+            c
+        })
+        .collect()
+}
+
+/// Two significant figures, in the unit that suits: `850µs`, `1.2ms`, `35ms`, `1.5s`.
+pub(crate) fn format_latency(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    let (v, unit) = if us < 1000.0 {
+        (us, "µs")
+    } else if us < 1e6 {
+        (us / 1e3, "ms")
+    } else {
+        (us / 1e6, "s")
+    };
+    if v < 10.0 {
+        format!("{v:.1}{unit}")
+    } else {
+        format!("{v:.0}{unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_reads_well() {
+        assert_eq!(format_latency(Duration::from_micros(850)), "850µs");
+        assert_eq!(format_latency(Duration::from_micros(1234)), "1.2ms");
+        assert_eq!(format_latency(Duration::from_millis(35)), "35ms");
+        assert_eq!(format_latency(Duration::from_millis(1500)), "1.5s");
+    }
+}

@@ -1,0 +1,156 @@
+//! The cluster store: the one narrow interface through which the controller
+//! reads its own cluster and writes mirrors and statuses. Two backends:
+//! [`FileStore`] (a directory of YAML manifests) and [`KubeStore`] (the
+//! Kubernetes API).
+
+mod file;
+mod kube;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
+use tokio::sync::watch;
+
+pub use self::file::{FileStore, FileStoreConfig};
+pub use self::kube::KubeStore;
+
+/// A namespaced object's name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjKey {
+    /// Builds a key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything the controller reads from its cluster, as one consistent view.
+/// Mirrors the controller wrote are part of it (they are Services and
+/// EndpointSlices carrying [`meshfed_api::labels::ORIGIN_CLUSTER`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterState {
+    /// Services by namespace/name.
+    pub services: BTreeMap<ObjKey, Service>,
+    /// EndpointSlices by namespace/name.
+    pub slices: BTreeMap<ObjKey, EndpointSlice>,
+    /// Zone of each Node (from `topology.kubernetes.io/zone`), for endpoints
+    /// that name a node but no zone.
+    pub node_zones: BTreeMap<String, String>,
+    /// Links by namespace/name.
+    pub links: BTreeMap<ObjKey, Link>,
+    /// FailoverPolicies by namespace/name.
+    pub policies: BTreeMap<ObjKey, FailoverPolicy>,
+}
+
+/// A mirror of one imported service: a selector-less Service and the
+/// EndpointSlice that points at the remote gateway. Both carry the same
+/// namespace and name, and the labels naming origin cluster and link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    /// The mirror Service.
+    pub service: Service,
+    /// Its EndpointSlice (same name as the Service).
+    pub slice: EndpointSlice,
+}
+
+impl Mirror {
+    /// The mirror's namespace/name.
+    pub fn key(&self) -> ObjKey {
+        ObjKey::new(
+            self.service.metadata.namespace.clone().unwrap_or_default(),
+            self.service.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the file store failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Serializing an object failed.
+    #[error("cannot serialize {what}: {reason}")]
+    Serialize {
+        /// The object.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Kubernetes API refused or failed a request.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] ::kube::Error),
+    /// The object to update does not exist (any more).
+    #[error("{kind} {key} not found")]
+    NotFound {
+        /// Its kind.
+        kind: &'static str,
+        /// Its namespace/name.
+        key: ObjKey,
+    },
+    /// The object is not something the controller may change.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The narrow interface both backends implement.
+///
+/// `state()` is synced when the store is handed out: the backend has listed
+/// everything once, so an empty view really means an empty cluster.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The latest view of the cluster; changes are published as they happen.
+    fn state(&self) -> watch::Receiver<Arc<ClusterState>>;
+
+    /// Creates or updates a mirror (server-side apply under
+    /// [`meshfed_api::labels::CONTROLLER`] in kube). Refuses to overwrite an
+    /// object that is not a mirror.
+    fn apply_mirror(&self, mirror: Mirror) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Deletes a mirror's Service and EndpointSlice; deleting a missing
+    /// mirror succeeds. Refuses objects that are not mirrors.
+    fn delete_mirror(&self, key: ObjKey) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Replaces a Link's status.
+    fn set_link_status(
+        &self,
+        key: ObjKey,
+        status: LinkStatus,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Replaces a FailoverPolicy's status.
+    fn set_policy_status(
+        &self,
+        key: ObjKey,
+        status: FailoverPolicyStatus,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Whether an object's labels mark it as a mirror the controller owns.
+pub fn is_mirror(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels.is_some_and(|l| l.contains_key(meshfed_api::labels::ORIGIN_CLUSTER))
+}

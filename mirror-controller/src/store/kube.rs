@@ -1,0 +1,3 @@
+//! PLACEHOLDER — replaced by the kube backend.
+#[derive(Debug)]
+pub struct KubeStore;
