@@ -1,1 +1,239 @@
-fn main() {}
+//! meshfed-controller: the cluster's mirror controller. Reads the cluster
+//! through a store (a manifest directory or the Kubernetes API), serves its
+//! exports to linked peers and discovery to sidecars and gateways.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, KubeStore, Store};
+use meshfed_trust::{
+    CredentialSource, Credentials, CredentialsWatch, IdentityClient, IdentityClientConfig,
+    Readiness, SpiffeId, TrustBundle,
+};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StoreKind {
+    /// A directory of YAML manifests (--dir), watched for changes.
+    File,
+    /// The Kubernetes API (in-cluster config or KUBECONFIG).
+    Kube,
+}
+
+/// Meshfed mirror controller: exports, federation, mirrors, health and discovery.
+///
+/// Example (local mode, offline credentials):
+///   meshfed-controller --cluster east --store file --dir ./east \
+///     --credentials-dir ./east-controller --federation-listen 127.0.0.1:7450 \
+///     --discovery-listen 127.0.0.1:7451 --admin-listen 127.0.0.1:9902
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// This cluster's name (a DNS label).
+    #[arg(long, env = "MESHFED_CLUSTER")]
+    cluster: String,
+    /// This cluster's region (remote clusters of the same region are preferred).
+    #[arg(long, env = "MESHFED_REGION")]
+    region: Option<String>,
+    /// Where the cluster is read from and mirrors are written to.
+    #[arg(long, env = "MESHFED_STORE", value_enum, default_value = "file")]
+    store: StoreKind,
+    /// Manifest directory, for --store file.
+    #[arg(long, env = "MESHFED_STORE_DIR")]
+    dir: Option<PathBuf>,
+    /// How often the manifest directory is checked, for --store file.
+    #[arg(long, env = "MESHFED_STORE_POLL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    poll: Duration,
+    /// Federation listener (peers reach it through the gateway's federation SNI).
+    #[arg(
+        long,
+        env = "MESHFED_FEDERATION_LISTEN",
+        default_value = "0.0.0.0:7450"
+    )]
+    federation_listen: SocketAddr,
+    /// Discovery listener for sidecars and gateways.
+    #[arg(long, env = "MESHFED_DISCOVERY_LISTEN", default_value = "0.0.0.0:7451")]
+    discovery_listen: SocketAddr,
+    /// Admin listener (/live, /ready, /metrics).
+    #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "0.0.0.0:9902")]
+    admin_listen: SocketAddr,
+    /// Offline credentials: a directory with leaf.crt, leaf.key, intermediate.crt, root.crt
+    /// (from `meshctl trust issue-workload`). Exclusive with --identity-addr.
+    #[arg(long, env = "MESHFED_CREDENTIALS_DIR")]
+    credentials_dir: Option<PathBuf>,
+    /// Identity service `host:port` to get (and renew) the controller's certificate from.
+    #[arg(long, env = "MESHFED_IDENTITY_ADDR")]
+    identity_addr: Option<String>,
+    /// SPIFFE ID the identity service presents.
+    #[arg(long, env = "MESHFED_IDENTITY_SERVER_ID")]
+    identity_server_id: Option<String>,
+    /// The controller's own SPIFFE ID, for --identity-addr.
+    #[arg(long, env = "MESHFED_ID")]
+    id: Option<String>,
+    /// File holding the token that proves --id (re-read on every renewal).
+    #[arg(long, env = "MESHFED_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Trust bundle (PEM or SPIFFE JSON) to trust the identity service with.
+    #[arg(long, env = "MESHFED_BUNDLE")]
+    bundle: Option<PathBuf>,
+    /// Peer controller identity allowed on the federation stream besides the
+    /// controller's own and every Link's controllerIdentity (repeatable).
+    #[arg(
+        long = "allow-peer",
+        env = "MESHFED_ALLOW_PEERS",
+        value_delimiter = ','
+    )]
+    allow_peers: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    meshfed_trust::init_tracing();
+    meshfed_trust::install_crypto_provider();
+    if !meshfed_api::sni::is_dns_label(&args.cluster) {
+        bail!(
+            "--cluster {:?}: must be a DNS label (lowercase letters, digits, '-')",
+            args.cluster
+        );
+    }
+    let extra_peers = args
+        .allow_peers
+        .iter()
+        .map(|p| SpiffeId::parse(p).with_context(|| format!("--allow-peer {p}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let creds = credentials(&args).await?;
+
+    let bind = |addr: SocketAddr, flag: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {flag} {addr}"))
+    };
+    let federation = bind(args.federation_listen, "--federation-listen").await?;
+    let discovery = bind(args.discovery_listen, "--discovery-listen").await?;
+    let admin = bind(args.admin_listen, "--admin-listen").await?;
+
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::File => {
+            let Some(dir) = &args.dir else {
+                bail!("--store file needs --dir DIR (or MESHFED_STORE_DIR)");
+            };
+            let mut cfg = FileStoreConfig::new(dir);
+            cfg.poll = args.poll;
+            Arc::new(
+                FileStore::open(cfg)
+                    .await
+                    .context("opening the file store (--dir)")?,
+            )
+        }
+        StoreKind::Kube => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (use --store file outside a cluster)")?;
+            Arc::new(
+                KubeStore::start(client)
+                    .await
+                    .context("starting the kube store")?,
+            )
+        }
+    };
+
+    let mut config = ControllerConfig::new(args.cluster.clone());
+    config.region = args.region.clone();
+    config.extra_peers = extra_peers;
+    let mut registry = Registry::default();
+    let controller = Arc::new(Controller::start(config, store, creds, &mut registry));
+    let ready = Readiness::default();
+    tokio::spawn(meshfed_trust::serve_admin(
+        admin,
+        Arc::new(registry),
+        ready.clone(),
+    ));
+    ready.set(true);
+    tracing::info!(
+        cluster = %args.cluster,
+        federation = %args.federation_listen,
+        discovery = %args.discovery_listen,
+        admin = %args.admin_listen,
+        "controller up"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let fed = {
+        let c = controller.clone();
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { c.serve_federation(federation, stopped(rx)).await })
+    };
+    let disc = {
+        let c = controller.clone();
+        tokio::spawn(async move { c.serve_discovery(discovery, stopped(stop_rx)).await })
+    };
+    meshfed_trust::shutdown_signal().await;
+    ready.set(false);
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    for (what, task) in [("federation", fed), ("discovery", disc)] {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(server = what, error = %e, "server ended with an error")
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!(server = what, "did not drain within 5 s"),
+        }
+    }
+    Ok(())
+}
+
+async fn credentials(args: &Args) -> anyhow::Result<CredentialsWatch> {
+    match (&args.credentials_dir, &args.identity_addr) {
+        (Some(dir), None) => {
+            let creds = Credentials::from_dir(dir)
+                .with_context(|| format!("loading --credentials-dir {}", dir.display()))?;
+            // Offline credentials do not renew; say when they run out.
+            tracing::info!(spiffe_id = %creds.id(), not_after = ?creds.not_after(), "offline credentials loaded");
+            Ok(creds.into_watch().1)
+        }
+        (None, Some(addr)) => {
+            let Some(server) = &args.identity_server_id else {
+                bail!("--identity-addr needs --identity-server-id");
+            };
+            let Some(id) = &args.id else {
+                bail!("--identity-addr needs --id");
+            };
+            let Some(bundle) = &args.bundle else {
+                bail!("--identity-addr needs --bundle");
+            };
+            let id = SpiffeId::parse(id).context("--id")?;
+            let server_id = SpiffeId::parse(server).context("--identity-server-id")?;
+            let bundle = TrustBundle::from_file(id.trust_domain().clone(), bundle)
+                .with_context(|| format!("--bundle {}", bundle.display()))?;
+            let credential = match &args.token_file {
+                Some(f) => CredentialSource::File(f.clone()),
+                None => bail!("--identity-addr needs --token-file"),
+            };
+            let client = IdentityClient::new(IdentityClientConfig {
+                addr: addr.clone(),
+                server_id,
+                id,
+                credential,
+                bundle,
+            });
+            let (creds, _renewing) = client
+                .start()
+                .await
+                .context("first certificate from the identity service")?;
+            Ok(creds)
+        }
+        (Some(_), Some(_)) => bail!("--credentials-dir and --identity-addr exclude each other"),
+        (None, None) => {
+            bail!("credentials: give --credentials-dir DIR or --identity-addr HOST:PORT")
+        }
+    }
+}

@@ -116,6 +116,9 @@ pub enum StoreError {
     /// The object is not something the controller may change.
     #[error("{0}")]
     Refused(String),
+    /// The store could not list the cluster at start (CRDs missing, timeout).
+    #[error("cluster state not synced: {0}")]
+    NotSynced(String),
 }
 
 /// The narrow interface both backends implement.

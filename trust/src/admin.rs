@@ -1,5 +1,6 @@
-//! The admin port every long-running Meshfed binary serves: `/live`,
-//! `/ready` and `/metrics` (Prometheus text from a prometheus-client registry).
+//! What every long-running Meshfed binary shares: the admin port (`/live`,
+//! `/ready`, `/metrics` from a prometheus-client registry), logging set-up
+//! and the shutdown signal.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -90,4 +91,35 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp
+}
+
+/// Resolves on SIGTERM or Ctrl-C: when a binary should drain and stop.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Logs to stderr: `MESHFED_LOG` is the filter (default info),
+/// `MESHFED_LOG_FORMAT=json` switches to JSON lines.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHFED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("MESHFED_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -17,7 +17,7 @@ mod spiffe;
 mod tls;
 mod verify;
 
-pub use admin::{Readiness, serve_admin};
+pub use admin::{Readiness, init_tracing, serve_admin, shutdown_signal};
 pub use auth::{
     AuthError, Authenticator, BootstrapTokens, ProvenIdentity, TokenFileError, TokenReviewer,
 };

@@ -77,7 +77,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing();
+    meshfed_trust::init_tracing();
     meshfed_trust::install_crypto_provider();
 
     let ca = Arc::new(ClusterCa::load(&args.ca_dir).context("loading the cluster CA (--ca-dir)")?);
@@ -137,38 +137,9 @@ async fn main() -> anyhow::Result<()> {
         service,
         creds,
         &IdentityServiceConfig::default(),
-        shutdown_signal(),
+        meshfed_trust::shutdown_signal(),
     )
     .await?;
     tracing::info!("identity service stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-}
-
-/// `MESHFED_LOG` is the filter (default info); `MESHFED_LOG_FORMAT=json` for JSON lines.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHFED_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("MESHFED_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

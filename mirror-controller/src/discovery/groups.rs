@@ -282,3 +282,281 @@ fn set_shares(groups: &mut [PriorityGroup]) {
         g.load_permille = s;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use meshfed_api::federation::{ServicePort, ZoneEndpoints};
+
+    use super::*;
+    use crate::fixtures;
+    use crate::store::ClusterState;
+    use crate::world::PeerState;
+
+    fn me() -> LocalCluster {
+        LocalCluster {
+            name: "east".into(),
+            region: Some("eu".into()),
+            trust_domain: TrustDomain::new("mesh.test").expect("td"),
+        }
+    }
+
+    fn query(zone: &str) -> Query {
+        Query {
+            key: ObjKey::new("shop", "api"),
+            port: 80,
+            caller_zone: zone.into(),
+        }
+    }
+
+    /// East serves api from zones a (ready, not ready) and b (ready).
+    fn local() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.services.insert(
+            ObjKey::new("shop", "api"),
+            fixtures::service("shop", "api", &[("http", 80)], true),
+        );
+        let mut slice = fixtures::slice("shop", "api", "api-1", &[("http", 8080)]);
+        fixtures::add_endpoint(&mut slice, "10.0.0.1", Some("a"), true);
+        fixtures::add_endpoint(&mut slice, "10.0.0.2", Some("a"), false);
+        fixtures::add_endpoint(&mut slice, "10.0.0.3", Some("b"), true);
+        s.slices.insert(ObjKey::new("shop", "api-1"), slice);
+        s
+    }
+
+    /// A live peer `cluster` in `region` exporting api with `ready` of 4
+    /// endpoints, probed at `latency_ms`.
+    fn peer(cluster: &str, region: &str, ready: u32, latency_ms: u64) -> PeerState {
+        let link = fixtures::link(
+            "meshfed",
+            cluster,
+            &["127.0.0.9"],
+            4443,
+            "spiffe://mesh.test/gw",
+            "spiffe://mesh.test/c",
+        );
+        let mut spec = link.spec;
+        spec.region = Some(region.into());
+        let mut p = PeerState::new(spec);
+        p.gateways = vec!["127.0.0.9:4443".parse().expect("addr")];
+        let svc = ExportedService {
+            namespace: "shop".into(),
+            name: "api".into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: "TCP".into(),
+                app_protocol: String::new(),
+            }],
+            zones: vec![ZoneEndpoints {
+                zone: format!("{cluster}-1"),
+                ready,
+                total: 4,
+            }],
+            identities: vec!["spiffe://mesh.test/ns/shop/sa/api".into()],
+            ..ExportedService::default()
+        };
+        p.imports = Some(Arc::new([(ObjKey::new("shop", "api"), svc)].into()));
+        let l = Duration::from_millis(latency_ms);
+        p.latency = Some((l, l));
+        p
+    }
+
+    fn world(local: ClusterState, peers: Vec<PeerState>) -> World {
+        let mut w = World::new(Arc::new(local));
+        for p in peers {
+            w.peers
+                .insert(ObjKey::new("meshfed", &p.spec.cluster), Arc::new(p));
+        }
+        w
+    }
+
+    fn clusters(set: &EndpointSet) -> Vec<String> {
+        set.groups
+            .iter()
+            .map(|g| {
+                let l = g.locality.as_ref().expect("locality");
+                if g.remote {
+                    l.cluster.clone()
+                } else {
+                    format!("local:{}", l.zone)
+                }
+            })
+            .collect()
+    }
+
+    fn loads(set: &EndpointSet) -> Vec<u32> {
+        set.groups.iter().map(|g| g.load_permille).collect()
+    }
+
+    fn thresholds(set: &EndpointSet) -> Vec<f64> {
+        set.groups.iter().map(|g| g.spill_threshold).collect()
+    }
+
+    fn with_policy(
+        mut local: ClusterState,
+        f: impl FnOnce(&mut FailoverPolicySpec),
+    ) -> ClusterState {
+        let mut p = fixtures::policy("shop", "api-failover", "api");
+        f(&mut p.spec);
+        local
+            .policies
+            .insert(ObjKey::new("shop", "api-failover"), p);
+        local
+    }
+
+    #[test]
+    fn default_order_is_zone_then_cluster_then_region_then_latency() {
+        let w = world(
+            local(),
+            vec![
+                peer("far", "us", 4, 1),
+                peer("slow", "eu", 4, 30),
+                peer("near", "eu", 4, 2),
+            ],
+        );
+        let set = endpoint_set(&w, &me(), &query("a"));
+        assert!(set.exists);
+        assert_eq!(clusters(&set), ["local:a", "local:", "near", "slow", "far"]);
+        // Zone a is half healthy: 0.5/0.7 stays, the rest goes to zone b, the
+        // barrier keeps it all in this cluster.
+        assert_eq!(loads(&set), [714, 286, 0, 0, 0]);
+        assert_eq!(thresholds(&set), [0.7, 0.0, 0.7, 0.7, 0.7]);
+        let remote = &set.groups[2].endpoints[0];
+        assert_eq!(remote.sni, "api.shop.80.svc.meshfed.local");
+        assert_eq!(remote.address, "127.0.0.9:4443");
+        assert_eq!(set.groups[0].endpoints[0].address, "10.0.0.1:8080");
+    }
+
+    #[test]
+    fn without_a_policy_remote_takes_over_only_when_nothing_local_is_healthy() {
+        let mut l = local();
+        for s in l.slices.values_mut() {
+            for ep in s.endpoints.iter_mut().flatten() {
+                ep.conditions.get_or_insert_default().ready = Some(false);
+            }
+        }
+        let w = world(l, vec![peer("near", "eu", 4, 2)]);
+        let set = endpoint_set(&w, &me(), &query("a"));
+        assert_eq!(loads(&set), [0, 0, 1000]);
+    }
+
+    #[test]
+    fn a_policy_spills_to_remote_below_its_threshold() {
+        let l = with_policy(local(), |p| p.spill_threshold = 0.8);
+        let w = world(l, vec![peer("near", "eu", 4, 2)]);
+        let set = endpoint_set(&w, &me(), &query("a"));
+        assert_eq!(thresholds(&set), [0.8, 0.8, 0.8]);
+        // a: 1/2 healthy -> 625 stays; b: fully healthy takes the remaining 375.
+        assert_eq!(loads(&set), [625, 375, 0]);
+        assert_eq!(set.policy.as_ref().map(|p| p.spill_threshold), Some(0.8));
+        // The caller in zone b: b fully healthy keeps it all.
+        let set = endpoint_set(&w, &me(), &query("b"));
+        assert_eq!(clusters(&set), ["local:b", "local:", "near"]);
+        assert_eq!(loads(&set), [1000, 0, 0]);
+    }
+
+    #[test]
+    fn explicit_cluster_order_wins_and_leaves_out_the_rest() {
+        let l = with_policy(local(), |p| {
+            p.clusters = Some(vec!["far".into(), "slow".into()])
+        });
+        let w = world(
+            l,
+            vec![
+                peer("far", "us", 4, 1),
+                peer("slow", "eu", 4, 30),
+                peer("near", "eu", 4, 2),
+            ],
+        );
+        let set = endpoint_set(&w, &me(), &query("a"));
+        assert_eq!(clusters(&set), ["local:a", "local:", "far", "slow"]);
+    }
+
+    #[test]
+    fn locality_keys_order_remote_clusters() {
+        // zone first: the cluster with ready endpoints in the caller's zone name leads.
+        let l = with_policy(local(), |p| {
+            p.locality = Some(vec![LocalityKey::Zone, LocalityKey::Region])
+        });
+        let w = world(l, vec![peer("near", "eu", 4, 2), peer("a", "us", 4, 50)]);
+        // Peer "a" exports from zone "a-1"; the caller sits in "a-1".
+        let set = endpoint_set(
+            &w,
+            &me(),
+            &Query {
+                caller_zone: "a-1".into(),
+                ..query("")
+            },
+        );
+        assert_eq!(clusters(&set), ["local:", "a", "near"]);
+    }
+
+    #[test]
+    fn dead_clusters_are_withdrawn_and_unhealthy_ones_spill() {
+        let mut dead = peer("dead", "eu", 4, 1);
+        dead.lease_alive = false;
+        let mut gone_probe = peer("noprobe", "eu", 4, 1);
+        gone_probe.probe_alive = false;
+        let w = world(
+            ClusterState::default(),
+            vec![
+                dead,
+                gone_probe,
+                peer("half", "eu", 1, 2),
+                peer("full", "eu", 4, 3),
+            ],
+        );
+        let set = endpoint_set(&w, &me(), &query("a"));
+        assert!(set.exists, "known through the remote clusters");
+        assert_eq!(clusters(&set), ["half", "full"]);
+        // half: 1/4 healthy -> 1000 * 0.25 / 0.7 = 357.
+        assert_eq!(loads(&set), [357, 643]);
+    }
+
+    #[test]
+    fn unknown_services_and_ports_do_not_exist() {
+        let w = world(local(), vec![]);
+        assert!(
+            !endpoint_set(
+                &w,
+                &me(),
+                &Query {
+                    port: 81,
+                    ..query("a")
+                }
+            )
+            .exists
+        );
+        let q = Query {
+            key: ObjKey::new("shop", "nope"),
+            ..query("a")
+        };
+        let set = endpoint_set(&w, &me(), &q);
+        assert!(!set.exists && set.groups.is_empty());
+    }
+
+    #[test]
+    fn a_mirror_resolves_to_its_cluster_only() {
+        let mut l = local();
+        let mut m = fixtures::service("shop", "api-near", &[("http", 80)], false);
+        m.metadata.labels = Some(
+            [
+                (labels::ORIGIN_CLUSTER.to_owned(), "near".to_owned()),
+                (labels::ORIGIN_SERVICE.to_owned(), "api".to_owned()),
+            ]
+            .into(),
+        );
+        l.services.insert(ObjKey::new("shop", "api-near"), m);
+        let w = world(l, vec![peer("near", "eu", 4, 2), peer("other", "eu", 4, 1)]);
+        let q = Query {
+            key: ObjKey::new("shop", "api-near"),
+            ..query("a")
+        };
+        let set = endpoint_set(&w, &me(), &q);
+        assert_eq!(clusters(&set), ["near"]);
+        assert_eq!(loads(&set), [1000]);
+    }
+}

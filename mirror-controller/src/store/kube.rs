@@ -1,3 +1,484 @@
-//! PLACEHOLDER — replaced by the kube backend.
+//! The Kubernetes backend of the cluster store. [`KubeStore`] owns one
+//! watcher per resource the controller reads (Services, EndpointSlices, Nodes,
+//! Links and FailoverPolicies, in all namespaces), folds their events into one
+//! [`ClusterState`] published on a watch channel, and makes the controller's
+//! few writes: server-side apply of mirrors under [`CONTROLLER`], their
+//! deletion, and the status of Links and FailoverPolicies.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{self, BoxStream, SelectAll, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::watcher::Event;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
+use meshfed_api::labels::{CONTROLLER, ORIGIN_CLUSTER, ZONE};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{ClusterState, Mirror, ObjKey, Store, StoreError, is_mirror};
+
+/// How long [`KubeStore::start`] waits for every watcher's initial list.
+const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The cluster store backed by the Kubernetes API. Dropping it stops its
+/// watchers.
+pub struct KubeStore {
+    client: Client,
+    state: watch::Sender<Arc<ClusterState>>,
+    watchers: JoinHandle<()>,
+}
+
+impl KubeStore {
+    /// Starts the watchers and returns once every one of them has listed its
+    /// resource, waiting at most a minute.
+    pub async fn start(client: Client) -> Result<Self, StoreError> {
+        Self::start_with_timeout(client, DEFAULT_SYNC_TIMEOUT).await
+    }
+
+    /// Like [`KubeStore::start`], waiting at most `timeout` for the initial
+    /// lists. A resource the API server does not serve (the Meshfed CRDs not
+    /// installed) fails at once rather than at the timeout.
+    pub async fn start_with_timeout(client: Client, timeout: Duration) -> Result<Self, StoreError> {
+        let events = stream::select_all([
+            watch_all(&client, SERVICES, Update::Service),
+            watch_all(&client, SLICES, Update::Slice),
+            watch_all(&client, NODES, |e| Update::Node(Box::new(e))),
+            watch_all(&client, LINKS, Update::Link),
+            watch_all(&client, POLICIES, Update::Policy),
+        ]);
+        let (state, _) = watch::channel(Arc::default());
+        let (progress_tx, mut progress) = watch::channel(Progress::new());
+        let watchers = tokio::spawn(run(events, state.clone(), progress_tx));
+        // Built before waiting so that every early return aborts the watchers.
+        let store = Self {
+            client,
+            state,
+            watchers,
+        };
+        let waited = tokio::time::timeout(timeout, async {
+            progress.wait_for(Progress::finished).await.map(|_| ())
+        })
+        .await;
+        let progress = progress.borrow();
+        match waited {
+            Ok(Ok(())) if progress.missing.is_none() => {
+                tracing::info!("cluster state synced");
+                Ok(store)
+            }
+            Ok(Err(_)) => Err(StoreError::NotSynced(
+                "the watch task ended before the cluster state synced".into(),
+            )),
+            _ => Err(StoreError::NotSynced(progress.failure(timeout))),
+        }
+    }
+
+    async fn apply(&self, mirror: Mirror) -> Result<(), StoreError> {
+        let key = mirror.key();
+        check_shape(&mirror, &key)?;
+        self.cached_mirror(&key)?;
+        let params = PatchParams::apply(CONTROLLER).force();
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+        let applied = services
+            .patch(&key.name, &params, &Patch::Apply(for_apply(mirror.service)))
+            .await?;
+        let uid = applied.metadata.uid.ok_or_else(|| {
+            StoreError::Refused(format!(
+                "the API server applied Service {key} but sent no uid"
+            ))
+        })?;
+        let mut slice = for_apply(mirror.slice);
+        own_by_service(&mut slice.metadata, &key.name, uid);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &key.namespace);
+        slices
+            .patch(&key.name, &params, &Patch::Apply(slice))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: ObjKey) -> Result<(), StoreError> {
+        let (service, slice) = self.cached_mirror(&key)?;
+        // What the cache has never seen is not deleted: a name unknown to it may
+        // belong to a user's object created a moment ago.
+        if let Some(meta) = slice {
+            let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &key.namespace);
+            delete_pinned(&api, &key.name, meta.uid).await?;
+        }
+        if let Some(meta) = service {
+            let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+            delete_pinned(&api, &key.name, meta.uid).await?;
+        }
+        Ok(())
+    }
+
+    /// The cached Service and EndpointSlice under `key`, refusing either if it
+    /// exists and is not a mirror: the cache is what keeps the controller's
+    /// forced apply and its deletes off a user's own objects.
+    fn cached_mirror(
+        &self,
+        key: &ObjKey,
+    ) -> Result<(Option<ObjectMeta>, Option<ObjectMeta>), StoreError> {
+        let state = self.state.borrow();
+        let check = |meta: Option<&ObjectMeta>, kind: &str| match meta {
+            Some(meta) if !is_mirror(meta.labels.as_ref()) => Err(StoreError::Refused(format!(
+                "{kind} {key} exists and is not a Meshfed mirror (no {ORIGIN_CLUSTER} label); \
+                 refusing to change it"
+            ))),
+            meta => Ok(meta.cloned()),
+        };
+        Ok((
+            check(state.services.get(key).map(|s| &s.metadata), "Service")?,
+            check(state.slices.get(key).map(|s| &s.metadata), "EndpointSlice")?,
+        ))
+    }
+
+    async fn apply_status<K>(
+        &self,
+        key: ObjKey,
+        kind: &'static str,
+        status: impl Serialize,
+    ) -> Result<(), StoreError>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+        K: Clone + DeserializeOwned + fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
+        // Apply rather than merge: a field this manager set before and now
+        // leaves out (a cleared lastError) is removed, so the status is replaced.
+        let patch = Patch::Apply(serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": kind,
+            "metadata": { "name": key.name, "namespace": key.namespace },
+            "status": status,
+        }));
+        let params = PatchParams::apply(CONTROLLER).force();
+        match api.patch_status(&key.name, &params, &patch).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Err(StoreError::NotFound { kind, key }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Store for KubeStore {
+    fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.subscribe()
+    }
+
+    fn apply_mirror(&self, mirror: Mirror) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.apply(mirror).boxed()
+    }
+
+    fn delete_mirror(&self, key: ObjKey) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.delete(key).boxed()
+    }
+
+    fn set_link_status(
+        &self,
+        key: ObjKey,
+        status: LinkStatus,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.apply_status::<Link>(key, "Link", status).boxed()
+    }
+
+    fn set_policy_status(
+        &self,
+        key: ObjKey,
+        status: FailoverPolicyStatus,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.apply_status::<FailoverPolicy>(key, "FailoverPolicy", status)
+            .boxed()
+    }
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        self.watchers.abort();
+    }
+}
+
+impl fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeStore").finish_non_exhaustive()
+    }
+}
+
+/// Refuses a mirror whose two objects disagree on their key or that would not
+/// be recognisable as a mirror once written.
+fn check_shape(mirror: &Mirror, key: &ObjKey) -> Result<(), StoreError> {
+    let slice = &mirror.slice;
+    let slice_key = ObjKey::new(slice.namespace().unwrap_or_default(), slice.name_any());
+    if key.namespace.is_empty() || key.name.is_empty() || slice_key != *key {
+        return Err(StoreError::Refused(format!(
+            "mirror {key}: its Service and EndpointSlice ({slice_key}) must share one namespace and name"
+        )));
+    }
+    if !is_mirror(mirror.service.metadata.labels.as_ref())
+        || !is_mirror(slice.metadata.labels.as_ref())
+    {
+        return Err(StoreError::Refused(format!(
+            "mirror {key} lacks the {ORIGIN_CLUSTER} label on its Service or EndpointSlice"
+        )));
+    }
+    Ok(())
+}
+
+/// Drops what the server owns: an apply carrying a resourceVersion turns into
+/// a conditional update, and one carrying managedFields is rejected.
+fn for_apply<K: Resource>(mut obj: K) -> K {
+    let meta = obj.meta_mut();
+    meta.resource_version = None;
+    meta.uid = None;
+    meta.managed_fields = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
+    obj
+}
+
+/// Makes the Service the slice's controller, so deleting the Service (by us or
+/// by hand) garbage-collects the slice. Replaces a reference to an earlier
+/// incarnation of the Service.
+fn own_by_service(meta: &mut ObjectMeta, name: &str, uid: String) {
+    let api_version = <Service as k8s_openapi::Resource>::API_VERSION;
+    let kind = <Service as k8s_openapi::Resource>::KIND;
+    let refs = meta.owner_references.get_or_insert_with(Vec::new);
+    refs.retain(|r| !(r.api_version == api_version && r.kind == kind));
+    refs.push(OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    });
+}
+
+/// Deletes `name`, pinned by uid to the object the cache vouched for as a
+/// mirror rather than one created since under the same name. Gone is success.
+async fn delete_pinned<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<(), StoreError>
+where
+    K: Resource + Clone + DeserializeOwned + fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// === watching ===
+
+/// The watched resources, named as `kubectl api-resources` does.
+const SERVICES: &str = "services";
+const SLICES: &str = "endpointslices.discovery.k8s.io";
+const NODES: &str = "nodes";
+const LINKS: &str = "links.meshfed.io";
+const POLICIES: &str = "failoverpolicies.meshfed.io";
+const WATCHED: [&str; 5] = [SERVICES, SLICES, NODES, LINKS, POLICIES];
+
+/// One watcher event, by the table it goes to.
+enum Update {
+    Service(Event<Service>),
+    Slice(Event<EndpointSlice>),
+    Node(Box<Event<Node>>),
+    Link(Event<Link>),
+    Policy(Event<FailoverPolicy>),
+}
+
+/// A watcher's events and errors, tagged with the resource's name.
+type Events = BoxStream<'static, (&'static str, Result<Update, watcher::Error>)>;
+
+fn watch_all<K>(client: &Client, name: &'static str, tag: fn(Event<K>) -> Update) -> Events
+where
+    K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        // Paces the watcher's own retries after errors.
+        .default_backoff()
+        .map(move |event| {
+            // managedFields are large, change on every write and nothing reads them.
+            let event = event.map(|e| tag(e.modify(|o| o.meta_mut().managed_fields = None)));
+            (name, event)
+        })
+        .boxed()
+}
+
+/// How far the initial sync has got; `start` waits on it.
 #[derive(Debug)]
-pub struct KubeStore;
+struct Progress {
+    /// Resources not listed yet, with their latest error.
+    unsynced: BTreeMap<&'static str, Option<String>>,
+    /// A resource whose list the API server answered with 404.
+    missing: Option<&'static str>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let unsynced = WATCHED.into_iter().map(|name| (name, None)).collect();
+        Self {
+            unsynced,
+            missing: None,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.missing.is_some() || self.unsynced.is_empty()
+    }
+
+    fn note(&mut self, name: &'static str, error: &watcher::Error) -> bool {
+        let Some(last) = self.unsynced.get_mut(name) else {
+            return false;
+        };
+        if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = error
+            && s.is_not_found()
+        {
+            self.missing = Some(name);
+        }
+        *last = Some(error.to_string());
+        true
+    }
+
+    fn failure(&self, timeout: Duration) -> String {
+        if let Some(name) = self.missing {
+            return match name {
+                LINKS | POLICIES => format!(
+                    "the Meshfed CRDs are not installed: the API server does not serve {name} \
+                     (apply deploy/crds first)"
+                ),
+                _ => format!("the API server does not serve {name}"),
+            };
+        }
+        let unsynced: Vec<_> = self
+            .unsynced
+            .iter()
+            .map(|(name, error)| match error {
+                Some(error) => format!("{name} ({error})"),
+                None => (*name).to_owned(),
+            })
+            .collect();
+        format!(
+            "cluster state did not sync within {timeout:?}; not listed: {}",
+            unsynced.join(", ")
+        )
+    }
+}
+
+/// Folds all watch events into the published state until aborted.
+async fn run(
+    mut events: SelectAll<Events>,
+    state: watch::Sender<Arc<ClusterState>>,
+    progress: watch::Sender<Progress>,
+) {
+    let mut fold = Fold::default();
+    while let Some((name, event)) = events.next().await {
+        match event {
+            Ok(update) => {
+                let (changed, synced) = fold.apply(update);
+                // Published before the sync is reported, so `start` returns a full state.
+                if changed {
+                    state.send_replace(Arc::new(fold.state.clone()));
+                }
+                if synced {
+                    progress.send_if_modified(|p| p.unsynced.remove(name).is_some());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(resource = name, %error, "watch failed; retrying");
+                progress.send_if_modified(|p| p.note(name, &error));
+            }
+        }
+    }
+}
+
+/// The watch task's own state, plus each list in progress: a (re)list replaces
+/// a table only once complete, so objects deleted while a watch was down
+/// vanish and half a list is never published.
+#[derive(Default)]
+struct Fold {
+    state: ClusterState,
+    services: Option<BTreeMap<ObjKey, Service>>,
+    slices: Option<BTreeMap<ObjKey, EndpointSlice>>,
+    nodes: Option<BTreeMap<String, String>>,
+    links: Option<BTreeMap<ObjKey, Link>>,
+    policies: Option<BTreeMap<ObjKey, FailoverPolicy>>,
+}
+
+impl Fold {
+    /// Applies one event: whether the state changed, and whether it completed
+    /// a list.
+    fn apply(&mut self, update: Update) -> (bool, bool) {
+        let s = &mut self.state;
+        match update {
+            Update::Service(e) => fold(&mut s.services, &mut self.services, e, keyed),
+            Update::Slice(e) => fold(&mut s.slices, &mut self.slices, e, keyed),
+            Update::Node(e) => fold(&mut s.node_zones, &mut self.nodes, *e, zone),
+            Update::Link(e) => fold(&mut s.links, &mut self.links, e, keyed),
+            Update::Policy(e) => fold(&mut s.policies, &mut self.policies, e, keyed),
+        }
+    }
+}
+
+fn keyed<K: Resource>(obj: K) -> (ObjKey, Option<K>) {
+    let key = ObjKey::new(obj.namespace().unwrap_or_default(), obj.name_any());
+    (key, Some(obj))
+}
+
+/// A node without a zone label has no entry.
+fn zone(node: Node) -> (String, Option<String>) {
+    let zone = node.labels().get(ZONE).cloned();
+    (node.name_any(), zone)
+}
+
+fn fold<K, Key: Ord, V: PartialEq>(
+    table: &mut BTreeMap<Key, V>,
+    pending: &mut Option<BTreeMap<Key, V>>,
+    event: Event<K>,
+    entry: fn(K) -> (Key, Option<V>),
+) -> (bool, bool) {
+    match event {
+        Event::Init => *pending = Some(BTreeMap::new()),
+        Event::InitApply(obj) => {
+            if let (Some(pending), (key, Some(value))) = (pending.as_mut(), entry(obj)) {
+                pending.insert(key, value);
+            }
+        }
+        Event::InitDone => {
+            let listed = pending.take().unwrap_or_default();
+            let changed = *table != listed;
+            *table = listed;
+            return (changed, true);
+        }
+        Event::Apply(obj) => {
+            let changed = match entry(obj) {
+                (key, Some(value)) if table.get(&key) != Some(&value) => {
+                    table.insert(key, value);
+                    true
+                }
+                (_, Some(_)) => false,
+                (key, None) => table.remove(&key).is_some(),
+            };
+            return (changed, false);
+        }
+        Event::Delete(obj) => return (table.remove(&entry(obj).0).is_some(), false),
+    }
+    (false, false)
+}

@@ -1,0 +1,415 @@
+//! Two clusters linked through a gateway stand-in: exports become mirrors
+//! and discovery groups in the other cluster, and go away when the export,
+//! the Link or the peer does. Propagation times are printed for the record.
+
+use std::time::Duration;
+
+use meshfed_api::discovery::discovery_client::DiscoveryClient;
+use meshfed_api::discovery::{EndpointSet, Locality, WatchRequest};
+use meshfed_api::federation::WatchExportsRequest;
+use meshfed_api::federation::federation_client::FederationClient;
+use meshfed_mirror::fixtures;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::support::*;
+
+const LINK_FILE: &str = "link-west.yaml";
+
+fn api_manifest(exported: bool) -> String {
+    let svc = fixtures::service("shop", "api", &[("http", 80)], exported);
+    let mut slice = fixtures::slice("shop", "api", "api-abc", &[("http", 8080)]);
+    fixtures::add_endpoint(&mut slice, "10.1.0.1", Some("west-a"), true);
+    fixtures::add_endpoint(&mut slice, "10.1.0.2", Some("west-b"), true);
+    fixtures::add_endpoint(&mut slice, "10.1.0.3", Some("west-b"), false);
+    format!("{}---\n{}", yaml(&svc), yaml(&slice))
+}
+
+fn link_manifest(gateway: std::net::SocketAddr) -> String {
+    let mut link = fixtures::link(
+        "meshfed-system",
+        "west",
+        &[&gateway.ip().to_string()],
+        gateway.port(),
+        &id(GATEWAY).to_string(),
+        &id(CONTROLLER).to_string(),
+    );
+    link.spec.lease_ttl_seconds = 1;
+    link.spec.probe.period_seconds = 1;
+    link.spec.probe.timeout_seconds = 1;
+    link.spec.probe.failure_threshold = 2;
+    yaml(&link)
+}
+
+/// Subscribes to `api.shop:80` at `cluster`'s discovery; the latest set is
+/// kept in the returned channel.
+async fn subscribe(
+    cluster: &Cluster,
+    mesh_creds: meshfed_trust::CredentialsWatch,
+) -> watch::Receiver<Option<EndpointSet>> {
+    let ch = channel(
+        cluster.discovery,
+        "discovery.meshfed.local",
+        mesh_creds,
+        id(CONTROLLER),
+    )
+    .await
+    .expect("discovery channel");
+    let mut stream = DiscoveryClient::new(ch)
+        .watch(WatchRequest {
+            name: "api".into(),
+            namespace: "shop".into(),
+            port: 80,
+            caller: Some(Locality {
+                cluster: cluster.name.clone(),
+                region: String::new(),
+                zone: "east-a".into(),
+            }),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        while let Ok(Some(set)) = stream.message().await {
+            if tx.send(Some(set)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// [`until`] for the latest endpoint set of a subscription.
+async fn until_set(
+    since: Instant,
+    rx: &mut watch::Receiver<Option<EndpointSet>>,
+    what: &str,
+    f: impl Fn(&EndpointSet) -> bool,
+) -> Duration {
+    until(since, rx, what, |s: &Option<EndpointSet>| {
+        s.as_ref().is_some_and(&f)
+    })
+    .await
+}
+
+fn has_west_group(set: &EndpointSet) -> bool {
+    set.groups.iter().any(|g| {
+        g.remote
+            && g.locality.as_ref().is_some_and(|l| l.cluster == "west")
+            && g.endpoints
+                .iter()
+                .all(|e| e.sni == "api.shop.80.svc.meshfed.local")
+    })
+}
+
+async fn until_metric(cluster: &Cluster, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.metrics().contains(needle) {
+        assert!(Instant::now() < deadline, "metric never showed {needle}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
+    let mesh = Mesh::new();
+    let west = Cluster::start(&mesh, "west", None).await;
+    let east = Cluster::start(&mesh, "east", None).await;
+    let gw = GatewayStandIn::start(west.federation, creds(&west.ca, GATEWAY, None)).await;
+    west.write("api.yaml", &api_manifest(false));
+    east.write(LINK_FILE, &link_manifest(gw.addr));
+    let client = creds(&east.ca, "/ns/shop/sa/client", None);
+    let t0 = Instant::now();
+    let mut sub = subscribe(&east, client.clone()).await;
+    let mut state = east.state();
+    until_set(t0, &mut sub, "unknown service", |s| !s.exists).await;
+    let stream_up = "meshfed_controller_federation_stream_up{link=\"meshfed-system/west\"} 1";
+    until_metric(&east, stream_up).await;
+
+    // Export: the mirror appears in east, discovery gets west's group.
+    let t0 = Instant::now();
+    west.write("api.yaml", &api_manifest(true));
+    let t_mirror = until_state(t0, &mut state, "mirror api-west", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    let t_disc = until_set(t0, &mut sub, "west group", has_west_group).await;
+    let set = sub.borrow().clone().expect("set");
+    let g = &set.groups[0];
+    assert_eq!(
+        (g.healthy, g.total),
+        (2, 3),
+        "ready endpoints as west exported them"
+    );
+    assert_eq!(
+        g.endpoints[0].address,
+        gw.addr.to_string(),
+        "dialled through west's gateway"
+    );
+    assert_eq!(
+        g.endpoints[0].identities,
+        vec!["spiffe://mesh.test/ns/shop/sa/default".to_owned()]
+    );
+    assert_eq!(g.load_permille, 1000);
+    let mirror = state.borrow().services[&meshfed_mirror::ObjKey::new("shop", "api-west")].clone();
+    let labels = mirror.metadata.labels.expect("labels");
+    assert_eq!(labels["meshfed.io/origin-cluster"], "west");
+    assert_eq!(labels["meshfed.io/link"], "west");
+    assert!(
+        east.path("mirrors/shop/api-west.yaml").exists(),
+        "mirror written where people look"
+    );
+    println!(
+        "export -> mirror in east: {}, -> discovery group: {}",
+        ms(t_mirror),
+        ms(t_disc)
+    );
+
+    // Unexport: both go.
+    let t0 = Instant::now();
+    west.write("api.yaml", &api_manifest(false));
+    let t_mirror = until_state(t0, &mut state, "mirror removed", |s| {
+        !has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    let t_disc = until_set(t0, &mut sub, "west group removed", |s| {
+        !s.exists && s.groups.is_empty()
+    })
+    .await;
+    println!(
+        "unexport -> mirror removed: {}, -> discovery withdrawn: {}",
+        ms(t_mirror),
+        ms(t_disc)
+    );
+
+    // Delete the Link: both go.
+    let t0 = Instant::now();
+    west.write("api.yaml", &api_manifest(true));
+    until_state(t0, &mut state, "mirror back", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    until_set(t0, &mut sub, "west group back", has_west_group).await;
+    let t0 = Instant::now();
+    east.remove(LINK_FILE);
+    let t_mirror = until_state(t0, &mut state, "mirror removed with link", |s| {
+        !has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    let t_disc = until_set(t0, &mut sub, "group removed with link", |s| {
+        s.groups.is_empty()
+    })
+    .await;
+    println!(
+        "link deleted -> mirror removed: {}, -> discovery withdrawn: {}",
+        ms(t_mirror),
+        ms(t_disc)
+    );
+
+    // Stop the peer (its gateway and every connection through it): withdrawn past the lease.
+    let t0 = Instant::now();
+    east.write(LINK_FILE, &link_manifest(gw.addr));
+    until_state(t0, &mut state, "mirror back with link", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    until_set(t0, &mut sub, "group back with link", has_west_group).await;
+    let t0 = Instant::now();
+    gw.stop();
+    let t_disc = until_set(t0, &mut sub, "dead peer withdrawn", |s| s.groups.is_empty()).await;
+    let t_mirror = until_state(t0, &mut state, "dead peer's mirror removed", |s| {
+        !has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    println!(
+        "peer stopped (lease TTL 1 s) -> discovery withdrawn: {}, mirror removed: {}",
+        ms(t_disc),
+        ms(t_mirror)
+    );
+    assert!(
+        t_disc >= Duration::from_millis(300),
+        "withdrawn by the lease, not at once: {t_disc:?}"
+    );
+
+    // The peer comes back on the same address: everything returns.
+    let t0 = Instant::now();
+    let gw2 =
+        GatewayStandIn::start_on(gw.addr, west.federation, creds(&west.ca, GATEWAY, None)).await;
+    let t_back = until_set(t0, &mut sub, "recovered peer returns", has_west_group).await;
+    until_state(t0, &mut state, "mirror back after recovery", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    println!("peer recovered -> discovery group back: {}", ms(t_back));
+
+    // Link status in the file store tells the story.
+    let status_file = east.path("status/links/meshfed-system.west.yaml");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&status_file).unwrap_or_default();
+        if text.contains("alive: true") && text.contains("importedServices: 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "link status never showed alive: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = east.metrics();
+    assert!(
+        metrics.contains("meshfed_controller_imports{link=\"meshfed-system/west\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "meshfed_controller_probe_latency_seconds_count{link=\"meshfed-system/west\"}"
+        )
+    );
+    drop(gw2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_peer_controllers_of_the_mesh_open_the_federation_stream() {
+    let mesh = Mesh::new();
+    let west = Cluster::start(&mesh, "west", None).await;
+    west.write("api.yaml", &api_manifest(true));
+    let request = || WatchExportsRequest {
+        cluster: "east".into(),
+        lease_ttl_ms: 3000,
+    };
+
+    // A peer controller of the mesh gets the snapshot.
+    let east_ca = mesh.cluster_ca("east");
+    let ok = channel(
+        west.federation,
+        meshfed_api::sni::FEDERATION,
+        creds(&east_ca, CONTROLLER, None),
+        id(CONTROLLER),
+    )
+    .await
+    .expect("connect");
+    let mut stream = FederationClient::new(ok)
+        .watch_exports(request())
+        .await
+        .expect("authorized")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("snapshot in time")
+        .expect("ok")
+        .expect("message");
+    assert!(first.snapshot);
+    assert_eq!(first.cluster, "west");
+
+    // A workload of the same mesh is not a peer controller: refused.
+    let workload = channel(
+        west.federation,
+        meshfed_api::sni::FEDERATION,
+        creds(&east_ca, "/ns/shop/sa/api", None),
+        id(CONTROLLER),
+    )
+    .await
+    .expect("tls is fine");
+    let err = FederationClient::new(workload)
+        .watch_exports(request())
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // A controller certificate from a foreign root (same trust domain name): no TLS session.
+    let foreign = Mesh::new();
+    let foreign_ca = foreign.cluster_ca("east");
+    let both = bundle_of(&[mesh.root.cert(), foreign.root.cert()]);
+    let foreign_creds = creds(&foreign_ca, CONTROLLER, Some(both));
+    let refused = match channel(
+        west.federation,
+        meshfed_api::sni::FEDERATION,
+        foreign_creds,
+        id(CONTROLLER),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(ch) => FederationClient::new(ch)
+            .watch_exports(request())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a foreign root must not get a stream");
+    let metrics = west.metrics();
+    assert!(
+        metrics.contains("meshfed_controller_federation_refused_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_get_a_condition_naming_the_field() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east", None).await;
+    let mut policy = fixtures::policy("shop", "api-failover", "api");
+    policy.spec.spill_threshold = 1.5;
+    policy.spec.clusters = Some(vec!["west".into()]);
+    policy.spec.locality = Some(vec![meshfed_api::crd::LocalityKey::Region]);
+    east.write("policy.yaml", &yaml(&policy));
+    let mut link = fixtures::link("meshfed-system", "west", &["not a host!"], 0, "x", "y");
+    link.spec.lease_ttl_seconds = 0;
+    east.write("link.yaml", &yaml(&link));
+    let read = |file: &str| std::fs::read_to_string(east.path(file)).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (policy_status, link_status) = loop {
+        let (p, l) = (
+            read("status/failoverpolicies/shop.api-failover.yaml"),
+            read("status/links/meshfed-system.west.yaml"),
+        );
+        if !p.is_empty() && !l.is_empty() {
+            break (p, l);
+        }
+        assert!(Instant::now() < deadline, "statuses never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let policy: meshfed_api::crd::FailoverPolicy =
+        serde_saphyr::from_str(&policy_status).expect("status parses");
+    let cond = &policy.status.expect("status").conditions[0];
+    assert_eq!(
+        (
+            cond.type_.as_str(),
+            cond.status.as_str(),
+            cond.reason.as_str()
+        ),
+        ("Accepted", "False", "InvalidSpec")
+    );
+    assert!(
+        cond.message.contains("spec.spillThreshold"),
+        "{}",
+        cond.message
+    );
+    assert!(cond.message.contains("spec.clusters"), "{}", cond.message);
+    let link: meshfed_api::crd::Link = serde_saphyr::from_str(&link_status).expect("status parses");
+    let status = link.status.expect("status");
+    let accepted = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Accepted")
+        .expect("accepted");
+    assert_eq!(accepted.status, "False");
+    for field in [
+        "spec.gateway.addresses[0]",
+        "spec.gateway.port",
+        "spec.gateway.identity",
+        "spec.leaseTtlSeconds",
+    ] {
+        assert!(
+            accepted.message.contains(field),
+            "{field} missing from {}",
+            accepted.message
+        );
+    }
+    assert_eq!(status.alive, Some(false), "an invalid link runs no peer");
+}

@@ -1,0 +1,339 @@
+//! Fixtures: a mesh PKI, clusters (file store + controller + served ports),
+//! a gateway stand-in, and gRPC clients over mTLS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use meshfed_mirror::{
+    ClusterState, Controller, ControllerConfig, FileStore, FileStoreConfig, ObjKey, Store,
+};
+use meshfed_trust::{
+    ClusterCa, Credentials, CredentialsWatch, ExpectedIds, KeyAlgorithm, RootCa, SpiffeId,
+    TrustBundle, TrustDomain, client_config, server_config,
+};
+use prometheus_client::registry::Registry;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+pub const TD: &str = "mesh.test";
+pub const CONTROLLER: &str = "/ns/meshfed-system/sa/meshfed-controller";
+pub const GATEWAY: &str = "/ns/meshfed-system/sa/meshfed-gateway";
+
+pub fn id(path: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("valid id")
+}
+
+/// A root for the mesh; cluster CAs under it.
+pub struct Mesh {
+    pub root: RootCa,
+}
+
+impl Mesh {
+    pub fn new() -> Self {
+        meshfed_trust::install_crypto_provider();
+        let td = TrustDomain::new(TD).expect("td");
+        let root = RootCa::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400))
+            .expect("root");
+        Self { root }
+    }
+
+    pub fn cluster_ca(&self, name: &str) -> ClusterCa {
+        self.root
+            .issue_cluster(name, Duration::from_secs(86400), Vec::new())
+            .expect("cluster ca")
+    }
+}
+
+/// Credentials for `path` from `ca`, trusting `bundle` (the CA's own when None).
+pub fn creds(ca: &ClusterCa, path: &str, bundle: Option<TrustBundle>) -> CredentialsWatch {
+    let w = ca
+        .issue_workload(&id(path), Duration::from_secs(3600))
+        .expect("issue");
+    let c = Credentials::new(
+        w.chain,
+        PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
+        bundle.unwrap_or(w.bundle),
+    )
+    .expect("credentials");
+    c.into_watch().1
+}
+
+/// One cluster: a manifest directory, its file store, its controller, and
+/// its federation and discovery ports.
+pub struct Cluster {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub store: Arc<FileStore>,
+    pub ca: ClusterCa,
+    _controller: Arc<Controller>,
+    pub federation: SocketAddr,
+    pub discovery: SocketAddr,
+    pub registry: Arc<Registry>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.abort();
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn start(mesh: &Mesh, name: &str, region: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = FileStoreConfig::new(dir.path());
+        cfg.poll = Duration::from_millis(50);
+        let store = Arc::new(FileStore::open(cfg).await.expect("file store"));
+        let ca = mesh.cluster_ca(name);
+        let creds = creds(&ca, CONTROLLER, None);
+        let mut config = ControllerConfig::new(name);
+        config.region = region.map(Into::into);
+        config.status_period = Duration::from_millis(200);
+        let mut registry = Registry::default();
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let controller = Arc::new(Controller::start(config, dyn_store, creds, &mut registry));
+        let fed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let disc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (federation, discovery) = (
+            fed.local_addr().expect("addr"),
+            disc.local_addr().expect("addr"),
+        );
+        let c1 = controller.clone();
+        let c2 = controller.clone();
+        let servers = vec![
+            tokio::spawn(async move {
+                let _ = c1.serve_federation(fed, std::future::pending()).await;
+            }),
+            tokio::spawn(async move {
+                let _ = c2.serve_discovery(disc, std::future::pending()).await;
+            }),
+        ];
+        Self {
+            name: name.into(),
+            dir,
+            store,
+            ca,
+            _controller: controller,
+            federation,
+            discovery,
+            registry: Arc::new(registry),
+            servers,
+        }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Writes a manifest file (atomically, like an editor or kubectl would).
+    pub fn write(&self, file: &str, text: &str) {
+        write_file(&self.path(file), text);
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.path(file)).expect("remove manifest");
+    }
+
+    pub fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.store.state()
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode");
+        out
+    }
+}
+
+pub fn write_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+pub fn yaml<T: serde::Serialize>(obj: &T) -> String {
+    serde_saphyr::to_string(obj).expect("yaml")
+}
+
+/// Waits until `f` holds for the value in `rx`; returns the time since `since`.
+pub async fn until<T>(
+    since: Instant,
+    rx: &mut watch::Receiver<T>,
+    what: &str,
+    f: impl Fn(&T) -> bool,
+) -> Duration {
+    let res = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if f(&rx.borrow_and_update()) {
+                return;
+            }
+            rx.changed().await.expect("sender alive");
+        }
+    })
+    .await;
+    assert!(res.is_ok(), "timed out waiting for: {what}");
+    since.elapsed()
+}
+
+/// [`until`] for a cluster store's state.
+pub async fn until_state(
+    since: Instant,
+    rx: &mut watch::Receiver<Arc<ClusterState>>,
+    what: &str,
+    f: impl Fn(&ClusterState) -> bool,
+) -> Duration {
+    until(since, rx, what, |s: &Arc<ClusterState>| f(s)).await
+}
+
+pub fn has_mirror(state: &ClusterState, ns: &str, name: &str) -> bool {
+    state.services.contains_key(&ObjKey::new(ns, name))
+        && state.slices.contains_key(&ObjKey::new(ns, name))
+}
+
+/// A gateway stand-in: reads each ClientHello's SNI with rustls and passes
+/// the connection (ClientHello included) through to the federation port or
+/// to its own probe responder; anything else is dropped. `stop` kills it and
+/// every connection it carries.
+pub struct GatewayStandIn {
+    pub addr: SocketAddr,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl GatewayStandIn {
+    pub async fn start(federation: SocketAddr, gateway_creds: CredentialsWatch) -> Self {
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("addr"),
+            federation,
+            gateway_creds,
+        )
+        .await
+    }
+
+    pub async fn start_on(
+        bind: SocketAddr,
+        federation: SocketAddr,
+        gateway_creds: CredentialsWatch,
+    ) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind gateway");
+        let addr = listener.local_addr().expect("addr");
+        let probe = Arc::new(TlsAcceptor::from(Arc::new(server_config(gateway_creds))));
+        let tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let probe = probe.clone();
+                let conn = tokio::spawn(async move {
+                    let _ = route(tcp, federation, probe).await;
+                });
+                t.lock().expect("lock").push(conn);
+            }
+        });
+        tasks.lock().expect("lock").push(accept);
+        Self { addr, tasks }
+    }
+
+    pub fn stop(&self) {
+        for t in self.tasks.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for GatewayStandIn {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn route(
+    mut tcp: TcpStream,
+    federation: SocketAddr,
+    probe: Arc<TlsAcceptor>,
+) -> std::io::Result<()> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut seen = Vec::new();
+    let sni = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        acceptor.read_tls(&mut &chunk[..n])?;
+        match acceptor.accept() {
+            Ok(Some(hello)) => break hello.client_hello().server_name().map(str::to_owned),
+            Ok(None) => continue,
+            Err(_) => return Ok(()),
+        }
+    };
+    match sni.as_deref() {
+        Some(meshfed_api::sni::FEDERATION) => {
+            let mut up = TcpStream::connect(federation).await?;
+            up.write_all(&seen).await?;
+            tokio::io::copy_bidirectional(&mut tcp, &mut up).await?;
+        }
+        Some(meshfed_api::sni::PROBE) => {
+            // Replay the ClientHello into a TLS server holding the gateway's identity.
+            let (mut a, b) = tokio::io::duplex(64 * 1024);
+            let serve = tokio::spawn(async move {
+                let mut tls = probe.accept(b).await?;
+                let mut req = [0u8; 1024];
+                let _ = tls.read(&mut req).await?;
+                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await?;
+                tls.shutdown().await
+            });
+            a.write_all(&seen).await?;
+            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut a).await;
+            let _ = serve.await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A gRPC channel over mTLS to `addr`, sending `sni`, expecting `server`.
+pub async fn channel(
+    addr: SocketAddr,
+    sni: &'static str,
+    creds: CredentialsWatch,
+    server: SpiffeId,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let mut tls = client_config(creds, ExpectedIds::one(server));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::from(Arc::new(tls));
+    let dial = tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = ServerName::try_from(sni).map_err(std::io::Error::other)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://meshfed.test")
+        .connect_with_connector(dial)
+        .await
+}
+
+/// A bundle holding the roots of every CA given.
+pub fn bundle_of(cas: &[&CertificateDer<'static>]) -> TrustBundle {
+    TrustBundle::new(
+        TrustDomain::new(TD).expect("td"),
+        cas.iter().map(|c| (*c).clone()),
+    )
+    .expect("bundle")
+}
