@@ -158,3 +158,46 @@ pub(crate) fn resolve(world: &World, target: &str) -> ResolveResponse {
     let key = ObjKey::new(namespace, name);
     found(&key).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fixtures;
+    use crate::store::ClusterState;
+
+    #[test]
+    fn resolves_cluster_ips_and_service_host_names() {
+        let mut state = ClusterState::default();
+        let mut svc = fixtures::service("shop", "api", &[("http", 80), ("grpc", 9090)], true);
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.cluster_ip = Some("10.96.0.10".into());
+            spec.cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::a".into()]);
+        }
+        state.services.insert(ObjKey::new("shop", "api"), svc);
+        let world = World::new(Arc::new(state));
+        for target in [
+            "10.96.0.10",
+            "fd00::a",
+            "api.shop",
+            "api.shop.svc",
+            "API.shop.svc.cluster.local.",
+        ] {
+            let r = resolve(&world, target);
+            assert!(r.found, "{target}");
+            assert_eq!(
+                (r.name.as_str(), r.namespace.as_str(), r.ports.as_slice()),
+                ("api", "shop", &[80, 9090][..])
+            );
+        }
+        for target in [
+            "10.96.0.11",
+            "api",
+            "api.other",
+            "api.shop.pod.cluster.local",
+        ] {
+            assert!(!resolve(&world, target).found, "{target}");
+        }
+    }
+}

@@ -25,6 +25,18 @@ pub struct Exports {
     pub(crate) set: ExportSet,
 }
 
+impl Exports {
+    /// How many services are exported.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Whether nothing is exported.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
 /// Who may open the federation stream: the controller's own identity (peer
 /// controllers run under the same service account in every cluster), the
 /// controller identity of every Link, and identities allowed explicitly.

@@ -413,3 +413,100 @@ async fn invalid_specs_get_a_condition_naming_the_field() {
     }
     assert_eq!(status.alive, Some(false), "an invalid link runs no peer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_yaml_is_reported_with_file_and_line_and_the_last_good_state_kept() {
+    let mesh = Mesh::new();
+    let west = Cluster::start(&mesh, "west", None).await;
+    let mut state = west.state();
+    west.write("api.yaml", &api_manifest(true));
+    let t0 = Instant::now();
+    until_state(t0, &mut state, "api read", |s| s.services.len() == 1).await;
+    let broken = api_manifest(true).replacen("port: 80", "port: eighty", 1);
+    west.write("api.yaml", &broken);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let errors = loop {
+        let e = west.store.errors();
+        if !e.is_empty() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "bad file never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let line = broken
+        .lines()
+        .position(|l| l.contains("eighty"))
+        .expect("line")
+        + 1;
+    let want = format!("{}:{line}:", west.path("api.yaml").display());
+    assert!(
+        errors[0].starts_with(&want),
+        "{errors:?} should start with {want}"
+    );
+    assert_eq!(state.borrow().services.len(), 1, "last good objects kept");
+    assert_eq!(west.controller_exports(), 1, "and still exported");
+    west.write("api.yaml", &api_manifest(true));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !west.store.errors().is_empty() {
+        assert!(Instant::now() < deadline, "fixed file still reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_keeps_live_mirrors_and_removes_stale_ones() {
+    let mesh = Mesh::new();
+    let west = Cluster::start(&mesh, "west", None).await;
+    let mut east = Cluster::start(&mesh, "east", None).await;
+    let gw = GatewayStandIn::start(west.federation, creds(&west.ca, GATEWAY, None)).await;
+    west.write("api.yaml", &api_manifest(true));
+    east.write(LINK_FILE, &link_manifest(gw.addr));
+    let mut state = east.state();
+    let t0 = Instant::now();
+    until_state(t0, &mut state, "mirror", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    let mirror_file = east.path("mirrors/shop/api-west.yaml");
+    let before = std::fs::read_to_string(&mirror_file).expect("mirror file");
+    let mtime = std::fs::metadata(&mirror_file)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+
+    // While the controller is down, a mirror of a service west no longer exports is left behind.
+    east.stop_controller();
+    // Give the aborted tasks a moment to be dropped before the files change.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stale = before
+        .replace("api-west", "gone-west")
+        .replace("origin-service: api", "origin-service: gone");
+    std::fs::write(east.path("mirrors/shop/gone-west.yaml"), stale).expect("stale mirror");
+    east.restart_controller(&mesh).await;
+    let mut state = east.state();
+    let t0 = Instant::now();
+    until_state(t0, &mut state, "stale mirror found", |s| {
+        has_mirror(s, "shop", "gone-west")
+    })
+    .await;
+    let took = until_state(t0, &mut state, "stale mirror removed", |s| {
+        !has_mirror(s, "shop", "gone-west")
+    })
+    .await;
+    println!("restart -> stale mirror removed: {}", ms(took));
+    assert!(
+        has_mirror(&state.borrow(), "shop", "api-west"),
+        "the live mirror stays"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&mirror_file).expect("mirror file"),
+        before,
+        "not rewritten"
+    );
+    assert_eq!(
+        std::fs::metadata(&mirror_file)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        mtime,
+        "not touched"
+    );
+}

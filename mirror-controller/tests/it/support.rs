@@ -70,10 +70,11 @@ pub fn creds(ca: &ClusterCa, path: &str, bundle: Option<TrustBundle>) -> Credent
 /// its federation and discovery ports.
 pub struct Cluster {
     pub name: String,
+    region: Option<String>,
     pub dir: tempfile::TempDir,
     pub store: Arc<FileStore>,
     pub ca: ClusterCa,
-    _controller: Arc<Controller>,
+    controller: Option<Arc<Controller>>,
     pub federation: SocketAddr,
     pub discovery: SocketAddr,
     pub registry: Arc<Registry>,
@@ -91,44 +92,54 @@ impl Drop for Cluster {
 impl Cluster {
     pub async fn start(mesh: &Mesh, name: &str, region: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = FileStoreConfig::new(dir.path());
-        cfg.poll = Duration::from_millis(50);
-        let store = Arc::new(FileStore::open(cfg).await.expect("file store"));
         let ca = mesh.cluster_ca(name);
-        let creds = creds(&ca, CONTROLLER, None);
-        let mut config = ControllerConfig::new(name);
-        config.region = region.map(Into::into);
-        config.status_period = Duration::from_millis(200);
-        let mut registry = Registry::default();
-        let dyn_store: Arc<dyn Store> = store.clone();
-        let controller = Arc::new(Controller::start(config, dyn_store, creds, &mut registry));
-        let fed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let disc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (federation, discovery) = (
-            fed.local_addr().expect("addr"),
-            disc.local_addr().expect("addr"),
-        );
-        let c1 = controller.clone();
-        let c2 = controller.clone();
-        let servers = vec![
-            tokio::spawn(async move {
-                let _ = c1.serve_federation(fed, std::future::pending()).await;
-            }),
-            tokio::spawn(async move {
-                let _ = c2.serve_discovery(disc, std::future::pending()).await;
-            }),
-        ];
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let parts = launch(dir.path(), &ca, name, region, any, any).await;
         Self {
             name: name.into(),
+            region: region.map(Into::into),
             dir,
-            store,
             ca,
-            _controller: controller,
-            federation,
-            discovery,
-            registry: Arc::new(registry),
-            servers,
+            store: parts.store,
+            controller: Some(parts.controller),
+            federation: parts.federation,
+            discovery: parts.discovery,
+            registry: parts.registry,
+            servers: parts.servers,
         }
+    }
+
+    /// Stops the controller, its store and its servers, as a crash would.
+    pub fn stop_controller(&mut self) {
+        for s in self.servers.drain(..) {
+            s.abort();
+        }
+        self.controller = None;
+    }
+
+    /// Starts a fresh store and controller on the same directory and ports.
+    pub async fn restart_controller(&mut self, _mesh: &Mesh) {
+        self.stop_controller();
+        let parts = launch(
+            self.dir.path(),
+            &self.ca,
+            &self.name,
+            self.region.as_deref(),
+            self.federation,
+            self.discovery,
+        )
+        .await;
+        self.store = parts.store;
+        self.controller = Some(parts.controller);
+        self.registry = parts.registry;
+        self.servers = parts.servers;
+    }
+
+    /// How many services the controller exports now.
+    pub fn controller_exports(&self) -> usize {
+        self.controller
+            .as_ref()
+            .map_or(0, |c| c.exports().borrow().len())
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -152,6 +163,58 @@ impl Cluster {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode");
         out
+    }
+}
+
+struct Parts {
+    store: Arc<FileStore>,
+    controller: Arc<Controller>,
+    federation: SocketAddr,
+    discovery: SocketAddr,
+    registry: Arc<Registry>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+async fn launch(
+    dir: &Path,
+    ca: &ClusterCa,
+    name: &str,
+    region: Option<&str>,
+    federation: SocketAddr,
+    discovery: SocketAddr,
+) -> Parts {
+    let mut cfg = FileStoreConfig::new(dir);
+    cfg.poll = Duration::from_millis(50);
+    let store = Arc::new(FileStore::open(cfg).await.expect("file store"));
+    let creds = creds(ca, CONTROLLER, None);
+    let mut config = ControllerConfig::new(name);
+    config.region = region.map(Into::into);
+    config.status_period = Duration::from_millis(200);
+    let mut registry = Registry::default();
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let controller = Arc::new(Controller::start(config, dyn_store, creds, &mut registry));
+    let fed = TcpListener::bind(federation).await.expect("bind");
+    let disc = TcpListener::bind(discovery).await.expect("bind");
+    let (federation, discovery) = (
+        fed.local_addr().expect("addr"),
+        disc.local_addr().expect("addr"),
+    );
+    let (c1, c2) = (controller.clone(), controller.clone());
+    let servers = vec![
+        tokio::spawn(async move {
+            let _ = c1.serve_federation(fed, std::future::pending()).await;
+        }),
+        tokio::spawn(async move {
+            let _ = c2.serve_discovery(disc, std::future::pending()).await;
+        }),
+    ];
+    Parts {
+        store,
+        controller,
+        federation,
+        discovery,
+        registry: Arc::new(registry),
+        servers,
     }
 }
 
