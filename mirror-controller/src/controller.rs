@@ -99,15 +99,26 @@ impl Controller {
         };
         let state = store.state();
         let initial = state.borrow().clone();
-        let (world_tx, world) = watch::channel(Arc::new(World::new(initial)));
+        let (world_tx, world) = watch::channel(Arc::new(World::new(initial.clone())));
         let (exports_tx, exports_rx) = watch::channel(Arc::new(Exports::default()));
         let ctx = PeerContext {
             local_cluster: config.cluster.clone(),
             creds: creds.clone(),
             metrics: metrics.clone(),
         };
+        // Peers of the Links already there join the world before anything
+        // reads it, so the mirror reconciler never mistakes them for gone.
+        let mut peers = BTreeMap::new();
+        sync_peers(&initial, &mut peers, &world_tx, &ctx);
         let tasks = vec![
-            tokio::spawn(follow_store(state, world_tx, exports_tx, me.clone(), ctx)),
+            tokio::spawn(follow_store(
+                state,
+                world_tx,
+                exports_tx,
+                me.clone(),
+                ctx,
+                peers,
+            )),
             tokio::spawn(crate::mirrors::run(
                 store.clone(),
                 world.clone(),
@@ -200,8 +211,8 @@ async fn follow_store(
     exports_tx: watch::Sender<Arc<Exports>>,
     me: LocalCluster,
     ctx: PeerContext,
+    mut peers: BTreeMap<ObjKey, PeerHandle>,
 ) {
-    let mut peers: BTreeMap<ObjKey, PeerHandle> = BTreeMap::new();
     loop {
         let local = state.borrow_and_update().clone();
         let set = exports(&local, &me.trust_domain);
