@@ -279,47 +279,20 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut failed: HashMap<ObjKey, Instant> = HashMap::new();
+    let mut last_inputs: Option<Inputs> = None;
+    let mut last_pass = Instant::now();
     loop {
         let snapshot = world.borrow_and_update().clone();
-        let plan = plan(&snapshot);
-        let now = Instant::now();
-        failed.retain(|_, until| *until > now);
-        for mirror in plan.apply {
-            let key = mirror.key();
-            if failed.contains_key(&key) {
-                continue;
-            }
-            if let Err(e) = store.apply_mirror(mirror).await {
-                tracing::warn!(mirror = %key, error = %e, "applying mirror failed");
-                metrics
-                    .reconcile_errors
-                    .get_or_create(&ErrorLabels {
-                        what: "apply_mirror",
-                    })
-                    .inc();
-                failed.insert(key, now + RETRY);
-            } else {
-                tracing::info!(mirror = %key, "mirror applied");
-            }
+        // Probe latencies change the world every period; mirrors do not
+        // depend on them, so such changes cost no re-plan.
+        let inputs = Inputs::of(&snapshot);
+        let unchanged = last_inputs.as_ref() == Some(&inputs);
+        if !unchanged || !failed.is_empty() || last_pass.elapsed() >= RESYNC {
+            last_inputs = Some(inputs);
+            last_pass = Instant::now();
+            reconcile(&*store, &snapshot, &mut failed, &metrics).await;
+            count_mirrors(&snapshot, &metrics);
         }
-        for key in plan.delete {
-            if failed.contains_key(&key) {
-                continue;
-            }
-            if let Err(e) = store.delete_mirror(key.clone()).await {
-                tracing::warn!(mirror = %key, error = %e, "deleting mirror failed");
-                metrics
-                    .reconcile_errors
-                    .get_or_create(&ErrorLabels {
-                        what: "delete_mirror",
-                    })
-                    .inc();
-                failed.insert(key, now + RETRY);
-            } else {
-                tracing::info!(mirror = %key, "mirror deleted");
-            }
-        }
-        count_mirrors(&world.borrow(), &metrics);
         let next_retry = failed.values().min().copied();
         tokio::select! {
             changed = world.changed() => if changed.is_err() { return },
@@ -330,6 +303,114 @@ pub(crate) async fn run(
                     None => std::future::pending().await,
                 }
             } => {}
+        }
+    }
+}
+
+/// One pass: applies and deletes what the plan says, skipping keys whose
+/// last write failed less than [`RETRY`] ago.
+async fn reconcile(
+    store: &dyn Store,
+    world: &World,
+    failed: &mut HashMap<ObjKey, Instant>,
+    metrics: &Metrics,
+) {
+    let plan = plan(world);
+    let now = Instant::now();
+    failed.retain(|_, until| *until > now);
+    for mirror in plan.apply {
+        let key = mirror.key();
+        if failed.contains_key(&key) {
+            continue;
+        }
+        if let Err(e) = store.apply_mirror(mirror).await {
+            tracing::warn!(mirror = %key, error = %e, "applying mirror failed");
+            metrics
+                .reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    what: "apply_mirror",
+                })
+                .inc();
+            failed.insert(key, now + RETRY);
+        } else {
+            tracing::info!(mirror = %key, "mirror applied");
+        }
+    }
+    for key in plan.delete {
+        if failed.contains_key(&key) {
+            continue;
+        }
+        if let Err(e) = store.delete_mirror(key.clone()).await {
+            tracing::warn!(mirror = %key, error = %e, "deleting mirror failed");
+            metrics
+                .reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    what: "delete_mirror",
+                })
+                .inc();
+            failed.insert(key, now + RETRY);
+        } else {
+            tracing::info!(mirror = %key, "mirror deleted");
+        }
+    }
+}
+
+/// What mirrors depend on, cheap to compare: the local state and each
+/// peer's spec, gateways, liveness and import set. The `Arc`s are held, so
+/// comparing them by address is sound.
+#[derive(Debug)]
+struct Inputs {
+    local: Arc<crate::store::ClusterState>,
+    peers: Vec<(ObjKey, PeerInputs)>,
+}
+
+#[derive(Debug)]
+struct PeerInputs {
+    spec: meshfed_api::crd::LinkSpec,
+    gateways: Vec<SocketAddr>,
+    alive: bool,
+    imports: Option<Arc<crate::local::ExportSet>>,
+}
+
+impl PartialEq for Inputs {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.local, &other.local)
+            && self.peers.len() == other.peers.len()
+            && self
+                .peers
+                .iter()
+                .zip(&other.peers)
+                .all(|((ka, a), (kb, b))| {
+                    ka == kb
+                        && a.spec == b.spec
+                        && a.gateways == b.gateways
+                        && a.alive == b.alive
+                        && match (&a.imports, &b.imports) {
+                            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                            (None, None) => true,
+                            _ => false,
+                        }
+                })
+    }
+}
+
+impl Inputs {
+    fn of(w: &World) -> Self {
+        Self {
+            local: w.local.clone(),
+            peers: w
+                .peers
+                .iter()
+                .map(|(k, p)| {
+                    let inputs = PeerInputs {
+                        spec: p.spec.clone(),
+                        gateways: p.gateways.clone(),
+                        alive: p.alive(),
+                        imports: p.imports.clone(),
+                    };
+                    (k.clone(), inputs)
+                })
+                .collect(),
         }
     }
 }
