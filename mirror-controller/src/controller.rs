@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tonic::service::Routes;
 
 use crate::discovery::{DiscoveryService, LocalCluster};
 use crate::federation::{Exports, FederationService, PeerAuthorizer};
@@ -161,12 +162,7 @@ impl Controller {
         let svc = FederationServer::new(svc)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let incoming = self.incoming(listener);
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
+        self.serve(listener, Routes::new(svc), shutdown).await
     }
 
     /// Serves discovery on `listener` (mTLS, any mesh identity) until `shutdown`.
@@ -179,22 +175,25 @@ impl Controller {
         let svc = DiscoveryServer::new(svc)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let incoming = self.incoming(listener);
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
+        self.serve(listener, Routes::new(svc), shutdown).await
     }
 
-    fn incoming(
+    /// Serves `routes` over mTLS with the controller's credentials.
+    async fn serve(
         &self,
         listener: TcpListener,
-    ) -> tokio_stream::wrappers::ReceiverStream<Result<meshfed_trust::TlsConn, std::io::Error>>
-    {
+        routes: Routes,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
         let mut tls = server_config(self.creds.clone());
         tls.alpn_protocols = vec![b"h2".to_vec()];
-        tls_incoming(listener, Arc::new(tls), self.config.handshake_timeout)
+        let incoming = tls_incoming(listener, Arc::new(tls), self.config.handshake_timeout);
+        tonic::transport::Server::builder()
+            // Dead peers and sidecars are noticed even while their streams are idle.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
     }
 
     /// The current export set (what peers are sent).
