@@ -167,7 +167,7 @@ fn apply(imports: &mut Option<ExportSet>, update: ExportsUpdate) -> Result<bool,
     if update.snapshot {
         let mut set = ExportSet::new();
         for svc in update.upserts {
-            set.insert(key_of(&svc.namespace, &svc.name)?, svc);
+            set.insert(checked(&svc)?, svc);
         }
         let changed = imports.as_ref() != Some(&set);
         *imports = Some(set);
@@ -185,7 +185,7 @@ fn apply(imports: &mut Option<ExportSet>, update: ExportsUpdate) -> Result<bool,
     let upserts = update
         .upserts
         .into_iter()
-        .map(|s| Ok((key_of(&s.namespace, &s.name)?, s)))
+        .map(|s| Ok((checked(&s)?, s)))
         .collect::<Result<Vec<_>, String>>()?;
     let mut changed = false;
     for key in removals {
@@ -205,6 +205,28 @@ fn key_of(namespace: &str, name: &str) -> Result<ObjKey, String> {
         ));
     }
     Ok(ObjKey::new(namespace, name))
+}
+
+/// A peer's service becomes a local mirror: its names and ports must be
+/// ones Kubernetes would accept.
+fn checked(svc: &meshfed_api::federation::ExportedService) -> Result<ObjKey, String> {
+    let key = key_of(&svc.namespace, &svc.name)?;
+    for p in &svc.ports {
+        if !(1..=65535).contains(&p.port) {
+            return Err(format!("peer sent {key} with port {}", p.port));
+        }
+        if !matches!(p.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+            return Err(format!("peer sent {key} with protocol {:?}", p.protocol));
+        }
+        if !(p.name.is_empty() || meshfed_api::sni::is_dns_label(&p.name))
+            || p.app_protocol.len() > 253
+        {
+            return Err(format!(
+                "peer sent {key} with an invalid port name or appProtocol"
+            ));
+        }
+    }
+    Ok(key)
 }
 
 /// The lease ran out: the peer's services are withdrawn.
@@ -293,6 +315,20 @@ mod tests {
         let snap = ExportsUpdate {
             snapshot: true,
             upserts: vec![svc("../etc")],
+            ..ExportsUpdate::default()
+        };
+        assert!(apply(&mut imports, snap).is_err());
+        assert!(imports.is_none(), "nothing applied");
+        let mut bad_port = svc("api");
+        bad_port.ports.push(meshfed_api::federation::ServicePort {
+            name: "http".into(),
+            port: 70000,
+            protocol: "TCP".into(),
+            app_protocol: String::new(),
+        });
+        let snap = ExportsUpdate {
+            snapshot: true,
+            upserts: vec![svc("ok"), bad_port],
             ..ExportsUpdate::default()
         };
         assert!(apply(&mut imports, snap).is_err());
