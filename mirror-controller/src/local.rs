@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use meshfed_api::federation::{ExportedService, ServicePort as WirePort, ZoneEndpoints};
 use meshfed_api::labels;
 use meshfed_trust::TrustDomain;
@@ -66,6 +66,18 @@ fn identity_of(td: &TrustDomain, svc: &Service, slice: &EndpointSlice, namespace
         .unwrap_or_else(|| format!("spiffe://{td}/ns/{namespace}/sa/default"))
 }
 
+/// An endpoint's zone: its own, else its Node's.
+fn zone_of(state: &ClusterState, ep: &Endpoint) -> Option<String> {
+    ep.zone
+        .clone()
+        .or_else(|| state.node_zones.get(ep.node_name.as_ref()?).cloned())
+}
+
+/// Kubernetes: an unset `ready` means ready.
+fn is_ready(ep: &Endpoint) -> bool {
+    ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+}
+
 /// Every endpoint serving `port` of Service `key`, ready or not.
 pub(crate) fn endpoints(
     state: &ClusterState,
@@ -94,12 +106,7 @@ pub(crate) fn endpoints(
         };
         let identity = identity_of(td, svc, slice, &key.namespace);
         for ep in slice.endpoints.iter().flatten() {
-            let zone = ep.zone.clone().or_else(|| {
-                let node = ep.node_name.as_ref()?;
-                state.node_zones.get(node).cloned()
-            });
-            // Kubernetes: an unset `ready` means ready.
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let (zone, ready) = (zone_of(state, ep), is_ready(ep));
             for addr in &ep.addresses {
                 let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
                     continue;
@@ -147,14 +154,10 @@ pub(crate) fn exports(state: &ClusterState, td: &TrustDomain) -> ExportSet {
         for slice in slices_of(state, key) {
             identities.insert(identity_of(td, svc, slice, &key.namespace));
             for ep in slice.endpoints.iter().flatten() {
-                let zone = ep
-                    .zone
-                    .clone()
-                    .or_else(|| state.node_zones.get(ep.node_name.as_ref()?).cloned())
-                    .unwrap_or_default();
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                let z = zones.entry(zone).or_default();
-                z.0 += u32::from(ready);
+                let z = zones
+                    .entry(zone_of(state, ep).unwrap_or_default())
+                    .or_default();
+                z.0 += u32::from(is_ready(ep));
                 z.1 += 1;
             }
         }

@@ -39,18 +39,19 @@ pub(crate) fn mirror_name(service: &str, cluster: &str) -> Option<String> {
 }
 
 /// Whether `labels` match a Link's selector (no selector matches all).
-pub(crate) fn selector_matches(
+/// Generic over the map: exports carry a `HashMap`, objects a `BTreeMap`.
+pub(crate) fn selector_matches<'l>(
     selector: Option<&LabelSelector>,
-    labels: &BTreeMap<String, String>,
+    labels: impl Labels<'l>,
 ) -> bool {
     let Some(sel) = selector else { return true };
     let by_labels = sel
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| labels.value(k) == Some(v));
     let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
+        let value = labels.value(&e.key);
         let values = e.values.as_deref().unwrap_or_default();
         match e.operator.as_str() {
             "In" => value.is_some_and(|v| values.contains(v)),
@@ -64,31 +65,36 @@ pub(crate) fn selector_matches(
     by_labels && by_exprs
 }
 
+/// A label map of either kind.
+pub(crate) trait Labels<'l>: Copy {
+    fn value(self, key: &str) -> Option<&'l String>;
+}
+
+impl<'l> Labels<'l> for &'l BTreeMap<String, String> {
+    fn value(self, key: &str) -> Option<&'l String> {
+        self.get(key)
+    }
+}
+
+impl<'l> Labels<'l> for &'l std::collections::HashMap<String, String> {
+    fn value(self, key: &str) -> Option<&'l String> {
+        self.get(key)
+    }
+}
+
 /// The exports of `peer` its Link selects.
 pub(crate) fn selected<'a>(peer: &'a PeerState) -> impl Iterator<Item = &'a ExportedService> + 'a {
     let sel = peer.spec.selector.as_ref();
     peer.imports
         .iter()
         .flat_map(|set| set.values())
-        .filter(move |svc| {
-            let labels: BTreeMap<String, String> = svc
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            selector_matches(sel, &labels)
-        })
+        .filter(move |svc| selector_matches(sel, &svc.labels))
 }
 
 /// The export `key` of `peer`, if its Link selects it.
 pub(crate) fn imported<'a>(peer: &'a PeerState, key: &ObjKey) -> Option<&'a ExportedService> {
     let svc = peer.imports.as_ref()?.get(key)?;
-    let labels: BTreeMap<String, String> = svc
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    selector_matches(peer.spec.selector.as_ref(), &labels).then_some(svc)
+    selector_matches(peer.spec.selector.as_ref(), &svc.labels).then_some(svc)
 }
 
 /// What should exist, by mirror key, with the link each comes through.

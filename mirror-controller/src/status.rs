@@ -14,7 +14,9 @@ use tokio::sync::watch;
 
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
 use crate::mirrors::selected;
-use crate::store::{ObjKey, Store};
+use futures::future::BoxFuture;
+
+use crate::store::{ObjKey, Store, StoreError};
 use crate::validate::{accepted_condition, validate_failover_policy, validate_link};
 use crate::world::{PeerState, World};
 
@@ -53,7 +55,7 @@ pub(crate) async fn run(
                 .unwrap_or_default();
             let validation = validate_link(&link.spec);
             let gen_ = link.metadata.generation;
-            let mut next = link_status(peer, &previous, now.clone());
+            let mut next = link_status(peer, &previous);
             next.conditions = merge_conditions(
                 &previous.conditions,
                 vec![
@@ -62,21 +64,11 @@ pub(crate) async fn run(
                 ],
             );
             next.observed_generation = gen_;
-            if link.status.as_ref() == Some(&next) || written_links.get(key) == Some(&next) {
-                continue;
-            }
-            match store.set_link_status(key.clone(), next.clone()).await {
-                Ok(()) => {
-                    written_links.insert(key.clone(), next);
-                }
-                Err(e) => {
-                    tracing::warn!(link = %key, error = %e, "writing link status failed");
-                    metrics
-                        .reconcile_errors
-                        .get_or_create(&ErrorLabels { what: "status" })
-                        .inc();
-                }
-            }
+            let current = link.status.as_ref();
+            publish(key, next, current, &mut written_links, &metrics, |k, s| {
+                store.set_link_status(k, s)
+            })
+            .await;
         }
         written_links.retain(|k, _| w.local.links.contains_key(k));
         for (key, policy) in &w.local.policies {
@@ -97,27 +89,48 @@ pub(crate) async fn run(
                 ),
                 observed_generation: gen_,
             };
-            if policy.status.as_ref() == Some(&next) || written_policies.get(key) == Some(&next) {
-                continue;
-            }
-            match store.set_policy_status(key.clone(), next.clone()).await {
-                Ok(()) => {
-                    written_policies.insert(key.clone(), next);
-                }
-                Err(e) => {
-                    tracing::warn!(policy = %key, error = %e, "writing policy status failed");
-                    metrics
-                        .reconcile_errors
-                        .get_or_create(&ErrorLabels { what: "status" })
-                        .inc();
-                }
-            }
+            let current = policy.status.as_ref();
+            publish(
+                key,
+                next,
+                current,
+                &mut written_policies,
+                &metrics,
+                |k, s| store.set_policy_status(k, s),
+            )
+            .await;
         }
         written_policies.retain(|k, _| w.local.policies.contains_key(k));
     }
 }
 
-fn link_status(peer: Option<&PeerState>, previous: &LinkStatus, _now: Time) -> LinkStatus {
+/// Writes `next` unless the object already shows it or it was written last.
+async fn publish<'a, S: PartialEq + Clone>(
+    key: &ObjKey,
+    next: S,
+    current: Option<&S>,
+    written: &mut HashMap<ObjKey, S>,
+    metrics: &Metrics,
+    write: impl FnOnce(ObjKey, S) -> BoxFuture<'a, Result<(), StoreError>>,
+) {
+    if current == Some(&next) || written.get(key) == Some(&next) {
+        return;
+    }
+    match write(key.clone(), next.clone()).await {
+        Ok(()) => {
+            written.insert(key.clone(), next);
+        }
+        Err(e) => {
+            tracing::warn!(object = %key, error = %e, "writing status failed");
+            metrics
+                .reconcile_errors
+                .get_or_create(&ErrorLabels { what: "status" })
+                .inc();
+        }
+    }
+}
+
+fn link_status(peer: Option<&PeerState>, previous: &LinkStatus) -> LinkStatus {
     let Some(p) = peer else {
         return LinkStatus {
             alive: Some(false),
