@@ -3,6 +3,10 @@
 //! - `<name>.<namespace>.<port>.svc.meshfed.local` — a service port the
 //!   gateway's cluster exports; the gateway passes the connection through to
 //!   one of its endpoints. `port` is the Service port, not the target port.
+//! - `<name>.<namespace>.<port>.<source-cluster>.svc.meshfed.local` — the
+//!   same, naming the calling cluster (what sidecars send). The gateway never
+//!   sees the caller's certificate, so this claim is only used to label
+//!   metrics, and only when it names a linked cluster.
 //! - `federation.meshfed.local` — the cluster controller's federation service.
 //! - `probe.meshfed.local` — the gateway's own health endpoint (mTLS with the
 //!   gateway's identity; `GET /ready` answers `200` when it is ready).
@@ -32,6 +36,8 @@ pub enum Target {
         namespace: String,
         /// The Service port.
         port: u16,
+        /// The calling cluster, as the caller claims it (metrics only).
+        source: Option<String>,
     },
     /// The federation service.
     Federation,
@@ -48,14 +54,21 @@ pub enum SniError {
     /// Not under `svc.meshfed.local` and not reserved.
     #[error("server name {0:?} is not a meshfed destination")]
     Unknown(String),
-    /// Under `svc.meshfed.local` but not `<name>.<namespace>.<port>`.
-    #[error("server name {0:?} is not <name>.<namespace>.<port>.svc.meshfed.local")]
+    /// Under `svc.meshfed.local` but not `<name>.<namespace>.<port>[.<cluster>]`.
+    #[error(
+        "server name {0:?} is not <name>.<namespace>.<port>[.<source-cluster>].svc.meshfed.local"
+    )]
     Malformed(String),
 }
 
 /// The server name of one exported service port.
 pub fn service(name: &str, namespace: &str, port: u16) -> String {
     format!("{name}.{namespace}.{port}{SERVICE_SUFFIX}")
+}
+
+/// The server name of one exported service port, called from `source`.
+pub fn service_from(name: &str, namespace: &str, port: u16, source: &str) -> String {
+    format!("{name}.{namespace}.{port}.{source}{SERVICE_SUFFIX}")
 }
 
 /// Parses a server name from a ClientHello.
@@ -75,12 +88,16 @@ pub fn parse(sni: &str) -> Result<Target, SniError> {
     };
     let malformed = || SniError::Malformed(sni.to_owned());
     let mut labels = head.split('.');
-    let (Some(name), Some(namespace), Some(port), None) =
-        (labels.next(), labels.next(), labels.next(), labels.next())
-    else {
+    let (Some(name), Some(namespace), Some(port), source, None) = (
+        labels.next(),
+        labels.next(),
+        labels.next(),
+        labels.next(),
+        labels.next(),
+    ) else {
         return Err(malformed());
     };
-    if !is_dns_label(name) || !is_dns_label(namespace) {
+    if !is_dns_label(name) || !is_dns_label(namespace) || !source.is_none_or(is_dns_label) {
         return Err(malformed());
     }
     // Digits only: no sign, no leading zero, within u16.
@@ -92,6 +109,7 @@ pub fn parse(sni: &str) -> Result<Target, SniError> {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
         port,
+        source: source.map(str::to_owned),
     })
 }
 
@@ -113,7 +131,14 @@ impl fmt::Display for Target {
                 name,
                 namespace,
                 port,
+                source: None,
             } => f.write_str(&service(name, namespace, *port)),
+            Target::Service {
+                name,
+                namespace,
+                port,
+                source: Some(source),
+            } => f.write_str(&service_from(name, namespace, *port, source)),
             Target::Federation => f.write_str(FEDERATION),
             Target::Probe => f.write_str(PROBE),
         }
@@ -131,6 +156,19 @@ mod tests {
         let t = parse(&sni).expect("valid");
         assert_eq!(t.to_string(), sni);
         assert_eq!(parse("API.Shop.8080.SVC.meshfed.LOCAL"), Ok(t));
+        let from = service_from("api", "shop", 8080, "east");
+        assert_eq!(from, "api.shop.8080.east.svc.meshfed.local");
+        let t = parse(&from).expect("valid");
+        assert_eq!(
+            t,
+            Target::Service {
+                name: "api".into(),
+                namespace: "shop".into(),
+                port: 8080,
+                source: Some("east".into())
+            }
+        );
+        assert_eq!(t.to_string(), from);
     }
 
     #[test]
@@ -153,6 +191,8 @@ mod tests {
         for bad in [
             "api.shop.svc.meshfed.local",
             "a.api.shop.80.svc.meshfed.local",
+            "api.shop.80.east.x.svc.meshfed.local",
+            "api.shop.80.-east.svc.meshfed.local",
             "api.shop.0.svc.meshfed.local",
             "api.shop.080.svc.meshfed.local",
             "api.shop.65536.svc.meshfed.local",

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::service::Routes;
 
-use crate::discovery::{DiscoveryService, LocalCluster};
+use crate::discovery::{DiscoveryService, LocalCluster, RouteTable};
 use crate::federation::{Exports, FederationService, PeerAuthorizer};
 use crate::local::exports;
 use crate::metrics::{LinkLabels, Metrics};
@@ -69,6 +69,7 @@ pub struct Controller {
     store: Arc<dyn Store>,
     world: watch::Receiver<Arc<World>>,
     exports: watch::Receiver<Arc<Exports>>,
+    routes: watch::Receiver<Arc<RouteTable>>,
     metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -102,6 +103,7 @@ impl Controller {
         let initial = state.borrow().clone();
         let (world_tx, world) = watch::channel(Arc::new(World::new(initial.clone())));
         let (exports_tx, exports_rx) = watch::channel(Arc::new(Exports::default()));
+        let (routes_tx, routes_rx) = watch::channel(Arc::new(RouteTable::default()));
         let ctx = PeerContext {
             local_cluster: config.cluster.clone(),
             creds: creds.clone(),
@@ -115,7 +117,10 @@ impl Controller {
             tokio::spawn(follow_store(
                 state,
                 world_tx,
-                exports_tx,
+                Published {
+                    exports: exports_tx,
+                    routes: routes_tx,
+                },
                 me.clone(),
                 ctx,
                 peers,
@@ -139,6 +144,7 @@ impl Controller {
             store,
             world,
             exports: exports_rx,
+            routes: routes_rx,
             metrics,
             tasks,
         }
@@ -171,7 +177,12 @@ impl Controller {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let svc = DiscoveryService::new(self.me.clone(), self.world.clone(), self.metrics.clone());
+        let svc = DiscoveryService::new(
+            self.me.clone(),
+            self.world.clone(),
+            self.routes.clone(),
+            self.metrics.clone(),
+        );
         let svc = DiscoveryServer::new(svc)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -202,12 +213,21 @@ impl Controller {
     }
 }
 
+/// What the controller derives from its own cluster alone.
+struct Published {
+    /// For peers (the federation stream).
+    exports: watch::Sender<Arc<Exports>>,
+    /// For gateways.
+    routes: watch::Sender<Arc<RouteTable>>,
+}
+
 /// Follows the store: publishes its state into the world, recomputes the
-/// export set, and starts, restarts or stops a peer per valid Link.
+/// export set and the gateway routes, and starts, restarts or stops a peer
+/// per valid Link.
 async fn follow_store(
     mut state: watch::Receiver<Arc<ClusterState>>,
     world: watch::Sender<Arc<World>>,
-    exports_tx: watch::Sender<Arc<Exports>>,
+    published: Published,
     me: LocalCluster,
     ctx: PeerContext,
     mut peers: BTreeMap<ObjKey, PeerHandle>,
@@ -218,7 +238,8 @@ async fn follow_store(
         ctx.metrics
             .exports
             .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
-        exports_tx.send_if_modified(|cur| {
+        RouteTable::publish(&published.routes, &local, &me.trust_domain);
+        published.exports.send_if_modified(|cur| {
             if cur.set == set {
                 return false;
             }

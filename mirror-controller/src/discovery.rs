@@ -2,7 +2,9 @@
 //! priority groups in failover order, pushed on every change.
 
 mod groups;
+mod routes;
 mod server;
 
 pub use groups::LocalCluster;
+pub use routes::RouteTable;
 pub use server::DiscoveryService;

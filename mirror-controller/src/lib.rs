@@ -22,7 +22,7 @@ mod validate;
 mod world;
 
 pub use controller::{Controller, ControllerConfig};
-pub use discovery::{DiscoveryService, LocalCluster};
+pub use discovery::{DiscoveryService, LocalCluster, RouteTable};
 pub use federation::{Exports, FederationService, PeerAuthorizer};
 pub use metrics::Metrics;
 pub use status::CONDITION_ALIVE;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use meshfed_api::discovery::{Route, RouteEndpoint, RoutePort};
 use meshfed_api::federation::{ExportedService, ServicePort as WirePort, ZoneEndpoints};
 use meshfed_api::labels;
 use meshfed_trust::TrustDomain;
@@ -22,6 +23,9 @@ pub(crate) struct LocalEndpoint {
 
 /// The exported services of a cluster, as published to peers.
 pub(crate) type ExportSet = BTreeMap<ObjKey, ExportedService>;
+
+/// The gateway's routes: exported services with their local endpoints.
+pub(crate) type RouteSet = BTreeMap<ObjKey, Route>;
 
 /// The Service port numbered `port`, if the Service has one.
 pub(crate) fn service_port(svc: &Service, port: u16) -> Option<&ServicePort> {
@@ -125,15 +129,19 @@ pub(crate) fn endpoints(
     out
 }
 
-/// The cluster's exports: Services labelled exported, never mirrors (a
-/// cluster re-exporting what it imported would loop).
+/// Services labelled exported, never mirrors (a cluster re-exporting what
+/// it imported would loop, and a gateway must not relay to other clusters).
+fn exported(state: &ClusterState) -> impl Iterator<Item = (&ObjKey, &Service)> {
+    state.services.iter().filter(|(_, svc)| {
+        let l = svc.metadata.labels.as_ref();
+        labels::is_exported(l) && !is_mirror(l)
+    })
+}
+
+/// The cluster's exports, as published to peers.
 pub(crate) fn exports(state: &ClusterState, td: &TrustDomain) -> ExportSet {
     let mut out = ExportSet::new();
-    for (key, svc) in &state.services {
-        let labels_ = svc.metadata.labels.as_ref();
-        if !labels::is_exported(labels_) || is_mirror(labels_) {
-            continue;
-        }
+    for (key, svc) in exported(state) {
         let ports: Vec<WirePort> = svc
             .spec
             .as_ref()
@@ -185,6 +193,40 @@ pub(crate) fn exports(state: &ClusterState, td: &TrustDomain) -> ExportSet {
     out
 }
 
+/// The gateway's routes: every port of every exported service, with the
+/// local endpoints behind it.
+pub(crate) fn routes(state: &ClusterState, td: &TrustDomain) -> RouteSet {
+    exported(state)
+        .map(|(key, svc)| {
+            let ports = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| u16::try_from(p.port).ok())
+                .map(|port| RoutePort {
+                    port: u32::from(port),
+                    endpoints: endpoints(state, td, key, port)
+                        .into_iter()
+                        .map(|e| RouteEndpoint {
+                            address: e.address.to_string(),
+                            ready: e.ready,
+                            zone: e.zone.unwrap_or_default(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            let route = Route {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                ports,
+            };
+            (key.clone(), route)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +273,39 @@ mod tests {
             "the slice's target port is dialled"
         );
         assert!(endpoints(&state, &td(), &ObjKey::new("shop", "api"), 81).is_empty());
+
+        let routes = routes(&state, &td());
+        assert_eq!(routes.len(), 1, "only exported services are routed");
+        let port = &routes[&ObjKey::new("shop", "api")].ports[0];
+        assert_eq!(port.port, 80);
+        let eps: Vec<_> = port
+            .endpoints
+            .iter()
+            .map(|e| (e.address.as_str(), e.ready, e.zone.as_str()))
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("10.0.0.1:8080", true, "z1"),
+                ("10.0.0.2:8080", false, "z1"),
+                ("10.0.0.3:8080", true, "z2")
+            ]
+        );
+    }
+
+    #[test]
+    fn mirrors_are_never_routed() {
+        let mut state = ClusterState::default();
+        let mut mirror = service("shop", "api-west", &[("http", 80)], true);
+        mirror
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(labels::ORIGIN_CLUSTER.into(), "west".into());
+        state
+            .services
+            .insert(ObjKey::new("shop", "api-west"), mirror);
+        assert!(routes(&state, &td()).is_empty());
+        assert!(exports(&state, &td()).is_empty());
     }
 }

@@ -10,10 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, KubeStore, Store};
-use meshfed_trust::{
-    CredentialSource, Credentials, CredentialsWatch, IdentityClient, IdentityClientConfig,
-    Readiness, SpiffeId, TrustBundle,
-};
+use meshfed_trust::{CredentialArgs, Readiness, SpiffeId};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -35,7 +32,7 @@ enum StoreKind {
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// This cluster's name (a DNS label).
-    #[arg(long, env = "MESHFED_CLUSTER")]
+    #[arg(long, env = "MESHFED_CLUSTER", value_parser = meshfed_trust::cluster_name)]
     cluster: String,
     /// This cluster's region (remote clusters of the same region are preferred).
     #[arg(long, env = "MESHFED_REGION")]
@@ -62,25 +59,8 @@ struct Args {
     /// Admin listener (/live, /ready, /metrics).
     #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "0.0.0.0:9902")]
     admin_listen: SocketAddr,
-    /// Offline credentials: a directory with leaf.crt, leaf.key, intermediate.crt, root.crt
-    /// (from `meshctl trust issue-workload`). Exclusive with --identity-addr.
-    #[arg(long, env = "MESHFED_CREDENTIALS_DIR")]
-    credentials_dir: Option<PathBuf>,
-    /// Identity service `host:port` to get (and renew) the controller's certificate from.
-    #[arg(long, env = "MESHFED_IDENTITY_ADDR")]
-    identity_addr: Option<String>,
-    /// SPIFFE ID the identity service presents.
-    #[arg(long, env = "MESHFED_IDENTITY_SERVER_ID")]
-    identity_server_id: Option<String>,
-    /// The controller's own SPIFFE ID, for --identity-addr.
-    #[arg(long, env = "MESHFED_ID")]
-    id: Option<String>,
-    /// File holding the token that proves --id (re-read on every renewal).
-    #[arg(long, env = "MESHFED_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// Trust bundle (PEM or SPIFFE JSON) to trust the identity service with.
-    #[arg(long, env = "MESHFED_BUNDLE")]
-    bundle: Option<PathBuf>,
+    #[command(flatten)]
+    credentials: CredentialArgs,
     /// Peer controller identity allowed on the federation stream besides the
     /// controller's own and every Link's controllerIdentity (repeatable).
     #[arg(
@@ -96,18 +76,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     meshfed_trust::init_tracing();
     meshfed_trust::install_crypto_provider();
-    if !meshfed_api::sni::is_dns_label(&args.cluster) {
-        bail!(
-            "--cluster {:?}: must be a DNS label (lowercase letters, digits, '-')",
-            args.cluster
-        );
-    }
     let extra_peers = args
         .allow_peers
         .iter()
         .map(|p| SpiffeId::parse(p).with_context(|| format!("--allow-peer {p}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let creds = credentials(&args).await?;
+    let creds = args.credentials.load().await?;
 
     let bind = |addr: SocketAddr, flag: &'static str| async move {
         TcpListener::bind(addr)
@@ -189,51 +163,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn credentials(args: &Args) -> anyhow::Result<CredentialsWatch> {
-    match (&args.credentials_dir, &args.identity_addr) {
-        (Some(dir), None) => {
-            let creds = Credentials::from_dir(dir)
-                .with_context(|| format!("loading --credentials-dir {}", dir.display()))?;
-            // Offline credentials do not renew; say when they run out.
-            tracing::info!(spiffe_id = %creds.id(), not_after = ?creds.not_after(), "offline credentials loaded");
-            Ok(creds.into_watch().1)
-        }
-        (None, Some(addr)) => {
-            let Some(server) = &args.identity_server_id else {
-                bail!("--identity-addr needs --identity-server-id");
-            };
-            let Some(id) = &args.id else {
-                bail!("--identity-addr needs --id");
-            };
-            let Some(bundle) = &args.bundle else {
-                bail!("--identity-addr needs --bundle");
-            };
-            let id = SpiffeId::parse(id).context("--id")?;
-            let server_id = SpiffeId::parse(server).context("--identity-server-id")?;
-            let bundle = TrustBundle::from_file(id.trust_domain().clone(), bundle)
-                .with_context(|| format!("--bundle {}", bundle.display()))?;
-            let credential = match &args.token_file {
-                Some(f) => CredentialSource::File(f.clone()),
-                None => bail!("--identity-addr needs --token-file"),
-            };
-            let client = IdentityClient::new(IdentityClientConfig {
-                addr: addr.clone(),
-                server_id,
-                id,
-                credential,
-                bundle,
-            });
-            let (creds, _renewing) = client
-                .start()
-                .await
-                .context("first certificate from the identity service")?;
-            Ok(creds)
-        }
-        (Some(_), Some(_)) => bail!("--credentials-dir and --identity-addr exclude each other"),
-        (None, None) => {
-            bail!("credentials: give --credentials-dir DIR or --identity-addr HOST:PORT")
-        }
-    }
 }

@@ -9,6 +9,8 @@ mod auth;
 mod bundle;
 mod ca;
 mod cert;
+mod channel;
+mod cli;
 mod client;
 mod files;
 mod incoming;
@@ -27,6 +29,8 @@ pub use ca::{
     IssuedWorkload, KeyAlgorithm, RootCa, paths,
 };
 pub use cert::{CertError, CertInfo, fingerprint, spiffe_id_of};
+pub use channel::mtls_channel;
+pub use cli::{CredentialArgs, CredentialArgsError, cluster_name};
 pub use client::{
     ClientError, CredentialSource, IdentityClient, IdentityClientConfig, csr_for, renew_after,
 };

@@ -70,7 +70,7 @@ pub(crate) fn endpoint_set(world: &World, me: &LocalCluster, q: &Query) -> Endpo
         for peer in world.peers.values().filter(|p| &p.spec.cluster == cluster) {
             if let Some(svc) = imported(peer, &origin_key) {
                 exists |= has_port(svc, q.port);
-                if let Some(g) = remote_group(peer, svc, q) {
+                if let Some(g) = remote_group(me, peer, svc, q) {
                     groups.push(g);
                 }
             }
@@ -106,7 +106,7 @@ pub(crate) fn endpoint_set(world: &World, me: &LocalCluster, q: &Query) -> Endpo
             continue;
         };
         exists |= has_port(svc, q.port);
-        if let Some(g) = remote_group(peer, svc, q) {
+        if let Some(g) = remote_group(me, peer, svc, q) {
             remote.push((peer, g));
         }
     }
@@ -194,7 +194,12 @@ fn local_group(me: &LocalCluster, zone: &str, eps: Vec<local::LocalEndpoint>) ->
 }
 
 /// A remote cluster's group, if the cluster is alive and exports the port.
-fn remote_group(peer: &PeerState, svc: &ExportedService, q: &Query) -> Option<PriorityGroup> {
+fn remote_group(
+    me: &LocalCluster,
+    peer: &PeerState,
+    svc: &ExportedService,
+    q: &Query,
+) -> Option<PriorityGroup> {
     if !peer.alive() || !has_port(svc, q.port) {
         return None;
     }
@@ -205,7 +210,8 @@ fn remote_group(peer: &PeerState, svc: &ExportedService, q: &Query) -> Option<Pr
         region: peer.spec.region.clone().unwrap_or_default(),
         zone: String::new(),
     };
-    let sni = meshfed_api::sni::service(&svc.name, &svc.namespace, q.port);
+    // Naming this cluster lets the remote gateway count connections by caller.
+    let sni = meshfed_api::sni::service_from(&svc.name, &svc.namespace, q.port, &me.name);
     Some(PriorityGroup {
         locality: Some(locality.clone()),
         remote: true,
@@ -425,7 +431,7 @@ mod tests {
         assert_eq!(loads(&set), [714, 286, 0, 0, 0]);
         assert_eq!(thresholds(&set), [0.7, 0.0, 0.7, 0.7, 0.7]);
         let remote = &set.groups[2].endpoints[0];
-        assert_eq!(remote.sni, "api.shop.80.svc.meshfed.local");
+        assert_eq!(remote.sni, "api.shop.80.east.svc.meshfed.local");
         assert_eq!(remote.address, "127.0.0.9:4443");
         assert_eq!(set.groups[0].endpoints[0].address, "10.0.0.1:8080");
     }

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use futures::Stream;
 use meshfed_api::discovery::discovery_server::Discovery;
-use meshfed_api::discovery::{EndpointSet, ResolveRequest, ResolveResponse, WatchRequest};
+use meshfed_api::discovery::{
+    EndpointSet, ResolveRequest, ResolveResponse, RoutesUpdate, WatchRequest, WatchRoutesRequest,
+};
 use meshfed_api::sni::is_dns_label;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::groups::{LocalCluster, Query, endpoint_set};
+use super::routes::{RouteTable, stream_routes};
 use crate::metrics::Metrics;
 use crate::store::ObjKey;
 use crate::world::World;
@@ -23,29 +26,34 @@ use crate::world::World;
 pub struct DiscoveryService {
     me: Arc<LocalCluster>,
     world: watch::Receiver<Arc<World>>,
+    routes: watch::Receiver<Arc<RouteTable>>,
     metrics: Arc<Metrics>,
 }
 
 impl DiscoveryService {
-    /// Serves endpoint sets computed from `world`.
+    /// Serves endpoint sets computed from `world` and the gateway's `routes`.
     pub fn new(
         me: LocalCluster,
         world: watch::Receiver<Arc<World>>,
+        routes: watch::Receiver<Arc<RouteTable>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             me: Arc::new(me),
             world,
+            routes,
             metrics,
         }
     }
 }
 
 type SetStream = Pin<Box<dyn Stream<Item = Result<EndpointSet, Status>> + Send>>;
+type RoutesStream = Pin<Box<dyn Stream<Item = Result<RoutesUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
     type WatchStream = SetStream;
+    type WatchRoutesStream = RoutesStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<SetStream>, Status> {
         let req = req.into_inner();
@@ -98,6 +106,26 @@ impl Discovery for DiscoveryService {
                 }
             }
             metrics.discovery_subscribers.dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn watch_routes(
+        &self,
+        req: Request<WatchRoutesRequest>,
+    ) -> Result<Response<RoutesStream>, Status> {
+        let gateway = req.into_inner().gateway;
+        if gateway.len() > 253 {
+            return Err(Status::invalid_argument("gateway name is too long"));
+        }
+        tracing::info!(%gateway, "gateway route stream opened");
+        let (tx, rx) = mpsc::channel(4);
+        let (routes, metrics) = (self.routes.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            metrics.discovery_subscribers.inc();
+            stream_routes(routes, tx).await;
+            metrics.discovery_subscribers.dec();
+            tracing::info!(%gateway, "gateway route stream closed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

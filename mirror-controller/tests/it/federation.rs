@@ -99,7 +99,7 @@ fn has_west_group(set: &EndpointSet) -> bool {
             && g.locality.as_ref().is_some_and(|l| l.cluster == "west")
             && g.endpoints
                 .iter()
-                .all(|e| e.sni == "api.shop.80.svc.meshfed.local")
+                .all(|e| e.sni == "api.shop.80.east.svc.meshfed.local")
     })
 }
 
