@@ -1,4 +1,4 @@
-//! Two clusters linked through a gateway stand-in: exports become mirrors
+//! Two clusters linked through west's real gateway: exports become mirrors
 //! and discovery groups in the other cluster, and go away when the export,
 //! the Link or the peer does. Propagation times are printed for the record.
 
@@ -120,7 +120,7 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
     let mesh = Mesh::new();
     let west = Cluster::start(&mesh, "west", None).await;
     let east = Cluster::start(&mesh, "east", None).await;
-    let gw = GatewayStandIn::start(west.federation, creds(&west.ca, GATEWAY, None)).await;
+    let mut gw = Gateway::start(&west).await;
     west.write("api.yaml", &api_manifest(false));
     east.write(LINK_FILE, &link_manifest(gw.addr));
     let client = creds(&east.ca, "/ns/shop/sa/client", None);
@@ -220,7 +220,7 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
     .await;
     until_set(t0, &mut sub, "group back with link", has_west_group).await;
     let t0 = Instant::now();
-    gw.stop();
+    gw.stop().await;
     let t_disc = until_set(t0, &mut sub, "dead peer withdrawn", |s| s.groups.is_empty()).await;
     let t_mirror = until_state(t0, &mut state, "dead peer's mirror removed", |s| {
         !has_mirror(s, "shop", "api-west")
@@ -238,8 +238,7 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
 
     // The peer comes back on the same address: everything returns.
     let t0 = Instant::now();
-    let gw2 =
-        GatewayStandIn::start_on(gw.addr, west.federation, creds(&west.ca, GATEWAY, None)).await;
+    let gw2 = Gateway::start_on(gw.addr, &west).await;
     let t_back = until_set(t0, &mut sub, "recovered peer returns", has_west_group).await;
     until_state(t0, &mut state, "mirror back after recovery", |s| {
         has_mirror(s, "shop", "api-west")
@@ -458,7 +457,7 @@ async fn a_restarted_controller_keeps_live_mirrors_and_removes_stale_ones() {
     let mesh = Mesh::new();
     let west = Cluster::start(&mesh, "west", None).await;
     let mut east = Cluster::start(&mesh, "east", None).await;
-    let gw = GatewayStandIn::start(west.federation, creds(&west.ca, GATEWAY, None)).await;
+    let gw = Gateway::start(&west).await;
     west.write("api.yaml", &api_manifest(true));
     east.write(LINK_FILE, &link_manifest(gw.addr));
     let mut state = east.state();

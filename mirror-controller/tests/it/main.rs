@@ -1,5 +1,5 @@
 //! Integration tests of the mirror controller: real file stores, real tonic
-//! over real mTLS on loopback, a gateway stand-in that routes by SNI.
+//! over real mTLS on loopback, the real east-west gateway (meshfed-gateway) routing by SNI.
 
 mod binary;
 mod federation;

@@ -1,5 +1,5 @@
 //! Fixtures: a mesh PKI, clusters (file store + controller + served ports),
-//! a gateway stand-in, and gRPC clients over mTLS.
+//! the real gateway, and gRPC clients over mTLS.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,16 +12,15 @@ use meshfed_mirror::{
 };
 use meshfed_trust::{
     ClusterCa, Credentials, CredentialsWatch, ExpectedIds, KeyAlgorithm, RootCa, SpiffeId,
-    TrustBundle, TrustDomain, client_config, server_config,
+    TrustBundle, TrustDomain, client_config,
 };
 use prometheus_client::registry::Registry;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 pub const TD: &str = "mesh.test";
 pub const CONTROLLER: &str = "/ns/meshfed-system/sa/meshfed-controller";
@@ -263,109 +262,82 @@ pub fn has_mirror(state: &ClusterState, ns: &str, name: &str) -> bool {
         && state.slices.contains_key(&ObjKey::new(ns, name))
 }
 
-/// A gateway stand-in: reads each ClientHello's SNI with rustls and passes
-/// the connection (ClientHello included) through to the federation port or
-/// to its own probe responder; anything else is dropped. `stop` kills it and
-/// every connection it carries.
-pub struct GatewayStandIn {
+/// The cluster's real east-west gateway (meshfed-gateway) in-process:
+/// routes from the cluster's controller, federation passed through to it,
+/// probes answered with the gateway identity.
+pub struct Gateway {
     pub addr: SocketAddr,
-    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<JoinHandle<meshfed_gateway::Drained>>,
+    following: JoinHandle<()>,
 }
 
-impl GatewayStandIn {
-    pub async fn start(federation: SocketAddr, gateway_creds: CredentialsWatch) -> Self {
-        Self::start_on(
-            "127.0.0.1:0".parse().expect("addr"),
-            federation,
-            gateway_creds,
-        )
-        .await
+impl Gateway {
+    pub async fn start(cluster: &Cluster) -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), cluster).await
     }
 
-    pub async fn start_on(
-        bind: SocketAddr,
-        federation: SocketAddr,
-        gateway_creds: CredentialsWatch,
-    ) -> Self {
-        let listener = TcpListener::bind(bind).await.expect("bind gateway");
+    pub async fn start_on(bind: SocketAddr, cluster: &Cluster) -> Self {
+        let gw_creds = creds(&cluster.ca, GATEWAY, None);
+        let mut registry = Registry::default();
+        let metrics = Arc::new(meshfed_gateway::Metrics::new(&mut registry));
+        let source = meshfed_gateway::RoutesSource {
+            discovery: cluster.discovery.to_string(),
+            controller_id: id(CONTROLLER),
+            gateway: format!("{}-gateway", cluster.name),
+        };
+        let (routes, following) =
+            meshfed_gateway::follow_routes(source, gw_creds.clone(), metrics.clone());
+        let config = meshfed_gateway::GatewayConfig {
+            federation_upstream: Some(cluster.federation.to_string()),
+            // Stopping is a crash: every connection through it ends at once.
+            drain_timeout: Duration::ZERO,
+            ..meshfed_gateway::GatewayConfig::default()
+        };
+        let gateway = meshfed_gateway::Gateway::new(
+            config,
+            routes,
+            gw_creds,
+            meshfed_trust::Readiness::default(),
+            metrics,
+        );
+        let listener = meshfed_gateway::bind_shared(bind).expect("bind gateway");
         let addr = listener.local_addr().expect("addr");
-        let probe = Arc::new(TlsAcceptor::from(Arc::new(server_config(gateway_creds))));
-        let tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let t = tasks.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let probe = probe.clone();
-                let conn = tokio::spawn(async move {
-                    let _ = route(tcp, federation, probe).await;
-                });
-                t.lock().expect("lock").push(conn);
-            }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            gateway
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
         });
-        tasks.lock().expect("lock").push(accept);
-        Self { addr, tasks }
+        Self {
+            addr,
+            stop: Some(tx),
+            served: Some(served),
+            following,
+        }
     }
 
-    pub fn stop(&self) {
-        for t in self.tasks.lock().expect("lock").drain(..) {
-            t.abort();
+    /// Stops accepting and closes every connection through the gateway.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
         }
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+        self.following.abort();
     }
 }
 
-impl Drop for GatewayStandIn {
+impl Drop for Gateway {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(s) = &self.served {
+            s.abort();
+        }
+        self.following.abort();
     }
-}
-
-async fn route(
-    mut tcp: TcpStream,
-    federation: SocketAddr,
-    probe: Arc<TlsAcceptor>,
-) -> std::io::Result<()> {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut seen = Vec::new();
-    let sni = loop {
-        let mut chunk = [0u8; 4096];
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        seen.extend_from_slice(&chunk[..n]);
-        acceptor.read_tls(&mut &chunk[..n])?;
-        match acceptor.accept() {
-            Ok(Some(hello)) => break hello.client_hello().server_name().map(str::to_owned),
-            Ok(None) => continue,
-            Err(_) => return Ok(()),
-        }
-    };
-    match sni.as_deref() {
-        Some(meshfed_api::sni::FEDERATION) => {
-            let mut up = TcpStream::connect(federation).await?;
-            up.write_all(&seen).await?;
-            tokio::io::copy_bidirectional(&mut tcp, &mut up).await?;
-        }
-        Some(meshfed_api::sni::PROBE) => {
-            // Replay the ClientHello into a TLS server holding the gateway's identity.
-            let (mut a, b) = tokio::io::duplex(64 * 1024);
-            let serve = tokio::spawn(async move {
-                let mut tls = probe.accept(b).await?;
-                let mut req = [0u8; 1024];
-                let _ = tls.read(&mut req).await?;
-                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await?;
-                tls.shutdown().await
-            });
-            a.write_all(&seen).await?;
-            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut a).await;
-            let _ = serve.await;
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// A gRPC channel over mTLS to `addr`, sending `sni`, expecting `server`.
