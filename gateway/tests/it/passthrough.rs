@@ -15,6 +15,16 @@ async fn the_endpoint_sees_the_callers_own_identity() {
     let mut env = Env::start(GatewayConfig::default()).await;
     let a = Backend::start(&env.ca, "a").await;
     let b = Backend::start(&env.ca, "b").await;
+    // Linked with `west` (written first: the routes that name api also name west).
+    let link = meshfed_mirror::fixtures::link(
+        "meshfed-system",
+        "west",
+        &["127.0.0.1"],
+        9,
+        &id(GATEWAY).to_string(),
+        &id(CONTROLLER).to_string(),
+    );
+    env.write("link-west.yaml", &yaml(&link)).await;
     env.write(
         "api.yaml",
         &service_manifest("api", 443, true, &[(a.addr, true), (b.addr, true)]),
@@ -22,9 +32,11 @@ async fn the_endpoint_sees_the_callers_own_identity() {
     .await;
     env.until_metric("meshfed_gateway_routes ", 1.0).await;
 
-    let sni = sni::service_from("api", "shop", 443, "west");
     let mut served = std::collections::BTreeSet::new();
-    for _ in 0..20 {
+    for i in 0..20 {
+        // Half claim a linked cluster, half a cluster nobody linked.
+        let source = if i % 2 == 0 { "west" } else { "nowhere" };
+        let sni = sni::service_from("api", "shop", 443, source);
         let mut tls = env
             .connect(FRONTEND, &sni, API)
             .await
@@ -41,12 +53,14 @@ async fn the_endpoint_sees_the_callers_own_identity() {
         assert_eq!(ask(&mut tls, "again").await, answer);
     }
     assert_eq!(served.len(), 2, "both endpoints serve: {served:?}");
-    // `west` is not linked: the claimed source is not trusted as a label.
+    // A claimed source becomes a label only when it names a linked cluster.
     let m = env.metrics();
-    assert!(
-        m.contains(r#"meshfed_gateway_connections_total{service="shop/api:443",source_cluster="unknown"} 20"#),
-        "{m}"
-    );
+    for line in [
+        r#"meshfed_gateway_connections_total{service="shop/api:443",source_cluster="west"} 10"#,
+        r#"meshfed_gateway_connections_total{service="shop/api:443",source_cluster="unknown"} 10"#,
+    ] {
+        assert!(m.contains(line), "{line}\n{m}");
+    }
     assert!(
         env.metric(r#"meshfed_gateway_bytes_total{service="shop/api:443",direction="ingress"}"#)
             > 0.0
