@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use meshfed_api::sni::{self, Target};
 use meshfed_trust::Readiness;
+use prometheus_client::metrics::counter::Counter;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -59,26 +60,56 @@ enum Destination {
 
 /// Serves one accepted connection to its end.
 pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    // Everything before the splice is boxed and gone once done: the task
+    // of a long-lived connection keeps only what splicing needs.
+    let Some((tcp, routed)) = Box::pin(route(&shared, tcp, peer)).await else {
+        return;
+    };
+    let counters = ByteCounters {
+        ingress: &routed.ingress,
+        egress: &routed.egress,
+    };
+    let ended = splice(&tcp, &routed.upstream, shared.config.idle_timeout, counters).await;
+    if ended != Ended::Closed {
+        tracing::debug!(%peer, ?ended, "connection ended");
+    }
+}
+
+/// A connection whose upstream is connected and has been sent the ClientHello.
+struct Routed {
+    upstream: TcpStream,
+    _active: Active,
+    ingress: Counter,
+    egress: Counter,
+}
+
+/// Reads the ClientHello and refuses, answers the probe (`None` either
+/// way), or connects the upstream and replays the ClientHello to it.
+async fn route(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<(TcpStream, Routed)> {
     let accepted = Instant::now();
     set_options(&tcp);
     let read = tokio::time::timeout(shared.config.handshake_timeout, read_hello(&tcp)).await;
     let (hello, bytes) = match read {
         Ok(Ok(h)) => h,
-        Ok(Err(Failed::Closed)) => return,
+        Ok(Err(Failed::Closed)) => return None,
         Ok(Err(Failed::Hello(e))) => {
             let (reason, alert) = match e {
                 HelloError::NotTls => (Reason::NotTls, None),
                 _ => (Reason::BadHello, Some(ALERT_DECODE_ERROR)),
             };
-            return refuse(&shared.metrics, &tcp, peer, reason, alert).await;
+            refuse(&shared.metrics, &tcp, peer, reason, alert).await;
+            return None;
         }
-        Err(_) => return refuse(&shared.metrics, &tcp, peer, Reason::HelloTimeout, None).await,
+        Err(_) => {
+            refuse(&shared.metrics, &tcp, peer, Reason::HelloTimeout, None).await;
+            return None;
+        }
     };
     shared
         .metrics
         .hello_latency
         .observe(accepted.elapsed().as_secs_f64());
-    let (destination, labels) = match classify(&shared, hello) {
+    let (destination, labels) = match classify(shared, hello) {
         Ok(Some(d)) => d,
         Ok(None) => {
             let ready = shared.ready.clone();
@@ -87,31 +118,29 @@ pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
             if let Err(e) = serve_probe(tcp, bytes, probe, ready).await {
                 tracing::debug!(%peer, error = %e, "probe connection failed");
             }
-            return;
+            return None;
         }
         Err(reason) => {
             let alert = match reason {
                 Reason::NoHealthyEndpoint | Reason::NoFederation => ALERT_INTERNAL_ERROR,
                 _ => ALERT_UNRECOGNIZED_NAME,
             };
-            return refuse(&shared.metrics, &tcp, peer, reason, Some(alert)).await;
+            refuse(&shared.metrics, &tcp, peer, reason, Some(alert)).await;
+            return None;
         }
     };
-    let Some((upstream, _active)) = connect(&shared, &destination).await else {
-        return refuse(
+    let Some((upstream, active)) = connect(shared, &destination).await else {
+        let alert = Some(ALERT_INTERNAL_ERROR);
+        refuse(
             &shared.metrics,
             &tcp,
             peer,
             Reason::UpstreamUnavailable,
-            Some(ALERT_INTERNAL_ERROR),
+            alert,
         )
         .await;
+        return None;
     };
-    count(
-        &shared.metrics,
-        labels.service.clone(),
-        labels.source_cluster.clone(),
-    );
     // Owned handles: a family's guard must not be held across an await.
     let bytes_for = |direction| {
         shared
@@ -124,19 +153,16 @@ pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
             .clone()
     };
     let (ingress, egress) = (bytes_for("ingress"), bytes_for("egress"));
-    if write_all(&upstream, &bytes).await.is_err() {
-        return;
-    }
+    count(&shared.metrics, labels.service, labels.source_cluster);
+    write_all(&upstream, &bytes).await.ok()?;
     ingress.inc_by(bytes.len() as u64);
-    drop(bytes);
-    let counters = ByteCounters {
-        ingress: &ingress,
-        egress: &egress,
+    let routed = Routed {
+        upstream,
+        _active: active,
+        ingress,
+        egress,
     };
-    let ended = splice(&tcp, &upstream, shared.config.idle_timeout, counters).await;
-    if ended != Ended::Closed {
-        tracing::debug!(%peer, ?ended, "connection ended");
-    }
+    Some((tcp, routed))
 }
 
 fn count(metrics: &Metrics, service: String, source_cluster: String) {

@@ -6,12 +6,14 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Bytes per read while data flows.
 const CHUNK: usize = 32 * 1024;
@@ -46,24 +48,6 @@ impl Drop for PooledBuf {
     }
 }
 
-/// When either direction last moved a byte, in milliseconds since `base`.
-#[derive(Debug)]
-struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
 /// How a spliced connection ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Ended {
@@ -91,79 +75,154 @@ pub(crate) async fn splice(
     idle: Duration,
     counters: ByteCounters<'_>,
 ) -> Ended {
-    let activity = Activity {
-        base: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let both = async {
-        let (a, b) = tokio::join!(
-            pump(client, upstream, counters.ingress, &activity),
-            pump(upstream, client, counters.egress, &activity),
-        );
-        match (a, b) {
-            (Err(e), _) | (_, Err(e)) => Ended::Error(e.kind()),
-            _ => Ended::Closed,
+    Splice {
+        client,
+        upstream,
+        ingress: Half::new(counters.ingress),
+        egress: Half::new(counters.egress),
+        idle,
+        last: Instant::now(),
+        timer: Box::pin(tokio::time::sleep(idle)),
+    }
+    .await
+}
+
+/// The splice as one hand-written future: it waits on socket readiness
+/// directly (no per-direction futures), so an idle connection holds two
+/// small `Half`s and a boxed timer — this is what lets ten thousand open
+/// connections fit in a few tens of megabytes.
+struct Splice<'a> {
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    ingress: Half<'a>,
+    egress: Half<'a>,
+    idle: Duration,
+    /// When a byte last moved.
+    last: Instant,
+    /// Fires at `last + idle` at the earliest; re-armed lazily.
+    timer: Pin<Box<Sleep>>,
+}
+
+/// One direction.
+struct Half<'a> {
+    /// Held only while data is in flight.
+    buf: Option<PooledBuf>,
+    /// Unwritten bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// The source sent its FIN.
+    eof: bool,
+    /// The FIN was passed on.
+    done: bool,
+    bytes: &'a Counter,
+}
+
+impl<'a> Half<'a> {
+    fn new(bytes: &'a Counter) -> Self {
+        Self {
+            buf: None,
+            start: 0,
+            end: 0,
+            eof: false,
+            done: false,
+            bytes,
         }
-    };
-    let idle_watch = async {
+    }
+
+    /// Moves bytes from `src` to `dst` until it would block (`Pending`, the
+    /// waker registered) or the direction is finished (`Ready(Ok)`).
+    /// `moved` is set when any byte moved.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        let mut reads = 0;
         loop {
-            let deadline = activity.last() + idle;
-            if Instant::now() >= deadline {
-                return Ended::Idle;
+            if self.start < self.end {
+                ready!(dst.poll_write_ready(cx))?;
+                let buf = self
+                    .buf
+                    .as_ref()
+                    .map_or(&[][..], |b| &b.0[self.start..self.end]);
+                match dst.try_write(buf) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.start += n;
+                        self.bytes.inc_by(n as u64);
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
             }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
-    tokio::select! {
-        ended = both => ended,
-        ended = idle_watch => ended,
-    }
-}
-
-/// Copies `src` to `dst` until `src` ends, then half-closes `dst`. On an
-/// error the other direction is not waited for: `join!` keeps going, so
-/// the failing side shuts both halves down to unblock its partner.
-async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    bytes: &Counter,
-    activity: &Activity,
-) -> io::Result<()> {
-    let result = pump_inner(src, dst, bytes, activity).await;
-    if result.is_err() {
-        // Wake the other direction: whatever it waits on now fails or ends.
-        let _ = socket2::SockRef::from(src).shutdown(Shutdown::Both);
-        let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Both);
-    }
-    result
-}
-
-async fn pump_inner(
-    src: &TcpStream,
-    dst: &TcpStream,
-    bytes: &Counter,
-    activity: &Activity,
-) -> io::Result<()> {
-    loop {
-        // Idle: wait without a buffer.
-        src.readable().await?;
-        let mut buf = PooledBuf::take();
-        for _ in 0..BURST {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                SockRef::from(dst).shutdown(Shutdown::Write)?;
+                self.done = true;
+                self.buf = None;
+                return Poll::Ready(Ok(()));
+            }
+            if reads == BURST {
+                // Let other connections run; come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if src.poll_read_ready(cx).is_pending() {
+                // Idle: give the buffer back while waiting.
+                self.buf = None;
+                return Poll::Pending;
+            }
+            let buf = self.buf.get_or_insert_with(PooledBuf::take);
             match src.try_read(&mut buf.0) {
-                Ok(0) => {
-                    socket2::SockRef::from(dst).shutdown(Shutdown::Write)?;
-                    return Ok(());
-                }
+                Ok(0) => self.eof = true,
                 Ok(n) => {
-                    activity.touch();
-                    write_all(dst, &buf.0[..n]).await?;
-                    bytes.inc_by(n as u64);
-                    activity.touch();
+                    (self.start, self.end) = (0, n);
+                    reads += 1;
+                    *moved = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+impl Future for Splice<'_> {
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = self.get_mut();
+        let mut moved = false;
+        let ingress = this
+            .ingress
+            .poll(cx, this.client, this.upstream, &mut moved);
+        let egress = this.egress.poll(cx, this.upstream, this.client, &mut moved);
+        match (ingress, egress) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
+                return Poll::Ready(Ended::Error(e.kind()));
+            }
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ended::Closed),
+            _ => {}
+        }
+        if moved {
+            this.last = Instant::now();
+        }
+        // The timer fires at the earliest deadline it was armed for; if bytes
+        // moved since, re-arm it for the real one.
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let deadline = this.last + this.idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Ended::Idle);
+            }
+            this.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 }
 
