@@ -1,7 +1,9 @@
 //! Splicing two TCP streams: bytes both ways until both sides are done,
 //! each end's FIN passed on as a half-close, an idle timeout over both
-//! directions, and no buffer held while a connection is idle (ten thousand
-//! idle connections must cost little more than their sockets).
+//! directions. Bytes move through a pipe with `splice(2)` (zero copy), or
+//! through a pooled buffer when no pipe can be had; neither is held while a
+//! connection is idle (ten thousand idle connections must cost little more
+//! than their sockets).
 
 use std::cell::RefCell;
 use std::io;
@@ -12,10 +14,15 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// Bytes per read while data flows.
+mod pipes;
+
+use pipes::PooledPipe;
+
+/// Bytes per read while data flows (when no pipe is available).
 const CHUNK: usize = 32 * 1024;
 /// Buffers each worker thread keeps for reuse.
 const POOL: usize = 64;
@@ -105,7 +112,12 @@ struct Splice<'a> {
 
 /// One direction.
 struct Half<'a> {
-    /// Held only while data is in flight.
+    /// Held only while data is in flight: the zero-copy path.
+    pipe: Option<PooledPipe>,
+    /// Bytes in `pipe`.
+    in_pipe: usize,
+    /// Held only while data is in flight: the fallback when no pipe can be
+    /// had (out of descriptors).
     buf: Option<PooledBuf>,
     /// Unwritten bytes are `buf[start..end]`.
     start: usize,
@@ -120,6 +132,8 @@ struct Half<'a> {
 impl<'a> Half<'a> {
     fn new(bytes: &'a Counter) -> Self {
         Self {
+            pipe: None,
+            in_pipe: 0,
             buf: None,
             start: 0,
             end: 0,
@@ -141,6 +155,23 @@ impl<'a> Half<'a> {
     ) -> Poll<io::Result<()>> {
         let mut reads = 0;
         loop {
+            if self.in_pipe > 0 {
+                ready!(dst.poll_write_ready(cx))?;
+                let Some(pipe) = &self.pipe else {
+                    return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+                };
+                match dst.try_io(Interest::WRITABLE, || pipe.drain(dst, self.in_pipe)) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.bytes.inc_by(n as u64);
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
             if self.start < self.end {
                 ready!(dst.poll_write_ready(cx))?;
                 let buf = self
@@ -165,7 +196,7 @@ impl<'a> Half<'a> {
             if self.eof {
                 SockRef::from(dst).shutdown(Shutdown::Write)?;
                 self.done = true;
-                self.buf = None;
+                (self.buf, self.pipe) = (None, None);
                 return Poll::Ready(Ok(()));
             }
             if reads == BURST {
@@ -174,9 +205,25 @@ impl<'a> Half<'a> {
                 return Poll::Pending;
             }
             if src.poll_read_ready(cx).is_pending() {
-                // Idle: give the buffer back while waiting.
-                self.buf = None;
+                // Idle: give the pipe or buffer back while waiting.
+                (self.buf, self.pipe) = (None, None);
                 return Poll::Pending;
+            }
+            if self.pipe.is_none() && self.buf.is_none() {
+                self.pipe = PooledPipe::take();
+            }
+            if let Some(pipe) = &self.pipe {
+                match src.try_io(Interest::READABLE, || pipe.fill(src, pipes::CHUNK)) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        self.in_pipe = n;
+                        reads += 1;
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
             }
             let buf = self.buf.get_or_insert_with(PooledBuf::take);
             match src.try_read(&mut buf.0) {
@@ -189,6 +236,17 @@ impl<'a> Half<'a> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
+        }
+    }
+}
+
+impl Drop for Half<'_> {
+    fn drop(&mut self) {
+        // A pipe still holding bytes must not be handed to another connection.
+        if self.in_pipe > 0
+            && let Some(pipe) = self.pipe.take()
+        {
+            pipe.discard();
         }
     }
 }
@@ -258,6 +316,16 @@ mod tests {
 
     #[tokio::test]
     async fn both_ways_with_half_close() {
+        both_ways().await;
+    }
+
+    #[tokio::test]
+    async fn both_ways_without_pipes() {
+        pipes::DISABLED.with(|d| d.set(true));
+        both_ways().await;
+    }
+
+    async fn both_ways() {
         // client_app <-> client | gateway | upstream <-> server_app
         let (mut client_app, client) = pair().await;
         let (upstream, mut server_app) = pair().await;
