@@ -122,6 +122,10 @@ struct Half<'a> {
     /// Unwritten bytes are `buf[start..end]`.
     start: usize,
     end: usize,
+    /// Reads are filling whole buffers: move bytes through a pipe. Small
+    /// exchanges (requests, responses) stay on the buffer path, where one
+    /// read and one write cost less than two splices and the pipe's pages.
+    bulk: bool,
     /// The source sent its FIN.
     eof: bool,
     /// The FIN was passed on.
@@ -137,6 +141,7 @@ impl<'a> Half<'a> {
             buf: None,
             start: 0,
             end: 0,
+            bulk: false,
             eof: false,
             done: false,
             bytes,
@@ -209,13 +214,21 @@ impl<'a> Half<'a> {
                 (self.buf, self.pipe) = (None, None);
                 return Poll::Pending;
             }
-            if self.pipe.is_none() && self.buf.is_none() {
+            // Nothing is in flight here: switching paths loses no bytes.
+            if !self.bulk {
+                self.pipe = None;
+            } else if self.pipe.is_none() {
+                self.buf = None;
                 self.pipe = PooledPipe::take();
             }
             if let Some(pipe) = &self.pipe {
                 match src.try_io(Interest::READABLE, || pipe.fill(src, pipes::CHUNK)) {
                     Ok(0) => self.eof = true,
                     Ok(n) => {
+                        // Back to copying once the stream turns small again.
+                        if n < CHUNK / 2 {
+                            self.bulk = false;
+                        }
                         self.in_pipe = n;
                         reads += 1;
                         *moved = true;
@@ -230,6 +243,7 @@ impl<'a> Half<'a> {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     (self.start, self.end) = (0, n);
+                    self.bulk = n == CHUNK;
                     reads += 1;
                     *moved = true;
                 }

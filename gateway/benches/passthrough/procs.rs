@@ -211,10 +211,14 @@ pub async fn spawn_haproxy(
     let config = format!(
         "global
     maxconn {maxconn}
+    # Few pipes: two descriptors each, under the same 20,000 limit.
+    maxpipes 16
     nbthread 2
 
 defaults
     mode tcp
+    # Kernel splicing where it pays, as the gateway splices through pipes.
+    option splice-auto
     timeout connect 1s
     timeout client 1h
     timeout server 1h
