@@ -1,0 +1,136 @@
+//! Dialling an endpoint: TCP (marked, so interception lets it pass), then
+//! mesh mTLS that accepts only the identities discovery lists for it. The
+//! same handshake goes to a local sidecar directly or to a remote cluster's
+//! gateway, which passes it through by the server name to a remote sidecar:
+//! the identity check is end to end either way.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshfed_trust::{CredentialsWatch, client_config};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::balance::EndpointInfo;
+
+/// ALPN a sidecar offers for HTTP: every call between sidecars is HTTP/2.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+
+/// What goes over the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Alpn {
+    /// Multiplexed HTTP/2.
+    H2,
+    /// Opaque bytes.
+    Opaque,
+}
+
+/// Why an endpoint could not be reached; always before any byte of the call.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(std::net::SocketAddr),
+    #[error("connect to {0}: {1}")]
+    Tcp(std::net::SocketAddr, io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(std::net::SocketAddr, io::Error),
+    #[error("server name {0:?} is not valid")]
+    Name(String),
+}
+
+/// Makes mesh connections.
+#[derive(Debug)]
+pub(crate) struct Connector {
+    creds: CredentialsWatch,
+    timeout: Duration,
+    mark: Option<u32>,
+    stop: CancellationToken,
+    configs: Mutex<HashMap<(String, Alpn), Arc<ClientConfig>>>,
+}
+
+impl Connector {
+    pub(crate) fn new(
+        creds: CredentialsWatch,
+        timeout: Duration,
+        mark: Option<u32>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            creds,
+            timeout,
+            mark,
+            stop,
+            configs: Mutex::default(),
+        }
+    }
+
+    /// A mesh TLS connection to `ep`, within the connect timeout.
+    pub(crate) async fn connect(
+        &self,
+        ep: &EndpointInfo,
+        alpn: Alpn,
+    ) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let name =
+            ServerName::try_from(ep.sni.clone()).map_err(|_| ConnectError::Name(ep.sni.clone()))?;
+        let connector = TlsConnector::from(self.config(ep, alpn));
+        let dial = async {
+            let tcp = self
+                .tcp(ep.addr)
+                .await
+                .map_err(|e| ConnectError::Tcp(ep.addr, e))?;
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ConnectError::Tls(ep.addr, e))
+        };
+        tokio::time::timeout(self.timeout, dial)
+            .await
+            .map_err(|_| ConnectError::Timeout(ep.addr))?
+    }
+
+    /// A plain TCP connection (marked), for destinations outside the mesh.
+    pub(crate) async fn tcp(&self, addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(mark) = self.mark {
+            socket2::SockRef::from(&socket).set_mark(mark)?;
+        }
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Fired when the sidecar stops: pooled connections close.
+    pub(crate) fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    fn config(&self, ep: &EndpointInfo, alpn: Alpn) -> Arc<ClientConfig> {
+        let mut configs = self.configs.lock().expect("configs lock");
+        let key = (ep.ids_key.clone(), alpn);
+        if let Some(c) = configs.get(&key) {
+            return c.clone();
+        }
+        let mut config = client_config(self.creds.clone(), ep.expected.clone());
+        if alpn == Alpn::H2 {
+            config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        }
+        // Bounded by the distinct identity sets of the services called.
+        let config = Arc::new(config);
+        configs.insert(key, config.clone());
+        config
+    }
+}

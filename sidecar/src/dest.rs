@@ -1,0 +1,283 @@
+//! One destination service port as the outbound side sees it: its live
+//! endpoint set, the balancer fed from it, the retry budget and the
+//! connection pool. Outbound HTTP and TCP both go through here.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use meshfed_api::discovery::EndpointSet;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balance::{Balancer, EndpointInfo, GroupKey, NoPick, Params, Pick};
+use crate::budget::RetryBudget;
+use crate::config::{Breakers, ServiceTarget, Timeouts};
+use crate::connect::Connector;
+use crate::metrics::{Metrics, Reason, ServiceLabels};
+use crate::pool::Pool;
+
+/// What a destination shares with every other.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) connector: Arc<Connector>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) breakers: Breakers,
+    pub(crate) cluster: String,
+    /// Every connection's task, so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    /// Fired when the drain is over: what still runs is closed.
+    pub(crate) stop: CancellationToken,
+}
+
+impl Shared {
+    /// Runs a connection's work until it ends or the sidecar stops.
+    pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = work => {}
+            }
+        });
+    }
+}
+
+/// Which circuit breaker an attempt is subject to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Breaker {
+    /// HTTP: requests in flight and requests waiting for a connection.
+    Requests,
+    /// Opaque TCP: connections open.
+    Connections,
+}
+
+/// A service port being called.
+#[derive(Debug)]
+pub(crate) struct Dest {
+    pub(crate) target: ServiceTarget,
+    /// `name.namespace:port`, the metric label.
+    pub(crate) label: String,
+    sni: String,
+    set: Mutex<watch::Receiver<Option<Arc<EndpointSet>>>>,
+    balancer: Mutex<Balancer>,
+    budget: Mutex<RetryBudget>,
+    pub(crate) pool: Pool,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Dest {
+    pub(crate) fn new(
+        target: ServiceTarget,
+        set: watch::Receiver<Option<Arc<EndpointSet>>>,
+        shared: Arc<Shared>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            label: target.to_string(),
+            sni: target.sni(),
+            target,
+            set: Mutex::new(set),
+            balancer: Mutex::default(),
+            budget: Mutex::new(RetryBudget::new(Instant::now())),
+            pool: Pool::default(),
+            shared,
+        })
+    }
+
+    /// Waits (up to the discovery timeout) for the first endpoint set.
+    pub(crate) async fn ready(&self) -> Result<(), Reason> {
+        let mut rx = self.set.lock().expect("set lock").clone();
+        let first = rx.wait_for(Option::is_some);
+        match tokio::time::timeout(self.shared.timeouts.discovery, first).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Reason::DiscoveryUnavailable),
+        }
+    }
+
+    /// Takes in a new endpoint set if there is one.
+    fn sync(&self) {
+        let mut rx = self.set.lock().expect("set lock");
+        if !rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let Some(set) = rx.borrow_and_update().clone() else {
+            return;
+        };
+        drop(rx);
+        let mut b = self.balancer.lock().expect("balancer lock");
+        b.update(&set, &self.shared.cluster, &self.sni, Instant::now());
+        self.pool.retain(&b.keys());
+    }
+
+    /// Picks an endpoint for an attempt, avoiding those already tried;
+    /// starts probing endpoints that are due. `breaker` says which circuit
+    /// breaker the attempt is subject to.
+    pub(crate) fn pick(
+        self: &Arc<Self>,
+        tried: &[Arc<str>],
+        breaker: Breaker,
+    ) -> Result<Pick, Reason> {
+        self.sync();
+        let now = Instant::now();
+        let mut b = self.balancer.lock().expect("balancer lock");
+        let probes = b.due_probes(now);
+        let pick = b.pick(now, tried).map_err(|e| match e {
+            NoPick::NoEndpoints => Reason::NoEndpoints,
+            NoPick::NoneHealthy => Reason::NoHealthyEndpoints,
+        });
+        let open = pick.as_ref().ok().is_some_and(|p| {
+            let (requests, pending, connections) = b.in_flight(&p.group);
+            let limits = self.shared.breakers;
+            match breaker {
+                Breaker::Requests => requests >= limits.max_requests || pending >= limits.max_pending,
+                Breaker::Connections => connections >= limits.max_connections,
+            }
+        });
+        drop(b);
+        for ep in probes {
+            let dest = self.clone();
+            tokio::spawn(async move { dest.probe(ep).await });
+        }
+        if open {
+            return Err(Reason::CircuitOpen);
+        }
+        pick
+    }
+
+    /// Connects to a down endpoint to learn whether it is back; a good
+    /// connection stays in the pool for the next request.
+    async fn probe(self: Arc<Self>, ep: Arc<EndpointInfo>) {
+        let ok = self.pool.get(&self.shared.connector, &ep).await.is_ok();
+        let mut b = self.balancer.lock().expect("balancer lock");
+        if ok {
+            tracing::debug!(endpoint = %ep.key, "endpoint reachable again");
+            b.connected(&ep.key);
+        } else {
+            b.connect_failed(&ep.key, Instant::now());
+        }
+    }
+
+    pub(crate) fn params(&self) -> Params {
+        self.balancer.lock().expect("balancer lock").params()
+    }
+
+    /// Counts a new call for the retry budget.
+    pub(crate) fn count_request(&self) {
+        self.budget
+            .lock()
+            .expect("budget lock")
+            .request(Instant::now());
+    }
+
+    /// Whether the budget allows another attempt (counted in the metrics).
+    pub(crate) fn may_retry(&self) -> bool {
+        let p = self.params();
+        let ok = self.budget.lock().expect("budget lock").try_retry(
+            Instant::now(),
+            p.retry_percent,
+            p.min_retries_per_second,
+        );
+        let labels = ServiceLabels {
+            service: self.label.clone(),
+        };
+        if ok {
+            self.shared.metrics.retries.get_or_create(&labels).inc();
+        } else {
+            self.shared.metrics.retries_refused.get_or_create(&labels).inc();
+        }
+        ok
+    }
+
+    fn failure(&self) {
+        self.shared
+            .metrics
+            .endpoint_failures
+            .get_or_create(&ServiceLabels {
+                service: self.label.clone(),
+            })
+            .inc();
+    }
+
+    /// A connect to the picked endpoint failed.
+    pub(crate) fn connect_failed(&self, pick: &Pick) {
+        self.failure();
+        self.balancer
+            .lock()
+            .expect("balancer lock")
+            .connect_failed(&pick.endpoint.key, Instant::now());
+    }
+
+    /// A connect succeeded.
+    pub(crate) fn connected(&self, pick: &Pick) {
+        self.balancer
+            .lock()
+            .expect("balancer lock")
+            .connected(&pick.endpoint.key);
+    }
+
+    /// Starts an attempt on `pick`; the guard ends it.
+    pub(crate) fn start(self: &Arc<Self>, pick: &Pick) -> InFlight {
+        self.balancer
+            .lock()
+            .expect("balancer lock")
+            .start(&pick.endpoint.key, &pick.group);
+        InFlight {
+            dest: self.clone(),
+            key: pick.endpoint.key.clone(),
+            group: pick.group.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts a request waiting for a connection (`delta` ±1).
+    pub(crate) fn pending(&self, group: &GroupKey, delta: isize) {
+        self.balancer
+            .lock()
+            .expect("balancer lock")
+            .pending(group, delta);
+    }
+
+    /// Counts an open opaque connection (`delta` ±1).
+    pub(crate) fn connections(&self, group: &GroupKey, delta: isize) {
+        self.balancer
+            .lock()
+            .expect("balancer lock")
+            .connections(group, delta);
+    }
+}
+
+/// An attempt in flight on an endpoint.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    dest: Arc<Dest>,
+    key: Arc<str>,
+    group: GroupKey,
+    started: Instant,
+}
+
+impl InFlight {
+    /// The endpoint answered (`failed`: 5xx or the stream broke).
+    pub(crate) fn answered(self, failed: bool) {
+        if failed {
+            self.dest.failure();
+        }
+        let rtt = self.started.elapsed();
+        self.dest
+            .balancer
+            .lock()
+            .expect("balancer lock")
+            .answered(&self.key, rtt, failed, Instant::now());
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.dest
+            .balancer
+            .lock()
+            .expect("balancer lock")
+            .end(&self.key, &self.group);
+    }
+}

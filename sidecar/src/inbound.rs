@@ -1,0 +1,290 @@
+//! Inbound: mesh callers reach the app. Each connection must finish a mesh
+//! mTLS handshake (the workload's current certificate, renewed underneath
+//! by the identity client) with a client certificate of the trust domain;
+//! the caller's SPIFFE ID is then checked against the port's allow-list.
+//! HTTP/2 from another sidecar is served per request and forwarded to the
+//! app in the protocol the caller's app spoke, with the caller's ID in
+//! `meshfed-client-id`; anything else is copied to the app as bytes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshfed_trust::{CredentialsWatch, SpiffeId, peer_id, server_config};
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::body::{Body, boxed, error_response};
+use crate::config::{Allow, Inbound};
+use crate::connect::ALPN_H2;
+use crate::dest::Shared;
+use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels, RequestLabels};
+use crate::outbound::{CLIENT_ID, ORIG_PROTO};
+use crate::trace::TraceContext;
+
+/// One inbound port.
+#[derive(Clone)]
+pub(crate) struct InboundPort {
+    port: u16,
+    label: String,
+    app: SocketAddr,
+    allow: Allow,
+    acceptor: TlsAcceptor,
+    h1: Client<AppConnector, Body>,
+    h2: Client<AppConnector, Body>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for InboundPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundPort")
+            .field("port", &self.port)
+            .field("app", &self.app)
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundPort {
+    pub(crate) fn new(cfg: &Inbound, port: u16, creds: CredentialsWatch, shared: Arc<Shared>) -> Self {
+        let mut tls = server_config(creds);
+        tls.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let connector = AppConnector(cfg.app);
+        Self {
+            port,
+            label: format!("port/{port}"),
+            app: cfg.app,
+            allow: cfg.allow.clone(),
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            h1: Client::builder(TokioExecutor::new()).build(connector),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+            shared,
+        }
+    }
+
+    pub(crate) async fn serve(self, listener: TcpListener) {
+        let port = Arc::new(self);
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let p = port.clone();
+            port.shared.spawn(async move { p.connection(tcp, remote).await });
+        }
+    }
+
+    fn refused(&self, reason: Reason) {
+        self.shared
+            .metrics
+            .refused
+            .get_or_create(&RefusedLabels {
+                port: self.port,
+                reason,
+            })
+            .inc();
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let handshake = tokio::time::timeout(
+            self.shared.timeouts.handshake,
+            self.acceptor.accept(tcp),
+        )
+        .await;
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(%remote, error = %e, "inbound caller refused: no valid mesh certificate");
+                self.refused(Reason::Handshake);
+                return;
+            }
+            Err(_) => {
+                self.refused(Reason::Handshake);
+                return;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        let Some(caller) = peer_id(conn.peer_certificates()) else {
+            self.refused(Reason::Handshake);
+            return;
+        };
+        let h2 = conn.alpn_protocol() == Some(ALPN_H2);
+        let allowed = self.allow.permits(&caller);
+        if !allowed {
+            tracing::info!(%remote, %caller, port = self.port, "inbound caller refused: identity not allowed");
+            self.refused(Reason::Forbidden);
+            if !h2 {
+                return;
+            }
+        }
+        if h2 {
+            let me = self.clone();
+            let caller = Arc::new(caller);
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let me = me.clone();
+                let caller = caller.clone();
+                async move { Ok::<_, Infallible>(me.request(req, &caller, allowed).await) }
+            });
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%remote, error = %e, "inbound connection ended");
+            }
+            return;
+        }
+        let mut tls = tls;
+        let mut app = match TcpStream::connect(self.app).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(app = %self.app, error = %e, "app unreachable");
+                return;
+            }
+        };
+        let _ = app.set_nodelay(true);
+        let copied = copy_bidirectional(&mut tls, &mut app).await;
+        self.shared
+            .metrics
+            .tcp_connections
+            .get_or_create(&DestLabels {
+                direction: Direction::inbound,
+                service: self.label.clone(),
+                cluster: self.shared.cluster.clone(),
+                zone: String::new(),
+            })
+            .inc();
+        crate::outbound::count_bytes(
+            &self.shared,
+            Direction::inbound,
+            &self.label,
+            &self.shared.cluster,
+            copied,
+        );
+    }
+
+    async fn request(&self, req: Request<Incoming>, caller: &SpiffeId, allowed: bool) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let trace = TraceContext::continue_in(&mut parts.headers);
+        let span = tracing::info_span!(
+            "inbound",
+            port = self.port,
+            caller = %caller,
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
+        );
+        let resp = if allowed {
+            self.forward(parts, body, caller).instrument(span).await
+        } else {
+            error_response(Reason::Forbidden, &format!("{caller} may not call this port"))
+        };
+        let error = resp
+            .headers()
+            .get(crate::body::ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        let m = &self.shared.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                direction: Direction::inbound,
+                service: self.label.clone(),
+                cluster: self.shared.cluster.clone(),
+                zone: String::new(),
+                status: resp.status().as_u16(),
+                error,
+            })
+            .inc();
+        m.latency
+            .get_or_create(&DestLabels {
+                direction: Direction::inbound,
+                service: self.label.clone(),
+                cluster: self.shared.cluster.clone(),
+                zone: String::new(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        caller: &SpiffeId,
+    ) -> Response<Body> {
+        let h1 = parts
+            .headers
+            .remove(ORIG_PROTO)
+            .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
+        parts.headers.remove(CLIENT_ID);
+        if let Ok(v) = HeaderValue::from_str(&caller.to_string()) {
+            parts.headers.insert(CLIENT_ID, v);
+        }
+        if h1 {
+            parts.version = Version::HTTP_11;
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(v) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let req = Request::from_parts(parts, boxed(body));
+        let client = if h1 { &self.h1 } else { &self.h2 };
+        match client.request(req).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, boxed(body))
+            }
+            Err(e) => {
+                tracing::warn!(app = %self.app, error = %e, "app request failed");
+                error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
+            }
+        }
+    }
+}
+
+/// Dials the app whatever the request's authority says, so the authority
+/// the caller used reaches the app unchanged.
+#[derive(Debug, Clone, Copy)]
+struct AppConnector(SocketAddr);
+
+impl tower::Service<http::Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<TokioIo<TcpStream>, std::io::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            Ok(TokioIo::new(tcp))
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! Meshfed's sidecar: the workload's proxy. Outbound it sends the app's
+//! calls to the nearest healthy endpoints of the service called — same zone
+//! first, another cluster (through its gateway, still end-to-end mTLS) only
+//! when it must — with retries, timeouts and circuit breaking; inbound it
+//! terminates mesh mTLS, checks who is calling, and tells the app.
+//!
+//! ```text
+//! app ─► upstream port / transparent listener ─► detect ─┬─ HTTP: per request ─► pool (h2) ─┐
+//!                                                        └─ TCP: per connection ────────────┤
+//!        Dest: discovery stream ─► balancer (groups, P2C, outliers, failback hold)  ◄───────┘
+//! caller's sidecar / gateway ─► inbound port ─► mTLS + allow-list ─► app
+//! ```
+
+mod balance;
+mod body;
+mod budget;
+mod config;
+mod connect;
+mod dest;
+mod discovery;
+mod inbound;
+mod io;
+mod iptables;
+mod metrics;
+mod outbound;
+mod pool;
+mod trace;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshfed_trust::{CredentialsWatch, Readiness};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use body::ERROR_HEADER;
+pub use config::{
+    Allow, AllowRule, Breakers, ConfigError, Inbound, Locality, ServiceTarget, SidecarConfig,
+    Timeouts, Upstream,
+};
+pub use discovery::DiscoverySource;
+pub use iptables::{CHAIN, IptablesError, Rules};
+pub use metrics::{Metrics, Reason};
+pub use outbound::{CLIENT_ID, ORIG_PROTO};
+
+use dest::Shared;
+use discovery::Discovery;
+use inbound::InboundPort;
+use outbound::Router;
+
+/// A sidecar, configured, not yet listening.
+#[derive(Debug)]
+pub struct Sidecar {
+    config: SidecarConfig,
+    creds: CredentialsWatch,
+    shared: Arc<Shared>,
+    router: Arc<Router>,
+    ready: Readiness,
+}
+
+impl Sidecar {
+    /// Builds the sidecar; metrics go into `registry`.
+    pub fn new(
+        config: SidecarConfig,
+        creds: CredentialsWatch,
+        discovery: &DiscoverySource,
+        ready: Readiness,
+        registry: &mut Registry,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new(registry));
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            connector: Arc::new(connect::Connector::new(
+                creds.clone(),
+                config.timeouts.connect,
+                config.mark,
+                stop.clone(),
+            )),
+            metrics: metrics.clone(),
+            timeouts: config.timeouts,
+            breakers: config.breakers,
+            cluster: config.locality.cluster.clone(),
+            tasks: TaskTracker::new(),
+            stop,
+        });
+        let discovery = Discovery::new(
+            discovery,
+            creds.clone(),
+            config.locality.clone(),
+            metrics,
+            shared.stop.clone(),
+        );
+        let router = Router::new(discovery, shared.clone());
+        Self {
+            config,
+            creds,
+            shared,
+            router,
+            ready,
+        }
+    }
+
+    /// Binds every listener the configuration names.
+    pub async fn bind(self) -> std::io::Result<Bound> {
+        let mut upstreams = Vec::new();
+        for u in &self.config.upstreams {
+            upstreams.push((u.target.clone(), bind(u.listen).await?));
+        }
+        let transparent = match self.config.transparent {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let mut inbound = Vec::new();
+        for i in &self.config.inbound {
+            inbound.push((i.clone(), bind(i.listen).await?));
+        }
+        Ok(Bound {
+            sidecar: self,
+            upstreams,
+            transparent,
+            inbound,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
+}
+
+/// A sidecar with its listeners bound.
+#[derive(Debug)]
+pub struct Bound {
+    sidecar: Sidecar,
+    upstreams: Vec<(ServiceTarget, TcpListener)>,
+    transparent: Option<TcpListener>,
+    inbound: Vec<(Inbound, TcpListener)>,
+}
+
+impl Bound {
+    /// Where the app reaches `target`.
+    pub fn upstream_addr(&self, target: &ServiceTarget) -> Option<SocketAddr> {
+        self.upstreams
+            .iter()
+            .find(|(t, _)| t == target)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    /// The transparent listener's address.
+    pub fn transparent_addr(&self) -> Option<SocketAddr> {
+        self.transparent.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The inbound listeners' addresses, in configuration order.
+    pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
+        self.inbound
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown`; then stops accepting, gives open calls up
+    /// to `drain` to finish, and closes the rest.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let Self {
+            sidecar,
+            upstreams,
+            transparent,
+            inbound,
+        } = self;
+        let shared = sidecar.shared.clone();
+        let mut accepting = Vec::new();
+        for (target, listener) in upstreams {
+            let router = sidecar.router.clone();
+            accepting.push(tokio::spawn(outbound::serve_upstream(listener, router, target)));
+        }
+        if let Some(listener) = transparent {
+            let router = sidecar.router.clone();
+            accepting.push(tokio::spawn(outbound::serve_transparent(listener, router)));
+        }
+        for (cfg, listener) in inbound {
+            let port = listener.local_addr().map_or(cfg.listen.port(), |a| a.port());
+            let p = InboundPort::new(&cfg, port, sidecar.creds.clone(), shared.clone());
+            accepting.push(tokio::spawn(p.serve(listener)));
+        }
+        sidecar.ready.set(true);
+        shutdown.await;
+        sidecar.ready.set(false);
+        for a in &accepting {
+            a.abort();
+        }
+        shared.tasks.close();
+        if tokio::time::timeout(drain, shared.tasks.wait()).await.is_err() {
+            tracing::info!(open = shared.tasks.len(), "drain time over; closing what is left");
+        }
+        shared.stop.cancel();
+        shared.tasks.wait().await;
+    }
+}

@@ -1,0 +1,228 @@
+//! The sidecar's metrics (`meshfed_sidecar_*`), and the reasons it gives
+//! when it answers a call itself.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why the sidecar answered a call itself (header `meshfed-error` and
+/// metric label), or refused an inbound caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Discovery has not answered for the service yet.
+    DiscoveryUnavailable,
+    /// The service has no endpoint anywhere.
+    NoEndpoints,
+    /// Endpoints exist; none can serve now.
+    NoHealthyEndpoints,
+    /// The group's circuit breaker is open (too many requests, pending or connections).
+    CircuitOpen,
+    /// Every endpoint tried refused or timed out, and no retry was left.
+    ConnectFailed,
+    /// No response within the request timeout.
+    RequestTimeout,
+    /// The connection to the endpoint broke mid-request.
+    UpstreamReset,
+    /// The app is not answering on its port (inbound).
+    AppUnavailable,
+    /// The caller's identity is not allowed on the port (inbound).
+    Forbidden,
+    /// The caller did not finish a mesh TLS handshake: no certificate, a
+    /// certificate of another mesh, or none in time (inbound).
+    Handshake,
+}
+
+impl Reason {
+    /// The label and header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::DiscoveryUnavailable => "discovery_unavailable",
+            Reason::NoEndpoints => "no_endpoints",
+            Reason::NoHealthyEndpoints => "no_healthy_endpoints",
+            Reason::CircuitOpen => "circuit_open",
+            Reason::ConnectFailed => "connect_failed",
+            Reason::RequestTimeout => "request_timeout",
+            Reason::UpstreamReset => "upstream_reset",
+            Reason::AppUnavailable => "app_unavailable",
+            Reason::Forbidden => "forbidden",
+            Reason::Handshake => "handshake",
+        }
+    }
+
+    /// The HTTP status the sidecar answers with.
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Reason::RequestTimeout => S::GATEWAY_TIMEOUT,
+            Reason::UpstreamReset | Reason::AppUnavailable => S::BAD_GATEWAY,
+            Reason::Forbidden | Reason::Handshake => S::FORBIDDEN,
+            _ => S::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl EncodeLabelValue for Reason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Which way a call goes through this sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// From the app to another service.
+    outbound,
+    /// From another workload to the app.
+    inbound,
+}
+
+/// Who served (outbound) or which port (inbound).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DestLabels {
+    /// `outbound` or `inbound`.
+    pub direction: Direction,
+    /// `name.namespace:port` (outbound) or `port/<listen port>` (inbound).
+    pub service: String,
+    /// The cluster that served (outbound), this cluster (inbound).
+    pub cluster: String,
+    /// The zone that served, when local and known.
+    pub zone: String,
+}
+
+/// One finished HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `outbound` or `inbound`.
+    pub direction: Direction,
+    /// As in [`DestLabels`].
+    pub service: String,
+    /// As in [`DestLabels`]; empty when nothing served.
+    pub cluster: String,
+    /// As in [`DestLabels`].
+    pub zone: String,
+    /// The response status code.
+    pub status: u16,
+    /// Why the sidecar answered itself, or `none`.
+    pub error: String,
+}
+
+/// A service, for retry and endpoint counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `name.namespace:port`.
+    pub service: String,
+}
+
+/// Bytes of an opaque TCP connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ByteLabels {
+    /// `outbound` or `inbound`.
+    pub direction: Direction,
+    /// As in [`DestLabels`].
+    pub service: String,
+    /// As in [`DestLabels`].
+    pub cluster: String,
+    /// `sent` (towards the callee) or `received`.
+    pub flow: &'static str,
+}
+
+/// An inbound caller refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The inbound listen port.
+    pub port: u16,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Every metric the sidecar keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) latency: Family<DestLabels, Histogram>,
+    pub(crate) tcp_connections: Family<DestLabels, Counter>,
+    pub(crate) tcp_bytes: Family<ByteLabels, Counter>,
+    pub(crate) retries: Family<ServiceLabels, Counter>,
+    pub(crate) retries_refused: Family<ServiceLabels, Counter>,
+    pub(crate) endpoint_failures: Family<ServiceLabels, Counter>,
+    pub(crate) refused: Family<RefusedLabels, Counter>,
+    pub(crate) discovery_streams_up: Gauge,
+    pub(crate) discovery_updates: Counter,
+}
+
+impl Metrics {
+    /// Registers everything under `meshfed_sidecar_`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let r = registry.sub_registry_with_prefix("meshfed_sidecar");
+        let m = Self {
+            requests: Family::default(),
+            // 100 µs .. ~13 s.
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            }),
+            tcp_connections: Family::default(),
+            tcp_bytes: Family::default(),
+            retries: Family::default(),
+            retries_refused: Family::default(),
+            endpoint_failures: Family::default(),
+            refused: Family::default(),
+            discovery_streams_up: Gauge::default(),
+            discovery_updates: Counter::default(),
+        };
+        r.register(
+            "requests",
+            "HTTP requests by direction, service, serving cluster and zone, status",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "HTTP request latency until the response headers",
+            m.latency.clone(),
+        );
+        r.register(
+            "tcp_connections",
+            "Opaque TCP connections proxied",
+            m.tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_bytes",
+            "Bytes of opaque TCP connections",
+            m.tcp_bytes.clone(),
+        );
+        r.register(
+            "retries",
+            "Attempts made again on another endpoint",
+            m.retries.clone(),
+        );
+        r.register(
+            "retries_refused",
+            "Retries the retry budget did not allow",
+            m.retries_refused.clone(),
+        );
+        r.register(
+            "endpoint_failures",
+            "Connect failures, resets and 5xx answers from endpoints",
+            m.endpoint_failures.clone(),
+        );
+        r.register(
+            "inbound_refused",
+            "Inbound callers refused, by port and reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "discovery_streams_up",
+            "Discovery streams connected now",
+            m.discovery_streams_up.clone(),
+        );
+        r.register(
+            "discovery_updates",
+            "Endpoint sets received from discovery",
+            m.discovery_updates.clone(),
+        );
+        m
+    }
+}
