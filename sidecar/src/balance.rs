@@ -222,7 +222,13 @@ impl Balancer {
 
     /// Takes a new endpoint set; what is known of endpoints and groups that
     /// remain is kept.
-    pub(crate) fn update(&mut self, set: &EndpointSet, caller_cluster: &str, sni: &str, now: Instant) {
+    pub(crate) fn update(
+        &mut self,
+        set: &EndpointSet,
+        caller_cluster: &str,
+        sni: &str,
+        now: Instant,
+    ) {
         self.params = Params::from_wire(set.policy.as_ref());
         self.groups = set
             .groups
@@ -260,7 +266,9 @@ impl Balancer {
             .collect();
         self.states.retain(|k, s| live.contains(k) || s.pending > 0);
         for k in live {
-            self.states.entry(k).or_insert_with(|| EndpointState::new(now));
+            self.states
+                .entry(k)
+                .or_insert_with(|| EndpointState::new(now));
         }
         let keys: Vec<GroupKey> = self.groups.iter().map(|g| g.key.clone()).collect();
         self.group_state
@@ -345,7 +353,11 @@ impl Balancer {
             .iter()
             .enumerate()
             .filter(|(_, m)| m.ready && !exclude.contains(&m.info.key))
-            .filter(|(_, m)| self.states.get(&m.info.key).is_some_and(|s| s.available(now)))
+            .filter(|(_, m)| {
+                self.states
+                    .get(&m.info.key)
+                    .is_some_and(|s| s.available(now))
+            })
             .map(|(i, _)| i)
             .collect()
     }
@@ -381,7 +393,11 @@ impl Balancer {
             .members
             .iter()
             .filter(|m| m.ready)
-            .filter(|m| self.states.get(&m.info.key).is_some_and(|s| s.available(now)))
+            .filter(|m| {
+                self.states
+                    .get(&m.info.key)
+                    .is_some_and(|s| s.available(now))
+            })
             .count() as u32;
         if g.key.remote {
             // The members are the remote cluster's gateways; the endpoints
@@ -432,9 +448,7 @@ impl Balancer {
     /// A connect to `key` failed: down until a probe connects.
     pub(crate) fn connect_failed(&mut self, key: &Arc<str>, now: Instant) {
         if let Some(s) = self.states.get_mut(key) {
-            let backoff = s
-                .down
-                .map_or(DOWN_MIN, |d| (d.backoff * 2).min(DOWN_MAX));
+            let backoff = s.down.map_or(DOWN_MIN, |d| (d.backoff * 2).min(DOWN_MAX));
             s.down = Some(Down {
                 until: now + backoff,
                 backoff,
@@ -490,7 +504,10 @@ impl Balancer {
         let room = (ejected_now + 1) * 100 <= total * params.max_ejected_percent as usize;
         if s.consecutive >= params.consecutive_failures && room {
             s.ejections += 1;
-            let time = params.ejection.saturating_mul(s.ejections).min(EJECTION_CAP);
+            let time = params
+                .ejection
+                .saturating_mul(s.ejections)
+                .min(EJECTION_CAP);
             s.ejected_until = Some(now + time);
             s.consecutive = 0;
             tracing::info!(endpoint = %key, ejected_for = ?time, "endpoint ejected");
@@ -670,7 +687,10 @@ mod tests {
         b.connect_failed(&"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(), now);
         let s = b.shares(now);
         // h = 1/2 below 0.7: 714 stays, the rest spills to the other zone.
-        assert_eq!(s.iter().map(|(_, p)| *p).collect::<Vec<_>>(), vec![714, 286, 0]);
+        assert_eq!(
+            s.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+            vec![714, 286, 0]
+        );
         b.connect_failed(&"10.0.0.2:80/api.shop.80.svc.meshfed.local".into(), now);
         b.connect_failed(&"10.0.1.1:80/api.shop.80.svc.meshfed.local".into(), now);
         let seen = picks(&mut b, now, 20);
@@ -699,7 +719,11 @@ mod tests {
         // Healthy again, but held for a second: still remote.
         for ms in [0u64, 300, 900] {
             let t = t1 + Duration::from_millis(ms);
-            assert_eq!(picks(&mut b, t, 10).get("192.0.2.1:7460"), Some(&10), "at {ms}");
+            assert_eq!(
+                picks(&mut b, t, 10).get("192.0.2.1:7460"),
+                Some(&10),
+                "at {ms}"
+            );
         }
         let t2 = t1 + Duration::from_millis(1000);
         assert_eq!(picks(&mut b, t2, 10).get("10.0.0.1:80"), Some(&10));
@@ -727,7 +751,11 @@ mod tests {
         // Seen healthy again at 1.2 s: the hold starts over from there.
         for ms in [1200u64, 1700, 2100] {
             let t = t0 + Duration::from_millis(ms);
-            assert_eq!(picks(&mut b, t, 10).get("192.0.2.1:7460"), Some(&10), "at {ms}");
+            assert_eq!(
+                picks(&mut b, t, 10).get("192.0.2.1:7460"),
+                Some(&10),
+                "at {ms}"
+            );
         }
         let t = t0 + Duration::from_millis(2200);
         assert_eq!(picks(&mut b, t, 10).get("10.0.0.1:80"), Some(&10));
@@ -798,7 +826,13 @@ mod tests {
         let mut b = balancer(&set(vec![], 0), now);
         assert_eq!(b.pick(now, &[]).map(|_| ()), Err(NoPick::NoEndpoints));
         let s = set(
-            vec![group("east", "a", false, vec![ep("10.0.0.1:80", false)], 0.7)],
+            vec![group(
+                "east",
+                "a",
+                false,
+                vec![ep("10.0.0.1:80", false)],
+                0.7,
+            )],
             0,
         );
         let mut b = balancer(&s, now);

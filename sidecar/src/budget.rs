@@ -2,7 +2,6 @@
 //! of the last ten seconds, plus a floor per second, so a failing service
 //! sees a bounded extra load rather than a retry storm.
 
-
 use tokio::time::Instant;
 
 const WINDOW_SECS: usize = 10;
@@ -48,8 +47,8 @@ impl RetryBudget {
     /// Takes a retry from the budget if one is left.
     pub(crate) fn try_retry(&mut self, now: Instant, percent: u32, min_per_second: u32) -> bool {
         let (requests, retries) = self.totals(now);
-        let allowed = u64::from(min_per_second) * WINDOW_SECS as u64
-            + requests * u64::from(percent) / 100;
+        let allowed =
+            u64::from(min_per_second) * WINDOW_SECS as u64 + requests * u64::from(percent) / 100;
         if retries >= allowed {
             return false;
         }
@@ -57,7 +56,6 @@ impl RetryBudget {
         true
     }
 }
-
 
 #[cfg(test)]
 mod tests {

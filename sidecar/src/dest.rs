@@ -131,7 +131,9 @@ impl Dest {
             let (requests, pending, connections) = b.in_flight(&p.group);
             let limits = self.shared.breakers;
             match breaker {
-                Breaker::Requests => requests >= limits.max_requests || pending >= limits.max_pending,
+                Breaker::Requests => {
+                    requests >= limits.max_requests || pending >= limits.max_pending
+                }
                 Breaker::Connections => connections >= limits.max_connections,
             }
         });
@@ -185,7 +187,11 @@ impl Dest {
         if ok {
             self.shared.metrics.retries.get_or_create(&labels).inc();
         } else {
-            self.shared.metrics.retries_refused.get_or_create(&labels).inc();
+            self.shared
+                .metrics
+                .retries_refused
+                .get_or_create(&labels)
+                .inc();
         }
         ok
     }
@@ -264,11 +270,12 @@ impl InFlight {
             self.dest.failure();
         }
         let rtt = self.started.elapsed();
-        self.dest
-            .balancer
-            .lock()
-            .expect("balancer lock")
-            .answered(&self.key, rtt, failed, Instant::now());
+        self.dest.balancer.lock().expect("balancer lock").answered(
+            &self.key,
+            rtt,
+            failed,
+            Instant::now(),
+        );
     }
 }
 

@@ -89,7 +89,10 @@ impl Discovery {
     }
 
     /// The endpoint set of `target`, live (`None` until the first answer).
-    pub(crate) fn watch(&self, target: &ServiceTarget) -> watch::Receiver<Option<Arc<EndpointSet>>> {
+    pub(crate) fn watch(
+        &self,
+        target: &ServiceTarget,
+    ) -> watch::Receiver<Option<Arc<EndpointSet>>> {
         let mut streams = self.streams.lock().expect("streams lock");
         if let Some(rx) = streams.get(target) {
             return rx.clone();
@@ -123,7 +126,11 @@ impl Discovery {
     pub(crate) async fn resolve(&self, ip: IpAddr) -> Result<Option<Resolved>, tonic::Status> {
         let now = Instant::now();
         if let Some((at, hit)) = self.resolved.lock().expect("resolved lock").get(&ip) {
-            let ttl = if hit.is_some() { RESOLVED_TTL } else { MISS_TTL };
+            let ttl = if hit.is_some() {
+                RESOLVED_TTL
+            } else {
+                MISS_TTL
+            };
             if now.saturating_duration_since(*at) < ttl {
                 return Ok(hit.clone());
             }
@@ -196,7 +203,11 @@ async fn follow_once(
                 }
             }
             Ok(None) if delivered => break Ok(()),
-            Ok(None) => break Err(tonic::Status::unavailable("stream ended before any endpoint set")),
+            Ok(None) => {
+                break Err(tonic::Status::unavailable(
+                    "stream ended before any endpoint set",
+                ));
+            }
             Err(e) => break Err(e),
         }
     };

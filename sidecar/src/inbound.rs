@@ -55,7 +55,12 @@ impl std::fmt::Debug for InboundPort {
 }
 
 impl InboundPort {
-    pub(crate) fn new(cfg: &Inbound, port: u16, creds: CredentialsWatch, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        cfg: &Inbound,
+        port: u16,
+        creds: CredentialsWatch,
+        shared: Arc<Shared>,
+    ) -> Self {
         let mut tls = server_config(creds);
         tls.alpn_protocols = vec![ALPN_H2.to_vec()];
         let connector = AppConnector(cfg.app);
@@ -85,7 +90,8 @@ impl InboundPort {
                 }
             };
             let p = port.clone();
-            port.shared.spawn(async move { p.connection(tcp, remote).await });
+            port.shared
+                .spawn(async move { p.connection(tcp, remote).await });
         }
     }
 
@@ -102,11 +108,8 @@ impl InboundPort {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        let handshake = tokio::time::timeout(
-            self.shared.timeouts.handshake,
-            self.acceptor.accept(tcp),
-        )
-        .await;
+        let handshake =
+            tokio::time::timeout(self.shared.timeouts.handshake, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -178,7 +181,12 @@ impl InboundPort {
         );
     }
 
-    async fn request(&self, req: Request<Incoming>, caller: &SpiffeId, allowed: bool) -> Response<Body> {
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        caller: &SpiffeId,
+        allowed: bool,
+    ) -> Response<Body> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let trace = TraceContext::continue_in(&mut parts.headers);
@@ -192,7 +200,10 @@ impl InboundPort {
         let resp = if allowed {
             self.forward(parts, body, caller).instrument(span).await
         } else {
-            error_response(Reason::Forbidden, &format!("{caller} may not call this port"))
+            error_response(
+                Reason::Forbidden,
+                &format!("{caller} may not call this port"),
+            )
         };
         let error = resp
             .headers()

@@ -75,16 +75,37 @@ impl Rules {
         };
         let mut out = vec![rule(&["-d", "127.0.0.0/8", "-j", "RETURN"])];
         if let Some(uid) = self.proxy_uid {
-            out.push(rule(&["-m", "owner", "--uid-owner", &uid.to_string(), "-j", "RETURN"]));
+            out.push(rule(&[
+                "-m",
+                "owner",
+                "--uid-owner",
+                &uid.to_string(),
+                "-j",
+                "RETURN",
+            ]));
         }
         if let Some(mark) = self.proxy_mark {
-            out.push(rule(&["-m", "mark", "--mark", &mark.to_string(), "-j", "RETURN"]));
+            out.push(rule(&[
+                "-m",
+                "mark",
+                "--mark",
+                &mark.to_string(),
+                "-j",
+                "RETURN",
+            ]));
         }
         for c in &self.exclude_cidrs {
             out.push(rule(&["-d", c, "-j", "RETURN"]));
         }
         for p in &self.exclude_ports {
-            out.push(rule(&["-p", "tcp", "--dport", &p.to_string(), "-j", "RETURN"]));
+            out.push(rule(&[
+                "-p",
+                "tcp",
+                "--dport",
+                &p.to_string(),
+                "-j",
+                "RETURN",
+            ]));
         }
         out.push(rule(&[
             "-p",

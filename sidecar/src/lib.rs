@@ -177,14 +177,18 @@ impl Bound {
         let mut accepting = Vec::new();
         for (target, listener) in upstreams {
             let router = sidecar.router.clone();
-            accepting.push(tokio::spawn(outbound::serve_upstream(listener, router, target)));
+            accepting.push(tokio::spawn(outbound::serve_upstream(
+                listener, router, target,
+            )));
         }
         if let Some(listener) = transparent {
             let router = sidecar.router.clone();
             accepting.push(tokio::spawn(outbound::serve_transparent(listener, router)));
         }
         for (cfg, listener) in inbound {
-            let port = listener.local_addr().map_or(cfg.listen.port(), |a| a.port());
+            let port = listener
+                .local_addr()
+                .map_or(cfg.listen.port(), |a| a.port());
             let p = InboundPort::new(&cfg, port, sidecar.creds.clone(), shared.clone());
             accepting.push(tokio::spawn(p.serve(listener)));
         }
@@ -195,8 +199,14 @@ impl Bound {
             a.abort();
         }
         shared.tasks.close();
-        if tokio::time::timeout(drain, shared.tasks.wait()).await.is_err() {
-            tracing::info!(open = shared.tasks.len(), "drain time over; closing what is left");
+        if tokio::time::timeout(drain, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open = shared.tasks.len(),
+                "drain time over; closing what is left"
+            );
         }
         shared.stop.cancel();
         shared.tasks.wait().await;

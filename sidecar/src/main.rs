@@ -161,7 +161,10 @@ fn init_iptables(a: IptablesArgs) -> anyhow::Result<()> {
         for r in rules.chain_rules() {
             println!("iptables -t nat {}", r.join(" "));
         }
-        println!("iptables -t nat -A OUTPUT -p tcp -j {}", meshfed_sidecar::CHAIN);
+        println!(
+            "iptables -t nat -A OUTPUT -p tcp -j {}",
+            meshfed_sidecar::CHAIN
+        );
         return Ok(());
     }
     rules.apply()?;

@@ -57,7 +57,11 @@ impl Router {
 }
 
 /// Serves one explicit upstream port.
-pub(crate) async fn serve_upstream(listener: TcpListener, router: Arc<Router>, target: ServiceTarget) {
+pub(crate) async fn serve_upstream(
+    listener: TcpListener,
+    router: Arc<Router>,
+    target: ServiceTarget,
+) {
     let dest = router.dest(&target);
     loop {
         let (tcp, _) = match listener.accept().await {

@@ -11,7 +11,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Methods whose request line marks HTTP/1 (CONNECT tunnels stay opaque).
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"TRACE ", b"PATCH ",
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
 ];
 
 /// The protocol detected.
@@ -88,8 +95,12 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         let quiet = detect(&mut a, Duration::from_millis(20)).await.expect("io");
         assert_eq!(quiet, Some((Protocol::Opaque, Bytes::new())));
-        tokio::io::AsyncWriteExt::write_all(&mut b, b"PO").await.expect("write");
-        tokio::io::AsyncWriteExt::write_all(&mut b, b"ST /x").await.expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut b, b"PO")
+            .await
+            .expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut b, b"ST /x")
+            .await
+            .expect("write");
         let (p, bytes) = detect(&mut a, Duration::from_secs(5))
             .await
             .expect("io")
@@ -97,6 +108,9 @@ mod tests {
         assert_eq!(p, Protocol::Http1);
         assert!(b"POST /x".starts_with(&bytes));
         drop(b);
-        assert_eq!(detect(&mut a, Duration::from_secs(5)).await.expect("io"), None);
+        assert_eq!(
+            detect(&mut a, Duration::from_secs(5)).await.expect("io"),
+            None
+        );
     }
 }

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::body::{Body, boxed, error_response, full};
 use crate::dest::{Breaker, Dest};
-use crate::metrics::{Direction, DestLabels, Reason, RequestLabels};
+use crate::metrics::{DestLabels, Direction, Reason, RequestLabels};
 use crate::trace::TraceContext;
 
 /// The header a sidecar uses to tell the next one the app spoke HTTP/1.1.
@@ -180,7 +180,11 @@ async fn call(
         tried.push(pick.endpoint.key.clone());
         let served_by = Some((pick.endpoint.cluster.clone(), pick.endpoint.zone.clone()));
         dest.pending(&pick.group, 1);
-        let conn = tokio::time::timeout_at(deadline, dest.pool.get(&dest.shared.connector, &pick.endpoint)).await;
+        let conn = tokio::time::timeout_at(
+            deadline,
+            dest.pool.get(&dest.shared.connector, &pick.endpoint),
+        )
+        .await;
         dest.pending(&pick.group, -1);
         let mut send = match conn {
             Err(_) => return (error_response(Reason::RequestTimeout, &dest.label), None),
@@ -211,7 +215,10 @@ async fn call(
         match sent {
             Err(_) => {
                 flight.answered(true);
-                return (error_response(Reason::RequestTimeout, &dest.label), served_by);
+                return (
+                    error_response(Reason::RequestTimeout, &dest.label),
+                    served_by,
+                );
             }
             Ok(Err(e)) => {
                 flight.answered(true);

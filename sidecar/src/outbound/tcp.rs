@@ -66,7 +66,13 @@ where
             .inc();
         let copied = copy_bidirectional(&mut app, &mut upstream).await;
         dest.connections(&pick.group, -1);
-        count_bytes(&dest.shared, Direction::outbound, &dest.label, &cluster, copied);
+        count_bytes(
+            &dest.shared,
+            Direction::outbound,
+            &dest.label,
+            &cluster,
+            copied,
+        );
         return;
     }
     tracing::warn!(service = %dest.label, reason = last.as_str(), "TCP connection refused");

@@ -1,0 +1,167 @@
+//! Inbound authorization: only a mesh certificate gets a connection to the
+//! app, and only an allowed identity gets a request through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshfed_sidecar::Allow;
+use meshfed_trust::{ExpectedIds, KeyAlgorithm, RootCa, TrustDomain};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_mesh_certificate_or_not_allowed_are_refused() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let a1 = Endpoint::start_allowing(
+        &east,
+        "east-a1",
+        "127.0.0.1:0".parse().expect("addr"),
+        Allow::Only(vec![id(FRONTEND)]),
+    )
+    .await;
+    east.write("api.yaml", &api_manifest(false, &[(a1.addr, "a")]));
+
+    // The allowed caller gets through, and the app learns who it is.
+    let frontend = client_sidecar(&east, "a", FRONTEND).await;
+    let up = frontend.upstream.expect("upstream");
+    until_served_by(&http_client(), up, "east-a1", 1).await;
+    let (status, body) = get(&http_client(), up).await.expect("answer");
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("east-a1 {}", id(FRONTEND)));
+
+    // A mesh identity not on the port's list: 403, saying why.
+    let intruder = client_sidecar(&east, "a", "/ns/web/sa/intruder").await;
+    let up = intruder.upstream.expect("upstream");
+    let resp = http_client()
+        .get(format!("http://{up}/").parse().expect("uri"))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.headers()
+            .get(meshfed_sidecar::ERROR_HEADER)
+            .map(|v| v.as_bytes()),
+        Some(&b"forbidden"[..])
+    );
+
+    // No client certificate at all: the handshake fails, nothing reaches the app.
+    let no_cert = meshfed_trust::bootstrap_client_config(
+        creds(&east.ca, FRONTEND),
+        ExpectedIds::one(id(API)),
+    );
+    assert!(
+        talk(no_cert, a1.addr).await.is_err(),
+        "a caller without a certificate got through"
+    );
+
+    // A certificate of another mesh (same trust domain name, other root).
+    let other_root = RootCa::generate(
+        &TrustDomain::new(TD).expect("td"),
+        KeyAlgorithm::EcdsaP256,
+        Duration::from_secs(3600),
+    )
+    .expect("root");
+    let other_ca = other_root
+        .issue_cluster("east", Duration::from_secs(3600), Vec::new())
+        .expect("ca");
+    let mut foreign =
+        meshfed_trust::client_config(creds(&other_ca, FRONTEND), ExpectedIds::one(id(API)));
+    // It cannot verify our server either; skip to what the server does.
+    foreign
+        .dangerous()
+        .set_certificate_verifier(Arc::new(AcceptAnyServer));
+    assert!(
+        talk(foreign, a1.addr).await.is_err(),
+        "a foreign mesh got through"
+    );
+
+    // Plain bytes: no TLS, no app.
+    let mut tcp = TcpStream::connect(a1.addr).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: api\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).contains("east-a1"));
+
+    let metrics = a1_metrics(&a1);
+    assert!(
+        metric(&metrics, "meshfed_sidecar_inbound_refused_total{port=") >= 4.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("reason=\"forbidden\""), "{metrics}");
+    assert!(metrics.contains("reason=\"handshake\""), "{metrics}");
+}
+
+fn a1_metrics(ep: &Endpoint) -> String {
+    ep.metrics()
+}
+
+/// Connects with `config` and asks for `/` over HTTP/2-less plain bytes;
+/// `Err` when the server refused the handshake or closed without answering.
+async fn talk(config: rustls::ClientConfig, addr: std::net::SocketAddr) -> std::io::Result<String> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("api.shop.80.svc.meshfed.local").expect("name");
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    // TLS 1.3: a refused client certificate shows on the first read.
+    tls.write_all(b"hello\n").await?;
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    if n == 0 {
+        return Err(std::io::Error::other("closed"));
+    }
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Accepts any server certificate (the test is about what the server accepts).
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls_pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls_pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        meshfed_trust::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the sidecar: real controllers on file stores, the
+//! real gateway, real mTLS on loopback; apps behind real server sidecars.
+
+mod authz;
+mod failover;
+mod support;

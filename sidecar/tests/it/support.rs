@@ -1,0 +1,641 @@
+//! Fixtures: a mesh PKI; clusters (file store + real controller serving
+//! discovery and federation); west's real gateway; HTTP apps behind real
+//! server sidecars; a client sidecar; a steady request stream.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
+use meshfed_sidecar::{
+    DiscoverySource, Inbound, Locality, ServiceTarget, Sidecar, SidecarConfig, Upstream,
+};
+use meshfed_trust::{
+    ClusterCa, Credentials, CredentialsWatch, KeyAlgorithm, Readiness, RootCa, SpiffeId,
+    TrustDomain,
+};
+use prometheus_client::registry::Registry;
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub const TD: &str = "mesh.test";
+pub const CONTROLLER: &str = "/ns/meshfed-system/sa/meshfed-controller";
+pub const GATEWAY: &str = "/ns/meshfed-system/sa/meshfed-gateway";
+pub const API: &str = "/ns/shop/sa/api";
+pub const FRONTEND: &str = "/ns/web/sa/frontend";
+
+pub fn id(path: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("valid id")
+}
+
+pub fn api_target() -> ServiceTarget {
+    ServiceTarget::new("api", "shop", 80).expect("target")
+}
+
+/// The mesh root; cluster CAs under it.
+pub struct Mesh {
+    root: RootCa,
+}
+
+impl Mesh {
+    pub fn new() -> Self {
+        meshfed_trust::install_crypto_provider();
+        let td = TrustDomain::new(TD).expect("td");
+        let root = RootCa::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400))
+            .expect("root");
+        Self { root }
+    }
+
+    pub fn cluster_ca(&self, name: &str) -> ClusterCa {
+        self.root
+            .issue_cluster(name, Duration::from_secs(86400), Vec::new())
+            .expect("cluster ca")
+    }
+}
+
+/// Credentials for `path`, issued by `ca`.
+pub fn creds(ca: &ClusterCa, path: &str) -> CredentialsWatch {
+    let w = ca
+        .issue_workload(&id(path), Duration::from_secs(3600))
+        .expect("issue");
+    Credentials::new(
+        w.chain,
+        PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
+        w.bundle,
+    )
+    .expect("credentials")
+    .into_watch()
+    .1
+}
+
+pub fn yaml<T: serde::Serialize>(obj: &T) -> String {
+    serde_saphyr::to_string(obj).expect("yaml")
+}
+
+/// Writes a file atomically, as an editor or kubectl would.
+pub fn write_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// `api.shop:80`, served by `endpoints` (inbound address, zone), each in
+/// its own slice; identity `API`.
+pub fn api_manifest(exported: bool, endpoints: &[(SocketAddr, &str)]) -> String {
+    let mut svc = fixtures::service("shop", "api", &[("http", 80)], exported);
+    svc.metadata.annotations = Some(
+        [(
+            meshfed_api::labels::IDENTITY.to_owned(),
+            id(API).to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.cluster_ip = Some("10.96.0.10".into());
+    }
+    let mut docs = vec![yaml(&svc)];
+    for (i, (addr, zone)) in endpoints.iter().enumerate() {
+        let mut slice =
+            fixtures::slice("shop", "api", &format!("api-{i}"), &[("http", addr.port())]);
+        fixtures::add_endpoint(&mut slice, &addr.ip().to_string(), Some(zone), true);
+        docs.push(yaml(&slice));
+    }
+    docs.join("---\n")
+}
+
+/// One cluster: manifests, file store, controller, its listeners.
+pub struct Cluster {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub ca: ClusterCa,
+    pub discovery: SocketAddr,
+    pub federation: SocketAddr,
+    _controller: Arc<Controller>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn start(mesh: &Mesh, name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = mesh.cluster_ca(name);
+        let mut cfg = FileStoreConfig::new(dir.path());
+        cfg.poll = Duration::from_millis(20);
+        let store: Arc<dyn Store> = Arc::new(FileStore::open(cfg).await.expect("store"));
+        let mut config = ControllerConfig::new(name);
+        config.status_period = Duration::from_millis(200);
+        let mut registry = Registry::default();
+        let controller = Arc::new(Controller::start(
+            config,
+            store,
+            creds(&ca, CONTROLLER),
+            &mut registry,
+        ));
+        let fed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let disc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (federation, discovery) = (
+            fed.local_addr().expect("addr"),
+            disc.local_addr().expect("addr"),
+        );
+        let (c1, c2) = (controller.clone(), controller.clone());
+        let tasks = vec![
+            tokio::spawn(async move {
+                let _ = c1.serve_federation(fed, std::future::pending()).await;
+            }),
+            tokio::spawn(async move {
+                let _ = c2.serve_discovery(disc, std::future::pending()).await;
+            }),
+        ];
+        Self {
+            name: name.into(),
+            dir,
+            ca,
+            discovery,
+            federation,
+            _controller: controller,
+            tasks,
+        }
+    }
+
+    pub fn write(&self, file: &str, text: &str) {
+        write_file(&self.dir.path().join(file), text);
+    }
+
+    pub fn source(&self) -> DiscoverySource {
+        DiscoverySource {
+            addr: self.discovery.to_string(),
+            controller_id: id(CONTROLLER),
+        }
+    }
+
+    /// Links this cluster to `peer`, whose gateway listens on `gateway`.
+    pub fn link(&self, peer: &str, gateway: SocketAddr) {
+        let mut link = fixtures::link(
+            "meshfed-system",
+            peer,
+            &[&gateway.ip().to_string()],
+            gateway.port(),
+            &id(GATEWAY).to_string(),
+            &id(CONTROLLER).to_string(),
+        );
+        link.spec.lease_ttl_seconds = 2;
+        link.spec.probe.period_seconds = 1;
+        self.write(&format!("link-{peer}.yaml"), &yaml(&link));
+    }
+
+    /// A FailoverPolicy for api with a failback hold of `hold_seconds`.
+    pub fn policy(&self, hold_seconds: u32) {
+        let mut p = fixtures::policy("shop", "api-failover", "api");
+        p.spec.failback.hold_seconds = hold_seconds;
+        self.write("policy.yaml", &yaml(&p));
+    }
+}
+
+/// The cluster's east-west gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    served: JoinHandle<meshfed_gateway::Drained>,
+    following: JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.served.abort();
+        self.following.abort();
+    }
+}
+
+impl Gateway {
+    pub async fn start(cluster: &Cluster) -> Self {
+        let gw_creds = creds(&cluster.ca, GATEWAY);
+        let mut registry = Registry::default();
+        let metrics = Arc::new(meshfed_gateway::Metrics::new(&mut registry));
+        let source = meshfed_gateway::RoutesSource {
+            discovery: cluster.discovery.to_string(),
+            controller_id: id(CONTROLLER),
+            gateway: format!("{}-gateway", cluster.name),
+        };
+        let (routes, following) =
+            meshfed_gateway::follow_routes(source, gw_creds.clone(), metrics.clone());
+        let config = meshfed_gateway::GatewayConfig {
+            federation_upstream: Some(cluster.federation.to_string()),
+            drain_timeout: Duration::ZERO,
+            ..meshfed_gateway::GatewayConfig::default()
+        };
+        let gateway =
+            meshfed_gateway::Gateway::new(config, routes, gw_creds, Readiness::default(), metrics);
+        let listener = meshfed_gateway::bind_shared("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind gateway");
+        let addr = listener.local_addr().expect("addr");
+        let served =
+            tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
+        Self {
+            addr,
+            served,
+            following,
+        }
+    }
+}
+
+/// An HTTP app answering every request with `<name> <meshfed-client-id>`.
+pub struct App {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl App {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("addr");
+        let name: Arc<str> = name.into();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let name = name.clone();
+                        async move {
+                            let caller = req
+                                .headers()
+                                .get(meshfed_sidecar::CLIENT_ID)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("none")
+                                .to_owned();
+                            let trace = req
+                                .headers()
+                                .get("traceparent")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("none")
+                                .to_owned();
+                            let mut resp = http::Response::new(Full::new(Bytes::from(format!(
+                                "{name} {caller}"
+                            ))));
+                            if let Ok(v) = http::HeaderValue::from_str(&trace) {
+                                resp.headers_mut().insert("x-seen-traceparent", v);
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+/// A running sidecar; stopping it closes every connection it holds, as a
+/// crash would.
+pub struct Running {
+    pub bound_inbound: Vec<SocketAddr>,
+    pub upstream: Option<SocketAddr>,
+    pub registry: Arc<Registry>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+impl Running {
+    pub async fn start(
+        config: SidecarConfig,
+        creds: CredentialsWatch,
+        source: &DiscoverySource,
+    ) -> Self {
+        let mut registry = Registry::default();
+        let sidecar = Sidecar::new(config, creds, source, Readiness::default(), &mut registry);
+        let bound = sidecar.bind().await.expect("bind sidecar");
+        let bound_inbound = bound.inbound_addrs();
+        let upstream = bound.upstream_addr(&api_target());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            bound
+                .serve(
+                    async {
+                        let _ = rx.await;
+                    },
+                    Duration::ZERO,
+                )
+                .await;
+        });
+        Self {
+            bound_inbound,
+            upstream,
+            registry: Arc::new(registry),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode");
+        out
+    }
+}
+
+/// An endpoint of api: an app and its sidecar.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    _app: App,
+    sidecar: Running,
+}
+
+impl Endpoint {
+    /// Starts `name` in `cluster` on `listen` (port 0: any).
+    pub async fn start(cluster: &Cluster, name: &str, listen: SocketAddr) -> Self {
+        Self::start_allowing(cluster, name, listen, meshfed_sidecar::Allow::Mesh).await
+    }
+
+    pub async fn start_allowing(
+        cluster: &Cluster,
+        name: &str,
+        listen: SocketAddr,
+        allow: meshfed_sidecar::Allow,
+    ) -> Self {
+        let app = App::start(name).await;
+        let config = SidecarConfig {
+            locality: Locality {
+                cluster: cluster.name.clone(),
+                ..Locality::default()
+            },
+            inbound: vec![Inbound {
+                listen,
+                app: app.addr,
+                allow,
+            }],
+            ..SidecarConfig::default()
+        };
+        let sidecar = Running::start(config, creds(&cluster.ca, API), &cluster.source()).await;
+        Self {
+            addr: sidecar.bound_inbound[0],
+            _app: app,
+            sidecar,
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        self.sidecar.metrics()
+    }
+
+    /// Kills the endpoint: its sidecar stops, every connection closes.
+    pub async fn kill(&mut self) {
+        self.sidecar.stop().await;
+    }
+}
+
+/// The client workload's sidecar in `cluster`, zone `zone`, with api on an upstream port.
+pub async fn client_sidecar(cluster: &Cluster, zone: &str, path: &str) -> Running {
+    let config = SidecarConfig {
+        locality: Locality {
+            cluster: cluster.name.clone(),
+            region: String::new(),
+            zone: zone.into(),
+        },
+        upstreams: vec![Upstream {
+            target: api_target(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+        }],
+        ..SidecarConfig::default()
+    };
+    Running::start(config, creds(&cluster.ca, path), &cluster.source()).await
+}
+
+/// A plain HTTP/1 client, as an unmodified app would be.
+pub fn http_client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One GET; the status and the body.
+pub async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+) -> Result<(u16, String), String> {
+    let uri: http::Uri = format!("http://{addr}/")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let resp = client.get(uri).await.map_err(|e| format!("{e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends GETs until each of `n` in a row is served by `name`'s prefix.
+pub async fn until_served_by(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    prefix: &str,
+    n: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut in_a_row = 0;
+    let mut last = String::new();
+    while in_a_row < n {
+        assert!(
+            Instant::now() < deadline,
+            "never served by {prefix}: last {last}"
+        );
+        match get(client, addr).await {
+            Ok((200, body)) if body.starts_with(prefix) => in_a_row += 1,
+            other => {
+                in_a_row = 0;
+                last = format!("{other:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// One answer of a request stream.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub at: Duration,
+    /// `Ok(serving app's name)` or `Err(what went wrong)`.
+    pub result: Result<String, String>,
+}
+
+/// A steady stream of GETs, `concurrency` at a time, each worker pausing
+/// `pause` between requests; runs until stopped.
+pub struct Stream {
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    t0: Instant,
+}
+
+impl Stream {
+    pub fn start(addr: SocketAddr, concurrency: usize, pause: Duration) -> Self {
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let t0 = Instant::now();
+        let workers = (0..concurrency)
+            .map(|_| {
+                let outcomes = outcomes.clone();
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let client = http_client();
+                    while !*rx.borrow() {
+                        let result = match get(&client, addr).await {
+                            Ok((200, body)) => {
+                                Ok(body.split(' ').next().unwrap_or_default().to_owned())
+                            }
+                            Ok((status, body)) => Err(format!("{status} {body}")),
+                            Err(e) => Err(e),
+                        };
+                        outcomes.lock().expect("outcomes").push(Outcome {
+                            at: t0.elapsed(),
+                            result,
+                        });
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            outcomes,
+            stop,
+            workers,
+            t0,
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    pub fn len(&self) -> usize {
+        self.outcomes.lock().expect("outcomes").len()
+    }
+
+    /// Waits until `n` more answers have come in.
+    pub async fn wait_for(&self, n: usize) {
+        let target = self.len() + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.len() < target {
+            assert!(Instant::now() < deadline, "the stream stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The answers since `from`.
+    pub fn since(&self, from: Duration) -> Vec<Outcome> {
+        self.outcomes
+            .lock()
+            .expect("outcomes")
+            .iter()
+            .filter(|o| o.at >= from)
+            .cloned()
+            .collect()
+    }
+
+    pub async fn finish(self) -> Vec<Outcome> {
+        let _ = self.stop.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        let mut all = self.outcomes.lock().expect("outcomes").clone();
+        all.sort_by_key(|o| o.at);
+        all
+    }
+}
+
+/// The value of the metric lines starting with `prefix`, summed.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `cluster`'s discovery lists a group for `remote` with a
+/// healthy endpoint, for a caller in `zone`.
+pub async fn until_remote_group(cluster: &Cluster, remote: &str, zone: &str) {
+    use meshfed_api::discovery::discovery_client::DiscoveryClient;
+    use meshfed_api::discovery::{Locality as Wire, WatchRequest};
+    let tls = meshfed_trust::client_config(
+        creds(&cluster.ca, FRONTEND),
+        meshfed_trust::ExpectedIds::one(id(CONTROLLER)),
+    );
+    let name = rustls_pki_types::ServerName::try_from("discovery.meshfed.local").expect("name");
+    let channel = meshfed_trust::mtls_channel(
+        cluster.discovery.to_string(),
+        name,
+        tls,
+        Duration::from_secs(3),
+    );
+    let mut stream = DiscoveryClient::new(channel)
+        .watch(WatchRequest {
+            name: "api".into(),
+            namespace: "shop".into(),
+            port: 80,
+            caller: Some(Wire {
+                cluster: cluster.name.clone(),
+                region: String::new(),
+                zone: zone.into(),
+            }),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let set = tokio::time::timeout(left, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("{} never listed {remote}", cluster.name))
+            .expect("stream")
+            .expect("open");
+        let found = set.groups.iter().any(|g| {
+            g.remote && g.healthy > 0 && g.locality.as_ref().is_some_and(|l| l.cluster == remote)
+        });
+        if found {
+            return;
+        }
+    }
+}
