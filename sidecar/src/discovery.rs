@@ -142,7 +142,7 @@ impl Discovery {
             })
             .await?
             .into_inner();
-        let hit = answer.found.then(|| Resolved {
+        let hit = answer.found.then_some(Resolved {
             name: answer.name,
             namespace: answer.namespace,
             ports: answer.ports,

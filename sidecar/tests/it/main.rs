@@ -4,3 +4,4 @@
 mod authz;
 mod failover;
 mod support;
+mod transparent;
