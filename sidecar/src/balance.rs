@@ -13,7 +13,7 @@
 //! Two kinds of bad endpoint:
 //! - *down*: a connect failed. Nothing can be served from what cannot be
 //!   reached, so it is out until a probe connect succeeds (backoff 100 ms,
-//!   doubling to 5 s) — never capped by the ejection percentage.
+//!   doubling to 2 s) — never capped by the ejection percentage.
 //! - *ejected*: it answered, but with consecutive 5xx/resets. Out for the
 //!   ejection time × times ejected, and never more than the policy's
 //!   `max_ejected_percent` of the service at once (a bad deploy everywhere
@@ -35,7 +35,7 @@ const DECAY: Duration = Duration::from_secs(10);
 /// Estimate for an endpoint never measured.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
 const DOWN_MIN: Duration = Duration::from_millis(100);
-const DOWN_MAX: Duration = Duration::from_secs(5);
+const DOWN_MAX: Duration = Duration::from_secs(2);
 const EJECTION_CAP: Duration = Duration::from_secs(300);
 
 /// An endpoint as the connector needs it.

@@ -3,5 +3,6 @@
 
 mod authz;
 mod failover;
+mod protocols;
 mod support;
 mod transparent;

@@ -1,0 +1,180 @@
+//! What the app speaks decides how it is carried: HTTP/1.1 and HTTP/2
+//! (prior knowledge, as gRPC clients do) per request, anything else — a
+//! server-first protocol included — as opaque TCP; trace context follows
+//! the request across both hops.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use meshfed_sidecar::{Allow, Inbound, Locality, SidecarConfig, Timeouts, Upstream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+fn any() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_trace_context_cross_both_sidecars() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let a1 = Endpoint::start(&east, "east-a1", any()).await;
+    east.write("api.yaml", &api_manifest(false, &[(a1.addr, "a")]));
+    let client = client_sidecar(&east, "a", FRONTEND).await;
+    let up = client.upstream.expect("upstream");
+    until_served_by(&http_client(), up, "east-a1", 1).await;
+
+    // An HTTP/2 client with prior knowledge (what gRPC does).
+    let h2: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = h2
+        .get(format!("http://{up}/").parse().expect("uri"))
+        .await
+        .expect("h2 answer");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, format!("east-a1 {}", id(FRONTEND)).as_bytes());
+
+    // The app sees the caller's trace with the hop's own span as parent.
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req = http::Request::get(format!("http://{up}/"))
+        .header("traceparent", parent)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = http_client().request(req).await.expect("answer");
+    let seen = resp
+        .headers()
+        .get("x-seen-traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("app saw a traceparent")
+        .to_owned();
+    assert!(
+        seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{seen}"
+    );
+    assert_ne!(seen, parent);
+
+    // A caller's claim to an identity is dropped; the app sees the real one.
+    let req = http::Request::get(format!("http://{up}/"))
+        .header(
+            meshfed_sidecar::CLIENT_ID,
+            "spiffe://mesh.test/ns/kube-system/sa/admin",
+        )
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = http_client().request(req).await.expect("answer");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, format!("east-a1 {}", id(FRONTEND)).as_bytes());
+
+    let metrics = client.metrics();
+    assert!(
+        metric(
+            &metrics,
+            "meshfed_sidecar_requests_total{direction=\"outbound\",service=\"api.shop:80\",cluster=\"east\",zone=\"a\",status=\"200\""
+        ) >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshfed_sidecar_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_protocols_are_carried_as_opaque_tcp_even_server_first() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    // A server-first echo: it greets, then echoes lines.
+    let app = TcpListener::bind(any()).await.expect("bind");
+    let app_addr = app.local_addr().expect("addr");
+    let echo = tokio::spawn(async move {
+        while let Ok((tcp, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                if w.write_all(b"hello from echo\n").await.is_err() {
+                    return;
+                }
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let server = Running::start(
+        SidecarConfig {
+            locality: Locality {
+                cluster: "east".into(),
+                ..Locality::default()
+            },
+            inbound: vec![Inbound {
+                listen: any(),
+                app: app_addr,
+                allow: Allow::Mesh,
+            }],
+            ..SidecarConfig::default()
+        },
+        creds(&east.ca, API),
+        &east.source(),
+    )
+    .await;
+    east.write(
+        "api.yaml",
+        &api_manifest(false, &[(server.bound_inbound[0], "a")]),
+    );
+    let client = Running::start(
+        SidecarConfig {
+            locality: Locality {
+                cluster: "east".into(),
+                region: String::new(),
+                zone: "a".into(),
+            },
+            upstreams: vec![Upstream {
+                target: api_target(),
+                listen: any(),
+            }],
+            timeouts: Timeouts {
+                detect: Duration::from_millis(200),
+                ..Timeouts::default()
+            },
+            ..SidecarConfig::default()
+        },
+        creds(&east.ca, FRONTEND),
+        &east.source(),
+    )
+    .await;
+    let up = client.upstream.expect("upstream");
+    // The app says nothing first: after the detect timeout it is opaque TCP.
+    let tcp = TcpStream::connect(up).await.expect("connect");
+    let (r, mut w) = tcp.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let greeting = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("greeting in time")
+        .expect("read")
+        .expect("a line");
+    assert_eq!(greeting, "hello from echo");
+    w.write_all(b"ping\n").await.expect("write");
+    let echoed = lines.next_line().await.expect("read").expect("a line");
+    assert_eq!(echoed, "ping");
+    drop(w);
+    drop(lines);
+    let metrics = client.metrics();
+    assert!(
+        metric(
+            &metrics,
+            "meshfed_sidecar_tcp_connections_total{direction=\"outbound\",service=\"api.shop:80\""
+        ) >= 1.0,
+        "{metrics}"
+    );
+    echo.abort();
+}
