@@ -302,15 +302,23 @@ impl Balancer {
             .collect()
     }
 
-    /// Picks an endpoint, avoiding `exclude` (those already tried).
+    /// Picks an endpoint, avoiding `exclude` (those already tried) while
+    /// any other can serve.
     pub(crate) fn pick(&mut self, now: Instant, exclude: &[Arc<str>]) -> Result<Pick, NoPick> {
         if self.groups.iter().all(|g| g.members.is_empty()) {
             return Err(NoPick::NoEndpoints);
         }
         let shares = self.shares(now);
-        let candidates: Vec<Vec<usize>> = (0..self.groups.len())
+        let mut candidates: Vec<Vec<usize>> = (0..self.groups.len())
             .map(|i| self.candidates(i, now, exclude))
             .collect();
+        if candidates.iter().all(Vec::is_empty) {
+            // Avoiding what was tried is a preference: with nothing else
+            // left, an endpoint that answered may be asked again.
+            candidates = (0..self.groups.len())
+                .map(|i| self.candidates(i, now, &[]))
+                .collect();
+        }
         let weighted: Vec<(usize, u32)> = shares
             .iter()
             .enumerate()

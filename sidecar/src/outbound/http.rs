@@ -122,13 +122,16 @@ impl Head {
     }
 }
 
-/// Runs the attempts; returns the answer and who served it.
+/// An answer and who served it (cluster, zone), if an endpoint did.
+type Answer = (Response<Body>, Option<(String, String)>);
+
+/// Runs the attempts.
 async fn call(
     dest: &Arc<Dest>,
     parts: http::request::Parts,
     body: Incoming,
     from_h1: bool,
-) -> (Response<Body>, Option<(String, String)>) {
+) -> Answer {
     let deadline = Instant::now() + dest.shared.timeouts.request;
     if let Err(reason) = dest.ready().await {
         return (error_response(reason, &dest.label), None);
@@ -165,8 +168,10 @@ async fn call(
     dest.count_request();
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last = Reason::NoHealthyEndpoints;
-    // A retry after a 5xx is granted before the answer is dropped.
+    // A retry after a 5xx is granted before the answer is set aside; if no
+    // attempt does better, that answer is the one the app gets.
     let mut granted = false;
+    let mut set_aside: Option<Answer> = None;
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 && !std::mem::take(&mut granted) && !dest.may_retry() {
             break;
@@ -174,7 +179,7 @@ async fn call(
         let pick = match dest.pick(&tried, Breaker::Requests) {
             Ok(p) => p,
             // Nothing left to try: the last failure is the better reason.
-            Err(Reason::NoHealthyEndpoints) if attempt > 0 => break,
+            Err(_) if attempt > 0 => break,
             Err(reason) => return (error_response(reason, &dest.label), None),
         };
         tried.push(pick.endpoint.key.clone());
@@ -237,15 +242,15 @@ async fn call(
                     && replay.is_some()
                     && attempt + 1 < MAX_ATTEMPTS;
                 if retryable && dest.may_retry() {
-                    last = Reason::UpstreamReset;
                     granted = true;
+                    set_aside = Some((downgrade(resp, from_h1), served_by));
                     continue;
                 }
                 return (downgrade(resp, from_h1), served_by);
             }
         }
     }
-    (error_response(last, &dest.label), None)
+    set_aside.unwrap_or_else(|| (error_response(last, &dest.label), None))
 }
 
 /// Hop-by-hop headers never cross a proxy.

@@ -206,3 +206,52 @@ async fn fails_over_through_the_gateway_and_back_without_a_failed_request() {
     );
     drop((a1, a2, w1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_the_last_endpoints_while_the_controller_is_away() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let a1 = Endpoint::start(&east, "east-a1", any()).await;
+    east.write("api.yaml", &api_manifest(false, &[(a1.addr, "a")]));
+    let relay = Relay::start(east.discovery).await;
+    let config = meshfed_sidecar::SidecarConfig {
+        locality: meshfed_sidecar::Locality {
+            cluster: "east".into(),
+            region: String::new(),
+            zone: "a".into(),
+        },
+        upstreams: vec![meshfed_sidecar::Upstream {
+            target: api_target(),
+            listen: any(),
+        }],
+        ..meshfed_sidecar::SidecarConfig::default()
+    };
+    let source = meshfed_sidecar::DiscoverySource {
+        addr: relay.addr.to_string(),
+        controller_id: id(CONTROLLER),
+    };
+    let client = Running::start(config, creds(&east.ca, FRONTEND), &source).await;
+    let up = client.upstream.expect("upstream");
+    until_served_by(&http_client(), up, "east-a1", 1).await;
+    assert_eq!(
+        metric(&client.metrics(), "meshfed_sidecar_discovery_streams_up"),
+        1.0
+    );
+
+    relay.cut();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&client.metrics(), "meshfed_sidecar_discovery_streams_up") > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never broke"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The controller is unreachable; the last endpoints still serve.
+    let http = http_client();
+    for _ in 0..50 {
+        let (status, body) = get(&http, up).await.expect("answer");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("east-a1"), "{body}");
+    }
+}

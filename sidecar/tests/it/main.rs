@@ -4,5 +4,6 @@
 mod authz;
 mod failover;
 mod protocols;
+mod resilience;
 mod support;
 mod transparent;

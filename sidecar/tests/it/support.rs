@@ -291,9 +291,19 @@ impl App {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("none")
                                 .to_owned();
+                            // `/sleep/MS` answers late, `/status/CODE` with that status.
+                            let path = req.uri().path().to_owned();
+                            if let Some(ms) = path.strip_prefix("/sleep/") {
+                                let ms = ms.parse().unwrap_or(0);
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             let mut resp = http::Response::new(Full::new(Bytes::from(format!(
                                 "{name} {caller}"
                             ))));
+                            if let Some(code) = path.strip_prefix("/status/") {
+                                *resp.status_mut() =
+                                    code.parse().unwrap_or(http::StatusCode::BAD_REQUEST);
+                            }
                             if let Ok(v) = http::HeaderValue::from_str(&trace) {
                                 resp.headers_mut().insert("x-seen-traceparent", v);
                             }
@@ -452,18 +462,32 @@ pub async fn get(
     client: &Client<HttpConnector, Empty<Bytes>>,
     addr: SocketAddr,
 ) -> Result<(u16, String), String> {
-    let uri: http::Uri = format!("http://{addr}/")
+    get_path(client, addr, "/").await.map(|(s, _, b)| (s, b))
+}
+
+/// One GET of `path`; the status, the `meshfed-error` header and the body.
+pub async fn get_path(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, Option<String>, String), String> {
+    let uri: http::Uri = format!("http://{addr}{path}")
         .parse()
         .map_err(|e| format!("{e}"))?;
     let resp = client.get(uri).await.map_err(|e| format!("{e}"))?;
     let status = resp.status().as_u16();
+    let reason = resp
+        .headers()
+        .get(meshfed_sidecar::ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| format!("{e}"))?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, reason, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Sends GETs until each of `n` in a row is served by `name`'s prefix.
@@ -637,5 +661,50 @@ pub async fn until_remote_group(cluster: &Cluster, remote: &str, zone: &str) {
         if found {
             return;
         }
+    }
+}
+
+/// A TCP relay that can be cut: every connection through it closes and no
+/// new one gets through (a controller that went away).
+pub struct Relay {
+    pub addr: SocketAddr,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(to: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("addr");
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let held = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let t = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                held.lock().expect("relay tasks").push(t);
+            }
+        });
+        Self {
+            addr,
+            tasks,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.accept.abort();
+        for t in self.tasks.lock().expect("relay tasks").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
