@@ -112,4 +112,21 @@ mod tests {
             assert!(parse(h.get(TRACEPARENT).expect("set").to_str().expect("ascii")).is_some());
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a peer sends, the hop goes on with a well-formed header.
+        #[test]
+        fn any_header_value_gives_a_valid_traceparent(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_bytes(&raw) {
+                h.insert(TRACEPARENT, v);
+            }
+            let ctx = TraceContext::continue_in(&mut h);
+            let sent = h.get(TRACEPARENT).expect("set").to_str().expect("ascii").to_owned();
+            proptest::prop_assert!(parse(&sent).is_some());
+            proptest::prop_assert_eq!(ctx.trace_id.len(), 32);
+        }
+    }
 }

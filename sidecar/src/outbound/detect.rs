@@ -113,4 +113,42 @@ mod tests {
             None
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// However the bytes arrive, the verdict is the same and at most
+        /// the preface's length is read.
+        #[test]
+        fn chunking_does_not_change_the_verdict(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            split in 1usize..8,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let (whole, chunked) = rt.block_on(async {
+                let once = {
+                    let (mut a, mut b) = tokio::io::duplex(128);
+                    tokio::io::AsyncWriteExt::write_all(&mut b, &raw).await.expect("write");
+                    drop(b);
+                    detect(&mut a, Duration::from_secs(5)).await.expect("io")
+                };
+                let (mut a, mut b) = tokio::io::duplex(128);
+                let bytes = raw.clone();
+                let writer = tokio::spawn(async move {
+                    for c in bytes.chunks(split) {
+                        tokio::io::AsyncWriteExt::write_all(&mut b, c).await.expect("write");
+                        tokio::task::yield_now().await;
+                    }
+                });
+                let chunked = detect(&mut a, Duration::from_secs(5)).await.expect("io");
+                writer.await.expect("writer");
+                (once, chunked)
+            });
+            proptest::prop_assert_eq!(whole.as_ref().map(|w| w.0), chunked.as_ref().map(|c| c.0));
+            if let Some((_, bytes)) = &chunked {
+                proptest::prop_assert!(bytes.len() <= H2_PREFACE.len());
+                proptest::prop_assert!(raw.starts_with(bytes));
+            }
+        }
+    }
 }
