@@ -21,11 +21,13 @@ mod load;
 mod mesh;
 #[path = "passthrough/procs.rs"]
 mod procs;
+#[path = "passthrough/proxies.rs"]
+mod proxies;
 #[path = "passthrough/report.rs"]
 mod report;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -79,7 +81,10 @@ struct Way {
 
 impl Way {
     fn cpu(&self) -> anyhow::Result<Option<f64>> {
-        self.proxy.as_ref().map(Proc::cpu_secs).transpose()
+        self.proxy
+            .as_ref()
+            .map(|p| procs::cpu_secs(p.pid()))
+            .transpose()
     }
 }
 
@@ -104,7 +109,6 @@ fn main() -> anyhow::Result<()> {
 struct Bench {
     paths: Vec<Way>,
     gateway_admin: SocketAddr,
-    gateway_log: PathBuf,
     backend: Proc,
     _discovery: mesh::Discovery,
     _dir: tempfile::TempDir,
@@ -116,11 +120,16 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
     let pki = Pki::new()?;
     Pki::write_dir(&pki.east, mesh::BACKEND, &dir.path().join("backend"))?;
     Pki::write_dir(&pki.east, mesh::GATEWAY, &dir.path().join("gateway"))?;
-    let (backend, ports) = procs::spawn_backend(&dir.path().join("backend"))?;
+    let backend_dir = dir.path().join("backend");
+    let (backend, ports) = Proc::spawn_self(
+        "backend",
+        &["--serve-backend".as_ref(), backend_dir.as_os_str()],
+        backend::PATHS,
+    )?;
     let upstream = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
     let discovery =
         mesh::Discovery::start(&pki, &dir.path().join("manifests"), upstream(1)).await?;
-    let (gateway, gw) = procs::spawn_gateway(
+    let (gateway, gw) = proxies::spawn_gateway(
         &dir.path().join("gateway"),
         discovery.addr,
         &dir.path().join("gateway.log"),
@@ -143,11 +152,12 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
             results: PathResults::new("gateway", true, true),
         },
     ];
-    match procs::find_haproxy() {
+    match proxies::find_haproxy() {
         Some(exe) => {
             // Room for the idle connections and the workloads' few.
             let maxconn = plan.idle + 50;
-            let (proc, addr) = procs::spawn_haproxy(&exe, dir.path(), upstream(2), maxconn).await?;
+            let (proc, addr) =
+                proxies::spawn_haproxy(&exe, dir.path(), upstream(2), maxconn).await?;
             paths.push(Way {
                 caller: caller(addr),
                 proxy: Some(proc),
@@ -163,7 +173,6 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
     Ok(Bench {
         paths,
         gateway_admin: gw.admin,
-        gateway_log: dir.path().join("gateway.log"),
         backend,
         _discovery: discovery,
         _dir: dir,
@@ -172,7 +181,7 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
 
 async fn run(plan: Plan) -> anyhow::Result<()> {
     println!("== meshfed-gateway passthrough benchmark ==");
-    println!("{}", machine());
+    println!("{}", procs::machine());
     println!("{plan:?}");
     let mut bench = start(&plan).await?;
     let paths = &mut bench.paths;
@@ -216,7 +225,11 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
         println!("  {line}");
     }
 
-    let log = std::fs::read_to_string(&bench.gateway_log).unwrap_or_default();
+    let log = paths[1]
+        .proxy
+        .as_ref()
+        .map(Proc::log_text)
+        .unwrap_or_default();
     let noted: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     println!(
         "meshfed-gateway log (warnings and errors): {} lines",
@@ -234,7 +247,7 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
         rate: plan.rate,
         idle_target: 10_000,
     };
-    println!("\n== results ==  ({})", machine_load());
+    println!("\n== results ==  ({})", procs::machine_load());
     print!("{}", report.render());
     println!("\n{}", report.budgets());
     if paths.len() < 3 {
@@ -403,30 +416,4 @@ fn add_cpu(total: &mut Option<f64>, before: Option<f64>, after: Option<f64>) {
     if let (Some(t), Some(b), Some(a)) = (total.as_mut(), before, after) {
         *t += a - b;
     }
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "machine: {cpus} CPUs ({model}), Linux {}, loopback; {}",
-        kernel.trim(),
-        machine_load()
-    )
-}
-
-fn machine_load() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "load average {}",
-        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
-    )
 }

@@ -1,7 +1,8 @@
-//! Child processes (backend, gateway, HAProxy) behind guards that kill them
-//! when dropped — at the end, on an error or on a panic — and what /proc
-//! says about them.
+//! Child processes behind guards that kill them when dropped — at the end,
+//! on an error or on a panic — and what /proc says about them and the
+//! machine. Shared by the gateway's and the sidecar's benches.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use tokio::net::TcpStream;
 pub struct Proc {
     pub name: &'static str,
     child: Child,
-    /// Held open: the backend exits when it closes.
+    /// Held open: a re-executed bench binary exits when it closes.
     _stdin: Option<ChildStdin>,
     log: Option<PathBuf>,
 }
@@ -31,6 +32,66 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Starts `cmd` with stdout and stderr going to the file `log`.
+    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone().context("dup log")?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        Ok(Self {
+            name,
+            child,
+            _stdin: None,
+            log: Some(log.into()),
+        })
+    }
+
+    /// Starts this binary again with `args` as a server that prints
+    /// `ports P1 P2 ...` (`ports` of them) first and exits when its stdin
+    /// closes (held open here until the guard drops).
+    pub fn spawn_self(
+        name: &'static str,
+        args: &[&OsStr],
+        ports: usize,
+    ) -> anyhow::Result<(Self, Vec<u16>)> {
+        let exe = std::env::current_exe().context("current exe")?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut proc = Self {
+            name,
+            child,
+            _stdin: stdin,
+            log: None,
+        };
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .with_context(|| format!("{name} ports"))?;
+        let said = line.trim().strip_prefix("ports ").map(|p| {
+            p.split(' ')
+                .map(str::parse)
+                .collect::<Result<Vec<u16>, _>>()
+        });
+        match said {
+            Some(Ok(p)) if p.len() == ports => Ok((proc, p)),
+            _ => {
+                proc.check_alive()?;
+                bail!("{name} said {line:?}, not its {ports} ports")
+            }
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -43,31 +104,55 @@ impl Proc {
         Ok(())
     }
 
-    fn log_tail(&self) -> String {
+    /// The end of its log, to say why it failed.
+    pub fn log_tail(&self) -> String {
         let Some(path) = &self.log else {
             return String::new();
         };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(15)..].join("\n");
         format!("; end of {}:\n{tail}", path.display())
     }
 
-    /// Resident set size, from `VmRSS` in /proc/PID/status.
+    /// Resident set size (see [`rss_kib`]).
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .with_context(|| format!("/proc status of {}", self.name))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS line")
+        rss_kib(self.pid()).with_context(|| format!("RSS of {}", self.name))
     }
 
-    /// CPU time so far (see [`cpu_secs`]).
-    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
-        cpu_secs(self.pid()).with_context(|| format!("CPU time of {}", self.name))
+    /// Everything the child has logged so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
+
+    /// Waits (up to 20 s) until the admin listener `admin` answers `/ready`
+    /// with 200.
+    pub async fn wait_ready(&mut self, admin: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.check_alive()?;
+            if let Ok((200, _)) = http_get(admin, "/ready").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready within 20 s{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Resident set size of process `pid`, from `VmRSS` in /proc/PID/status.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("/proc status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
 }
 
 /// User + system CPU time of process `pid` so far, all threads (in clock
@@ -90,182 +175,6 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr().context("addr")?.port())
 }
 
-fn log_file(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
-    let f = File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let g = f.try_clone().context("dup log")?;
-    Ok((Stdio::from(f), Stdio::from(g)))
-}
-
-/// Starts the backend (this binary, `--serve-backend`); returns its ports.
-pub fn spawn_backend(creds: &Path) -> anyhow::Result<(Proc, Vec<u16>)> {
-    let exe = std::env::current_exe().context("current exe")?;
-    let mut child = Command::new(exe)
-        .arg("--serve-backend")
-        .arg(creds)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("spawn backend")?;
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take().context("backend stdout")?;
-    let mut proc = Proc {
-        name: "backend",
-        child,
-        _stdin: stdin,
-        log: None,
-    };
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("backend ports")?;
-    let ports = line.trim().strip_prefix("ports ").map(|p| {
-        p.split(' ')
-            .map(str::parse)
-            .collect::<Result<Vec<u16>, _>>()
-    });
-    match ports {
-        Some(Ok(p)) if p.len() == super::backend::PATHS => Ok((proc, p)),
-        _ => {
-            proc.check_alive()?;
-            bail!("backend said {line:?}, not its ports")
-        }
-    }
-}
-
-/// Where the gateway listens.
-#[derive(Debug, Clone, Copy)]
-pub struct GatewayAddrs {
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-}
-
-/// Starts `meshfed-gateway` and waits until `/ready` answers 200.
-pub async fn spawn_gateway(
-    creds: &Path,
-    discovery: SocketAddr,
-    log: &Path,
-) -> anyhow::Result<(Proc, GatewayAddrs)> {
-    let addrs = GatewayAddrs {
-        listen: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-    };
-    let (out, err) = log_file(log)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_meshfed-gateway"))
-        .args(["--cluster", "east", "--name", "bench"])
-        .arg("--listen")
-        .arg(addrs.listen.to_string())
-        .arg("--admin-listen")
-        .arg(addrs.admin.to_string())
-        .arg("--discovery")
-        .arg(discovery.to_string())
-        .arg("--credentials-dir")
-        .arg(creds)
-        .args(["--max-connections-per-source", "20000"])
-        .args(["--drain-timeout", "1s"])
-        .env("MESHFED_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .context("spawn meshfed-gateway")?;
-    let mut proc = Proc {
-        name: "meshfed-gateway",
-        child,
-        _stdin: None,
-        log: Some(log.into()),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        proc.check_alive()?;
-        if let Ok((200, _)) = http_get(addrs.admin, "/ready").await {
-            return Ok((proc, addrs));
-        }
-        if Instant::now() > deadline {
-            bail!("meshfed-gateway not ready within 20 s{}", proc.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `haproxy` on the PATH or in the usual sbin directories.
-pub fn find_haproxy() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join("haproxy"))
-        .find(|p| p.is_file())
-}
-
-/// HAProxy in TCP mode: waits for the ClientHello, routes on its SNI to the
-/// backend, and refuses anything else — the gateway's job, done the
-/// HAProxy way.
-pub async fn spawn_haproxy(
-    exe: &Path,
-    dir: &Path,
-    backend: SocketAddr,
-    maxconn: usize,
-) -> anyhow::Result<(Proc, SocketAddr)> {
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let sni = meshfed_api::sni::service("api", "shop", 443);
-    let config = format!(
-        "global
-    maxconn {maxconn}
-    # Few pipes: two descriptors each, under the same 20,000 limit.
-    maxpipes 16
-    nbthread 2
-
-defaults
-    mode tcp
-    # Kernel splicing where it pays, as the gateway splices through pipes.
-    option splice-auto
-    timeout connect 1s
-    timeout client 1h
-    timeout server 1h
-
-frontend east_west
-    bind {listen}
-    tcp-request inspect-delay 5s
-    tcp-request content accept if {{ req_ssl_hello_type 1 }}
-    tcp-request content reject
-    use_backend shop_api if {{ req_ssl_sni -i {sni} }}
-
-backend shop_api
-    server api {backend}
-"
-    );
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, config).context("write haproxy.cfg")?;
-    let log = dir.join("haproxy.log");
-    let (out, err) = log_file(&log)?;
-    let child = Command::new(exe)
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .context("spawn haproxy")?;
-    let mut proc = Proc {
-        name: "haproxy",
-        child,
-        _stdin: None,
-        log: Some(log),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        proc.check_alive()?;
-        if TcpStream::connect(listen).await.is_ok() {
-            return Ok((proc, listen));
-        }
-        if Instant::now() > deadline {
-            bail!("haproxy not listening within 10 s{}", proc.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A plain HTTP/1.1 GET: the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut tcp = TcpStream::connect(addr).await?;
@@ -283,4 +192,31 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// The machine, for the record.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "machine: {cpus} CPUs ({model}), Linux {}, loopback; {}",
+        kernel.trim(),
+        machine_load()
+    )
+}
+
+pub fn machine_load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "load average {}",
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    )
 }

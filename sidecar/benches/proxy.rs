@@ -1,0 +1,415 @@
+//! Sidecar benchmark: the same HTTP/1.1 app reached three ways on loopback —
+//! (a) directly; (b) same cluster: client sidecar (explicit upstream port) →
+//! server sidecar (inbound mTLS port) → app; (c) cross-cluster: client
+//! sidecar in `west` → east's `meshfed-gateway` (SNI passthrough) → server
+//! sidecar in `east` → app — measuring open-loop latency at 2,000 req/s
+//! (from each request's scheduled send time), closed-loop throughput, and
+//! the proxies' RSS idle and at a steady 1,000 req/s. Workloads alternate
+//! between paths in short rounds so load from elsewhere on the machine
+//! spreads evenly over them.
+//!
+//! `cargo build --release -p meshfed-gateway`, then
+//! `cargo bench -p meshfed-sidecar --bench proxy [-- --quick]`
+//!
+//! The app runs as this binary re-executed with `--serve-app`; the sidecars
+//! and the gateway are child processes (so their RSS and CPU are their
+//! own), all killed by guards when the bench ends or panics. The clusters'
+//! controllers run in this process.
+
+#[path = "proxy/app.rs"]
+mod app;
+// For `quantile`, the gateway bench's one way to take one.
+#[allow(dead_code)]
+#[path = "../../gateway/benches/passthrough/load.rs"]
+mod gateway_load;
+#[path = "proxy/load.rs"]
+mod load;
+// The gateway bench's PKI: credential directories for the child processes.
+#[allow(dead_code)]
+#[path = "../../gateway/benches/passthrough/mesh.rs"]
+mod mesh;
+#[path = "../../gateway/benches/passthrough/procs.rs"]
+mod procs;
+#[path = "proxy/report.rs"]
+mod report;
+// The integration tests' clusters, manifests and links.
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
+#[path = "proxy/topology.rs"]
+mod topology;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::load::{Conn, Samples};
+use crate::report::{Mem, PathResults, Report};
+use crate::topology::Topology;
+
+/// How much of everything.
+#[derive(Debug)]
+struct Plan {
+    /// Interleaved rounds per workload.
+    rounds: usize,
+    rate: f64,
+    /// Per path, over all rounds.
+    latency_secs: f64,
+    latency_conns: usize,
+    /// Requests due in the first part of each round are not counted.
+    warmup_secs: f64,
+    steady_rate: f64,
+    steady_secs: f64,
+    throughput_secs: f64,
+    throughput_conns: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        Self {
+            rounds: if quick { 2 } else { 5 },
+            rate: 2000.0,
+            latency_secs: if quick { 2.0 } else { 15.0 },
+            latency_conns: 8,
+            warmup_secs: 0.1,
+            steady_rate: 1000.0,
+            steady_secs: if quick { 2.0 } else { 6.0 },
+            throughput_secs: if quick { 2.0 } else { 6.0 },
+            throughput_conns: 32,
+        }
+    }
+}
+
+/// One way to the app.
+struct Way {
+    addr: SocketAddr,
+    /// The proxies a request passes, by pid.
+    proxies: Vec<u32>,
+    results: PathResults,
+}
+
+impl Way {
+    fn cpu(&self) -> anyhow::Result<f64> {
+        self.proxies.iter().map(|p| procs::cpu_secs(*p)).sum()
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == app::FLAG) {
+        return app::run();
+    }
+    // `cargo bench` passes `--bench`; anything but `--quick` is ignored.
+    let plan = Plan::new(args.iter().any(|a| a == "--quick"));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("runtime")?
+        .block_on(run(plan))
+}
+
+async fn run(plan: Plan) -> anyhow::Result<()> {
+    println!("== meshfed-sidecar proxy benchmark ==");
+    println!("{}", procs::machine());
+    println!("{plan:?}");
+    let started = Instant::now();
+    let stolen = steal_secs();
+    let mut topo = Topology::start().await?;
+    let p = |x: &topology::Proxy| x.proc.pid();
+    let mut ways = [
+        Way {
+            addr: topo.app,
+            proxies: Vec::new(),
+            results: PathResults::new("direct", false),
+        },
+        Way {
+            addr: topo.same_cluster,
+            proxies: vec![p(&topo.client_east), p(&topo.server)],
+            results: PathResults::new("same-cluster", true),
+        },
+        Way {
+            addr: topo.cross_cluster,
+            proxies: vec![p(&topo.client_west), p(&topo.gateway), p(&topo.server)],
+            results: PathResults::new("cross-cluster", true),
+        },
+    ];
+    let caller = support::id(support::FRONTEND).to_string();
+    for (w, expect) in ways.iter().zip(["none", &caller, &caller]) {
+        let who = whoami(w.addr).await?;
+        if who != expect {
+            bail!("{}: the app saw {who:?}, not {expect}", w.results.name);
+        }
+        println!("{:14} the app sees the caller as {who}", w.results.name);
+    }
+    let through = gateway_connections(&topo).await?;
+    if through == 0.0 {
+        bail!("cross-cluster: nothing went through the gateway");
+    }
+    println!("set up in {:.1} s", started.elapsed().as_secs_f64());
+
+    // Idle: started, a few requests done, nothing else.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut mem: Vec<Mem> = topo
+        .proxies()
+        .iter()
+        .map(|x| {
+            Ok(Mem {
+                role: x.role,
+                sidecar: x.sidecar,
+                idle: x.proc.rss_kib()?,
+                ..Mem::default()
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let pids: Vec<u32> = topo.proxies().iter().map(|x| x.proc.pid()).collect();
+    let most = steady(&mut ways, &plan, &pids).await?;
+    for (m, most) in mem.iter_mut().zip(most) {
+        m.steady_max = most;
+    }
+    let pacer = latency(&mut ways, &plan).await?;
+    let mut all = pids;
+    all.extend([topo.app_proc.pid(), std::process::id()]);
+    throughput(&mut ways, &plan, &all).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (m, x) in mem.iter_mut().zip(topo.proxies()) {
+        m.end = x.proc.rss_kib()?;
+    }
+    topo.check_alive()?;
+    counters(&topo).await?;
+
+    for w in &mut ways {
+        w.results.sort();
+    }
+    let [a, b, c] = ways;
+    let paths = [a.results, b.results, c.results];
+    let report = Report {
+        paths: &paths,
+        mem: &mem,
+        pacer: &pacer,
+        rate: plan.rate,
+        steady_rate: plan.steady_rate,
+        latency_conns: plan.latency_conns,
+        throughput_conns: plan.throughput_conns,
+    };
+    let took = started.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let stolen = steal_secs() - stolen;
+    println!(
+        "\n== results ==  ({}; run took {took:.0} s; the hypervisor took {stolen:.1} CPU s = {:.1} % of the cores)",
+        procs::machine_load(),
+        stolen / took / cores * 100.0,
+    );
+    print!("{}", report.render());
+    println!("\n{}", report.budgets());
+    for p in &paths {
+        for (what, s) in [
+            ("latency", &p.latency),
+            ("steady", &p.steady),
+            ("throughput", &p.throughput),
+        ] {
+            if let Some(e) = &s.first_error {
+                println!("!!! {} {what}: {} failed, first: {e}", p.name, s.errors);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The identity the app is told its caller has, once the path serves.
+async fn whoami(addr: SocketAddr) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut conn = Conn::open(addr).await?;
+    loop {
+        match conn.get("/whoami").await {
+            Ok(body) => return Ok(String::from_utf8_lossy(&body).into_owned()),
+            Err(e) if Instant::now() > deadline => return Err(e.context(format!("GET {addr}"))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn gateway_connections(topo: &Topology) -> anyhow::Result<f64> {
+    let metrics = procs::http_get(topo.gateway.admin, "/metrics").await?.1;
+    Ok(support::metric(
+        &metrics,
+        "meshfed_gateway_connections_total",
+    ))
+}
+
+/// Runs `f` for every path in every round, starting each round with the
+/// next path so no path always goes first.
+async fn rounds<F>(ways: &mut [Way; 3], rounds: usize, mut f: F) -> anyhow::Result<()>
+where
+    F: AsyncFnMut(&mut Way, usize) -> anyhow::Result<()>,
+{
+    for round in 0..rounds {
+        for k in 0..ways.len() {
+            let i = (round + k) % ways.len();
+            f(&mut ways[i], i)
+                .await
+                .with_context(|| format!("{} round {}", ways[i].results.name, round + 1))?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("  round {}/{rounds} done", round + 1);
+    }
+    Ok(())
+}
+
+/// Open loop at the memory budget's rate while every proxy's RSS is
+/// sampled; the most each reached.
+async fn steady(ways: &mut [Way; 3], plan: &Plan, pids: &[u32]) -> anyhow::Result<Vec<u64>> {
+    println!("\nsteady open loop at {} req/s", plan.steady_rate);
+    let rounds_n = plan.rounds.min(3);
+    let secs = plan.steady_secs / rounds_n as f64;
+    let mut conns = open_all(ways, plan.latency_conns).await?;
+    let mut most = vec![0; pids.len()];
+    rounds(ways, rounds_n, async |w, i| {
+        let done = AtomicBool::new(false);
+        let (run, seen) = tokio::join!(
+            async {
+                let r = load::open_loop(&mut conns[i], plan.steady_rate, secs, plan.warmup_secs);
+                let r = r.await;
+                done.store(true, Ordering::Relaxed);
+                r
+            },
+            sample_rss(pids, &done),
+        );
+        w.results.steady.add(run?.0);
+        for (m, s) in most.iter_mut().zip(seen) {
+            *m = (*m).max(s);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(most)
+}
+
+/// The most RSS each of `pids` had, sampled every 100 ms until `done`.
+async fn sample_rss(pids: &[u32], done: &AtomicBool) -> Vec<u64> {
+    let mut most = vec![0; pids.len()];
+    while !done.load(Ordering::Relaxed) {
+        for (m, pid) in most.iter_mut().zip(pids) {
+            *m = (*m).max(procs::rss_kib(*pid).unwrap_or(0));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    most
+}
+
+/// Open loop at the latency budget's rate; how late the pacer was.
+async fn latency(ways: &mut [Way; 3], plan: &Plan) -> anyhow::Result<Samples> {
+    println!("\nopen loop at {} req/s", plan.rate);
+    let secs = plan.latency_secs / plan.rounds as f64;
+    let mut conns = open_all(ways, plan.latency_conns).await?;
+    let mut pacer = Samples::default();
+    rounds(ways, plan.rounds, async |w, i| {
+        let cpu = w.cpu()?;
+        let (s, late) = load::open_loop(&mut conns[i], plan.rate, secs, plan.warmup_secs).await?;
+        let used = w.cpu()? - cpu;
+        if let Some(c) = &mut w.results.cpu_latency {
+            *c += used;
+        }
+        let sorted = s.sorted();
+        println!("  {:14} {}", w.results.name, sorted.brief());
+        w.results.round_p99.extend(sorted.us(0.99));
+        w.results.latency.add(s);
+        pacer.add(late);
+        Ok(())
+    })
+    .await?;
+    pacer.ns.sort_unstable();
+    Ok(pacer)
+}
+
+/// Closed loop; CPU of the path's proxies and of every process in `all`.
+async fn throughput(ways: &mut [Way; 3], plan: &Plan, all: &[u32]) -> anyhow::Result<()> {
+    println!("\nclosed loop, {} connections", plan.throughput_conns);
+    let rounds_n = plan.rounds.min(3);
+    let secs = plan.throughput_secs / rounds_n as f64;
+    let mut conns = open_all(ways, plan.throughput_conns).await?;
+    let everything = || -> anyhow::Result<f64> { all.iter().map(|p| procs::cpu_secs(*p)).sum() };
+    rounds(ways, rounds_n, async |w, i| {
+        let (cpu, cpu_all) = (w.cpu()?, everything()?);
+        let s = load::closed_loop(&mut conns[i], secs).await?;
+        let (used, used_all) = (w.cpu()? - cpu, everything()? - cpu_all);
+        if let Some(c) = &mut w.results.cpu_throughput {
+            *c += used;
+        }
+        w.results.cpu_throughput_all += used_all;
+        println!(
+            "  {:14} {:.0} req/s",
+            w.results.name,
+            s.ns.len() as f64 / s.elapsed.as_secs_f64()
+        );
+        w.results.throughput.add(s);
+        Ok(())
+    })
+    .await
+}
+
+async fn open_all(ways: &[Way; 3], n: usize) -> anyhow::Result<Vec<Vec<Conn>>> {
+    let mut all = Vec::with_capacity(ways.len());
+    for w in ways {
+        all.push(Conn::open_many(w.addr, n).await?);
+    }
+    Ok(all)
+}
+
+/// What the proxies counted and logged over the run.
+async fn counters(topo: &Topology) -> anyhow::Result<()> {
+    println!("\nproxy counters and logs (warnings and errors) at the end:");
+    for x in topo.proxies() {
+        let text = procs::http_get(x.admin, "/metrics").await?.1;
+        // Counters that were never set sum to -0.
+        let sum = |name: &str| support::metric(&text, name) + 0.0;
+        let opaque = sum("meshfed_sidecar_tcp_connections_total");
+        if opaque > 0.0 {
+            println!(
+                "!!! {}: {opaque} connections were proxied as opaque TCP, not as HTTP",
+                x.role
+            );
+        }
+        let counts = if x.sidecar {
+            format!(
+                "HTTP requests {}, opaque TCP connections {}, discovery updates {}, retries {}, endpoint failures {}, inbound refused {}",
+                sum("meshfed_sidecar_requests_total"),
+                opaque,
+                sum("meshfed_sidecar_discovery_updates_total"),
+                sum("meshfed_sidecar_retries_total"),
+                sum("meshfed_sidecar_endpoint_failures_total"),
+                sum("meshfed_sidecar_inbound_refused_total"),
+            )
+        } else {
+            format!(
+                "connections {} (to api {}), refused {}, upstream connect failures {}",
+                sum("meshfed_gateway_connections_total"),
+                sum("meshfed_gateway_connections_total{service=\"shop/api:80\""),
+                sum("meshfed_gateway_refused_total"),
+                sum("meshfed_gateway_upstream_connect_failures_total"),
+            )
+        };
+        let log = x.proc.log_text();
+        let noted: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        println!("  {:30} {counts}; log: {} lines", x.role, noted.len());
+        for line in noted.iter().take(5) {
+            println!("    {line}");
+        }
+    }
+    Ok(())
+}
+
+/// CPU time the hypervisor gave to others so far (`steal` in /proc/stat,
+/// all CPUs): noise this bench cannot see otherwise.
+fn steal_secs() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let cpu = s.lines().next()?.strip_prefix("cpu ")?;
+            cpu.split_whitespace().nth(7)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |ticks| ticks / 100.0)
+}

@@ -1,0 +1,286 @@
+//! The mesh under test. Clusters `east` and `west` run in process (file
+//! store + controller, the integration tests' fixtures); everything on a
+//! request's path is a child process: the app, east's server sidecar in
+//! front of it, east's `meshfed-gateway`, and one client sidecar in each
+//! cluster.
+//!
+//! East exports `shop/api`, served by the server sidecar. West has a Service
+//! `api` with no endpoints and a Link to east's gateway, so its discovery
+//! offers only the remote group `east`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+
+use crate::procs::{Proc, free_port};
+use crate::support::{self, Cluster};
+
+/// The zone of every workload.
+const ZONE: &str = "a";
+
+/// A process on a request's path, and its admin listener.
+#[derive(Debug)]
+pub struct Proxy {
+    pub proc: Proc,
+    pub admin: SocketAddr,
+    /// Which path(s) it serves, for the report.
+    pub role: &'static str,
+    pub sidecar: bool,
+}
+
+/// Everything started; dropping it stops it all.
+pub struct Topology {
+    /// The app's port for the load generator.
+    pub app: SocketAddr,
+    /// East's client sidecar upstream port for `api.shop:80`.
+    pub same_cluster: SocketAddr,
+    /// West's client sidecar upstream port for `api.shop:80`.
+    pub cross_cluster: SocketAddr,
+    pub app_proc: Proc,
+    pub client_east: Proxy,
+    pub client_west: Proxy,
+    pub server: Proxy,
+    pub gateway: Proxy,
+    _east: Cluster,
+    _west: Cluster,
+    _dir: tempfile::TempDir,
+}
+
+impl Topology {
+    pub async fn start() -> anyhow::Result<Self> {
+        let gateway_bin = gateway_bin()?;
+        let dir = tempfile::tempdir().context("tempdir")?;
+        let d = dir.path();
+        let mesh = support::Mesh::new();
+        let east = Cluster::start(&mesh, "east").await;
+        let west = Cluster::start(&mesh, "west").await;
+        crate::mesh::Pki::write_dir(&east.ca, support::API, &d.join("server"))?;
+        crate::mesh::Pki::write_dir(&east.ca, support::FRONTEND, &d.join("client-east"))?;
+        crate::mesh::Pki::write_dir(&west.ca, support::FRONTEND, &d.join("client-west"))?;
+        crate::mesh::Pki::write_dir(&east.ca, support::GATEWAY, &d.join("gateway"))?;
+
+        let (app_proc, ports) = Proc::spawn_self("app", &[crate::app::FLAG.as_ref()], 2)?;
+        let (direct, behind) = (ports[0], ports[1]);
+
+        let inbound = loopback(free_port()?);
+        let server = Sidecar::new("server sidecar", &east, &d.join("server"))
+            .role("east server (both paths)")
+            .args(["--inbound", &format!("{inbound}={}", loopback(behind))])
+            .spawn(d)
+            .await?;
+        east.write("api.yaml", &support::api_manifest(true, &[(inbound, ZONE)]));
+        let gateway = spawn_gateway(&gateway_bin, &east, &d.join("gateway"), d).await?;
+        west.write("api.yaml", &support::api_manifest(false, &[]));
+        let gw_listen = gateway.listen;
+        west.link("east", gw_listen);
+
+        let upstream = |port: u16| format!("api.shop:80={}", loopback(port));
+        let (same, cross) = (free_port()?, free_port()?);
+        let client_east = Sidecar::new("client sidecar east", &east, &d.join("client-east"))
+            .role("east client (same-cluster)")
+            .args(["--upstream", &upstream(same)])
+            .spawn(d)
+            .await?;
+        let client_west = Sidecar::new("client sidecar west", &west, &d.join("client-west"))
+            .role("west client (cross-cluster)")
+            .args(["--upstream", &upstream(cross)])
+            .spawn(d)
+            .await?;
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            support::until_remote_group(&west, "east", ZONE),
+        )
+        .await
+        .context("west never listed east's api")?;
+        Ok(Self {
+            app: loopback(direct),
+            same_cluster: loopback(same),
+            cross_cluster: loopback(cross),
+            app_proc,
+            client_east,
+            client_west,
+            server,
+            gateway: gateway.proxy,
+            _east: east,
+            _west: west,
+            _dir: dir,
+        })
+    }
+
+    /// The processes on request paths, client sidecars first.
+    pub fn proxies(&self) -> [&Proxy; 4] {
+        [
+            &self.client_east,
+            &self.client_west,
+            &self.server,
+            &self.gateway,
+        ]
+    }
+
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.app_proc.check_alive()?;
+        for p in [
+            &mut self.client_east,
+            &mut self.client_west,
+            &mut self.server,
+            &mut self.gateway,
+        ] {
+            p.proc.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A `meshfed-sidecar run` command line.
+struct Sidecar {
+    name: &'static str,
+    role: &'static str,
+    cmd: Command,
+}
+
+impl Sidecar {
+    fn new(name: &'static str, cluster: &Cluster, creds: &Path) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshfed-sidecar"));
+        cmd.args(["run", "--cluster", &cluster.name, "--zone", ZONE])
+            .arg("--discovery")
+            .arg(cluster.discovery.to_string())
+            .arg("--controller-id")
+            .arg(support::id(support::CONTROLLER).to_string())
+            .arg("--credentials-dir")
+            .arg(creds)
+            .args(["--drain-timeout", "0s"])
+            .env("MESHFED_LOG", "warn");
+        Self {
+            name,
+            role: name,
+            cmd,
+        }
+    }
+
+    fn role(mut self, role: &'static str) -> Self {
+        self.role = role;
+        self
+    }
+
+    fn args<const N: usize>(mut self, args: [&str; N]) -> Self {
+        self.cmd.args(args);
+        self
+    }
+
+    /// Starts it (log in `dir`) and waits until it is ready.
+    async fn spawn(mut self, dir: &Path) -> anyhow::Result<Proxy> {
+        let admin = loopback(free_port()?);
+        self.cmd.arg("--admin-listen").arg(admin.to_string());
+        let log = dir.join(format!("{}.log", self.name.replace(' ', "-")));
+        let mut proc = Proc::spawn(self.name, self.cmd, &log)?;
+        proc.wait_ready(admin).await?;
+        Ok(Proxy {
+            proc,
+            admin,
+            role: self.role,
+            sidecar: true,
+        })
+    }
+}
+
+struct Gateway {
+    proxy: Proxy,
+    listen: SocketAddr,
+}
+
+/// Starts east's `meshfed-gateway`: routes from east's discovery, peers'
+/// federation streams passed to east's controller.
+async fn spawn_gateway(
+    exe: &Path,
+    east: &Cluster,
+    creds: &Path,
+    dir: &Path,
+) -> anyhow::Result<Gateway> {
+    let listen = loopback(free_port()?);
+    let admin = loopback(free_port()?);
+    let mut cmd = Command::new(exe);
+    cmd.args(["--cluster", "east", "--name", "bench"])
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--discovery")
+        .arg(east.discovery.to_string())
+        .arg("--federation-upstream")
+        .arg(east.federation.to_string())
+        .arg("--credentials-dir")
+        .arg(creds)
+        .args(["--drain-timeout", "1s"])
+        .env("MESHFED_LOG", "warn");
+    let mut proc = Proc::spawn("meshfed-gateway", cmd, &dir.join("gateway.log"))?;
+    proc.wait_ready(admin).await?;
+    Ok(Gateway {
+        proxy: Proxy {
+            proc,
+            admin,
+            role: "east gateway (cross-cluster)",
+            sidecar: false,
+        },
+        listen,
+    })
+}
+
+/// `meshfed-gateway` next to this bench in the target directory's profile
+/// folder (`cargo bench` builds only this package's binaries, and a nested
+/// `cargo build` would wait forever on the lock `cargo bench` holds), and
+/// not older than the sources it is built from.
+fn gateway_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("current exe")?;
+    // target/release/deps/proxy-HASH → target/release/meshfed-gateway
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("bench executable outside a target directory")?
+        .join("meshfed-gateway");
+    let build = "cargo build --release -p meshfed-gateway";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("{} not found: run `{build}` first", bin.display()))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // What the binary is compiled from (what cargo would rebuild it for).
+    let sources = [
+        "gateway/src",
+        "api/src",
+        "api/proto",
+        "api/build.rs",
+        "trust/src",
+    ];
+    let newest = sources
+        .iter()
+        .filter_map(|s| newest_mtime(&root.join(s)))
+        .max();
+    if newest.is_some_and(|t| t > built) {
+        bail!(
+            "{} is older than its sources: run `{build}` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The latest modification time of `path` or anything below it.
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    let own = meta.modified().ok();
+    if !meta.is_dir() {
+        return own;
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| newest_mtime(&e.path()))
+        .chain(own)
+        .max()
+}
