@@ -705,9 +705,9 @@ mod tests {
         assert_eq!(seen.get("192.0.2.1:7460"), Some(&20), "{seen:?}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn failback_waits_for_the_hold_and_then_switches_once() {
-        let t0 = Instant::now();
+    /// One local endpoint (down since `t0`) behind a barrier, then west;
+    /// failback hold 1 s.
+    fn local_down_remote_up(t0: Instant) -> (Balancer, Arc<str>) {
         let s = set(
             vec![
                 group("east", "a", false, vec![ep("10.0.0.1:80", true)], 0.0),
@@ -718,6 +718,13 @@ mod tests {
         let mut b = balancer(&s, t0);
         let key: Arc<str> = "10.0.0.1:80/api.shop.80.svc.meshfed.local".into();
         b.connect_failed(&key, t0);
+        (b, key)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failback_waits_for_the_hold_and_then_switches_once() {
+        let t0 = Instant::now();
+        let (mut b, key) = local_down_remote_up(t0);
         assert_eq!(picks(&mut b, t0, 10).get("192.0.2.1:7460"), Some(&10));
         // The probe is due after the backoff and connects.
         let t1 = t0 + Duration::from_millis(150);
@@ -740,16 +747,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dip_during_the_hold_restarts_it() {
         let t0 = Instant::now();
-        let s = set(
-            vec![
-                group("east", "a", false, vec![ep("10.0.0.1:80", true)], 0.0),
-                group("west", "", true, vec![ep("192.0.2.1:7460", true)], 0.7),
-            ],
-            1000,
-        );
-        let mut b = balancer(&s, t0);
-        let key: Arc<str> = "10.0.0.1:80/api.shop.80.svc.meshfed.local".into();
-        b.connect_failed(&key, t0);
+        let (mut b, key) = local_down_remote_up(t0);
         let _ = b.shares(t0);
         b.connected(&key);
         let _ = b.shares(t0 + Duration::from_millis(100));

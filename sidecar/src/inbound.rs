@@ -27,7 +27,7 @@ use crate::body::{Body, boxed, error_response};
 use crate::config::{Allow, Inbound};
 use crate::connect::ALPN_H2;
 use crate::dest::Shared;
-use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels, RequestLabels};
+use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels};
 use crate::outbound::{CLIENT_ID, ORIG_PROTO};
 use crate::trace::TraceContext;
 
@@ -205,31 +205,16 @@ impl InboundPort {
                 &format!("{caller} may not call this port"),
             )
         };
-        let error = resp
-            .headers()
-            .get(crate::body::ERROR_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("none")
-            .to_owned();
-        let m = &self.shared.metrics;
-        m.requests
-            .get_or_create(&RequestLabels {
+        self.shared.metrics.request(
+            DestLabels {
                 direction: Direction::inbound,
                 service: self.label.clone(),
                 cluster: self.shared.cluster.clone(),
                 zone: String::new(),
-                status: resp.status().as_u16(),
-                error,
-            })
-            .inc();
-        m.latency
-            .get_or_create(&DestLabels {
-                direction: Direction::inbound,
-                service: self.label.clone(),
-                cluster: self.shared.cluster.clone(),
-                zone: String::new(),
-            })
-            .observe(started.elapsed().as_secs_f64());
+            },
+            &resp,
+            started,
+        );
         resp
     }
 

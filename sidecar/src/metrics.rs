@@ -155,6 +155,35 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one finished HTTP request and its latency; the error label is
+    /// the `meshfed-error` the sidecar put on the answer, else `none`.
+    pub(crate) fn request<B>(
+        &self,
+        dest: DestLabels,
+        resp: &http::Response<B>,
+        started: tokio::time::Instant,
+    ) {
+        let error = resp
+            .headers()
+            .get(crate::body::ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction: dest.direction,
+                service: dest.service.clone(),
+                cluster: dest.cluster.clone(),
+                zone: dest.zone.clone(),
+                status: resp.status().as_u16(),
+                error,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&dest)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Registers everything under `meshfed_sidecar_`.
     pub fn new(registry: &mut Registry) -> Self {
         let r = registry.sub_registry_with_prefix("meshfed_sidecar");

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::body::{Body, boxed, error_response, full};
 use crate::dest::{Breaker, Dest};
-use crate::metrics::{DestLabels, Direction, Reason, RequestLabels};
+use crate::metrics::{DestLabels, Direction, Reason};
 use crate::trace::TraceContext;
 
 /// The header a sidecar uses to tell the next one the app spoke HTTP/1.1.
@@ -74,31 +74,16 @@ async fn handle(dest: Arc<Dest>, req: Request<Incoming>, from_h1: bool) -> Respo
         .instrument(span.clone())
         .await;
     let (cluster, zone) = served_by.unwrap_or_default();
-    let error = resp
-        .headers()
-        .get(crate::body::ERROR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("none")
-        .to_owned();
-    let m = &dest.shared.metrics;
-    m.requests
-        .get_or_create(&RequestLabels {
-            direction: Direction::outbound,
-            service: dest.label.clone(),
-            cluster: cluster.clone(),
-            zone: zone.clone(),
-            status: resp.status().as_u16(),
-            error,
-        })
-        .inc();
-    m.latency
-        .get_or_create(&DestLabels {
+    dest.shared.metrics.request(
+        DestLabels {
             direction: Direction::outbound,
             service: dest.label.clone(),
             cluster,
             zone,
-        })
-        .observe(started.elapsed().as_secs_f64());
+        },
+        &resp,
+        started,
+    );
     span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), "answered"));
     resp
 }
