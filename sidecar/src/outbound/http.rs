@@ -3,9 +3,10 @@
 //! HTTP/2 between sidecars and are turned back at the other end). Retries go
 //! to another endpoint: always when the connect failed (nothing was sent),
 //! and for idempotent requests whose body was small enough to keep when the
-//! connection broke or the answer was 502/503/504 — every one taken from the
-//! retry budget. When nothing can serve, the sidecar answers itself with a
-//! 503/504 and `meshfed-error` saying why.
+//! connection broke (before or while a small answer arrived) or the answer
+//! was 502/503/504 — every one taken from the retry budget. When nothing can
+//! serve, the sidecar answers itself with a 503/504 and `meshfed-error`
+//! saying why.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -221,6 +222,35 @@ async fn call(
             }
             Ok(Ok(resp)) => {
                 let status = resp.status();
+                // A small answer to a request that may be sent again is
+                // read whole first: an endpoint dying between the headers
+                // and the body is then a retry, not a broken answer.
+                let small = resp
+                    .body()
+                    .size_hint()
+                    .upper()
+                    .is_some_and(|n| n <= MAX_REPLAY);
+                let resp = if small && idempotent && replay.is_some() {
+                    let (parts, body) = resp.into_parts();
+                    match tokio::time::timeout_at(deadline, body.collect()).await {
+                        Ok(Ok(whole)) => Response::from_parts(parts, boxed(whole)),
+                        Ok(Err(e)) => {
+                            flight.answered(true);
+                            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "answer broke");
+                            last = Reason::UpstreamReset;
+                            continue;
+                        }
+                        Err(_) => {
+                            flight.answered(true);
+                            return (
+                                error_response(Reason::RequestTimeout, &dest.label),
+                                served_by,
+                            );
+                        }
+                    }
+                } else {
+                    resp.map(boxed)
+                };
                 flight.answered(status.is_server_error());
                 let retryable = matches!(status.as_u16(), 502..=504)
                     && idempotent
@@ -310,11 +340,11 @@ fn prepare(
 }
 
 /// The answer as the app's protocol carries it.
-fn downgrade(resp: Response<Incoming>, to_h1: bool) -> Response<Body> {
+fn downgrade(resp: Response<Body>, to_h1: bool) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     if to_h1 {
         parts.version = Version::HTTP_11;
     }
     strip(&mut parts.headers);
-    Response::from_parts(parts, boxed(body))
+    Response::from_parts(parts, body)
 }
