@@ -26,6 +26,7 @@ pub use discovery::{DiscoveryService, LocalCluster, RouteTable};
 pub use federation::{Exports, FederationService, PeerAuthorizer};
 pub use metrics::Metrics;
 pub use status::CONDITION_ALIVE;
+pub use store::{Change, Found, ManifestDir};
 pub use store::{
     ClusterState, FileStore, FileStoreConfig, KubeStore, Mirror, ObjKey, Store, StoreError,
     is_mirror,

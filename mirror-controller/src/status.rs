@@ -141,6 +141,8 @@ fn link_status(peer: Option<&PeerState>, previous: &LinkStatus) -> LinkStatus {
     LinkStatus {
         conditions: Vec::new(),
         alive: Some(p.alive()),
+        federation_up: Some(p.lease_alive),
+        gateway_alive: Some(p.probe_alive && !p.gateways.is_empty()),
         latency_p50: p.latency.map(|(p50, _)| format_latency(p50)),
         latency_p99: p.latency.map(|(_, p99)| format_latency(p99)),
         imported_services: u32::try_from(selected(p).count()).unwrap_or(u32::MAX),

@@ -3,6 +3,7 @@
 //! [`FileStore`] (a directory of YAML manifests) and [`KubeStore`] (the
 //! Kubernetes API).
 
+mod edit;
 mod file;
 mod kube;
 
@@ -16,6 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
 use tokio::sync::watch;
 
+pub use self::edit::{Change, Found, ManifestDir};
 pub use self::file::{FileStore, FileStoreConfig};
 pub use self::kube::KubeStore;
 
@@ -119,6 +121,23 @@ pub enum StoreError {
     /// The store could not list the cluster at start (CRDs missing, timeout).
     #[error("cluster state not synced: {0}")]
     NotSynced(String),
+    /// A manifest file does not parse. Editing the directory around it is
+    /// refused: an object it holds is invisible, so writing that object
+    /// elsewhere would define it twice once the file is fixed.
+    #[error(
+        "{path}:{line}:{column}: {reason}; fix this file first \
+         (editing around a broken file could duplicate an object)"
+    )]
+    BrokenManifest {
+        /// The file.
+        path: String,
+        /// Line of the error, counted from the start of the file.
+        line: usize,
+        /// Column of the error.
+        column: usize,
+        /// Why it does not parse.
+        reason: String,
+    },
 }
 
 /// The narrow interface both backends implement.

@@ -95,6 +95,12 @@ pub struct LinkStatus {
     /// Whether the remote gateway answers probes and the lease is current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alive: Option<bool>,
+    /// Whether the remote controller spoke on the federation stream within the lease TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation_up: Option<bool>,
+    /// Whether the remote gateway answers probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_alive: Option<bool>,
     /// Median probe latency, e.g. `1.2ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p50: Option<String>,

@@ -31,11 +31,11 @@ use tokio::task::JoinHandle;
 use super::{ClusterState, Mirror, ObjKey, Store, StoreError, is_mirror};
 
 const MIRRORS_DIR: &str = "mirrors";
-const STATUS_DIR: &str = "status";
+pub(super) const STATUS_DIR: &str = "status";
 /// Deeper trees are not scanned: a manifest directory is shallow.
-const MAX_DEPTH: usize = 4;
+pub(super) const MAX_DEPTH: usize = 4;
 /// Larger files are refused rather than read.
-const MAX_FILE_BYTES: u64 = 8 << 20;
+pub(super) const MAX_FILE_BYTES: u64 = 8 << 20;
 
 /// Where the file store reads and how often it looks for changes.
 #[derive(Debug, Clone)]
@@ -398,7 +398,7 @@ fn assemble(scan: &Scan) -> ClusterState {
     state
 }
 
-fn collect_files(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, (SystemTime, u64))>) {
+pub(super) fn collect_files(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, (SystemTime, u64))>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -510,7 +510,7 @@ fn typed<T: DeserializeOwned>(
 }
 
 /// Deserializes one document; errors as (line, column, message).
-fn from_yaml<T: DeserializeOwned>(doc: &str) -> Result<T, (usize, usize, String)> {
+pub(super) fn from_yaml<T: DeserializeOwned>(doc: &str) -> Result<T, (usize, usize, String)> {
     serde_saphyr::from_str(doc).map_err(|e| {
         let (line, column) = e
             .location()
@@ -531,7 +531,7 @@ fn short_message(full: &str) -> String {
 }
 
 /// Splits at `---` lines; yields each document with its first line number.
-fn split_documents(text: &str) -> Vec<(usize, &str)> {
+pub(super) fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut start_line = 1;
@@ -572,7 +572,7 @@ impl Object {
 
 // === writing ===
 
-fn to_yaml<T: serde::Serialize>(key: &ObjKey, obj: &T) -> Result<String, StoreError> {
+pub(super) fn to_yaml<T: serde::Serialize>(key: &ObjKey, obj: &T) -> Result<String, StoreError> {
     serde_saphyr::to_string(obj).map_err(|e| StoreError::Serialize {
         what: key.to_string(),
         reason: e.to_string(),
