@@ -35,7 +35,8 @@ pub use client::{
     ClientError, CredentialSource, IdentityClient, IdentityClientConfig, csr_for, renew_after,
 };
 pub use files::{
-    FileError, certs_to_pem, check_writable, read_certs, read_key, write_certs, write_key,
+    FileError, certs_to_pem, check_writable, parse_certs, read_certs, read_key, write_certs,
+    write_key,
 };
 pub use incoming::{TlsConn, TlsConnectInfo, tls_incoming};
 pub use service::{

@@ -1,0 +1,613 @@
+//! `meshctl install`: everything one cluster needs, as Kubernetes objects —
+//! printed (YAML or JSON), applied with server-side apply, or, for a file
+//! store cluster, the cluster's ConfigMaps written into its directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use meshfed_trust::{ClusterCa, TrustDomain, paths};
+use serde_json::{Value, json};
+
+use crate::cluster::*;
+use crate::output::Format;
+use crate::target::{ContextArgs, apply_objects};
+
+/// How other clusters reach this cluster's gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GatewayServiceType {
+    /// A cloud load balancer in front of the gateway.
+    #[value(name = "LoadBalancer", alias = "load-balancer")]
+    LoadBalancer,
+    /// A port on every node.
+    #[value(name = "NodePort", alias = "node-port")]
+    NodePort,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  meshctl install --cluster east --ca ./east-ca | kubectl apply -f -
+  meshctl install --cluster east --ca ./east-ca --apply --context east
+  meshctl install --cluster sample --trust-domain mesh.example   # no CA material (GitOps)
+  meshctl install --cluster east --ca ./east-ca --state ./east \\
+      --gateway-address 127.0.0.1 --admin controller=127.0.0.1:9902   # a file store cluster")]
+pub struct InstallArgs {
+    /// This cluster's name (a DNS label), as linked clusters will call it.
+    #[arg(long, value_parser = meshfed_trust::cluster_name)]
+    pub cluster: String,
+    /// Cluster CA directory from `meshctl trust issue-cluster` (intermediate.crt,
+    /// intermediate.key, root.crt): installed as the Secret meshfed-ca and the
+    /// ConfigMap meshfed-trust.
+    #[arg(long, required_unless_present = "trust_domain")]
+    pub ca: Option<PathBuf>,
+    /// Without --ca: the trust domain; the CA Secret and trust ConfigMap are
+    /// left out, to be created apart (e.g. from a secret manager).
+    #[arg(long, conflicts_with = "ca")]
+    pub trust_domain: Option<String>,
+    /// This cluster's region (linked clusters of the same region are preferred).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// How other clusters reach the gateway.
+    #[arg(long, value_enum, default_value = "LoadBalancer")]
+    pub gateway_service_type: GatewayServiceType,
+    /// Gateway replicas (a PodDisruptionBudget keeps one up).
+    #[arg(long, default_value_t = 2)]
+    pub gateway_replicas: u16,
+    /// The gateway's port.
+    #[arg(long, default_value_t = GATEWAY_PORT)]
+    pub gateway_port: u16,
+    /// Fixed gateway address (IP or DNS name) for linked clusters to dial;
+    /// without it `meshctl link` reads the gateway Service. Repeatable.
+    #[arg(long = "gateway-address")]
+    pub gateway_addresses: Vec<String>,
+    /// Image registry the component images are pulled from.
+    #[arg(long, default_value = "ghcr.io/meshfed")]
+    pub image_registry: String,
+    /// Tag of every component image.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub image_tag: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: Format,
+    /// Apply the objects to the cluster (server-side apply) instead of printing them.
+    #[arg(long, conflicts_with = "state")]
+    pub apply: bool,
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// A file store cluster: write its meshfed-cluster and meshfed-trust
+    /// ConfigMaps into this manifest directory (the components run outside
+    /// Kubernetes and are started apart).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// With --state: a component's admin listener, COMPONENT=HOST:PORT, for
+    /// `meshctl check`. Repeatable.
+    #[arg(long = "admin", value_parser = admin_entry)]
+    pub admin: Vec<(String, String)>,
+}
+
+fn admin_entry(s: &str) -> Result<(String, String), String> {
+    let (c, a) = s
+        .split_once('=')
+        .ok_or("expected COMPONENT=HOST:PORT, e.g. controller=127.0.0.1:9902")?;
+    if c.is_empty() || a.parse::<std::net::SocketAddr>().is_err() {
+        return Err("expected COMPONENT=HOST:PORT, e.g. controller=127.0.0.1:9902".into());
+    }
+    Ok((c.to_owned(), a.to_owned()))
+}
+
+/// What `meshctl install` prints for these flags (no --state).
+pub fn install_objects(a: &InstallArgs) -> anyhow::Result<Vec<Value>> {
+    let (info, ca) = cluster_info(a)?;
+    manifests(a, &info, ca.as_ref())
+}
+
+pub async fn run(a: InstallArgs) -> anyhow::Result<()> {
+    let (info, ca) = cluster_info(&a)?;
+    if let Some(dir) = &a.state {
+        let written = write_state(dir, &info)?;
+        println!(
+            "cluster {} described in {} (link it with meshctl link --from-state {} --to-state DIR)",
+            info.cluster,
+            written.display(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    if ca.is_none() {
+        eprintln!(
+            "note: without --ca the Secret {NAMESPACE}/{CA_SECRET} and the ConfigMap \
+             {NAMESPACE}/{TRUST_CONFIG} are left out; create them with\n  \
+             kubectl -n {NAMESPACE} create secret generic {CA_SECRET} --from-file=CA/intermediate.crt \
+             --from-file=CA/intermediate.key --from-file=CA/root.crt\n  \
+             kubectl -n {NAMESPACE} create configmap {TRUST_CONFIG} --from-file=CA/root.crt \
+             --from-file=CA/intermediate.crt"
+        );
+    }
+    let objects = manifests(&a, &info, ca.as_ref())?;
+    if a.apply {
+        let client = a.context.client().await?;
+        let n = apply_objects(&client, &objects).await?;
+        println!(
+            "applied {n} objects to {} (cluster {})",
+            a.context.describe(),
+            info.cluster
+        );
+        return Ok(());
+    }
+    print!("{}", a.output.objects(&objects)?);
+    Ok(())
+}
+
+/// The cluster's CA files, read once.
+#[derive(Debug)]
+pub struct CaFiles {
+    intermediate_crt: String,
+    intermediate_key: String,
+    root_crt: String,
+}
+
+fn cluster_info(a: &InstallArgs) -> anyhow::Result<(ClusterInfo, Option<CaFiles>)> {
+    let (trust_domain, ca) = match (&a.ca, &a.trust_domain) {
+        (Some(dir), _) => {
+            let ca = ClusterCa::load(dir)
+                .with_context(|| format!("--ca {}: not a cluster CA directory", dir.display()))?;
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .with_context(|| format!("--ca: reading {}", dir.join(f).display()))
+            };
+            let files = CaFiles {
+                intermediate_crt: read(paths::INTERMEDIATE_CERT)?,
+                intermediate_key: read(paths::INTERMEDIATE_KEY)?,
+                root_crt: read(paths::ROOT_CERT)?,
+            };
+            (ca.trust_domain().clone(), Some(files))
+        }
+        (None, Some(td)) => (TrustDomain::new(td).context("--trust-domain")?, None),
+        (None, None) => bail!("give --ca DIR (or --trust-domain D to leave the CA out)"),
+    };
+    if a.state.is_none() && !a.admin.is_empty() {
+        bail!("--admin only describes file store clusters: use it with --state DIR");
+    }
+    if a.state.is_some() && a.gateway_addresses.is_empty() {
+        bail!("--state: a file store cluster has no gateway Service; give --gateway-address");
+    }
+    if a.gateway_replicas == 0 {
+        bail!("--gateway-replicas must be at least 1");
+    }
+    let info = ClusterInfo {
+        cluster: a.cluster.clone(),
+        trust_domain,
+        region: a.region.clone(),
+        gateway_port: a.gateway_port,
+        gateway_addresses: a.gateway_addresses.clone(),
+        admin: a.admin.iter().cloned().collect(),
+        roots_pem: ca.as_ref().map(|c| c.root_crt.clone()),
+        intermediate_pem: ca.as_ref().map(|c| c.intermediate_crt.clone()),
+    };
+    Ok((info, ca))
+}
+
+/// Writes `DIR/meshfed-cluster.yaml` (both ConfigMaps); returns its path.
+fn write_state(dir: &std::path::Path, info: &ClusterInfo) -> anyhow::Result<PathBuf> {
+    if !dir.is_dir() {
+        bail!("--state {}: not a directory", dir.display());
+    }
+    let (cluster, trust) = info.config_maps();
+    let mut docs = vec![serde_json::to_value(with_kind(cluster, "v1", "ConfigMap"))?];
+    if let Some(t) = trust {
+        docs.push(serde_json::to_value(with_kind(t, "v1", "ConfigMap"))?);
+    }
+    let path = dir.join(format!("{CLUSTER_CONFIG}.yaml"));
+    let tmp = dir.join(format!(".{CLUSTER_CONFIG}.yaml.tmp"));
+    std::fs::write(&tmp, Format::Yaml.objects(&docs)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn with_kind<T: serde::Serialize>(obj: T, api_version: &str, kind: &str) -> Value {
+    let mut v = serde_json::to_value(obj).expect("k8s objects serialize");
+    if let Value::Object(m) = &mut v {
+        m.insert("apiVersion".into(), api_version.into());
+        m.insert("kind".into(), kind.into());
+    }
+    v
+}
+
+/// The labels every installed object carries.
+pub fn part_of(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), name.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "meshfed".to_owned()),
+    ])
+}
+
+/// Every object of the install, in apply order (kinds others depend on
+/// first), then by name.
+pub fn manifests(
+    a: &InstallArgs,
+    info: &ClusterInfo,
+    ca: Option<&CaFiles>,
+) -> anyhow::Result<Vec<Value>> {
+    let images = Images {
+        registry: a.image_registry.trim_end_matches('/').to_owned(),
+        tag: a.image_tag.clone(),
+    };
+    let mut objects = vec![json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": NAMESPACE, "labels": part_of(NAMESPACE) },
+    })];
+    for crd in meshfed_api::crd::all() {
+        objects.push(with_kind(
+            crd,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+        ));
+    }
+    let (cluster_cm, trust_cm) = info.config_maps();
+    objects.push(with_kind(cluster_cm, "v1", "ConfigMap"));
+    if let (Some(t), Some(files)) = (trust_cm, ca) {
+        objects.push(with_kind(t, "v1", "ConfigMap"));
+        objects.push(ca_secret(files));
+    }
+    objects.extend(identity(&images));
+    objects.extend(controller(info, &images));
+    objects.extend(gateway(a, info, &images));
+    objects.sort_by_cached_key(|o| {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let rank = KIND_ORDER
+            .iter()
+            .position(|k| *k == kind)
+            .expect("install only makes kinds it knows");
+        (
+            rank,
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    });
+    Ok(objects)
+}
+
+/// Apply order: what others refer to comes first.
+pub const KIND_ORDER: &[&str] = &[
+    "Namespace",
+    "CustomResourceDefinition",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ConfigMap",
+    "Secret",
+    "Service",
+    "Deployment",
+    "PodDisruptionBudget",
+];
+
+#[derive(Debug)]
+struct Images {
+    registry: String,
+    tag: String,
+}
+
+impl Images {
+    fn of(&self, component: &str) -> String {
+        format!("{}/{component}:{}", self.registry, self.tag)
+    }
+}
+
+fn ca_secret(files: &CaFiles) -> Value {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": CA_SECRET, "namespace": NAMESPACE, "labels": part_of(CA_SECRET) },
+        "type": "Opaque",
+        "data": {
+            paths::INTERMEDIATE_CERT: b64(&files.intermediate_crt),
+            paths::INTERMEDIATE_KEY: b64(&files.intermediate_key),
+            paths::ROOT_CERT: b64(&files.root_crt),
+        },
+    })
+}
+
+fn service_account(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
+    })
+}
+
+/// A ClusterRole with `rules` and its binding to the component's ServiceAccount.
+fn cluster_role(name: &str, rules: Value) -> [Value; 2] {
+    [
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": { "name": name, "labels": part_of(name) },
+            "rules": rules,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": { "name": name, "labels": part_of(name) },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": NAMESPACE }],
+        }),
+    ]
+}
+
+fn service(name: &str, type_: &str, ports: &[(&str, u16)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, p)| json!({ "name": n, "port": p, "targetPort": n, "protocol": "TCP" }))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
+        "spec": {
+            "type": type_,
+            "selector": { "app.kubernetes.io/name": name },
+            "ports": ports,
+        },
+    })
+}
+
+fn env(name: &str, value: impl Into<String>) -> Value {
+    json!({ "name": name, "value": value.into() })
+}
+
+fn env_from_cluster_config(name: &str, key: &str, optional: bool) -> Value {
+    let mut selector = json!({ "name": CLUSTER_CONFIG, "key": key });
+    if optional {
+        selector["optional"] = true.into();
+    }
+    json!({ "name": name, "valueFrom": { "configMapKeyRef": selector } })
+}
+
+const TOKEN_DIR: &str = "/var/run/secrets/meshfed";
+const TRUST_DIR: &str = "/etc/meshfed/trust";
+const CA_DIR: &str = "/etc/meshfed/ca";
+/// The audience of the ServiceAccount tokens components prove themselves with.
+pub const TOKEN_AUDIENCE: &str = "meshfed-identity";
+/// The uid every component runs as.
+pub const RUN_AS: i64 = 65532;
+
+/// Env, volumes and mounts for a component that gets its certificate from
+/// the identity service with a projected ServiceAccount token.
+pub fn identity_client(info: &ClusterInfo, id: &str) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let env = vec![
+        env(
+            "MESHFED_IDENTITY_ADDR",
+            format!("{IDENTITY}.{NAMESPACE}.svc:{IDENTITY_PORT}"),
+        ),
+        env(
+            "MESHFED_IDENTITY_SERVER_ID",
+            info.component_id(IDENTITY).to_string(),
+        ),
+        env("MESHFED_ID", id),
+        env("MESHFED_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+        env("MESHFED_BUNDLE", format!("{TRUST_DIR}/{KEY_ROOTS}")),
+    ];
+    let volumes = vec![
+        json!({
+            "name": "meshfed-token",
+            "projected": { "sources": [{ "serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token",
+            }}]},
+        }),
+        json!({ "name": "meshfed-trust", "configMap": { "name": TRUST_CONFIG } }),
+    ];
+    let mounts = vec![
+        json!({ "name": "meshfed-token", "mountPath": TOKEN_DIR, "readOnly": true }),
+        json!({ "name": "meshfed-trust", "mountPath": TRUST_DIR, "readOnly": true }),
+    ];
+    (env, volumes, mounts)
+}
+
+/// A hardened container: non-root, read-only root, no capabilities.
+pub fn container(name: &str, image: String, ports: &[(&str, u16)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, p)| json!({ "name": n, "containerPort": p, "protocol": "TCP" }))
+        .collect();
+    let admin = json!({ "port": "admin", "path": "/live" });
+    json!({
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": ports,
+        "env": [env("MESHFED_LOG_FORMAT", "json")],
+        "livenessProbe": { "httpGet": admin, "periodSeconds": 10, "failureThreshold": 3 },
+        "readinessProbe": { "httpGet": { "port": "admin", "path": "/ready" }, "periodSeconds": 2, "failureThreshold": 2 },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "resources": {
+            "requests": { "cpu": "50m", "memory": "32Mi" },
+            "limits": { "memory": "256Mi" },
+        },
+    })
+}
+
+fn deployment(name: &str, replicas: u16, container: Value, volumes: Vec<Value>) -> Value {
+    let admin_port = container["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "admin"))
+        .map(|p| p["containerPort"].to_string())
+        .unwrap_or_default();
+    let mut d = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
+            "template": {
+                "metadata": {
+                    "labels": part_of(name),
+                    "annotations": { "prometheus.io/scrape": "true", "prometheus.io/port": admin_port },
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    });
+    if replicas > 1 {
+        // Replicas on different nodes, so one node going away keeps one up.
+        d["spec"]["template"]["spec"]["affinity"] = json!({ "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{ "weight": 100, "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": { "matchLabels": { "app.kubernetes.io/name": name } },
+            }}],
+        }});
+    }
+    d
+}
+
+fn identity(images: &Images) -> Vec<Value> {
+    let mut c = container(
+        IDENTITY,
+        images.of(IDENTITY),
+        &[("grpc", IDENTITY_PORT), ("admin", IDENTITY_ADMIN_PORT)],
+    );
+    let envs = c["env"].as_array_mut().expect("container has env");
+    envs.extend([
+        env("MESHFED_CA_DIR", CA_DIR),
+        env("MESHFED_IDENTITY_AUTH", "kubernetes"),
+        env("MESHFED_TOKEN_AUDIENCES", TOKEN_AUDIENCE),
+        env("MESHFED_NAMESPACE", NAMESPACE),
+        env("MESHFED_SERVICE_ACCOUNT", IDENTITY),
+    ]);
+    c["volumeMounts"] = json!([{ "name": "ca", "mountPath": CA_DIR, "readOnly": true }]);
+    // The key is readable by the component's group only.
+    let volumes =
+        vec![json!({ "name": "ca", "secret": { "secretName": CA_SECRET, "defaultMode": 0o440 } })];
+    let mut out = vec![
+        service_account(IDENTITY),
+        service(
+            IDENTITY,
+            "ClusterIP",
+            &[("grpc", IDENTITY_PORT), ("admin", IDENTITY_ADMIN_PORT)],
+        ),
+        {
+            let mut d = deployment(IDENTITY, 2, c, volumes);
+            d["spec"]["template"]["spec"]["securityContext"] = json!({ "fsGroup": RUN_AS });
+            d
+        },
+    ];
+    // The identity service proves ServiceAccount tokens, and nothing else.
+    out.extend(cluster_role(
+        IDENTITY,
+        json!([{ "apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"] }]),
+    ));
+    out
+}
+
+fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
+    let ports = [
+        ("federation", FEDERATION_PORT),
+        ("discovery", DISCOVERY_PORT),
+        ("admin", CONTROLLER_ADMIN_PORT),
+    ];
+    let mut c = container(CONTROLLER, images.of(CONTROLLER), &ports);
+    let (id_env, volumes, mounts) = identity_client(info, &info.controller_identity().to_string());
+    let envs = c["env"].as_array_mut().expect("container has env");
+    envs.extend([
+        env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
+        env_from_cluster_config("MESHFED_REGION", "region", true),
+        env("MESHFED_STORE", "kube"),
+    ]);
+    envs.extend(id_env);
+    c["volumeMounts"] = mounts.into();
+    let mut d = deployment(CONTROLLER, 1, c, volumes);
+    // One controller writes mirrors and statuses; never two at once.
+    d["spec"]["strategy"] = json!({ "type": "Recreate" });
+    let mut out = vec![
+        service_account(CONTROLLER),
+        service(CONTROLLER, "ClusterIP", &ports),
+        d,
+    ];
+    // Reads the cluster and the CRDs; writes only mirrors and statuses.
+    out.extend(cluster_role(
+        CONTROLLER,
+        json!([
+            { "apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
+            { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
+            { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links", "failoverpolicies"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links/status", "failoverpolicies/status"], "verbs": ["get", "patch"] },
+        ]),
+    ));
+    out
+}
+
+fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
+    let ports = [
+        ("gateway", info.gateway_port),
+        ("admin", GATEWAY_ADMIN_PORT),
+    ];
+    let mut c = container(GATEWAY, images.of(GATEWAY), &ports);
+    let (id_env, volumes, mounts) = identity_client(info, &info.gateway_identity().to_string());
+    let envs = c["env"].as_array_mut().expect("container has env");
+    let controller = format!("{CONTROLLER}.{NAMESPACE}.svc");
+    envs.extend([
+        env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
+        env("MESHFED_LISTEN", format!("0.0.0.0:{}", info.gateway_port)),
+        env(
+            "MESHFED_DISCOVERY",
+            format!("{controller}:{DISCOVERY_PORT}"),
+        ),
+        env(
+            "MESHFED_FEDERATION_UPSTREAM",
+            format!("{controller}:{FEDERATION_PORT}"),
+        ),
+    ]);
+    envs.extend(id_env);
+    c["volumeMounts"] = mounts.into();
+    c["resources"]["limits"]["memory"] = "512Mi".into();
+    let mut d = deployment(GATEWAY, a.gateway_replicas, c, volumes);
+    // Open connections get the gateway's 30 s drain before the kill.
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 45.into();
+    // The gateway never talks to the API server: no token for it.
+    d["spec"]["template"]["spec"]["automountServiceAccountToken"] = false.into();
+    let type_ = match a.gateway_service_type {
+        GatewayServiceType::LoadBalancer => "LoadBalancer",
+        GatewayServiceType::NodePort => "NodePort",
+    };
+    let mut svc = service(GATEWAY, type_, &[("gateway", info.gateway_port)]);
+    svc["metadata"]["annotations"] =
+        json!({ "meshfed.io/gateway-identity": info.gateway_identity().to_string() });
+    vec![
+        service_account(GATEWAY),
+        svc,
+        d,
+        json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": { "name": GATEWAY, "namespace": NAMESPACE, "labels": part_of(GATEWAY) },
+            "spec": {
+                "minAvailable": 1,
+                "selector": { "matchLabels": { "app.kubernetes.io/name": GATEWAY } },
+            },
+        }),
+    ]
+}

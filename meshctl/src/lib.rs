@@ -1,0 +1,123 @@
+//! meshctl: the Meshfed command line. The binary only parses and calls
+//! [`run`]; every command lives here so tests drive them in-process.
+
+mod check;
+mod cluster;
+mod export;
+mod gateways;
+mod inject;
+mod install;
+mod link;
+mod output;
+mod target;
+mod trust;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+pub use check::{Outcome, Status, check};
+pub use cluster::{ClusterInfo, LINK_ROOTS, NAMESPACE};
+pub use gateways::{GatewayRow, gateways};
+pub use inject::{InjectArgs, inject_text};
+pub use install::{InstallArgs, KIND_ORDER, install_objects};
+pub use link::{LinkArgs, make_link};
+pub use target::{Cluster, FileCluster, KubeCluster, apply_objects};
+
+/// Parses one command's flags alone, as `meshctl <command>` would (tests,
+/// embedding).
+pub fn parse_args<T: clap::Args>(argv: &[&str]) -> Result<T, clap::Error> {
+    #[derive(Debug, Parser)]
+    struct Only<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    Only::<T>::try_parse_from(std::iter::once("meshctl").chain(argv.iter().copied()))
+        .map(|o| o.inner)
+}
+
+/// Meshfed: multi-cluster service mesh federation.
+#[derive(Debug, Parser)]
+#[command(name = "meshctl", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the federation's trust: root, cluster intermediates, workload certificates.
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
+    /// Print (or apply) everything a cluster needs: CRDs, RBAC, CA, identity, controller, gateway.
+    Install(install::InstallArgs),
+    /// Let one cluster import another's exports (writes a Link into the importing cluster).
+    Link(link::LinkArgs),
+    /// Stop importing a cluster's exports (deletes its Link; the controller removes the mirrors).
+    Unlink(link::UnlinkArgs),
+    /// Export a Service to linked clusters (sets meshfed.io/exported=true).
+    Export(export::ExportArgs),
+    /// Stop exporting a Service (clears meshfed.io/exported).
+    Unexport(export::ExportArgs),
+    /// Check one or more clusters and their links; says what is wrong and how to fix it.
+    Check(check::CheckArgs),
+    /// Show every link's remote gateway: alive, latency, services, last error.
+    Gateways(gateways::GatewaysArgs),
+    /// Add the Meshfed sidecar to workload manifests.
+    Inject(inject::InjectArgs),
+    /// Print shell completions.
+    #[command(after_help = "Examples:
+  meshctl completion bash > /etc/bash_completion.d/meshctl
+  meshctl completion zsh > \"${fpath[1]}/_meshctl\"
+  meshctl completion fish > ~/.config/fish/completions/meshctl.fish")]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Runs a parsed command line; errors are printed, not panicked.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Trust(cmd) => trust::run(cmd),
+        Command::Inject(a) => inject::run(a),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "meshctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        other => async_command(other),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn async_command(command: Command) -> anyhow::Result<()> {
+    meshfed_trust::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Install(a) => install::run(a).await,
+            Command::Link(a) => link::run(a).await,
+            Command::Unlink(a) => link::unlink(a).await,
+            Command::Export(a) => export::run(a, true).await,
+            Command::Unexport(a) => export::run(a, false).await,
+            Command::Check(a) => check::run(a).await,
+            Command::Gateways(a) => gateways::run(a).await,
+            Command::Trust(_) | Command::Inject(_) | Command::Completion { .. } => {
+                unreachable!("run handles the synchronous commands")
+            }
+        }
+    })
+}

@@ -1,0 +1,193 @@
+//! Where a command reads and writes one cluster: the Kubernetes API of a
+//! kubeconfig context, or a file store's manifest directory. Both answer the
+//! same questions, so every command is written once.
+
+mod file;
+mod kube;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use meshfed_api::crd::Link;
+use meshfed_mirror::Change;
+
+pub use self::file::FileCluster;
+pub use self::kube::{KubeCluster, apply_objects};
+use crate::cluster::ClusterInfo;
+
+/// `--context`: a kubeconfig context (the current one when absent).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ContextArgs {
+    /// Kubeconfig context of the cluster (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+impl ContextArgs {
+    pub async fn client(&self) -> anyhow::Result<::kube::Client> {
+        kube_client(self.context.as_deref()).await
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.context {
+            Some(c) => format!("context {c}"),
+            None => "the current context".to_owned(),
+        }
+    }
+}
+
+/// `--context C` or `--state DIR`: one cluster.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetArgs {
+    /// Kubeconfig context of the cluster (default: the current context).
+    #[arg(long, conflicts_with = "state")]
+    pub context: Option<String>,
+    /// A file store cluster: its manifest directory.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    pub async fn open(&self) -> anyhow::Result<Cluster> {
+        open(self.context.as_deref(), self.state.as_ref()).await
+    }
+}
+
+/// Opens a cluster from a context or a state directory (kube's current
+/// context when both are absent).
+pub async fn open(context: Option<&str>, state: Option<&PathBuf>) -> anyhow::Result<Cluster> {
+    match state {
+        Some(dir) => Ok(Cluster::File(FileCluster::open(dir)?)),
+        None => {
+            let client = kube_client(context).await?;
+            let name = context.map_or("the current context".to_owned(), |c| format!("context {c}"));
+            Ok(Cluster::Kube(KubeCluster::new(client, name)))
+        }
+    }
+}
+
+async fn kube_client(context: Option<&str>) -> anyhow::Result<::kube::Client> {
+    let options = ::kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let what = context.map_or("the current kubeconfig context".to_owned(), |c| {
+        format!("kubeconfig context {c:?}")
+    });
+    let config = ::kube::Config::from_kubeconfig(&options)
+        .await
+        .with_context(|| {
+            format!("loading {what} (is KUBECONFIG set? for a file store cluster use --state DIR)")
+        })?;
+    ::kube::Client::try_from(config).with_context(|| format!("a client for {what}"))
+}
+
+/// One cluster, whichever backend holds it.
+#[derive(Debug)]
+pub enum Cluster {
+    Kube(KubeCluster),
+    File(FileCluster),
+}
+
+/// A component and whether it is ready (`Err` says why not).
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub name: String,
+    pub ready: Result<String, String>,
+}
+
+macro_rules! each {
+    ($self:ident, $c:ident => $e:expr) => {
+        match $self {
+            Cluster::Kube($c) => $e,
+            Cluster::File($c) => $e,
+        }
+    };
+}
+
+impl Cluster {
+    /// `context east` / `state ./east`, for messages.
+    pub fn describe(&self) -> String {
+        each!(self, c => c.describe())
+    }
+
+    /// The cluster's `meshfed-cluster` and `meshfed-trust` ConfigMaps.
+    pub async fn info(&self) -> anyhow::Result<ClusterInfo> {
+        each!(self, c => c.info().await)
+    }
+
+    /// Where other clusters reach the gateway: addresses and port.
+    pub async fn gateway(&self, info: &ClusterInfo) -> anyhow::Result<(Vec<String>, u16)> {
+        if !info.gateway_addresses.is_empty() {
+            return Ok((info.gateway_addresses.clone(), info.gateway_port));
+        }
+        match self {
+            Cluster::Kube(c) => c.gateway().await,
+            Cluster::File(c) => anyhow::bail!(
+                "{}: the cluster names no gateway address (gatewayAddresses in {}); \
+                 re-run meshctl install --state with --gateway-address",
+                c.describe(),
+                crate::cluster::CLUSTER_CONFIG
+            ),
+        }
+    }
+
+    pub async fn link(&self, name: &str) -> anyhow::Result<Option<Link>> {
+        each!(self, c => c.link(name).await)
+    }
+
+    /// Creates or updates a Link (in meshfed-system); unchanged when it already says the same.
+    pub async fn put_link(&self, link: &Link) -> anyhow::Result<Change> {
+        each!(self, c => c.put_link(link).await)
+    }
+
+    pub async fn delete_link(&self, name: &str) -> anyhow::Result<bool> {
+        each!(self, c => c.delete_link(name).await)
+    }
+
+    /// Every Link, with the status its controller wrote.
+    pub async fn links(&self) -> anyhow::Result<Vec<Link>> {
+        each!(self, c => c.links().await)
+    }
+
+    /// Sets (`true`) or clears the export label of a Service.
+    pub async fn set_exported(&self, ns: &str, name: &str, on: bool) -> anyhow::Result<Change> {
+        each!(self, c => c.set_exported(ns, name, on).await)
+    }
+
+    pub async fn service(&self, ns: &str, name: &str) -> anyhow::Result<Option<Service>> {
+        each!(self, c => c.service(ns, name).await)
+    }
+
+    /// Every mirror Service the controller wrote.
+    pub async fn mirrors(&self) -> anyhow::Result<Vec<Service>> {
+        each!(self, c => c.mirrors().await)
+    }
+
+    /// The Meshfed components and whether each is ready.
+    pub async fn components(&self, info: &ClusterInfo) -> anyhow::Result<Vec<Component>> {
+        each!(self, c => c.components(info).await)
+    }
+
+    /// The installed CRDs by name (`None`: this backend has no CRDs to install).
+    pub async fn crds(
+        &self,
+    ) -> anyhow::Result<Option<Vec<(String, Option<CustomResourceDefinition>)>>> {
+        match self {
+            Cluster::Kube(c) => c.crds().await.map(Some),
+            Cluster::File(_) => Ok(None),
+        }
+    }
+
+    /// The cluster's clock minus this machine's, where the cluster has its own.
+    pub async fn clock_skew(&self) -> anyhow::Result<Option<(Duration, bool)>> {
+        match self {
+            Cluster::Kube(c) => c.clock_skew().await.map(Some),
+            Cluster::File(_) => Ok(None),
+        }
+    }
+}

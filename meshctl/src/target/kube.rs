@@ -1,0 +1,402 @@
+//! A cluster through its Kubernetes API.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use meshfed_api::crd::Link;
+use meshfed_api::labels;
+use meshfed_mirror::Change;
+use serde_json::{Value, json};
+
+use super::Component;
+use crate::cluster::{
+    CLUSTER_CONFIG, CONTROLLER, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY, NAMESPACE,
+    TRUST_CONFIG,
+};
+
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: kube::Client,
+    name: String,
+}
+
+impl std::fmt::Debug for KubeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeCluster")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl KubeCluster {
+    /// `name` says which cluster this is in messages (`context east`).
+    pub fn new(client: kube::Client, name: impl Into<String>) -> Self {
+        Self {
+            client,
+            name: name.into(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub async fn info(&self) -> anyhow::Result<ClusterInfo> {
+        let maps: Api<ConfigMap> = self.api();
+        let cluster = maps
+            .get_opt(CLUSTER_CONFIG)
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: reading ConfigMap {NAMESPACE}/{CLUSTER_CONFIG}",
+                    self.name
+                )
+            })?
+            .with_context(|| {
+                format!(
+                    "{}: Meshfed is not installed (no ConfigMap {NAMESPACE}/{CLUSTER_CONFIG}); \
+                     run meshctl install --cluster NAME --ca DIR --apply",
+                    self.name
+                )
+            })?;
+        let trust = maps.get_opt(TRUST_CONFIG).await.with_context(|| {
+            format!(
+                "{}: reading ConfigMap {NAMESPACE}/{TRUST_CONFIG}",
+                self.name
+            )
+        })?;
+        ClusterInfo::from_config_maps(&cluster, trust.as_ref(), &self.name)
+    }
+
+    /// The gateway Service's external addresses (LoadBalancer ingress, or
+    /// the nodes' addresses for a NodePort).
+    pub async fn gateway(&self) -> anyhow::Result<(Vec<String>, u16)> {
+        let svc = self
+            .api::<Service>()
+            .get_opt(GATEWAY)
+            .await
+            .with_context(|| format!("{}: reading Service {NAMESPACE}/{GATEWAY}", self.name))?
+            .with_context(|| {
+                format!(
+                    "{}: no gateway Service {NAMESPACE}/{GATEWAY}; run meshctl install",
+                    self.name
+                )
+            })?;
+        let spec = svc.spec.unwrap_or_default();
+        let port = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.name.as_deref() == Some("gateway"))
+            .with_context(|| {
+                format!(
+                    "{}: the gateway Service has no port named gateway",
+                    self.name
+                )
+            })?;
+        match spec.type_.as_deref() {
+            Some("LoadBalancer") => {
+                let ingress = svc
+                    .status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|lb| lb.ingress)
+                    .unwrap_or_default();
+                let addrs: Vec<String> = ingress
+                    .into_iter()
+                    .filter_map(|i| i.ip.or(i.hostname))
+                    .collect();
+                if addrs.is_empty() {
+                    bail!(
+                        "{}: the gateway Service's load balancer has no address yet; wait for it \
+                         (kubectl -n {NAMESPACE} get svc {GATEWAY}) or pass --gateway-address",
+                        self.name
+                    );
+                }
+                let port = u16::try_from(port.port).context("gateway Service port")?;
+                Ok((addrs, port))
+            }
+            Some("NodePort") => {
+                let node_port = port.node_port.with_context(|| {
+                    format!("{}: the gateway NodePort is not allocated yet", self.name)
+                })?;
+                let nodes = Api::<Node>::all(self.client.clone())
+                    .list(&ListParams::default())
+                    .await
+                    .with_context(|| {
+                        format!("{}: listing nodes for the gateway NodePort", self.name)
+                    })?;
+                let mut addrs = Vec::new();
+                for node in nodes {
+                    let list = node.status.and_then(|s| s.addresses).unwrap_or_default();
+                    // A node's external address when it has one: peers are in other networks.
+                    let pick = list
+                        .iter()
+                        .find(|a| a.type_ == "ExternalIP")
+                        .or_else(|| list.iter().find(|a| a.type_ == "InternalIP"));
+                    if let Some(a) = pick {
+                        addrs.push(a.address.clone());
+                    }
+                }
+                if addrs.is_empty() {
+                    bail!(
+                        "{}: no node has an address for the gateway NodePort; pass --gateway-address",
+                        self.name
+                    );
+                }
+                addrs.sort();
+                let port = u16::try_from(node_port).context("gateway NodePort")?;
+                Ok((addrs, port))
+            }
+            other => bail!(
+                "{}: the gateway Service is of type {} which other clusters cannot reach; \
+                 re-install with --gateway-service-type LoadBalancer or NodePort, or pass --gateway-address",
+                self.name,
+                other.unwrap_or("ClusterIP")
+            ),
+        }
+    }
+
+    pub async fn link(&self, name: &str) -> anyhow::Result<Option<Link>> {
+        self.api::<Link>().get_opt(name).await.with_context(|| {
+            format!(
+                "{}: reading Link {NAMESPACE}/{name} (are the CRDs installed?)",
+                self.name
+            )
+        })
+    }
+
+    pub async fn put_link(&self, link: &Link) -> anyhow::Result<Change> {
+        let name = link
+            .metadata
+            .name
+            .as_deref()
+            .context("the Link has a name")?;
+        let existing = self.link(name).await?;
+        let change = match &existing {
+            None => Change::Created,
+            Some(old) if old.spec == link.spec && annotations_hold(old, link) => {
+                return Ok(Change::Unchanged);
+            }
+            Some(_) => Change::Updated,
+        };
+        self.api::<Link>()
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(link),
+            )
+            .await
+            .with_context(|| format!("{}: applying Link {NAMESPACE}/{name}", self.name))?;
+        Ok(change)
+    }
+
+    pub async fn delete_link(&self, name: &str) -> anyhow::Result<bool> {
+        match self
+            .api::<Link>()
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+            Err(e) => {
+                Err(e).with_context(|| format!("{}: deleting Link {NAMESPACE}/{name}", self.name))
+            }
+        }
+    }
+
+    pub async fn links(&self) -> anyhow::Result<Vec<Link>> {
+        let list = Api::<Link>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .with_context(|| format!("{}: listing Links (are the CRDs installed?)", self.name))?;
+        Ok(list.items)
+    }
+
+    pub async fn set_exported(&self, ns: &str, name: &str, on: bool) -> anyhow::Result<Change> {
+        let Some(svc) = self.service(ns, name).await? else {
+            bail!("{}: no Service {ns}/{name}", self.name);
+        };
+        let current = svc.metadata.labels.as_ref();
+        if current.is_some_and(|l| l.contains_key(labels::ORIGIN_CLUSTER)) {
+            bail!(
+                "{}: {ns}/{name} is a mirror of a service in cluster {}; export the original there",
+                self.name,
+                current
+                    .and_then(|l| l.get(labels::ORIGIN_CLUSTER))
+                    .map_or("?", String::as_str)
+            );
+        }
+        if export_holds(current, on) {
+            return Ok(Change::Unchanged);
+        }
+        // A merge patch of the one label: nothing else of the Service is touched or owned.
+        let value = if on { json!("true") } else { Value::Null };
+        let patch = json!({ "metadata": { "labels": { labels::EXPORTED: value } } });
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("{}: labelling Service {ns}/{name}", self.name))?;
+        Ok(Change::Updated)
+    }
+
+    pub async fn service(&self, ns: &str, name: &str) -> anyhow::Result<Option<Service>> {
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .with_context(|| format!("{}: reading Service {ns}/{name}", self.name))
+    }
+
+    pub async fn mirrors(&self) -> anyhow::Result<Vec<Service>> {
+        let list = Api::<Service>::all(self.client.clone())
+            .list(&ListParams::default().labels(labels::ORIGIN_CLUSTER))
+            .await
+            .with_context(|| format!("{}: listing mirror Services", self.name))?;
+        Ok(list.items)
+    }
+
+    pub async fn components(&self, _info: &ClusterInfo) -> anyhow::Result<Vec<Component>> {
+        let api: Api<Deployment> = self.api();
+        let mut out = Vec::new();
+        for name in [IDENTITY, CONTROLLER, GATEWAY] {
+            let d = api
+                .get_opt(name)
+                .await
+                .with_context(|| format!("{}: reading Deployment {NAMESPACE}/{name}", self.name))?;
+            let ready = match d {
+                None => Err("not installed".to_owned()),
+                Some(d) => {
+                    let want = d.spec.replicas.unwrap_or(1);
+                    let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+                    if ready >= want && ready > 0 {
+                        Ok(format!("{ready}/{want} ready"))
+                    } else {
+                        Err(format!("{ready}/{want} ready"))
+                    }
+                }
+            };
+            out.push(Component {
+                name: name.to_owned(),
+                ready,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn crds(&self) -> anyhow::Result<Vec<(String, Option<CustomResourceDefinition>)>> {
+        let api = Api::<CustomResourceDefinition>::all(self.client.clone());
+        let mut out = Vec::new();
+        for want in meshfed_api::crd::all() {
+            let name = want.metadata.name.clone().unwrap_or_default();
+            let have = api
+                .get_opt(&name)
+                .await
+                .with_context(|| format!("{}: reading CRD {name}", self.name))?;
+            out.push((name, have));
+        }
+        Ok(out)
+    }
+
+    /// The API server's `Date` against this machine's clock.
+    pub async fn clock_skew(&self) -> anyhow::Result<(Duration, bool)> {
+        let req = http::Request::get("/version")
+            .body(Vec::new())
+            .expect("a static request");
+        let sent = SystemTime::now();
+        let resp = self
+            .client
+            .send(req.map(kube::client::Body::from))
+            .await
+            .with_context(|| format!("{}: GET /version", self.name))?;
+        let date = resp
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .with_context(|| format!("{}: the API server sent no Date header", self.name))?;
+        let theirs = httpdate::parse_http_date(date)
+            .with_context(|| format!("{}: API server Date {date:?}", self.name))?;
+        // Date has one-second resolution; compare with the middle of the exchange.
+        let ours = sent + sent.elapsed().unwrap_or_default() / 2;
+        Ok(match theirs.duration_since(ours) {
+            Ok(ahead) => (ahead, true),
+            Err(e) => (e.duration(), false),
+        })
+    }
+}
+
+/// Whether the export label already says `on` (cleared means absent, not "false").
+pub fn export_holds(labels: Option<&std::collections::BTreeMap<String, String>>, on: bool) -> bool {
+    let have = labels.and_then(|l| l.get(labels::EXPORTED));
+    if on {
+        have.is_some_and(|v| v == "true")
+    } else {
+        have.is_none()
+    }
+}
+
+fn annotations_hold(old: &Link, new: &Link) -> bool {
+    let empty = Default::default();
+    let have = old.metadata.annotations.as_ref().unwrap_or(&empty);
+    new.metadata
+        .annotations
+        .as_ref()
+        .unwrap_or(&empty)
+        .iter()
+        .all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// Server-side applies `objects` in order (as `meshctl install --apply`).
+pub async fn apply_objects(client: &kube::Client, objects: &[Value]) -> anyhow::Result<usize> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for obj in objects {
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .context("object without a name")?;
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (plural, namespaced) =
+            plural(kind).with_context(|| format!("meshctl cannot apply a {kind}"))?;
+        let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api: Api<DynamicObject> = if namespaced {
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or(NAMESPACE);
+            Api::namespaced_with(client.clone(), ns, &ar)
+        } else {
+            Api::all_with(client.clone(), &ar)
+        };
+        api.patch(name, &params, &Patch::Apply(obj))
+            .await
+            .with_context(|| format!("applying {kind} {name}"))?;
+    }
+    Ok(objects.len())
+}
+
+/// The resource name of each kind install makes, and whether it is namespaced.
+fn plural(kind: &str) -> Option<(&'static str, bool)> {
+    Some(match kind {
+        "Namespace" => ("namespaces", false),
+        "CustomResourceDefinition" => ("customresourcedefinitions", false),
+        "ClusterRole" => ("clusterroles", false),
+        "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "ServiceAccount" => ("serviceaccounts", true),
+        "ConfigMap" => ("configmaps", true),
+        "Secret" => ("secrets", true),
+        "Service" => ("services", true),
+        "Deployment" => ("deployments", true),
+        "PodDisruptionBudget" => ("poddisruptionbudgets", true),
+        _ => return None,
+    })
+}
