@@ -251,11 +251,15 @@ async fn components(c: &Cluster, info: &ClusterInfo, r: &mut Checks<'_>) {
                     .collect();
                 r.pass(check, good.join(", "));
             } else {
-                r.fail(
-                    check,
-                    bad.join("; "),
-                    "look at the component's logs and /ready (kubectl -n meshfed-system logs deploy/NAME)",
-                );
+                let hint = match c {
+                    Cluster::Kube(_) => {
+                        "look at the component's logs: kubectl -n meshfed-system logs deploy/NAME"
+                    }
+                    Cluster::File(_) => {
+                        "is the process running? its admin address must answer GET /ready with 200"
+                    }
+                };
+                r.fail(check, bad.join("; "), hint);
             }
         }
         Err(e) => r.fail(

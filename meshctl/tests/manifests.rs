@@ -261,7 +261,7 @@ fn every_install_output_parses_strictly() {
         .iter()
         .find(|d| d["kind"] == "Deployment")
         .expect("deployment");
-    assert_strict("meshctl inject", &[deploy.clone()]);
+    assert_strict("meshctl inject", std::slice::from_ref(deploy));
     let init = deploy["spec"]["template"]["spec"]["initContainers"]
         .as_array()
         .expect("init containers");
