@@ -121,3 +121,53 @@ fn async_command(command: Command) -> anyhow::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command a person can run shows an example in its --help.
+    #[test]
+    fn every_subcommand_help_has_an_example() {
+        fn walk(cmd: &mut clap::Command, path: String, missing: &mut Vec<String>) {
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|s| s.get_name().to_owned())
+                .collect();
+            if names.is_empty() {
+                let help = cmd.render_long_help().to_string();
+                if !help.contains("Example") {
+                    missing.push(path);
+                }
+                return;
+            }
+            for name in names {
+                if name == "help" {
+                    continue;
+                }
+                let sub = cmd.find_subcommand_mut(&name).expect("listed");
+                walk(sub, format!("{path} {name}"), missing);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&mut cli, "meshctl".into(), &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+    }
+
+    #[test]
+    fn completions_name_the_commands() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "meshctl",
+            &mut out,
+        );
+        let script = String::from_utf8(out).expect("utf-8");
+        for cmd in ["install", "link", "unlink", "export", "check", "gateways"] {
+            assert!(script.contains(cmd), "bash completion lacks {cmd}");
+        }
+    }
+}
