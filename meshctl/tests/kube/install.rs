@@ -1,0 +1,151 @@
+//! `install --apply`.
+
+use crate::objects::*;
+use crate::prelude::*;
+use crate::standin::*;
+
+/// Where the API server takes each kind install makes: kind, apiVersion,
+/// resource, namespaced.
+const RESOURCES: &[(&str, &str, &str, bool)] = &[
+    ("Namespace", "v1", "namespaces", false),
+    (
+        "CustomResourceDefinition",
+        "apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        false,
+    ),
+    ("ServiceAccount", "v1", "serviceaccounts", true),
+    (
+        "ClusterRole",
+        "rbac.authorization.k8s.io/v1",
+        "clusterroles",
+        false,
+    ),
+    (
+        "ClusterRoleBinding",
+        "rbac.authorization.k8s.io/v1",
+        "clusterrolebindings",
+        false,
+    ),
+    ("ConfigMap", "v1", "configmaps", true),
+    ("Secret", "v1", "secrets", true),
+    ("Service", "v1", "services", true),
+    ("Deployment", "apps/v1", "deployments", true),
+    (
+        "PodDisruptionBudget",
+        "policy/v1",
+        "poddisruptionbudgets",
+        true,
+    ),
+];
+
+/// The server-side apply URL of `object`.
+fn apply_uri(object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let Some((_, api_version, resource, namespaced)) = RESOURCES.iter().find(|r| r.0 == kind)
+    else {
+        panic!("install made a {kind} ({name}), which this test has no URL for");
+    };
+    assert_eq!(object["apiVersion"], *api_version, "{kind} {name}");
+    let prefix = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
+    let ns = object["metadata"]["namespace"].as_str();
+    // Namespaced objects name their namespace, so printed manifests land there too.
+    let scope = match (namespaced, ns) {
+        (true, Some(ns)) => format!("/namespaces/{ns}"),
+        (false, None) => String::new(),
+        _ => panic!("{kind} {name}: namespace {ns:?} for a namespaced={namespaced} kind"),
+    };
+    format!("{prefix}{scope}/{resource}/{name}{SSA}")
+}
+
+/// One apply per object, in order, each answered with the object as stored.
+fn apply_transcript(objects: &[Value]) -> Vec<Exchange> {
+    objects
+        .iter()
+        .map(|o| Exchange::apply(apply_uri(o), o.clone()).answers(served(o.clone())))
+        .collect()
+}
+
+async fn apply(transcript: Vec<Exchange>, objects: &[Value]) -> anyhow::Result<usize> {
+    let (client, api) = ApiServer::start(transcript);
+    let result = within(meshctl::apply_objects(&client, objects)).await;
+    api.assert_done();
+    result
+}
+
+#[tokio::test]
+async fn install_apply_applies_every_object_in_order() {
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    let transcript = apply_transcript(&objects);
+    let uris: Vec<&str> = transcript.iter().map(|e| e.uri.as_str()).collect();
+    for want in [
+        "/api/v1/namespaces/meshfed-system?&force=true&fieldManager=meshctl",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/links.meshfed.io?&force=true&fieldManager=meshctl",
+        "/apis/apps/v1/namespaces/meshfed-system/deployments/meshfed-gateway?&force=true&fieldManager=meshctl",
+        "/apis/policy/v1/namespaces/meshfed-system/poddisruptionbudgets/meshfed-gateway?&force=true&fieldManager=meshctl",
+    ] {
+        assert!(uris.contains(&want), "{want} not among {uris:#?}");
+    }
+
+    let applied = apply(transcript, &objects).await.expect("apply");
+    assert_eq!(applied, objects.len());
+}
+
+#[tokio::test]
+async fn install_apply_with_a_ca_applies_the_secret_and_trust() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    member(dir.path(), &root(&dir.path().join("root")), "east");
+    let ca = dir.path().join("east");
+    let ca = ca.to_str().expect("utf-8 path");
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--ca", ca]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    let transcript = apply_transcript(&objects);
+    let uris: Vec<&str> = transcript.iter().map(|e| e.uri.as_str()).collect();
+    for want in [
+        "/api/v1/namespaces/meshfed-system/secrets/meshfed-ca?&force=true&fieldManager=meshctl",
+        "/api/v1/namespaces/meshfed-system/configmaps/meshfed-trust?&force=true&fieldManager=meshctl",
+    ] {
+        assert!(uris.contains(&want), "{want} not among {uris:#?}");
+    }
+
+    let applied = apply(transcript, &objects).await.expect("apply");
+    assert_eq!(applied, objects.len());
+}
+
+#[tokio::test]
+async fn install_apply_stops_at_the_first_refusal() {
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    let refused = objects
+        .iter()
+        .position(|o| o["kind"] == "ClusterRole")
+        .expect("install makes a ClusterRole");
+    let name = objects[refused]["metadata"]["name"]
+        .as_str()
+        .expect("named");
+    let mut transcript = apply_transcript(&objects[..=refused]);
+    let forbidden = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("clusterroles.rbac.authorization.k8s.io \"{name}\" is forbidden: \
+            user \"dev\" cannot patch resource \"clusterroles\" in API group \
+            \"rbac.authorization.k8s.io\" at the cluster scope"),
+        "reason": "Forbidden",
+        "details": { "name": name, "group": "rbac.authorization.k8s.io", "kind": "clusterroles" },
+        "code": 403,
+    });
+    let last = transcript.pop().expect("one exchange at least");
+    transcript.push(last.fails(StatusCode::FORBIDDEN, forbidden));
+
+    let result = apply(transcript, &objects).await;
+    let message = format!("{:#}", result.expect_err("forbidden"));
+    assert!(
+        message.contains(&format!("applying ClusterRole {name}")) && message.contains("forbidden"),
+        "{message}"
+    );
+}
