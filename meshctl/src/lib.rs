@@ -95,10 +95,27 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose words
+/// the message already holds (many library errors repeat their source).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn async_command(command: Command) -> anyhow::Result<()> {
@@ -154,6 +171,17 @@ mod tests {
         let mut missing = Vec::new();
         walk(&mut cli, "meshctl".into(), &mut missing);
         assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+    }
+
+    #[test]
+    fn error_causes_are_not_repeated() {
+        let io = std::io::Error::other("No such file");
+        let e = anyhow::Error::new(io).context("failed to read config: No such file");
+        let e = e.context("loading the context");
+        assert_eq!(
+            message(&e),
+            "loading the context: failed to read config: No such file"
+        );
     }
 
     #[test]
