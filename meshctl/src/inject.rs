@@ -13,7 +13,7 @@ use meshfed_trust::{ClusterCa, paths};
 use serde_json::{Value, json};
 
 use crate::cluster::*;
-use crate::install::{container, identity_client};
+use crate::install::{Images, container, identity_client};
 use crate::output::Format;
 
 /// Pod template annotation: `LISTEN=APP ...`, the sidecar's inbound ports.
@@ -57,12 +57,8 @@ pub struct InjectArgs {
     /// Namespace of documents that name none.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// Image registry of the sidecar image.
-    #[arg(long, default_value = "ghcr.io/meshfed")]
-    pub image_registry: String,
-    /// Tag of the sidecar image.
-    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
-    pub image_tag: String,
+    #[command(flatten)]
+    pub images: Images,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
     pub output: Format,
@@ -180,11 +176,7 @@ fn add_sidecar(
         .trust_domain
         .workload(ns, sa)
         .with_context(|| format!("identity of service account {ns}/{sa}"))?;
-    let image = format!(
-        "{}/{SIDECAR}:{}",
-        a.image_registry.trim_end_matches('/'),
-        a.image_tag
-    );
+    let image = a.images.of(SIDECAR);
     let inbound = note(INBOUND).unwrap_or_default();
     let inbound_ports: Vec<u16> = inbound
         .split_whitespace()

@@ -61,12 +61,8 @@ pub struct InstallArgs {
     /// without it `meshctl link` reads the gateway Service. Repeatable.
     #[arg(long = "gateway-address")]
     pub gateway_addresses: Vec<String>,
-    /// Image registry the component images are pulled from.
-    #[arg(long, default_value = "ghcr.io/meshfed")]
-    pub image_registry: String,
-    /// Tag of every component image.
-    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
-    pub image_tag: String,
+    #[command(flatten)]
+    pub images: Images,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "yaml")]
     pub output: Format,
@@ -230,10 +226,7 @@ pub fn manifests(
     info: &ClusterInfo,
     ca: Option<&CaFiles>,
 ) -> anyhow::Result<Vec<Value>> {
-    let images = Images {
-        registry: a.image_registry.trim_end_matches('/').to_owned(),
-        tag: a.image_tag.clone(),
-    };
+    let images = &a.images;
     let mut objects = vec![json!({
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -252,9 +245,9 @@ pub fn manifests(
         objects.push(with_kind(t, "v1", "ConfigMap"));
         objects.push(ca_secret(files));
     }
-    objects.extend(identity(&images));
-    objects.extend(controller(info, &images));
-    objects.extend(gateway(a, info, &images));
+    objects.extend(identity(images));
+    objects.extend(controller(info, images));
+    objects.extend(gateway(a, info, images));
     objects.sort_by_cached_key(|o| {
         let kind = o["kind"].as_str().unwrap_or_default();
         let rank = KIND_ORDER
@@ -290,15 +283,25 @@ pub const KIND_ORDER: &[&str] = &[
     "PodDisruptionBudget",
 ];
 
-#[derive(Debug)]
-struct Images {
-    registry: String,
-    tag: String,
+/// Where the component images come from (`--image-registry`, `--image-tag`).
+#[derive(Debug, Clone, Args)]
+pub struct Images {
+    /// Image registry the Meshfed images are pulled from.
+    #[arg(long = "image-registry", default_value = "ghcr.io/meshfed")]
+    pub registry: String,
+    /// Tag of every Meshfed image.
+    #[arg(long = "image-tag", default_value = env!("CARGO_PKG_VERSION"))]
+    pub tag: String,
 }
 
 impl Images {
-    fn of(&self, component: &str) -> String {
-        format!("{}/{component}:{}", self.registry, self.tag)
+    /// `registry/component:tag`.
+    pub fn of(&self, component: &str) -> String {
+        format!(
+            "{}/{component}:{}",
+            self.registry.trim_end_matches('/'),
+            self.tag
+        )
     }
 }
 
