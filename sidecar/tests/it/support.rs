@@ -519,6 +519,9 @@ pub async fn until_served_by(
 /// One answer of a request stream.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// When the request was sent.
+    pub sent: Duration,
+    /// When its answer (or error) came back.
     pub at: Duration,
     /// `Ok(serving app's name)` or `Err(what went wrong)`.
     pub result: Result<String, String>,
@@ -545,6 +548,7 @@ impl Stream {
                 tokio::spawn(async move {
                     let client = http_client();
                     while !*rx.borrow() {
+                        let sent = t0.elapsed();
                         let result = match get(&client, addr).await {
                             Ok((200, body)) => {
                                 Ok(body.split(' ').next().unwrap_or_default().to_owned())
@@ -553,6 +557,7 @@ impl Stream {
                             Err(e) => Err(e),
                         };
                         outcomes.lock().expect("outcomes").push(Outcome {
+                            sent,
                             at: t0.elapsed(),
                             result,
                         });
