@@ -191,3 +191,13 @@ impl Cluster {
         }
     }
 }
+
+/// Whether the export label already says `on` (cleared means absent, not "false").
+fn export_holds(labels: Option<&std::collections::BTreeMap<String, String>>, on: bool) -> bool {
+    let have = labels.and_then(|l| l.get(meshfed_api::labels::EXPORTED));
+    if on {
+        have.is_some_and(|v| v == "true")
+    } else {
+        have.is_none()
+    }
+}

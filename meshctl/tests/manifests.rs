@@ -240,22 +240,25 @@ fn every_install_output_parses_strictly() {
         assert_eq!(list["items"].as_array().expect("items"), &docs);
     }
     // Injected workloads go to the same API server.
+    let inject = || {
+        meshctl(
+            &[
+                "inject",
+                "-f",
+                "app.yaml",
+                "--cluster",
+                "east",
+                "--ca",
+                ca,
+                "-n",
+                "shop",
+            ],
+            tmp.path(),
+        )
+    };
     let app = tmp.path().join("app.yaml");
     std::fs::write(&app, APP).expect("write app.yaml");
-    let injected = meshctl(
-        &[
-            "inject",
-            "-f",
-            "app.yaml",
-            "--cluster",
-            "east",
-            "--ca",
-            ca,
-            "-n",
-            "shop",
-        ],
-        tmp.path(),
-    );
+    let injected = inject();
     let docs = documents(&injected);
     let deploy = docs
         .iter()
@@ -285,20 +288,7 @@ fn every_install_output_parses_strictly() {
     );
     // Injecting twice changes nothing more.
     std::fs::write(&app, &injected).expect("write injected");
-    let again = meshctl(
-        &[
-            "inject",
-            "-f",
-            "app.yaml",
-            "--cluster",
-            "east",
-            "--ca",
-            ca,
-            "-n",
-            "shop",
-        ],
-        tmp.path(),
-    );
+    let again = inject();
     let again = documents(&again);
     assert_eq!(
         again.iter().find(|d| d["kind"] == "Deployment"),

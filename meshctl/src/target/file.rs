@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Component;
-use super::kube::export_holds;
+use super::export_holds;
 use crate::cluster::{CLUSTER_CONFIG, ClusterInfo, NAMESPACE, TRUST_CONFIG};
 
 const LINK_API: &str = "meshfed.io/v1alpha1";

@@ -13,7 +13,7 @@ use meshfed_api::labels;
 use meshfed_mirror::Change;
 use serde_json::{Value, json};
 
-use super::Component;
+use super::{Component, export_holds};
 use crate::cluster::{
     CLUSTER_CONFIG, CONTROLLER, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY, NAMESPACE,
     TRUST_CONFIG,
@@ -333,16 +333,6 @@ impl KubeCluster {
             Ok(ahead) => (ahead, true),
             Err(e) => (e.duration(), false),
         })
-    }
-}
-
-/// Whether the export label already says `on` (cleared means absent, not "false").
-pub fn export_holds(labels: Option<&std::collections::BTreeMap<String, String>>, on: bool) -> bool {
-    let have = labels.and_then(|l| l.get(labels::EXPORTED));
-    if on {
-        have.is_some_and(|v| v == "true")
-    } else {
-        have.is_none()
     }
 }
 
