@@ -14,6 +14,7 @@
 //! ([`Limits`]), reads the ClientHello ([`HelloReader`]), routes and splices.
 
 mod balance;
+mod binary;
 mod conn;
 mod discovery;
 mod hello;
@@ -24,6 +25,7 @@ mod routes;
 mod server;
 mod splice;
 
+pub use binary::binary_main;
 pub use discovery::{RoutesSource, follow_routes};
 pub use hello::{ClientHello, HelloError, HelloReader, MAX_BUFFERED, MAX_HELLO};
 pub use limits::Limits;

@@ -8,6 +8,7 @@
 //! statuses, the federation server and discovery subscriptions all follow
 //! that channel.
 
+mod binary;
 mod controller;
 mod discovery;
 mod federation;
@@ -21,6 +22,7 @@ mod store;
 mod validate;
 mod world;
 
+pub use binary::binary_main;
 pub use controller::{Controller, ControllerConfig};
 pub use discovery::{DiscoveryService, LocalCluster, RouteTable};
 pub use federation::{Exports, FederationService, PeerAuthorizer};

@@ -12,6 +12,7 @@
 //! ```
 
 mod balance;
+mod binary;
 mod body;
 mod budget;
 mod config;
@@ -37,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use binary::binary_main;
 pub use body::ERROR_HEADER;
 pub use config::{
     Allow, AllowRule, Breakers, ConfigError, Inbound, Locality, ServiceTarget, SidecarConfig,

@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod binary;
 mod bundle;
 mod ca;
 mod cert;
@@ -23,6 +24,7 @@ pub use admin::{Readiness, init_tracing, serve_admin, shutdown_signal};
 pub use auth::{
     AuthError, Authenticator, BootstrapTokens, ProvenIdentity, TokenFileError, TokenReviewer,
 };
+pub use binary::binary_main;
 pub use bundle::{BundleError, TrustBundle};
 pub use ca::{
     CaError, ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
