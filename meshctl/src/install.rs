@@ -99,9 +99,8 @@ pub fn install_objects(a: &InstallArgs) -> anyhow::Result<Vec<Value>> {
 }
 
 pub async fn run(a: InstallArgs) -> anyhow::Result<()> {
-    let (info, ca) = cluster_info(&a)?;
     if let Some(dir) = &a.state {
-        let written = write_state(dir, &info)?;
+        let (written, info) = describe_file_cluster(&a, dir)?;
         println!(
             "cluster {} described in {} (link it with meshctl link --from-state {} --to-state DIR)",
             info.cluster,
@@ -110,6 +109,7 @@ pub async fn run(a: InstallArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let (info, ca) = cluster_info(&a)?;
     if ca.is_none() {
         eprintln!(
             "note: without --ca the Secret {NAMESPACE}/{CA_SECRET} and the ConfigMap \
@@ -133,6 +133,16 @@ pub async fn run(a: InstallArgs) -> anyhow::Result<()> {
     }
     print!("{}", a.output.objects(&objects)?);
     Ok(())
+}
+
+/// Writes a file store cluster's ConfigMaps into `dir` (what `install
+/// --state DIR` does); returns the file written and what it says.
+pub(crate) fn describe_file_cluster(
+    a: &InstallArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, ClusterInfo)> {
+    let (info, _) = cluster_info(a)?;
+    Ok((write_state(dir, &info)?, info))
 }
 
 /// The cluster's CA files, read once.

@@ -3,6 +3,7 @@
 
 mod check;
 mod cluster;
+pub mod dev;
 mod export;
 mod gateways;
 mod inject;
@@ -65,6 +66,9 @@ enum Command {
     Gateways(gateways::GatewaysArgs),
     /// Add the Meshfed sidecar to workload manifests.
     Inject(inject::InjectArgs),
+    /// Run a whole federation on this machine as separate processes.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
     /// Print shell completions.
     #[command(after_help = "Examples:
   meshctl completion bash > /etc/bash_completion.d/meshctl
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Trust(cmd) => trust::run(cmd),
         Command::Inject(a) => inject::run(a),
+        Command::Dev(dev::DevCommand::Exec(a)) => dev::exec(a),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -132,6 +137,7 @@ fn async_command(command: Command) -> anyhow::Result<()> {
             Command::Unexport(a) => export::run(a, false).await,
             Command::Check(a) => check::run(a).await,
             Command::Gateways(a) => gateways::run(a).await,
+            Command::Dev(cmd) => dev::run(cmd).await,
             Command::Trust(_) | Command::Inject(_) | Command::Completion { .. } => {
                 unreachable!("run handles the synchronous commands")
             }

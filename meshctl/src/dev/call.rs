@@ -1,0 +1,109 @@
+//! Calling the sample `api` service over plain HTTP on a client sidecar's
+//! upstream listener, as an app in the client pod would: what `dev up`
+//! checks with, what the client workload and `meshctl demo` send.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// What the sample `api` answers: who served the call, and who called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub service: String,
+    pub cluster: String,
+    pub zone: String,
+    pub pod: String,
+    /// The caller's SPIFFE ID as the serving sidecar verified it.
+    pub caller: Option<String>,
+}
+
+/// A keep-alive HTTP/1.1 client.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+impl Caller {
+    pub fn new(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        }
+    }
+
+    /// `GET http://ADDR/PATH` of the sample api: who served it, or why not.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Served, String> {
+        self.get_json(addr, path).await
+    }
+
+    /// `GET http://ADDR/PATH`, the JSON answer.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<T, String> {
+        let uri: http::Uri = format!("http://{addr}{path}")
+            .parse()
+            .map_err(|e| format!("{addr}{path}: {e}"))?;
+        let call = async {
+            let response = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| format!("{addr}: {}", error_chain(&e)))?;
+            let status = response.status();
+            let why = response
+                .headers()
+                .get(meshfed_sidecar::ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{addr}: reading the body: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                return Err(match why {
+                    Some(w) => format!("HTTP {status} ({w})"),
+                    None => format!("HTTP {status}: {}", text.trim()),
+                });
+            }
+            serde_json::from_slice(&body)
+                .map_err(|e| format!("{addr}{path}: unexpected answer: {e}"))
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "{addr}: no answer within {}",
+                humantime::format_duration(self.timeout)
+            )),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,495 @@
+//! What a local federation consists of, before anything runs: every
+//! process's addresses, identity and flags ([`plan`]), and the files they
+//! need on disk — the trust root and cluster CAs, bootstrap tokens, each
+//! cluster's manifest directory with the sample services and a Link to
+//! every other cluster ([`write_materials`]).
+//!
+//! Addresses: cluster N (from 1) owns the loopback /24 `127.B.N.0`. Like
+//! pods, each process has its own address and listens on its usual ports:
+//! `.1` identity, `.2` controller, `.3` gateway, `.10+z` the `api` replica
+//! of zone z, `.20` `echo`, `.30` the client.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use meshfed_mirror::fixtures;
+use meshfed_trust::{KeyAlgorithm, RootCa, TrustDomain};
+use serde_json::Value;
+
+use super::topology::{ClientTopology, ClusterTopology, Kind, Process, State, Subnet, Topology};
+use crate::cluster::*;
+use crate::output::Format;
+
+/// The sample services' namespace.
+pub const SHOP: &str = "shop";
+/// `api`'s service port (and the client sidecar's listener for it).
+pub const API_PORT: u16 = 8080;
+/// `echo`'s service port (and the client sidecar's listener for it).
+pub const ECHO_PORT: u16 = 9000;
+/// Every sidecar's inbound port (what the EndpointSlices name).
+pub const INBOUND_PORT: u16 = 4143;
+/// Every sidecar's admin port.
+pub const SIDECAR_ADMIN_PORT: u16 = 9904;
+/// The client workload's `/stats`.
+pub const CLIENT_STATS_PORT: u16 = 8000;
+
+const IDENTITY_HOST: u8 = 1;
+const CONTROLLER_HOST: u8 = 2;
+const GATEWAY_HOST: u8 = 3;
+const API_HOST: u8 = 10;
+const ECHO_HOST: u8 = 20;
+const CLIENT_HOST: u8 = 30;
+
+/// The dev CAs outlive any dev session and `meshctl check`'s 30-day expiry warning.
+const CA_VALIDITY: Duration = Duration::from_secs(365 * 86400);
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub dir: PathBuf,
+    pub clusters: Vec<(String, String)>,
+    pub zones: u8,
+    pub subnet: Subnet,
+    pub trust_domain: TrustDomain,
+    pub lease_ttl: u32,
+}
+
+/// Zone `z` (from 0) of `region`: `us-east` → `us-east-a`, `us-east-b`...
+pub fn zone_name(region: &str, z: u8) -> String {
+    format!("{region}-{}", char::from(b'a' + z))
+}
+
+struct Ids<'a>(&'a TrustDomain);
+
+impl Ids<'_> {
+    fn of(&self, ns: &str, sa: &str) -> String {
+        format!("spiffe://{}/ns/{ns}/sa/{sa}", self.0)
+    }
+}
+
+/// Every process of the federation, with pids still unknown.
+pub fn plan(spec: &Spec) -> Topology {
+    let ids = Ids(&spec.trust_domain);
+    let clusters = spec
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, (name, region))| plan_cluster(spec, &ids, i, name, region))
+        .collect();
+    Topology {
+        version: 1,
+        dir: spec.dir.clone(),
+        trust_domain: spec.trust_domain.to_string(),
+        subnet: spec.subnet.to_string(),
+        state: State::Starting,
+        clusters,
+    }
+}
+
+fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, name: &str, region: &str) -> ClusterTopology {
+    let root = spec.dir.join(name);
+    let ca_dir = root.join("ca");
+    let tokens = root.join("tokens");
+    let logs = root.join("logs");
+    let state_dir = root.join("store");
+    let at = |host: u8, port: u16| SocketAddr::from((spec.subnet.ip(i, host), port));
+    let arg = |a: &dyn std::fmt::Display| a.to_string();
+    let path = |p: &Path| p.display().to_string();
+
+    let identity_addr = at(IDENTITY_HOST, IDENTITY_PORT);
+    let controller_ip = spec.subnet.ip(i, CONTROLLER_HOST);
+    let discovery = SocketAddr::from((controller_ip, DISCOVERY_PORT));
+    let federation = SocketAddr::from((controller_ip, FEDERATION_PORT));
+    let gateway = at(GATEWAY_HOST, GATEWAY_PORT);
+    // How a process proves who it is: the CSR flow against this cluster's identity service.
+    let credentials = |ns: &str, sa: &str| -> Vec<String> {
+        vec![
+            "--identity-addr".into(),
+            arg(&identity_addr),
+            "--identity-server-id".into(),
+            ids.of(NAMESPACE, IDENTITY),
+            "--id".into(),
+            ids.of(ns, sa),
+            "--token-file".into(),
+            path(&tokens.join(format!("{ns}.{sa}"))),
+            "--bundle".into(),
+            path(&ca_dir.join(meshfed_trust::paths::ROOT_CERT)),
+        ]
+    };
+    let proc = |name: &str, kind: Kind, args: Vec<String>| Process {
+        name: name.into(),
+        kind,
+        zone: None,
+        listen: BTreeMap::new(),
+        admin: None,
+        identity: None,
+        log: logs.join(format!("{name}.log")),
+        args,
+        pid: None,
+        start_time: None,
+    };
+    let mut processes = Vec::new();
+
+    let mut p = proc(
+        "identity",
+        Kind::Identity,
+        vec![
+            "--ca-dir".into(),
+            path(&ca_dir),
+            "--auth".into(),
+            "bootstrap".into(),
+            "--bootstrap-tokens".into(),
+            path(&tokens.join("bootstrap")),
+            "--listen".into(),
+            arg(&identity_addr),
+            "--admin-listen".into(),
+            arg(&at(IDENTITY_HOST, IDENTITY_ADMIN_PORT)),
+        ],
+    );
+    p.listen.insert("grpc".into(), identity_addr);
+    p.admin = Some(at(IDENTITY_HOST, IDENTITY_ADMIN_PORT));
+    p.identity = Some(ids.of(NAMESPACE, IDENTITY));
+    processes.push(p);
+
+    let mut args = vec![
+        "--cluster".into(),
+        name.into(),
+        "--region".into(),
+        region.into(),
+        "--store".into(),
+        "file".into(),
+        "--dir".into(),
+        path(&state_dir),
+        "--federation-listen".into(),
+        arg(&federation),
+        "--discovery-listen".into(),
+        arg(&discovery),
+        "--admin-listen".into(),
+        arg(&at(CONTROLLER_HOST, CONTROLLER_ADMIN_PORT)),
+    ];
+    args.extend(credentials(NAMESPACE, CONTROLLER));
+    let mut p = proc("controller", Kind::Controller, args);
+    p.listen.insert("federation".into(), federation);
+    p.listen.insert("discovery".into(), discovery);
+    p.admin = Some(at(CONTROLLER_HOST, CONTROLLER_ADMIN_PORT));
+    p.identity = Some(ids.of(NAMESPACE, CONTROLLER));
+    processes.push(p);
+
+    let mut args = vec![
+        "--cluster".into(),
+        name.into(),
+        "--name".into(),
+        format!("{name}-gateway"),
+        "--listen".into(),
+        arg(&gateway),
+        "--admin-listen".into(),
+        arg(&at(GATEWAY_HOST, GATEWAY_ADMIN_PORT)),
+        "--discovery".into(),
+        arg(&discovery),
+        "--federation-upstream".into(),
+        arg(&federation),
+        "--drain-timeout".into(),
+        "1s".into(),
+    ];
+    args.extend(credentials(NAMESPACE, GATEWAY));
+    let mut p = proc("gateway", Kind::Gateway, args);
+    p.listen.insert("gateway".into(), gateway);
+    p.admin = Some(at(GATEWAY_HOST, GATEWAY_ADMIN_PORT));
+    p.identity = Some(ids.of(NAMESPACE, GATEWAY));
+    processes.push(p);
+
+    let client_id = ids.of(SHOP, "client");
+    // A sidecar in front of (or, for the client, beside) a workload at `ip`.
+    let sidecar = |workload: &str, sa: &str, ip: Ipv4Addr, zone: &str, extra: Vec<String>| {
+        let mut args = vec![
+            "run".into(),
+            "--cluster".into(),
+            name.into(),
+            "--region".into(),
+            region.into(),
+            "--zone".into(),
+            zone.into(),
+            "--discovery".into(),
+            arg(&discovery),
+            "--admin-listen".into(),
+            arg(&SocketAddr::from((ip, SIDECAR_ADMIN_PORT))),
+            "--drain-timeout".into(),
+            "1s".into(),
+        ];
+        args.extend(extra);
+        args.extend(credentials(SHOP, sa));
+        let mut p = proc(&format!("{workload}-sidecar"), Kind::Sidecar, args);
+        p.zone = Some(zone.into());
+        p.admin = Some(SocketAddr::from((ip, SIDECAR_ADMIN_PORT)));
+        p.identity = Some(ids.of(SHOP, sa));
+        p
+    };
+    let inbound = |ip: Ipv4Addr, app_port: u16| -> (SocketAddr, Vec<String>) {
+        let listen = SocketAddr::from((ip, INBOUND_PORT));
+        let app = SocketAddr::from((ip, app_port));
+        (
+            listen,
+            vec![
+                "--inbound".into(),
+                format!("{listen}={app}"),
+                // Only the sample client may call the sample services.
+                "--allow".into(),
+                format!("{INBOUND_PORT}={client_id}"),
+            ],
+        )
+    };
+
+    let zones: Vec<String> = (0..spec.zones).map(|z| zone_name(region, z)).collect();
+    for (z, zone) in zones.iter().enumerate() {
+        let letter = char::from(b'a' + u8::try_from(z).expect("few zones"));
+        let ip = spec
+            .subnet
+            .ip(i, API_HOST + u8::try_from(z).expect("few zones"));
+        let pod = format!("api-{letter}");
+        let app = SocketAddr::from((ip, API_PORT));
+        let mut p = proc(
+            &pod,
+            Kind::Api,
+            vec![
+                "--listen".into(),
+                arg(&app),
+                "--cluster".into(),
+                name.into(),
+                "--zone".into(),
+                zone.clone(),
+                "--pod".into(),
+                format!("{pod}.{name}"),
+            ],
+        );
+        p.zone = Some(zone.clone());
+        p.listen.insert("http".into(), app);
+        processes.push(p);
+        let (listen, extra) = inbound(ip, API_PORT);
+        let mut s = sidecar(&pod, "api", ip, zone, extra);
+        s.listen.insert("inbound".into(), listen);
+        processes.push(s);
+    }
+
+    let ip = spec.subnet.ip(i, ECHO_HOST);
+    let app = SocketAddr::from((ip, ECHO_PORT));
+    let mut p = proc("echo", Kind::Echo, vec!["--listen".into(), arg(&app)]);
+    p.zone = Some(zones[0].clone());
+    p.listen.insert("tcp".into(), app);
+    processes.push(p);
+    let (listen, extra) = inbound(ip, ECHO_PORT);
+    let mut s = sidecar("echo", "echo", ip, &zones[0], extra);
+    s.listen.insert("inbound".into(), listen);
+    processes.push(s);
+
+    let ip = spec.subnet.ip(i, CLIENT_HOST);
+    let upstreams = BTreeMap::from([
+        (format!("api.{SHOP}"), SocketAddr::from((ip, API_PORT))),
+        (format!("echo.{SHOP}"), SocketAddr::from((ip, ECHO_PORT))),
+    ]);
+    let mut extra = Vec::new();
+    for (svc, listen) in &upstreams {
+        let port = if svc.starts_with("api.") {
+            API_PORT
+        } else {
+            ECHO_PORT
+        };
+        extra.push("--upstream".into());
+        extra.push(format!("{svc}:{port}={listen}"));
+    }
+    let mut s = sidecar("client", "client", ip, &zones[0], extra);
+    for (svc, listen) in &upstreams {
+        s.listen.insert(format!("upstream {svc}"), *listen);
+    }
+    processes.push(s);
+    let stats = SocketAddr::from((ip, CLIENT_STATS_PORT));
+    let mut p = proc(
+        "client",
+        Kind::Client,
+        vec![
+            "--target".into(),
+            arg(&upstreams[&format!("api.{SHOP}")]),
+            "--listen".into(),
+            arg(&stats),
+        ],
+    );
+    p.zone = Some(zones[0].clone());
+    p.admin = Some(stats);
+    p.identity = Some(client_id.clone());
+    processes.push(p);
+
+    ClusterTopology {
+        name: name.into(),
+        region: region.into(),
+        zones,
+        state_dir,
+        ca_dir,
+        gateway,
+        client: ClientTopology {
+            identity: client_id,
+            upstreams,
+        },
+        processes,
+    }
+}
+
+/// Writes what the processes need: the root (kept in `DIR/trust`), each
+/// cluster's CA, bootstrap tokens, and its manifest directory with the
+/// cluster description, the sample services and a Link to every other
+/// cluster.
+pub async fn write_materials(spec: &Spec, topology: &Topology) -> anyhow::Result<()> {
+    let root = RootCa::generate(&spec.trust_domain, KeyAlgorithm::EcdsaP256, CA_VALIDITY)
+        .context("creating the root CA")?;
+    let trust = spec.dir.join("trust");
+    create_dir(&trust)?;
+    root.save(&trust, false)
+        .with_context(|| format!("saving the root CA in {}", trust.display()))?;
+    for c in &topology.clusters {
+        for sub in [&c.ca_dir, &c.state_dir] {
+            create_dir(sub)?;
+        }
+        let first_log = &c.processes[0].log;
+        create_dir(first_log.parent().context("logs have a directory")?)?;
+        root.issue_cluster(&c.name, CA_VALIDITY, Vec::new())
+            .with_context(|| format!("issuing cluster {}'s CA", c.name))?
+            .save(&c.ca_dir, false)
+            .with_context(|| format!("saving {}", c.ca_dir.display()))?;
+        write_tokens(&spec.dir.join(&c.name).join("tokens"), c)?;
+        describe(c)?;
+        write_services(spec, c)?;
+    }
+    for to in &topology.clusters {
+        for from in topology.clusters.iter().filter(|f| f.name != to.name) {
+            link(spec, from, to).await?;
+        }
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// One random token per identity, in the identity service's file and in a
+/// file of its own for the process that presents it.
+fn write_tokens(dir: &Path, c: &ClusterTopology) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    create_dir(dir)?;
+    let secret_file = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    let mut all = secret_file(&dir.join("bootstrap"))?;
+    let mut seen = std::collections::BTreeSet::new();
+    for id in c.processes.iter().filter_map(|p| p.identity.as_deref()) {
+        let Some((ns, sa)) = id
+            .split_once("/ns/")
+            .and_then(|(_, r)| r.split_once("/sa/"))
+        else {
+            continue;
+        };
+        if !seen.insert((ns.to_owned(), sa.to_owned())) {
+            continue;
+        }
+        let token: String = rand::random::<[u8; 24]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        writeln!(all, "{ns}/{sa} {token}")?;
+        secret_file(&dir.join(format!("{ns}.{sa}")))?.write_all(token.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `meshctl install --state`: the cluster's ConfigMaps, with every admin
+/// listener so `meshctl check` can ask each process.
+fn describe(c: &ClusterTopology) -> anyhow::Result<()> {
+    let mut argv = vec![
+        "--cluster".to_owned(),
+        c.name.clone(),
+        "--ca".into(),
+        c.ca_dir.display().to_string(),
+        "--region".into(),
+        c.region.clone(),
+        "--gateway-address".into(),
+        c.gateway.ip().to_string(),
+        "--gateway-port".into(),
+        c.gateway.port().to_string(),
+        "--state".into(),
+        c.state_dir.display().to_string(),
+    ];
+    for p in &c.processes {
+        if let (Some(admin), true) = (p.admin, p.kind != Kind::Client) {
+            argv.push("--admin".into());
+            argv.push(format!("{}={admin}", p.name));
+        }
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let args = crate::parse_args::<crate::install::InstallArgs>(&argv)?;
+    crate::install::describe_file_cluster(&args, &c.state_dir)?;
+    Ok(())
+}
+
+/// `shop/api.yaml` and `shop/echo.yaml`: each Service (api exported) and
+/// its EndpointSlice naming the sidecars' inbound port.
+fn write_services(spec: &Spec, c: &ClusterTopology) -> anyhow::Result<()> {
+    let dir = c.state_dir.join(SHOP);
+    create_dir(&dir)?;
+    for (service, port_name, port, exported, kind) in [
+        ("api", "http", API_PORT, true, Kind::Api),
+        ("echo", "tcp", ECHO_PORT, false, Kind::Echo),
+    ] {
+        let mut svc = fixtures::service(SHOP, service, &[(port_name, port)], exported);
+        svc.metadata.annotations = Some(BTreeMap::from([(
+            meshfed_api::labels::IDENTITY.to_owned(),
+            Ids(&spec.trust_domain).of(SHOP, service),
+        )]));
+        let mut slice = fixtures::slice(
+            SHOP,
+            service,
+            &format!("{service}-1"),
+            &[(port_name, INBOUND_PORT)],
+        );
+        for p in c.processes.iter().filter(|p| p.kind == kind) {
+            let ip = p.listen.values().next().expect("a workload listens").ip();
+            fixtures::add_endpoint(&mut slice, &ip.to_string(), p.zone.as_deref(), true);
+        }
+        let docs: Vec<Value> = vec![serde_json::to_value(svc)?, serde_json::to_value(slice)?];
+        let path = dir.join(format!("{service}.yaml"));
+        std::fs::write(&path, Format::Yaml.objects(&docs)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `meshctl link --from-state FROM --to-state TO`.
+async fn link(spec: &Spec, from: &ClusterTopology, to: &ClusterTopology) -> anyhow::Result<()> {
+    let (f, t, ttl) = (
+        from.state_dir.display().to_string(),
+        to.state_dir.display().to_string(),
+        spec.lease_ttl.to_string(),
+    );
+    let args = crate::parse_args::<crate::link::LinkArgs>(&[
+        "--from-state",
+        &f,
+        "--to-state",
+        &t,
+        "--lease-ttl",
+        &ttl,
+    ])?;
+    let (from_c, to_c) = (
+        crate::target::open(None, args.from_state.as_ref()).await?,
+        crate::target::open(None, args.to_state.as_ref()).await?,
+    );
+    let link = crate::link::make_link(&args, &from_c, &to_c).await?;
+    to_c.put_link(&link).await?;
+    Ok(())
+}

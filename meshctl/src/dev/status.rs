@@ -1,0 +1,163 @@
+//! `meshctl dev status`: is every process of a local federation running and
+//! ready, is every link alive, and what has each sample client seen.
+
+use serde::Serialize;
+
+use super::call::Caller;
+use super::process;
+use super::topology::{Kind, State, Topology};
+use super::up::answers;
+use super::workload::ClientStats;
+use crate::gateways::{GatewayRow, gateways};
+use crate::output::table;
+use crate::target::{Cluster, FileCluster};
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub dir: String,
+    pub state: State,
+    /// Every process running and ready, every link alive.
+    pub healthy: bool,
+    pub clusters: Vec<ClusterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub name: String,
+    pub processes: Vec<ProcessStatus>,
+    pub links: Vec<GatewayRow>,
+    pub client: Option<ClientStats>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStatus {
+    pub name: String,
+    pub kind: Kind,
+    pub pid: Option<u32>,
+    pub running: bool,
+    /// `None` when ready, else why not.
+    pub not_ready: Option<String>,
+    pub address: Option<String>,
+}
+
+pub async fn status(t: &Topology) -> anyhow::Result<Status> {
+    let mut clusters = Vec::new();
+    let mut healthy = true;
+    for c in &t.clusters {
+        let mut processes = Vec::new();
+        for p in &c.processes {
+            let running = process::running(p);
+            let not_ready = if running {
+                answers(p).await.err()
+            } else {
+                Some("not running".into())
+            };
+            healthy &= not_ready.is_none();
+            processes.push(ProcessStatus {
+                name: p.name.clone(),
+                kind: p.kind,
+                pid: p.pid,
+                running,
+                not_ready,
+                address: p
+                    .listen
+                    .values()
+                    .next()
+                    .or(p.admin.as_ref())
+                    .map(ToString::to_string),
+            });
+        }
+        let links = gateways(&Cluster::File(FileCluster::open(&c.state_dir)?)).await?;
+        healthy &= links.iter().all(|l| l.alive);
+        let client = match c.processes.iter().find(|p| p.kind == Kind::Client) {
+            Some(p) if process::running(p) => client_stats(p.admin).await,
+            _ => None,
+        };
+        clusters.push(ClusterStatus {
+            name: c.name.clone(),
+            processes,
+            links,
+            client,
+        });
+    }
+    Ok(Status {
+        dir: t.dir.display().to_string(),
+        state: t.state,
+        healthy: healthy && t.state == State::Ready,
+        clusters,
+    })
+}
+
+async fn client_stats(addr: Option<std::net::SocketAddr>) -> Option<ClientStats> {
+    Caller::new(std::time::Duration::from_secs(2))
+        .get_json(addr?, "/stats")
+        .await
+        .ok()
+}
+
+pub fn render(s: &Status) -> String {
+    let mut out = format!("federation in {} ({:?})\n", s.dir, s.state).to_lowercase();
+    for c in &s.clusters {
+        out.push_str(&format!("\ncluster {}\n", c.name));
+        let rows: Vec<Vec<String>> = c
+            .processes
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.pid.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                    match (&p.running, &p.not_ready) {
+                        (false, _) => "✖ not running".into(),
+                        (true, None) => "✔ ready".into(),
+                        (true, Some(why)) => format!("✖ {why}"),
+                    },
+                    p.address.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["PROCESS", "PID", "STATE", "ADDRESS"], &rows));
+        let links: Vec<Vec<String>> = c
+            .links
+            .iter()
+            .map(|l| {
+                vec![
+                    format!("→ {}", l.cluster),
+                    if l.alive { "alive" } else { "not alive" }.into(),
+                    l.latency_p50.clone().unwrap_or_else(|| "-".into()),
+                    l.services.to_string(),
+                    l.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["LINK", "STATE", "LATENCY", "SERVICES", "LAST ERROR"],
+            &links,
+        ));
+        if let Some(stats) = &c.client {
+            let by: Vec<String> = stats
+                .served_by
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            out.push_str(&format!(
+                "client → api.shop: {} calls, {} failed, served by {}\n",
+                stats.requests,
+                stats.failures,
+                if by.is_empty() {
+                    "-".into()
+                } else {
+                    by.join(", ")
+                }
+            ));
+        }
+    }
+    out.push_str(if s.healthy {
+        "\nhealthy\n"
+    } else {
+        "\nnot healthy\n"
+    });
+    out
+}

@@ -1,0 +1,208 @@
+//! `meshctl dev up`, `status`, `down` with the real binary: every process
+//! recorded in topology.json runs; curl through the client sidecar reaches
+//! `api.shop` and the answer names the serving cluster and the client's
+//! SPIFFE ID; the TCP echo answers through the mesh; a second `up` on the
+//! same directory and an `up` onto a taken address are refused; `down`
+//! leaves no process and no listening socket behind.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn meshctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(args)
+        .output()
+        .expect("run meshctl")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A process is gone when /proc no longer has it, or has only its zombie.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let state = s[s.rfind(')').expect("stat") + 1..]
+            .split_whitespace()
+            .next();
+        !matches!(state, Some("Z" | "X"))
+    })
+}
+
+/// Listening TCP sockets whose address is in 127.B.0.0/16.
+fn listening_in(b: u8) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (ip, port) = f[1].split_once(':')?;
+            let ip = Ipv4Addr::from(u32::from_be(u32::from_str_radix(ip, 16).ok()?));
+            (f[3] == "0A" && ip.octets()[..2] == [127, b])
+                .then(|| format!("{ip}:{}", u16::from_str_radix(port, 16).unwrap_or(0)))
+        })
+        .collect()
+}
+
+fn pids(topology: &Value) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for c in topology["clusters"].as_array().expect("clusters") {
+        for p in c["processes"].as_array().expect("processes") {
+            out.push((
+                format!("{}/{}", c["name"].as_str().unwrap_or("?"), p["name"]),
+                p["pid"].as_u64().expect("a pid for every process"),
+            ));
+        }
+    }
+    out
+}
+
+fn load(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("topology.json")).expect("topology.json");
+    serde_json::from_str(&text).expect("topology.json is JSON")
+}
+
+#[test]
+fn dev_up_serves_through_sidecars_and_dev_down_leaves_nothing() {
+    const B: u8 = 91;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("fed");
+    let d = dir.to_str().expect("utf-8");
+    let subnet = format!("127.{B}.0.0/16");
+    let base = ["--dir", d, "--subnet", &subnet];
+
+    let up = meshctl(&[&["dev", "up", "--clusters", "east,west"][..], &base[..]].concat());
+    let guard = Down(d.to_owned());
+    assert!(up.status.success(), "dev up failed:\n{}", text(&up));
+    let topology = load(&dir);
+    assert_eq!(topology["state"], "ready");
+    let procs = pids(&topology);
+    // Per cluster: identity, controller, gateway, 2 api + sidecars, echo + sidecar, client + sidecar.
+    assert_eq!(procs.len(), 22, "{procs:?}");
+    for (name, pid) in &procs {
+        assert!(alive(*pid), "{name} (pid {pid}) is not running");
+    }
+    for c in topology["clusters"].as_array().expect("clusters") {
+        for p in c["processes"].as_array().expect("processes") {
+            for addr in p["listen"].as_object().expect("listen").values() {
+                let ip: SocketAddr = addr.as_str().expect("addr").parse().expect("addr");
+                assert_eq!(ip.ip().to_string().split('.').nth(1), Some("91"), "{addr}");
+            }
+        }
+    }
+
+    // curl, as an app in east's client pod would.
+    let east = &topology["clusters"][0];
+    assert_eq!(east["name"], "east");
+    let api = east["client"]["upstreams"]["api.shop"]
+        .as_str()
+        .expect("api upstream");
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://{api}/")])
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    assert!(curl.status.success(), "curl failed:\n{}", text(&curl));
+    let answer: Value = serde_json::from_slice(&curl.stdout).expect("api answers JSON");
+    assert_eq!(answer["cluster"], "east", "{answer}");
+    assert_eq!(
+        answer["zone"], "east-a",
+        "same zone as the client: {answer}"
+    );
+    assert_eq!(
+        answer["caller"], "spiffe://mesh.local/ns/shop/sa/client",
+        "{answer}"
+    );
+
+    // The TCP echo, through the client sidecar and the echo sidecar.
+    let echo: SocketAddr = east["client"]["upstreams"]["echo.shop"]
+        .as_str()
+        .expect("echo upstream")
+        .parse()
+        .expect("addr");
+    let mut conn = TcpStream::connect_timeout(&echo, Duration::from_secs(5)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"ping through the mesh\n").expect("write");
+    let mut back = [0u8; 22];
+    conn.read_exact(&mut back).expect("echoed");
+    assert_eq!(&back, b"ping through the mesh\n");
+    drop(conn);
+
+    let status = meshctl(&[&["dev", "status", "-o", "json"][..], &["--dir", d][..]].concat());
+    assert!(status.status.success(), "dev status:\n{}", text(&status));
+    let s: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(s["healthy"], true);
+
+    // A second federation on the same directory is refused and changes nothing.
+    let again = meshctl(&[&["dev", "up"][..], &base[..]].concat());
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "{}",
+        text(&again)
+    );
+    for (name, pid) in &procs {
+        assert!(alive(*pid), "{name} died after the refused up");
+    }
+
+    let down = meshctl(&["dev", "down", "--dir", d]);
+    std::mem::forget(guard);
+    assert!(down.status.success(), "dev down:\n{}", text(&down));
+    let still: Vec<&String> = procs
+        .iter()
+        .filter(|(_, p)| alive(*p))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(still.is_empty(), "still running after down: {still:?}");
+    assert_eq!(listening_in(B), Vec::<String>::new());
+    assert_eq!(load(&dir)["state"], "stopped");
+    let status = meshctl(&["dev", "status", "--dir", d]);
+    assert!(
+        !status.status.success(),
+        "a stopped federation is not healthy"
+    );
+}
+
+#[test]
+fn dev_up_refuses_a_taken_address_and_starts_nothing() {
+    const B: u8 = 92;
+    // East's gateway address, taken before up runs.
+    let _taken = std::net::TcpListener::bind((Ipv4Addr::new(127, B, 1, 3), 7460)).expect("bind");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path().join("fed");
+    let out = meshctl(&[
+        "dev",
+        "up",
+        "--dir",
+        d.to_str().expect("utf-8"),
+        "--subnet",
+        &format!("127.{B}.0.0/16"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.{B}.1.3:7460")) && err.contains("--subnet"),
+        "{err}"
+    );
+    assert!(!d.join("topology.json").exists());
+    assert_eq!(listening_in(B), vec![format!("127.{B}.1.3:7460")]);
+}
+
+/// Stops the federation if the test fails half way.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = meshctl(&["dev", "down", "--dir", &self.0]);
+    }
+}
