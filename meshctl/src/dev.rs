@@ -22,7 +22,7 @@ pub use call::{Caller, Served};
 pub use plan::{SHOP, Spec, zone_name};
 pub use process::{listening, running, signal, spawn, stop};
 pub use topology::{ClusterTopology, Kind, Process, State, Subnet, Topology};
-pub use up::{default_dir, down, log_tail, mirror_ready, set_endpoint_ready, up};
+pub use up::{answers, default_dir, down, log_tail, mirror_ready, set_endpoint_ready, up};
 
 use crate::output::Report;
 
@@ -49,9 +49,6 @@ pub struct FederationArgs {
     /// Zones per cluster; `api` runs one replica in each.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=4))]
     pub zones: u8,
-    /// The loopback /16 the addresses come from; cluster N (from 1) gets 127.B.N.0/24.
-    #[arg(long, default_value = "127.77.0.0/16")]
-    pub subnet: Subnet,
     /// The federation's trust domain.
     #[arg(long, default_value = "mesh.local", value_parser = meshfed_trust::TrustDomain::new)]
     pub trust_domain: meshfed_trust::TrustDomain,
@@ -65,7 +62,12 @@ pub struct FederationArgs {
 
 impl FederationArgs {
     /// The spec for `clusters`, each `(name, region)`.
-    pub fn spec(&self, dir: PathBuf, clusters: Vec<(String, String)>) -> anyhow::Result<Spec> {
+    pub fn spec(
+        &self,
+        dir: PathBuf,
+        subnet: Subnet,
+        clusters: Vec<(String, String)>,
+    ) -> anyhow::Result<Spec> {
         if !(2..=8).contains(&clusters.len()) {
             bail!("--clusters: give 2 to 8 clusters");
         }
@@ -78,7 +80,7 @@ impl FederationArgs {
             dir,
             clusters,
             zones: self.zones,
-            subnet: self.subnet,
+            subnet,
             trust_domain: self.trust_domain.clone(),
             lease_ttl: self.lease_ttl,
         })
@@ -112,6 +114,9 @@ pub struct UpArgs {
     /// Linked clusters of the caller's region are preferred. Repeatable.
     #[arg(long = "region", value_parser = region_entry)]
     pub regions: Vec<(String, String)>,
+    /// The loopback /16 the addresses come from; cluster N (from 1) gets 127.B.N.0/24.
+    #[arg(long, default_value = "127.77.0.0/16")]
+    pub subnet: Subnet,
     #[command(flatten)]
     pub federation: FederationArgs,
     #[command(flatten)]
@@ -226,7 +231,7 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
         })
         .collect();
     let dir = a.dir.dir();
-    let spec = a.federation.spec(dir.clone(), clusters)?;
+    let spec = a.federation.spec(dir.clone(), a.subnet, clusters)?;
     let began = std::time::Instant::now();
     let t = up(&spec, a.federation.timeout, &mut |line| {
         eprintln!("  {line}")

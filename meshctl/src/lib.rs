@@ -3,6 +3,7 @@
 
 mod check;
 mod cluster;
+mod demo;
 pub mod dev;
 mod export;
 mod gateways;
@@ -66,6 +67,8 @@ enum Command {
     Gateways(gateways::GatewaysArgs),
     /// Add the Meshfed sidecar to workload manifests.
     Inject(inject::InjectArgs),
+    /// See Meshfed work: three clusters on this machine, a failure, the failover, a summary.
+    Demo(demo::DemoArgs),
     /// Run a whole federation on this machine as separate processes.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -138,6 +141,7 @@ fn async_command(command: Command) -> anyhow::Result<()> {
             Command::Check(a) => check::run(a).await,
             Command::Gateways(a) => gateways::run(a).await,
             Command::Dev(cmd) => dev::run(cmd).await,
+            Command::Demo(a) => demo::run(a).await,
             Command::Trust(_) | Command::Inject(_) | Command::Completion { .. } => {
                 unreachable!("run handles the synchronous commands")
             }
