@@ -9,7 +9,9 @@ use serde_json::Value;
 
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        let state = s[s.rfind(')').expect("stat") + 1..].split_whitespace().next();
+        let state = s[s.rfind(')').expect("stat") + 1..]
+            .split_whitespace()
+            .next();
         !matches!(state, Some("Z" | "X"))
     })
 }
@@ -61,7 +63,11 @@ fn demo_behaves_and_what_it_keeps_is_stopped_by_dev_down() {
         assert!(step["requests"].as_u64().expect("requests") > 0, "{step:#}");
         sum += step["requests"].as_u64().expect("requests");
     }
-    assert_eq!(Some(sum), s["requests"].as_u64(), "steps add up to the total");
+    assert_eq!(
+        Some(sum),
+        s["requests"].as_u64(),
+        "steps add up to the total"
+    );
     // Each step's traffic went where the story says.
     let top = |i: usize| -> String {
         let by = steps[i]["servedBy"].as_object().expect("servedBy");
@@ -94,7 +100,11 @@ fn demo_behaves_and_what_it_keeps_is_stopped_by_dev_down() {
     // The lease TTL is 3 s; withdrawal may not outlast it by more than a probe's slack.
     assert!(t["withdrawal"].as_u64() <= Some(4000), "{t}");
     assert!(t["propagation"].as_u64() < Some(1000), "{t}");
-    for step in ["Start three clusters", "Stop east's api", "Kill central's gateway"] {
+    for step in [
+        "Start three clusters",
+        "Stop east's api",
+        "Kill central's gateway",
+    ] {
         assert!(narration.contains(step), "narration lacks {step:?}");
     }
 

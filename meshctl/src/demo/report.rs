@@ -94,11 +94,13 @@ impl Step {
         }
     }
 
+    /// Whether `call` was sent during this step.
+    pub fn contains(&self, call: &Call) -> bool {
+        call.sent >= self.from && self.to.is_none_or(|to| call.sent < to)
+    }
+
     pub fn report(&self, calls: &[Call]) -> StepReport {
-        let mine: Vec<&Call> = calls
-            .iter()
-            .filter(|c| c.sent >= self.from && self.to.is_none_or(|to| c.sent < to))
-            .collect();
+        let mine: Vec<&Call> = calls.iter().filter(|c| self.contains(c)).collect();
         let errors: Vec<String> = mine
             .iter()
             .filter_map(|c| c.result.as_ref().err().cloned())
