@@ -88,7 +88,7 @@ fn reap(p: &Process) {
 pub async fn stop(procs: &[&Process], grace: Duration) -> Vec<String> {
     for p in procs {
         if let Err(e) = signal(p, Signal::TERM) {
-            tracing_free_warn(&e);
+            eprintln!("warning: {e:#}");
         }
     }
     if !wait_gone(procs, grace).await {
@@ -116,10 +116,6 @@ async fn wait_gone(procs: &[&Process], within: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn tracing_free_warn(e: &anyhow::Error) {
-    eprintln!("warning: {e:#}");
 }
 
 /// Listening TCP sockets on addresses `inside` accepts (from

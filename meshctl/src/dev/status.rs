@@ -27,7 +27,9 @@ pub struct Status {
 pub struct ClusterStatus {
     pub name: String,
     pub processes: Vec<ProcessStatus>,
+    /// As the controller last wrote them (stale when it is not running).
     pub links: Vec<GatewayRow>,
+    pub controller_running: bool,
     pub client: Option<ClientStats>,
 }
 
@@ -71,7 +73,11 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
             });
         }
         let links = gateways(&Cluster::File(FileCluster::open(&c.state_dir)?)).await?;
-        healthy &= links.iter().all(|l| l.alive);
+        let controller_running = c
+            .processes
+            .iter()
+            .any(|p| p.kind == Kind::Controller && process::running(p));
+        healthy &= controller_running && links.iter().all(|l| l.alive);
         let client = match c.processes.iter().find(|p| p.kind == Kind::Client) {
             Some(p) if process::running(p) => client_stats(p.admin).await,
             _ => None,
@@ -80,6 +86,7 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
             name: c.name.clone(),
             processes,
             links,
+            controller_running,
             client,
         });
     }
@@ -132,6 +139,11 @@ pub fn render(s: &Status) -> String {
                 ]
             })
             .collect();
+        if !c.controller_running {
+            out.push_str(
+                "(the controller is not running: the links below are as it last saw them)\n",
+            );
+        }
         out.push_str(&table(
             &["LINK", "STATE", "LATENCY", "SERVICES", "LAST ERROR"],
             &links,
