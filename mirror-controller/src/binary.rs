@@ -73,24 +73,16 @@ struct Args {
 }
 
 /// Runs the binary: parses `args` (the program name first) and serves
-/// until SIGTERM. Bad flags print clap's message and exit the process, as
-/// the binary does.
+/// until SIGTERM.
 pub fn binary_main<I, T>(args: I) -> anyhow::Result<()>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let args = Args::parse_from(args);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(run(args))
+    meshfed_trust::component_main::<Args, _, _, _, _>(args, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    meshfed_trust::init_tracing();
-    meshfed_trust::install_crypto_provider();
     let extra_peers = args
         .allow_peers
         .iter()

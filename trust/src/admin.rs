@@ -1,6 +1,6 @@
 //! What every long-running Meshfed binary shares: the admin port (`/live`,
-//! `/ready`, `/metrics` from a prometheus-client registry), logging set-up
-//! and the shutdown signal.
+//! `/ready`, `/metrics` from a prometheus-client registry), logging set-up,
+//! the shutdown signal, and the way it starts ([`component_main`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -124,4 +124,28 @@ pub fn init_tracing() {
     } else {
         builder.init();
     }
+}
+
+/// A component binary's life: parses `args` (the program name first) into
+/// `A`, then on a multi-threaded runtime sets up logging and the crypto
+/// provider and runs `main`. Bad flags print clap's message and exit the
+/// process, as a binary does.
+pub fn component_main<A, I, T, F, Fut>(args: I, main: F) -> anyhow::Result<()>
+where
+    A: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+    F: FnOnce(A) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let args = A::parse_from(args);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
+    runtime.block_on(async move {
+        init_tracing();
+        crate::install_crypto_provider();
+        main(args).await
+    })
 }

@@ -77,25 +77,16 @@ struct Args {
 }
 
 /// Runs the binary: parses `args` (the program name first) and serves
-/// until SIGTERM. Bad flags print clap's message and exit the process, as
-/// the binary does.
+/// until SIGTERM.
 pub fn binary_main<I, T>(args: I) -> anyhow::Result<()>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let args = Args::parse_from(args);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(run(args))
+    crate::component_main::<Args, _, _, _, _>(args, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    crate::init_tracing();
-    crate::install_crypto_provider();
-
     let ca = Arc::new(ClusterCa::load(&args.ca_dir).context("loading the cluster CA (--ca-dir)")?);
     let own_id = ca
         .trust_domain()

@@ -20,7 +20,7 @@ mod spiffe;
 mod tls;
 mod verify;
 
-pub use admin::{Readiness, init_tracing, serve_admin, shutdown_signal};
+pub use admin::{Readiness, component_main, init_tracing, serve_admin, shutdown_signal};
 pub use auth::{
     AuthError, Authenticator, BootstrapTokens, ProvenIdentity, TokenFileError, TokenReviewer,
 };
