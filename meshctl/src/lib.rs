@@ -111,7 +111,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// The error and its causes on one line, leaving out a cause whose words
 /// the message already holds (many library errors repeat their source).
-fn message(e: &anyhow::Error) -> String {
+pub(crate) fn message(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

@@ -7,14 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        let state = s[s.rfind(')').expect("stat") + 1..]
-            .split_whitespace()
-            .next();
-        !matches!(state, Some("Z" | "X"))
-    })
-}
+mod proc;
+use proc::alive;
 
 #[test]
 fn demo_behaves_and_what_it_keeps_is_stopped_by_dev_down() {

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod proc;
+use proc::alive;
+
 fn meshctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args(args)
@@ -27,16 +30,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// A process is gone when /proc no longer has it, or has only its zombie.
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        let state = s[s.rfind(')').expect("stat") + 1..]
-            .split_whitespace()
-            .next();
-        !matches!(state, Some("Z" | "X"))
-    })
 }
 
 /// Listening TCP sockets whose address is in 127.B.0.0/16.

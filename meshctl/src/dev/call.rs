@@ -61,7 +61,7 @@ impl Caller {
                 .client
                 .get(uri)
                 .await
-                .map_err(|e| format!("{addr}: {}", error_chain(&e)))?;
+                .map_err(|e| format!("{addr}: {}", crate::message(&anyhow::Error::new(e))))?;
             let status = response.status();
             let why = response
                 .headers()
@@ -92,18 +92,4 @@ impl Caller {
             )),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
