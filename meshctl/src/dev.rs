@@ -5,6 +5,8 @@
 //! tells its story on top of the same machinery.
 
 mod call;
+mod net;
+pub mod netns;
 mod plan;
 mod process;
 mod status;
@@ -19,10 +21,13 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 
 pub use call::{Caller, Served};
-pub use plan::{SHOP, Spec, zone_name};
+pub use net::{Namespace, Net};
+pub use plan::{ClusterSpec, SHOP, Spec, zone_name};
 pub use process::{listening, running, signal, spawn, stop};
 pub use topology::{ClusterTopology, Kind, Process, State, Subnet, Topology};
-pub use up::{answers, default_dir, down, log_tail, mirror_ready, set_endpoint_ready, up};
+pub use up::{
+    answers, default_dir, down, log_tail, mirror_ready, net_of, nets, set_endpoint_ready, up,
+};
 
 use crate::output::Report;
 
@@ -78,11 +83,17 @@ impl FederationArgs {
         }
         Ok(Spec {
             dir,
-            clusters,
-            zones: self.zones,
+            clusters: clusters
+                .iter()
+                .map(|(name, region)| ClusterSpec::sample(name, region, self.zones))
+                .collect(),
             subnet,
             trust_domain: self.trust_domain.clone(),
             lease_ttl: self.lease_ttl,
+            leaf_ttl: None,
+            links: None,
+            policies: Vec::new(),
+            network: None,
         })
     }
 }
@@ -117,6 +128,10 @@ pub struct UpArgs {
     /// The loopback /16 the addresses come from; cluster N (from 1) gets 127.B.N.0/24.
     #[arg(long, default_value = "127.77.0.0/16")]
     pub subnet: Subnet,
+    /// Run each cluster in its own network namespace, joined to the others
+    /// only by a WAN segment on which the gateways listen (needs root).
+    #[arg(long)]
+    pub netns: bool,
     #[command(flatten)]
     pub federation: FederationArgs,
     #[command(flatten)]
@@ -231,7 +246,11 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
         })
         .collect();
     let dir = a.dir.dir();
-    let spec = a.federation.spec(dir.clone(), a.subnet, clusters)?;
+    let mut spec = a.federation.spec(dir.clone(), a.subnet, clusters)?;
+    if a.netns {
+        let names: Vec<String> = spec.clusters.iter().map(|c| c.name.clone()).collect();
+        spec.network = Some(netns::Network::plan(&netns::prefix_for(&dir), &names));
+    }
     let began = std::time::Instant::now();
     let t = up(&spec, a.federation.timeout, &mut |line| {
         eprintln!("  {line}")

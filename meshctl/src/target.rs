@@ -16,7 +16,7 @@ use meshfed_api::crd::Link;
 use meshfed_mirror::Change;
 
 pub use self::file::FileCluster;
-pub(crate) use self::file::ready as file_ready;
+pub(crate) use self::file::ready_over;
 pub use self::kube::{KubeCluster, apply_objects};
 use crate::cluster::ClusterInfo;
 

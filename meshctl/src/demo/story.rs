@@ -171,7 +171,7 @@ impl Story<'_> {
             .find(|c| c.name == "east")
             .context("east")?;
         for name in &api_procs {
-            dev::spawn(&exe, east_mut.process_mut(name)?)?;
+            dev::spawn(&exe, east_mut.process_mut(name)?, None)?;
         }
         t.save()?;
         let east_now = t.cluster("east")?.clone();
@@ -246,7 +246,7 @@ impl Story<'_> {
             .iter_mut()
             .find(|c| c.name == "central")
             .context("central")?;
-        dev::spawn(&exe, central.process_mut("gateway")?)?;
+        dev::spawn(&exe, central.process_mut("gateway")?, None)?;
         t.save()?;
         let started = Instant::now();
         match wait_mirrors(
@@ -355,7 +355,7 @@ async fn kill(procs: &[&dev::Process]) -> Instant {
 async fn wait_answers(p: &dev::Process, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        match dev::answers(p).await {
+        match dev::answers(&dev::Net::Host, p).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
                 bail!("{} did not start again: {e}", p.name)

@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use super::net::{Connector, Net};
 
 /// What the sample `api` answers: who served the call, and who called.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,17 +28,20 @@ pub struct Served {
 /// A keep-alive HTTP/1.1 client.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<Connector, Empty<Bytes>>,
     timeout: Duration,
 }
 
 impl Caller {
+    /// Calls from this process's network.
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        Self::from(&Net::Host, timeout)
+    }
+
+    /// Calls from `net` (a cluster's network namespace in a scenario).
+    pub fn from(net: &Net, timeout: Duration) -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(net.connector(timeout)),
             timeout,
         }
     }

@@ -42,6 +42,8 @@ const GATEWAY_HOST: u8 = 3;
 const API_HOST: u8 = 10;
 const ECHO_HOST: u8 = 20;
 const CLIENT_HOST: u8 = 30;
+/// Extra client pods: `.40`, `.41`...
+const CALLER_HOST: u8 = 40;
 
 /// The dev CAs outlive any dev session and `meshctl check`'s 30-day expiry warning.
 const CA_VALIDITY: Duration = Duration::from_secs(365 * 86400);
@@ -50,11 +52,60 @@ const CA_VALIDITY: Duration = Duration::from_secs(365 * 86400);
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub dir: PathBuf,
-    pub clusters: Vec<(String, String)>,
-    pub zones: u8,
+    pub clusters: Vec<ClusterSpec>,
     pub subnet: Subnet,
     pub trust_domain: TrustDomain,
     pub lease_ttl: u32,
+    /// Lifetime of workload certificates (the identity services'
+    /// `--leaf-ttl`); `None` leaves their default.
+    pub leaf_ttl: Option<Duration>,
+    /// `(cluster, peer)`: `cluster` holds a Link to `peer` and imports its
+    /// exports. `None`: every cluster links to every other.
+    pub links: Option<Vec<(String, String)>>,
+    /// FailoverPolicy manifests, by the cluster they are written to.
+    pub policies: Vec<(String, Value)>,
+    /// The network namespaces to run in (`None`: this machine's loopback).
+    pub network: Option<super::netns::Network>,
+}
+
+/// One cluster of the plan.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub region: String,
+    /// `api` runs one replica per zone.
+    pub zones: u8,
+    /// Which sample services (`api`, `echo`) carry the export label.
+    pub exported: Vec<String>,
+    /// Service accounts of extra client pods: each is a sidecar with the
+    /// same upstream listeners as the sample client's, under its own
+    /// identity (`spiffe://TD/ns/shop/sa/NAME`), which the sample services
+    /// do not allow.
+    pub callers: Vec<String>,
+}
+
+impl ClusterSpec {
+    /// The sample cluster: `api` exported in every zone, `echo` not.
+    pub fn sample(name: &str, region: &str, zones: u8) -> Self {
+        Self {
+            name: name.to_owned(),
+            region: region.to_owned(),
+            zones,
+            exported: vec!["api".into()],
+            callers: Vec::new(),
+        }
+    }
+}
+
+impl Spec {
+    /// Whether `cluster` holds a Link to `peer`.
+    pub fn links_to(&self, cluster: &str, peer: &str) -> bool {
+        cluster != peer
+            && self.links.as_ref().is_none_or(|l| {
+                l.iter()
+                    .any(|(c, p)| c.as_str() == cluster && p.as_str() == peer)
+            })
+    }
 }
 
 /// Zone `z` (from 0) of `region`: `us-east` → `us-east-a`, `us-east-b`...
@@ -77,7 +128,7 @@ pub fn plan(spec: &Spec) -> Topology {
         .clusters
         .iter()
         .enumerate()
-        .map(|(i, (name, region))| plan_cluster(spec, &ids, i, name, region))
+        .map(|(i, c)| plan_cluster(spec, &ids, i, c))
         .collect();
     Topology {
         version: 1,
@@ -86,10 +137,16 @@ pub fn plan(spec: &Spec) -> Topology {
         subnet: spec.subnet.to_string(),
         state: State::Starting,
         clusters,
+        network: spec.network.clone(),
     }
 }
 
-fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, name: &str, region: &str) -> ClusterTopology {
+fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTopology {
+    let (name, region) = (cs.name.as_str(), cs.region.as_str());
+    let net = spec
+        .network
+        .as_ref()
+        .and_then(|n| n.cluster(name).ok().cloned());
     let root = spec.dir.join(name);
     let ca_dir = root.join("ca");
     let tokens = root.join("tokens");
@@ -103,7 +160,11 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, name: &str, region: &str) -> C
     let controller_ip = spec.subnet.ip(i, CONTROLLER_HOST);
     let discovery = SocketAddr::from((controller_ip, DISCOVERY_PORT));
     let federation = SocketAddr::from((controller_ip, FEDERATION_PORT));
-    let gateway = at(GATEWAY_HOST, GATEWAY_PORT);
+    // In a network namespace the gateway alone listens on the WAN.
+    let gateway = match &net {
+        Some(n) => SocketAddr::from((n.wan_ip, GATEWAY_PORT)),
+        None => at(GATEWAY_HOST, GATEWAY_PORT),
+    };
     // How a process proves who it is: the CSR flow against this cluster's identity service.
     let credentials = |ns: &str, sa: &str| -> Vec<String> {
         vec![
@@ -133,22 +194,23 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, name: &str, region: &str) -> C
     };
     let mut processes = Vec::new();
 
-    let mut p = proc(
-        "identity",
-        Kind::Identity,
-        vec![
-            "--ca-dir".into(),
-            path(&ca_dir),
-            "--auth".into(),
-            "bootstrap".into(),
-            "--bootstrap-tokens".into(),
-            path(&tokens.join("bootstrap")),
-            "--listen".into(),
-            arg(&identity_addr),
-            "--admin-listen".into(),
-            arg(&at(IDENTITY_HOST, IDENTITY_ADMIN_PORT)),
-        ],
-    );
+    let mut args: Vec<String> = vec![
+        "--ca-dir".into(),
+        path(&ca_dir),
+        "--auth".into(),
+        "bootstrap".into(),
+        "--bootstrap-tokens".into(),
+        path(&tokens.join("bootstrap")),
+        "--listen".into(),
+        arg(&identity_addr),
+        "--admin-listen".into(),
+        arg(&at(IDENTITY_HOST, IDENTITY_ADMIN_PORT)),
+    ];
+    if let Some(ttl) = spec.leaf_ttl {
+        args.push("--leaf-ttl".into());
+        args.push(humantime::format_duration(ttl).to_string());
+    }
+    let mut p = proc("identity", Kind::Identity, args);
     p.listen.insert("grpc".into(), identity_addr);
     p.admin = Some(at(IDENTITY_HOST, IDENTITY_ADMIN_PORT));
     p.identity = Some(ids.of(NAMESPACE, IDENTITY));
@@ -242,7 +304,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, name: &str, region: &str) -> C
         )
     };
 
-    let zones: Vec<String> = (0..spec.zones).map(|z| zone_name(region, z)).collect();
+    let zones: Vec<String> = (0..cs.zones).map(|z| zone_name(region, z)).collect();
     for (z, zone) in zones.iter().enumerate() {
         let letter = char::from(b'a' + u8::try_from(z).expect("few zones"));
         let ip = spec
@@ -320,10 +382,30 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, name: &str, region: &str) -> C
     p.identity = Some(client_id.clone());
     processes.push(p);
 
+    for (k, sa) in cs.callers.iter().enumerate() {
+        let host = CALLER_HOST + u8::try_from(k).expect("few callers (checked)");
+        let ip = spec.subnet.ip(i, host);
+        let mut extra = Vec::new();
+        let mut listen = BTreeMap::new();
+        for (svc, port) in [
+            (format!("api.{SHOP}"), API_PORT),
+            (format!("echo.{SHOP}"), ECHO_PORT),
+        ] {
+            let at = SocketAddr::from((ip, port));
+            extra.push("--upstream".into());
+            extra.push(format!("{svc}:{port}={at}"));
+            listen.insert(format!("upstream {svc}"), at);
+        }
+        let mut s = sidecar(sa, sa, ip, &zones[0], extra);
+        s.listen = listen;
+        processes.push(s);
+    }
+
     ClusterTopology {
         name: name.into(),
         region: region.into(),
         zones,
+        netns: net.map(|n| n.netns),
         state_dir,
         ca_dir,
         gateway,
@@ -358,12 +440,26 @@ pub async fn write_materials(spec: &Spec, topology: &Topology) -> anyhow::Result
             .with_context(|| format!("saving {}", c.ca_dir.display()))?;
         write_tokens(&spec.dir.join(&c.name).join("tokens"), c)?;
         describe(c)?;
-        write_services(spec, c)?;
+        let cs = spec
+            .clusters
+            .iter()
+            .find(|s| s.name == c.name)
+            .context("every planned cluster is in the spec")?;
+        write_services(spec, cs, c)?;
     }
     for to in &topology.clusters {
-        for from in topology.clusters.iter().filter(|f| f.name != to.name) {
-            link(spec, from, to).await?;
+        for from in topology.clusters.iter() {
+            if spec.links_to(&to.name, &from.name) {
+                link(spec, from, to).await?;
+            }
         }
+    }
+    for (cluster, policy) in &spec.policies {
+        let c = topology.cluster(cluster)?;
+        let name = policy["metadata"]["name"].as_str().unwrap_or("policy");
+        let path = c.state_dir.join(SHOP).join(format!("failover-{name}.yaml"));
+        std::fs::write(&path, Format::Yaml.objects(std::slice::from_ref(policy))?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -440,13 +536,14 @@ fn describe(c: &ClusterTopology) -> anyhow::Result<()> {
 
 /// `shop/api.yaml` and `shop/echo.yaml`: each Service (api exported) and
 /// its EndpointSlice naming the sidecars' inbound port.
-fn write_services(spec: &Spec, c: &ClusterTopology) -> anyhow::Result<()> {
+fn write_services(spec: &Spec, cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
     let dir = c.state_dir.join(SHOP);
     create_dir(&dir)?;
-    for (service, port_name, port, exported, kind) in [
-        ("api", "http", API_PORT, true, Kind::Api),
-        ("echo", "tcp", ECHO_PORT, false, Kind::Echo),
+    for (service, port_name, port, kind) in [
+        ("api", "http", API_PORT, Kind::Api),
+        ("echo", "tcp", ECHO_PORT, Kind::Echo),
     ] {
+        let exported = cs.exported.iter().any(|e| e == service);
         let mut svc = fixtures::service(SHOP, service, &[(port_name, port)], exported);
         svc.metadata.annotations = Some(BTreeMap::from([(
             meshfed_api::labels::IDENTITY.to_owned(),

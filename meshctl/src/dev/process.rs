@@ -15,14 +15,24 @@ use rustix::process::{Pid, Signal, WaitOptions};
 
 use super::topology::Process;
 
-/// Starts `p` as `EXE dev exec KIND ARGS...` and records its pid.
-pub fn spawn(exe: &Path, p: &mut Process) -> anyhow::Result<()> {
+/// Starts `p` as `EXE dev exec KIND ARGS...`, inside the network namespace
+/// `netns` if given, and records its pid.
+pub fn spawn(exe: &Path, p: &mut Process, netns: Option<&str>) -> anyhow::Result<()> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&p.log)
         .with_context(|| format!("opening {}", p.log.display()))?;
-    let child = Command::new(exe)
+    // `ip netns exec` enters the namespace and execs: the pid is the process's own.
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let child = command
         .args(["dev", "exec", p.kind.as_str()])
         .args(&p.args)
         .stdin(Stdio::null())

@@ -49,11 +49,12 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
     let mut clusters = Vec::new();
     let mut healthy = true;
     for c in &t.clusters {
+        let net = super::up::net_of(c)?;
         let mut processes = Vec::new();
         for p in &c.processes {
             let running = process::running(p);
             let not_ready = if running {
-                answers(p).await.err()
+                answers(&net, p).await.err()
             } else {
                 Some("not running".into())
             };
@@ -79,7 +80,7 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
             .any(|p| p.kind == Kind::Controller && process::running(p));
         healthy &= controller_running && links.iter().all(|l| l.alive);
         let client = match c.processes.iter().find(|p| p.kind == Kind::Client) {
-            Some(p) if process::running(p) => client_stats(p.admin).await,
+            Some(p) if process::running(p) => client_stats(&net, p.admin).await,
             _ => None,
         };
         clusters.push(ClusterStatus {
@@ -98,8 +99,8 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
     })
 }
 
-async fn client_stats(addr: Option<std::net::SocketAddr>) -> Option<ClientStats> {
-    Caller::new(std::time::Duration::from_secs(2))
+async fn client_stats(net: &super::Net, addr: Option<std::net::SocketAddr>) -> Option<ClientStats> {
+    Caller::from(net, std::time::Duration::from_secs(2))
         .get_json(addr?, "/stats")
         .await
         .ok()

@@ -28,6 +28,10 @@ pub struct Topology {
     pub subnet: String,
     pub state: State,
     pub clusters: Vec<ClusterTopology>,
+    /// The network namespaces the clusters run in (none: this machine's
+    /// loopback, every cluster reachable from every other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<super::netns::Network>,
 }
 
 /// Where `dev up` got to.
@@ -48,6 +52,9 @@ pub struct ClusterTopology {
     pub name: String,
     pub region: String,
     pub zones: Vec<String>,
+    /// The network namespace its processes run in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// The cluster's manifest directory (the controller's file store): use it
     /// as `--state` with meshctl link, export, check, gateways.
     pub state_dir: PathBuf,

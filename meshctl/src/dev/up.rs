@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use meshfed_mirror::{ManifestDir, ObjKey};
 
+use std::collections::BTreeMap;
+
 use super::call::Caller;
+use super::net::{Namespace, Net};
+use super::netns;
 use super::plan::{self, SHOP, Spec};
 use super::process;
-use super::topology::{Kind, Process, State, Subnet, Topology};
+use super::topology::{ClusterTopology, Kind, Process, State, Subnet, Topology};
 
 /// How long a stopping process may drain before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -110,8 +114,27 @@ pub async fn up(
     let exe = std::env::current_exe().context("finding the meshctl executable")?;
     prepare_dir(&spec.dir)?;
     let mut topology = plan::plan(spec);
-    check_free(&topology, spec.subnet)?;
-    plan::write_materials(spec, &topology).await?;
+    match &spec.network {
+        // Fresh namespaces: nothing else can hold their addresses.
+        Some(network) => {
+            let old = netns::destroy(&network.prefix)?;
+            if !old.is_empty() {
+                progress(&format!(
+                    "removed network namespaces an earlier run left: {}",
+                    old.join(", ")
+                ));
+            }
+            topology.save()?;
+            network.create()?;
+        }
+        None => check_free(&topology, spec.subnet)?,
+    }
+    if let Err(e) = plan::write_materials(spec, &topology).await {
+        if let Err(stop) = down(&spec.dir).await {
+            eprintln!("warning: {stop:#}");
+        }
+        return Err(e);
+    }
     topology.save()?;
     let deadline = Instant::now() + timeout;
     let started = tokio::select! {
@@ -152,24 +175,32 @@ async fn start(
         ),
         ("client workloads", &[Kind::Client]),
     ];
+    let nets = nets(t)?;
     for (what, kinds) in phases {
         let began = Instant::now();
         for c in &mut t.clusters {
+            let ns = c.netns.clone();
             for p in c.processes.iter_mut().filter(|p| kinds.contains(&p.kind)) {
-                process::spawn(exe, p)?;
+                process::spawn(exe, p, ns.as_deref())?;
             }
         }
         t.save()?;
-        wait(t, deadline, what, async |t| phase_ready(t, kinds).await).await?;
+        wait(t, deadline, what, async |t| {
+            phase_ready(t, &nets, kinds).await
+        })
+        .await?;
         progress(&format!(
             "{what} ready ({:.1} s)",
             began.elapsed().as_secs_f64()
         ));
     }
     let began = Instant::now();
-    let caller = Caller::new(Duration::from_secs(2));
+    let callers: BTreeMap<String, Caller> = nets
+        .iter()
+        .map(|(c, net)| (c.clone(), Caller::from(net, Duration::from_secs(2))))
+        .collect();
     wait(t, deadline, "federation", async |t| {
-        federated(t, &caller).await
+        federated(t, &callers).await
     })
     .await?;
     progress(&format!(
@@ -220,29 +251,51 @@ pub fn log_tail(path: &Path, n: usize) -> String {
         .join("\n")
 }
 
+/// Where each cluster's processes are reached from: this machine's network,
+/// or the cluster's namespace.
+pub fn nets(t: &Topology) -> anyhow::Result<BTreeMap<String, Net>> {
+    t.clusters
+        .iter()
+        .map(|c| Ok((c.name.clone(), net_of(c)?)))
+        .collect()
+}
+
+/// Where `c`'s processes are reached from.
+pub fn net_of(c: &ClusterTopology) -> anyhow::Result<Net> {
+    Ok(match &c.netns {
+        Some(ns) => Net::Ns(
+            Namespace::open(&netns::path(ns))
+                .with_context(|| format!("reaching cluster {}'s network", c.name))?,
+        ),
+        None => Net::Host,
+    })
+}
+
 /// A process answers: its admin `/ready`, else a TCP connect to its listener.
-pub async fn answers(p: &Process) -> Result<(), String> {
-    if p.kind != Kind::Client
-        && let Some(admin) = p.admin
-    {
-        return crate::target::file_ready(&admin.to_string())
-            .await
-            .map(|_| ());
-    }
+pub async fn answers(net: &Net, p: &Process) -> Result<(), String> {
     let addr: SocketAddr = p
         .admin
         .or_else(|| p.listen.values().next().copied())
         .ok_or_else(|| format!("{} listens nowhere", p.name))?;
-    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("{addr}: {e}")),
-        Err(_) => Err(format!("{addr}: no answer within 2 s")),
+    let conn = net
+        .connect_within(addr, Duration::from_secs(2))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    if p.kind != Kind::Client && p.admin.is_some() {
+        return crate::target::ready_over(conn, &addr.to_string())
+            .await
+            .map(|_| ());
     }
+    Ok(())
 }
 
-async fn phase_ready(t: &Topology, kinds: &[Kind]) -> Result<(), String> {
+async fn phase_ready(
+    t: &Topology,
+    nets: &BTreeMap<String, Net>,
+    kinds: &[Kind],
+) -> Result<(), String> {
     for (c, p) in t.processes().filter(|(_, p)| kinds.contains(&p.kind)) {
-        answers(p)
+        answers(&nets[&c.name], p)
             .await
             .map_err(|e| format!("{} of cluster {}: {e}", p.name, c.name))?;
     }
@@ -252,10 +305,31 @@ async fn phase_ready(t: &Topology, kinds: &[Kind]) -> Result<(), String> {
 /// Every cluster holds a ready mirror of every other's `api`, and a call
 /// through its client sidecar is served in the cluster itself, by the
 /// client's identity.
-async fn federated(t: &Topology, caller: &Caller) -> Result<(), String> {
+async fn federated(t: &Topology, callers: &BTreeMap<String, Caller>) -> Result<(), String> {
     for c in &t.clusters {
+        let caller = &callers[&c.name];
         let dir = ManifestDir::open(&c.state_dir).map_err(|e| e.to_string())?;
+        let links = dir
+            .list("meshfed.io/v1alpha1", "Link")
+            .map_err(|e| e.to_string())?;
+        let linked = |peer: &str| {
+            links
+                .iter()
+                .any(|l| l.value["spec"]["cluster"].as_str() == Some(peer))
+        };
+        let exported = |peer: &ClusterTopology| -> Result<bool, String> {
+            let dir = ManifestDir::open(&peer.state_dir).map_err(|e| e.to_string())?;
+            let svc = dir
+                .get("v1", "Service", &ObjKey::new(SHOP, "api"))
+                .map_err(|e| e.to_string())?;
+            Ok(svc.is_some_and(|s| {
+                s.value["metadata"]["labels"][meshfed_api::labels::EXPORTED] == "true"
+            }))
+        };
         for peer in t.clusters.iter().filter(|p| p.name != c.name) {
+            if !linked(&peer.name) || !exported(peer)? {
+                continue;
+            }
             if mirror_ready(&dir, &peer.name)? != Some(true) {
                 return Err(format!(
                     "cluster {} has no ready mirror of api from {} yet",
@@ -322,6 +396,14 @@ pub async fn down(dir: &Path) -> anyhow::Result<Stopped> {
     }
     t.state = State::Stopped;
     t.save()?;
+    if let Some(network) = &t.network {
+        // Whatever still runs inside goes with its namespace.
+        netns::destroy(&network.prefix)?;
+        return Ok(Stopped {
+            processes: running,
+            clusters: t.clusters.len(),
+        });
+    }
     let left = process::listening(|ip| subnet.contains(ip));
     if !left.is_empty() {
         let list: Vec<String> = left.iter().map(ToString::to_string).collect();

@@ -208,10 +208,21 @@ impl FileCluster {
 
 /// `GET /ready` on an admin listener: `Ok` on 200, else why not.
 pub async fn ready(addr: &str) -> Result<String, String> {
-    let probe = async {
-        let mut conn = tokio::net::TcpStream::connect(addr)
+    let connect = async {
+        tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("{addr}: {e}"))?;
+            .map_err(|e| format!("{addr}: {e}"))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(conn)) => ready_over(conn, addr).await,
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("{addr}: no answer within 2 s")),
+    }
+}
+
+/// `GET /ready` over `conn`, a connection to the admin listener `addr`.
+pub async fn ready_over(mut conn: tokio::net::TcpStream, addr: &str) -> Result<String, String> {
+    let probe = async {
         conn.write_all(b"GET /ready HTTP/1.0\r\nHost: admin\r\n\r\n")
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
