@@ -11,6 +11,7 @@ mod inject;
 mod install;
 mod link;
 mod output;
+mod scenario;
 mod target;
 mod trust;
 
@@ -72,6 +73,9 @@ enum Command {
     /// Run a whole federation on this machine as separate processes.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+    /// Run multi-cluster scenarios: faults, traffic and assertions on real networks.
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCommand),
     /// Print shell completions.
     #[command(after_help = "Examples:
   meshctl completion bash > /etc/bash_completion.d/meshctl
@@ -142,6 +146,7 @@ fn async_command(command: Command) -> anyhow::Result<()> {
             Command::Gateways(a) => gateways::run(a).await,
             Command::Dev(cmd) => dev::run(cmd).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Scenario(cmd) => scenario::run(cmd).await,
             Command::Trust(_) | Command::Inject(_) | Command::Completion { .. } => {
                 unreachable!("run handles the synchronous commands")
             }

@@ -57,6 +57,18 @@ impl Caller {
         addr: SocketAddr,
         path: &str,
     ) -> Result<T, String> {
+        let body = self.get_bytes(addr, path).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("{addr}{path}: unexpected answer: {e}"))
+    }
+
+    /// `GET http://ADDR/PATH`, the answer as text (e.g. `/metrics`).
+    pub async fn get_text(&self, addr: SocketAddr, path: &str) -> Result<String, String> {
+        let body = self.get_bytes(addr, path).await?;
+        String::from_utf8(body.to_vec()).map_err(|_| format!("{addr}{path}: not UTF-8"))
+    }
+
+    /// `GET http://ADDR/PATH`: the body of a 2xx answer, else why not.
+    async fn get_bytes(&self, addr: SocketAddr, path: &str) -> Result<Bytes, String> {
         let uri: http::Uri = format!("http://{addr}{path}")
             .parse()
             .map_err(|e| format!("{addr}{path}: {e}"))?;
@@ -85,8 +97,7 @@ impl Caller {
                     None => format!("HTTP {status}: {}", text.trim()),
                 });
             }
-            serde_json::from_slice(&body)
-                .map_err(|e| format!("{addr}{path}: unexpected answer: {e}"))
+            Ok(body)
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,

@@ -567,8 +567,8 @@ fn write_services(spec: &Spec, cs: &ClusterSpec, c: &ClusterTopology) -> anyhow:
     Ok(())
 }
 
-/// `meshctl link --from-state FROM --to-state TO`.
-async fn link(spec: &Spec, from: &ClusterTopology, to: &ClusterTopology) -> anyhow::Result<()> {
+/// `meshctl link --from-state FROM --to-state TO`: `to` links to `from`.
+pub async fn link(spec: &Spec, from: &ClusterTopology, to: &ClusterTopology) -> anyhow::Result<()> {
     let (f, t, ttl) = (
         from.state_dir.display().to_string(),
         to.state_dir.display().to_string(),
