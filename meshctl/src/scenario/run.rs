@@ -249,23 +249,20 @@ impl<'a> Runner<'a> {
                 )),
             };
             let ended = Instant::now();
-            say(&format!(
-                "{} step {} {what}{}",
-                match done.status {
-                    StepStatus::Passed => "✔",
-                    StepStatus::Skipped => "⚠",
-                    _ => "✘",
-                },
-                st.number,
-                done.message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            ));
+            say(&match (done.status, &done.message) {
+                (StepStatus::Passed, None) => format!("✔ step {} {what}", st.number),
+                (StepStatus::Passed, Some(m)) => format!("✔ step {} {what}: {m}", st.number),
+                (StepStatus::Skipped, m) => {
+                    format!("⚠ step {}: {}", st.number, m.as_deref().unwrap_or(""))
+                }
+                (_, m) => format!("✘ step {}: {}", st.number, m.as_deref().unwrap_or("")),
+            });
             if done.status != StepStatus::Passed {
                 stopped = true;
             }
-            if let (Some(name), Some(m)) = (&st.name, done.measured) {
+            // Budgeted waits and rotations are what a run measures.
+            let budgeted = st.within.is_some() || matches!(st.action, Action::Rotate(_));
+            if let (Some(name), Some(m), true) = (&st.name, done.measured, budgeted) {
                 result.measurements.insert(name.clone(), ms(m));
             }
             result.steps.push(StepResult {
@@ -812,7 +809,9 @@ impl<'a> Runner<'a> {
                     {
                         Some(m) => now - probe::sum(m, name, labels),
                         None => {
-                            return Ok(Err(format!("{process}'s metrics could not be read at {s}")));
+                            return Ok(Err(format!(
+                                "{process}'s metrics could not be read at {s}"
+                            )));
                         }
                     },
                     None => now,
