@@ -120,6 +120,7 @@ pub async fn run(s: &Scenario, dir: &Path, say: &mut (dyn FnMut(&str) + Send)) -
 
 /// What the runner remembers of a named step when it ended.
 struct Mark {
+    start: Instant,
     end: Instant,
     /// Metrics of the processes later assertions compare against.
     metrics: BTreeMap<(String, String), Vec<Sample>>,
@@ -139,7 +140,8 @@ pub(super) struct Runner<'a> {
     admin: BTreeMap<String, Caller>,
     traffic: BTreeMap<String, (super::spec::Traffic, Traffic)>,
     marks: BTreeMap<String, Mark>,
-    last_end: Instant,
+    /// When the step before began: a budget is measured from it by default.
+    last_start: Instant,
     /// Processes whose metrics named steps snapshot.
     watched_metrics: BTreeSet<(String, String)>,
     watched_mirrors: BTreeSet<String>,
@@ -218,7 +220,7 @@ impl<'a> Runner<'a> {
             admin,
             traffic: BTreeMap::new(),
             marks: BTreeMap::new(),
-            last_end: Instant::now(),
+            last_start: Instant::now(),
             watched_metrics,
             watched_mirrors,
             netem: None,
@@ -277,15 +279,15 @@ impl<'a> Runner<'a> {
                 message: done.message,
             });
             if let Some(name) = &st.name {
-                let mark = self.mark(ended).await;
+                let mark = self.mark(started, ended).await;
                 self.marks.insert(name.clone(), mark);
             }
-            self.last_end = ended;
+            self.last_start = started;
         }
         result.settle_status();
     }
 
-    async fn mark(&self, end: Instant) -> Mark {
+    async fn mark(&self, start: Instant, end: Instant) -> Mark {
         let mut metrics = BTreeMap::new();
         for (c, p) in &self.watched_metrics {
             if let Ok(m) = self.metrics(c, p).await {
@@ -297,6 +299,7 @@ impl<'a> Runner<'a> {
             mirrors.insert(c.clone(), self.mirror_files(c).unwrap_or_default());
         }
         Mark {
+            start,
             end,
             metrics,
             mirrors,
@@ -432,11 +435,13 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Where a wait's budget is measured from: the start of the step it
+    /// names (the moment a fault was injected), else of the step before.
     fn since(&self, st: &Step) -> Instant {
         st.since
             .as_ref()
             .and_then(|n| self.marks.get(n))
-            .map_or(self.last_end, |m| m.end)
+            .map_or(self.last_start, |m| m.start)
     }
 
     async fn wait(&mut self, st: &Step, c: &Condition) -> anyhow::Result<Done> {
