@@ -9,13 +9,15 @@
 //! so loudly on stderr and do not pretend to have run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod cli;
 mod proc;
+use cli::{meshctl, text};
 use proc::alive;
 
 /// The scenarios measure time budgets: one run at a time.
@@ -26,22 +28,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("the workspace")
         .to_owned()
-}
-
-fn meshctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshctl"))
-        .args(args)
-        .output()
-        .expect("run meshctl")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Whether network namespaces can be made here; if not, says so loudly.
