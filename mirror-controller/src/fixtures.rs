@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_api::crd::{
     FailoverPolicy, FailoverPolicySpec, GatewaySpec, Link, LinkSpec, ProbeSpec,
 };
+use meshfed_api::federation::{self, ExportedService, ZoneEndpoints};
 use meshfed_api::labels;
 
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
@@ -16,6 +17,28 @@ fn meta(namespace: &str, name: &str) -> ObjectMeta {
         name: Some(name.into()),
         namespace: Some(namespace.into()),
         ..ObjectMeta::default()
+    }
+}
+
+/// What a peer exports for shop/api: port http/80, `ready` of `total`
+/// endpoints in `zone`, served as `spiffe://mesh.test/ns/shop/sa/api`.
+pub fn exported_api(zone: &str, ready: u32, total: u32) -> ExportedService {
+    ExportedService {
+        namespace: "shop".into(),
+        name: "api".into(),
+        ports: vec![federation::ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: "TCP".into(),
+            app_protocol: String::new(),
+        }],
+        zones: vec![ZoneEndpoints {
+            zone: zone.into(),
+            ready,
+            total,
+        }],
+        identities: vec!["spiffe://mesh.test/ns/shop/sa/api".into()],
+        ..ExportedService::default()
     }
 }
 

@@ -32,6 +32,13 @@ impl World {
             changed_at: Instant::now(),
         }
     }
+
+    /// Whether every linked peer's exports are known: its first snapshot
+    /// since this controller started arrived, or its lease ran out. Until
+    /// then an endpoint set would lack that peer's clusters.
+    pub(crate) fn peers_known(&self) -> bool {
+        self.peers.values().all(|p| p.imports.is_some())
+    }
 }
 
 /// What the controller knows about one linked cluster.

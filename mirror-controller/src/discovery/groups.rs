@@ -294,8 +294,6 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use meshfed_api::federation::{ServicePort, ZoneEndpoints};
-
     use super::*;
     use crate::fixtures;
     use crate::store::ClusterState;
@@ -347,23 +345,7 @@ mod tests {
         spec.region = Some(region.into());
         let mut p = PeerState::new(spec);
         p.gateways = vec!["127.0.0.9:4443".parse().expect("addr")];
-        let svc = ExportedService {
-            namespace: "shop".into(),
-            name: "api".into(),
-            ports: vec![ServicePort {
-                name: "http".into(),
-                port: 80,
-                protocol: "TCP".into(),
-                app_protocol: String::new(),
-            }],
-            zones: vec![ZoneEndpoints {
-                zone: format!("{cluster}-1"),
-                ready,
-                total: 4,
-            }],
-            identities: vec!["spiffe://mesh.test/ns/shop/sa/api".into()],
-            ..ExportedService::default()
-        };
+        let svc = fixtures::exported_api(&format!("{cluster}-1"), ready, 4);
         p.imports = Some(Arc::new([(ObjKey::new("shop", "api"), svc)].into()));
         let l = Duration::from_millis(latency_ms);
         p.latency = Some((l, l));

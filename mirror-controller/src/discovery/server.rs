@@ -1,9 +1,15 @@
 //! The discovery service: per subscription, recompute the endpoint set on
 //! every change of the world and push it when it differs from the last one
 //! sent.
+//!
+//! A subscription's first set waits until every linked peer's exports are
+//! known (at most [`PEERS_KNOWN_WAIT`]): a sidecar reconnecting to a
+//! restarted controller keeps its last endpoints meanwhile, instead of being
+//! handed a view without the remote clusters it was failing over to.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use meshfed_api::discovery::discovery_server::Discovery;
@@ -20,6 +26,9 @@ use super::routes::{RouteTable, stream_routes};
 use crate::metrics::Metrics;
 use crate::store::ObjKey;
 use crate::world::World;
+
+/// How long a new subscription waits for every peer's exports to be known.
+pub(crate) const PEERS_KNOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// The tonic service.
 #[derive(Debug, Clone)]
@@ -79,6 +88,13 @@ impl Discovery for DiscoveryService {
         let (me, mut world, metrics) = (self.me.clone(), self.world.clone(), self.metrics.clone());
         tokio::spawn(async move {
             metrics.discovery_subscribers.inc();
+            tokio::select! {
+                _ = tokio::time::timeout(PEERS_KNOWN_WAIT, world.wait_for(|w| w.peers_known())) => {}
+                () = tx.closed() => {
+                    metrics.discovery_subscribers.dec();
+                    return;
+                }
+            }
             let mut last: Option<EndpointSet> = None;
             let mut revision = 0u64;
             loop {
@@ -191,9 +207,114 @@ pub(crate) fn resolve(world: &World, target: &str) -> ResolveResponse {
 mod tests {
     use std::sync::Arc;
 
+    use futures::StreamExt;
+    use meshfed_api::discovery::Locality;
+
     use super::*;
     use crate::fixtures;
     use crate::store::ClusterState;
+    use crate::world::PeerState;
+
+    /// East's world: api exported here with one ready endpoint, and a Link
+    /// to west whose exports are not known yet.
+    fn restarted_world() -> World {
+        let mut state = ClusterState::default();
+        let svc = fixtures::service("shop", "api", &[("http", 80)], true);
+        state.services.insert(ObjKey::new("shop", "api"), svc);
+        let mut slice = fixtures::slice("shop", "api", "api-1", &[("http", 8080)]);
+        fixtures::add_endpoint(&mut slice, "10.0.0.1", Some("a"), true);
+        state.slices.insert(ObjKey::new("shop", "api-1"), slice);
+        let link = fixtures::link(
+            "meshfed",
+            "west",
+            &["127.0.0.9"],
+            4443,
+            "spiffe://mesh.test/gw",
+            "spiffe://mesh.test/c",
+        );
+        let mut west = PeerState::new(link.spec);
+        west.gateways = vec!["127.0.0.9:4443".parse().expect("addr")];
+        let mut world = World::new(Arc::new(state));
+        world
+            .peers
+            .insert(ObjKey::new("meshfed", "west"), Arc::new(west));
+        world
+    }
+
+    fn west_exports_api() -> Arc<crate::local::ExportSet> {
+        let svc = fixtures::exported_api("west-1", 2, 2);
+        Arc::new([(ObjKey::new("shop", "api"), svc)].into())
+    }
+
+    async fn subscribe(world: watch::Receiver<Arc<World>>) -> SetStream {
+        let (_routes_tx, routes) = watch::channel(Arc::new(RouteTable::default()));
+        let me = LocalCluster {
+            name: "east".into(),
+            region: None,
+            trust_domain: meshfed_trust::TrustDomain::new("mesh.test").expect("domain"),
+        };
+        let svc = DiscoveryService::new(
+            me,
+            world,
+            routes,
+            Arc::new(Metrics::new(
+                &mut prometheus_client::registry::Registry::default(),
+            )),
+        );
+        let req = WatchRequest {
+            namespace: "shop".into(),
+            name: "api".into(),
+            port: 80,
+            caller: Some(Locality {
+                zone: "a".into(),
+                ..Locality::default()
+            }),
+        };
+        svc.watch(Request::new(req))
+            .await
+            .expect("watch")
+            .into_inner()
+    }
+
+    fn clusters(set: &EndpointSet) -> Vec<String> {
+        set.groups
+            .iter()
+            .map(|g| {
+                g.locality
+                    .as_ref()
+                    .map(|l| l.cluster.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_set_waits_until_every_peers_exports_are_known() {
+        let (tx, rx) = watch::channel(Arc::new(restarted_world()));
+        let mut stream = subscribe(rx).await;
+        let early = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+        assert!(early.is_err(), "nothing is sent while west is unknown");
+        tx.send_modify(|w| {
+            let w = Arc::make_mut(w);
+            let key = ObjKey::new("meshfed", "west");
+            let mut west = (*w.peers[&key]).clone();
+            west.imports = Some(west_exports_api());
+            w.peers.insert(key, Arc::new(west));
+        });
+        let set = stream.next().await.expect("a set").expect("ok");
+        assert_eq!(set.revision, 1);
+        assert_eq!(clusters(&set), ["east", "west"], "{set:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stays_unknown_holds_the_first_set_only_so_long() {
+        let (_tx, rx) = watch::channel(Arc::new(restarted_world()));
+        let mut stream = subscribe(rx).await;
+        let started = tokio::time::Instant::now();
+        let set = stream.next().await.expect("a set").expect("ok");
+        assert_eq!(started.elapsed(), PEERS_KNOWN_WAIT);
+        assert_eq!(clusters(&set), ["east"], "{set:?}");
+    }
 
     #[test]
     fn resolves_cluster_ips_and_service_host_names() {
