@@ -20,6 +20,10 @@ use crate::output::Format;
 pub const INBOUND: &str = "meshfed.io/inbound";
 /// Pod template annotation: `PORT=ID[,ID...] ...`, who may call an inbound port.
 pub const ALLOW: &str = "meshfed.io/allow";
+/// Pod template annotation: `NAME.NAMESPACE:PORT=LISTEN ...`, explicit
+/// upstreams: the app (or a port-forward) dials LISTEN on the pod's loopback
+/// to reach the service, besides the transparent interception.
+pub const UPSTREAMS: &str = "meshfed.io/upstreams";
 /// Pod template annotation: `"false"` leaves the workload alone.
 pub const INJECT: &str = "meshfed.io/inject";
 
@@ -39,7 +43,8 @@ const SIDECAR_ADMIN_PORT: u16 = 9904;
 Inbound: callers' sidecars dial the port the Service targets, so point the Service's targetPort
 at the sidecar's inbound port and annotate the pod template with meshfed.io/inbound: \"4143=8080\"
 (sidecar port 4143, app port 8080). meshfed.io/allow: \"4143=spiffe://D/ns/web/sa/frontend\"
-limits who may call; meshfed.io/inject: \"false\" skips a workload.")]
+limits who may call; meshfed.io/upstreams: \"api.shop:8080=15001\" adds an explicit upstream on
+127.0.0.1:15001; meshfed.io/inject: \"false\" skips a workload.")]
 pub struct InjectArgs {
     /// Manifest file (several documents allowed); `-` reads standard input.
     #[arg(short = 'f', long)]
@@ -228,6 +233,14 @@ fn add_sidecar(
     }
     if let Some(allow) = note(ALLOW) {
         env.push(json!({ "name": "MESHFED_ALLOW", "value": allow }));
+    }
+    if let Some(upstreams) = note(UPSTREAMS) {
+        for entry in upstreams.split_whitespace() {
+            entry
+                .parse::<meshfed_sidecar::Upstream>()
+                .with_context(|| format!("{UPSTREAMS}: {entry:?}"))?;
+        }
+        env.push(json!({ "name": "MESHFED_UPSTREAMS", "value": upstreams }));
     }
     env.extend(id_env);
     sidecar["volumeMounts"] = mounts.into();

@@ -61,6 +61,10 @@ pub struct InstallArgs {
     /// without it `meshctl link` reads the gateway Service. Repeatable.
     #[arg(long = "gateway-address")]
     pub gateway_addresses: Vec<String>,
+    /// Lifetime of the workload certificates the identity service issues
+    /// (e.g. 24h, 10m); holders renew at 70 % of it. Default: the service's (24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub leaf_ttl: Option<std::time::Duration>,
     #[command(flatten)]
     pub images: Images,
     /// Output format.
@@ -255,7 +259,7 @@ pub fn manifests(
         objects.push(with_kind(t, "v1", "ConfigMap"));
         objects.push(ca_secret(files));
     }
-    objects.extend(identity(images));
+    objects.extend(identity(images, a.leaf_ttl));
     objects.extend(controller(info, images));
     objects.extend(gateway(a, info, images));
     objects.sort_by_cached_key(|o| {
@@ -496,7 +500,7 @@ fn deployment(name: &str, replicas: u16, container: Value, volumes: Vec<Value>) 
     d
 }
 
-fn identity(images: &Images) -> Vec<Value> {
+fn identity(images: &Images, leaf_ttl: Option<std::time::Duration>) -> Vec<Value> {
     let mut c = container(
         IDENTITY,
         images.of(IDENTITY),
@@ -510,6 +514,12 @@ fn identity(images: &Images) -> Vec<Value> {
         env("MESHFED_NAMESPACE", NAMESPACE),
         env("MESHFED_SERVICE_ACCOUNT", IDENTITY),
     ]);
+    if let Some(ttl) = leaf_ttl {
+        envs.push(env(
+            "MESHFED_LEAF_TTL",
+            humantime::format_duration(ttl).to_string(),
+        ));
+    }
     c["volumeMounts"] = json!([{ "name": "ca", "mountPath": CA_DIR, "readOnly": true }]);
     // The key is readable by the component's group only.
     let volumes =

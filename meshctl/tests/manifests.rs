@@ -219,6 +219,8 @@ fn every_install_output_parses_strictly() {
             "registry.example/mesh/",
             "--image-tag",
             "v9",
+            "--leaf-ttl",
+            "10m",
         ],
         &[
             "install",
@@ -232,6 +234,19 @@ fn every_install_output_parses_strictly() {
         let yaml = meshctl(args, tmp.path());
         let docs = documents(&yaml);
         assert_strict(&format!("meshctl {args:?}"), &docs);
+        let identity_env = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "meshfed-identity")
+            .map(|d| d["spec"]["template"]["spec"]["containers"][0]["env"].clone())
+            .expect("the identity Deployment");
+        let leaf_ttl = identity_env
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "MESHFED_LEAF_TTL")
+            .map(|e| e["value"].clone());
+        let wanted = args.contains(&"--leaf-ttl").then(|| Value::from("10m"));
+        assert_eq!(leaf_ttl, wanted, "{args:?}");
         // -o json is the same objects as a List.
         let mut json_args = args.to_vec();
         json_args.extend(["-o", "json"]);
@@ -282,6 +297,10 @@ fn every_install_output_parses_strictly() {
         Some("spiffe://mesh.example/ns/shop/sa/api".into())
     );
     assert_eq!(var("MESHFED_INBOUND"), Some("4143=8080".into()));
+    assert_eq!(
+        var("MESHFED_UPSTREAMS"),
+        Some("db.data:5432=15001 cache.data:6379=127.0.0.1:15002".into())
+    );
     assert!(
         docs.iter()
             .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["namespace"] == "shop")
@@ -294,6 +313,28 @@ fn every_install_output_parses_strictly() {
         again.iter().find(|d| d["kind"] == "Deployment"),
         Some(deploy),
         "a second inject leaves the workload as it was"
+    );
+    // A malformed upstream is refused, naming the annotation.
+    std::fs::write(&app, APP.replace("db.data:5432=15001", "db:5432=15001")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args([
+            "inject",
+            "-f",
+            "app.yaml",
+            "--cluster",
+            "east",
+            "--ca",
+            ca,
+            "-n",
+            "shop",
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .expect("run meshctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("meshfed.io/upstreams"),
+        "{err}"
     );
 }
 
@@ -311,6 +352,7 @@ spec:
       labels: { app: api }
       annotations:
         meshfed.io/inbound: \"4143=8080\"
+        meshfed.io/upstreams: \"db.data:5432=15001 cache.data:6379=127.0.0.1:15002\"
     spec:
       serviceAccountName: api
       containers:
