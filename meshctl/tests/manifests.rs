@@ -255,22 +255,18 @@ fn every_install_output_parses_strictly() {
         assert_eq!(list["items"].as_array().expect("items"), &docs);
     }
     // Injected workloads go to the same API server.
-    let inject = || {
-        meshctl(
-            &[
-                "inject",
-                "-f",
-                "app.yaml",
-                "--cluster",
-                "east",
-                "--ca",
-                ca,
-                "-n",
-                "shop",
-            ],
-            tmp.path(),
-        )
-    };
+    let inject_args = [
+        "inject",
+        "-f",
+        "app.yaml",
+        "--cluster",
+        "east",
+        "--ca",
+        ca,
+        "-n",
+        "shop",
+    ];
+    let inject = || meshctl(&inject_args, tmp.path());
     let app = tmp.path().join("app.yaml");
     std::fs::write(&app, APP).expect("write app.yaml");
     let injected = inject();
