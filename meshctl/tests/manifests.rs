@@ -313,17 +313,7 @@ fn every_install_output_parses_strictly() {
     // A malformed upstream is refused, naming the annotation.
     std::fs::write(&app, APP.replace("db.data:5432=15001", "db:5432=15001")).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
-        .args([
-            "inject",
-            "-f",
-            "app.yaml",
-            "--cluster",
-            "east",
-            "--ca",
-            ca,
-            "-n",
-            "shop",
-        ])
+        .args(inject_args)
         .current_dir(tmp.path())
         .output()
         .expect("run meshctl");
