@@ -22,7 +22,7 @@ use clap::{Args, Subcommand};
 
 pub use call::{Caller, Served};
 pub use net::{Namespace, Net};
-pub use plan::{ClusterSpec, SHOP, Spec, link, plan, zone_name};
+pub use plan::{ClusterSpec, INBOUND_PORT, SHOP, Spec, link, plan, zone_name};
 pub use process::{listening, running, signal, spawn, stop};
 pub use topology::{ClusterTopology, Kind, Process, State, Subnet, Topology};
 pub use up::{

@@ -1,10 +1,16 @@
 //! `meshctl scenario run|validate|clean`: multi-cluster scenarios. A YAML
 //! file describes clusters, links, policies and a timeline of traffic,
-//! faults, waits and assertions ([`spec`]); the local provider runs it with
-//! each cluster in its own network namespace ([`run`]) and reports a table,
-//! JSON and JUnit XML ([`report`]). The format is documented in
-//! `scenarios/README.md`.
+//! faults, waits and assertions ([`spec`]); the runner ([`run`]) plays it
+//! on a federation one of the providers brings up ([`env`]): each cluster
+//! in its own network namespace on this machine ([`local`]), or kind
+//! clusters ([`kind`]). Results come as a table, JSON and JUnit XML
+//! ([`report`]). The format is documented in `scenarios/README.md`.
 
+mod check;
+mod describe;
+mod env;
+mod kind;
+mod local;
 mod probe;
 mod report;
 mod rotate;
@@ -23,8 +29,24 @@ pub enum ScenarioCommand {
     Run(RunArgs),
     /// Check scenario files without running them.
     Validate(ValidateArgs),
-    /// Remove what runs that were killed left behind (processes, namespaces).
+    /// Remove what runs that were killed left behind (processes, namespaces,
+    /// kind clusters).
     Clean(CleanArgs),
+    /// Dial ADDR once as a pod without a mesh certificate and say whether it
+    /// was answered (what the kind provider runs inside a cluster).
+    #[command(hide = true)]
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  meshctl scenario probe 172.18.0.3:31460 --sni api.shop.8080.svc.meshfed.local")]
+pub struct ProbeArgs {
+    /// HOST:PORT to dial.
+    pub addr: std::net::SocketAddr,
+    /// Speak TLS with this SNI (no client certificate); plain HTTP without.
+    #[arg(long)]
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,6 +153,19 @@ pub async fn run(cmd: ScenarioCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ScenarioCommand::Run(a) => run_files(a).await,
+        ScenarioCommand::Probe(a) => {
+            let got = probe::connect(&crate::dev::Net::Host, a.addr, a.sni.as_deref()).await;
+            match got {
+                Ok(line) => {
+                    println!("answered: {line}");
+                    Ok(())
+                }
+                Err(why) => {
+                    println!("refused: {why}");
+                    std::process::exit(1)
+                }
+            }
+        }
     }
 }
 
@@ -152,12 +187,6 @@ async fn run_files(a: RunArgs) -> anyhow::Result<()> {
         Provider::Kind => kind_preflight()?,
         Provider::Local => crate::dev::netns::preflight()?,
     }
-    if a.provider == Provider::Kind {
-        bail!(
-            "--provider kind: the kind runner is not built yet (scenarios/kind/ will hold it); \
-             run with --provider local"
-        );
-    }
     let work = a.work.dir();
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut results = Vec::new();
@@ -170,9 +199,9 @@ async fn run_files(a: RunArgs) -> anyhow::Result<()> {
         );
         let mut say = |line: &str| eprintln!("  {line}");
         let result = tokio::select! {
-            r = run::run(s, &dir, &mut say) => r,
+            r = run::run(a.provider, s, &dir, &mut say) => r,
             signal = interrupted() => {
-                eprintln!("{signal}: stopping {} and removing its namespaces", s.name);
+                eprintln!("{signal}: stopping {} and removing what it started", s.name);
                 let cleaned = run::clean(&dir).await;
                 if let Err(e) = cleaned {
                     eprintln!("warning: {e:#}");

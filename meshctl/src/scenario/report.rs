@@ -101,7 +101,7 @@ impl TrafficSummary {
         let mut latencies: Vec<f64> = calls
             .iter()
             .filter(|o| o.result.is_ok())
-            .map(|o| super::run::ms(o.done - o.sent))
+            .map(|o| super::describe::ms(o.done - o.sent))
             .collect();
         latencies.sort_by(f64::total_cmp);
         let quantile = |q: f64| {
@@ -136,7 +136,7 @@ impl StepResult {
             at_ms: 0.0,
             duration_ms: 0.0,
             measured_ms: None,
-            budget_ms: st.within.map(super::run::ms),
+            budget_ms: st.within.map(super::describe::ms),
             message: None,
         }
     }
@@ -194,7 +194,7 @@ impl ScenarioResult {
     }
 
     pub fn done(mut self, began: Instant) -> Self {
-        self.duration_ms = super::run::ms(began.elapsed());
+        self.duration_ms = super::describe::ms(began.elapsed());
         self
     }
 }

@@ -1,5 +1,6 @@
 //! CA rotation under traffic, as an operator does it: a new cluster
-//! intermediate is written to the cluster's CA directory and the identity
+//! intermediate is written to the cluster's CA directory, handed to the
+//! cluster (kind: its CA Secret and trust ConfigMaps) and the identity
 //! service restarted on it; every certificate holder then renews on its own
 //! schedule (70 % of its leaf's lifetime) and the step waits until all have.
 //! A root rotates in three such rounds, so no two workloads ever disagree on
@@ -15,8 +16,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::probe;
 use super::run::Runner;
-use super::spec::{CaKind, Rotate};
-use crate::dev::Kind;
+use super::spec::{CaKind, Rotate, Target};
 
 /// Rotated CAs live as long as the ones `dev up` makes.
 const CA_VALIDITY: Duration = Duration::from_secs(365 * 86400);
@@ -24,28 +24,26 @@ const CA_VALIDITY: Duration = Duration::from_secs(365 * 86400);
 const SLACK: Duration = Duration::from_secs(3);
 
 pub(super) async fn rotate(r: &mut Runner<'_>, spec: &Rotate) -> anyhow::Result<()> {
-    let ttl = r
-        .scenario()
-        .leaf_ttl
-        .context("rotation needs leafTtl (checked when the file was read)")?;
-    let t = r.topology().clone();
-    let trust_dir = t.dir.join("trust");
+    let ttl =
+        r.s.leaf_ttl
+            .context("rotation needs leafTtl (checked when the file was read)")?;
+    let trust_dir = r.env.root_dir();
     let old_root = RootCa::load(&trust_dir).context("loading the federation's root")?;
-    let all: Vec<String> = t.clusters.iter().map(|c| c.name.clone()).collect();
-    let issue = |root: &RootCa, cluster: &str, extra: Vec<CertificateDer<'static>>| {
-        let c = t.cluster(cluster)?;
-        root.issue_cluster(cluster, CA_VALIDITY, extra)
-            .with_context(|| format!("issuing {cluster}'s intermediate"))?
-            .save(&c.ca_dir, true)
-            .with_context(|| format!("writing {}", c.ca_dir.display()))?;
-        anyhow::Ok(())
-    };
+    let all: Vec<String> = r.s.clusters.iter().map(|c| c.name.clone()).collect();
+    let issue =
+        |r: &Runner<'_>, root: &RootCa, cluster: &str, extra: Vec<CertificateDer<'static>>| {
+            let dir = r.env.ca_dir(cluster)?;
+            root.issue_cluster(cluster, CA_VALIDITY, extra)
+                .with_context(|| format!("issuing {cluster}'s intermediate"))?
+                .save(&dir, true)
+                .with_context(|| format!("writing {}", dir.display()))?;
+            anyhow::Ok(())
+        };
     match spec.ca {
         CaKind::Intermediate => {
             let cluster = spec.cluster.as_deref().context("checked: a cluster")?;
-            let c = t.cluster(cluster)?;
             // Keep whatever else the bundle trusts.
-            let current = ClusterCa::load(&c.ca_dir)?;
+            let current = ClusterCa::load(&r.env.ca_dir(cluster)?)?;
             let extra: Vec<CertificateDer<'static>> = current
                 .bundle()
                 .roots()
@@ -53,7 +51,7 @@ pub(super) async fn rotate(r: &mut Runner<'_>, spec: &Rotate) -> anyhow::Result<
                 .filter(|r| *r != old_root.cert())
                 .cloned()
                 .collect();
-            issue(&old_root, cluster, extra)?;
+            issue(r, &old_root, cluster, extra)?;
             reissue(r, &[cluster.to_owned()], ttl).await?;
         }
         CaKind::Root => {
@@ -64,15 +62,15 @@ pub(super) async fn rotate(r: &mut Runner<'_>, spec: &Rotate) -> anyhow::Result<
             )
             .context("creating the new root")?;
             for c in &all {
-                issue(&old_root, c, vec![next.cert().clone()])?;
+                issue(r, &old_root, c, vec![next.cert().clone()])?;
             }
             reissue(r, &all, ttl).await?;
             for c in &all {
-                issue(&next, c, vec![old_root.cert().clone()])?;
+                issue(r, &next, c, vec![old_root.cert().clone()])?;
             }
             reissue(r, &all, ttl).await?;
             for c in &all {
-                issue(&next, c, Vec::new())?;
+                issue(r, &next, c, Vec::new())?;
             }
             reissue(r, &all, ttl).await?;
             next.save(&trust_dir, true).context("saving the new root")?;
@@ -86,35 +84,27 @@ pub(super) async fn rotate(r: &mut Runner<'_>, spec: &Rotate) -> anyhow::Result<
 /// leaf's lifetime, plus slack — and its identity service confirms as many
 /// certificates issued as the cluster has holders.
 async fn reissue(r: &mut Runner<'_>, clusters: &[String], ttl: Duration) -> anyhow::Result<()> {
+    let identity = |cluster: &str| Target {
+        cluster: cluster.to_owned(),
+        process: Some("identity".to_owned()),
+        pod: None,
+    };
     for c in clusters {
-        r.restart_process(c, "identity").await?;
+        r.env.ca_written(c).await?;
+        r.env.start(&identity(c), true).await?;
     }
     let restarted = Instant::now();
     let due = restarted + ttl.mul_f64(0.7) + SLACK;
     let give_up = restarted + ttl + Duration::from_secs(15);
-    let holders: BTreeMap<String, usize> = clusters
-        .iter()
-        .map(|c| {
-            let n = r
-                .topology()
-                .cluster(c)
-                .map(|c| {
-                    c.processes
-                        .iter()
-                        .filter(|p| {
-                            p.identity.is_some() && !matches!(p.kind, Kind::Identity | Kind::Client)
-                        })
-                        .count()
-                })
-                .unwrap_or_default();
-            (c.clone(), n)
-        })
-        .collect();
+    let mut holders = BTreeMap::new();
+    for c in clusters {
+        holders.insert(c.clone(), r.env.holders(c).await?);
+    }
     loop {
         let now = Instant::now();
         let mut behind = Vec::new();
         for (c, want) in &holders {
-            let issued = match r.metrics(c, "identity").await {
+            let issued = match r.env.metrics(c, "identity").await {
                 Ok(m) => probe::sum(
                     &m,
                     "meshfed_identity_certify_total",

@@ -715,7 +715,7 @@ fn one_of<T: DeserializeOwned>(v: &Value, at: &str) -> anyhow::Result<T> {
 
 /// Cross-references: every name a step uses exists, and exists by then.
 fn check_steps(s: &Scenario) -> anyhow::Result<()> {
-    let spec = super::run::plan_spec(s, Path::new("/nonexistent"), None);
+    let spec = super::local::plan_spec(s, Path::new("/nonexistent"), None);
     let topology = crate::dev::plan(&spec);
     let cluster = |at: &str, c: &str| -> anyhow::Result<&crate::dev::ClusterTopology> {
         topology.cluster(c).map_err(|_| {

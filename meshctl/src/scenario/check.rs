@@ -1,0 +1,233 @@
+//! The assertions a timeline makes about what clients saw and what the
+//! clusters say: success rates, served-by shares, no request to a withdrawn
+//! cluster, metric values and growth, mirrors left alone. Each failure says
+//! which assertion, what was expected and what was observed.
+
+use std::collections::BTreeMap;
+
+use super::probe;
+use super::run::Runner;
+use super::spec::Assertion;
+use super::traffic::{self, Traffic};
+
+impl Runner<'_> {
+    /// `Ok(Ok(()))` when `a` holds, `Ok(Err(why not))` when it does not.
+    pub(super) async fn check(&self, a: &Assertion) -> anyhow::Result<Result<(), String>> {
+        let window = |tr: &Traffic, since: &Option<String>| match since
+            .as_ref()
+            .and_then(|n| self.marks.get(n))
+        {
+            Some(m) => tr.since(m.end),
+            None => tr.outcomes(),
+        };
+        Ok(match a {
+            Assertion::SuccessRate {
+                traffic,
+                min,
+                since,
+            } => {
+                let calls = window(&self.traffic[traffic].1, since);
+                let failed: Vec<&traffic::Outcome> =
+                    calls.iter().filter(|o| o.result.is_err()).collect();
+                if calls.is_empty() {
+                    Err(format!(
+                        "success-rate of {traffic}: expected ≥ {min}%, observed no calls"
+                    ))
+                } else {
+                    let rate = 100.0 * (calls.len() - failed.len()) as f64 / calls.len() as f64;
+                    if rate + 1e-9 >= *min {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "success-rate of {traffic}: expected ≥ {min}%, observed {rate:.2}% \
+                             ({} of {} calls failed; first: {})",
+                            failed.len(),
+                            calls.len(),
+                            failed[0].result.as_ref().err().map_or("", String::as_str)
+                        ))
+                    }
+                }
+            }
+            Assertion::ServedBy {
+                traffic,
+                cluster,
+                min,
+                max,
+                since,
+            } => {
+                let calls = window(&self.traffic[traffic].1, since);
+                let ok: Vec<&traffic::Outcome> =
+                    calls.iter().filter(|o| o.result.is_ok()).collect();
+                let by = ok
+                    .iter()
+                    .filter(|o| o.served_by() == Some(cluster.as_str()))
+                    .count();
+                let share = if ok.is_empty() {
+                    0.0
+                } else {
+                    100.0 * by as f64 / ok.len() as f64
+                };
+                let low = min.is_some_and(|m| share + 1e-9 < m);
+                let high = max.is_some_and(|m| share - 1e-9 > m);
+                if ok.is_empty() || low || high {
+                    let expected = match (min, max) {
+                        (Some(a), Some(b)) => format!("{a}% to {b}%"),
+                        (Some(a), None) => format!("≥ {a}%"),
+                        (None, Some(b)) => format!("≤ {b}%"),
+                        (None, None) => String::new(),
+                    };
+                    Err(format!(
+                        "served-by {cluster} of {traffic}: expected {expected}, observed {share:.2}% \
+                         of {} answered calls (by cluster: {})",
+                        ok.len(),
+                        shares(&calls)
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Assertion::NoRequestTo {
+                traffic,
+                cluster,
+                after,
+            } => {
+                let (def, tr) = &self.traffic[traffic];
+                let mark = &self.marks[after];
+                let served = tr
+                    .since(mark.end)
+                    .iter()
+                    .filter(|o| o.served_by() == Some(cluster.as_str()))
+                    .count();
+                let sidecar = (def.from.clone(), format!("{}-sidecar", def.caller));
+                let labels = BTreeMap::from([
+                    ("direction".to_owned(), "outbound".to_owned()),
+                    ("cluster".to_owned(), cluster.clone()),
+                ]);
+                const REQUESTS: &str = "meshfed_sidecar_requests_total";
+                let before = mark
+                    .metrics
+                    .get(&sidecar)
+                    .map(|m| probe::sum(m, REQUESTS, &labels));
+                let now = probe::sum(
+                    &self.env.metrics(&sidecar.0, &sidecar.1).await?,
+                    REQUESTS,
+                    &labels,
+                );
+                let sent = before.map(|b| now - b);
+                if served > 0 || sent.is_some_and(|n| n > 0.0) {
+                    Err(format!(
+                        "no-request-to {cluster} after {after}: expected 0, observed {served} calls \
+                         served by {cluster} and {} requests to it in {}'s metrics",
+                        sent.unwrap_or_default(),
+                        sidecar.1
+                    ))
+                } else if before.is_none() {
+                    Err(format!(
+                        "no-request-to {cluster}: {}'s metrics could not be read at {after}",
+                        sidecar.1
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Assertion::Metric {
+                cluster,
+                process,
+                name,
+                labels,
+                op,
+                value,
+                since,
+            } => {
+                let now = probe::sum(&self.env.metrics(cluster, process).await?, name, labels);
+                let observed = match since {
+                    Some(s) => match self.marks[s]
+                        .metrics
+                        .get(&(cluster.clone(), process.clone()))
+                    {
+                        Some(m) => now - probe::sum(m, name, labels),
+                        None => {
+                            return Ok(Err(format!(
+                                "{process}'s metrics could not be read at {s}"
+                            )));
+                        }
+                    },
+                    None => now,
+                };
+                let holds = match op.as_str() {
+                    ">" => observed > *value,
+                    ">=" => observed >= *value,
+                    "==" => (observed - value).abs() < 1e-9,
+                    "<=" => observed <= *value,
+                    _ => observed < *value,
+                };
+                let what = if since.is_some() { "growth of " } else { "" };
+                if holds {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "metric {what}{name}{} of {process} in {cluster}: expected {op} {value}, observed {observed}",
+                        if labels.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{labels:?}")
+                        }
+                    ))
+                }
+            }
+            Assertion::MirrorsUnchanged { cluster, since } => {
+                let before = self.marks[since]
+                    .mirrors
+                    .get(cluster)
+                    .cloned()
+                    .unwrap_or_default();
+                let now = self.env.mirrors(cluster).await?;
+                let mut changes = Vec::new();
+                for (name, (content, version)) in &now {
+                    match before.get(name) {
+                        None => changes.push(format!("{name} added")),
+                        Some((c, _)) if c != content => changes.push(format!("{name} changed")),
+                        Some((_, v)) if v != version => changes.push(format!("{name} rewritten")),
+                        _ => {}
+                    }
+                }
+                for name in before.keys().filter(|n| !now.contains_key(*n)) {
+                    changes.push(format!("{name} deleted"));
+                }
+                if before.is_empty() {
+                    Err(format!(
+                        "mirrors-unchanged in {cluster}: there were no mirrors at {since}"
+                    ))
+                } else if changes.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "mirrors-unchanged in {cluster} since {since}: expected no change, observed {}",
+                        changes.join(", ")
+                    ))
+                }
+            }
+        })
+    }
+}
+
+/// `east 80.0%, west 20.0%, failed 3`.
+pub(super) fn shares(calls: &[traffic::Outcome]) -> String {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut failed = 0;
+    for c in calls {
+        match &c.result {
+            Ok(_) => *by.entry(c.served_by().unwrap_or("(tcp)")).or_default() += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    let mut parts: Vec<String> = by.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    if failed > 0 {
+        parts.push(format!("failed {failed}"));
+    }
+    if parts.is_empty() {
+        "nobody (no calls yet)".into()
+    } else {
+        parts.join(", ")
+    }
+}
