@@ -3,7 +3,8 @@
 //! results are kept in `target/scenario-results/`); a scenario with an
 //! impossible budget fails naming the step, the expected and the observed
 //! value; a runner killed mid-scenario leaves processes and namespaces that
-//! the next run removes, and that run leaves nothing behind.
+//! the next run removes, and that run leaves nothing behind. The kind
+//! provider refuses, naming what is missing, where Docker and kind are not.
 //!
 //! Network namespaces need root. Where the tests cannot have them they say
 //! so loudly on stderr and do not pretend to have run.
@@ -260,4 +261,31 @@ fn a_killed_runner_leaves_what_the_next_run_removes() {
     for pid in first.iter().chain(pids(&again).iter()) {
         assert!(!alive(*pid), "pid {pid} still runs");
     }
+}
+
+#[test]
+fn the_kind_provider_refuses_without_docker_and_kind() {
+    // A PATH that has none of the tools: what a machine without them sees.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = repo().join("scenarios/propagation.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["scenario", "run", "--provider", "kind", "--work"])
+        .arg(work.path())
+        .arg(&file)
+        .env("PATH", empty.path())
+        .output()
+        .expect("run meshctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out));
+    for tool in ["Docker", "docker", "kind", "kubectl"] {
+        assert!(err.contains(tool), "names {tool}: {}", text(&out));
+    }
+    // It refused before making anything.
+    assert_eq!(
+        std::fs::read_dir(work.path()).expect("work dir").count(),
+        0,
+        "{}",
+        text(&out)
+    );
 }
