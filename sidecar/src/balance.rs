@@ -150,6 +150,11 @@ struct EndpointState {
     down: Option<Down>,
     ejected_until: Option<Instant>,
     ejections: u32,
+    /// In the latest endpoint set. An endpoint no longer listed is kept
+    /// only while attempts on it are in flight; what they show is not
+    /// held against it if it is listed again (a cluster withdrawn in a
+    /// partition comes back as a new endpoint, not an ejected one).
+    listed: bool,
 }
 
 impl EndpointState {
@@ -162,6 +167,7 @@ impl EndpointState {
             down: None,
             ejected_until: None,
             ejections: 0,
+            listed: true,
         }
     }
 
@@ -264,12 +270,24 @@ impl Balancer {
             .iter()
             .flat_map(|g| g.members.iter().map(|m| m.info.key.clone()))
             .collect();
-        self.states.retain(|k, s| live.contains(k) || s.pending > 0);
-        for k in live {
-            self.states
-                .entry(k)
-                .or_insert_with(|| EndpointState::new(now));
+        for k in &live {
+            match self.states.get_mut(k) {
+                Some(s) if !s.listed => {
+                    *s = EndpointState {
+                        pending: s.pending,
+                        ..EndpointState::new(now)
+                    };
+                }
+                Some(_) => {}
+                None => {
+                    self.states.insert(k.clone(), EndpointState::new(now));
+                }
+            }
         }
+        self.states.retain(|k, s| {
+            s.listed = live.contains(k);
+            s.listed || s.pending > 0
+        });
         let keys: Vec<GroupKey> = self.groups.iter().map(|g| g.key.clone()).collect();
         self.group_state
             .retain(|k, s| keys.contains(k) || s.in_flight + s.pending + s.connections > 0);
@@ -277,7 +295,11 @@ impl Balancer {
 
     /// Every endpoint listed now (for pruning connection pools).
     pub(crate) fn keys(&self) -> Vec<Arc<str>> {
-        self.states.keys().cloned().collect()
+        self.states
+            .iter()
+            .filter(|(_, s)| s.listed)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Each group's share in permille, as traffic is split now.
@@ -843,5 +865,40 @@ mod tests {
         );
         let mut b = balancer(&s, now);
         assert_eq!(b.pick(now, &[]).map(|_| ()), Err(NoPick::NoneHealthy));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_listed_again_starts_afresh() {
+        let now = Instant::now();
+        let (mut b, _) = local_down_remote_up(now);
+        let west: Arc<str> = "192.0.2.1:7460/api.shop.80.svc.meshfed.local".into();
+        let wg = b.pick(now, &[]).expect("west").group;
+        // Two calls in flight to west when it is withdrawn (a partition);
+        // both then fail, enough to eject a listed endpoint.
+        b.start(&west, &wg);
+        b.start(&west, &wg);
+        let without_west = set(vec![group_of_one("east", "a", "10.0.0.1:80")], 1000);
+        b.update(&without_west, "east", "api.shop.80.svc.meshfed.local", now);
+        assert!(!b.keys().contains(&west), "{:?}", b.keys());
+        for _ in 0..2 {
+            b.answered(&west, Duration::from_secs(3), true, now);
+            b.end(&west, &wg);
+        }
+        // Back after the heal: served at once, not ejected for 30 s.
+        let again = set(
+            vec![
+                group_of_one("east", "a", "10.0.0.1:80"),
+                group("west", "", true, vec![ep("192.0.2.1:7460", true)], 0.7),
+            ],
+            1000,
+        );
+        let t = now + Duration::from_millis(10);
+        b.update(&again, "east", "api.shop.80.svc.meshfed.local", t);
+        b.connect_failed(&"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(), t);
+        assert_eq!(picks(&mut b, t, 10).get("192.0.2.1:7460"), Some(&10));
+    }
+
+    fn group_of_one(cluster: &str, zone: &str, addr: &str) -> PriorityGroup {
+        group(cluster, zone, false, vec![ep(addr, true)], 0.0)
     }
 }

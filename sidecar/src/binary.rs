@@ -82,6 +82,9 @@ struct RunArgs {
     /// One HTTP request, retries included, until its response headers.
     #[arg(long, env = "MESHFED_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// An endpoint connection silent this long gets an HTTP/2 ping; unanswered as long again, it is closed and its requests fail over.
+    #[arg(long, env = "MESHFED_LIVENESS", default_value = "2s", value_parser = humantime::parse_duration)]
+    liveness: Duration,
     /// How long an app connection may stay silent before it is proxied as opaque TCP.
     #[arg(long, env = "MESHFED_DETECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     detect_timeout: Duration,
@@ -193,6 +196,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             connect: a.connect_timeout,
             request: a.request_timeout,
             detect: a.detect_timeout,
+            liveness: a.liveness,
             ..Timeouts::default()
         },
         breakers: Breakers {

@@ -189,6 +189,12 @@ pub struct Timeouts {
     pub discovery: Duration,
     /// An inbound caller's TLS handshake.
     pub handshake: Duration,
+    /// Liveness of a connection to an endpoint: after this long without a
+    /// byte from it, an HTTP/2 ping goes out; unanswered for as long again,
+    /// the connection is closed and the requests in flight on it fail over
+    /// (idempotent ones are sent again elsewhere). A partitioned peer is
+    /// silent, not closed: without this, calls wait for the request timeout.
+    pub liveness: Duration,
 }
 
 impl Default for Timeouts {
@@ -199,6 +205,7 @@ impl Default for Timeouts {
             detect: Duration::from_secs(1),
             discovery: Duration::from_secs(3),
             handshake: Duration::from_secs(10),
+            liveness: Duration::from_secs(2),
         }
     }
 }
@@ -282,8 +289,11 @@ impl SidecarConfig {
                 )));
             }
         }
-        if self.timeouts.connect.is_zero() || self.timeouts.request.is_zero() {
-            return Err(ConfigError::Invalid("timeouts must be above zero".into()));
+        let t = &self.timeouts;
+        if t.connect.is_zero() || t.request.is_zero() || t.liveness.is_zero() {
+            return Err(ConfigError::Invalid(
+                "the connect, request and liveness timeouts must be above zero".into(),
+            ));
         }
         Ok(())
     }

@@ -81,7 +81,7 @@ impl Dest {
             set: Mutex::new(set),
             balancer: Mutex::default(),
             budget: Mutex::new(RetryBudget::new(Instant::now())),
-            pool: Pool::default(),
+            pool: Pool::new(shared.timeouts.liveness),
             shared,
         })
     }

@@ -13,18 +13,24 @@ use crate::balance::EndpointInfo;
 use crate::body::Body;
 use crate::connect::{Alpn, ConnectError, Connector};
 
-/// HTTP/2 pings keep idle connections through NATs and find dead peers.
-const KEEPALIVE: Duration = Duration::from_secs(30);
-
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 
 /// Connections to the endpoints of one service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Pool {
     slots: Mutex<HashMap<Arc<str>, Slot>>,
+    /// Silence before a ping, and how long the ping may go unanswered.
+    liveness: Duration,
 }
 
 impl Pool {
+    pub(crate) fn new(liveness: Duration) -> Self {
+        Self {
+            slots: Mutex::default(),
+            liveness,
+        }
+    }
+
     /// A ready connection to `ep`; `true` when it was just made.
     pub(crate) async fn get(
         &self,
@@ -49,7 +55,10 @@ impl Pool {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .keep_alive_interval(KEEPALIVE)
+            // Pings find a peer gone silent (a partition closes nothing)
+            // and keep idle connections through NATs.
+            .keep_alive_interval(self.liveness)
+            .keep_alive_timeout(self.liveness)
             .keep_alive_while_idle(true);
         let handshake = builder.handshake(TokioIo::new(tls));
         let (send, conn) = tokio::time::timeout(connector.timeout(), handshake)

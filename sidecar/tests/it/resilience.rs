@@ -1,6 +1,8 @@
 //! When the sidecar answers itself: no endpoints, a request too slow, a
 //! full circuit breaker — each with its status and `meshfed-error`; and
-//! a failing answer is retried within the budget, then passed on as is.
+//! a failing answer is retried within the budget, then passed on as is;
+//! a request on a connection whose peer went silent fails over once a
+//! ping goes unanswered, while a slow answer on a live one is waited for.
 
 use std::time::Duration;
 
@@ -101,5 +103,55 @@ async fn a_failing_answer_is_retried_then_passed_on() {
     assert_eq!(
         metric(&client.metrics(), "meshfed_sidecar_retries_total"),
         4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_peer_gone_silent_fails_over_when_a_ping_goes_unanswered() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let a1 = Endpoint::start(&east, "east-a1", any()).await;
+    let b1 = Endpoint::start(&east, "east-b1", any()).await;
+    // a1 is reached through a relay that can go silent, as a partition does.
+    let relay = Relay::start(a1.addr).await;
+    east.write(
+        "api.yaml",
+        &api_manifest(false, &[(relay.addr, "a"), (b1.addr, "b")]),
+    );
+    let timeouts = Timeouts {
+        liveness: Duration::from_millis(300),
+        request: Duration::from_secs(10),
+        ..Timeouts::default()
+    };
+    let client = Running::start(
+        client_config(timeouts, Breakers::default()),
+        creds(&east.ca, FRONTEND),
+        &east.source(),
+    )
+    .await;
+    let up = client.upstream.expect("upstream");
+    let http = http_client();
+    until_served_by(&http, up, "east-a1", 1).await;
+
+    // Slower than three pings: the live peer answers them, nothing is retried.
+    let (status, reason, body) = get_path(&http, up, "/sleep/1000").await.expect("answer");
+    assert_eq!((status, reason), (200, None));
+    assert!(body.starts_with("east-a1"), "{body}");
+    assert_eq!(
+        metric(&client.metrics(), "meshfed_sidecar_retries_total"),
+        0.0
+    );
+
+    // The same, but a1 goes silent while it sleeps: the ping is not
+    // answered, the connection closes and the GET is sent to b1.
+    let slow = tokio::spawn(async move { get_path(&http_client(), up, "/sleep/1000").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    relay.freeze();
+    let (status, reason, body) = slow.await.expect("task").expect("answer");
+    assert_eq!((status, reason), (200, None), "{body}");
+    assert!(body.starts_with("east-b1"), "{body}");
+    assert_eq!(
+        metric(&client.metrics(), "meshfed_sidecar_retries_total"),
+        1.0
     );
 }

@@ -670,11 +670,14 @@ pub async fn until_remote_group(cluster: &Cluster, remote: &str, zone: &str) {
 }
 
 /// A TCP relay that can be cut: every connection through it closes and no
-/// new one gets through (a controller that went away).
+/// new one gets through (a controller that went away); or frozen: every
+/// connection stays open and nothing more crosses it either way (a
+/// partition, which closes nothing).
 pub struct Relay {
     pub addr: SocketAddr,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Relay {
@@ -682,13 +685,26 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let addr = listener.local_addr().expect("addr");
         let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (frozen, _) = tokio::sync::watch::channel(false);
         let held = tasks.clone();
+        let freeze = frozen.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
+                let mut freeze = freeze.subscribe();
                 let t = tokio::spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    if *freeze.borrow_and_update() {
+                        // Accepted, never answered: held until cut.
+                        std::future::pending::<()>().await;
                     }
+                    let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => return,
+                        _ = freeze.wait_for(|f| *f) => {}
+                    }
+                    // Both sockets stay open, silent, until cut.
+                    std::future::pending::<()>().await;
                 });
                 held.lock().expect("relay tasks").push(t);
             }
@@ -697,6 +713,7 @@ impl Relay {
             addr,
             tasks,
             accept,
+            frozen,
         }
     }
 
@@ -705,6 +722,10 @@ impl Relay {
         for t in self.tasks.lock().expect("relay tasks").drain(..) {
             t.abort();
         }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 }
 
