@@ -1,0 +1,243 @@
+//! The scenario checked as a whole: every cluster, process, service,
+//! traffic and earlier step a step names exists by the time it runs.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::bail;
+
+use super::{Action, Assertion, CaKind, Condition, OPS, Protocol, SERVICES, Scenario};
+
+/// Cross-references: every name a step uses exists, and exists by then.
+pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
+    let spec = crate::scenario::local::plan_spec(s, Path::new("/nonexistent"), None);
+    let topology = crate::dev::plan(&spec);
+    let cluster = |at: &str, c: &str| -> anyhow::Result<&crate::dev::ClusterTopology> {
+        topology.cluster(c).map_err(|_| {
+            let names: Vec<&str> = s.clusters.iter().map(|c| c.name.as_str()).collect();
+            anyhow::anyhow!("{at}: no cluster {c:?} (clusters: {})", names.join(", "))
+        })
+    };
+    let process = |at: &str, c: &str, p: &str| -> anyhow::Result<()> {
+        let ct = cluster(at, c)?;
+        if ct.process(p).is_err() {
+            let names: Vec<&str> = ct.processes.iter().map(|p| p.name.as_str()).collect();
+            bail!(
+                "{at}: cluster {c} has no process {p:?} (processes: {})",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    };
+    let service = |at: &str, svc: &str| -> anyhow::Result<()> {
+        if SERVICES.contains(&svc) {
+            Ok(())
+        } else {
+            bail!("{at}: no service {svc:?} (services: api, echo)")
+        }
+    };
+    let mut names = BTreeSet::new();
+    let mut traffic = BTreeSet::new();
+    for st in &s.steps {
+        let at = format!("step {}", st.number);
+        let earlier = |n: &Option<String>, names: &BTreeSet<String>| -> anyhow::Result<()> {
+            match n {
+                Some(n) if !names.contains(n) => {
+                    bail!("{at}: no earlier step named {n:?}")
+                }
+                _ => Ok(()),
+            }
+        };
+        earlier(&st.since, &names)?;
+        let seen = |t: &str| -> anyhow::Result<()> {
+            if traffic.contains(t) {
+                Ok(())
+            } else {
+                bail!("{at}: no traffic named {t:?} was started before")
+            }
+        };
+        match &st.action {
+            Action::Traffic(t) => {
+                let ct = cluster(&at, &t.from)?;
+                service(&at, &t.service)?;
+                if t.rate == 0 || t.rate > 2000 {
+                    bail!("{at}: rate: 1 to 2000 requests per second");
+                }
+                let sidecar = format!("{}-sidecar", t.caller);
+                if ct.process(&sidecar).is_err() {
+                    bail!(
+                        "{at}: cluster {} has no client pod {:?} (declare it under callers)",
+                        t.from,
+                        t.caller
+                    );
+                }
+                if t.service == "echo" && t.protocol == Some(Protocol::Http) {
+                    bail!("{at}: echo is a TCP service: protocol tcp");
+                }
+                if !traffic.insert(t.name.clone()) {
+                    bail!("{at}: a traffic named {:?} was started before", t.name);
+                }
+            }
+            Action::StopTraffic(t) => seen(t)?,
+            Action::Sleep(_) => {}
+            Action::Wait(c) => match c {
+                Condition::ServedBy {
+                    traffic: t,
+                    cluster: c,
+                    calls,
+                } => {
+                    seen(t)?;
+                    cluster(&at, c)?;
+                    if *calls == 0 {
+                        bail!("{at}: calls: at least 1");
+                    }
+                }
+                Condition::Mirror {
+                    cluster: c,
+                    service: svc,
+                    origin,
+                    ..
+                } => {
+                    cluster(&at, c)?;
+                    cluster(&at, origin)?;
+                    service(&at, svc)?;
+                }
+                Condition::Ready {
+                    cluster: c,
+                    process: p,
+                } => process(&at, c, p)?,
+            },
+            Action::Kill(t)
+            | Action::Pause(t)
+            | Action::Resume(t)
+            | Action::Start(t)
+            | Action::Restart(t) => match (&t.process, &t.pod) {
+                (Some(p), None) => process(&at, &t.cluster, p)?,
+                (None, Some(pod)) => {
+                    process(&at, &t.cluster, pod)?;
+                    process(&at, &t.cluster, &format!("{pod}-sidecar"))?;
+                }
+                _ => bail!("{at}: give either process or pod"),
+            },
+            Action::Partition(c) | Action::Heal(c) | Action::Undegrade(c) => {
+                cluster(&at, &c.cluster)?;
+            }
+            Action::Degrade(d) => {
+                cluster(&at, &d.cluster)?;
+                if d.latency.is_none() && d.loss.is_none() {
+                    bail!("{at}: give latency, loss or both");
+                }
+            }
+            Action::Rotate(r) => match (r.ca, &r.cluster) {
+                _ if s.leaf_ttl.is_none_or(|t| t > Duration::from_secs(120)) => bail!(
+                    "{at}: rotate: set leafTtl (at most 120s, e.g. 15s) so every workload renews \
+                     within the scenario"
+                ),
+                (CaKind::Intermediate, Some(c)) => {
+                    cluster(&at, c)?;
+                }
+                (CaKind::Intermediate, None) => {
+                    bail!("{at}: rotating an intermediate needs its cluster")
+                }
+                (CaKind::Root, None) => {}
+                (CaKind::Root, Some(_)) => bail!("{at}: the root is the federation's: no cluster"),
+            },
+            Action::Export(r) | Action::Unexport(r) => {
+                cluster(&at, &r.cluster)?;
+                service(&at, &r.service)?;
+            }
+            Action::Link(l) | Action::Unlink(l) => {
+                cluster(&at, &l.cluster)?;
+                cluster(&at, &l.peer)?;
+                if l.cluster == l.peer {
+                    bail!("{at}: a cluster cannot link to itself");
+                }
+            }
+            Action::Assert(a) => match a {
+                Assertion::SuccessRate {
+                    traffic: t, since, ..
+                } => {
+                    seen(t)?;
+                    earlier(since, &names)?;
+                }
+                Assertion::ServedBy {
+                    traffic: t,
+                    cluster: c,
+                    min,
+                    max,
+                    since,
+                } => {
+                    seen(t)?;
+                    cluster(&at, c)?;
+                    earlier(since, &names)?;
+                    if min.is_none() && max.is_none() {
+                        bail!("{at}: served-by: give min, max or both");
+                    }
+                }
+                Assertion::NoRequestTo {
+                    traffic: t,
+                    cluster: c,
+                    after,
+                } => {
+                    seen(t)?;
+                    cluster(&at, c)?;
+                    earlier(&Some(after.clone()), &names)?;
+                }
+                Assertion::Metric {
+                    cluster: c,
+                    process: p,
+                    op,
+                    since,
+                    ..
+                } => {
+                    process(&at, c, p)?;
+                    earlier(since, &names)?;
+                    if !OPS.contains(&op.as_str()) {
+                        bail!("{at}: op: one of {}", OPS.join(" "));
+                    }
+                }
+                Assertion::MirrorsUnchanged { cluster: c, since } => {
+                    cluster(&at, c)?;
+                    earlier(&Some(since.clone()), &names)?;
+                }
+            },
+            Action::Probe(p) => {
+                cluster(&at, &p.from)?;
+                match (&p.caller, &p.to.service, &p.to.process) {
+                    (Some(caller), Some(svc), None) => {
+                        if let Some(c) = &p.served_by {
+                            cluster(&at, c)?;
+                        }
+                        service(&at, svc)?;
+                        process(&at, &p.from, &format!("{caller}-sidecar"))?;
+                    }
+                    (None, None, Some(proc_name)) => {
+                        if p.served_by.is_some() || p.identity.is_some() {
+                            bail!("{at}: servedBy and identity need a caller");
+                        }
+                        process(&at, &p.to.cluster, proc_name)?;
+                        if let Some(l) = &p.to.listener {
+                            let ct = cluster(&at, &p.to.cluster)?;
+                            let pr = ct.process(proc_name)?;
+                            if !pr.listen.contains_key(l) {
+                                let ls: Vec<&str> = pr.listen.keys().map(String::as_str).collect();
+                                bail!(
+                                    "{at}: {proc_name} has no listener {l:?} ({})",
+                                    ls.join(", ")
+                                );
+                            }
+                        }
+                    }
+                    _ => bail!("{at}: probe: either caller with to.service, or to.process"),
+                }
+            }
+        }
+        if let Some(n) = &st.name
+            && !names.insert(n.clone())
+        {
+            bail!("{at}: the name {n:?} is used twice");
+        }
+    }
+    Ok(())
+}
