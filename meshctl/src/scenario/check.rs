@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::describe::fmt_ms;
 use super::probe;
 use super::run::Runner;
 use super::spec::Assertion;
@@ -81,6 +82,40 @@ impl Runner<'_> {
                          of {} answered calls (by cluster: {})",
                         ok.len(),
                         shares(&calls)
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Assertion::Latency {
+                traffic,
+                percentile,
+                min,
+                max,
+                since,
+            } => {
+                let calls = window(&self.traffic[traffic].1, since);
+                let mut latencies: Vec<std::time::Duration> = calls
+                    .iter()
+                    .filter(|o| o.result.is_ok())
+                    .map(|o| o.done - o.sent)
+                    .collect();
+                latencies.sort();
+                let observed = traffic::percentile(&latencies, *percentile);
+                let low = min.is_some_and(|m| observed.is_some_and(|o| o < m));
+                let high = max.is_some_and(|m| observed.is_some_and(|o| o > m));
+                if observed.is_none() || low || high {
+                    let expected = match (min, max) {
+                        (Some(a), Some(b)) => format!("{} to {}", fmt_ms(*a), fmt_ms(*b)),
+                        (Some(a), None) => format!("≥ {}", fmt_ms(*a)),
+                        (None, Some(b)) => format!("≤ {}", fmt_ms(*b)),
+                        (None, None) => String::new(),
+                    };
+                    let observed = observed.map_or("no answered call".into(), |o| {
+                        format!("{} over {} answered calls", fmt_ms(o), latencies.len())
+                    });
+                    Err(format!(
+                        "latency p{percentile} of {traffic}: expected {expected}, observed {observed}"
                     ))
                 } else {
                     Ok(())

@@ -79,6 +79,11 @@ pub fn describe(a: &Action) -> String {
             Assertion::ServedBy {
                 traffic, cluster, ..
             } => format!("assert share of {traffic} served by {cluster}"),
+            Assertion::Latency {
+                traffic,
+                percentile,
+                ..
+            } => format!("assert p{percentile} latency of {traffic}"),
             Assertion::NoRequestTo {
                 traffic,
                 cluster,

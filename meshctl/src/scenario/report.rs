@@ -104,15 +104,9 @@ impl TrafficSummary {
             .map(|o| super::describe::ms(o.done - o.sent))
             .collect();
         latencies.sort_by(f64::total_cmp);
-        let quantile = |q: f64| {
-            (!latencies.is_empty()).then(|| {
-                let i = ((latencies.len() - 1) as f64 * q).round() as usize;
-                latencies[i]
-            })
-        };
         Self {
-            p50_ms: quantile(0.5),
-            p99_ms: quantile(0.99),
+            p50_ms: super::traffic::percentile(&latencies, 50.0),
+            p99_ms: super::traffic::percentile(&latencies, 99.0),
             name: def.name.clone(),
             from: def.from.clone(),
             caller: def.caller.clone(),

@@ -259,6 +259,19 @@ pub enum Assertion {
         #[serde(default)]
         since: Option<String>,
     },
+    /// The `percentile` (default 50) of answered calls' latency is within
+    /// bounds: over the whole traffic, or the calls sent after `since`.
+    Latency {
+        traffic: String,
+        #[serde(default = "median")]
+        percentile: f64,
+        #[serde(default, with = "humantime_serde_opt")]
+        min: Option<Duration>,
+        #[serde(default, with = "humantime_serde_opt")]
+        max: Option<Duration>,
+        #[serde(default)]
+        since: Option<String>,
+    },
     /// After step `after` ended, no call of `traffic` was served by
     /// `cluster` and the caller's sidecar sent it no request.
     NoRequestTo {
@@ -283,6 +296,10 @@ pub enum Assertion {
     },
     /// No mirror in `cluster` was written, deleted or added since step `since`.
     MirrorsUnchanged { cluster: String, since: String },
+}
+
+fn median() -> f64 {
+    50.0
 }
 
 fn default_op() -> String {

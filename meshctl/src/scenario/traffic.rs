@@ -34,6 +34,13 @@ impl Outcome {
     }
 }
 
+/// The `p`th percentile (0–100) of `sorted`, nearest rank; `None` when empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (last as f64 * p / 100.0).round() as usize;
+    sorted.get(i.min(last)).copied()
+}
+
 /// Calls running in the background.
 #[derive(Debug)]
 pub struct Traffic {

@@ -175,6 +175,26 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
                         bail!("{at}: served-by: give min, max or both");
                     }
                 }
+                Assertion::Latency {
+                    traffic: t,
+                    percentile,
+                    min,
+                    max,
+                    since,
+                } => {
+                    seen(t)?;
+                    earlier(since, &names)?;
+                    if !(*percentile > 0.0 && *percentile <= 100.0) {
+                        bail!("{at}: latency: percentile above 0 and at most 100 (e.g. 99)");
+                    }
+                    match (min, max) {
+                        (None, None) => bail!("{at}: latency: give min, max or both"),
+                        (Some(a), Some(b)) if a > b => {
+                            bail!("{at}: latency: min is above max")
+                        }
+                        _ => {}
+                    }
+                }
                 Assertion::NoRequestTo {
                     traffic: t,
                     cluster: c,
