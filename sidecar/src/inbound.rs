@@ -4,11 +4,15 @@
 //! the caller's SPIFFE ID is then checked against the port's allow-list.
 //! HTTP/2 from another sidecar is served per request and forwarded to the
 //! app in the protocol the caller's app spoke, with the caller's ID in
-//! `meshfed-client-id`; anything else is copied to the app as bytes.
+//! `meshfed-client-id`; anything else is copied to the app as bytes —
+//! except HTTP arriving that way (an app that waited before its first
+//! request, a caller without a sidecar), which is served as HTTP too, so
+//! the app never sees an ID header the caller wrote itself.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
@@ -17,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_trust::{CredentialsWatch, SpiffeId, peer_id, server_config};
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncWriteExt, split};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -27,7 +31,9 @@ use crate::body::{Body, boxed, error_response};
 use crate::config::{Allow, Inbound};
 use crate::connect::ALPN_H2;
 use crate::dest::Shared;
+use crate::io::Prefixed;
 use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels};
+use crate::outbound::detect::{Protocol, detect};
 use crate::outbound::{CLIENT_ID, ORIG_PROTO};
 use crate::trace::TraceContext;
 
@@ -137,23 +143,10 @@ impl InboundPort {
             }
         }
         if h2 {
-            let me = self.clone();
-            let caller = Arc::new(caller);
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let me = me.clone();
-                let caller = caller.clone();
-                async move { Ok::<_, Infallible>(me.request(req, &caller, allowed).await) }
-            });
-            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%remote, error = %e, "inbound connection ended");
-            }
+            self.serve_http(tls, caller, allowed, false).await;
             return;
         }
-        let mut tls = tls;
-        let mut app = match TcpStream::connect(self.app).await {
+        let app = match TcpStream::connect(self.app).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(app = %self.app, error = %e, "app unreachable");
@@ -161,7 +154,16 @@ impl InboundPort {
             }
         };
         let _ = app.set_nodelay(true);
-        let copied = copy_bidirectional(&mut tls, &mut app).await;
+        let copied = match opaque(tls, app).await {
+            Opaque::Copied(copied) => copied,
+            Opaque::Http(protocol, io) => {
+                // Served as HTTP, so the app gets the caller's real ID.
+                tracing::debug!(%remote, %caller, ?protocol, "HTTP on an opaque connection");
+                let h1 = protocol == Protocol::Http1;
+                self.serve_http(io, caller, allowed, h1).await;
+                return;
+            }
+        };
         self.shared
             .metrics
             .tcp_connections
@@ -179,6 +181,56 @@ impl InboundPort {
             &self.shared.cluster,
             copied,
         );
+    }
+
+    /// Serves a connection's HTTP requests (`h1`: HTTP/1 straight from the
+    /// caller; otherwise HTTP/2 from a sidecar).
+    async fn serve_http<S>(self: Arc<Self>, io: S, caller: SpiffeId, allowed: bool, h1: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let me = self.clone();
+        let caller = Arc::new(caller);
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            let me = me.clone();
+            let caller = caller.clone();
+            if h1 {
+                // Forwarded to the app as the HTTP/1 it is; the client
+                // wants an absolute URI (it dials the app whatever it says).
+                req.headers_mut()
+                    .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok());
+                let mut uri = req.uri().clone().into_parts();
+                if uri.authority.is_none() {
+                    uri.scheme = Some(http::uri::Scheme::HTTP);
+                    uri.authority = Some(host.unwrap_or(http::uri::Authority::from_static("app")));
+                    if uri.path_and_query.is_none() {
+                        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                    }
+                    if let Ok(u) = http::Uri::from_parts(uri) {
+                        *req.uri_mut() = u;
+                    }
+                }
+            }
+            async move { Ok::<_, Infallible>(me.request(req, &caller, allowed).await) }
+        });
+        let io = TokioIo::new(io);
+        let served = if h1 {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+        } else {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await
+        };
+        if let Err(e) = served {
+            tracing::debug!(port = self.port, error = %e, "inbound connection ended");
+        }
     }
 
     async fn request(
@@ -284,3 +336,63 @@ impl tower::Service<http::Uri> for AppConnector {
         })
     }
 }
+
+/// How long an opaque caller may stay silent while the app talks
+/// (server-first protocols); its first bytes are judged whenever they come.
+const CALLER_FIRST_BYTES: Duration = Duration::from_secs(24 * 3600);
+
+/// How an opaque connection ended.
+enum Opaque<T> {
+    /// Bytes (caller → app, app → caller), as `copy_bidirectional` gives.
+    Copied(std::io::Result<(u64, u64)>),
+    /// The caller's first bytes were HTTP, which must be served as HTTP
+    /// (the caller's ID set by the sidecar): nothing of it reached the
+    /// app; the stream is handed back with those bytes to be read again.
+    Http(Protocol, Prefixed<T>),
+}
+
+/// Copies an opaque connection both ways. The app's bytes flow at once, so
+/// server-first protocols are not held up; the caller's first bytes are
+/// looked at before any of them reaches the app.
+async fn opaque<T>(tls: T, app: TcpStream) -> Opaque<T>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut from_caller, mut to_caller) = split(tls);
+    let (mut from_app, mut to_app) = app.into_split();
+    let mut http = None;
+    let caller_to_app = async {
+        let prefix = match detect(&mut from_caller, CALLER_FIRST_BYTES).await? {
+            None => {
+                to_app.shutdown().await?;
+                return Ok(0);
+            }
+            Some((protocol @ (Protocol::Http1 | Protocol::Http2), prefix)) => {
+                http = Some((protocol, prefix));
+                return Err(std::io::Error::other(HttpOnOpaque));
+            }
+            Some((Protocol::Opaque, prefix)) => prefix,
+        };
+        to_app.write_all(&prefix).await?;
+        let n = tokio::io::copy(&mut from_caller, &mut to_app).await?;
+        to_app.shutdown().await?;
+        Ok(prefix.len() as u64 + n)
+    };
+    let app_to_caller = async {
+        let n = tokio::io::copy(&mut from_app, &mut to_caller).await?;
+        to_caller.shutdown().await?;
+        Ok::<_, std::io::Error>(n)
+    };
+    let copied = tokio::try_join!(caller_to_app, app_to_caller);
+    match http {
+        Some((protocol, prefix)) => Opaque::Http(
+            protocol,
+            Prefixed::new(prefix, from_caller.unsplit(to_caller)),
+        ),
+        None => Opaque::Copied(copied),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP on an opaque connection")]
+struct HttpOnOpaque;

@@ -5,7 +5,7 @@
 //! The first bytes decide how it is proxied: HTTP/1 and HTTP/2 (gRPC
 //! included) per request, anything else as opaque TCP.
 
-mod detect;
+pub(crate) mod detect;
 mod http;
 mod tcp;
 

@@ -1,5 +1,6 @@
 //! Inbound authorization: only a mesh certificate gets a connection to the
-//! app, and only an allowed identity gets a request through.
+//! app, and only an allowed identity gets a request through; HTTP slipped
+//! in on an opaque connection is served as HTTP, with the real caller's ID.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,29 +93,82 @@ async fn callers_without_a_mesh_certificate_or_not_allowed_are_refused() {
         .unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).contains("east-a1"));
 
-    let metrics = a1_metrics(&a1);
-    assert!(
-        metric(&metrics, "meshfed_sidecar_inbound_refused_total{port=") >= 4.0,
-        "{metrics}"
-    );
+    // A refusal is counted as the connection closes: give it a moment.
+    const REFUSED: &str = "meshfed_sidecar_inbound_refused_total{port=";
+    let metrics = metrics_when(&a1, |m| metric(m, REFUSED) >= 4.0).await;
+    assert!(metric(&metrics, REFUSED) >= 4.0, "{metrics}");
     assert!(metrics.contains("reason=\"forbidden\""), "{metrics}");
     assert!(metrics.contains("reason=\"handshake\""), "{metrics}");
 }
 
-fn a1_metrics(ep: &Endpoint) -> String {
-    ep.metrics()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_on_an_opaque_connection_still_carries_the_real_caller_id() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let a1 = Endpoint::start(&east, "east-a1", "127.0.0.1:0".parse().expect("addr")).await;
+    // A real mesh certificate, opening an opaque (not HTTP/2) connection
+    // and writing HTTP/1 that claims to come from someone else.
+    let mut config =
+        meshfed_trust::client_config(creds(&east.ca, FRONTEND), ExpectedIds::one(id(API)));
+    config.alpn_protocols.clear();
+    let spoof = format!(
+        "GET / HTTP/1.1\r\nhost: api\r\n{}: {}\r\n\r\n",
+        "meshfed-client-id",
+        id("/ns/shop/sa/admin")
+    );
+    // Served as HTTP: the app learns who really called.
+    let answer = talk_bytes(config.clone(), a1.addr, spoof.as_bytes())
+        .await
+        .expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("east-a1 {}", id(FRONTEND))),
+        "{answer}"
+    );
+    // Other bytes on an opaque connection still reach the app (it answers
+    // them with its own HTTP error).
+    let answer = talk_bytes(config, a1.addr, b"hello\r\n\r\n").await;
+    assert!(
+        answer
+            .as_deref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 400")),
+        "{answer:?}"
+    );
+}
+
+/// The endpoint's metrics once `ready` holds of them, or after a second.
+async fn metrics_when(ep: &Endpoint, ready: impl Fn(&str) -> bool) -> String {
+    let mut m = ep.metrics();
+    for _ in 0..50 {
+        if ready(&m) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = ep.metrics();
+    }
+    m
 }
 
 /// Connects with `config` and asks for `/` over HTTP/2-less plain bytes;
 /// `Err` when the server refused the handshake or closed without answering.
 async fn talk(config: rustls::ClientConfig, addr: std::net::SocketAddr) -> std::io::Result<String> {
+    talk_bytes(config, addr, b"hello\n").await
+}
+
+/// Connects with `config` (no ALPN: an opaque connection), sends `bytes`
+/// and returns the first answer.
+async fn talk_bytes(
+    config: rustls::ClientConfig,
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+) -> std::io::Result<String> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("api.shop.80.svc.meshfed.local").expect("name");
     let mut tls = TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await?;
     // TLS 1.3: a refused client certificate shows on the first read.
-    tls.write_all(b"hello\n").await?;
+    tls.write_all(bytes).await?;
     let mut buf = vec![0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
         .await
