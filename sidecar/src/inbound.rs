@@ -195,26 +195,9 @@ impl InboundPort {
             let me = me.clone();
             let caller = caller.clone();
             if h1 {
-                // Forwarded to the app as the HTTP/1 it is; the client
-                // wants an absolute URI (it dials the app whatever it says).
+                // Forwarded to the app as the HTTP/1 it is.
                 req.headers_mut()
                     .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-                let host = req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.parse::<http::uri::Authority>().ok());
-                let mut uri = req.uri().clone().into_parts();
-                if uri.authority.is_none() {
-                    uri.scheme = Some(http::uri::Scheme::HTTP);
-                    uri.authority = Some(host.unwrap_or(http::uri::Authority::from_static("app")));
-                    if uri.path_and_query.is_none() {
-                        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-                    }
-                    if let Ok(u) = http::Uri::from_parts(uri) {
-                        *req.uri_mut() = u;
-                    }
-                }
             }
             async move { Ok::<_, Infallible>(me.request(req, &caller, allowed).await) }
         });
@@ -293,6 +276,21 @@ impl InboundPort {
                 parts.headers.insert(header::HOST, v);
             }
         }
+        // The client wants an absolute URI (it dials the app whatever the
+        // URI says); a caller without a sidecar may send origin-form.
+        if parts.uri.authority().is_none() {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok());
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(host.unwrap_or(http::uri::Authority::from_static("app")));
+            uri.path_and_query
+                .get_or_insert(http::uri::PathAndQuery::from_static("/"));
+            parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+        }
         let req = Request::from_parts(parts, boxed(body));
         let client = if h1 { &self.h1 } else { &self.h2 };
         match client.request(req).await {
@@ -369,7 +367,8 @@ where
             }
             Some((protocol @ (Protocol::Http1 | Protocol::Http2), prefix)) => {
                 http = Some((protocol, prefix));
-                return Err(std::io::Error::other(HttpOnOpaque));
+                // Ends the copying; `http` says why.
+                return Err(std::io::Error::other("HTTP on an opaque connection"));
             }
             Some((Protocol::Opaque, prefix)) => prefix,
         };
@@ -392,7 +391,3 @@ where
         None => Opaque::Copied(copied),
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("HTTP on an opaque connection")]
-struct HttpOnOpaque;

@@ -71,12 +71,7 @@ impl Runner<'_> {
                 let low = min.is_some_and(|m| share + 1e-9 < m);
                 let high = max.is_some_and(|m| share - 1e-9 > m);
                 if ok.is_empty() || low || high {
-                    let expected = match (min, max) {
-                        (Some(a), Some(b)) => format!("{a}% to {b}%"),
-                        (Some(a), None) => format!("≥ {a}%"),
-                        (None, Some(b)) => format!("≤ {b}%"),
-                        (None, None) => String::new(),
-                    };
+                    let expected = bounds(*min, *max, |p| format!("{p}%"));
                     Err(format!(
                         "served-by {cluster} of {traffic}: expected {expected}, observed {share:.2}% \
                          of {} answered calls (by cluster: {})",
@@ -105,12 +100,7 @@ impl Runner<'_> {
                 let low = min.is_some_and(|m| observed.is_some_and(|o| o < m));
                 let high = max.is_some_and(|m| observed.is_some_and(|o| o > m));
                 if observed.is_none() || low || high {
-                    let expected = match (min, max) {
-                        (Some(a), Some(b)) => format!("{} to {}", fmt_ms(*a), fmt_ms(*b)),
-                        (Some(a), None) => format!("≥ {}", fmt_ms(*a)),
-                        (None, Some(b)) => format!("≤ {}", fmt_ms(*b)),
-                        (None, None) => String::new(),
-                    };
+                    let expected = bounds(*min, *max, fmt_ms);
                     let observed = observed.map_or("no answered call".into(), |o| {
                         format!("{} over {} answered calls", fmt_ms(o), latencies.len())
                     });
@@ -243,6 +233,16 @@ impl Runner<'_> {
                 }
             }
         })
+    }
+}
+
+/// `a to b`, `≥ a` or `≤ b`, each shown by `show`.
+fn bounds<T>(min: Option<T>, max: Option<T>, show: impl Fn(T) -> String) -> String {
+    match (min, max) {
+        (Some(a), Some(b)) => format!("{} to {}", show(a), show(b)),
+        (Some(a), None) => format!("≥ {}", show(a)),
+        (None, Some(b)) => format!("≤ {}", show(b)),
+        (None, None) => String::new(),
     }
 }
 
