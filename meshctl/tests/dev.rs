@@ -118,9 +118,13 @@ fn dev_up_serves_through_sidecars_and_dev_down_leaves_nothing() {
     drop(conn);
 
     let status = meshctl(&[&["dev", "status", "-o", "json"][..], &["--dir", d][..]].concat());
-    assert!(status.status.success(), "dev status:\n{}", text(&status));
     let s: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
-    assert_eq!(s["healthy"], true);
+    assert!(
+        status.status.success() && s["healthy"] == true,
+        "dev status says unhealthy right after dev up said ready: {}\n{}",
+        unhealthy(&s),
+        text(&status)
+    );
 
     // A second federation on the same directory is refused and changes nothing.
     let again = meshctl(&[&["dev", "up"][..], &base[..]].concat());
@@ -184,4 +188,23 @@ impl Drop for Down {
     fn drop(&mut self) {
         let _ = meshctl(&["dev", "down", "--dir", &self.0]);
     }
+}
+
+/// What a `dev status` JSON names as not ready, first (so it survives a
+/// truncated log).
+fn unhealthy(s: &Value) -> String {
+    let mut why = Vec::new();
+    for c in s["clusters"].as_array().into_iter().flatten() {
+        for p in c["processes"].as_array().into_iter().flatten() {
+            if !p["notReady"].is_null() {
+                why.push(format!("{}/{}: {}", c["name"], p["name"], p["notReady"]));
+            }
+        }
+        for l in c["links"].as_array().into_iter().flatten() {
+            if l["alive"] != true {
+                why.push(format!("{} link to {}: {l}", c["name"], l["cluster"]));
+            }
+        }
+    }
+    why.join("; ")
 }

@@ -20,6 +20,8 @@ use super::netns;
 use super::plan::{self, SHOP, Spec};
 use super::process;
 use super::topology::{ClusterTopology, Kind, Process, State, Subnet, Topology};
+use crate::gateways::gateways;
+use crate::target::{Cluster, FileCluster};
 
 /// How long a stopping process may drain before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -302,9 +304,9 @@ async fn phase_ready(
     Ok(())
 }
 
-/// Every cluster holds a ready mirror of every other's `api`, and a call
-/// through its client sidecar is served in the cluster itself, by the
-/// client's identity.
+/// Every cluster holds a ready mirror of every other's `api`, reports every
+/// link alive, and a call through its client sidecar is served in the
+/// cluster itself, by the client's identity.
 async fn federated(t: &Topology, callers: &BTreeMap<String, Caller>) -> Result<(), String> {
     for c in &t.clusters {
         let caller = &callers[&c.name];
@@ -336,6 +338,16 @@ async fn federated(t: &Topology, callers: &BTreeMap<String, Caller>) -> Result<(
                     c.name, peer.name
                 ));
             }
+        }
+        // What `dev status` calls healthy: every Link's status, as the
+        // controller writes it (once a second), says alive.
+        let cluster = Cluster::File(FileCluster::open(&c.state_dir).map_err(|e| e.to_string())?);
+        let rows = gateways(&cluster).await.map_err(|e| e.to_string())?;
+        if let Some(r) = rows.iter().find(|r| !r.alive) {
+            return Err(format!(
+                "cluster {}'s link to {} is not reported alive yet",
+                c.name, r.cluster
+            ));
         }
         let upstream = c
             .upstream(&format!("api.{SHOP}"))
