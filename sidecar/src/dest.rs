@@ -6,17 +6,22 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use meshfed_api::discovery::EndpointSet;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{Balancer, EndpointInfo, GroupKey, NoPick, Params, Pick};
 use crate::budget::RetryBudget;
 use crate::config::{Breakers, ServiceTarget, Timeouts};
-use crate::connect::Connector;
+use crate::connect::{Alpn, Connector};
 use crate::metrics::{Metrics, Reason, ServiceLabels};
 use crate::pool::Pool;
+
+/// Connects per opaque connection (or upgrade), the first included.
+const MAX_CONNECTS: usize = 5;
 
 /// What a destination shares with every other.
 #[derive(Debug)]
@@ -146,6 +151,45 @@ impl Dest {
             return Err(Reason::CircuitOpen);
         }
         pick
+    }
+
+    /// A mesh connection of its own (no ALPN) to an endpoint balanced as a
+    /// connection: when a connect fails (nothing was sent), the next
+    /// endpoint, each retry taken from the budget.
+    pub(crate) async fn connect_opaque(
+        self: &Arc<Self>,
+    ) -> Result<(Pick, TlsStream<TcpStream>), Reason> {
+        let mut tried = Vec::new();
+        let mut last = Reason::NoHealthyEndpoints;
+        for attempt in 0..MAX_CONNECTS {
+            if attempt > 0 && !self.may_retry() {
+                break;
+            }
+            let pick = match self.pick(&tried, Breaker::Connections) {
+                Ok(p) => p,
+                // Nothing left to try: the last failure is the better reason.
+                Err(_) if attempt > 0 => break,
+                Err(reason) => return Err(reason),
+            };
+            tried.push(pick.endpoint.key.clone());
+            match self
+                .shared
+                .connector
+                .connect(&pick.endpoint, Alpn::Opaque)
+                .await
+            {
+                Ok(tls) => {
+                    self.connected(&pick);
+                    return Ok((pick, tls));
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
+                    self.connect_failed(&pick);
+                    last = Reason::ConnectFailed;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Connects to a down endpoint to learn whether it is back; a good

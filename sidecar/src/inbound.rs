@@ -7,7 +7,9 @@
 //! `meshfed-client-id`; anything else is copied to the app as bytes —
 //! except HTTP arriving that way (an app that waited before its first
 //! request, a caller without a sidecar), which is served as HTTP too, so
-//! the app never sees an ID header the caller wrote itself.
+//! the app never sees an ID header the caller wrote itself. That is also
+//! how an HTTP/1.1 upgrade (WebSocket) arrives: it gets a connection to
+//! the app of its own, joined to the caller's once the app says `101`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_trust::{CredentialsWatch, SpiffeId, peer_id, server_config};
@@ -36,6 +39,7 @@ use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels};
 use crate::outbound::detect::{Protocol, detect};
 use crate::outbound::{CLIENT_ID, ORIG_PROTO};
 use crate::trace::TraceContext;
+use crate::upgrade;
 
 /// One inbound port.
 #[derive(Clone)]
@@ -205,6 +209,7 @@ impl InboundPort {
         let served = if h1 {
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, svc)
+                .with_upgrades()
                 .await
         } else {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -291,6 +296,9 @@ impl InboundPort {
                 .get_or_insert(http::uri::PathAndQuery::from_static("/"));
             parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
         }
+        if h1 && upgrade::requested(&parts.headers) {
+            return self.upgrade(parts, body).await;
+        }
         let req = Request::from_parts(parts, boxed(body));
         let client = if h1 { &self.h1 } else { &self.h2 };
         match client.request(req).await {
@@ -303,6 +311,52 @@ impl InboundPort {
                 error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
             }
         }
+    }
+}
+
+impl InboundPort {
+    /// An HTTP/1.1 upgrade, on a connection to the app of its own; on
+    /// `101` the caller's stream is joined to the app's.
+    async fn upgrade(&self, mut parts: http::request::Parts, body: Incoming) -> Response<Body> {
+        let Some(caller_side) = parts.extensions.remove::<OnUpgrade>() else {
+            return error_response(Reason::UpstreamReset, "the caller's upgrade");
+        };
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(app = %self.app, error = %e, "app upgrade failed");
+            error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
+        };
+        let app = match TcpStream::connect(self.app).await {
+            Ok(a) => a,
+            Err(e) => return unavailable(&e),
+        };
+        let _ = app.set_nodelay(true);
+        // The app gets the request as a client would send it: origin-form.
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_default();
+        parts.uri = path;
+        let mut resp = match upgrade::send(app, Request::from_parts(parts, boxed(body))).await {
+            Ok(r) => r,
+            Err(e) => return unavailable(&e),
+        };
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let app_side = hyper::upgrade::on(&mut resp);
+            let shared = self.shared.clone();
+            let label = self.label.clone();
+            self.shared.spawn(async move {
+                let copied = upgrade::join(caller_side, app_side).await;
+                if let Err(e) = &copied {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+                let cluster = shared.cluster.clone();
+                crate::outbound::count_bytes(&shared, Direction::inbound, &label, &cluster, copied);
+            });
+        }
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, boxed(body))
     }
 }
 

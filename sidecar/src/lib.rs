@@ -26,6 +26,7 @@ mod metrics;
 mod outbound;
 mod pool;
 mod trace;
+mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;

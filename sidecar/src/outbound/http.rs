@@ -6,7 +6,8 @@
 //! connection broke (before or while a small answer arrived) or the answer
 //! was 502/503/504 — every one taken from the retry budget. When nothing can
 //! serve, the sidecar answers itself with a 503/504 and `meshfed-error`
-//! saying why.
+//! saying why. An HTTP/1.1 upgrade (WebSocket) takes a mesh connection of
+//! its own instead (see `upgrade`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -25,7 +27,9 @@ use tracing::Instrument;
 use crate::body::{Body, boxed, error_response, full};
 use crate::dest::{Breaker, Dest};
 use crate::metrics::{DestLabels, Direction, Reason};
+use crate::outbound::count_bytes;
 use crate::trace::TraceContext;
+use crate::upgrade;
 
 /// The header a sidecar uses to tell the next one the app spoke HTTP/1.1.
 pub const ORIG_PROTO: &str = "meshfed-orig-proto";
@@ -53,6 +57,7 @@ where
     } else {
         hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = served {
@@ -71,9 +76,15 @@ async fn handle(dest: Arc<Dest>, req: Request<Incoming>, from_h1: bool) -> Respo
         trace_id = %trace.trace_id,
         span_id = %trace.span_id,
     );
-    let (resp, served_by) = call(&dest, parts, body, from_h1)
-        .instrument(span.clone())
-        .await;
+    let (resp, served_by) = if from_h1 && upgrade::requested(&parts.headers) {
+        call_upgrade(&dest, parts, body)
+            .instrument(span.clone())
+            .await
+    } else {
+        call(&dest, parts, body, from_h1)
+            .instrument(span.clone())
+            .await
+    };
     let (cluster, zone) = served_by.unwrap_or_default();
     dest.shared.metrics.request(
         DestLabels {
@@ -266,6 +277,77 @@ async fn call(
         }
     }
     set_aside.unwrap_or_else(|| (error_response(last, &dest.label), None))
+}
+
+/// Runs an HTTP/1.1 upgrade: its own mesh connection to the endpoint
+/// picked (the next one when the connect fails), the request sent as
+/// HTTP/1.1, and on `101` the app's stream joined to the endpoint's.
+async fn call_upgrade(dest: &Arc<Dest>, mut parts: http::request::Parts, body: Incoming) -> Answer {
+    let deadline = Instant::now() + dest.shared.timeouts.request;
+    if let Err(reason) = dest.ready().await {
+        return (error_response(reason, &dest.label), None);
+    }
+    let Some(app_side) = parts.extensions.remove::<OnUpgrade>() else {
+        return (
+            error_response(Reason::UpstreamReset, "the app's upgrade"),
+            None,
+        );
+    };
+    parts.headers.remove(CLIENT_ID);
+    parts.headers.remove(ORIG_PROTO);
+    upgrade::keep(&mut parts.headers, strip);
+    dest.count_request();
+    let (pick, tls) = match tokio::time::timeout_at(deadline, dest.connect_opaque()).await {
+        Err(_) => return (error_response(Reason::RequestTimeout, &dest.label), None),
+        Ok(Err(reason)) => return (error_response(reason, &dest.label), None),
+        Ok(Ok(c)) => c,
+    };
+    let served_by = Some((pick.endpoint.cluster.clone(), pick.endpoint.zone.clone()));
+    let flight = dest.start(&pick);
+    let req = Request::from_parts(parts, boxed(body));
+    let mut resp = match tokio::time::timeout_at(deadline, upgrade::send(tls, req)).await {
+        Err(_) => {
+            flight.answered(true);
+            return (
+                error_response(Reason::RequestTimeout, &dest.label),
+                served_by,
+            );
+        }
+        Ok(Err(e)) => {
+            // Sent, or partly: not sent again.
+            flight.answered(true);
+            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "upgrade request failed");
+            return (
+                error_response(Reason::UpstreamReset, &dest.label),
+                served_by,
+            );
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    flight.answered(resp.status().is_server_error());
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let endpoint_side = hyper::upgrade::on(&mut resp);
+        let d = dest.clone();
+        dest.shared.spawn(async move {
+            d.connections(&pick.group, 1);
+            let copied = upgrade::join(app_side, endpoint_side).await;
+            d.connections(&pick.group, -1);
+            if let Err(e) = &copied {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+            count_bytes(
+                &d.shared,
+                Direction::outbound,
+                &d.label,
+                &pick.endpoint.cluster,
+                copied,
+            );
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    parts.version = Version::HTTP_11;
+    upgrade::keep(&mut parts.headers, strip);
+    (Response::from_parts(parts, boxed(body)), served_by)
 }
 
 /// Hop-by-hop headers never cross a proxy.

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
-use crate::dest::{Breaker, Dest, Shared};
-use crate::metrics::{ByteLabels, DestLabels, Direction, Reason};
-
-const MAX_ATTEMPTS: usize = 5;
+use crate::dest::{Dest, Shared};
+use crate::metrics::{ByteLabels, DestLabels, Direction};
 
 /// Proxies `app` to `dest` as opaque bytes.
 pub(crate) async fn forward<S>(mut app: S, dest: Arc<Dest>)
@@ -23,59 +21,33 @@ where
         tracing::warn!(service = %dest.label, reason = reason.as_str(), "TCP connection refused");
         return;
     }
-    let mut tried = Vec::new();
-    let mut last = Reason::NoHealthyEndpoints;
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 && !dest.may_retry() {
-            break;
+    let (pick, mut upstream) = match dest.connect_opaque().await {
+        Ok(c) => c,
+        Err(reason) => {
+            tracing::warn!(service = %dest.label, reason = reason.as_str(), "TCP connection refused");
+            return;
         }
-        let pick = match dest.pick(&tried, Breaker::Connections) {
-            Ok(p) => p,
-            Err(Reason::NoHealthyEndpoints) if attempt > 0 => break,
-            Err(reason) => {
-                last = reason;
-                break;
-            }
-        };
-        tried.push(pick.endpoint.key.clone());
-        let mut upstream = match dest
-            .shared
-            .connector
-            .connect(&pick.endpoint, crate::connect::Alpn::Opaque)
-            .await
-        {
-            Ok(tls) => tls,
-            Err(e) => {
-                tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
-                dest.connect_failed(&pick);
-                last = Reason::ConnectFailed;
-                continue;
-            }
-        };
-        dest.connected(&pick);
-        dest.connections(&pick.group, 1);
-        let m = &dest.shared.metrics;
-        let cluster = pick.endpoint.cluster.clone();
-        m.tcp_connections
-            .get_or_create(&DestLabels {
-                direction: Direction::outbound,
-                service: dest.label.clone(),
-                cluster: cluster.clone(),
-                zone: pick.endpoint.zone.clone(),
-            })
-            .inc();
-        let copied = copy_bidirectional(&mut app, &mut upstream).await;
-        dest.connections(&pick.group, -1);
-        count_bytes(
-            &dest.shared,
-            Direction::outbound,
-            &dest.label,
-            &cluster,
-            copied,
-        );
-        return;
-    }
-    tracing::warn!(service = %dest.label, reason = last.as_str(), "TCP connection refused");
+    };
+    dest.connections(&pick.group, 1);
+    let m = &dest.shared.metrics;
+    let cluster = pick.endpoint.cluster.clone();
+    m.tcp_connections
+        .get_or_create(&DestLabels {
+            direction: Direction::outbound,
+            service: dest.label.clone(),
+            cluster: cluster.clone(),
+            zone: pick.endpoint.zone.clone(),
+        })
+        .inc();
+    let copied = copy_bidirectional(&mut app, &mut upstream).await;
+    dest.connections(&pick.group, -1);
+    count_bytes(
+        &dest.shared,
+        Direction::outbound,
+        &dest.label,
+        &cluster,
+        copied,
+    );
 }
 
 /// A destination outside the mesh: straight through, marked so the

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use meshfed_sidecar::{Allow, Inbound, Locality, SidecarConfig, Timeouts, Upstream};
+use meshfed_sidecar::{Allow, Locality, SidecarConfig, Timeouts, Upstream};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -110,23 +110,7 @@ async fn other_protocols_are_carried_as_opaque_tcp_even_server_first() {
             });
         }
     });
-    let server = Running::start(
-        SidecarConfig {
-            locality: Locality {
-                cluster: "east".into(),
-                ..Locality::default()
-            },
-            inbound: vec![Inbound {
-                listen: any(),
-                app: app_addr,
-                allow: Allow::Mesh,
-            }],
-            ..SidecarConfig::default()
-        },
-        creds(&east.ca, API),
-        &east.source(),
-    )
-    .await;
+    let server = app_sidecar(&east, any(), app_addr, Allow::Mesh).await;
     east.write(
         "api.yaml",
         &api_manifest(false, &[(server.bound_inbound[0], "a")]),
@@ -177,4 +161,129 @@ async fn other_protocols_are_carried_as_opaque_tcp_even_server_first() {
         "{metrics}"
     );
     echo.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_crosses_the_gateway_and_its_app_sees_the_real_caller() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let west = Cluster::start(&mesh, "west").await;
+    let gateway = Gateway::start(&west).await;
+    // A WebSocket app in west: it greets with the caller ID its sidecar
+    // gave in the handshake, then echoes every message.
+    let app = TcpListener::bind(any()).await.expect("bind");
+    let app_addr = app.local_addr().expect("addr");
+    let ws_app = tokio::spawn(async move {
+        while let Ok((tcp, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let mut caller = String::from("none");
+                // tungstenite's handshake callback type fixes the error type.
+                #[allow(clippy::result_large_err)]
+                let seen = |req: &Request, resp: Response| {
+                    if let Some(v) = req.headers().get(meshfed_sidecar::CLIENT_ID) {
+                        caller = v.to_str().unwrap_or("bad").to_owned();
+                    }
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, seen).await else {
+                    return;
+                };
+                if ws
+                    .send(Message::text(format!("west {caller}")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let server = app_sidecar(&west, any(), app_addr, Allow::Mesh).await;
+    west.write(
+        "api.yaml",
+        &api_manifest(true, &[(server.bound_inbound[0], "w")]),
+    );
+    east.write("api.yaml", &api_manifest(false, &[]));
+    east.link("west", gateway.addr);
+    until_remote_group(&east, "west", "a").await;
+    let client = client_sidecar(&east, "a", FRONTEND).await;
+    let up = client.upstream.expect("upstream");
+
+    // A WebSocket client, as an unmodified app would open one, claiming an
+    // identity that is not its own.
+    let tcp = TcpStream::connect(up).await.expect("connect");
+    let req = http::Request::get(format!("ws://{up}/chat"))
+        .header("host", "api.shop")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header(
+            meshfed_sidecar::CLIENT_ID,
+            "spiffe://mesh.test/ns/kube-system/sa/admin",
+        )
+        .body(())
+        .expect("request");
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    assert_eq!(resp.status(), 101);
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>| {
+        tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("message")
+    };
+    let greeting = next(&mut ws).await;
+    assert_eq!(greeting, Message::text(format!("west {}", id(FRONTEND))));
+    // Both ways, many times over, text and binary: the tunnel stays open.
+    for i in 0..50 {
+        let m = if i % 2 == 0 {
+            Message::text(format!("ping {i}"))
+        } else {
+            Message::binary(vec![i as u8; 70_000])
+        };
+        ws.send(m.clone()).await.expect("send");
+        assert_eq!(next(&mut ws).await, m);
+    }
+    ws.close(None).await.expect("close");
+    drop(ws);
+
+    let metrics = client.metrics();
+    assert!(
+        metric(
+            &metrics,
+            "meshfed_sidecar_requests_total{direction=\"outbound\",service=\"api.shop:80\",cluster=\"west\",zone=\"\",status=\"101\""
+        ) >= 1.0,
+        "{metrics}"
+    );
+    // The bytes are counted when the tunnel closes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let sent = loop {
+        let sent = metric(
+            &client.metrics(),
+            "meshfed_sidecar_tcp_bytes_total{direction=\"outbound\",service=\"api.shop:80\",cluster=\"west\",flow=\"sent\"",
+        );
+        if sent > 0.0 || tokio::time::Instant::now() > deadline {
+            break sent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(sent >= 25.0 * 70_000.0, "{sent}: {}", client.metrics());
+    ws_app.abort();
+    drop((server, gateway));
 }

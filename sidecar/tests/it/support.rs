@@ -405,19 +405,7 @@ impl Endpoint {
         allow: meshfed_sidecar::Allow,
     ) -> Self {
         let app = App::start(name).await;
-        let config = SidecarConfig {
-            locality: Locality {
-                cluster: cluster.name.clone(),
-                ..Locality::default()
-            },
-            inbound: vec![Inbound {
-                listen,
-                app: app.addr,
-                allow,
-            }],
-            ..SidecarConfig::default()
-        };
-        let sidecar = Running::start(config, creds(&cluster.ca, API), &cluster.source()).await;
+        let sidecar = app_sidecar(cluster, listen, app.addr, allow).await;
         Self {
             addr: sidecar.bound_inbound[0],
             _app: app,
@@ -433,6 +421,25 @@ impl Endpoint {
     pub async fn kill(&mut self) {
         self.sidecar.stop().await;
     }
+}
+
+/// The sidecar of an api pod in `cluster`: inbound on `listen` (port 0:
+/// any) to the app at `app`, open to `allow`.
+pub async fn app_sidecar(
+    cluster: &Cluster,
+    listen: SocketAddr,
+    app: SocketAddr,
+    allow: meshfed_sidecar::Allow,
+) -> Running {
+    let config = SidecarConfig {
+        locality: Locality {
+            cluster: cluster.name.clone(),
+            ..Locality::default()
+        },
+        inbound: vec![Inbound { listen, app, allow }],
+        ..SidecarConfig::default()
+    };
+    Running::start(config, creds(&cluster.ca, API), &cluster.source()).await
 }
 
 /// The client workload's sidecar in `cluster`, zone `zone`, with api on an upstream port.
