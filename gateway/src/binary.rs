@@ -62,6 +62,9 @@ struct Args {
     /// Connections with no byte either way for this long are closed.
     #[arg(long, env = "MESHFED_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// A peer silent this long gets TCP keepalive probes, as far apart; two unanswered close the connection and the one spliced to it.
+    #[arg(long, env = "MESHFED_LIVENESS", default_value = "5s", value_parser = humantime::parse_duration)]
+    liveness: Duration,
     /// On SIGTERM, how long open connections may run on before they are closed.
     #[arg(long, env = "MESHFED_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -95,6 +98,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ("--handshake-timeout", args.handshake_timeout),
         ("--connect-timeout", args.connect_timeout),
         ("--idle-timeout", args.idle_timeout),
+        ("--liveness", args.liveness),
     ] {
         if value.is_zero() {
             bail!("{flag} must be longer than zero");
@@ -133,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         handshake_timeout: args.handshake_timeout,
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
+        liveness: args.liveness,
         drain_timeout: args.drain_timeout,
         federation_upstream: args.federation_upstream.clone(),
     };

@@ -87,7 +87,7 @@ struct Routed {
 /// way), or connects the upstream and replays the ClientHello to it.
 async fn route(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<(TcpStream, Routed)> {
     let accepted = Instant::now();
-    set_options(&tcp);
+    set_options(&tcp, shared.config.liveness);
     let read = tokio::time::timeout(shared.config.handshake_timeout, read_hello(&tcp)).await;
     let (hello, bytes) = match read {
         Ok(Ok(h)) => h,
@@ -288,7 +288,7 @@ async fn dial(
                 .metrics
                 .connect_latency
                 .observe(start.elapsed().as_secs_f64());
-            set_options(&tcp);
+            set_options(&tcp, shared.config.liveness);
             Some(tcp)
         }
         Ok(Err(e)) => {
@@ -305,13 +305,22 @@ async fn dial(
 }
 
 /// No Nagle delay (the bytes are someone else's TLS records), and
-/// keepalives so a vanished peer does not hold a connection forever.
-fn set_options(tcp: &TcpStream) {
+/// liveness checks so a peer gone silent (a partition closes nothing) does
+/// not hold the connection, nor the one spliced to it: after `liveness` of
+/// silence a keepalive probe goes out, `liveness` apart, and two
+/// unanswered close it, as does data unacknowledged for three times
+/// `liveness`.
+fn set_options(tcp: &TcpStream, liveness: Duration) {
     let _ = tcp.set_nodelay(true);
+    // The kernel counts keepalive times in whole seconds.
+    let every = liveness.max(Duration::from_secs(1));
     let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
-    let _ = SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+        .with_time(every)
+        .with_interval(every)
+        .with_retries(2);
+    let sock = SockRef::from(tcp);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(every * 3));
 }
 
 /// Counts the refusal and closes: a TLS alert to a TLS client, nothing to

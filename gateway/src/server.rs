@@ -29,6 +29,10 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// A connection with no byte either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A peer silent this long gets TCP keepalive probes, as far apart;
+    /// two unanswered (or data unacknowledged for three times this) close
+    /// the connection and the one spliced to it.
+    pub liveness: Duration,
     /// How long open connections may run on after shutdown begins.
     pub drain_timeout: Duration,
     /// The local controller's federation listener (`host:port`); without
@@ -43,6 +47,7 @@ impl Default for GatewayConfig {
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(3600),
+            liveness: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             federation_upstream: None,
         }

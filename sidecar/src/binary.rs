@@ -82,7 +82,7 @@ struct RunArgs {
     /// One HTTP request, retries included, until its response headers.
     #[arg(long, env = "MESHFED_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
-    /// An endpoint connection silent this long gets an HTTP/2 ping; unanswered as long again, it is closed and its requests fail over.
+    /// An endpoint connection silent this long gets an HTTP/2 ping; unanswered as long again, it is closed and its requests fail over. Every mesh connection also gets TCP keepalive probes after this much silence.
     #[arg(long, env = "MESHFED_LIVENESS", default_value = "2s", value_parser = humantime::parse_duration)]
     liveness: Duration,
     /// How long an app connection may stay silent before it is proxied as opaque TCP.

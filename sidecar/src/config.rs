@@ -194,6 +194,10 @@ pub struct Timeouts {
     /// the connection is closed and the requests in flight on it fail over
     /// (idempotent ones are sent again elsewhere). A partitioned peer is
     /// silent, not closed: without this, calls wait for the request timeout.
+    /// Every mesh connection, both ways, also gets TCP keepalive probes
+    /// after this much silence, as far apart; two unanswered, or data
+    /// unacknowledged for three times as long, close it (and the app's
+    /// connection with it: opaque TCP, upgrades).
     pub liveness: Duration,
 }
 

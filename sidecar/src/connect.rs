@@ -49,6 +49,7 @@ pub(crate) enum ConnectError {
 pub(crate) struct Connector {
     creds: CredentialsWatch,
     timeout: Duration,
+    liveness: Duration,
     mark: Option<u32>,
     stop: CancellationToken,
     configs: Mutex<HashMap<(String, Alpn), Arc<ClientConfig>>>,
@@ -58,12 +59,14 @@ impl Connector {
     pub(crate) fn new(
         creds: CredentialsWatch,
         timeout: Duration,
+        liveness: Duration,
         mark: Option<u32>,
         stop: CancellationToken,
     ) -> Self {
         Self {
             creds,
             timeout,
+            liveness,
             mark,
             stop,
             configs: Mutex::default(),
@@ -84,6 +87,7 @@ impl Connector {
                 .tcp(ep.addr)
                 .await
                 .map_err(|e| ConnectError::Tcp(ep.addr, e))?;
+            keep_alive(&tcp, self.liveness).map_err(|e| ConnectError::Tcp(ep.addr, e))?;
             connector
                 .connect(name, tcp)
                 .await
@@ -94,7 +98,8 @@ impl Connector {
             .map_err(|_| ConnectError::Timeout(ep.addr))?
     }
 
-    /// A plain TCP connection (marked), for destinations outside the mesh.
+    /// A plain TCP connection (marked), for destinations outside the mesh;
+    /// mesh connections get liveness checks on top (`connect`).
     pub(crate) async fn tcp(&self, addr: std::net::SocketAddr) -> io::Result<TcpStream> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -133,4 +138,23 @@ impl Connector {
         configs.insert(key, config.clone());
         config
     }
+}
+
+/// Liveness of a mesh connection in the kernel, for what HTTP/2 pings do
+/// not cover (opaque TCP, upgrades, the inbound side): after `liveness` of
+/// silence a keepalive probe goes out, `liveness` apart; two unanswered
+/// close the connection, as does data left unacknowledged for three times
+/// `liveness`. A partitioned peer closes nothing, so without this both
+/// apps would wait on a dead connection for their own timeouts.
+pub(crate) fn keep_alive(tcp: &TcpStream, liveness: Duration) -> io::Result<()> {
+    // The kernel counts keepalive times in whole seconds.
+    let every = liveness.max(Duration::from_secs(1));
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(every)
+            .with_interval(every)
+            .with_retries(2),
+    )?;
+    sock.set_tcp_user_timeout(Some(every * 3))
 }

@@ -37,7 +37,7 @@ use crate::dest::Shared;
 use crate::io::Prefixed;
 use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels};
 use crate::outbound::detect::{Protocol, detect};
-use crate::outbound::{CLIENT_ID, ORIG_PROTO};
+use crate::outbound::{CLIENT_ID, End, ORIG_PROTO, counted};
 use crate::trace::TraceContext;
 use crate::upgrade;
 
@@ -118,6 +118,9 @@ impl InboundPort {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::connect::keep_alive(&tcp, self.shared.timeouts.liveness) {
+            tracing::debug!(%remote, error = %e, "no keepalive on the inbound connection");
+        }
         let handshake =
             tokio::time::timeout(self.shared.timeouts.handshake, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
@@ -158,6 +161,12 @@ impl InboundPort {
             }
         };
         let _ = app.set_nodelay(true);
+        let labels = (
+            Direction::inbound,
+            self.label.as_str(),
+            self.shared.cluster.as_str(),
+        );
+        let app = counted(&self.shared, labels, End::Server, app);
         let copied = match opaque(tls, app).await {
             Opaque::Copied(copied) => copied,
             Opaque::Http(protocol, io) => {
@@ -178,13 +187,9 @@ impl InboundPort {
                 zone: String::new(),
             })
             .inc();
-        crate::outbound::count_bytes(
-            &self.shared,
-            Direction::inbound,
-            &self.label,
-            &self.shared.cluster,
-            copied,
-        );
+        if let Err(e) = copied {
+            tracing::debug!(%remote, error = %e, "opaque connection ended");
+        }
     }
 
     /// Serves a connection's HTTP requests (`h1`: HTTP/1 straight from the
@@ -347,12 +352,15 @@ impl InboundPort {
             let shared = self.shared.clone();
             let label = self.label.clone();
             self.shared.spawn(async move {
-                let copied = upgrade::join(caller_side, app_side).await;
-                if let Err(e) = &copied {
+                let joined = async {
+                    let (mut caller, app) = upgrade::upgraded(caller_side, app_side).await?;
+                    let labels = (Direction::inbound, label.as_str(), shared.cluster.as_str());
+                    let mut app = counted(&shared, labels, End::Server, app);
+                    tokio::io::copy_bidirectional(&mut caller, &mut app).await
+                };
+                if let Err(e) = joined.await {
                     tracing::debug!(error = %e, "upgraded connection ended");
                 }
-                let cluster = shared.cluster.clone();
-                crate::outbound::count_bytes(&shared, Direction::inbound, &label, &cluster, copied);
             });
         }
         let (parts, body) = resp.into_parts();
@@ -406,12 +414,13 @@ enum Opaque<T> {
 /// Copies an opaque connection both ways. The app's bytes flow at once, so
 /// server-first protocols are not held up; the caller's first bytes are
 /// looked at before any of them reaches the app.
-async fn opaque<T>(tls: T, app: TcpStream) -> Opaque<T>
+async fn opaque<T, A>(tls: T, app: A) -> Opaque<T>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut from_caller, mut to_caller) = split(tls);
-    let (mut from_app, mut to_app) = app.into_split();
+    let (mut from_app, mut to_app) = split(app);
     let mut http = None;
     let caller_to_app = async {
         let prefix = match detect(&mut from_caller, CALLER_FIRST_BYTES).await? {

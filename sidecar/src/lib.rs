@@ -80,6 +80,7 @@ impl Sidecar {
             connector: Arc::new(connect::Connector::new(
                 creds.clone(),
                 config.timeouts.connect,
+                config.timeouts.liveness,
                 config.mark,
                 stop.clone(),
             )),

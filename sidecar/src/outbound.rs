@@ -10,7 +10,7 @@ mod http;
 mod tcp;
 
 pub use http::{CLIENT_ID, ORIG_PROTO};
-pub(crate) use tcp::count_bytes;
+pub(crate) use tcp::{End, counted};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -9,9 +9,9 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::Body;
 
@@ -56,12 +56,13 @@ where
     send.send_request(req).await
 }
 
-/// Joins two upgraded streams once both are ready and copies both ways
-/// (`a` → `b`, `b` → `a`) until either side closes.
-pub(crate) async fn join(a: OnUpgrade, b: OnUpgrade) -> std::io::Result<(u64, u64)> {
+/// Both upgraded streams, once both sides have switched protocols.
+pub(crate) async fn upgraded(
+    a: OnUpgrade,
+    b: OnUpgrade,
+) -> std::io::Result<(TokioIo<Upgraded>, TokioIo<Upgraded>)> {
     let (a, b) = tokio::try_join!(a, b).map_err(std::io::Error::other)?;
-    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-    copy_bidirectional(&mut a, &mut b).await
+    Ok((TokioIo::new(a), TokioIo::new(b)))
 }
 
 #[cfg(test)]

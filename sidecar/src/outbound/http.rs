@@ -20,14 +20,14 @@ use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::body::{Body, boxed, error_response, full};
 use crate::dest::{Breaker, Dest};
 use crate::metrics::{DestLabels, Direction, Reason};
-use crate::outbound::count_bytes;
+use crate::outbound::{End, counted};
 use crate::trace::TraceContext;
 use crate::upgrade;
 
@@ -330,18 +330,20 @@ async fn call_upgrade(dest: &Arc<Dest>, mut parts: http::request::Parts, body: I
         let d = dest.clone();
         dest.shared.spawn(async move {
             d.connections(&pick.group, 1);
-            let copied = upgrade::join(app_side, endpoint_side).await;
-            d.connections(&pick.group, -1);
-            if let Err(e) = &copied {
+            let joined = async {
+                let (app, mut endpoint) = upgrade::upgraded(app_side, endpoint_side).await?;
+                let labels = (
+                    Direction::outbound,
+                    d.label.as_str(),
+                    pick.endpoint.cluster.as_str(),
+                );
+                let mut app = counted(&d.shared, labels, End::Caller, app);
+                copy_bidirectional(&mut app, &mut endpoint).await
+            };
+            if let Err(e) = joined.await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
-            count_bytes(
-                &d.shared,
-                Direction::outbound,
-                &d.label,
-                &pick.endpoint.cluster,
-                copied,
-            );
+            d.connections(&pick.group, -1);
         });
     }
     let (mut parts, body) = resp.into_parts();

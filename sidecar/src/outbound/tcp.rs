@@ -1,7 +1,7 @@
 //! Outbound opaque TCP: one mesh connection per app connection, to an
 //! endpoint balanced like a request. A failed connect moves on to another
 //! endpoint (nothing was sent yet); after that the bytes are copied both
-//! ways until either side closes.
+//! ways until either side closes, counted as they pass.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
 use crate::dest::{Dest, Shared};
+use crate::io::Counted;
 use crate::metrics::{ByteLabels, DestLabels, Direction};
 
 /// Proxies `app` to `dest` as opaque bytes.
-pub(crate) async fn forward<S>(mut app: S, dest: Arc<Dest>)
+pub(crate) async fn forward<S>(app: S, dest: Arc<Dest>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -30,7 +31,7 @@ where
     };
     dest.connections(&pick.group, 1);
     let m = &dest.shared.metrics;
-    let cluster = pick.endpoint.cluster.clone();
+    let cluster = &pick.endpoint.cluster;
     m.tcp_connections
         .get_or_create(&DestLabels {
             direction: Direction::outbound,
@@ -39,20 +40,22 @@ where
             zone: pick.endpoint.zone.clone(),
         })
         .inc();
+    let mut app = counted(
+        &dest.shared,
+        (Direction::outbound, &dest.label, cluster),
+        End::Caller,
+        app,
+    );
     let copied = copy_bidirectional(&mut app, &mut upstream).await;
     dest.connections(&pick.group, -1);
-    count_bytes(
-        &dest.shared,
-        Direction::outbound,
-        &dest.label,
-        &cluster,
-        copied,
-    );
+    if let Err(e) = copied {
+        tracing::debug!(service = %dest.label, error = %e, "TCP connection ended");
+    }
 }
 
 /// A destination outside the mesh: straight through, marked so the
 /// interception rules let it pass.
-pub(crate) async fn passthrough(mut app: TcpStream, original: SocketAddr, shared: &Shared) {
+pub(crate) async fn passthrough(app: TcpStream, original: SocketAddr, shared: &Shared) {
     let mut upstream = match shared.connector.tcp(original).await {
         Ok(s) => s,
         Err(e) => {
@@ -60,21 +63,31 @@ pub(crate) async fn passthrough(mut app: TcpStream, original: SocketAddr, shared
             return;
         }
     };
-    let copied = copy_bidirectional(&mut app, &mut upstream).await;
-    count_bytes(shared, Direction::outbound, "passthrough", "", copied);
+    let labels = (Direction::outbound, "passthrough", "");
+    let mut app = counted(shared, labels, End::Caller, app);
+    if let Err(e) = copy_bidirectional(&mut app, &mut upstream).await {
+        tracing::debug!(%original, error = %e, "passthrough connection ended");
+    }
 }
 
-pub(crate) fn count_bytes(
+/// Which end of a proxied connection a stream is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum End {
+    /// The calling app's: what it writes is `sent`.
+    Caller,
+    /// The serving app's: what it writes is `received`.
+    Server,
+}
+
+/// `stream` with its bytes counted in `tcp_bytes_total{direction, service,
+/// cluster, flow}` as they pass.
+pub(crate) fn counted<S>(
     shared: &Shared,
-    direction: Direction,
-    service: &str,
-    cluster: &str,
-    copied: std::io::Result<(u64, u64)>,
-) {
-    let Ok((sent, received)) = copied else {
-        return;
-    };
-    for (flow, n) in [("sent", sent), ("received", received)] {
+    (direction, service, cluster): (Direction, &str, &str),
+    end: End,
+    stream: S,
+) -> Counted<S> {
+    let counter = |flow| {
         shared
             .metrics
             .tcp_bytes
@@ -84,6 +97,11 @@ pub(crate) fn count_bytes(
                 cluster: cluster.to_owned(),
                 flow,
             })
-            .inc_by(n);
+            .clone()
+    };
+    let (sent, received) = (counter("sent"), counter("received"));
+    match end {
+        End::Caller => Counted::new(stream, sent, received),
+        End::Server => Counted::new(stream, received, sent),
     }
 }

@@ -2,20 +2,24 @@
 //! full circuit breaker — each with its status and `meshfed-error`; and
 //! a failing answer is retried within the budget, then passed on as is;
 //! a request on a connection whose peer went silent fails over once a
-//! ping goes unanswered, while a slow answer on a live one is waited for.
+//! ping goes unanswered, while a slow answer on a live one is waited for;
+//! an opaque connection across a silent partition of the remote cluster's
+//! gateway is closed at both ends.
 
 use std::time::Duration;
 
 use meshfed_sidecar::{Breakers, Locality, SidecarConfig, Timeouts, Upstream};
 
+use crate::netns::{Netns, can_run, sh};
 use crate::support::*;
 
 fn any() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
-fn client_config(timeouts: Timeouts, breakers: Breakers) -> SidecarConfig {
-    SidecarConfig {
+/// East's client sidecar, zone a, with api on an upstream port.
+async fn east_client(east: &Cluster, timeouts: Timeouts, breakers: Breakers) -> Running {
+    let config = SidecarConfig {
         locality: Locality {
             cluster: "east".into(),
             region: String::new(),
@@ -28,7 +32,8 @@ fn client_config(timeouts: Timeouts, breakers: Breakers) -> SidecarConfig {
         timeouts,
         breakers,
         ..SidecarConfig::default()
-    }
+    };
+    Running::start(config, creds(&east.ca, FRONTEND), &east.source()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,12 +50,7 @@ async fn answers_itself_with_a_reason_when_nothing_can_serve() {
         max_requests: 1,
         ..Breakers::default()
     };
-    let client = Running::start(
-        client_config(timeouts, breakers),
-        creds(&east.ca, FRONTEND),
-        &east.source(),
-    )
-    .await;
+    let client = east_client(&east, timeouts, breakers).await;
     let up = client.upstream.expect("upstream");
     let http = http_client();
     let (status, reason, _) = get_path(&http, up, "/").await.expect("answer");
@@ -65,12 +65,7 @@ async fn answers_itself_with_a_reason_when_nothing_can_serve() {
     assert_eq!((status, reason.as_deref()), (504, Some("request_timeout")));
 
     // One request in flight at most: a second one finds the circuit open.
-    let slow_client = Running::start(
-        client_config(Timeouts::default(), breakers),
-        creds(&east.ca, FRONTEND),
-        &east.source(),
-    )
-    .await;
+    let slow_client = east_client(&east, Timeouts::default(), breakers).await;
     let up2 = slow_client.upstream.expect("upstream");
     until_served_by(&http, up2, "east-a1", 1).await;
     let first = tokio::spawn(async move { get_path(&http_client(), up2, "/sleep/1000").await });
@@ -123,12 +118,7 @@ async fn a_request_to_a_peer_gone_silent_fails_over_when_a_ping_goes_unanswered(
         request: Duration::from_secs(10),
         ..Timeouts::default()
     };
-    let client = Running::start(
-        client_config(timeouts, Breakers::default()),
-        creds(&east.ca, FRONTEND),
-        &east.source(),
-    )
-    .await;
+    let client = east_client(&east, timeouts, Breakers::default()).await;
     let up = client.upstream.expect("upstream");
     let http = http_client();
     until_served_by(&http, up, "east-a1", 1).await;
@@ -154,4 +144,107 @@ async fn a_request_to_a_peer_gone_silent_fails_over_when_a_ping_goes_unanswered(
         metric(&client.metrics(), "meshfed_sidecar_retries_total"),
         1.0
     );
+}
+
+#[test]
+fn an_opaque_connection_across_a_partition_is_closed_at_both_ends() {
+    if !can_run(
+        "resilience::an_opaque_connection_across_a_partition_is_closed_at_both_ends",
+        &["ip", "iptables"],
+    ) {
+        return;
+    }
+    let ns = Netns::create("ka");
+    let name = ns.0.clone();
+    let inside = ns.run(move || async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        let mesh = Mesh::new();
+        let east = Cluster::start(&mesh, "east").await;
+        let west = Cluster::start(&mesh, "west").await;
+        let gateway = Gateway::start(&west).await;
+        // A TCP echo in west that says when a connection of its ends.
+        let app = TcpListener::bind(any()).await.expect("bind");
+        let app_addr = app.local_addr().expect("addr");
+        let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = app.accept().await {
+                let ended = ended_tx.clone();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tcp.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = ended.send(());
+                });
+            }
+        });
+        let server = app_sidecar(&west, any(), app_addr, meshfed_sidecar::Allow::Mesh).await;
+        west.write(
+            "api.yaml",
+            &api_manifest(true, &[(server.bound_inbound[0], "w")]),
+        );
+        east.write("api.yaml", &api_manifest(false, &[]));
+        east.link("west", gateway.addr);
+        until_remote_group(&east, "west", "a").await;
+        let timeouts = Timeouts {
+            liveness: Duration::from_secs(1),
+            ..Timeouts::default()
+        };
+        let client = east_client(&east, timeouts, Breakers::default()).await;
+        let up = client.upstream.expect("upstream");
+        // Two app connections through the mesh, both echoing (once the
+        // client sidecar has learnt the endpoint).
+        let echoing = async || -> std::io::Result<TcpStream> {
+            let mut c = TcpStream::connect(up).await?;
+            c.write_all(b"ping\n").await?;
+            let mut back = [0u8; 5];
+            c.read_exact(&mut back).await?;
+            assert_eq!(&back, b"ping\n");
+            Ok(c)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut conns = Vec::new();
+        while conns.len() < 2 {
+            match tokio::time::timeout_at(deadline, echoing()).await {
+                Ok(Ok(c)) => conns.push(c),
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => panic!("no echo through the mesh within 10 s"),
+            }
+        }
+
+        // The partition: nothing crosses to or from west's gateway any
+        // more, and nothing is closed either.
+        let port = gateway.addr.port().to_string();
+        for dir in ["--dport", "--sport"] {
+            sh(&[
+                "ip", "netns", "exec", &name, "iptables", "-A", "INPUT", "-p", "tcp", dir, &port,
+                "-j", "DROP",
+            ]);
+        }
+        let cut = tokio::time::Instant::now();
+        // One connection stays idle (keepalive finds it dead); the other
+        // has bytes in flight that will never be acknowledged.
+        conns[1].write_all(&[7u8; 1000]).await.expect("write");
+        for (i, c) in conns.iter_mut().enumerate() {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(15), c.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} still open 15 s into the partition"));
+            assert!(matches!(read, Ok(0) | Err(_)), "connection {i}: {read:?}");
+        }
+        let client_side = cut.elapsed();
+        // In west the gateway (liveness 1 s) closes its side, and so the
+        // endpoint's sidecar the app's.
+        for i in 0..2 {
+            tokio::time::timeout(Duration::from_secs(15), ended.recv())
+                .await
+                .unwrap_or_else(|_| panic!("app connection {i} still open 15 s into the partition"))
+                .expect("echo running");
+        }
+        println!(
+            "closed {client_side:?} (client side, liveness 1 s) and {:?} (app side, gateway liveness 1 s) into the partition",
+            cut.elapsed()
+        );
+    });
+    inside.join().expect("the test inside the namespace");
 }

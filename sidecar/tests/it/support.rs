@@ -238,6 +238,7 @@ impl Gateway {
         let config = meshfed_gateway::GatewayConfig {
             federation_upstream: Some(cluster.federation.to_string()),
             drain_timeout: Duration::ZERO,
+            liveness: Duration::from_secs(1),
             ..meshfed_gateway::GatewayConfig::default()
         };
         let gateway =

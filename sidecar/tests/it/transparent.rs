@@ -4,93 +4,34 @@
 //! carried by the sidecar through west's gateway to a remote endpoint,
 //! which sees curl's workload identity.
 
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use meshfed_sidecar::{Locality, SidecarConfig};
 
+use crate::netns::{Netns, can_run};
 use crate::support::*;
 
 const CLUSTER_IP: &str = "10.96.0.10";
 
-/// A network namespace this test made, deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn create() -> Self {
-        let name = format!("meshfed-sc-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Self(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        // A pod-like interface with an address, for cluster IPs to be
-        // routed to (they belong to no host); both ends stay inside.
-        ns.exec(&[
-            "ip", "link", "add", "svc0", "type", "veth", "peer", "name", "svc1",
-        ]);
-        ns.exec(&["ip", "link", "set", "svc0", "up"]);
-        ns.exec(&["ip", "link", "set", "svc1", "up"]);
-        ns.exec(&["ip", "addr", "add", "10.244.0.2/24", "dev", "svc0"]);
-        ns.exec(&["ip", "route", "add", "10.96.0.0/12", "dev", "svc0"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        let mut all = vec!["ip", "netns", "exec", &self.0];
-        all.extend(args);
-        sh(&all)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn sh(args: &[&str]) -> std::process::Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn missing() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "iptables", "curl"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
-}
-
 #[test]
 fn curl_reaches_a_remote_service_by_its_cluster_ip() {
-    if let Some(why) = missing() {
-        eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !!! SKIPPED transparent::curl_reaches_a_remote_service_by_its_cluster_ip\n\
-             !!! {why}: the network-namespace test needs root, ip, iptables, curl\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-        );
+    if !can_run(
+        "transparent::curl_reaches_a_remote_service_by_its_cluster_ip",
+        &["ip", "iptables", "curl"],
+    ) {
         return;
     }
-    let ns = Netns::create();
+    let ns = Netns::create("tp");
+    // A pod-like interface with an address, for cluster IPs to be routed to
+    // (they belong to no host); both ends stay inside.
+    ns.exec(&[
+        "ip", "link", "add", "svc0", "type", "veth", "peer", "name", "svc1",
+    ]);
+    ns.exec(&["ip", "link", "set", "svc0", "up"]);
+    ns.exec(&["ip", "link", "set", "svc1", "up"]);
+    ns.exec(&["ip", "addr", "add", "10.244.0.2/24", "dev", "svc0"]);
+    ns.exec(&["ip", "route", "add", "10.96.0.0/12", "dev", "svc0"]);
     let rules = ns.exec(&[
         env!("CARGO_BIN_EXE_meshfed-sidecar"),
         "init-iptables",
@@ -107,45 +48,31 @@ fn curl_reaches_a_remote_service_by_its_cluster_ip() {
     // The whole federation runs on a thread inside the namespace.
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let path = format!("/var/run/netns/{}", ns.0);
-    let federation = std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).expect("open netns");
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&fd),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("enter netns");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mesh = Mesh::new();
-            let east = Cluster::start(&mesh, "east").await;
-            let west = Cluster::start(&mesh, "west").await;
-            let gateway = Gateway::start(&west).await;
-            let w1 = Endpoint::start(&west, "west-w1", "127.0.0.1:0".parse().expect("addr")).await;
-            west.write("api.yaml", &api_manifest(true, &[(w1.addr, "w")]));
-            // East knows api only by its cluster IP: no endpoints of its own.
-            east.write("api.yaml", &api_manifest(false, &[]));
-            east.link("west", gateway.addr);
-            until_remote_group(&east, "west", "a").await;
-            let config = SidecarConfig {
-                locality: Locality {
-                    cluster: "east".into(),
-                    region: String::new(),
-                    zone: "a".into(),
-                },
-                transparent: Some("127.0.0.1:4140".parse().expect("addr")),
-                mark: Some(7),
-                ..SidecarConfig::default()
-            };
-            let _client = Running::start(config, creds(&east.ca, FRONTEND), &east.source()).await;
-            ready_tx.send(()).expect("ready");
-            let _ = done_rx.await;
-            drop((w1, gateway));
-        });
+    let federation = ns.run(move || async move {
+        let mesh = Mesh::new();
+        let east = Cluster::start(&mesh, "east").await;
+        let west = Cluster::start(&mesh, "west").await;
+        let gateway = Gateway::start(&west).await;
+        let w1 = Endpoint::start(&west, "west-w1", "127.0.0.1:0".parse().expect("addr")).await;
+        west.write("api.yaml", &api_manifest(true, &[(w1.addr, "w")]));
+        // East knows api only by its cluster IP: no endpoints of its own.
+        east.write("api.yaml", &api_manifest(false, &[]));
+        east.link("west", gateway.addr);
+        until_remote_group(&east, "west", "a").await;
+        let config = SidecarConfig {
+            locality: Locality {
+                cluster: "east".into(),
+                region: String::new(),
+                zone: "a".into(),
+            },
+            transparent: Some("127.0.0.1:4140".parse().expect("addr")),
+            mark: Some(7),
+            ..SidecarConfig::default()
+        };
+        let _client = Running::start(config, creds(&east.ca, FRONTEND), &east.source()).await;
+        ready_tx.send(()).expect("ready");
+        let _ = done_rx.await;
+        drop((w1, gateway));
     });
     ready_rx
         .recv_timeout(Duration::from_secs(60))
