@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::*;
 use crate::output::Format;
-use crate::target::{ContextArgs, apply_objects};
+use crate::target::{ContextArgs, apply_objects, wait_rolled_out};
 
 /// How other clusters reach this cluster's gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +73,10 @@ pub struct InstallArgs {
     /// Apply the objects to the cluster (server-side apply) instead of printing them.
     #[arg(long, conflicts_with = "state")]
     pub apply: bool,
+    /// With --apply: wait this long for the CRDs to be established and the
+    /// Deployments to roll out (as `kubectl rollout status`); 0s: do not wait.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
     #[command(flatten)]
     pub context: ContextArgs,
     /// A file store cluster: write its meshfed-cluster and meshfed-trust
@@ -133,6 +137,15 @@ pub async fn run(a: InstallArgs) -> anyhow::Result<()> {
             a.context.describe(),
             info.cluster
         );
+        if !a.wait.is_zero() {
+            let every = std::time::Duration::from_secs(2);
+            wait_rolled_out(&client, &objects, a.wait, every, |what| {
+                println!("  ready: {what}");
+            })
+            .await
+            .context("waiting for the install to roll out (meshctl check says more)")?;
+            println!("cluster {} is installed and ready", info.cluster);
+        }
         return Ok(());
     }
     print!("{}", a.output.objects(&objects)?);

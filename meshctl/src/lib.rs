@@ -25,7 +25,9 @@ pub use gateways::{GatewayRow, gateways};
 pub use inject::{InjectArgs, inject_text};
 pub use install::{InstallArgs, KIND_ORDER, install_objects};
 pub use link::{LinkArgs, make_link};
-pub use target::{Cluster, FileCluster, KubeCluster, apply_objects};
+pub use target::{
+    Cluster, FileCluster, KubeCluster, Rollout, apply_objects, deployment_rollout, wait_rolled_out,
+};
 
 /// Parses one command's flags alone, as `meshctl <command>` would (tests,
 /// embedding).

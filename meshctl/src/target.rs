@@ -17,7 +17,7 @@ use meshfed_mirror::Change;
 
 pub use self::file::FileCluster;
 pub(crate) use self::file::ready_over;
-pub use self::kube::{KubeCluster, apply_objects};
+pub use self::kube::{KubeCluster, Rollout, apply_objects, deployment_rollout, wait_rolled_out};
 use crate::cluster::ClusterInfo;
 
 /// `--context`: a kubeconfig context (the current one when absent).

@@ -188,7 +188,8 @@ for c in "${CLUSTERS[@]}"; do
 	if [[ -n $LEAF_TTL ]]; then
 		args+=(--leaf-ttl "${LEAF_TTL}s")
 	fi
-	"$MESHCTL" "${args[@]}" --apply --context "$(context "$c")" >&2
+	# Rolled out below, every cluster at once.
+	"$MESHCTL" "${args[@]}" --apply --wait 0s --context "$(context "$c")" >&2
 done
 for c in "${CLUSTERS[@]}"; do
 	step "waiting for Meshfed to roll out in $(context "$c")"

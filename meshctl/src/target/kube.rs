@@ -374,6 +374,128 @@ pub async fn apply_objects(client: &kube::Client, objects: &[Value]) -> anyhow::
     Ok(objects.len())
 }
 
+/// How an installed object stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    Ready,
+    /// Not yet, and why.
+    Waiting(String),
+    /// Will not get there without a change, and why.
+    Failed(String),
+}
+
+/// Waits until what `objects` installed is in use: every
+/// CustomResourceDefinition established, every Deployment rolled out (as
+/// `kubectl rollout status` judges it), in the order given, asking every
+/// `every`. Gives up at a failed rollout, or after `timeout` naming what is
+/// not ready and why. `progress` hears each object once it is ready.
+pub async fn wait_rolled_out(
+    client: &kube::Client,
+    objects: &[Value],
+    timeout: Duration,
+    every: Duration,
+    progress: impl Fn(&str),
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for obj in objects {
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or(NAMESPACE);
+        let what = match kind {
+            "CustomResourceDefinition" => format!("CustomResourceDefinition {name}"),
+            "Deployment" => format!("Deployment {ns}/{name}"),
+            _ => continue,
+        };
+        loop {
+            let state = if kind == "Deployment" {
+                Api::<Deployment>::namespaced(client.clone(), ns)
+                    .get_opt(name)
+                    .await
+                    .with_context(|| format!("reading {what}"))?
+                    .map_or_else(
+                        || Rollout::Waiting("not found".into()),
+                        |d| deployment_rollout(&d),
+                    )
+            } else {
+                crds.get_opt(name)
+                    .await
+                    .with_context(|| format!("reading {what}"))?
+                    .map_or_else(|| Rollout::Waiting("not found".into()), |c| crd_rollout(&c))
+            };
+            match state {
+                Rollout::Ready => {
+                    progress(&what);
+                    break;
+                }
+                Rollout::Failed(why) => bail!("{what}: {why}"),
+                Rollout::Waiting(why) if tokio::time::Instant::now() + every > deadline => {
+                    bail!(
+                        "{what} is not ready after {}: {why}",
+                        humantime::format_duration(timeout)
+                    )
+                }
+                Rollout::Waiting(_) => tokio::time::sleep(every).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Deployment's rollout, judged as `kubectl rollout status` does.
+pub fn deployment_rollout(d: &Deployment) -> Rollout {
+    let want = d.spec.replicas.unwrap_or(1);
+    let Some(st) = &d.status else {
+        return Rollout::Waiting("no status yet".into());
+    };
+    if d.metadata.generation > st.observed_generation {
+        return Rollout::Waiting("the new spec is not observed yet".into());
+    }
+    let stuck = st.conditions.iter().flatten().find(|c| {
+        c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(c) = stuck {
+        return Rollout::Failed(format!(
+            "the rollout exceeded its progress deadline: {}",
+            c.message.as_deref().unwrap_or("no message")
+        ));
+    }
+    let updated = st.updated_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    if updated < want {
+        Rollout::Waiting(format!("{updated} of {want} replicas updated"))
+    } else if total > updated {
+        Rollout::Waiting(format!(
+            "{} old replicas pending termination",
+            total - updated
+        ))
+    } else if available < updated {
+        Rollout::Waiting(format!(
+            "{available} of {updated} updated replicas available"
+        ))
+    } else {
+        Rollout::Ready
+    }
+}
+
+/// A CustomResourceDefinition is in use once `Established`.
+fn crd_rollout(c: &CustomResourceDefinition) -> Rollout {
+    let conditions = c.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let find = |t: &str| conditions.into_iter().flatten().find(|c| c.type_ == t);
+    if let Some(n) = find("NamesAccepted").filter(|n| n.status == "False") {
+        return Rollout::Failed(format!(
+            "names not accepted: {}",
+            n.message.as_deref().unwrap_or("no message")
+        ));
+    }
+    match find("Established") {
+        Some(e) if e.status == "True" => Rollout::Ready,
+        _ => Rollout::Waiting("not established yet".into()),
+    }
+}
+
 /// The resource name of each kind install makes, and whether it is namespaced.
 fn plural(kind: &str) -> Option<(&'static str, bool)> {
     Some(match kind {

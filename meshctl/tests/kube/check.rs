@@ -4,65 +4,6 @@ use crate::objects::*;
 use crate::prelude::*;
 use crate::standin::*;
 
-fn crd_as_served(crd: &serde_json::Map<String, Value>) -> Value {
-    let mut crd = served(Value::Object(crd.clone()));
-    crd["metadata"]["generation"] = json!(1);
-    // Defaults the API server fills in, which check must ignore.
-    crd["spec"]["conversion"] = json!({ "strategy": "None" });
-    let established = |type_: &str, reason: &str| {
-        json!({
-            "type": type_, "status": "True", "reason": reason, "message": "",
-            "lastTransitionTime": CREATED,
-        })
-    };
-    crd["status"] = json!({
-        "acceptedNames": crd["spec"]["names"].clone(),
-        "storedVersions": ["v1alpha1"],
-        "conditions": [
-            established("NamesAccepted", "NoConflicts"),
-            established("Established", "InitialNamesAccepted"),
-        ],
-    });
-    crd
-}
-
-fn deployment(name: &str, want: u32, ready: u32) -> Value {
-    let mut status = json!({
-        "observedGeneration": 1, "replicas": want, "updatedReplicas": want,
-        "conditions": [{
-            "type": "Available", "status": if ready > 0 { "True" } else { "False" },
-            "reason": if ready > 0 { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-            "message": "", "lastUpdateTime": CREATED, "lastTransitionTime": CREATED,
-        }],
-    });
-    // The API server leaves out counts that are zero.
-    if ready > 0 {
-        status["readyReplicas"] = json!(ready);
-        status["availableReplicas"] = json!(ready);
-    }
-    if want > ready {
-        status["unavailableReplicas"] = json!(want - ready);
-    }
-    let mut d = served(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": name, "namespace": NS, "labels": part_of(name), "generation": 1 },
-        "spec": {
-            "replicas": want,
-            "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
-            "template": {
-                "metadata": { "labels": { "app.kubernetes.io/name": name } },
-                "spec": {
-                    "serviceAccountName": name,
-                    "containers": [{ "name": name, "image": format!("ghcr.io/meshfed/{name}:0.1.0") }],
-                },
-            },
-            "strategy": { "type": "RollingUpdate" },
-        },
-    }));
-    d["status"] = status;
-    d
-}
-
 /// What differs between a healthy cluster and a failing one.
 struct Health {
     gateway_ready: u32,

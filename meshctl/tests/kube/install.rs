@@ -149,3 +149,133 @@ async fn install_apply_stops_at_the_first_refusal() {
         "{message}"
     );
 }
+
+/// One GET per CRD (established) and per Deployment (rolled out) of
+/// `objects`, in order; `first` answers go before the ready one of the
+/// Deployment they name.
+fn wait_transcript(objects: &[Value], first: &[(&str, Value)]) -> Vec<Exchange> {
+    let mut t = Vec::new();
+    for o in objects {
+        let name = o["metadata"]["name"].as_str().expect("named");
+        match o["kind"].as_str() {
+            Some("CustomResourceDefinition") => t.push(
+                Exchange::get(format!("{CRDS}/{name}"))
+                    .answers(crd_as_served(o.as_object().expect("an object"))),
+            ),
+            Some("Deployment") => {
+                for (_, answer) in first.iter().filter(|(n, _)| *n == name) {
+                    t.push(Exchange::get(format!("{DEPLOYMENTS}/{name}")).answers(answer.clone()));
+                }
+                let want = o["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
+                t.push(
+                    Exchange::get(format!("{DEPLOYMENTS}/{name}"))
+                        .answers(deployment(name, want, want)),
+                );
+            }
+            _ => {}
+        }
+    }
+    t
+}
+
+async fn wait(
+    transcript: Vec<Exchange>,
+    objects: &[Value],
+    timeout: Duration,
+) -> (anyhow::Result<()>, Vec<String>) {
+    let (client, api) = ApiServer::start(transcript);
+    let seen = std::sync::Mutex::new(Vec::new());
+    let every = Duration::from_millis(10);
+    let result = within(meshctl::wait_rolled_out(
+        &client,
+        objects,
+        timeout,
+        every,
+        |what| seen.lock().expect("seen").push(what.to_owned()),
+    ))
+    .await;
+    api.assert_done();
+    (result, seen.into_inner().expect("seen"))
+}
+
+#[tokio::test]
+async fn install_waits_for_the_crds_to_be_established_and_the_deployments_to_roll_out() {
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    // The gateway's new spec is not observed yet, then no replica is
+    // available yet, then it is rolled out.
+    let mut unobserved = deployment("meshfed-gateway", 2, 2);
+    unobserved["metadata"]["generation"] = json!(2);
+    let first = [
+        ("meshfed-gateway", unobserved),
+        ("meshfed-gateway", deployment("meshfed-gateway", 2, 0)),
+    ];
+    let (result, seen) = wait(wait_transcript(&objects, &first), &objects, DEADLINE).await;
+    result.expect("ready");
+    let expected: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let name = o["metadata"]["name"].as_str()?;
+            match o["kind"].as_str()? {
+                "CustomResourceDefinition" => Some(format!("CustomResourceDefinition {name}")),
+                "Deployment" => Some(format!("Deployment {NS}/{name}")),
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(expected.len() >= 5, "{expected:?}");
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn install_wait_gives_up_naming_what_is_not_ready() {
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    let first = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    let name = first["metadata"]["name"].as_str().expect("named");
+    let mut t = wait_transcript(&objects, &[]);
+    let at = t
+        .iter()
+        .position(|e| e.uri.ends_with(&format!("deployments/{name}")))
+        .expect("asked");
+    t.truncate(at);
+    t.push(Exchange::get(format!("{DEPLOYMENTS}/{name}")).answers(deployment(name, 2, 0)));
+    // No time left: the first answer that is not ready is the last asked.
+    let (result, _) = wait(t, &objects, Duration::ZERO).await;
+    let message = format!("{:#}", result.expect_err("not ready"));
+    assert_eq!(
+        message,
+        format!("Deployment {NS}/{name} is not ready after 0s: 0 of 2 updated replicas available")
+    );
+}
+
+#[tokio::test]
+async fn install_wait_stops_at_a_rollout_past_its_progress_deadline() {
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    let mut t = wait_transcript(&objects, &[]);
+    let at = t
+        .iter()
+        .position(|e| e.uri.ends_with("deployments/meshfed-gateway"))
+        .expect("asked");
+    t.truncate(at);
+    let mut stuck = deployment("meshfed-gateway", 2, 0);
+    stuck["status"]["conditions"] = json!([{
+        "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet \"meshfed-gateway-7d9f\" has timed out progressing.",
+        "lastUpdateTime": CREATED, "lastTransitionTime": CREATED,
+    }]);
+    t.push(Exchange::get(format!("{DEPLOYMENTS}/meshfed-gateway")).answers(stuck));
+    let (result, _) = wait(t, &objects, DEADLINE).await;
+    let message = format!("{:#}", result.expect_err("stuck"));
+    assert_eq!(
+        message,
+        format!(
+            "Deployment {NS}/meshfed-gateway: the rollout exceeded its progress deadline: \
+             ReplicaSet \"meshfed-gateway-7d9f\" has timed out progressing."
+        )
+    );
+}
