@@ -317,9 +317,7 @@ impl InboundPort {
             }
         }
     }
-}
 
-impl InboundPort {
     /// An HTTP/1.1 upgrade, on a connection to the app of its own; on
     /// `101` the caller's stream is joined to the app's.
     async fn upgrade(&self, mut parts: http::request::Parts, body: Incoming) -> Response<Body> {
