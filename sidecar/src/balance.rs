@@ -150,6 +150,8 @@ struct EndpointState {
     down: Option<Down>,
     ejected_until: Option<Instant>,
     ejections: u32,
+    /// When a connect to it last succeeded.
+    connected_at: Option<Instant>,
     /// In the latest endpoint set. An endpoint no longer listed is kept
     /// only while attempts on it are in flight; what they show is not
     /// held against it if it is listed again (a cluster withdrawn in a
@@ -167,6 +169,7 @@ impl EndpointState {
             down: None,
             ejected_until: None,
             ejections: 0,
+            connected_at: None,
             listed: true,
         }
     }
@@ -476,8 +479,16 @@ impl Balancer {
     }
 
     /// A connect to `key` failed: down until a probe connects.
-    pub(crate) fn connect_failed(&mut self, key: &Arc<str>, now: Instant) {
+    ///
+    /// A connect begun (`started`) before the last one that succeeded says
+    /// nothing new: the endpoint is reachable, and the failure (a dial to
+    /// the old process, a handshake that timed out meanwhile) is ignored
+    /// rather than taking it down again.
+    pub(crate) fn connect_failed(&mut self, key: &Arc<str>, started: Instant, now: Instant) {
         if let Some(s) = self.states.get_mut(key) {
+            if s.connected_at.is_some_and(|t| t > started) {
+                return;
+            }
             let backoff = s.down.map_or(DOWN_MIN, |d| (d.backoff * 2).min(DOWN_MAX));
             s.down = Some(Down {
                 until: now + backoff,
@@ -488,9 +499,10 @@ impl Balancer {
     }
 
     /// A connect to `key` succeeded.
-    pub(crate) fn connected(&mut self, key: &Arc<str>) {
+    pub(crate) fn connected(&mut self, key: &Arc<str>, now: Instant) {
         if let Some(s) = self.states.get_mut(key) {
             s.down = None;
+            s.connected_at = Some(now);
         }
     }
 
@@ -714,15 +726,27 @@ mod tests {
     async fn a_down_endpoint_spills_part_of_its_zone_then_everything() {
         let now = Instant::now();
         let mut b = balancer(&two_zones_and_remote(), now);
-        b.connect_failed(&"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(), now);
+        b.connect_failed(
+            &"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(),
+            now,
+            now,
+        );
         let s = b.shares(now);
         // h = 1/2 below 0.7: 714 stays, the rest spills to the other zone.
         assert_eq!(
             s.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
             vec![714, 286, 0]
         );
-        b.connect_failed(&"10.0.0.2:80/api.shop.80.svc.meshfed.local".into(), now);
-        b.connect_failed(&"10.0.1.1:80/api.shop.80.svc.meshfed.local".into(), now);
+        b.connect_failed(
+            &"10.0.0.2:80/api.shop.80.svc.meshfed.local".into(),
+            now,
+            now,
+        );
+        b.connect_failed(
+            &"10.0.1.1:80/api.shop.80.svc.meshfed.local".into(),
+            now,
+            now,
+        );
         let seen = picks(&mut b, now, 20);
         assert_eq!(seen.get("192.0.2.1:7460"), Some(&20), "{seen:?}");
     }
@@ -739,7 +763,7 @@ mod tests {
         );
         let mut b = balancer(&s, t0);
         let key: Arc<str> = "10.0.0.1:80/api.shop.80.svc.meshfed.local".into();
-        b.connect_failed(&key, t0);
+        b.connect_failed(&key, t0, t0);
         (b, key)
     }
 
@@ -752,7 +776,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(150);
         let due = b.due_probes(t1);
         assert_eq!(due.len(), 1);
-        b.connected(&key);
+        b.connected(&key, t1);
         // Healthy again, but held for a second: still remote.
         for ms in [0u64, 300, 900] {
             let t = t1 + Duration::from_millis(ms);
@@ -767,15 +791,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_connect_that_failed_after_a_newer_one_succeeded_takes_nothing_down() {
+        let t0 = Instant::now();
+        let (mut b, key) = local_down_remote_up(t0);
+        // A request's connect begins at 100 ms and hangs; the probe at
+        // 150 ms connects; the hung connect fails at 1.1 s.
+        let started = t0 + Duration::from_millis(100);
+        let t1 = t0 + Duration::from_millis(150);
+        let _ = b.shares(t1);
+        b.connected(&key, t1);
+        let _ = b.shares(t1 + Duration::from_millis(10));
+        b.connect_failed(&key, started, t0 + Duration::from_millis(1100));
+        // The hold that began with the probe is not restarted.
+        let t2 = t1 + Duration::from_millis(1010);
+        assert_eq!(picks(&mut b, t2, 10).get("10.0.0.1:80"), Some(&10));
+        // A connect begun after that success still counts.
+        let t3 = t2 + Duration::from_millis(10);
+        b.connect_failed(&key, t3, t3);
+        assert_eq!(picks(&mut b, t3, 10).get("192.0.2.1:7460"), Some(&10));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_dip_during_the_hold_restarts_it() {
         let t0 = Instant::now();
         let (mut b, key) = local_down_remote_up(t0);
         let _ = b.shares(t0);
-        b.connected(&key);
+        b.connected(&key, t0);
         let _ = b.shares(t0 + Duration::from_millis(100));
-        b.connect_failed(&key, t0 + Duration::from_millis(600));
-        let _ = b.shares(t0 + Duration::from_millis(600));
-        b.connected(&key);
+        let t = t0 + Duration::from_millis(600);
+        b.connect_failed(&key, t, t);
+        let _ = b.shares(t);
+        b.connected(&key, t0 + Duration::from_millis(1200));
         // Seen healthy again at 1.2 s: the hold starts over from there.
         for ms in [1200u64, 1700, 2100] {
             let t = t0 + Duration::from_millis(ms);
@@ -894,7 +940,7 @@ mod tests {
         );
         let t = now + Duration::from_millis(10);
         b.update(&again, "east", "api.shop.80.svc.meshfed.local", t);
-        b.connect_failed(&"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(), t);
+        b.connect_failed(&"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(), t, t);
         assert_eq!(picks(&mut b, t, 10).get("192.0.2.1:7460"), Some(&10));
     }
 

@@ -172,6 +172,7 @@ impl Dest {
                 Err(reason) => return Err(reason),
             };
             tried.push(pick.endpoint.key.clone());
+            let started = Instant::now();
             match self
                 .shared
                 .connector
@@ -184,7 +185,7 @@ impl Dest {
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
-                    self.connect_failed(&pick);
+                    self.connect_failed(&pick, started);
                     last = Reason::ConnectFailed;
                 }
             }
@@ -195,13 +196,14 @@ impl Dest {
     /// Connects to a down endpoint to learn whether it is back; a good
     /// connection stays in the pool for the next request.
     async fn probe(self: Arc<Self>, ep: Arc<EndpointInfo>) {
+        let started = Instant::now();
         let ok = self.pool.get(&self.shared.connector, &ep).await.is_ok();
         let mut b = self.balancer.lock().expect("balancer lock");
         if ok {
             tracing::debug!(endpoint = %ep.key, "endpoint reachable again");
-            b.connected(&ep.key);
+            b.connected(&ep.key, Instant::now());
         } else {
-            b.connect_failed(&ep.key, Instant::now());
+            b.connect_failed(&ep.key, started, Instant::now());
         }
     }
 
@@ -250,13 +252,14 @@ impl Dest {
             .inc();
     }
 
-    /// A connect to the picked endpoint failed.
-    pub(crate) fn connect_failed(&self, pick: &Pick) {
+    /// A connect to the picked endpoint, begun at `started`, failed.
+    pub(crate) fn connect_failed(&self, pick: &Pick, started: Instant) {
         self.failure();
-        self.balancer
-            .lock()
-            .expect("balancer lock")
-            .connect_failed(&pick.endpoint.key, Instant::now());
+        self.balancer.lock().expect("balancer lock").connect_failed(
+            &pick.endpoint.key,
+            started,
+            Instant::now(),
+        );
     }
 
     /// A connect succeeded.
@@ -264,7 +267,7 @@ impl Dest {
         self.balancer
             .lock()
             .expect("balancer lock")
-            .connected(&pick.endpoint.key);
+            .connected(&pick.endpoint.key, Instant::now());
     }
 
     /// Starts an attempt on `pick`; the guard ends it.

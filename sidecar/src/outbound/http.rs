@@ -182,6 +182,7 @@ async fn call(
         tried.push(pick.endpoint.key.clone());
         let served_by = Some((pick.endpoint.cluster.clone(), pick.endpoint.zone.clone()));
         dest.pending(&pick.group, 1);
+        let started = Instant::now();
         let conn = tokio::time::timeout_at(
             deadline,
             dest.pool.get(&dest.shared.connector, &pick.endpoint),
@@ -192,7 +193,7 @@ async fn call(
             Err(_) => return (error_response(Reason::RequestTimeout, &dest.label), None),
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
-                dest.connect_failed(&pick);
+                dest.connect_failed(&pick, started);
                 last = Reason::ConnectFailed;
                 continue;
             }
