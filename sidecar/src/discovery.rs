@@ -198,6 +198,26 @@ async fn follow_once(
             Ok(Some(set)) => {
                 delivered = true;
                 metrics.discovery_updates.inc();
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let groups: Vec<String> = set
+                        .groups
+                        .iter()
+                        .map(|g| {
+                            let l = g.locality.clone().unwrap_or_default();
+                            let ready = g.endpoints.iter().filter(|e| e.ready).count();
+                            format!(
+                                "{}/{}: {}/{} healthy, {ready} of {} listed ready",
+                                l.cluster,
+                                l.zone,
+                                g.healthy,
+                                g.total,
+                                g.endpoints.len()
+                            )
+                        })
+                        .collect();
+                    let hold_ms = set.policy.as_ref().map(|p| p.failback_hold_ms);
+                    tracing::debug!(service = %request.name, ?groups, ?hold_ms, "endpoint set");
+                }
                 if tx.send(Some(Arc::new(set))).is_err() {
                     break Ok(());
                 }

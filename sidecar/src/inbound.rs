@@ -14,7 +14,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
@@ -24,7 +23,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_trust::{CredentialsWatch, SpiffeId, peer_id, server_config};
-use tokio::io::{AsyncWriteExt, split};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -34,9 +32,9 @@ use crate::body::{Body, boxed, error_response};
 use crate::config::{Allow, Inbound};
 use crate::connect::ALPN_H2;
 use crate::dest::Shared;
-use crate::io::Prefixed;
 use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels};
-use crate::outbound::detect::{Protocol, detect};
+use crate::opaque::{Opaque, opaque};
+use crate::outbound::detect::Protocol;
 use crate::outbound::{CLIENT_ID, End, ORIG_PROTO, counted};
 use crate::trace::TraceContext;
 use crate::upgrade;
@@ -167,28 +165,29 @@ impl InboundPort {
             self.shared.cluster.as_str(),
         );
         let app = counted(&self.shared, labels, End::Server, app);
-        let copied = match opaque(tls, app).await {
-            Opaque::Copied(copied) => copied,
+        let counted_connection = || {
+            self.shared
+                .metrics
+                .tcp_connections
+                .get_or_create(&DestLabels {
+                    direction: Direction::inbound,
+                    service: self.label.clone(),
+                    cluster: self.shared.cluster.clone(),
+                    zone: String::new(),
+                })
+                .inc();
+        };
+        match opaque(tls, app, counted_connection).await {
+            Opaque::Copied(Ok(_)) => {}
+            Opaque::Copied(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "opaque connection ended");
+            }
             Opaque::Http(protocol, io) => {
                 // Served as HTTP, so the app gets the caller's real ID.
                 tracing::debug!(%remote, %caller, ?protocol, "HTTP on an opaque connection");
                 let h1 = protocol == Protocol::Http1;
                 self.serve_http(io, caller, allowed, h1).await;
-                return;
             }
-        };
-        self.shared
-            .metrics
-            .tcp_connections
-            .get_or_create(&DestLabels {
-                direction: Direction::inbound,
-                service: self.label.clone(),
-                cluster: self.shared.cluster.clone(),
-                zone: String::new(),
-            })
-            .inc();
-        if let Err(e) = copied {
-            tracing::debug!(%remote, error = %e, "opaque connection ended");
         }
     }
 
@@ -392,63 +391,5 @@ impl tower::Service<http::Uri> for AppConnector {
             tcp.set_nodelay(true)?;
             Ok(TokioIo::new(tcp))
         })
-    }
-}
-
-/// How long an opaque caller may stay silent while the app talks
-/// (server-first protocols); its first bytes are judged whenever they come.
-const CALLER_FIRST_BYTES: Duration = Duration::from_secs(24 * 3600);
-
-/// How an opaque connection ended.
-enum Opaque<T> {
-    /// Bytes (caller → app, app → caller), as `copy_bidirectional` gives.
-    Copied(std::io::Result<(u64, u64)>),
-    /// The caller's first bytes were HTTP, which must be served as HTTP
-    /// (the caller's ID set by the sidecar): nothing of it reached the
-    /// app; the stream is handed back with those bytes to be read again.
-    Http(Protocol, Prefixed<T>),
-}
-
-/// Copies an opaque connection both ways. The app's bytes flow at once, so
-/// server-first protocols are not held up; the caller's first bytes are
-/// looked at before any of them reaches the app.
-async fn opaque<T, A>(tls: T, app: A) -> Opaque<T>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut from_caller, mut to_caller) = split(tls);
-    let (mut from_app, mut to_app) = split(app);
-    let mut http = None;
-    let caller_to_app = async {
-        let prefix = match detect(&mut from_caller, CALLER_FIRST_BYTES).await? {
-            None => {
-                to_app.shutdown().await?;
-                return Ok(0);
-            }
-            Some((protocol @ (Protocol::Http1 | Protocol::Http2), prefix)) => {
-                http = Some((protocol, prefix));
-                // Ends the copying; `http` says why.
-                return Err(std::io::Error::other("HTTP on an opaque connection"));
-            }
-            Some((Protocol::Opaque, prefix)) => prefix,
-        };
-        to_app.write_all(&prefix).await?;
-        let n = tokio::io::copy(&mut from_caller, &mut to_app).await?;
-        to_app.shutdown().await?;
-        Ok(prefix.len() as u64 + n)
-    };
-    let app_to_caller = async {
-        let n = tokio::io::copy(&mut from_app, &mut to_caller).await?;
-        to_caller.shutdown().await?;
-        Ok::<_, std::io::Error>(n)
-    };
-    let copied = tokio::try_join!(caller_to_app, app_to_caller);
-    match http {
-        Some((protocol, prefix)) => Opaque::Http(
-            protocol,
-            Prefixed::new(prefix, from_caller.unsplit(to_caller)),
-        ),
-        None => Opaque::Copied(copied),
     }
 }

@@ -23,6 +23,7 @@ mod inbound;
 mod io;
 mod iptables;
 mod metrics;
+mod opaque;
 mod outbound;
 mod pool;
 mod trace;

@@ -12,44 +12,55 @@ use tokio::net::TcpStream;
 use crate::dest::{Dest, Shared};
 use crate::io::Counted;
 use crate::metrics::{ByteLabels, DestLabels, Direction};
+use crate::opaque::{Opaque, opaque};
+use crate::outbound::detect::Protocol;
+use crate::outbound::http;
 
-/// Proxies `app` to `dest` as opaque bytes.
+/// Proxies `app` to `dest` as opaque bytes; or, when the app turns out
+/// to speak HTTP after all (it was only slow to start), as HTTP.
 pub(crate) async fn forward<S>(app: S, dest: Arc<Dest>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if let Err(reason) = dest.ready().await {
         tracing::warn!(service = %dest.label, reason = reason.as_str(), "TCP connection refused");
         return;
     }
-    let (pick, mut upstream) = match dest.connect_opaque().await {
+    let (pick, upstream) = match dest.connect_opaque().await {
         Ok(c) => c,
         Err(reason) => {
             tracing::warn!(service = %dest.label, reason = reason.as_str(), "TCP connection refused");
             return;
         }
     };
-    dest.connections(&pick.group, 1);
-    let m = &dest.shared.metrics;
     let cluster = &pick.endpoint.cluster;
-    m.tcp_connections
-        .get_or_create(&DestLabels {
-            direction: Direction::outbound,
-            service: dest.label.clone(),
-            cluster: cluster.clone(),
-            zone: pick.endpoint.zone.clone(),
-        })
-        .inc();
-    let mut app = counted(
-        &dest.shared,
-        (Direction::outbound, &dest.label, cluster),
-        End::Caller,
-        app,
-    );
-    let copied = copy_bidirectional(&mut app, &mut upstream).await;
+    let labels = (Direction::outbound, dest.label.as_str(), cluster.as_str());
+    let upstream = counted(&dest.shared, labels, End::Server, upstream);
+    let counted_connection = || {
+        dest.shared
+            .metrics
+            .tcp_connections
+            .get_or_create(&DestLabels {
+                direction: Direction::outbound,
+                service: dest.label.clone(),
+                cluster: cluster.clone(),
+                zone: pick.endpoint.zone.clone(),
+            })
+            .inc();
+    };
+    dest.connections(&pick.group, 1);
+    let copied = opaque(app, upstream, counted_connection).await;
     dest.connections(&pick.group, -1);
-    if let Err(e) = copied {
-        tracing::debug!(service = %dest.label, error = %e, "TCP connection ended");
+    match copied {
+        Opaque::Http(protocol, io) => {
+            // Nothing reached the endpoint: each request is balanced.
+            tracing::debug!(service = %dest.label, ?protocol, "HTTP after the detect timeout");
+            http::serve(io, dest, protocol == Protocol::Http2).await;
+        }
+        Opaque::Copied(Err(e)) => {
+            tracing::debug!(service = %dest.label, error = %e, "TCP connection ended");
+        }
+        Opaque::Copied(Ok(_)) => {}
     }
 }
 

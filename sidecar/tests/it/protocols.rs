@@ -19,6 +19,28 @@ fn any() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
+/// East's client sidecar (zone a, api upstream) taking a connection as
+/// opaque after 200 ms of silence.
+async fn quick_detect_client(east: &Cluster) -> Running {
+    let config = SidecarConfig {
+        locality: Locality {
+            cluster: "east".into(),
+            region: String::new(),
+            zone: "a".into(),
+        },
+        upstreams: vec![Upstream {
+            target: api_target(),
+            listen: any(),
+        }],
+        timeouts: Timeouts {
+            detect: Duration::from_millis(200),
+            ..Timeouts::default()
+        },
+        ..SidecarConfig::default()
+    };
+    Running::start(config, creds(&east.ca, FRONTEND), &east.source()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_and_trace_context_cross_both_sidecars() {
     let mesh = Mesh::new();
@@ -115,27 +137,7 @@ async fn other_protocols_are_carried_as_opaque_tcp_even_server_first() {
         "api.yaml",
         &api_manifest(false, &[(server.bound_inbound[0], "a")]),
     );
-    let client = Running::start(
-        SidecarConfig {
-            locality: Locality {
-                cluster: "east".into(),
-                region: String::new(),
-                zone: "a".into(),
-            },
-            upstreams: vec![Upstream {
-                target: api_target(),
-                listen: any(),
-            }],
-            timeouts: Timeouts {
-                detect: Duration::from_millis(200),
-                ..Timeouts::default()
-            },
-            ..SidecarConfig::default()
-        },
-        creds(&east.ca, FRONTEND),
-        &east.source(),
-    )
-    .await;
+    let client = quick_detect_client(&east).await;
     let up = client.upstream.expect("upstream");
     // The app says nothing first: after the detect timeout it is opaque TCP.
     let tcp = TcpStream::connect(up).await.expect("connect");
@@ -277,4 +279,59 @@ async fn a_websocket_crosses_the_gateway_and_its_app_sees_the_real_caller() {
     ws.close(None).await.expect("close");
     ws_app.abort();
     drop((server, gateway));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_client_silent_past_the_detect_timeout_is_still_balanced_per_request() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let a1 = Endpoint::start(&east, "east-a1", any()).await;
+    east.write("api.yaml", &api_manifest(false, &[(a1.addr, "a")]));
+    let client = quick_detect_client(&east).await;
+    let up = client.upstream.expect("upstream");
+    until_served_by(&http_client(), up, "east-a1", 1).await;
+    let before = metric(
+        &client.metrics(),
+        "meshfed_sidecar_requests_total{direction=\"outbound\",service=\"api.shop:80\",cluster=\"east\"",
+    );
+
+    // A pooled HTTP/1 connection opened ahead of use: silent past the
+    // detect timeout, so it starts as opaque TCP, then used for requests.
+    let tcp = TcpStream::connect(up).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = http::Request::get("/")
+            .header("host", "api.shop")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        send.ready().await.expect("connection ready");
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("answer in time")
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, format!("east-a1 {}", id(FRONTEND)).as_bytes());
+    }
+    // Each went through the HTTP path (balanced, retried, counted), not
+    // through a connection pinned to the endpoint picked when it was silent.
+    let metrics = client.metrics();
+    let after = metric(
+        &metrics,
+        "meshfed_sidecar_requests_total{direction=\"outbound\",service=\"api.shop:80\",cluster=\"east\"",
+    );
+    assert_eq!(after - before, 3.0, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "meshfed_sidecar_tcp_connections_total{direction=\"outbound\""
+        ),
+        0.0,
+        "{metrics}"
+    );
+    drop(a1);
 }
