@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use meshfed_sidecar::{Allow, Locality, SidecarConfig, Timeouts, Upstream};
+use meshfed_sidecar::{Allow, Breakers, Timeouts};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,26 +19,13 @@ fn any() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
-/// East's client sidecar (zone a, api upstream) taking a connection as
-/// opaque after 200 ms of silence.
-async fn quick_detect_client(east: &Cluster) -> Running {
-    let config = SidecarConfig {
-        locality: Locality {
-            cluster: "east".into(),
-            region: String::new(),
-            zone: "a".into(),
-        },
-        upstreams: vec![Upstream {
-            target: api_target(),
-            listen: any(),
-        }],
-        timeouts: Timeouts {
-            detect: Duration::from_millis(200),
-            ..Timeouts::default()
-        },
-        ..SidecarConfig::default()
+/// East's client sidecar taking a connection as opaque after 200 ms of silence.
+async fn quick_detect(east: &Cluster) -> Running {
+    let timeouts = Timeouts {
+        detect: Duration::from_millis(200),
+        ..Timeouts::default()
     };
-    Running::start(config, creds(&east.ca, FRONTEND), &east.source()).await
+    client_sidecar_with(east, "a", FRONTEND, timeouts, Breakers::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +124,7 @@ async fn other_protocols_are_carried_as_opaque_tcp_even_server_first() {
         "api.yaml",
         &api_manifest(false, &[(server.bound_inbound[0], "a")]),
     );
-    let client = quick_detect_client(&east).await;
+    let client = quick_detect(&east).await;
     let up = client.upstream.expect("upstream");
     // The app says nothing first: after the detect timeout it is opaque TCP.
     let tcp = TcpStream::connect(up).await.expect("connect");
@@ -287,7 +274,7 @@ async fn an_http_client_silent_past_the_detect_timeout_is_still_balanced_per_req
     let east = Cluster::start(&mesh, "east").await;
     let a1 = Endpoint::start(&east, "east-a1", any()).await;
     east.write("api.yaml", &api_manifest(false, &[(a1.addr, "a")]));
-    let client = quick_detect_client(&east).await;
+    let client = quick_detect(&east).await;
     let up = client.upstream.expect("upstream");
     until_served_by(&http_client(), up, "east-a1", 1).await;
     let before = metric(

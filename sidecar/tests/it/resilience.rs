@@ -8,32 +8,13 @@
 
 use std::time::Duration;
 
-use meshfed_sidecar::{Breakers, Locality, SidecarConfig, Timeouts, Upstream};
+use meshfed_sidecar::{Breakers, Timeouts};
 
 use crate::netns::{Netns, can_run, sh};
 use crate::support::*;
 
 fn any() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
-}
-
-/// East's client sidecar, zone a, with api on an upstream port.
-async fn east_client(east: &Cluster, timeouts: Timeouts, breakers: Breakers) -> Running {
-    let config = SidecarConfig {
-        locality: Locality {
-            cluster: "east".into(),
-            region: String::new(),
-            zone: "a".into(),
-        },
-        upstreams: vec![Upstream {
-            target: api_target(),
-            listen: any(),
-        }],
-        timeouts,
-        breakers,
-        ..SidecarConfig::default()
-    };
-    Running::start(config, creds(&east.ca, FRONTEND), &east.source()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +31,7 @@ async fn answers_itself_with_a_reason_when_nothing_can_serve() {
         max_requests: 1,
         ..Breakers::default()
     };
-    let client = east_client(&east, timeouts, breakers).await;
+    let client = client_sidecar_with(&east, "a", FRONTEND, timeouts, breakers).await;
     let up = client.upstream.expect("upstream");
     let http = http_client();
     let (status, reason, _) = get_path(&http, up, "/").await.expect("answer");
@@ -65,7 +46,8 @@ async fn answers_itself_with_a_reason_when_nothing_can_serve() {
     assert_eq!((status, reason.as_deref()), (504, Some("request_timeout")));
 
     // One request in flight at most: a second one finds the circuit open.
-    let slow_client = east_client(&east, Timeouts::default(), breakers).await;
+    let slow_client =
+        client_sidecar_with(&east, "a", FRONTEND, Timeouts::default(), breakers).await;
     let up2 = slow_client.upstream.expect("upstream");
     until_served_by(&http, up2, "east-a1", 1).await;
     let first = tokio::spawn(async move { get_path(&http_client(), up2, "/sleep/1000").await });
@@ -118,7 +100,7 @@ async fn a_request_to_a_peer_gone_silent_fails_over_when_a_ping_goes_unanswered(
         request: Duration::from_secs(10),
         ..Timeouts::default()
     };
-    let client = east_client(&east, timeouts, Breakers::default()).await;
+    let client = client_sidecar_with(&east, "a", FRONTEND, timeouts, Breakers::default()).await;
     let up = client.upstream.expect("upstream");
     let http = http_client();
     until_served_by(&http, up, "east-a1", 1).await;
@@ -190,7 +172,7 @@ fn an_opaque_connection_across_a_partition_is_closed_at_both_ends() {
             liveness: Duration::from_secs(1),
             ..Timeouts::default()
         };
-        let client = east_client(&east, timeouts, Breakers::default()).await;
+        let client = client_sidecar_with(&east, "a", FRONTEND, timeouts, Breakers::default()).await;
         let up = client.upstream.expect("upstream");
         // Two app connections through the mesh, both echoing (once the
         // client sidecar has learnt the endpoint).

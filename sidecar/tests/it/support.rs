@@ -15,7 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
 use meshfed_sidecar::{
-    DiscoverySource, Inbound, Locality, ServiceTarget, Sidecar, SidecarConfig, Upstream,
+    Breakers, DiscoverySource, Inbound, Locality, ServiceTarget, Sidecar, SidecarConfig, Timeouts,
+    Upstream,
 };
 use meshfed_trust::{
     ClusterCa, Credentials, CredentialsWatch, KeyAlgorithm, Readiness, RootCa, SpiffeId,
@@ -445,6 +446,24 @@ pub async fn app_sidecar(
 
 /// The client workload's sidecar in `cluster`, zone `zone`, with api on an upstream port.
 pub async fn client_sidecar(cluster: &Cluster, zone: &str, path: &str) -> Running {
+    client_sidecar_with(
+        cluster,
+        zone,
+        path,
+        Timeouts::default(),
+        Breakers::default(),
+    )
+    .await
+}
+
+/// The same, with its own timeouts and circuit breakers.
+pub async fn client_sidecar_with(
+    cluster: &Cluster,
+    zone: &str,
+    path: &str,
+    timeouts: Timeouts,
+    breakers: Breakers,
+) -> Running {
     let config = SidecarConfig {
         locality: Locality {
             cluster: cluster.name.clone(),
@@ -455,6 +474,8 @@ pub async fn client_sidecar(cluster: &Cluster, zone: &str, path: &str) -> Runnin
             target: api_target(),
             listen: "127.0.0.1:0".parse().expect("addr"),
         }],
+        timeouts,
+        breakers,
         ..SidecarConfig::default()
     };
     Running::start(config, creds(&cluster.ca, path), &cluster.source()).await
