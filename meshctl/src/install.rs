@@ -130,16 +130,16 @@ pub async fn run(a: InstallArgs) -> anyhow::Result<()> {
     }
     let objects = manifests(&a, &info, ca.as_ref())?;
     if a.apply {
-        let client = a.context.client().await?;
-        let n = apply_objects(&client, &objects).await?;
+        let cluster = a.context.open().await?;
+        let n = apply_objects(&cluster, &objects).await?;
         println!(
             "applied {n} objects to {} (cluster {})",
-            a.context.describe(),
+            cluster.describe(),
             info.cluster
         );
         if !a.wait.is_zero() {
             let every = std::time::Duration::from_secs(2);
-            wait_rolled_out(&client, &objects, a.wait, every, |what| {
+            wait_rolled_out(&cluster, &objects, a.wait, every, |what| {
                 println!("  ready: {what}");
             })
             .await

@@ -9,6 +9,7 @@ mod export;
 mod gateways;
 mod inject;
 mod install;
+mod kube_error;
 mod link;
 mod output;
 mod scenario;

@@ -29,15 +29,8 @@ pub struct ContextArgs {
 }
 
 impl ContextArgs {
-    pub async fn client(&self) -> anyhow::Result<::kube::Client> {
-        kube_client(self.context.as_deref()).await
-    }
-
-    pub fn describe(&self) -> String {
-        match &self.context {
-            Some(c) => format!("context {c}"),
-            None => "the current context".to_owned(),
-        }
+    pub async fn open(&self) -> anyhow::Result<KubeCluster> {
+        kube_cluster(self.context.as_deref()).await
     }
 }
 
@@ -63,28 +56,15 @@ impl TargetArgs {
 pub async fn open(context: Option<&str>, state: Option<&PathBuf>) -> anyhow::Result<Cluster> {
     match state {
         Some(dir) => Ok(Cluster::File(FileCluster::open(dir)?)),
-        None => {
-            let client = kube_client(context).await?;
-            let name = context.map_or("the current context".to_owned(), |c| format!("context {c}"));
-            Ok(Cluster::Kube(KubeCluster::new(client, name)))
-        }
+        None => Ok(Cluster::Kube(kube_cluster(context).await?)),
     }
 }
 
-async fn kube_client(context: Option<&str>) -> anyhow::Result<::kube::Client> {
-    let options = ::kube::config::KubeConfigOptions {
-        context: context.map(str::to_owned),
-        ..Default::default()
-    };
-    let what = context.map_or("the current kubeconfig context".to_owned(), |c| {
-        format!("kubeconfig context {c:?}")
-    });
-    let config = ::kube::Config::from_kubeconfig(&options)
-        .await
-        .with_context(|| {
-            format!("loading {what} (is KUBECONFIG set? for a file store cluster use --state DIR)")
-        })?;
-    ::kube::Client::try_from(config).with_context(|| format!("a client for {what}"))
+async fn kube_cluster(context: Option<&str>) -> anyhow::Result<KubeCluster> {
+    let kubeconfig = ::kube::config::Kubeconfig::read().context(
+        "reading the kubeconfig (is KUBECONFIG set? for a file store cluster use --state DIR)",
+    )?;
+    KubeCluster::from_kubeconfig(kubeconfig, context).await
 }
 
 /// One cluster, whichever backend holds it.

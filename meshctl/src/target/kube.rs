@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use meshfed_api::crd::Link;
 use meshfed_api::labels;
@@ -18,32 +19,88 @@ use crate::cluster::{
     CLUSTER_CONFIG, CONTROLLER, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY, NAMESPACE,
     TRUST_CONFIG,
 };
+use crate::kube_error::{Call, Server, Verb, explain};
 
 #[derive(Clone)]
 pub struct KubeCluster {
     client: kube::Client,
-    name: String,
+    /// The kubeconfig context and its API server's URL, which every failed
+    /// call names.
+    context: String,
+    server: String,
 }
 
 impl std::fmt::Debug for KubeCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeCluster")
-            .field("name", &self.name)
+            .field("context", &self.context)
+            .field("server", &self.server)
             .finish()
     }
 }
 
 impl KubeCluster {
-    /// `name` says which cluster this is in messages (`context east`).
-    pub fn new(client: kube::Client, name: impl Into<String>) -> Self {
+    /// A cluster behind `client`: `context` and `server` (the API server's
+    /// URL) say which one in messages.
+    pub fn new(
+        client: kube::Client,
+        context: impl Into<String>,
+        server: impl Into<String>,
+    ) -> Self {
+        let context = context.into();
         Self {
             client,
-            name: name.into(),
+            context,
+            server: server.into().trim_end_matches('/').to_owned(),
         }
     }
 
+    /// The cluster of `context` in `kubeconfig` (its current context when `None`).
+    pub async fn from_kubeconfig(
+        kubeconfig: Kubeconfig,
+        context: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let what = context.map_or("the current kubeconfig context".to_owned(), |c| {
+            format!("kubeconfig context {c:?}")
+        });
+        let name = match context {
+            Some(c) => c.to_owned(),
+            None => kubeconfig
+                .current_context
+                .clone()
+                .with_context(|| format!("{what}: the kubeconfig sets none; pass --context"))?,
+        };
+        let options = KubeConfigOptions {
+            context: Some(name.clone()),
+            ..Default::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .with_context(|| {
+                format!(
+                    "loading {what} (is KUBECONFIG set? for a file store cluster use --state DIR)"
+                )
+            })?;
+        let server = config.cluster_url.to_string();
+        let client =
+            kube::Client::try_from(config).with_context(|| format!("a client for {what}"))?;
+        Ok(Self::new(client, name, server))
+    }
+
+    /// `context east`, for messages.
     pub fn describe(&self) -> String {
-        self.name.clone()
+        format!("context {}", self.context)
+    }
+
+    /// Turns the error of `call` into the sentence a person reads.
+    fn failed(&self, call: Call) -> impl FnOnce(kube::Error) -> anyhow::Error + '_ {
+        move |e| {
+            let server = Server {
+                context: &self.context,
+                url: &self.server,
+            };
+            explain(&e, &call, server)
+        }
     }
 
     fn api<K>(&self) -> Api<K>
@@ -59,26 +116,19 @@ impl KubeCluster {
         let cluster = maps
             .get_opt(CLUSTER_CONFIG)
             .await
-            .with_context(|| {
-                format!(
-                    "{}: reading ConfigMap {NAMESPACE}/{CLUSTER_CONFIG}",
-                    self.name
-                )
-            })?
+            .map_err(self.failed(config_map(CLUSTER_CONFIG)))?
             .with_context(|| {
                 format!(
                     "{}: Meshfed is not installed (no ConfigMap {NAMESPACE}/{CLUSTER_CONFIG}); \
                      run meshctl install --cluster NAME --ca DIR --apply",
-                    self.name
+                    self.describe()
                 )
             })?;
-        let trust = maps.get_opt(TRUST_CONFIG).await.with_context(|| {
-            format!(
-                "{}: reading ConfigMap {NAMESPACE}/{TRUST_CONFIG}",
-                self.name
-            )
-        })?;
-        ClusterInfo::from_config_maps(&cluster, trust.as_ref(), &self.name)
+        let trust = maps
+            .get_opt(TRUST_CONFIG)
+            .await
+            .map_err(self.failed(config_map(TRUST_CONFIG)))?;
+        ClusterInfo::from_config_maps(&cluster, trust.as_ref(), &self.describe())
     }
 
     /// The gateway Service's external addresses (LoadBalancer ingress, or
@@ -88,11 +138,17 @@ impl KubeCluster {
             .api::<Service>()
             .get_opt(GATEWAY)
             .await
-            .with_context(|| format!("{}: reading Service {NAMESPACE}/{GATEWAY}", self.name))?
+            .map_err(
+                self.failed(
+                    Call::on::<Service>(Verb::Get)
+                        .namespace(NAMESPACE)
+                        .named(GATEWAY),
+                ),
+            )?
             .with_context(|| {
                 format!(
                     "{}: no gateway Service {NAMESPACE}/{GATEWAY}; run meshctl install",
-                    self.name
+                    self.describe()
                 )
             })?;
         let spec = svc.spec.unwrap_or_default();
@@ -104,7 +160,7 @@ impl KubeCluster {
             .with_context(|| {
                 format!(
                     "{}: the gateway Service has no port named gateway",
-                    self.name
+                    self.describe()
                 )
             })?;
         match spec.type_.as_deref() {
@@ -122,7 +178,7 @@ impl KubeCluster {
                     bail!(
                         "{}: the gateway Service's load balancer has no address yet; wait for it \
                          (kubectl -n {NAMESPACE} get svc {GATEWAY}) or pass --gateway-address",
-                        self.name
+                        self.describe()
                     );
                 }
                 let port = u16::try_from(port.port).context("gateway Service port")?;
@@ -130,14 +186,16 @@ impl KubeCluster {
             }
             Some("NodePort") => {
                 let node_port = port.node_port.with_context(|| {
-                    format!("{}: the gateway NodePort is not allocated yet", self.name)
+                    format!(
+                        "{}: the gateway NodePort is not allocated yet",
+                        self.describe()
+                    )
                 })?;
                 let nodes = Api::<Node>::all(self.client.clone())
                     .list(&ListParams::default())
                     .await
-                    .with_context(|| {
-                        format!("{}: listing nodes for the gateway NodePort", self.name)
-                    })?;
+                    .map_err(self.failed(Call::on::<Node>(Verb::List)))
+                    .context("the gateway NodePort's addresses")?;
                 let mut addrs = Vec::new();
                 for node in nodes {
                     let list = node.status.and_then(|s| s.addresses).unwrap_or_default();
@@ -153,7 +211,7 @@ impl KubeCluster {
                 if addrs.is_empty() {
                     bail!(
                         "{}: no node has an address for the gateway NodePort; pass --gateway-address",
-                        self.name
+                        self.describe()
                     );
                 }
                 addrs.sort();
@@ -163,19 +221,17 @@ impl KubeCluster {
             other => bail!(
                 "{}: the gateway Service is of type {} which other clusters cannot reach; \
                  re-install with --gateway-service-type LoadBalancer or NodePort, or pass --gateway-address",
-                self.name,
+                self.describe(),
                 other.unwrap_or("ClusterIP")
             ),
         }
     }
 
     pub async fn link(&self, name: &str) -> anyhow::Result<Option<Link>> {
-        self.api::<Link>().get_opt(name).await.with_context(|| {
-            format!(
-                "{}: reading Link {NAMESPACE}/{name} (are the CRDs installed?)",
-                self.name
-            )
-        })
+        self.api::<Link>()
+            .get_opt(name)
+            .await
+            .map_err(self.failed(link_call(Verb::Get, name)))
     }
 
     pub async fn put_link(&self, link: &Link) -> anyhow::Result<Change> {
@@ -199,7 +255,7 @@ impl KubeCluster {
                 &Patch::Apply(link),
             )
             .await
-            .with_context(|| format!("{}: applying Link {NAMESPACE}/{name}", self.name))?;
+            .map_err(self.failed(link_call(Verb::Apply, name)))?;
         Ok(change)
     }
 
@@ -211,9 +267,7 @@ impl KubeCluster {
         {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
-            Err(e) => {
-                Err(e).with_context(|| format!("{}: deleting Link {NAMESPACE}/{name}", self.name))
-            }
+            Err(e) => Err(self.failed(link_call(Verb::Delete, name))(e)),
         }
     }
 
@@ -221,19 +275,19 @@ impl KubeCluster {
         let list = Api::<Link>::all(self.client.clone())
             .list(&ListParams::default())
             .await
-            .with_context(|| format!("{}: listing Links (are the CRDs installed?)", self.name))?;
+            .map_err(self.failed(Call::on::<Link>(Verb::List)))?;
         Ok(list.items)
     }
 
     pub async fn set_exported(&self, ns: &str, name: &str, on: bool) -> anyhow::Result<Change> {
         let Some(svc) = self.service(ns, name).await? else {
-            bail!("{}: no Service {ns}/{name}", self.name);
+            bail!("{}: no Service {ns}/{name}", self.describe());
         };
         let current = svc.metadata.labels.as_ref();
         if current.is_some_and(|l| l.contains_key(labels::ORIGIN_CLUSTER)) {
             bail!(
                 "{}: {ns}/{name} is a mirror of a service in cluster {}; export the original there",
-                self.name,
+                self.describe(),
                 current
                     .and_then(|l| l.get(labels::ORIGIN_CLUSTER))
                     .map_or("?", String::as_str)
@@ -248,7 +302,7 @@ impl KubeCluster {
         Api::<Service>::namespaced(self.client.clone(), ns)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .with_context(|| format!("{}: labelling Service {ns}/{name}", self.name))?;
+            .map_err(self.failed(Call::on::<Service>(Verb::Patch).namespace(ns).named(name)))?;
         Ok(Change::Updated)
     }
 
@@ -256,14 +310,14 @@ impl KubeCluster {
         Api::<Service>::namespaced(self.client.clone(), ns)
             .get_opt(name)
             .await
-            .with_context(|| format!("{}: reading Service {ns}/{name}", self.name))
+            .map_err(self.failed(Call::on::<Service>(Verb::Get).namespace(ns).named(name)))
     }
 
     pub async fn mirrors(&self) -> anyhow::Result<Vec<Service>> {
         let list = Api::<Service>::all(self.client.clone())
             .list(&ListParams::default().labels(labels::ORIGIN_CLUSTER))
             .await
-            .with_context(|| format!("{}: listing mirror Services", self.name))?;
+            .map_err(self.failed(Call::on::<Service>(Verb::List)))?;
         Ok(list.items)
     }
 
@@ -274,7 +328,7 @@ impl KubeCluster {
             let d = api
                 .get_opt(name)
                 .await
-                .with_context(|| format!("{}: reading Deployment {NAMESPACE}/{name}", self.name))?;
+                .map_err(self.failed(deployment(NAMESPACE, name)))?;
             let ready = match d {
                 None => Err("not installed".to_owned()),
                 Some(d) => {
@@ -300,10 +354,7 @@ impl KubeCluster {
         let mut out = Vec::new();
         for want in meshfed_api::crd::all() {
             let name = want.metadata.name.clone().unwrap_or_default();
-            let have = api
-                .get_opt(&name)
-                .await
-                .with_context(|| format!("{}: reading CRD {name}", self.name))?;
+            let have = api.get_opt(&name).await.map_err(self.failed(crd(&name)))?;
             out.push((name, have));
         }
         Ok(out)
@@ -319,14 +370,14 @@ impl KubeCluster {
             .client
             .send(req.map(kube::client::Body::from))
             .await
-            .with_context(|| format!("{}: GET /version", self.name))?;
+            .map_err(self.failed(Call::path(Verb::Get, "/version")))?;
         let date = resp
             .headers()
             .get(http::header::DATE)
             .and_then(|d| d.to_str().ok())
-            .with_context(|| format!("{}: the API server sent no Date header", self.name))?;
+            .with_context(|| format!("{}: the API server sent no Date header", self.describe()))?;
         let theirs = httpdate::parse_http_date(date)
-            .with_context(|| format!("{}: API server Date {date:?}", self.name))?;
+            .with_context(|| format!("{}: API server Date {date:?}", self.describe()))?;
         // Date has one-second resolution; compare with the middle of the exchange.
         let ours = sent + sent.elapsed().unwrap_or_default() / 2;
         Ok(match theirs.duration_since(ours) {
@@ -334,6 +385,24 @@ impl KubeCluster {
             Err(e) => (e.duration(), false),
         })
     }
+}
+
+fn config_map(name: &str) -> Call {
+    Call::on::<ConfigMap>(Verb::Get)
+        .namespace(NAMESPACE)
+        .named(name)
+}
+
+fn link_call(verb: Verb, name: &str) -> Call {
+    Call::on::<Link>(verb).namespace(NAMESPACE).named(name)
+}
+
+fn deployment(ns: &str, name: &str) -> Call {
+    Call::on::<Deployment>(Verb::Get).namespace(ns).named(name)
+}
+
+fn crd(name: &str) -> Call {
+    Call::on::<CustomResourceDefinition>(Verb::Get).named(name)
 }
 
 fn annotations_hold(old: &Link, new: &Link) -> bool {
@@ -348,7 +417,8 @@ fn annotations_hold(old: &Link, new: &Link) -> bool {
 }
 
 /// Server-side applies `objects` in order (as `meshctl install --apply`).
-pub async fn apply_objects(client: &kube::Client, objects: &[Value]) -> anyhow::Result<usize> {
+pub async fn apply_objects(cluster: &KubeCluster, objects: &[Value]) -> anyhow::Result<usize> {
+    let client = &cluster.client;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for obj in objects {
         let api_version = obj["apiVersion"].as_str().unwrap_or_default();
@@ -361,15 +431,19 @@ pub async fn apply_objects(client: &kube::Client, objects: &[Value]) -> anyhow::
         let (plural, namespaced) =
             plural(kind).with_context(|| format!("meshctl cannot apply a {kind}"))?;
         let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
-        let api: Api<DynamicObject> = if namespaced {
+        let call = Call::on_resource(Verb::Apply, &ar).named(name);
+        let (api, call): (Api<DynamicObject>, _) = if namespaced {
             let ns = obj["metadata"]["namespace"].as_str().unwrap_or(NAMESPACE);
-            Api::namespaced_with(client.clone(), ns, &ar)
+            (
+                Api::namespaced_with(client.clone(), ns, &ar),
+                call.namespace(ns),
+            )
         } else {
-            Api::all_with(client.clone(), &ar)
+            (Api::all_with(client.clone(), &ar), call)
         };
         api.patch(name, &params, &Patch::Apply(obj))
             .await
-            .with_context(|| format!("applying {kind} {name}"))?;
+            .map_err(cluster.failed(call))?;
     }
     Ok(objects.len())
 }
@@ -390,13 +464,14 @@ pub enum Rollout {
 /// `every`. Gives up at a failed rollout, or after `timeout` naming what is
 /// not ready and why. `progress` hears each object once it is ready.
 pub async fn wait_rolled_out(
-    client: &kube::Client,
+    cluster: &KubeCluster,
     objects: &[Value],
     timeout: Duration,
     every: Duration,
     progress: impl Fn(&str),
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let client = &cluster.client;
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     for obj in objects {
         let kind = obj["kind"].as_str().unwrap_or_default();
@@ -412,7 +487,7 @@ pub async fn wait_rolled_out(
                 Api::<Deployment>::namespaced(client.clone(), ns)
                     .get_opt(name)
                     .await
-                    .with_context(|| format!("reading {what}"))?
+                    .map_err(cluster.failed(deployment(ns, name)))?
                     .map_or_else(
                         || Rollout::Waiting("not found".into()),
                         |d| deployment_rollout(&d),
@@ -420,7 +495,7 @@ pub async fn wait_rolled_out(
             } else {
                 crds.get_opt(name)
                     .await
-                    .with_context(|| format!("reading {what}"))?
+                    .map_err(cluster.failed(crd(name)))?
                     .map_or_else(|| Rollout::Waiting("not found".into()), |c| crd_rollout(&c))
             };
             match state {

@@ -73,7 +73,8 @@ fn apply_transcript(objects: &[Value]) -> Vec<Exchange> {
 
 async fn apply(transcript: Vec<Exchange>, objects: &[Value]) -> anyhow::Result<usize> {
     let (client, api) = ApiServer::start(transcript);
-    let result = within(meshctl::apply_objects(&client, objects)).await;
+    let east = stand_in(client, "east");
+    let result = within(meshctl::apply_objects(&east, objects)).await;
     api.assert_done();
     result
 }
@@ -118,35 +119,116 @@ async fn install_apply_with_a_ca_applies_the_secret_and_trust() {
     assert_eq!(applied, objects.len());
 }
 
-#[tokio::test]
-async fn install_apply_stops_at_the_first_refusal() {
+/// The install's objects, and the transcript up to the `kind` named
+/// `name`, whose apply the API server refuses with `code` and `status`.
+fn refused_at(
+    kind: &str,
+    name: &str,
+    code: StatusCode,
+    status: Value,
+) -> (Vec<Value>, Vec<Exchange>) {
     let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
     let objects = meshctl::install_objects(&args).expect("objects");
-    let refused = objects
+    let at = objects
         .iter()
-        .position(|o| o["kind"] == "ClusterRole")
-        .expect("install makes a ClusterRole");
-    let name = objects[refused]["metadata"]["name"]
-        .as_str()
-        .expect("named");
-    let mut transcript = apply_transcript(&objects[..=refused]);
-    let forbidden = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": format!("clusterroles.rbac.authorization.k8s.io \"{name}\" is forbidden: \
-            user \"dev\" cannot patch resource \"clusterroles\" in API group \
-            \"rbac.authorization.k8s.io\" at the cluster scope"),
-        "reason": "Forbidden",
-        "details": { "name": name, "group": "rbac.authorization.k8s.io", "kind": "clusterroles" },
-        "code": 403,
-    });
+        .position(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("install makes {kind} {name}"));
+    let mut transcript = apply_transcript(&objects[..=at]);
     let last = transcript.pop().expect("one exchange at least");
-    transcript.push(last.fails(StatusCode::FORBIDDEN, forbidden));
+    transcript.push(last.fails(code, status));
+    (objects, transcript)
+}
 
-    let result = apply(transcript, &objects).await;
-    let message = format!("{:#}", result.expect_err("forbidden"));
-    assert!(
-        message.contains(&format!("applying ClusterRole {name}")) && message.contains("forbidden"),
-        "{message}"
+#[tokio::test]
+async fn install_apply_stops_at_the_first_refusal_and_says_who_may_not_do_what() {
+    let message = "clusterroles.rbac.authorization.k8s.io \"meshfed-controller\" is forbidden: \
+        User \"dev\" cannot patch resource \"clusterroles\" in API group \
+        \"rbac.authorization.k8s.io\" at the cluster scope";
+    let forbidden = refusal(
+        403,
+        "Forbidden",
+        message,
+        json!({ "name": "meshfed-controller", "group": "rbac.authorization.k8s.io", "kind": "clusterroles" }),
+    );
+    let (objects, transcript) = refused_at(
+        "ClusterRole",
+        "meshfed-controller",
+        StatusCode::FORBIDDEN,
+        forbidden,
+    );
+
+    let err = apply(transcript, &objects).await.expect_err("forbidden");
+    let text = assert_reads(
+        &err,
+        &[
+            "applying ClusterRole meshfed-controller",
+            "context east (https://east.k8s.test:6443)",
+            "403 Forbidden",
+            message,
+        ],
+    );
+    assert_eq!(
+        text,
+        format!(
+            "applying ClusterRole meshfed-controller in context east (https://east.k8s.test:6443) \
+             failed: 403 Forbidden: {message}; your credentials for context east may not patch \
+             clusterroles.rbac.authorization.k8s.io; ask a cluster admin for RBAC (kubectl auth \
+             can-i patch clusterroles.rbac.authorization.k8s.io --all-namespaces --context east)"
+        )
+    );
+}
+
+#[tokio::test]
+async fn install_apply_of_an_object_another_manager_owns_says_whose_fields_conflict() {
+    let message = "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using v1: .data.x";
+    let conflict = refusal(
+        409,
+        "Conflict",
+        message,
+        json!({ "causes": [{
+            "reason": "FieldManagerConflict",
+            "message": "conflict with \"kubectl-client-side-apply\" using v1",
+            "field": ".data.x",
+        }] }),
+    );
+    let (objects, transcript) = refused_at(
+        "ConfigMap",
+        "meshfed-cluster",
+        StatusCode::CONFLICT,
+        conflict,
+    );
+
+    let err = apply(transcript, &objects).await.expect_err("conflict");
+    assert_reads(
+        &err,
+        &[
+            "applying ConfigMap meshfed-system/meshfed-cluster in context east \
+             (https://east.k8s.test:6443) failed: 409 Conflict: ",
+            message,
+            "kubectl get configmaps meshfed-cluster -n meshfed-system --show-managed-fields \
+             -o yaml --context east",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn install_apply_to_an_unreachable_api_server_names_context_and_address() {
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    let (east, url) = unreachable("east").await;
+
+    let err = within(meshctl::apply_objects(&east, &objects))
+        .await
+        .expect_err("nothing listens");
+    assert_reads(
+        &err,
+        &[
+            &format!(
+                "applying Namespace meshfed-system: cannot reach the API server of context east \
+                 at {url}: Connection refused"
+            ),
+            "; is the cluster up and the kubeconfig current?",
+        ],
     );
 }
 
@@ -184,10 +266,11 @@ async fn wait(
     timeout: Duration,
 ) -> (anyhow::Result<()>, Vec<String>) {
     let (client, api) = ApiServer::start(transcript);
+    let east = stand_in(client, "east");
     let seen = std::sync::Mutex::new(Vec::new());
     let every = Duration::from_millis(10);
     let result = within(meshctl::wait_rolled_out(
-        &client,
+        &east,
         objects,
         timeout,
         every,
@@ -277,5 +360,33 @@ async fn install_wait_stops_at_a_rollout_past_its_progress_deadline() {
             "Deployment {NS}/meshfed-gateway: the rollout exceeded its progress deadline: \
              ReplicaSet \"meshfed-gateway-7d9f\" has timed out progressing."
         )
+    );
+}
+
+#[tokio::test]
+async fn install_wait_with_expired_credentials_says_to_log_in_again() {
+    let args: meshctl::InstallArgs = args(&["--cluster", "east", "--trust-domain", TRUST_DOMAIN]);
+    let objects = meshctl::install_objects(&args).expect("objects");
+    let mut t = wait_transcript(&objects, &[]);
+    t.truncate(1);
+    let first = t.pop().expect("a CRD is waited for");
+    let crd = first.uri.rsplit('/').next().expect("a name").to_owned();
+    // What the API server writes for a token it no longer accepts.
+    t.push(first.fails(
+        StatusCode::UNAUTHORIZED,
+        refusal(401, "Unauthorized", "Unauthorized", json!({})),
+    ));
+
+    let (result, seen) = wait(t, &objects, DEADLINE).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_reads(
+        &result.expect_err("unauthorized"),
+        &[
+            &format!(
+                "reading CustomResourceDefinition {crd} in context east \
+                 (https://east.k8s.test:6443) failed: 401 Unauthorized: Unauthorized; "
+            ),
+            "log in again or refresh the kubeconfig (kubectl auth whoami --context east)",
+        ],
     );
 }

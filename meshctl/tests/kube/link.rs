@@ -36,17 +36,29 @@ async fn link(
     result
 }
 
-#[tokio::test]
-async fn link_applies_a_new_link_into_the_importing_cluster() {
-    let (_dir, west, east) = federation();
+/// West's and east's transcripts of a `meshctl link` that makes Link west
+/// in east; `answer` answers its apply (given the Link applied).
+fn new_link(
+    answer: impl FnOnce(Exchange, Value) -> Exchange,
+) -> (TempDir, Vec<Exchange>, Vec<Exchange>) {
+    let (dir, west, east) = federation();
     let body = west_link(&["203.0.113.10"], 7460, &west.fingerprints);
     let mut west_t = Vec::from(info_exchanges(&west));
     west_t.push(west_gateway_exchange());
     let mut east_t = Vec::from(info_exchanges(&east));
     east_t.extend([
         Exchange::get(format!("{LINKS}/west")).not_found("links.meshfed.io", "west"),
-        Exchange::apply(format!("{LINKS}/west{SSA}"), body.clone()).answers(stored(body)),
+        answer(
+            Exchange::apply(format!("{LINKS}/west{SSA}"), body.clone()),
+            body,
+        ),
     ]);
+    (dir, west_t, east_t)
+}
+
+#[tokio::test]
+async fn link_applies_a_new_link_into_the_importing_cluster() {
+    let (_dir, west_t, east_t) = new_link(|apply, body| apply.answers(stored(body)));
 
     let (link, change) = link(west_t, east_t).await.expect("link");
     assert_eq!(change, Change::Created);
@@ -150,4 +162,88 @@ async fn unlink_of_a_missing_link_says_so() {
         unlink(Exchange::delete(format!("{LINKS}/west?")).not_found("links.meshfed.io", "west"))
             .await;
     assert!(!deleted.expect("a missing Link is no error"));
+}
+
+#[tokio::test]
+async fn link_without_rbac_for_links_says_who_may_not_do_what() {
+    // Exactly as the API server writes it.
+    let forbidden: Value = serde_json::from_str(
+        r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"links.meshfed.io \"west\" is forbidden: User \"system:serviceaccount:default:ci\" cannot patch resource \"links\" in API group \"meshfed.io\" in the namespace \"meshfed-system\"","reason":"Forbidden","details":{"name":"west","group":"meshfed.io","kind":"links"},"code":403}"#,
+    )
+    .expect("a Status");
+    let message = forbidden["message"].as_str().expect("a message").to_owned();
+    let (_dir, west_t, east_t) = new_link(|apply, _| apply.fails(StatusCode::FORBIDDEN, forbidden));
+
+    let err = link(west_t, east_t).await.expect_err("forbidden");
+    let text = assert_reads(
+        &err,
+        &[
+            "applying Link meshfed-system/west",
+            "context east (https://east.k8s.test:6443)",
+            "403 Forbidden",
+            &message,
+        ],
+    );
+    assert_eq!(
+        text,
+        format!(
+            "applying Link meshfed-system/west in context east (https://east.k8s.test:6443) \
+             failed: 403 Forbidden: {message}; your credentials for context east may not patch \
+             links.meshfed.io in namespace meshfed-system; ask a cluster admin for RBAC \
+             (kubectl auth can-i patch links.meshfed.io -n meshfed-system --context east)"
+        )
+    );
+}
+
+#[tokio::test]
+async fn link_over_a_link_another_manager_owns_says_whose_fields_conflict() {
+    let message = "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" \
+                   using meshfed.io/v1alpha1: .spec.gateway.port";
+    let conflict = refusal(
+        409,
+        "Conflict",
+        message,
+        json!({ "name": "west", "group": "meshfed.io", "kind": "links", "causes": [{
+            "reason": "FieldManagerConflict",
+            "message": "conflict with \"kubectl-client-side-apply\" using meshfed.io/v1alpha1",
+            "field": ".spec.gateway.port",
+        }] }),
+    );
+    let (_dir, west_t, east_t) = new_link(|apply, _| apply.fails(StatusCode::CONFLICT, conflict));
+
+    let err = link(west_t, east_t).await.expect_err("conflict");
+    assert_reads(
+        &err,
+        &[
+            "applying Link meshfed-system/west in context east (https://east.k8s.test:6443) \
+             failed: 409 Conflict: ",
+            message,
+            "; another writer owns fields meshctl sets",
+            "kubectl get links.meshfed.io west -n meshfed-system --show-managed-fields -o yaml \
+             --context east",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn link_to_an_unreachable_api_server_names_context_and_address() {
+    let (_dir, west, _) = federation();
+    // West answers; east's API server is not there.
+    let (west_client, west_api) = ApiServer::start(Vec::from(info_exchanges(&west)));
+    let from = kube_cluster(west_client, "west");
+    let (east, url) = unreachable("east").await;
+    let to = Cluster::Kube(east);
+
+    let result = within(meshctl::make_link(&link_args(), &from, &to)).await;
+    west_api.assert_done();
+    assert_reads(
+        &result.expect_err("nothing listens"),
+        &[
+            &format!(
+                "reading ConfigMap meshfed-system/meshfed-cluster: cannot reach the API server \
+                 of context east at {url}: Connection refused"
+            ),
+            "; is the cluster up and the kubeconfig current?",
+        ],
+    );
 }

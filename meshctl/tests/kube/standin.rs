@@ -300,7 +300,74 @@ pub fn server_error(why: &str) -> Response<Body> {
 }
 
 pub fn kube_cluster(client: kube::Client, context: &str) -> Cluster {
-    Cluster::Kube(KubeCluster::new(client, format!("context {context}")))
+    Cluster::Kube(stand_in(client, context))
+}
+
+/// The cluster of `context` behind a stand-in's client.
+pub fn stand_in(client: kube::Client, context: &str) -> KubeCluster {
+    KubeCluster::new(client, context, server_of(context))
+}
+
+/// The API server URL messages name for a stand-in's `context`; never dialled.
+pub fn server_of(context: &str) -> String {
+    format!("https://{context}.k8s.test:6443")
+}
+
+/// The cluster of kubeconfig context `context` (the current one) whose API
+/// server URL is a loopback port nothing listens on; and that URL.
+pub async fn unreachable(context: &str) -> (KubeCluster, String) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        probe.local_addr().expect("bound").port()
+    };
+    let url = format!("https://127.0.0.1:{port}");
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&format!(
+        "apiVersion: v1
+kind: Config
+current-context: {context}
+clusters:
+- name: {context}
+  cluster:
+    server: {url}
+contexts:
+- name: {context}
+  context:
+    cluster: {context}
+    user: ci
+users:
+- name: ci
+  user:
+    token: not-a-real-token
+"
+    ))
+    .expect("a valid kubeconfig");
+    let cluster = KubeCluster::from_kubeconfig(kubeconfig, None)
+        .await
+        .expect("a client for the kubeconfig");
+    (cluster, url)
+}
+
+/// The API's answer to a refused request, as the API server writes it.
+pub fn refusal(code: u16, reason: &str, message: &str, details: Value) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "details": details, "code": code,
+    })
+}
+
+/// `err` as a person reads it — the whole chain, as meshctl prints it —
+/// holding every one of `pieces` and no Rust debug dump; returns the text.
+pub fn assert_reads(err: &anyhow::Error, pieces: &[&str]) -> String {
+    let text = format!("{err:#}");
+    for piece in pieces {
+        assert!(text.contains(piece), "{piece:?} is missing from:\n{text}");
+    }
+    for dump in [format!("{err:#}"), format!("{err:?}")] {
+        for leak in ["Status {", "ErrorResponse {", "ApiError", "Some(", "code: "] {
+            assert!(!dump.contains(leak), "{leak:?} leaked into:\n{dump}");
+        }
+    }
+    text
 }
 
 pub async fn within<F: Future>(f: F) -> F::Output {
