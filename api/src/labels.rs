@@ -12,8 +12,9 @@ pub const LINK: &str = "meshfed.io/link";
 /// On a mirror: the name of the service in its origin cluster.
 pub const ORIGIN_SERVICE: &str = "meshfed.io/origin-service";
 
-/// On an EndpointSlice (or its Service): the SPIFFE ID its endpoints serve as.
-/// Without it, endpoints serve as the namespace's `default` service account.
+/// On an EndpointSlice (or its Service): the SPIFFE ID its endpoints that are
+/// not Pods (VMs, hosts; no `targetRef`) serve as. An endpoint of a Pod always
+/// serves as the Pod's service account; this never overrides that.
 pub const IDENTITY: &str = "meshfed.io/identity";
 
 /// Kubernetes' label tying an EndpointSlice to its Service.

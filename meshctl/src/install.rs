@@ -589,6 +589,8 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
             { "apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
             { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
             { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"] },
+            // An endpoint's identity is its Pod's service account.
+            { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links", "failoverpolicies"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links/status", "failoverpolicies/status"], "verbs": ["get", "patch"] },
         ]),

@@ -302,12 +302,21 @@ async fn link_export_check_and_a_dead_gateway_on_file_stores() {
     let east = Cluster::start(&mesh, "east").await;
     let mut west = Cluster::start(&mesh, "west").await;
     std::fs::write(west.path("shop.yaml"), SHOP).expect("write shop.yaml");
-    let slice = fixtures::slice("shop", "api", "api-1", &[("http", 8080)]);
-    let mut slice = slice;
-    fixtures::add_endpoint(&mut slice, "127.0.0.1", Some("a"), true);
+    let (pods, slice) = fixtures::pods_and_slice(
+        "shop",
+        "api",
+        "api",
+        &[("http", 8080)],
+        &[("127.0.0.1", Some("a"), true)],
+    );
     std::fs::write(
         west.path("api-slice.yaml"),
-        serde_saphyr::to_string(&slice).expect("yaml"),
+        [
+            serde_saphyr::to_string(&slice),
+            serde_saphyr::to_string(&pods[0]),
+        ]
+        .map(|doc| doc.expect("yaml"))
+        .join("---\n"),
     )
     .expect("write slice");
 

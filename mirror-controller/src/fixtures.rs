@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_api::crd::{
@@ -11,6 +13,8 @@ use meshfed_api::crd::{
 };
 use meshfed_api::federation::{self, ExportedService, ZoneEndpoints};
 use meshfed_api::labels;
+
+use crate::store::{ClusterState, ObjKey, PodAccount};
 
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -68,13 +72,17 @@ pub fn service(namespace: &str, name: &str, ports: &[(&str, u16)], exported: boo
     }
 }
 
-/// An empty IPv4 EndpointSlice of Service `service`, with named target ports.
+/// An empty IPv4 EndpointSlice of Service `service`, with named target
+/// ports, labelled as the endpoint-slice controller labels its slices.
 pub fn slice(namespace: &str, service: &str, name: &str, ports: &[(&str, u16)]) -> EndpointSlice {
     let mut metadata = meta(namespace, name);
-    metadata.labels = Some(BTreeMap::from([(
-        labels::SERVICE_NAME.into(),
-        service.into(),
-    )]));
+    metadata.labels = Some(BTreeMap::from([
+        (labels::SERVICE_NAME.into(), service.into()),
+        (
+            labels::MANAGED_BY.into(),
+            "endpointslice-controller.k8s.io".into(),
+        ),
+    ]));
     EndpointSlice {
         metadata,
         address_type: "IPv4".into(),
@@ -93,8 +101,77 @@ pub fn slice(namespace: &str, service: &str, name: &str, ports: &[(&str, u16)]) 
     }
 }
 
-/// Adds one endpoint to a slice.
-pub fn add_endpoint(slice: &mut EndpointSlice, ip: &str, zone: Option<&str>, ready: bool) {
+/// A running Pod at `ip` on `node`, running as `service_account`, as the API
+/// server holds it once scheduled and started (a uid of its own).
+pub fn pod(namespace: &str, name: &str, service_account: &str, ip: &str, node: &str) -> Pod {
+    let mut metadata = meta(namespace, name);
+    let mut uid: [u8; 16] = rand::random();
+    // A version-4 UUID, as the API server assigns.
+    uid[6] = (uid[6] & 0x0f) | 0x40;
+    uid[8] = (uid[8] & 0x3f) | 0x80;
+    let hex: String = uid.iter().map(|b| format!("{b:02x}")).collect();
+    metadata.uid = Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ));
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some(format!("example.test/{name}:1")),
+                ..Container::default()
+            }],
+            service_account_name: Some(service_account.into()),
+            node_name: Some(node.into()),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(ip.into()),
+            pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// Adds the endpoint the endpoint-slice controller writes for `pod`: its IP,
+/// its conditions, its node and zone, and a `targetRef` naming it — the
+/// reference the controller follows to the Pod's service account.
+pub fn add_pod_endpoint(slice: &mut EndpointSlice, pod: &Pod, zone: Option<&str>, ready: bool) {
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    slice.endpoints.get_or_insert_default().push(Endpoint {
+        addresses: vec![ip],
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(ready),
+            terminating: Some(false),
+        }),
+        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".into()),
+            namespace: pod.metadata.namespace.clone(),
+            name: pod.metadata.name.clone(),
+            uid: pod.metadata.uid.clone(),
+            ..ObjectReference::default()
+        }),
+        zone: zone.map(Into::into),
+        ..Endpoint::default()
+    });
+}
+
+/// Adds an endpoint that is not a Pod (a VM or a host, in a slice written by
+/// hand): no `targetRef`, so who it serves as must be named by the
+/// `meshfed.io/identity` annotation of its slice or Service.
+pub fn add_host_endpoint(slice: &mut EndpointSlice, ip: &str, zone: Option<&str>, ready: bool) {
     slice.endpoints.get_or_insert_default().push(Endpoint {
         addresses: vec![ip.into()],
         conditions: Some(EndpointConditions {
@@ -104,6 +181,54 @@ pub fn add_endpoint(slice: &mut EndpointSlice, ip: &str, zone: Option<&str>, rea
         zone: zone.map(Into::into),
         ..Endpoint::default()
     });
+}
+
+/// Pods and the slice of Service `service` the endpoint-slice controller
+/// would write for them: one Pod per `(ip, zone, ready)`, named
+/// `{service}-{i}`, all running as `service_account`.
+pub fn pods_and_slice(
+    namespace: &str,
+    service: &str,
+    service_account: &str,
+    ports: &[(&str, u16)],
+    endpoints: &[(&str, Option<&str>, bool)],
+) -> (Vec<Pod>, EndpointSlice) {
+    let mut slice = self::slice(namespace, service, &format!("{service}-abcde"), ports);
+    let pods: Vec<Pod> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, zone, ready))| {
+            let node = format!("node-{}", zone.unwrap_or("none"));
+            let p = pod(
+                namespace,
+                &format!("{service}-{i}"),
+                service_account,
+                ip,
+                &node,
+            );
+            add_pod_endpoint(&mut slice, &p, *zone, *ready);
+            p
+        })
+        .collect();
+    (pods, slice)
+}
+
+/// Adds Pods and their slice to `state`, as either store would hold them.
+pub fn add_workload(state: &mut ClusterState, pods: &[Pod], slice: EndpointSlice) {
+    for p in pods {
+        let key = ObjKey::new(
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.name.clone().unwrap_or_default(),
+        );
+        if let Some(account) = PodAccount::of(p) {
+            state.pods.insert(key, account);
+        }
+    }
+    let key = ObjKey::new(
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        slice.metadata.name.clone().unwrap_or_default(),
+    );
+    state.slices.insert(key, slice);
 }
 
 /// A Link to `cluster` whose gateway listens on `addresses`:`port`.

@@ -30,8 +30,8 @@ pub use metrics::Metrics;
 pub use status::CONDITION_ALIVE;
 pub use store::{Change, Found, ManifestDir};
 pub use store::{
-    ClusterState, FileStore, FileStoreConfig, KubeStore, Mirror, ObjKey, Store, StoreError,
-    is_mirror,
+    ClusterState, FileStore, FileStoreConfig, KubeStore, Mirror, ObjKey, PodAccount, Store,
+    StoreError, is_mirror,
 };
 pub use validate::{FieldError, accepted_condition, validate_failover_policy, validate_link};
 pub use world::World;

@@ -56,18 +56,61 @@ fn slices_of<'a>(
         })
 }
 
-/// Who the endpoints of a slice serve as: the slice's annotation, else the
-/// Service's, else the namespace's `default` service account.
-fn identity_of(td: &TrustDomain, svc: &Service, slice: &EndpointSlice, namespace: &str) -> String {
-    let annotated = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        m.annotations
-            .as_ref()
-            .and_then(|a| a.get(labels::IDENTITY))
-            .cloned()
-    };
-    annotated(&slice.metadata)
-        .or_else(|| annotated(&svc.metadata))
-        .unwrap_or_else(|| format!("spiffe://{td}/ns/{namespace}/sa/default"))
+/// Who an endpoint serves as, the way Kubernetes states it: its `targetRef`
+/// names a Pod, whose `spec.serviceAccountName` makes the SPIFFE ID. Only an
+/// endpoint that is not a Pod (a VM or a host in a slice written by hand) may
+/// be named by the `meshfed.io/identity` annotation of its slice or Service.
+/// `None` when neither says: such an endpoint is not offered, as a guessed
+/// identity would be refused by every client anyway.
+fn identity_of(
+    state: &ClusterState,
+    td: &TrustDomain,
+    svc: &Service,
+    slice: &EndpointSlice,
+    ep: &Endpoint,
+) -> Option<String> {
+    match ep.target_ref.as_ref() {
+        Some(target) if target.kind.as_deref() == Some("Pod") => {
+            let namespace = target
+                .namespace
+                .as_deref()
+                .or(slice.metadata.namespace.as_deref())?;
+            let pod = state
+                .pods
+                .get(&ObjKey::new(namespace, target.name.as_deref()?))?;
+            // A Pod recreated under the same name is not the one the slice names yet.
+            if let (Some(named), Some(known)) = (&target.uid, &pod.uid)
+                && named != known
+            {
+                return None;
+            }
+            let id = td.workload(namespace, &pod.service_account).ok()?;
+            Some(id.to_string())
+        }
+        _ => {
+            let annotated = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                m.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(labels::IDENTITY))
+                    .cloned()
+            };
+            annotated(&slice.metadata).or_else(|| annotated(&svc.metadata))
+        }
+    }
+}
+
+/// A slice's endpoints that can be offered, each with who it serves as.
+fn offered<'a>(
+    state: &'a ClusterState,
+    td: &'a TrustDomain,
+    svc: &'a Service,
+    slice: &'a EndpointSlice,
+) -> impl Iterator<Item = (&'a Endpoint, String)> + 'a {
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter_map(move |ep| Some((ep, identity_of(state, td, svc, slice, ep)?)))
 }
 
 /// An endpoint's zone: its own, else its Node's.
@@ -108,8 +151,7 @@ pub(crate) fn endpoints(
         else {
             continue;
         };
-        let identity = identity_of(td, svc, slice, &key.namespace);
-        for ep in slice.endpoints.iter().flatten() {
+        for (ep, identity) in offered(state, td, svc, slice) {
             let (zone, ready) = (zone_of(state, ep), is_ready(ep));
             for addr in &ep.addresses {
                 let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
@@ -160,8 +202,8 @@ pub(crate) fn exports(state: &ClusterState, td: &TrustDomain) -> ExportSet {
         let mut zones: BTreeMap<String, (u32, u32)> = BTreeMap::new();
         let mut identities = BTreeSet::new();
         for slice in slices_of(state, key) {
-            identities.insert(identity_of(td, svc, slice, &key.namespace));
-            for ep in slice.endpoints.iter().flatten() {
+            for (ep, identity) in offered(state, td, svc, slice) {
+                identities.insert(identity);
                 let z = zones
                     .entry(zone_of(state, ep).unwrap_or_default())
                     .or_default();
@@ -230,7 +272,10 @@ pub(crate) fn routes(state: &ClusterState, td: &TrustDomain) -> RouteSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{service, slice};
+    use crate::fixtures::{
+        add_host_endpoint, add_pod_endpoint, add_workload, pod, pods_and_slice, service, slice,
+    };
+    use crate::store::PodAccount;
 
     fn td() -> TrustDomain {
         TrustDomain::new("mesh.test").expect("valid")
@@ -241,11 +286,18 @@ mod tests {
         let mut state = ClusterState::default();
         let svc = service("shop", "api", &[("http", 80)], true);
         state.services.insert(ObjKey::new("shop", "api"), svc);
-        let mut s = slice("shop", "api", "api-1", &[("http", 8080)]);
-        crate::fixtures::add_endpoint(&mut s, "10.0.0.1", Some("z1"), true);
-        crate::fixtures::add_endpoint(&mut s, "10.0.0.2", Some("z1"), false);
-        crate::fixtures::add_endpoint(&mut s, "10.0.0.3", Some("z2"), true);
-        state.slices.insert(ObjKey::new("shop", "api-1"), s);
+        let (pods, s) = pods_and_slice(
+            "shop",
+            "api",
+            "api",
+            &[("http", 8080)],
+            &[
+                ("10.0.0.1", Some("z1"), true),
+                ("10.0.0.2", Some("z1"), false),
+                ("10.0.0.3", Some("z2"), true),
+            ],
+        );
+        add_workload(&mut state, &pods, s);
         state.services.insert(
             ObjKey::new("shop", "db"),
             service("shop", "db", &[("tcp", 5432)], false),
@@ -261,7 +313,7 @@ mod tests {
         assert_eq!(zones, vec![("z1", 1, 2), ("z2", 1, 1)]);
         assert_eq!(
             api.identities,
-            vec!["spiffe://mesh.test/ns/shop/sa/default".to_owned()]
+            vec!["spiffe://mesh.test/ns/shop/sa/api".to_owned()]
         );
         assert_eq!(api.ports[0].port, 80);
 
@@ -307,5 +359,169 @@ mod tests {
             .insert(ObjKey::new("shop", "api-west"), mirror);
         assert!(routes(&state, &td()).is_empty());
         assert!(exports(&state, &td()).is_empty());
+    }
+
+    /// shop/api with one slice, exported; the caller adds endpoints.
+    fn api_state(endpoints: impl FnOnce(&mut ClusterState, &mut EndpointSlice)) -> ClusterState {
+        let mut state = ClusterState::default();
+        state.services.insert(
+            ObjKey::new("shop", "api"),
+            service("shop", "api", &[("http", 80)], true),
+        );
+        let mut s = slice("shop", "api", "api-x1", &[("http", 8080)]);
+        endpoints(&mut state, &mut s);
+        state.slices.insert(ObjKey::new("shop", "api-x1"), s);
+        state
+    }
+
+    fn identities(state: &ClusterState) -> Vec<(String, String)> {
+        endpoints(state, &td(), &ObjKey::new("shop", "api"), 80)
+            .into_iter()
+            .map(|e| (e.address.ip().to_string(), e.identity))
+            .collect()
+    }
+
+    fn add_pod(state: &mut ClusterState, s: &mut EndpointSlice, name: &str, sa: &str, ip: &str) {
+        let p = pod("shop", name, sa, ip, "n1");
+        add_pod_endpoint(s, &p, Some("z1"), true);
+        let account = PodAccount::of(&p).expect("running");
+        state.pods.insert(ObjKey::new("shop", name), account);
+    }
+
+    #[test]
+    fn each_endpoint_serves_as_its_own_pods_service_account() {
+        let state = api_state(|state, s| {
+            add_pod(state, s, "api-1", "api", "10.0.0.1");
+            add_pod(state, s, "api-2", "api-canary", "10.0.0.2");
+        });
+        assert_eq!(
+            identities(&state),
+            [
+                (
+                    "10.0.0.1".into(),
+                    "spiffe://mesh.test/ns/shop/sa/api".into()
+                ),
+                (
+                    "10.0.0.2".into(),
+                    "spiffe://mesh.test/ns/shop/sa/api-canary".into()
+                ),
+            ]
+        );
+        let exported = &exports(&state, &td())[&ObjKey::new("shop", "api")];
+        assert_eq!(
+            exported.identities,
+            [
+                "spiffe://mesh.test/ns/shop/sa/api",
+                "spiffe://mesh.test/ns/shop/sa/api-canary"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_whose_pod_is_unknown_or_recreated_is_not_offered() {
+        let mut state = api_state(|state, s| {
+            add_pod(state, s, "api-1", "api", "10.0.0.1");
+            // The slice names a Pod the store has not seen (yet).
+            add_pod_endpoint(
+                s,
+                &pod("shop", "api-2", "api", "10.0.0.2", "n1"),
+                None,
+                true,
+            );
+            // The slice still names an earlier Pod of this name.
+            add_pod(state, s, "api-3", "api", "10.0.0.3");
+        });
+        let recreated = pod("shop", "api-3", "other", "10.0.0.3", "n1");
+        state.pods.insert(
+            ObjKey::new("shop", "api-3"),
+            PodAccount::of(&recreated).expect("running"),
+        );
+        assert_eq!(
+            identities(&state),
+            [(
+                "10.0.0.1".into(),
+                "spiffe://mesh.test/ns/shop/sa/api".into()
+            )]
+        );
+        let exported = &exports(&state, &td())[&ObjKey::new("shop", "api")];
+        assert_eq!(exported.zones.iter().map(|z| z.total).sum::<u32>(), 1);
+        let routed = &routes(&state, &td())[&ObjKey::new("shop", "api")].ports[0];
+        assert_eq!(routed.endpoints.len(), 1, "{routed:?}");
+    }
+
+    #[test]
+    fn a_rollout_to_another_service_account_changes_the_identity() {
+        let mut state = api_state(|state, s| add_pod(state, s, "api-1", "api", "10.0.0.1"));
+        // The Deployment rolls out with a new serviceAccountName: a new Pod,
+        // and the endpoint-slice controller points the endpoint at it.
+        let slice = state
+            .slices
+            .get_mut(&ObjKey::new("shop", "api-x1"))
+            .expect("slice");
+        slice.endpoints = Some(Vec::new());
+        let new = pod("shop", "api-2", "api-v2", "10.0.0.9", "n1");
+        add_pod_endpoint(slice, &new, Some("z1"), true);
+        state.pods.remove(&ObjKey::new("shop", "api-1"));
+        state.pods.insert(
+            ObjKey::new("shop", "api-2"),
+            PodAccount::of(&new).expect("running"),
+        );
+        assert_eq!(
+            identities(&state),
+            [(
+                "10.0.0.9".into(),
+                "spiffe://mesh.test/ns/shop/sa/api-v2".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn only_endpoints_that_are_not_pods_take_the_annotation() {
+        let annotate = |m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+                        id: &str| {
+            m.annotations
+                .get_or_insert_default()
+                .insert(labels::IDENTITY.into(), id.into());
+        };
+        let mut state = api_state(|state, s| {
+            add_pod(state, s, "api-1", "api", "10.0.0.1");
+            add_host_endpoint(s, "10.0.0.50", Some("z1"), true);
+            annotate(&mut s.metadata, "spiffe://mesh.test/ns/shop/sa/vm");
+        });
+        assert_eq!(
+            identities(&state),
+            [
+                (
+                    "10.0.0.1".into(),
+                    "spiffe://mesh.test/ns/shop/sa/api".into()
+                ),
+                (
+                    "10.0.0.50".into(),
+                    "spiffe://mesh.test/ns/shop/sa/vm".into()
+                ),
+            ],
+            "a Pod's own service account wins over any annotation"
+        );
+        // Without the annotation, a host endpoint has no identity to offer.
+        let slice = state
+            .slices
+            .get_mut(&ObjKey::new("shop", "api-x1"))
+            .expect("slice");
+        slice.metadata.annotations = None;
+        assert_eq!(
+            identities(&state),
+            [(
+                "10.0.0.1".into(),
+                "spiffe://mesh.test/ns/shop/sa/api".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn finished_pods_and_unset_service_accounts_follow_kubernetes() {
+        assert_eq!(PodAccount::new(None, None, Some("Succeeded")), None);
+        assert_eq!(PodAccount::new(None, None, Some("Failed")), None);
+        let pending = PodAccount::new(Some("u".into()), None, Some("Pending")).expect("serves");
+        assert_eq!(pending.service_account, "default");
     }
 }

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
 use tokio::sync::watch;
@@ -58,10 +58,56 @@ pub struct ClusterState {
     /// Zone of each Node (from `topology.kubernetes.io/zone`), for endpoints
     /// that name a node but no zone.
     pub node_zones: BTreeMap<String, String>,
+    /// Who each running Pod runs as, for the endpoints whose `targetRef`
+    /// names it. Only what identity needs is kept of a Pod.
+    pub pods: BTreeMap<ObjKey, PodAccount>,
     /// Links by namespace/name.
     pub links: BTreeMap<ObjKey, Link>,
     /// FailoverPolicies by namespace/name.
     pub policies: BTreeMap<ObjKey, FailoverPolicy>,
+}
+
+/// What the controller keeps of a Pod: the service account it runs as, which
+/// is the identity its endpoints serve under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAccount {
+    /// The Pod's uid: an endpoint naming an earlier Pod of the same name (a
+    /// StatefulSet's pod recreated) must not take the new one's identity.
+    pub uid: Option<String>,
+    /// `spec.serviceAccountName`.
+    pub service_account: String,
+}
+
+impl PodAccount {
+    /// What a Pod's fields say. A Pod that has finished (`Succeeded`,
+    /// `Failed`) serves nothing and is left out; one without
+    /// `serviceAccountName` runs as `default`, as Kubernetes assigns it.
+    pub fn new(
+        uid: Option<String>,
+        service_account: Option<String>,
+        phase: Option<&str>,
+    ) -> Option<Self> {
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        Some(Self {
+            uid,
+            service_account: service_account
+                .filter(|sa| !sa.is_empty())
+                .unwrap_or_else(|| "default".into()),
+        })
+    }
+
+    /// [`PodAccount::new`] of a whole Pod.
+    pub fn of(pod: &Pod) -> Option<Self> {
+        Self::new(
+            pod.metadata.uid.clone(),
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone()),
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        )
+    }
 }
 
 /// A mirror of one imported service: a selector-less Service and the

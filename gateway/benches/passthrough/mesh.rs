@@ -115,12 +115,18 @@ impl Discovery {
     pub async fn start(pki: &Pki, dir: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).context("manifest dir")?;
         let svc = fixtures::service("shop", "api", &[("tls", 443)], true);
-        let mut slice = fixtures::slice("shop", "api", "api-1", &[("tls", backend.port())]);
-        fixtures::add_endpoint(&mut slice, &backend.ip().to_string(), None, true);
+        let (pods, slice) = fixtures::pods_and_slice(
+            "shop",
+            "api",
+            "api",
+            &[("tls", backend.port())],
+            &[(&backend.ip().to_string(), None, true)],
+        );
         let text = format!(
-            "{}---\n{}",
+            "{}---\n{}---\n{}",
             serde_saphyr::to_string(&svc).context("service yaml")?,
-            serde_saphyr::to_string(&slice).context("slice yaml")?
+            serde_saphyr::to_string(&slice).context("slice yaml")?,
+            serde_saphyr::to_string(&pods[0]).context("pod yaml")?
         );
         std::fs::write(dir.join("api.yaml"), text).context("write manifest")?;
         let store = FileStore::open(FileStoreConfig::new(dir))

@@ -85,8 +85,16 @@ pub fn service_manifest(
             &format!("{name}-{i}"),
             &[("tls", addr.port())],
         );
-        fixtures::add_endpoint(&mut slice, &addr.ip().to_string(), Some("z1"), *ready);
+        let pod = fixtures::pod(
+            "shop",
+            &format!("{name}-{i}"),
+            name,
+            &addr.ip().to_string(),
+            "n1",
+        );
+        fixtures::add_pod_endpoint(&mut slice, &pod, Some("z1"), *ready);
         docs.push(yaml(&slice));
+        docs.push(yaml(&pod));
     }
     docs.join("---\n")
 }

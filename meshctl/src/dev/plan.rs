@@ -445,7 +445,7 @@ pub async fn write_materials(spec: &Spec, topology: &Topology) -> anyhow::Result
             .iter()
             .find(|s| s.name == c.name)
             .context("every planned cluster is in the spec")?;
-        write_services(spec, cs, c)?;
+        write_services(cs, c)?;
     }
     for to in &topology.clusters {
         for from in topology.clusters.iter() {
@@ -534,32 +534,64 @@ fn describe(c: &ClusterTopology) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `shop/api.yaml` and `shop/echo.yaml`: each Service (api exported) and
-/// its EndpointSlice naming the sidecars' inbound port.
-fn write_services(spec: &Spec, cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
+/// `shop/api.yaml` and `shop/echo.yaml`: each Service (api exported), its
+/// Pods and the EndpointSlice the endpoint-slice controller would write for
+/// them (each endpoint's `targetRef` naming its Pod, zone and node set), and
+/// `nodes.yaml` with a Node per zone. Who a Pod runs as is its sidecar's
+/// service account: the controller reads identities from the Pods, as on
+/// Kubernetes, never from an annotation.
+fn write_services(cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
     let dir = c.state_dir.join(SHOP);
     create_dir(&dir)?;
+    let node_of = |zone: &str| format!("{}-{zone}", c.name);
+    let mut nodes = Vec::new();
+    for zone in c.processes.iter().filter_map(|p| p.zone.as_deref()) {
+        let node = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": node_of(zone),
+                "labels": { (meshfed_api::labels::ZONE): zone, "kubernetes.io/hostname": node_of(zone) },
+            },
+        });
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+    let path = c.state_dir.join("nodes.yaml");
+    std::fs::write(&path, Format::Yaml.objects(&nodes)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+
     for (service, port_name, port, kind) in [
         ("api", "http", API_PORT, Kind::Api),
         ("echo", "tcp", ECHO_PORT, Kind::Echo),
     ] {
         let exported = cs.exported.iter().any(|e| e == service);
-        let mut svc = fixtures::service(SHOP, service, &[(port_name, port)], exported);
-        svc.metadata.annotations = Some(BTreeMap::from([(
-            meshfed_api::labels::IDENTITY.to_owned(),
-            Ids(&spec.trust_domain).of(SHOP, service),
-        )]));
+        let svc = fixtures::service(SHOP, service, &[(port_name, port)], exported);
         let mut slice = fixtures::slice(
             SHOP,
             service,
             &format!("{service}-1"),
             &[(port_name, INBOUND_PORT)],
         );
+        let mut docs: Vec<Value> = vec![serde_json::to_value(svc)?];
         for p in c.processes.iter().filter(|p| p.kind == kind) {
             let ip = p.listen.values().next().expect("a workload listens").ip();
-            fixtures::add_endpoint(&mut slice, &ip.to_string(), p.zone.as_deref(), true);
+            let sidecar = format!("{}-sidecar", p.name);
+            let account = c
+                .processes
+                .iter()
+                .find(|s| s.name == sidecar)
+                .and_then(|s| s.identity.as_deref())
+                .and_then(|id| id.rsplit_once("/sa/"))
+                .map(|(_, sa)| sa)
+                .with_context(|| format!("{} has no sidecar with an identity", p.name))?;
+            let zone = p.zone.as_deref().unwrap_or_default();
+            let pod = fixtures::pod(SHOP, &p.name, account, &ip.to_string(), &node_of(zone));
+            fixtures::add_pod_endpoint(&mut slice, &pod, p.zone.as_deref(), true);
+            docs.push(serde_json::to_value(pod)?);
         }
-        let docs: Vec<Value> = vec![serde_json::to_value(svc)?, serde_json::to_value(slice)?];
+        docs.insert(1, serde_json::to_value(slice)?);
         let path = dir.join(format!("{service}.yaml"));
         std::fs::write(&path, Format::Yaml.objects(&docs)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -322,11 +322,18 @@ mod tests {
             ObjKey::new("shop", "api"),
             fixtures::service("shop", "api", &[("http", 80)], true),
         );
-        let mut slice = fixtures::slice("shop", "api", "api-1", &[("http", 8080)]);
-        fixtures::add_endpoint(&mut slice, "10.0.0.1", Some("a"), true);
-        fixtures::add_endpoint(&mut slice, "10.0.0.2", Some("a"), false);
-        fixtures::add_endpoint(&mut slice, "10.0.0.3", Some("b"), true);
-        s.slices.insert(ObjKey::new("shop", "api-1"), slice);
+        let (pods, slice) = fixtures::pods_and_slice(
+            "shop",
+            "api",
+            "api",
+            &[("http", 8080)],
+            &[
+                ("10.0.0.1", Some("a"), true),
+                ("10.0.0.2", Some("a"), false),
+                ("10.0.0.3", Some("b"), true),
+            ],
+        );
+        fixtures::add_workload(&mut s, &pods, slice);
         s
     }
 

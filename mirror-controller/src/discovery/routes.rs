@@ -108,7 +108,7 @@ fn diff(old: &RouteTable, new: &RouteTable) -> RoutesUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{add_endpoint, link, service, slice};
+    use crate::fixtures::{add_workload, link, pods_and_slice, service};
     use crate::store::ObjKey;
 
     fn td() -> meshfed_trust::TrustDomain {
@@ -124,9 +124,14 @@ mod tests {
                 service("shop", name, &[("http", 80)], true),
             );
         }
-        let mut s = slice("shop", "a", "a-1", &[("http", 8080)]);
-        add_endpoint(&mut s, "10.0.0.1", None, true);
-        state.slices.insert(ObjKey::new("shop", "a-1"), s);
+        let (pods, s) = pods_and_slice(
+            "shop",
+            "a",
+            "a",
+            &[("http", 8080)],
+            &[("10.0.0.1", None, true)],
+        );
+        add_workload(&mut state, &pods, s);
         state.links.insert(
             ObjKey::new("meshfed-system", "west"),
             link(

@@ -221,9 +221,14 @@ mod tests {
         let mut state = ClusterState::default();
         let svc = fixtures::service("shop", "api", &[("http", 80)], true);
         state.services.insert(ObjKey::new("shop", "api"), svc);
-        let mut slice = fixtures::slice("shop", "api", "api-1", &[("http", 8080)]);
-        fixtures::add_endpoint(&mut slice, "10.0.0.1", Some("a"), true);
-        state.slices.insert(ObjKey::new("shop", "api-1"), slice);
+        let (pods, slice) = fixtures::pods_and_slice(
+            "shop",
+            "api",
+            "api",
+            &[("http", 8080)],
+            &[("10.0.0.1", Some("a"), true)],
+        );
+        fixtures::add_workload(&mut state, &pods, slice);
         let link = fixtures::link(
             "meshfed",
             "west",

@@ -3,8 +3,8 @@
 //!
 //! Layout under the directory:
 //! - any `*.yaml` / `*.yml` file (sub-directories too) holds manifests,
-//!   several per file separated by `---`: Services, EndpointSlices, Nodes,
-//!   Links and FailoverPolicies; other kinds are ignored;
+//!   several per file separated by `---`: Services, EndpointSlices, Pods,
+//!   Nodes, Links and FailoverPolicies; other kinds are ignored;
 //! - `mirrors/<namespace>/<name>.yaml` are the mirrors the controller writes
 //!   (read back like any manifest, so a restarted controller finds them);
 //! - `status/<kind>/<namespace>.<name>.yaml` is where statuses are written
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ClusterState, Mirror, ObjKey, Store, StoreError, is_mirror};
+use super::{ClusterState, Mirror, ObjKey, PodAccount, Store, StoreError, is_mirror};
 
 const MIRRORS_DIR: &str = "mirrors";
 pub(super) const STATUS_DIR: &str = "status";
@@ -90,6 +90,7 @@ enum Object {
     Service(Box<Service>),
     Slice(Box<EndpointSlice>),
     Node(Box<Node>),
+    Pod(Box<Pod>),
     Link(Box<Link>),
     Policy(Box<FailoverPolicy>),
 }
@@ -386,6 +387,11 @@ fn assemble(scan: &Scan) -> ClusterState {
                         state.node_zones.insert(key.name, zone.clone());
                     }
                 }
+                Object::Pod(p) => {
+                    if let Some(account) = PodAccount::of(&p) {
+                        state.pods.insert(key, account);
+                    }
+                }
                 Object::Link(l) => {
                     state.links.insert(key, *l);
                 }
@@ -481,9 +487,10 @@ fn parse_manifests(text: &str) -> Result<Vec<Object>, ParseError> {
             ("v1", "Service") => Object::Service(typed(doc, &at)?),
             ("discovery.k8s.io/v1", "EndpointSlice") => Object::Slice(typed(doc, &at)?),
             ("v1", "Node") => Object::Node(typed(doc, &at)?),
+            ("v1", "Pod") => Object::Pod(typed(doc, &at)?),
             ("meshfed.io/v1alpha1", "Link") => Object::Link(typed(doc, &at)?),
             ("meshfed.io/v1alpha1", "FailoverPolicy") => Object::Policy(typed(doc, &at)?),
-            (_, "Service" | "EndpointSlice" | "Node" | "Link" | "FailoverPolicy") => {
+            (_, "Service" | "EndpointSlice" | "Node" | "Pod" | "Link" | "FailoverPolicy") => {
                 return Err(at(
                     1,
                     1,
@@ -555,6 +562,7 @@ impl Object {
             Object::Service(o) => ("Service", &o.metadata),
             Object::Slice(o) => ("EndpointSlice", &o.metadata),
             Object::Node(o) => ("Node", &o.metadata),
+            Object::Pod(o) => ("Pod", &o.metadata),
             Object::Link(o) => ("Link", &o.metadata),
             Object::Policy(o) => ("FailoverPolicy", &o.metadata),
         };

@@ -1,6 +1,6 @@
 //! The Kubernetes backend of the cluster store. [`KubeStore`] owns one
-//! watcher per resource the controller reads (Services, EndpointSlices, Nodes,
-//! Links and FailoverPolicies, in all namespaces), folds their events into one
+//! watcher per resource the controller reads (Services, EndpointSlices, Pods,
+//! Nodes, Links and FailoverPolicies, in all namespaces), folds their events into one
 //! [`ClusterState`] published on a watch channel, and makes the controller's
 //! few writes: server-side apply of mirrors under [`CONTROLLER`], their
 //! deletion, and the status of Links and FailoverPolicies.
@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, BoxStream, SelectAll, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -22,12 +22,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
 use meshfed_api::labels::{CONTROLLER, ORIGIN_CLUSTER, ZONE};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ClusterState, Mirror, ObjKey, Store, StoreError, is_mirror};
+use super::{ClusterState, Mirror, ObjKey, PodAccount, Store, StoreError, is_mirror};
 
 /// How long [`KubeStore::start`] waits for every watcher's initial list.
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +55,7 @@ impl KubeStore {
             watch_all(&client, SERVICES, Update::Service),
             watch_all(&client, SLICES, Update::Slice),
             watch_all(&client, NODES, |e| Update::Node(Box::new(e))),
+            watch_pods(&client),
             watch_all(&client, LINKS, Update::Link),
             watch_all(&client, POLICIES, Update::Policy),
         ]);
@@ -290,15 +291,17 @@ where
 const SERVICES: &str = "services";
 const SLICES: &str = "endpointslices.discovery.k8s.io";
 const NODES: &str = "nodes";
+const PODS: &str = "pods";
 const LINKS: &str = "links.meshfed.io";
 const POLICIES: &str = "failoverpolicies.meshfed.io";
-const WATCHED: [&str; 5] = [SERVICES, SLICES, NODES, LINKS, POLICIES];
+const WATCHED: [&str; 6] = [SERVICES, SLICES, NODES, PODS, LINKS, POLICIES];
 
 /// One watcher event, by the table it goes to.
 enum Update {
     Service(Event<Service>),
     Slice(Event<EndpointSlice>),
     Node(Box<Event<Node>>),
+    Pod(Event<PodIdentity>),
     Link(Event<Link>),
     Policy(Event<FailoverPolicy>),
 }
@@ -311,7 +314,27 @@ where
     K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    watch_with(client, name, watcher::Config::default(), tag)
+}
+
+/// Pods that can serve (not finished), read as [`PodIdentity`]: a cluster's
+/// Pods are its largest collection, and only who each one runs as is kept.
+fn watch_pods(client: &Client) -> Events {
+    let running = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    watch_with(client, PODS, running, Update::Pod)
+}
+
+fn watch_with<K>(
+    client: &Client,
+    name: &'static str,
+    config: watcher::Config,
+    tag: fn(Event<K>) -> Update,
+) -> Events
+where
+    K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher(Api::<K>::all(client.clone()), config)
         // Paces the watcher's own retries after errors.
         .default_backoff()
         .map(move |event| {
@@ -418,6 +441,7 @@ struct Fold {
     services: Option<BTreeMap<ObjKey, Service>>,
     slices: Option<BTreeMap<ObjKey, EndpointSlice>>,
     nodes: Option<BTreeMap<String, String>>,
+    pods: Option<BTreeMap<ObjKey, PodAccount>>,
     links: Option<BTreeMap<ObjKey, Link>>,
     policies: Option<BTreeMap<ObjKey, FailoverPolicy>>,
 }
@@ -431,6 +455,7 @@ impl Fold {
             Update::Service(e) => fold(&mut s.services, &mut self.services, e, keyed),
             Update::Slice(e) => fold(&mut s.slices, &mut self.slices, e, keyed),
             Update::Node(e) => fold(&mut s.node_zones, &mut self.nodes, *e, zone),
+            Update::Pod(e) => fold(&mut s.pods, &mut self.pods, e, account),
             Update::Link(e) => fold(&mut s.links, &mut self.links, e, keyed),
             Update::Policy(e) => fold(&mut s.policies, &mut self.policies, e, keyed),
         }
@@ -440,6 +465,18 @@ impl Fold {
 fn keyed<K: Resource>(obj: K) -> (ObjKey, Option<K>) {
     let key = ObjKey::new(obj.namespace().unwrap_or_default(), obj.name_any());
     (key, Some(obj))
+}
+
+/// A finished Pod has no entry (the field selector leaves such Pods out as
+/// they finish; the same rule holds for the file store).
+fn account(pod: PodIdentity) -> (ObjKey, Option<PodAccount>) {
+    let key = ObjKey::new(pod.namespace().unwrap_or_default(), pod.name_any());
+    let account = PodAccount::new(
+        pod.metadata.uid,
+        pod.spec.service_account_name,
+        pod.status.phase.as_deref(),
+    );
+    (key, account)
 }
 
 /// A node without a zone label has no entry.
@@ -481,4 +518,74 @@ fn fold<K, Key: Ord, V: PartialEq>(
         Event::Delete(obj) => return (table.remove(&entry(obj).0).is_some(), false),
     }
     (false, false)
+}
+
+// === impl PodIdentity ===
+
+/// A Pod as the store reads it: the fields identity needs and nothing else.
+/// Every other field of the API server's answer is skipped while parsing, so
+/// neither the watch's events nor the store grow with the size of Pod specs.
+#[derive(Clone, Debug, Deserialize)]
+struct PodIdentity {
+    #[serde(deserialize_with = "slim_meta")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: PodIdentitySpec,
+    #[serde(default)]
+    status: PodIdentityStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodIdentitySpec {
+    service_account_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct PodIdentityStatus {
+    phase: Option<String>,
+}
+
+/// Of a Pod's metadata, what the watcher and the store use.
+fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Slim {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+    }
+    let m = Slim::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        ..ObjectMeta::default()
+    })
+}
+
+impl Resource for PodIdentity {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::KIND.into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::GROUP.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::VERSION.into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }

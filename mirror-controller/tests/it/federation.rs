@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use meshfed_api::discovery::discovery_client::DiscoveryClient;
-use meshfed_api::discovery::{EndpointSet, Locality, WatchRequest};
+use meshfed_api::discovery::{EndpointSet, Locality};
 use meshfed_api::federation::WatchExportsRequest;
 use meshfed_api::federation::federation_client::FederationClient;
 use meshfed_mirror::fixtures;
@@ -18,11 +17,22 @@ const LINK_FILE: &str = "link-west.yaml";
 
 fn api_manifest(exported: bool) -> String {
     let svc = fixtures::service("shop", "api", &[("http", 80)], exported);
-    let mut slice = fixtures::slice("shop", "api", "api-abc", &[("http", 8080)]);
-    fixtures::add_endpoint(&mut slice, "10.1.0.1", Some("west-a"), true);
-    fixtures::add_endpoint(&mut slice, "10.1.0.2", Some("west-b"), true);
-    fixtures::add_endpoint(&mut slice, "10.1.0.3", Some("west-b"), false);
-    format!("{}---\n{}", yaml(&svc), yaml(&slice))
+    // As a cluster holds them: Pods running as `api`, and the slice the
+    // endpoint-slice controller writes, naming each Pod in its targetRef.
+    let (pods, slice) = fixtures::pods_and_slice(
+        "shop",
+        "api",
+        "api",
+        &[("http", 8080)],
+        &[
+            ("10.1.0.1", Some("west-a"), true),
+            ("10.1.0.2", Some("west-b"), true),
+            ("10.1.0.3", Some("west-b"), false),
+        ],
+    );
+    let mut docs = vec![yaml(&svc), yaml(&slice)];
+    docs.extend(pods.iter().map(yaml));
+    docs.join("---\n")
 }
 
 fn link_manifest(gateway: std::net::SocketAddr) -> String {
@@ -41,43 +51,18 @@ fn link_manifest(gateway: std::net::SocketAddr) -> String {
     yaml(&link)
 }
 
-/// Subscribes to `api.shop:80` at `cluster`'s discovery; the latest set is
-/// kept in the returned channel.
+/// Subscribes to `api.shop:80` at `cluster`'s discovery as a caller in
+/// zone east-a; the latest set is kept in the returned channel.
 async fn subscribe(
     cluster: &Cluster,
     mesh_creds: meshfed_trust::CredentialsWatch,
 ) -> watch::Receiver<Option<EndpointSet>> {
-    let ch = channel(
-        cluster.discovery,
-        "discovery.meshfed.local",
-        mesh_creds,
-        id(CONTROLLER),
-    )
-    .await
-    .expect("discovery channel");
-    let mut stream = DiscoveryClient::new(ch)
-        .watch(WatchRequest {
-            name: "api".into(),
-            namespace: "shop".into(),
-            port: 80,
-            caller: Some(Locality {
-                cluster: cluster.name.clone(),
-                region: String::new(),
-                zone: "east-a".into(),
-            }),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
-        while let Ok(Some(set)) = stream.message().await {
-            if tx.send(Some(set)).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+    let caller = Locality {
+        cluster: cluster.name.clone(),
+        region: String::new(),
+        zone: "east-a".into(),
+    };
+    watch_endpoints(cluster.discovery, mesh_creds, caller).await
 }
 
 /// [`until`] for the latest endpoint set of a subscription.
@@ -153,7 +138,7 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
     );
     assert_eq!(
         g.endpoints[0].identities,
-        vec!["spiffe://mesh.test/ns/shop/sa/default".to_owned()]
+        vec!["spiffe://mesh.test/ns/shop/sa/api".to_owned()]
     );
     assert_eq!(g.load_permille, 1000);
     let mirror = state.borrow().services[&meshfed_mirror::ObjKey::new("shop", "api-west")].clone();

@@ -1,6 +1,8 @@
-//! Integration tests of the mirror controller: real file stores, real tonic
+//! Integration tests of the mirror controller: real file stores, the kube
+//! store against a stand-in API server, real tonic
 //! over real mTLS on loopback, the real east-west gateway (meshfed-gateway) routing by SNI.
 
 mod binary;
 mod federation;
+mod kube_store;
 mod support;

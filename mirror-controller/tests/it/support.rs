@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use meshfed_api::discovery::discovery_client::DiscoveryClient;
+use meshfed_api::discovery::{EndpointSet, Locality, WatchRequest};
 use meshfed_mirror::{
     ClusterState, Controller, ControllerConfig, FileStore, FileStoreConfig, ObjKey, Store,
 };
@@ -362,6 +364,37 @@ pub async fn channel(
     tonic::transport::Endpoint::from_static("http://meshfed.test")
         .connect_with_connector(dial)
         .await
+}
+
+/// Subscribes to `api.shop:80` at the discovery server `addr` as `caller`;
+/// the latest set is kept in the returned channel.
+pub async fn watch_endpoints(
+    addr: SocketAddr,
+    creds: CredentialsWatch,
+    caller: Locality,
+) -> watch::Receiver<Option<EndpointSet>> {
+    let ch = channel(addr, "discovery.meshfed.local", creds, id(CONTROLLER))
+        .await
+        .expect("discovery channel");
+    let mut stream = DiscoveryClient::new(ch)
+        .watch(WatchRequest {
+            name: "api".into(),
+            namespace: "shop".into(),
+            port: 80,
+            caller: Some(caller),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        while let Ok(Some(set)) = stream.message().await {
+            if tx.send(Some(set)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A bundle holding the roots of every CA given.

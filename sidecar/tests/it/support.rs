@@ -91,17 +91,9 @@ pub fn write_file(path: &Path, text: &str) {
 }
 
 /// `api.shop:80`, served by `endpoints` (inbound address, zone), each in
-/// its own slice; identity `API`.
+/// its own slice naming its Pod, which runs as `API`'s service account.
 pub fn api_manifest(exported: bool, endpoints: &[(SocketAddr, &str)]) -> String {
     let mut svc = fixtures::service("shop", "api", &[("http", 80)], exported);
-    svc.metadata.annotations = Some(
-        [(
-            meshfed_api::labels::IDENTITY.to_owned(),
-            id(API).to_string(),
-        )]
-        .into_iter()
-        .collect(),
-    );
     if let Some(spec) = svc.spec.as_mut() {
         spec.cluster_ip = Some("10.96.0.10".into());
     }
@@ -109,8 +101,16 @@ pub fn api_manifest(exported: bool, endpoints: &[(SocketAddr, &str)]) -> String 
     for (i, (addr, zone)) in endpoints.iter().enumerate() {
         let mut slice =
             fixtures::slice("shop", "api", &format!("api-{i}"), &[("http", addr.port())]);
-        fixtures::add_endpoint(&mut slice, &addr.ip().to_string(), Some(zone), true);
+        let pod = fixtures::pod(
+            "shop",
+            &format!("api-{i}"),
+            "api",
+            &addr.ip().to_string(),
+            "n1",
+        );
+        fixtures::add_pod_endpoint(&mut slice, &pod, Some(zone), true);
         docs.push(yaml(&slice));
+        docs.push(yaml(&pod));
     }
     docs.join("---\n")
 }

@@ -1,7 +1,8 @@
 //! The Kubernetes store against a stand-in API server (a tower-test mock
 //! behind a real `kube::Client`): the initial sync, watch events, mirror
 //! apply and delete with their refusals, status patches, the ways start-up
-//! fails, and shutdown.
+//! fails, and shutdown; and discovery over real mTLS serving each endpoint
+//! with the identity of the Pod the cluster's objects name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -13,8 +14,12 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::client::Body;
 use meshfed_api::crd::{FailoverPolicyStatus, LinkStatus};
+use meshfed_api::discovery::{EndpointSet, Locality};
 use meshfed_api::labels;
-use meshfed_mirror::{KubeStore, Mirror, ObjKey, Store, StoreError};
+use meshfed_mirror::{Controller, ControllerConfig, KubeStore, Mirror, ObjKey, Store, StoreError};
+use tokio::time::Instant;
+
+use crate::support::{CONTROLLER, Mesh, TD, creds, until, watch_endpoints};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,6 +28,7 @@ use tower_test::mock::{self, Handle, SendResponse};
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const NODES: &str = "/api/v1/nodes";
+const PODS: &str = "/api/v1/pods";
 const LINKS: &str = "/apis/meshfed.io/v1alpha1/links";
 const POLICIES: &str = "/apis/meshfed.io/v1alpha1/failoverpolicies";
 
@@ -51,12 +57,16 @@ struct Cluster {
     gone: Vec<String>,
 }
 
+/// A list request's collection path and query.
+type ListRequest = (String, BTreeMap<String, String>);
 type Mocked = Handle<Request<Body>, Response<Body>>;
 type Responder = SendResponse<Response<Body>>;
 
 /// The running API server: what it recorded, and a way to push watch events.
 struct ApiServer {
     writes: Arc<Mutex<Vec<Recorded>>>,
+    /// Every list request: its collection path and query.
+    lists: Arc<Mutex<Vec<ListRequest>>>,
     events: mpsc::UnboundedSender<(&'static str, Value)>,
     task: JoinHandle<()>,
 }
@@ -64,6 +74,16 @@ struct ApiServer {
 impl ApiServer {
     fn writes(&self) -> Vec<Recorded> {
         self.writes.lock().expect("lock").clone()
+    }
+
+    /// The queries of the lists of `collection`.
+    fn list_queries(&self, collection: &str) -> Vec<BTreeMap<String, String>> {
+        let lists = self.lists.lock().expect("lock");
+        lists
+            .iter()
+            .filter(|(path, _)| path == collection)
+            .map(|(_, q)| q.clone())
+            .collect()
     }
 
     /// Delivers `{"type": kind, "object": object}` on the watch of `collection`.
@@ -78,11 +98,12 @@ impl ApiServer {
 impl Cluster {
     fn serve(self) -> (kube::Client, ApiServer) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let writes = Arc::default();
+        let (writes, lists) = (Arc::default(), Arc::default());
         let (events, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(self.run(handle, rx, Arc::clone(&writes)));
+        let task = tokio::spawn(self.run(handle, rx, Arc::clone(&writes), Arc::clone(&lists)));
         let server = ApiServer {
             writes,
+            lists,
             events,
             task,
         };
@@ -94,6 +115,7 @@ impl Cluster {
         mut handle: Mocked,
         mut events: mpsc::UnboundedReceiver<(&'static str, Value)>,
         writes: Arc<Mutex<Vec<Recorded>>>,
+        lists: Arc<Mutex<Vec<ListRequest>>>,
     ) {
         // Open watches wait here until the test has an event for them.
         let mut watches: HashMap<String, Responder> = HashMap::new();
@@ -114,6 +136,7 @@ impl Cluster {
                             }
                         }
                     } else if req.method() == Method::GET {
+                        lists.lock().expect("lock").push((path.clone(), query.clone()));
                         if self.unserved.iter().any(|p| *p == path) {
                             send.send_response(not_found(&path));
                         } else if self.stalled.iter().any(|p| *p == path) {
@@ -719,4 +742,314 @@ async fn dropping_the_store_stops_its_watchers() {
     within("the watchers to stop", server.task)
         .await
         .expect("api server task");
+}
+
+// === identity from the workload ===
+
+/// A Pod as the API server answers a list with it: everything a scheduled,
+/// running Deployment pod carries, most of which the store must skip.
+fn pod(name: &str, uid: &str, service_account: &str, node: &str, ip: &str) -> Value {
+    json!({
+        "metadata": {
+            "name": name, "namespace": "shop", "uid": uid, "resourceVersion": "4711",
+            "generateName": "api-6d4cf56db6-",
+            "labels": { "app": "api", "pod-template-hash": "6d4cf56db6" },
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-6d4cf56db6",
+                "uid": "0c1e0f5a-8f7e-4c53-9a43-4b1d3f0e5f11", "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+            "managedFields": [{
+                "manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                "fieldsType": "FieldsV1", "fieldsV1": { "f:metadata": { "f:labels": {} } },
+            }],
+        },
+        "spec": {
+            "serviceAccountName": service_account,
+            "serviceAccount": service_account,
+            "nodeName": node,
+            "containers": [{
+                "name": "api", "image": "registry.example/api:1.4.2",
+                "ports": [{ "containerPort": 8080, "protocol": "TCP" }],
+                "resources": {},
+                "volumeMounts": [{
+                    "name": "kube-api-access-x2k9q", "readOnly": true,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                }],
+            }],
+            "volumes": [{ "name": "kube-api-access-x2k9q", "projected": { "sources": [
+                { "serviceAccountToken": { "expirationSeconds": 3607, "path": "token" } },
+            ] } }],
+            "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
+        },
+        "status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }], "hostIP": "172.18.0.3",
+            "conditions": [{ "type": "Ready", "status": "True" }],
+            "containerStatuses": [{ "name": "api", "ready": true, "restartCount": 0,
+                "image": "registry.example/api:1.4.2", "imageID": "", "started": true,
+                "state": { "running": { "startedAt": "2026-12-04T10:00:00Z" } } }],
+        },
+    })
+}
+
+/// An endpoint as the endpoint-slice controller writes it for a Pod.
+fn pod_endpoint(pod: &str, uid: &str, ip: &str, node: &str, zone: &str, ready: bool) -> Value {
+    json!({
+        "addresses": [ip],
+        "conditions": { "ready": ready, "serving": ready, "terminating": false },
+        "nodeName": node,
+        "zone": zone,
+        "hints": { "forZones": [{ "name": zone }] },
+        "targetRef": { "kind": "Pod", "namespace": "shop", "name": pod, "uid": uid },
+    })
+}
+
+/// shop/api's slice, written by the endpoint-slice controller (no Meshfed
+/// annotation), with `endpoints`.
+fn api_slice(endpoints: Vec<Value>) -> Value {
+    json!({
+        "metadata": {
+            "name": "api-7xk2p", "namespace": "shop", "uid": "uid-slice-api",
+            "resourceVersion": "4800", "generateName": "api-",
+            "labels": {
+                (labels::SERVICE_NAME): "api",
+                (labels::MANAGED_BY): "endpointslice-controller.k8s.io",
+            },
+            "ownerReferences": [{ "apiVersion": "v1", "kind": "Service", "name": "api",
+                "uid": "uid-svc-api", "controller": true, "blockOwnerDeletion": true }],
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+    })
+}
+
+fn addresses_and_identities(set: &EndpointSet) -> BTreeMap<String, Vec<String>> {
+    set.groups
+        .iter()
+        .flat_map(|g| &g.endpoints)
+        .map(|e| (e.address.clone(), e.identities.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_offers_each_endpoint_with_its_pods_service_account() {
+    const A1: &str = "3b0c4f5e-1a2b-4c3d-8e9f-0a1b2c3d4e5f";
+    const C1: &str = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
+    const LATE: &str = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b";
+    let mut cluster = cluster();
+    cluster.lists.insert(
+        PODS,
+        vec![
+            pod("api-6d4cf56db6-abcde", A1, "api", "worker-a", "10.244.1.5"),
+            pod(
+                "api-canary-5b7f9-xyz12",
+                C1,
+                "api-canary",
+                "worker-b",
+                "10.244.2.7",
+            ),
+        ],
+    );
+    cluster.lists.insert(
+        NODES,
+        vec![
+            node("worker-a", json!({ (labels::ZONE): "eu-west-1a", "topology.kubernetes.io/region": "eu-west-1" })),
+            node("worker-b", json!({ (labels::ZONE): "eu-west-1b", "topology.kubernetes.io/region": "eu-west-1" })),
+        ],
+    );
+    let mut no_zone = pod_endpoint(
+        "api-canary-5b7f9-xyz12",
+        C1,
+        "10.244.2.7",
+        "worker-b",
+        "",
+        true,
+    );
+    // An endpoint without its own zone takes its Node's.
+    no_zone.as_object_mut().expect("object").remove("zone");
+    no_zone.as_object_mut().expect("object").remove("hints");
+    let slices = cluster.lists.get_mut(SLICES).expect("slices");
+    slices.push(api_slice(vec![
+        pod_endpoint(
+            "api-6d4cf56db6-abcde",
+            A1,
+            "10.244.1.5",
+            "worker-a",
+            "eu-west-1a",
+            true,
+        ),
+        no_zone,
+        // Scheduled a moment ago: the slice names it before the Pod reaches the store.
+        pod_endpoint(
+            "api-6d4cf56db6-late1",
+            LATE,
+            "10.244.1.9",
+            "worker-a",
+            "eu-west-1a",
+            false,
+        ),
+    ]));
+    let (client, server) = cluster.serve();
+    let store = within("start", KubeStore::start(client))
+        .await
+        .expect("store starts");
+    let pod_lists = server.list_queries(PODS);
+    assert!(!pod_lists.is_empty(), "pods are listed");
+    assert_eq!(
+        pod_lists[0].get("fieldSelector").map(String::as_str),
+        Some("status.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed"),
+        "finished Pods are left out by the API server"
+    );
+
+    let mesh = Mesh::new();
+    let ca = mesh.cluster_ca("east");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let controller = Controller::start(
+        ControllerConfig::new("east"),
+        Arc::new(store),
+        creds(&ca, CONTROLLER, None),
+        &mut registry,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let controller = Arc::new(controller);
+    let serving = Arc::clone(&controller);
+    let served = tokio::spawn(async move {
+        let _ = serving
+            .serve_discovery(listener, std::future::pending())
+            .await;
+    });
+    let caller = Locality {
+        cluster: "east".into(),
+        region: "eu-west-1".into(),
+        zone: "eu-west-1a".into(),
+    };
+    let mut sets = watch_endpoints(addr, creds(&ca, "/ns/shop/sa/client", None), caller).await;
+    let id = |sa: &str| vec![format!("spiffe://{TD}/ns/shop/sa/{sa}")];
+
+    let start = Instant::now();
+    until(start, &mut sets, "both running pods offered", |s| {
+        s.as_ref()
+            .is_some_and(|s| addresses_and_identities(s).len() == 2)
+    })
+    .await;
+    let set = sets.borrow().clone().expect("a set");
+    assert_eq!(
+        addresses_and_identities(&set),
+        BTreeMap::from([
+            ("10.244.1.5:8080".to_owned(), id("api")),
+            ("10.244.2.7:8080".to_owned(), id("api-canary")),
+        ]),
+        "each endpoint with its own Pod's identity; the one whose Pod is unknown is not offered"
+    );
+    let zone_of = |address: &str| {
+        set.groups
+            .iter()
+            .flat_map(|g| &g.endpoints)
+            .find(|e| e.address == address)
+            .and_then(|e| e.locality.as_ref())
+            .map(|l| l.zone.clone())
+    };
+    assert_eq!(zone_of("10.244.1.5:8080").as_deref(), Some("eu-west-1a"));
+    assert_eq!(
+        zone_of("10.244.2.7:8080").as_deref(),
+        Some("eu-west-1b"),
+        "the zone of the endpoint's Node"
+    );
+
+    // The late Pod arrives: its endpoint is offered with its identity.
+    let mut late = pod(
+        "api-6d4cf56db6-late1",
+        LATE,
+        "api",
+        "worker-a",
+        "10.244.1.9",
+    );
+    late["metadata"]["resourceVersion"] = json!("4901");
+    server.event(PODS, "ADDED", late);
+    until(start, &mut sets, "the late pod's endpoint", |s| {
+        s.as_ref()
+            .is_some_and(|s| addresses_and_identities(s).get("10.244.1.9:8080") == Some(&id("api")))
+    })
+    .await;
+
+    // A rollout to a new service account: new Pods, the slice rewritten to
+    // name them, the old Pods deleted.
+    const V2: &str = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d";
+    let mut v2 = pod(
+        "api-7f8e9d0c1b-fghij",
+        V2,
+        "api-v2",
+        "worker-a",
+        "10.244.1.12",
+    );
+    v2["metadata"]["resourceVersion"] = json!("5000");
+    server.event(PODS, "ADDED", v2);
+    let mut rolled = api_slice(vec![
+        pod_endpoint(
+            "api-7f8e9d0c1b-fghij",
+            V2,
+            "10.244.1.12",
+            "worker-a",
+            "eu-west-1a",
+            true,
+        ),
+        pod_endpoint(
+            "api-canary-5b7f9-xyz12",
+            C1,
+            "10.244.2.7",
+            "worker-b",
+            "eu-west-1b",
+            true,
+        ),
+    ]);
+    rolled["metadata"]["resourceVersion"] = json!("5001");
+    server.event(SLICES, "MODIFIED", rolled);
+    let mut old = pod("api-6d4cf56db6-abcde", A1, "api", "worker-a", "10.244.1.5");
+    old["metadata"]["resourceVersion"] = json!("5002");
+    server.event(PODS, "DELETED", old);
+    until(start, &mut sets, "the rolled-out identity", |s| {
+        s.as_ref().is_some_and(|s| {
+            addresses_and_identities(s)
+                == BTreeMap::from([
+                    ("10.244.1.12:8080".to_owned(), id("api-v2")),
+                    ("10.244.2.7:8080".to_owned(), id("api-canary")),
+                ])
+        })
+    })
+    .await;
+
+    // A Pod that finishes leaves the watch (the API server sends it as
+    // deleted once it no longer matches the field selector): its endpoint goes.
+    let mut done = pod(
+        "api-canary-5b7f9-xyz12",
+        C1,
+        "api-canary",
+        "worker-b",
+        "10.244.2.7",
+    );
+    done["metadata"]["resourceVersion"] = json!("5003");
+    server.event(PODS, "DELETED", done);
+    until(
+        start,
+        &mut sets,
+        "the finished pod's endpoint withdrawn",
+        |s| {
+            s.as_ref().is_some_and(|s| {
+                addresses_and_identities(s)
+                    == BTreeMap::from([("10.244.1.12:8080".to_owned(), id("api-v2"))])
+            })
+        },
+    )
+    .await;
+    served.abort();
+    // Identity is read, never written: the only writes are statuses.
+    let writes = server.writes();
+    assert!(
+        writes.iter().all(|w| w.path.ends_with("/status")),
+        "{writes:#?}"
+    );
 }
