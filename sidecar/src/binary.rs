@@ -13,8 +13,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::{
-    AllowRule, Breakers, DiscoverySource, Inbound, Locality, Rules, Sidecar, SidecarConfig,
-    Timeouts, Upstream,
+    AllowRule, Breakers, DiscoverySource, Inbound, Locality, Plaintext, PlaintextPorts, PortPolicy,
+    Rules, Sidecar, SidecarConfig, Timeouts, TransparentInbound, Upstream,
 };
 
 /// Meshfed sidecar: mTLS, locality-aware balancing and failover for one workload.
@@ -67,7 +67,20 @@ struct RunArgs {
     /// An inbound port, LISTEN=APP (bare LISTEN port: 0.0.0.0; bare APP port: 127.0.0.1). Repeatable.
     #[arg(long = "inbound", env = "MESHFED_INBOUND", value_delimiter = ' ')]
     inbound: Vec<Inbound>,
-    /// Only these identities may call an inbound port: PORT=ID[,ID...]. Without it, any mesh identity may. Repeatable.
+    /// The listener iptables redirects inbound TCP to (init-iptables --inbound-proxy-port): each connection goes on to the app at the port the caller dialled.
+    #[arg(long, env = "MESHFED_INBOUND_TRANSPARENT")]
+    inbound_transparent: Option<SocketAddr>,
+    /// What callers outside the mesh (no TLS) get on a port behind --inbound-transparent: permissive (passed to the app, no caller ID) or strict (closed).
+    #[arg(long, env = "MESHFED_INBOUND_POLICY", default_value_t = Plaintext::Permissive)]
+    inbound_policy: Plaintext,
+    /// A port's own plaintext policy, PORT=strict|permissive: an app port behind --inbound-transparent, or an --inbound listen port (strict unless named). Repeatable.
+    #[arg(
+        long = "inbound-port-policy",
+        env = "MESHFED_INBOUND_PORT_POLICY",
+        value_delimiter = ' '
+    )]
+    inbound_port_policies: Vec<PortPolicy>,
+    /// Only these identities may call an inbound port: PORT=ID[,ID...] (an --inbound listen port, or an app port behind --inbound-transparent). Without it, any mesh identity may. Repeatable.
     #[arg(long = "allow", env = "MESHFED_ALLOW", value_delimiter = ' ')]
     allow: Vec<AllowRule>,
     /// Admin listener (/live, /ready, /metrics).
@@ -105,10 +118,12 @@ struct RunArgs {
 }
 
 /// Installs the nat rules that send this network namespace's outbound TCP
-/// to the sidecar (run as root / NET_ADMIN before the app starts).
+/// (and, with --inbound-proxy-port, its inbound TCP) to the sidecar (run as
+/// root / NET_ADMIN before the app starts).
 ///
-/// Example:
-///   meshfed-sidecar init-iptables --proxy-port 4140 --proxy-uid 2102
+/// Example (outbound to 4140; inbound to 4143, but for port 22):
+///   meshfed-sidecar init-iptables --proxy-port 4140 --proxy-uid 2102 \
+///     --inbound-proxy-port 4143 --inbound-skip-port 22
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 struct IptablesArgs {
@@ -127,6 +142,16 @@ struct IptablesArgs {
     /// Destination ports never intercepted. Repeatable.
     #[arg(long = "exclude-port")]
     exclude_ports: Vec<u16>,
+    /// The sidecar's --inbound-transparent port: inbound TCP is redirected
+    /// there (nat PREROUTING). Without it, inbound is left alone.
+    #[arg(long)]
+    inbound_proxy_port: Option<u16>,
+    /// The sidecar's --admin-listen port, never intercepted inbound.
+    #[arg(long, default_value_t = 9904)]
+    admin_port: u16,
+    /// Inbound destination ports never intercepted (besides the sidecar's own). Repeatable.
+    #[arg(long = "inbound-skip-port", requires = "inbound_proxy_port")]
+    skip_inbound_ports: Vec<u16>,
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
@@ -168,12 +193,26 @@ fn init_iptables(a: IptablesArgs) -> anyhow::Result<()> {
         proxy_mark: a.proxy_mark,
         exclude_cidrs: a.exclude_cidrs,
         exclude_ports: a.exclude_ports,
+        inbound_port: a.inbound_proxy_port,
+        admin_port: a.admin_port,
+        skip_inbound_ports: a.skip_inbound_ports,
     };
     if a.dry_run {
+        rules.check()?;
         for r in rules.chain_rules() {
             println!("iptables -t nat {}", r.join(" "));
         }
         println!("iptables -t nat -A OUTPUT -p tcp -j {}", crate::CHAIN);
+        let inbound = rules.inbound_rules();
+        for r in &inbound {
+            println!("iptables -t nat {}", r.join(" "));
+        }
+        if !inbound.is_empty() {
+            println!(
+                "iptables -t nat -A PREROUTING -p tcp -j {}",
+                crate::INBOUND_CHAIN
+            );
+        }
         return Ok(());
     }
     rules.apply()?;
@@ -192,6 +231,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         upstreams: a.upstreams,
         transparent: a.transparent_listen,
         inbound: a.inbound,
+        transparent_inbound: a.inbound_transparent.map(|listen| TransparentInbound {
+            listen,
+            allow: Default::default(),
+            plaintext: a.inbound_policy,
+        }),
+        plaintext_ports: PlaintextPorts::default(),
         timeouts: Timeouts {
             connect: a.connect_timeout,
             request: a.request_timeout,
@@ -207,9 +252,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         mark: a.mark,
     };
     config.apply_allow(a.allow)?;
+    config.apply_port_policies(a.inbound_port_policies)?;
     config.validate()?;
-    if config.upstreams.is_empty() && config.transparent.is_none() && config.inbound.is_empty() {
-        bail!("nothing to do: give --upstream, --transparent-listen or --inbound");
+    if config.upstreams.is_empty()
+        && config.transparent.is_none()
+        && config.inbound.is_empty()
+        && config.transparent_inbound.is_none()
+    {
+        bail!(
+            "nothing to do: give --upstream, --transparent-listen, --inbound or --inbound-transparent"
+        );
     }
     let creds = a.credentials.load().await?;
     let controller_id = match a.controller_id {
@@ -235,6 +287,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     tracing::info!(
         inbound = ?bound.inbound_addrs(),
         transparent = ?bound.transparent_addr(),
+        transparent_inbound = ?bound.transparent_inbound_addr(),
         "sidecar serving"
     );
     bound

@@ -2,6 +2,7 @@
 //! and go out, who may call it, and how patient the proxy is. Parsed and
 //! checked before any port is bound.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
@@ -137,6 +138,95 @@ impl FromStr for Inbound {
     }
 }
 
+/// What an inbound port does with a caller whose first bytes are not a TLS
+/// ClientHello (a caller outside the mesh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Plaintext {
+    /// Passed to the app as it is: bytes copied, HTTP served with no caller
+    /// ID (any `meshfed-client-id` it wrote is dropped).
+    #[default]
+    Permissive,
+    /// Refused: the connection is closed.
+    Strict,
+}
+
+impl Plaintext {
+    /// `permissive` or `strict`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permissive => "permissive",
+            Self::Strict => "strict",
+        }
+    }
+}
+
+impl fmt::Display for Plaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Plaintext {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "permissive" => Ok(Self::Permissive),
+            "strict" => Ok(Self::Strict),
+            _ => Err(ConfigError::Invalid(format!(
+                "{s:?}: expected strict or permissive"
+            ))),
+        }
+    }
+}
+
+/// A per-port plaintext policy: `PORT=strict|permissive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// An explicit inbound listen port, or an app port reached through the
+    /// inbound transparent listener.
+    pub port: u16,
+    /// What plaintext callers get there.
+    pub policy: Plaintext,
+}
+
+impl FromStr for PortPolicy {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::Invalid(format!("{s:?}: expected PORT=strict|permissive"));
+        let (port, policy) = s.split_once('=').ok_or_else(bad)?;
+        Ok(Self {
+            port: port.parse().map_err(|_| bad())?,
+            policy: policy.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Inbound interception: iptables redirects the pod's inbound TCP to
+/// `listen`; each connection goes on to the app at the port it was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransparentInbound {
+    /// The listener iptables redirects to (`init-iptables --inbound-proxy-port`).
+    pub listen: SocketAddr,
+    /// Who may call each app port; a port not named admits any mesh identity.
+    pub allow: BTreeMap<u16, Allow>,
+    /// Plaintext on a port not named in `ports`.
+    pub plaintext: Plaintext,
+}
+
+/// Plaintext policies: an explicit inbound port is strict unless named
+/// here; a transparent one follows its sidecar's default unless named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlaintextPorts(BTreeMap<u16, Plaintext>);
+
+impl PlaintextPorts {
+    /// The policy of `port`, `default` when it has none of its own.
+    pub fn of(&self, port: u16, default: Plaintext) -> Plaintext {
+        self.0.get(&port).copied().unwrap_or(default)
+    }
+}
+
 /// An allow-list entry: `LISTEN-PORT=ID[,ID...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
@@ -246,6 +336,10 @@ pub struct SidecarConfig {
     pub transparent: Option<SocketAddr>,
     /// Inbound ports.
     pub inbound: Vec<Inbound>,
+    /// The listener iptables redirects the pod's inbound TCP to.
+    pub transparent_inbound: Option<TransparentInbound>,
+    /// Per-port plaintext policies (`--inbound-port-policy`).
+    pub plaintext_ports: PlaintextPorts,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Circuit breakers.
@@ -256,22 +350,40 @@ pub struct SidecarConfig {
 }
 
 impl SidecarConfig {
-    /// Attaches allow rules to the inbound ports they name.
+    /// Attaches allow rules to the inbound ports they name: an explicit
+    /// listen port, else an app port behind the inbound transparent listener.
     pub fn apply_allow(&mut self, rules: Vec<AllowRule>) -> Result<(), ConfigError> {
         for rule in rules {
-            let inbound = self
+            let explicit = self
                 .inbound
                 .iter_mut()
                 .find(|i| i.listen.port() == rule.port)
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "--allow names port {}, which no --inbound listens on",
-                        rule.port
-                    ))
-                })?;
-            match &mut inbound.allow {
-                Allow::Mesh => inbound.allow = Allow::Only(rule.ids),
+                .map(|i| &mut i.allow);
+            let allow = match (explicit, &mut self.transparent_inbound) {
+                (Some(allow), _) => allow,
+                (None, Some(t)) => t.allow.entry(rule.port).or_default(),
+                (None, None) => return Err(no_such_port("--allow", rule.port)),
+            };
+            match allow {
+                Allow::Mesh => *allow = Allow::Only(rule.ids),
                 Allow::Only(ids) => ids.extend(rule.ids),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets per-port plaintext policies; each must name an inbound port.
+    pub fn apply_port_policies(&mut self, policies: Vec<PortPolicy>) -> Result<(), ConfigError> {
+        for p in policies {
+            let explicit = self.inbound.iter().any(|i| i.listen.port() == p.port);
+            if !explicit && self.transparent_inbound.is_none() {
+                return Err(no_such_port("--inbound-port-policy", p.port));
+            }
+            if self.plaintext_ports.0.insert(p.port, p.policy).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "--inbound-port-policy names port {} twice",
+                    p.port
+                )));
             }
         }
         Ok(())
@@ -285,6 +397,7 @@ impl SidecarConfig {
             .iter()
             .map(|u| u.listen)
             .chain(self.transparent)
+            .chain(self.transparent_inbound.as_ref().map(|t| t.listen))
             .chain(self.inbound.iter().map(|i| i.listen));
         for addr in listens {
             if addr.port() != 0 && !seen.insert(addr) {
@@ -309,6 +422,12 @@ pub enum ConfigError {
     /// A value is malformed or contradicts another.
     #[error("{0}")]
     Invalid(String),
+}
+
+fn no_such_port(flag: &str, port: u16) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "{flag} names port {port}, which no --inbound listens on (and there is no --inbound-transparent)"
+    ))
 }
 
 fn addr_or_port(s: &str, default_ip: IpAddr) -> Result<SocketAddr, ConfigError> {
@@ -366,6 +485,56 @@ mod tests {
         assert!(!c.inbound[0].allow.permits(&other));
         let stray: AllowRule = "9999=spiffe://td/ns/a/sa/b".parse().expect("rule");
         assert!(c.apply_allow(vec![stray]).is_err());
+    }
+
+    #[test]
+    fn transparent_ports_take_allow_rules_and_policies_by_app_port() {
+        let mut c = SidecarConfig {
+            inbound: vec!["4143=8080".parse().expect("inbound")],
+            ..SidecarConfig::default()
+        };
+        let strict: PortPolicy = "9090=strict".parse().expect("policy");
+        let err = c
+            .apply_port_policies(vec![strict])
+            .expect_err("no such port");
+        assert!(
+            err.to_string()
+                .starts_with("--inbound-port-policy names port 9090"),
+            "{err}"
+        );
+        c.transparent_inbound = Some(TransparentInbound {
+            listen: "0.0.0.0:4144".parse().expect("addr"),
+            allow: BTreeMap::new(),
+            plaintext: Plaintext::Permissive,
+        });
+        c.apply_port_policies(vec![strict, "4143=permissive".parse().expect("policy")])
+            .expect("applies");
+        assert_eq!(
+            c.plaintext_ports.of(9090, Plaintext::Permissive),
+            Plaintext::Strict
+        );
+        assert_eq!(
+            c.plaintext_ports.of(4143, Plaintext::Strict),
+            Plaintext::Permissive
+        );
+        assert_eq!(
+            c.plaintext_ports.of(8080, Plaintext::Strict),
+            Plaintext::Strict
+        );
+        assert!(c.apply_port_policies(vec![strict]).is_err(), "twice");
+        let rule: AllowRule = "8080=spiffe://td/ns/web/sa/frontend".parse().expect("rule");
+        c.apply_allow(vec![rule]).expect("applies");
+        let t = c.transparent_inbound.as_ref().expect("transparent");
+        let id = SpiffeId::parse("spiffe://td/ns/web/sa/frontend").expect("id");
+        assert_eq!(t.allow.get(&8080), Some(&Allow::Only(vec![id])));
+        assert_eq!(c.inbound[0].allow, Allow::Mesh, "4143 keeps its own");
+        for bad in ["8080", "8080=open", "x=strict", "70000=strict"] {
+            let err = bad.parse::<PortPolicy>().expect_err(bad);
+            assert!(
+                err.to_string().contains("expected PORT=strict|permissive"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,26 +1,36 @@
-//! Inbound: mesh callers reach the app. Each connection must finish a mesh
-//! mTLS handshake (the workload's current certificate, renewed underneath
-//! by the identity client) with a client certificate of the trust domain;
-//! the caller's SPIFFE ID is then checked against the port's allow-list.
-//! HTTP/2 from another sidecar is served per request and forwarded to the
-//! app in the protocol the caller's app spoke, with the caller's ID in
-//! `meshfed-client-id`; anything else is copied to the app as bytes —
-//! except HTTP arriving that way (an app that waited before its first
-//! request, a caller without a sidecar), which is served as HTTP too, so
-//! the app never sees an ID header the caller wrote itself. That is also
-//! how an HTTP/1.1 upgrade (WebSocket) arrives: it gets a connection to
-//! the app of its own, joined to the caller's once the app says `101`.
+//! Inbound: callers reach the app, on an explicit inbound port or through
+//! the inbound transparent listener (iptables redirects the pod's inbound
+//! TCP there; the app port is the one the caller dialled, SO_ORIGINAL_DST).
+//! The two differ only in how the app port is found; each connection is
+//! then served the same way. A caller whose first bytes are a TLS
+//! ClientHello must finish a mesh mTLS handshake (the workload's current
+//! certificate, renewed underneath by the identity client) with a client
+//! certificate of the trust domain; its SPIFFE ID is then checked against
+//! the port's allow-list. HTTP/2 from another sidecar is served per
+//! request and forwarded to the app in the protocol the caller's app
+//! spoke, with the caller's ID in `meshfed-client-id`; anything else is
+//! copied to the app as bytes — except HTTP arriving that way (an app that
+//! waited before its first request, a caller without a sidecar), which is
+//! served as HTTP too, so the app never sees an ID header the caller wrote
+//! itself. That is also how an HTTP/1.1 upgrade (WebSocket) arrives: it
+//! gets a connection to the app of its own, joined to the caller's once the
+//! app says `101`. Any other caller is plaintext, from outside the mesh:
+//! the port's policy refuses it (strict) or passes it on the same way with
+//! no caller ID at all (permissive).
 
+mod app;
+mod hello;
+
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshfed_trust::{CredentialsWatch, SpiffeId, peer_id, server_config};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,59 +39,87 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::body::{Body, boxed, error_response};
-use crate::config::{Allow, Inbound};
+use crate::config::{Allow, Inbound, Plaintext, PlaintextPorts, TransparentInbound};
 use crate::connect::ALPN_H2;
 use crate::dest::Shared;
-use crate::metrics::{DestLabels, Direction, Reason, RefusedLabels};
+use crate::io::Prefixed;
+use crate::metrics::{DestLabels, Direction, Outcome, PlaintextLabels, Reason};
 use crate::opaque::{Opaque, opaque};
 use crate::outbound::detect::Protocol;
-use crate::outbound::{CLIENT_ID, End, ORIG_PROTO, counted};
+use crate::outbound::{CLIENT_ID, End, ORIG_PROTO, counted, original_dst};
 use crate::trace::TraceContext;
 use crate::upgrade;
+use app::AppPort;
+use hello::{First, sniff};
 
-/// One inbound port.
-#[derive(Clone)]
+/// How a connection's app port is found.
+#[derive(Debug)]
+enum Apps {
+    /// An explicit inbound port: one app port.
+    Fixed(Arc<AppPort>),
+    /// The inbound transparent listener: the port the caller dialled, on
+    /// the address it arrived at (this pod's own: never anywhere else).
+    Original {
+        allow: BTreeMap<u16, Allow>,
+        plaintext: Plaintext,
+        policies: PlaintextPorts,
+        /// Made on first use; at most one per port of this pod.
+        ports: Mutex<HashMap<SocketAddr, Arc<AppPort>>>,
+    },
+}
+
+/// One inbound listener.
 pub(crate) struct InboundPort {
-    port: u16,
-    label: String,
-    app: SocketAddr,
-    allow: Allow,
+    apps: Apps,
     acceptor: TlsAcceptor,
-    h1: Client<AppConnector, Body>,
-    h2: Client<AppConnector, Body>,
     shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for InboundPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboundPort")
-            .field("port", &self.port)
-            .field("app", &self.app)
-            .field("allow", &self.allow)
+            .field("apps", &self.apps)
             .finish_non_exhaustive()
     }
 }
 
 impl InboundPort {
-    pub(crate) fn new(
+    /// An explicit inbound port, listening on `port`.
+    pub(crate) fn explicit(
         cfg: &Inbound,
         port: u16,
+        policies: &PlaintextPorts,
         creds: CredentialsWatch,
         shared: Arc<Shared>,
     ) -> Self {
+        // Only the mesh knows an explicit port: strict unless named.
+        let plaintext = policies.of(port, Plaintext::Strict);
+        let app = AppPort::new(port, cfg.app, cfg.allow.clone(), plaintext, shared.clone());
+        Self::new(Apps::Fixed(Arc::new(app)), creds, shared)
+    }
+
+    /// The inbound transparent listener.
+    pub(crate) fn transparent(
+        cfg: &TransparentInbound,
+        policies: PlaintextPorts,
+        creds: CredentialsWatch,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let apps = Apps::Original {
+            allow: cfg.allow.clone(),
+            plaintext: cfg.plaintext,
+            policies,
+            ports: Mutex::default(),
+        };
+        Self::new(apps, creds, shared)
+    }
+
+    fn new(apps: Apps, creds: CredentialsWatch, shared: Arc<Shared>) -> Self {
         let mut tls = server_config(creds);
         tls.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let connector = AppConnector(cfg.app);
         Self {
-            port,
-            label: format!("port/{port}"),
-            app: cfg.app,
-            allow: cfg.allow.clone(),
+            apps,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
-            h1: Client::builder(TokioExecutor::new()).build(connector),
-            h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector),
             shared,
         }
     }
@@ -103,21 +141,65 @@ impl InboundPort {
         }
     }
 
-    fn refused(&self, reason: Reason) {
-        self.shared
-            .metrics
-            .refused
-            .get_or_create(&RefusedLabels {
-                port: self.port,
-                reason,
-            })
-            .inc();
+    /// The app port `tcp` is for.
+    fn app_port(&self, tcp: &TcpStream) -> std::io::Result<Arc<AppPort>> {
+        let (allow, plaintext, policies, ports) = match &self.apps {
+            Apps::Fixed(app) => return Ok(app.clone()),
+            Apps::Original {
+                allow,
+                plaintext,
+                policies,
+                ports,
+            } => (allow, *plaintext, policies, ports),
+        };
+        let local = tcp.local_addr()?;
+        let original = original_dst(tcp)?;
+        if original == local {
+            // Not redirected: the caller dialled this listener itself.
+            return Err(std::io::Error::other(
+                "dialled the inbound transparent listener itself",
+            ));
+        }
+        // The pod's own address, so the forward is never a relay elsewhere.
+        let app = SocketAddr::new(local.ip(), original.port());
+        let mut ports = ports.lock().expect("inbound ports lock");
+        let port = ports.entry(app).or_insert_with(|| {
+            let p = original.port();
+            Arc::new(AppPort::new(
+                p,
+                app,
+                allow.get(&p).cloned().unwrap_or_default(),
+                policies.of(p, plaintext),
+                self.shared.clone(),
+            ))
+        });
+        Ok(port.clone())
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+    async fn connection(self: Arc<Self>, mut tcp: TcpStream, remote: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         if let Err(e) = crate::connect::keep_alive(&tcp, self.shared.timeouts.liveness) {
             tracing::debug!(%remote, error = %e, "no keepalive on the inbound connection");
+        }
+        let app = match self.app_port(&tcp) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "inbound connection without an app port; closed");
+                return;
+            }
+        };
+        let (first, prefix) = match sniff(&mut tcp, self.shared.timeouts.detect).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "inbound connection failed before a byte");
+                return;
+            }
+        };
+        let tcp = Prefixed::new(prefix, tcp);
+        if first == First::Plaintext {
+            app.plaintext(tcp, remote).await;
+            return;
         }
         let handshake =
             tokio::time::timeout(self.shared.timeouts.handshake, self.acceptor.accept(tcp)).await;
@@ -125,40 +207,78 @@ impl InboundPort {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::info!(%remote, error = %e, "inbound caller refused: no valid mesh certificate");
-                self.refused(Reason::Handshake);
+                app.refused(Reason::Handshake);
                 return;
             }
             Err(_) => {
-                self.refused(Reason::Handshake);
+                app.refused(Reason::Handshake);
                 return;
             }
         };
         let (_, conn) = tls.get_ref();
         let Some(caller) = peer_id(conn.peer_certificates()) else {
-            self.refused(Reason::Handshake);
+            app.refused(Reason::Handshake);
             return;
         };
         let h2 = conn.alpn_protocol() == Some(ALPN_H2);
-        let allowed = self.allow.permits(&caller);
+        let allowed = app.allow.permits(&caller);
         if !allowed {
-            tracing::info!(%remote, %caller, port = self.port, "inbound caller refused: identity not allowed");
-            self.refused(Reason::Forbidden);
+            tracing::info!(%remote, %caller, port = app.port, "inbound caller refused: identity not allowed");
+            app.refused(Reason::Forbidden);
             if !h2 {
                 return;
             }
         }
         if h2 {
-            self.serve_http(tls, caller, allowed, false).await;
+            app.serve_http(tls, Some(caller), allowed, false).await;
             return;
         }
-        let app = match TcpStream::connect(self.app).await {
+        app.copy(tls, Some(caller), remote).await;
+    }
+}
+
+// === impl AppPort ===
+
+impl AppPort {
+    /// A caller outside the mesh: refused, or passed on as it is with no
+    /// caller ID.
+    async fn plaintext(self: Arc<Self>, io: Prefixed<TcpStream>, remote: SocketAddr) {
+        // An allow-list names identities; a plaintext caller has none.
+        let served = self.plaintext == Plaintext::Permissive && self.allow == Allow::Mesh;
+        self.shared
+            .metrics
+            .plaintext
+            .get_or_create(&PlaintextLabels {
+                port: self.port,
+                policy: self.plaintext,
+                outcome: if served {
+                    Outcome::served
+                } else {
+                    Outcome::refused
+                },
+            })
+            .inc();
+        if !served {
+            tracing::info!(%remote, port = self.port, policy = %self.plaintext, "inbound plaintext caller refused");
+            self.refused(Reason::Plaintext);
+            return;
+        }
+        self.copy(io, None, remote).await;
+    }
+
+    /// Copies an opaque connection to the app; HTTP found on it is served
+    /// as HTTP, with `caller`'s ID (none for plaintext).
+    async fn copy<S>(self: Arc<Self>, io: S, caller: Option<SpiffeId>, remote: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = match self.dial().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(app = %self.app, error = %e, "app unreachable");
                 return;
             }
         };
-        let _ = app.set_nodelay(true);
         let labels = (
             Direction::inbound,
             self.label.as_str(),
@@ -169,32 +289,42 @@ impl InboundPort {
             self.shared
                 .metrics
                 .tcp_connections
-                .get_or_create(&DestLabels {
-                    direction: Direction::inbound,
-                    service: self.label.clone(),
-                    cluster: self.shared.cluster.clone(),
-                    zone: String::new(),
-                })
+                .get_or_create(&self.dest_labels())
                 .inc();
         };
-        match opaque(tls, app, counted_connection).await {
+        match opaque(io, app, counted_connection).await {
             Opaque::Copied(Ok(_)) => {}
             Opaque::Copied(Err(e)) => {
                 tracing::debug!(%remote, error = %e, "opaque connection ended");
             }
             Opaque::Http(protocol, io) => {
-                // Served as HTTP, so the app gets the caller's real ID.
-                tracing::debug!(%remote, %caller, ?protocol, "HTTP on an opaque connection");
+                // Served as HTTP, so the app gets the caller's real ID (or none).
+                tracing::debug!(%remote, caller = %Who(caller.as_ref()), ?protocol, "HTTP on an opaque connection");
                 let h1 = protocol == Protocol::Http1;
-                self.serve_http(io, caller, allowed, h1).await;
+                self.serve_http(io, caller, true, h1).await;
             }
         }
     }
 
+    fn dest_labels(&self) -> DestLabels {
+        DestLabels {
+            direction: Direction::inbound,
+            service: self.label.clone(),
+            cluster: self.shared.cluster.clone(),
+            zone: String::new(),
+        }
+    }
+
     /// Serves a connection's HTTP requests (`h1`: HTTP/1 straight from the
-    /// caller; otherwise HTTP/2 from a sidecar).
-    async fn serve_http<S>(self: Arc<Self>, io: S, caller: SpiffeId, allowed: bool, h1: bool)
-    where
+    /// caller; otherwise HTTP/2 from a sidecar, or h2c from outside the
+    /// mesh); `caller` is `None` for plaintext.
+    async fn serve_http<S>(
+        self: Arc<Self>,
+        io: S,
+        caller: Option<SpiffeId>,
+        allowed: bool,
+        h1: bool,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let me = self.clone();
@@ -207,7 +337,10 @@ impl InboundPort {
                 req.headers_mut()
                     .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
             }
-            async move { Ok::<_, Infallible>(me.request(req, &caller, allowed).await) }
+            async move {
+                let resp = me.request(req, (*caller).as_ref(), allowed).await;
+                Ok::<_, Infallible>(resp)
+            }
         });
         let io = TokioIo::new(io);
         let served = if h1 {
@@ -228,7 +361,7 @@ impl InboundPort {
     async fn request(
         &self,
         req: Request<Incoming>,
-        caller: &SpiffeId,
+        caller: Option<&SpiffeId>,
         allowed: bool,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -237,7 +370,7 @@ impl InboundPort {
         let span = tracing::info_span!(
             "inbound",
             port = self.port,
-            caller = %caller,
+            caller = %Who(caller),
             trace_id = %trace.trace_id,
             span_id = %trace.span_id,
         );
@@ -246,19 +379,12 @@ impl InboundPort {
         } else {
             error_response(
                 Reason::Forbidden,
-                &format!("{caller} may not call this port"),
+                &format!("{} may not call this port", Who(caller)),
             )
         };
-        self.shared.metrics.request(
-            DestLabels {
-                direction: Direction::inbound,
-                service: self.label.clone(),
-                cluster: self.shared.cluster.clone(),
-                zone: String::new(),
-            },
-            &resp,
-            started,
-        );
+        self.shared
+            .metrics
+            .request(self.dest_labels(), &resp, started);
         resp
     }
 
@@ -266,14 +392,17 @@ impl InboundPort {
         &self,
         mut parts: http::request::Parts,
         body: Incoming,
-        caller: &SpiffeId,
+        caller: Option<&SpiffeId>,
     ) -> Response<Body> {
         let h1 = parts
             .headers
             .remove(ORIG_PROTO)
             .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
+        // Only this sidecar says who called; a plaintext caller is no one.
         parts.headers.remove(CLIENT_ID);
-        if let Ok(v) = HeaderValue::from_str(&caller.to_string()) {
+        if let Some(caller) = caller
+            && let Ok(v) = HeaderValue::from_str(&caller.to_string())
+        {
             parts.headers.insert(CLIENT_ID, v);
         }
         if h1 {
@@ -327,11 +456,10 @@ impl InboundPort {
             tracing::warn!(app = %self.app, error = %e, "app upgrade failed");
             error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
         };
-        let app = match TcpStream::connect(self.app).await {
+        let app = match self.dial().await {
             Ok(a) => a,
             Err(e) => return unavailable(&e),
         };
-        let _ = app.set_nodelay(true);
         // The app gets the request as a client would send it: origin-form.
         let path = parts
             .uri
@@ -365,31 +493,14 @@ impl InboundPort {
     }
 }
 
-/// Dials the app whatever the request's authority says, so the authority
-/// the caller used reaches the app unchanged.
-#[derive(Debug, Clone, Copy)]
-struct AppConnector(SocketAddr);
+/// The caller as logs show it.
+struct Who<'a>(Option<&'a SpiffeId>);
 
-impl tower::Service<http::Uri> for AppConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<TokioIo<TcpStream>, std::io::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let addr = self.0;
-        Box::pin(async move {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            Ok(TokioIo::new(tcp))
-        })
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => id.fmt(f),
+            None => f.write_str("plaintext"),
+        }
     }
 }

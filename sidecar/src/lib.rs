@@ -8,7 +8,9 @@
 //! app ─► upstream port / transparent listener ─► detect ─┬─ HTTP: per request ─► pool (h2) ─┐
 //!                                                        └─ TCP: per connection ────────────┤
 //!        Dest: discovery stream ─► balancer (groups, P2C, outliers, failback hold)  ◄───────┘
-//! caller's sidecar / gateway ─► inbound port ─► mTLS + allow-list ─► app
+//! caller's sidecar / gateway ─► inbound port / inbound transparent listener
+//!        ─► TLS? ─┬─ mTLS + allow-list ─► app (caller's ID)
+//!                 └─ plaintext: port policy ─► app (no ID) or closed
 //! ```
 
 mod balance;
@@ -43,11 +45,11 @@ use tokio_util::task::TaskTracker;
 pub use binary::binary_main;
 pub use body::ERROR_HEADER;
 pub use config::{
-    Allow, AllowRule, Breakers, ConfigError, Inbound, Locality, ServiceTarget, SidecarConfig,
-    Timeouts, Upstream,
+    Allow, AllowRule, Breakers, ConfigError, Inbound, Locality, Plaintext, PlaintextPorts,
+    PortPolicy, ServiceTarget, SidecarConfig, Timeouts, TransparentInbound, Upstream,
 };
 pub use discovery::DiscoverySource;
-pub use iptables::{CHAIN, IptablesError, Rules};
+pub use iptables::{CHAIN, INBOUND_CHAIN, IptablesError, Rules};
 pub use metrics::{Metrics, Reason};
 pub use outbound::{CLIENT_ID, ORIG_PROTO};
 
@@ -123,11 +125,16 @@ impl Sidecar {
         for i in &self.config.inbound {
             inbound.push((i.clone(), bind(i.listen).await?));
         }
+        let transparent_inbound = match &self.config.transparent_inbound {
+            Some(t) => Some(bind(t.listen).await?),
+            None => None,
+        };
         Ok(Bound {
             sidecar: self,
             upstreams,
             transparent,
             inbound,
+            transparent_inbound,
         })
     }
 }
@@ -145,6 +152,7 @@ pub struct Bound {
     upstreams: Vec<(ServiceTarget, TcpListener)>,
     transparent: Option<TcpListener>,
     inbound: Vec<(Inbound, TcpListener)>,
+    transparent_inbound: Option<TcpListener>,
 }
 
 impl Bound {
@@ -159,6 +167,13 @@ impl Bound {
     /// The transparent listener's address.
     pub fn transparent_addr(&self) -> Option<SocketAddr> {
         self.transparent.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The inbound transparent listener's address.
+    pub fn transparent_inbound_addr(&self) -> Option<SocketAddr> {
+        self.transparent_inbound
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The inbound listeners' addresses, in configuration order.
@@ -177,6 +192,7 @@ impl Bound {
             upstreams,
             transparent,
             inbound,
+            transparent_inbound,
         } = self;
         let shared = sidecar.shared.clone();
         let mut accepting = Vec::new();
@@ -194,7 +210,25 @@ impl Bound {
             let port = listener
                 .local_addr()
                 .map_or(cfg.listen.port(), |a| a.port());
-            let p = InboundPort::new(&cfg, port, sidecar.creds.clone(), shared.clone());
+            let config = &sidecar.config;
+            let p = InboundPort::explicit(
+                &cfg,
+                port,
+                &config.plaintext_ports,
+                sidecar.creds.clone(),
+                shared.clone(),
+            );
+            accepting.push(tokio::spawn(p.serve(listener)));
+        }
+        if let (Some(listener), Some(cfg)) =
+            (transparent_inbound, &sidecar.config.transparent_inbound)
+        {
+            let p = InboundPort::transparent(
+                cfg,
+                sidecar.config.plaintext_ports.clone(),
+                sidecar.creds.clone(),
+                shared.clone(),
+            );
             accepting.push(tokio::spawn(p.serve(listener)));
         }
         sidecar.ready.set(true);

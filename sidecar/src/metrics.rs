@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::config::Plaintext;
+
 /// Why the sidecar answered a call itself (header `meshfed-error` and
 /// metric label), or refused an inbound caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +35,9 @@ pub enum Reason {
     /// The caller did not finish a mesh TLS handshake: no certificate, a
     /// certificate of another mesh, or none in time (inbound).
     Handshake,
+    /// The caller spoke plaintext where the port's policy is strict, or
+    /// the port has an allow-list, which no plaintext caller is on (inbound).
+    Plaintext,
 }
 
 impl Reason {
@@ -49,6 +54,7 @@ impl Reason {
             Reason::AppUnavailable => "app_unavailable",
             Reason::Forbidden => "forbidden",
             Reason::Handshake => "handshake",
+            Reason::Plaintext => "plaintext",
         }
     }
 
@@ -58,7 +64,7 @@ impl Reason {
         match self {
             Reason::RequestTimeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamReset | Reason::AppUnavailable => S::BAD_GATEWAY,
-            Reason::Forbidden | Reason::Handshake => S::FORBIDDEN,
+            Reason::Forbidden | Reason::Handshake | Reason::Plaintext => S::FORBIDDEN,
             _ => S::SERVICE_UNAVAILABLE,
         }
     }
@@ -139,6 +145,34 @@ pub struct RefusedLabels {
     pub reason: Reason,
 }
 
+impl EncodeLabelValue for Plaintext {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// What became of a plaintext inbound caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// Passed to the app.
+    served,
+    /// Closed.
+    refused,
+}
+
+/// A plaintext inbound caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PlaintextLabels {
+    /// The port it called: an explicit inbound listen port, or the app port
+    /// behind the inbound transparent listener.
+    pub port: u16,
+    /// The port's policy.
+    pub policy: Plaintext,
+    /// Served or refused.
+    pub outcome: Outcome,
+}
+
 /// Every metric the sidecar keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -150,6 +184,7 @@ pub struct Metrics {
     pub(crate) retries_refused: Family<ServiceLabels, Counter>,
     pub(crate) endpoint_failures: Family<ServiceLabels, Counter>,
     pub(crate) refused: Family<RefusedLabels, Counter>,
+    pub(crate) plaintext: Family<PlaintextLabels, Counter>,
     pub(crate) discovery_streams_up: Gauge,
     pub(crate) discovery_updates: Counter,
 }
@@ -199,6 +234,7 @@ impl Metrics {
             retries_refused: Family::default(),
             endpoint_failures: Family::default(),
             refused: Family::default(),
+            plaintext: Family::default(),
             discovery_streams_up: Gauge::default(),
             discovery_updates: Counter::default(),
         };
@@ -241,6 +277,11 @@ impl Metrics {
             "inbound_refused",
             "Inbound callers refused, by port and reason",
             m.refused.clone(),
+        );
+        r.register(
+            "inbound_plaintext",
+            "Inbound callers outside the mesh (no TLS), by port, policy and outcome",
+            m.plaintext.clone(),
         );
         r.register(
             "discovery_streams_up",

@@ -122,7 +122,7 @@ pub(crate) async fn serve_transparent(listener: TcpListener, router: Arc<Router>
 }
 
 /// The address the app dialled before iptables redirected it here.
-fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
+pub(crate) fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
     let sock = socket2::SockRef::from(tcp);
     let addr = if tcp.local_addr()?.is_ipv4() {
         sock.original_dst_v4()?

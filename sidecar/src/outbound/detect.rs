@@ -35,22 +35,41 @@ pub(crate) async fn detect<S: AsyncRead + Unpin>(
     io: &mut S,
     timeout: Duration,
 ) -> std::io::Result<Option<(Protocol, Bytes)>> {
-    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    first_bytes(io, timeout, H2_PREFACE.len(), verdict, Protocol::Opaque).await
+}
+
+/// Reads a peer's first bytes, at most `max` and until `timeout`, until
+/// `verdict` decides (it must once it has `max`); `otherwise` when the peer
+/// goes silent or closes first. Returns the bytes read (to be replayed);
+/// `None` when the peer closed without sending anything.
+pub(crate) async fn first_bytes<S, V>(
+    io: &mut S,
+    timeout: Duration,
+    max: usize,
+    verdict: impl Fn(&[u8]) -> Option<V>,
+    otherwise: V,
+) -> std::io::Result<Option<(V, Bytes)>>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(max);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match verdict(&buf) {
-            Some(p) => return Ok(Some((p, buf.freeze()))),
-            None => {
-                let mut chunk = [0u8; 24];
-                let want = H2_PREFACE.len() - buf.len();
-                match tokio::time::timeout_at(deadline, io.read(&mut chunk[..want])).await {
-                    Err(_) => return Ok(Some((Protocol::Opaque, buf.freeze()))),
-                    Ok(Ok(0)) if buf.is_empty() => return Ok(None),
-                    Ok(Ok(0)) => return Ok(Some((Protocol::Opaque, buf.freeze()))),
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                    Ok(Err(e)) => return Err(e),
-                }
-            }
+        if let Some(v) = verdict(&buf) {
+            return Ok(Some((v, buf.freeze())));
+        }
+        if buf.len() >= max {
+            return Ok(Some((otherwise, buf.freeze())));
+        }
+        // On the stack: the callers decide within 24 bytes.
+        let mut chunk = [0u8; 32];
+        let want = (max - buf.len()).min(chunk.len());
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk[..want])).await {
+            Err(_) => return Ok(Some((otherwise, buf.freeze()))),
+            Ok(Ok(0)) if buf.is_empty() => return Ok(None),
+            Ok(Ok(0)) => return Ok(Some((otherwise, buf.freeze()))),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
         }
     }
 }

@@ -8,3 +8,4 @@ mod protocols;
 mod resilience;
 mod support;
 mod transparent;
+mod transparent_inbound;

@@ -20,9 +20,43 @@ impl Netns {
     }
 
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        sh(&self.command(args))
+    }
+
+    /// Runs `args` in the namespace, whatever its exit status.
+    pub fn try_exec(&self, args: &[&str]) -> std::process::Output {
+        let all = self.command(args);
+        Command::new(all[0])
+            .args(&all[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{all:?}: {e}"))
+    }
+
+    fn command<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut all = vec!["ip", "netns", "exec", &self.0];
         all.extend(args);
-        sh(&all)
+        all
+    }
+
+    /// Runs `meshfed-sidecar init-iptables ARGS` here; `chain` as installed.
+    pub fn init_iptables(&self, args: &[&str], chain: &str) -> String {
+        let mut all = vec![env!("CARGO_BIN_EXE_meshfed-sidecar"), "init-iptables"];
+        all.extend(args);
+        self.exec(&all);
+        let listed = self.exec(&["iptables", "-t", "nat", "-S", chain]);
+        String::from_utf8_lossy(&listed.stdout).into_owned()
+    }
+
+    /// Joins this namespace to `peer` by a veth pair, `mine` here and
+    /// `theirs` there (addresses in one /24), both up.
+    pub fn veth(&self, peer: &Netns, mine: &str, theirs: &str) {
+        self.exec(&[
+            "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &peer.0,
+        ]);
+        for (ns, dev, addr) in [(self, "veth0", mine), (peer, "veth1", theirs)] {
+            ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ns.exec(&["ip", "link", "set", dev, "up"]);
+        }
     }
 
     /// Runs `work` on a runtime of its own, on a thread inside the namespace.

@@ -271,7 +271,12 @@ impl Drop for App {
 
 impl App {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        Self::start_on(name, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// The same, listening on `listen`.
+    pub async fn start_on(name: &str, listen: SocketAddr) -> Self {
+        let listener = TcpListener::bind(listen).await.expect("bind app");
         let addr = listener.local_addr().expect("addr");
         let name: Arc<str> = name.into();
         let task = tokio::spawn(async move {

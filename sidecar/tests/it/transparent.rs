@@ -32,17 +32,10 @@ fn curl_reaches_a_remote_service_by_its_cluster_ip() {
     ns.exec(&["ip", "link", "set", "svc1", "up"]);
     ns.exec(&["ip", "addr", "add", "10.244.0.2/24", "dev", "svc0"]);
     ns.exec(&["ip", "route", "add", "10.96.0.0/12", "dev", "svc0"]);
-    let rules = ns.exec(&[
-        env!("CARGO_BIN_EXE_meshfed-sidecar"),
-        "init-iptables",
-        "--proxy-port",
-        "4140",
-        "--proxy-mark",
-        "7",
-    ]);
-    assert!(rules.status.success());
-    let listed = ns.exec(&["iptables", "-t", "nat", "-S", meshfed_sidecar::CHAIN]);
-    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let listed = ns.init_iptables(
+        &["--proxy-port", "4140", "--proxy-mark", "7"],
+        meshfed_sidecar::CHAIN,
+    );
     assert!(listed.contains("REDIRECT --to-ports 4140"), "{listed}");
 
     // The whole federation runs on a thread inside the namespace.

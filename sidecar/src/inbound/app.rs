@@ -1,0 +1,108 @@
+//! The app side of an inbound port: where the app serves, who may call it
+//! there, what plaintext callers get, and the connections to it (marked,
+//! so the pod's interception rules let them pass).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::config::{Allow, Plaintext};
+use crate::connect::Connector;
+use crate::dest::Shared;
+use crate::metrics::{Reason, RefusedLabels};
+
+/// One app port, as callers reach it: an explicit inbound port, or a port
+/// of the app reached through the inbound transparent listener.
+#[derive(Clone)]
+pub(crate) struct AppPort {
+    /// The port callers dialled: the explicit listen port, or the app's
+    /// port they were sent to (labels, policies, refusals).
+    pub(super) port: u16,
+    pub(super) label: String,
+    pub(super) app: SocketAddr,
+    pub(super) allow: Allow,
+    pub(super) plaintext: Plaintext,
+    pub(super) h1: Client<AppConnector, Body>,
+    pub(super) h2: Client<AppConnector, Body>,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppPort")
+            .field("port", &self.port)
+            .field("app", &self.app)
+            .field("allow", &self.allow)
+            .field("plaintext", &self.plaintext)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppPort {
+    pub(super) fn new(
+        port: u16,
+        app: SocketAddr,
+        allow: Allow,
+        plaintext: Plaintext,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let connector = AppConnector(app, shared.connector.clone());
+        Self {
+            port,
+            label: format!("port/{port}"),
+            app,
+            allow,
+            plaintext,
+            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+            shared,
+        }
+    }
+
+    /// A connection to the app.
+    pub(super) async fn dial(&self) -> std::io::Result<TcpStream> {
+        self.shared.connector.tcp(self.app).await
+    }
+
+    pub(super) fn refused(&self, reason: Reason) {
+        self.shared
+            .metrics
+            .refused
+            .get_or_create(&RefusedLabels {
+                port: self.port,
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// Dials the app whatever the request's authority says, so the authority
+/// the caller used reaches the app unchanged.
+#[derive(Debug, Clone)]
+pub(crate) struct AppConnector(SocketAddr, Arc<Connector>);
+
+impl tower::Service<http::Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<TokioIo<TcpStream>, std::io::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let (addr, connector) = (self.0, self.1.clone());
+        Box::pin(async move { Ok(TokioIo::new(connector.tcp(addr).await?)) })
+    }
+}
