@@ -246,6 +246,21 @@ impl ClusterCa {
         public_key: &impl PublicKeyData,
         ttl: Duration,
     ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        self.issue_serving_leaf(id, &[], public_key, ttl)
+    }
+
+    /// [`ClusterCa::issue_leaf`] that also names `dns_names`, for a workload
+    /// that serves clients outside the mesh under a Service's DNS name (an
+    /// admission webhook called by the API server). Which names a workload
+    /// may hold is the identity service's rule ([`serving_names`]); this only
+    /// signs.
+    pub fn issue_serving_leaf(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        public_key: &impl PublicKeyData,
+        ttl: Duration,
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
         id.workload()?;
         if id.trust_domain() != &self.signer.trust_domain {
             return Err(CaError::ForeignTrustDomain {
@@ -260,6 +275,11 @@ impl ClusterCa {
             .distinguished_name
             .push(DnType::OrganizationName, "meshfed");
         params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.clone().try_into()?));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -451,4 +471,14 @@ fn invalid(path: &Path, reason: &str) -> CaError {
         path: path.into(),
         reason: reason.into(),
     }
+}
+
+/// The DNS names a workload may hold in its serving certificate: those of
+/// the Service named like its service account, in its own namespace
+/// (`<sa>.<ns>.svc` and `<sa>.<ns>.svc.cluster.local`), which is how the API
+/// server reaches a webhook. No other workload can be given them, since no
+/// other workload runs as that service account there.
+pub fn serving_names(namespace: &str, service_account: &str) -> [String; 2] {
+    let svc = format!("{service_account}.{namespace}.svc");
+    [svc.clone(), format!("{svc}.cluster.local")]
 }

@@ -42,6 +42,8 @@ pub struct CertInfo {
     pub is_ca: bool,
     /// Every URI SAN, as written.
     pub uri_sans: Vec<String>,
+    /// Every DNS SAN (serving certificates of webhooks carry them).
+    pub dns_sans: Vec<String>,
     /// SHA-256 of the DER, lowercase hex, colon separated.
     pub fingerprint_sha256: String,
     /// Whether subject and issuer are the same name (a root).
@@ -61,19 +63,19 @@ impl CertInfo {
             ));
         }
         let validity = cert.validity();
-        let uri_sans = match cert.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
-                .collect(),
+        let names = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san.value.general_names.clone(),
             Ok(None) => Vec::new(),
             Err(e) => return Err(CertError::Malformed(format!("subjectAltName: {e}"))),
         };
+        let (mut uri_sans, mut dns_sans) = (Vec::new(), Vec::new());
+        for name in names {
+            match name {
+                GeneralName::URI(u) => uri_sans.push(u.to_owned()),
+                GeneralName::DNSName(d) => dns_sans.push(d.to_owned()),
+                _ => {}
+            }
+        }
         let is_ca = match cert.basic_constraints() {
             Ok(bc) => bc.is_some_and(|bc| bc.value.ca),
             Err(e) => return Err(CertError::Malformed(format!("basicConstraints: {e}"))),
@@ -85,6 +87,7 @@ impl CertInfo {
             not_after: to_system_time(validity.not_after.timestamp()),
             is_ca,
             uri_sans,
+            dns_sans,
             fingerprint_sha256: fingerprint(der),
             self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
             spki_der: cert.public_key().raw.to_vec(),

@@ -59,6 +59,16 @@ impl CredentialArgs {
     /// Loads the credentials (asking the identity service for them if so
     /// configured; renewal then runs in the background).
     pub async fn load(&self) -> Result<CredentialsWatch, CredentialArgsError> {
+        self.load_serving(&[]).await
+    }
+
+    /// [`CredentialArgs::load`] for a workload that also serves clients
+    /// outside the mesh: certificates from the identity service carry
+    /// `dns_names` too (offline credentials are taken as they are).
+    pub async fn load_serving(
+        &self,
+        dns_names: &[String],
+    ) -> Result<CredentialsWatch, CredentialArgsError> {
         let flag = |flag: String, e: &dyn std::fmt::Display| CredentialArgsError::Flag {
             flag,
             reason: e.to_string(),
@@ -96,6 +106,7 @@ impl CredentialArgs {
                     id,
                     credential: CredentialSource::File(token.clone()),
                     bundle,
+                    dns_names: dns_names.to_vec(),
                 });
                 let (creds, _renewing) = client.start().await.map_err(|e| {
                     flag(

@@ -101,6 +101,10 @@ pub struct IdentityClientConfig {
     pub credential: CredentialSource,
     /// Roots to trust before the first answer (later answers carry the bundle).
     pub bundle: TrustBundle,
+    /// DNS names the certificate must carry besides the SPIFFE ID, for a
+    /// workload serving clients outside the mesh (see
+    /// [`crate::serving_names`]); usually none.
+    pub dns_names: Vec<String>,
 }
 
 /// Fetches a first certificate and keeps it fresh in the background.
@@ -164,7 +168,7 @@ impl IdentityClient {
     async fn fetch_inner(&self, bundles: &Arc<TrustBundle>) -> Result<Credentials, ClientError> {
         let cfg = &self.config;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let csr = csr_for(&cfg.id, &key)?;
+        let csr = csr_with_names(&cfg.id, &cfg.dns_names, &key)?;
         let credential = cfg.credential.read().await?;
         let channel = self.connect(bundles.clone()).await?;
         let resp = GrpcClient::new(channel)
@@ -201,6 +205,11 @@ impl IdentityClient {
                 creds.id(),
                 cfg.id
             )));
+        }
+        let info =
+            crate::cert::CertInfo::parse(&creds.chain()[0]).map_err(|e| bad(e.to_string()))?;
+        if let Some(missing) = cfg.dns_names.iter().find(|n| !info.dns_sans.contains(n)) {
+            return Err(bad(format!("certificate does not name {missing}")));
         }
         Ok(creds)
     }
@@ -247,9 +256,23 @@ impl IdentityClient {
 
 /// A CSR carrying exactly one URI SAN: the SPIFFE ID asked for.
 pub fn csr_for(id: &SpiffeId, key: &KeyPair) -> Result<Vec<u8>, rcgen::Error> {
+    csr_with_names(id, &[], key)
+}
+
+/// A CSR for `id` that also asks for the DNS names of a serving certificate.
+pub fn csr_with_names(
+    id: &SpiffeId,
+    dns_names: &[String],
+    key: &KeyPair,
+) -> Result<Vec<u8>, rcgen::Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+    for name in dns_names {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(name.clone().try_into()?));
+    }
     Ok(params.serialize_request(key)?.der().to_vec())
 }
 

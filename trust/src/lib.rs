@@ -28,7 +28,7 @@ pub use binary::binary_main;
 pub use bundle::{BundleError, TrustBundle};
 pub use ca::{
     CaError, ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
-    IssuedWorkload, KeyAlgorithm, RootCa, paths,
+    IssuedWorkload, KeyAlgorithm, RootCa, paths, serving_names,
 };
 pub use cert::{CertError, CertInfo, fingerprint, spiffe_id_of};
 pub use channel::mtls_channel;

@@ -29,6 +29,8 @@ use crate::tls::{Credentials, CredentialsWatch, bootstrap_server_config};
 pub const MAX_CSR_BYTES: usize = 4096;
 /// Largest credential accepted (ServiceAccount tokens are ~1 KiB).
 pub const MAX_CREDENTIAL_BYTES: usize = 8192;
+/// Most DNS names a serving certificate may ask for.
+const MAX_DNS_SANS: usize = 2;
 /// Largest gRPC message the service decodes.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
@@ -173,13 +175,23 @@ impl IdentityService {
                 Status::invalid_argument(format!("malformed csr: {e}")),
             )
         })?;
-        let asked = requested_id(&csr.params.subject_alt_names)
+        let (asked, dns_names) = requested(&csr.params.subject_alt_names)
             .map_err(|why| (Outcome::IdentityMismatch, Status::permission_denied(why)))?;
         if asked != expected {
             return Err((
                 Outcome::IdentityMismatch,
                 Status::permission_denied(format!(
                     "csr asks for {asked} but the credential proves {expected}"
+                )),
+            ));
+        }
+        let allowed = crate::ca::serving_names(&proven.namespace, &proven.service_account);
+        if let Some(name) = dns_names.iter().find(|n| !allowed.contains(n)) {
+            return Err((
+                Outcome::IdentityMismatch,
+                Status::permission_denied(format!(
+                    "csr asks for DNS name {name}, but {expected} may hold only {}",
+                    allowed.join(" and ")
                 )),
             ));
         }
@@ -195,7 +207,7 @@ impl IdentityService {
         }
         let chain = self
             .ca
-            .issue_leaf(&expected, &csr.public_key, self.leaf_ttl)
+            .issue_serving_leaf(&expected, &dns_names, &csr.public_key, self.leaf_ttl)
             .map_err(|e| {
                 (
                     Outcome::Internal,
@@ -226,16 +238,38 @@ impl IdentityService {
     }
 }
 
-/// The one SPIFFE ID a CSR asks for: exactly one SAN, a URI.
-fn requested_id(sans: &[SanType]) -> Result<SpiffeId, String> {
-    match sans {
-        [SanType::URI(uri)] => {
-            SpiffeId::parse(uri.as_str()).map_err(|e| format!("csr uri san: {e}"))
+/// What a CSR asks for: exactly one URI SAN, the SPIFFE ID, and the DNS
+/// names of a serving certificate (at most [`MAX_DNS_SANS`]), nothing else.
+fn requested(sans: &[SanType]) -> Result<(SpiffeId, Vec<String>), String> {
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    for san in sans {
+        match san {
+            SanType::URI(uri) => uris.push(uri.as_str()),
+            SanType::DnsName(name) => dns.push(name.as_str().to_owned()),
+            SanType::IpAddress(ip) => {
+                return Err(format!(
+                    "csr asks for IP address {ip}; only a URI and DNS names are allowed"
+                ));
+            }
+            _ => return Err("csr carries a SAN that is neither a URI nor a DNS name".into()),
         }
+    }
+    if dns.len() > MAX_DNS_SANS {
+        return Err(format!(
+            "csr asks for {} DNS names, at most {MAX_DNS_SANS} are allowed",
+            dns.len()
+        ));
+    }
+    match uris.as_slice() {
+        [uri] => Ok((
+            SpiffeId::parse(uri).map_err(|e| format!("csr uri san: {e}"))?,
+            dns,
+        )),
         [] => Err("csr carries no spiffe id (it needs exactly one URI SAN)".into()),
-        _ => Err(format!(
-            "csr must carry exactly one URI SAN and nothing else, found {} SANs",
-            sans.len()
+        many => Err(format!(
+            "csr must carry exactly one URI SAN, found {}",
+            many.len()
         )),
     }
 }

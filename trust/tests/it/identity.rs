@@ -33,13 +33,18 @@ fn identity_id() -> SpiffeId {
 }
 
 fn client(pki: &Pki, addr: SocketAddr, want: &str, token: &str) -> IdentityClient {
-    IdentityClient::new(IdentityClientConfig {
+    IdentityClient::new(client_config(pki, addr, want, token))
+}
+
+fn client_config(pki: &Pki, addr: SocketAddr, want: &str, token: &str) -> IdentityClientConfig {
+    IdentityClientConfig {
         addr: addr.to_string(),
         server_id: identity_id(),
         id: id(want),
         credential: CredentialSource::Token(token.into()),
         bundle: pki.ca.bundle().clone(),
-    })
+        dns_names: Vec::new(),
+    }
 }
 
 /// The real binary, killed on drop.
@@ -369,6 +374,114 @@ async fn handler_refuses_malformed_oversize_and_overreaching_csrs() {
     assert_eq!(metric(&text, "oversize"), 2, "{text}");
     assert_eq!(metric(&text, "identity_mismatch"), 3, "{text}");
     assert_eq!(metric(&text, "bad_credential"), 1, "{text}");
+}
+
+#[tokio::test]
+async fn a_serving_certificate_names_only_the_service_of_its_own_service_account() {
+    let pki = Pki::new(TD);
+    let (svc, registry) = service(&pki, Duration::from_secs(3600));
+    let api = || uri(&format!("spiffe://{TD}/ns/shop/sa/api"));
+    let dns = |n: &str| SanType::DnsName(n.try_into().expect("ia5"));
+
+    let answer = svc
+        .certify(tonic::Request::new(CertifyRequest {
+            csr_der: csr(vec![
+                api(),
+                dns("api.shop.svc"),
+                dns("api.shop.svc.cluster.local"),
+            ]),
+            credential: API_TOKEN.into(),
+        }))
+        .await
+        .expect("issued")
+        .into_inner();
+    let leaf = meshfed_trust::CertInfo::parse(&answer.cert_chain_der[0]).expect("leaf");
+    assert_eq!(leaf.uri_sans, [format!("spiffe://{TD}/ns/shop/sa/api")]);
+    assert_eq!(
+        leaf.dns_sans,
+        ["api.shop.svc", "api.shop.svc.cluster.local"]
+    );
+
+    for (sans, why) in [
+        (
+            vec![api(), dns("web.shop.svc")],
+            "another service account's Service",
+        ),
+        (vec![api(), dns("api.other.svc")], "another namespace"),
+        (
+            vec![api(), dns("kubernetes.default.svc")],
+            "the API server's name",
+        ),
+        (
+            vec![
+                api(),
+                dns("api.shop.svc"),
+                dns("api.shop.svc"),
+                dns("api.shop.svc"),
+            ],
+            "too many names",
+        ),
+        (vec![dns("api.shop.svc")], "no SPIFFE ID"),
+        (
+            vec![api(), SanType::IpAddress("10.0.0.1".parse().expect("ip"))],
+            "an IP address",
+        ),
+    ] {
+        let err = certify(&svc, csr(sans), API_TOKEN).await.expect_err(why);
+        assert_eq!(err.code(), Code::PermissionDenied, "{why}: {err:?}");
+    }
+    let err = certify(&svc, csr(vec![api(), dns("web.shop.svc")]), API_TOKEN)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.message(),
+        format!(
+            "csr asks for DNS name web.shop.svc, but spiffe://{TD}/ns/shop/sa/api may hold \
+             only api.shop.svc and api.shop.svc.cluster.local"
+        )
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert_eq!(metric(&text, "issued"), 1, "{text}");
+    assert_eq!(metric(&text, "identity_mismatch"), 7, "{text}");
+}
+
+#[tokio::test]
+async fn a_client_asking_for_dns_names_gets_and_renews_a_serving_certificate() {
+    let pki = Pki::new(TD);
+    let (addr, _task) = serve_in_process(&pki, Duration::from_secs(3), identity_id()).await;
+    let mut config = client_config(&pki, addr, "/ns/shop/sa/api", API_TOKEN);
+    config.dns_names = meshfed_trust::serving_names("shop", "api").to_vec();
+    let (mut creds, _renewal) = IdentityClient::new(config)
+        .start()
+        .await
+        .expect("first certificate");
+    let names = |c: &meshfed_trust::Credentials| {
+        meshfed_trust::CertInfo::parse(&c.chain()[0])
+            .expect("leaf")
+            .dns_sans
+    };
+    let first = creds.borrow_and_update().clone();
+    assert_eq!(
+        names(&first),
+        ["api.shop.svc", "api.shop.svc.cluster.local"]
+    );
+    tokio::time::timeout(Duration::from_secs(10), creds.changed())
+        .await
+        .expect("renewed within 10 s")
+        .expect("sender alive");
+    let second = creds.borrow_and_update().clone();
+    assert_ne!(second.chain()[0], first.chain()[0], "a new leaf");
+    assert_eq!(names(&second), names(&first), "renewals keep the names");
+
+    // A name the workload may not hold: the client refuses to start.
+    let mut config = client_config(&pki, addr, "/ns/shop/sa/api", API_TOKEN);
+    config.dns_names = vec!["web.shop.svc".into()];
+    let err = IdentityClient::new(config)
+        .start()
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("may hold only"), "{err}");
 }
 
 #[tokio::test]
