@@ -310,6 +310,36 @@ fn every_install_output_parses_strictly() {
         Some(deploy),
         "a second inject leaves the workload as it was"
     );
+    // Without meshfed.io/inbound, inbound is transparent: the Service keeps
+    // its targetPort, and the output still parses strictly.
+    let transparent_app = APP
+        .replace("        meshfed.io/inbound: \"4143=8080\"\n", "")
+        .replace("targetPort: 4143", "targetPort: 8080");
+    assert_ne!(transparent_app, APP);
+    std::fs::write(&app, &transparent_app).expect("write");
+    let docs = documents(&inject());
+    let deploy = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("deployment");
+    assert_strict("meshctl inject (transparent)", std::slice::from_ref(deploy));
+    let init = &deploy["spec"]["template"]["spec"]["initContainers"];
+    assert!(
+        init[0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "--inbound-proxy-port"),
+        "{init}"
+    );
+    assert!(
+        init[1]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "MESHFED_INBOUND_TRANSPARENT"),
+        "{init}"
+    );
     // A malformed upstream is refused, naming the annotation.
     std::fs::write(&app, APP.replace("db.data:5432=15001", "db:5432=15001")).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
