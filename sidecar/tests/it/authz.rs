@@ -1,11 +1,13 @@
 //! Inbound authorization: only a mesh certificate gets a connection to the
 //! app, and only an allowed identity gets a request through; HTTP slipped
-//! in on an opaque connection is served as HTTP, with the real caller's ID.
+//! in on an opaque connection is served as HTTP, with the real caller's ID;
+//! plaintext callers (outside the mesh) get what the port's policy says.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfed_sidecar::Allow;
+use meshfed_sidecar::{Allow, Inbound, Locality, Plaintext, PortPolicy, SidecarConfig};
 use meshfed_trust::{ExpectedIds, KeyAlgorithm, RootCa, TrustDomain};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,7 +97,7 @@ async fn callers_without_a_mesh_certificate_or_not_allowed_are_refused() {
 
     // A refusal is counted as the connection closes: give it a moment.
     const REFUSED: &str = "meshfed_sidecar_inbound_refused_total{port=";
-    let metrics = metrics_when(&a1, |m| metric(m, REFUSED) >= 4.0).await;
+    let metrics = metrics_when(|| a1.metrics(), |m| metric(m, REFUSED) >= 4.0).await;
     assert!(metric(&metrics, REFUSED) >= 4.0, "{metrics}");
     assert!(metrics.contains("reason=\"forbidden\""), "{metrics}");
     assert!(metrics.contains("reason=\"handshake\""), "{metrics}");
@@ -136,15 +138,118 @@ async fn http_on_an_opaque_connection_still_carries_the_real_caller_id() {
     );
 }
 
-/// The endpoint's metrics once `ready` holds of them, or after a second.
-async fn metrics_when(ep: &Endpoint, ready: impl Fn(&str) -> bool) -> String {
-    let mut m = ep.metrics();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_callers_get_what_the_port_policy_says() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let app = App::start("east-a1").await;
+    // One app behind three explicit ports: strict (the default), made
+    // permissive, and permissive with an allow-list.
+    let ports = [free_port(), free_port(), free_port()];
+    let [strict, open, listed] = ports;
+    let allows = [Allow::Mesh, Allow::Mesh, Allow::Only(vec![id(FRONTEND)])];
+    let mut config = SidecarConfig {
+        locality: Locality {
+            cluster: "east".into(),
+            ..Locality::default()
+        },
+        inbound: ports
+            .iter()
+            .zip(allows)
+            .map(|(port, allow)| Inbound {
+                listen: SocketAddr::from(([127, 0, 0, 1], *port)),
+                app: app.addr,
+                allow,
+            })
+            .collect(),
+        ..SidecarConfig::default()
+    };
+    let permissive = |port| PortPolicy {
+        port,
+        policy: Plaintext::Permissive,
+    };
+    config
+        .apply_port_policies(vec![permissive(open), permissive(listed)])
+        .expect("policies");
+    let sidecar = Running::start(config, creds(&east.ca, API), &east.source()).await;
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let spoof = format!(
+        "GET / HTTP/1.1\r\nhost: api\r\n{}: {}\r\nconnection: close\r\n\r\n",
+        "meshfed-client-id",
+        id("/ns/shop/sa/admin")
+    );
+
+    // Permissive: HTTP is served, and the ID the caller wrote is dropped.
+    let answer = plain(at(open), spoof.as_bytes()).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("east-a1 none"), "{answer}");
+    // Other bytes are copied to the app (it answers with its own 400).
+    let answer = plain(at(open), b"hello\r\n\r\n").await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Strict, and an allow-list (which no plaintext caller is on): closed.
+    for port in [strict, listed] {
+        let answer = plain(at(port), spoof.as_bytes()).await;
+        assert!(
+            answer.as_deref().map_or(true, |a| !a.contains("east-a1")),
+            "port {port} served plaintext: {answer:?}"
+        );
+    }
+
+    let line = |port: u16, policy: &str, outcome: &str| {
+        format!(
+            "meshfed_sidecar_inbound_plaintext_total{{port=\"{port}\",policy=\"{policy}\",outcome=\"{outcome}\"}}"
+        )
+    };
+    let want = [
+        (line(open, "permissive", "served"), 2.0),
+        (line(strict, "strict", "refused"), 1.0),
+        (line(listed, "permissive", "refused"), 1.0),
+        (
+            format!(
+                "meshfed_sidecar_inbound_refused_total{{port=\"{strict}\",reason=\"plaintext\"}}"
+            ),
+            1.0,
+        ),
+    ];
+    let metrics = metrics_when(
+        || sidecar.metrics(),
+        |m| want.iter().all(|(l, n)| metric(m, l) == *n),
+    )
+    .await;
+    for (l, n) in &want {
+        assert_eq!(metric(&metrics, l), *n, "{l} in\n{metrics}");
+    }
+}
+
+/// A port free on loopback now (to name it in a policy before binding).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Sends `bytes` in plaintext and reads until the other side closes;
+/// `Err` when it resets or says nothing in time.
+async fn plain(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<String> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(bytes).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A sidecar's metrics once `ready` holds of them, or after a second.
+async fn metrics_when(metrics: impl Fn() -> String, ready: impl Fn(&str) -> bool) -> String {
+    let mut m = metrics();
     for _ in 0..50 {
         if ready(&m) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        m = ep.metrics();
+        m = metrics();
     }
     m
 }
