@@ -1,0 +1,227 @@
+//! The webhook over real TLS, called the way the API server calls it: the
+//! server certificate is checked against the cluster's roots (the
+//! `caBundle`) and the Service's DNS name, and an AdmissionReview v1 is
+//! POSTed to /inject.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use meshfed_injector::{Inject, MAX_REVIEW_BYTES, Metrics, WebhookConfig};
+use meshfed_trust::{Credentials, KeyAlgorithm, RootCa, SpiffeId, TrustDomain, serving_names};
+use prometheus_client::registry::Registry;
+use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const SERVICE: &str = "meshfed-injector.meshfed-system.svc";
+
+/// Labels the pod: the review layer's own tests use it; what the label is
+/// does not matter to the transport tested here.
+struct Labeller;
+
+impl Inject for Labeller {
+    fn inject(&self, pod: &mut Value, _namespace: &str) -> Result<bool, String> {
+        pod["metadata"]["labels"]["meshfed.io/injected"] = "true".into();
+        Ok(true)
+    }
+}
+
+struct Webhook {
+    addr: SocketAddr,
+    roots: rustls::RootCertStore,
+    registry: Arc<Registry>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+/// The injector's serving certificate from a cluster CA, as the identity
+/// service issues it, and the webhook serving with it.
+async fn start() -> Webhook {
+    meshfed_trust::install_crypto_provider();
+    let td = TrustDomain::new("mesh.test").expect("td");
+    let root =
+        RootCa::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(3600)).expect("root");
+    let ca = root
+        .issue_cluster("east", Duration::from_secs(3600), Vec::new())
+        .expect("cluster ca");
+    let id =
+        SpiffeId::parse("spiffe://mesh.test/ns/meshfed-system/sa/meshfed-injector").expect("id");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let names = serving_names("meshfed-system", "meshfed-injector");
+    let chain = ca
+        .issue_serving_leaf(&id, &names, &key, Duration::from_secs(600))
+        .expect("leaf");
+    let creds = Credentials::new(
+        chain,
+        PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        ca.bundle().clone(),
+    )
+    .expect("credentials")
+    .into_watch()
+    .1;
+    let mut roots = rustls::RootCertStore::empty();
+    for r in ca.bundle().roots() {
+        roots.add(r.clone()).expect("root");
+    }
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(registry.sub_registry_with_prefix("meshfed_injector"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(meshfed_injector::serve(
+        listener,
+        creds,
+        Arc::new(Labeller),
+        metrics,
+        WebhookConfig::default(),
+        std::future::pending(),
+    ));
+    Webhook {
+        addr,
+        roots,
+        registry: Arc::new(registry),
+        _task: task,
+    }
+}
+
+impl Webhook {
+    /// POSTs `body` to `path` as the API server would, checking the server
+    /// as `name`.
+    async fn post(
+        &self,
+        name: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> std::io::Result<(StatusCode, Vec<u8>)> {
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(self.addr).await?;
+        let name = ServerName::try_from(name.to_owned()).map_err(std::io::Error::other)?;
+        let tls = TlsConnector::from(Arc::new(tls)).connect(name, tcp).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .header("host", SERVICE)
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok((status, body.to_vec()))
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode");
+        out
+    }
+}
+
+fn review(pod: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "resource": { "group": "", "version": "v1", "resource": "pods" },
+            "requestKind": { "group": "", "version": "v1", "kind": "Pod" },
+            "requestResource": { "group": "", "version": "v1", "resource": "pods" },
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": { "kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1" },
+        },
+    }))
+    .expect("json")
+}
+
+#[tokio::test]
+async fn the_api_server_reaches_the_webhook_by_its_service_name_and_the_cluster_roots() {
+    let hook = start().await;
+    for name in serving_names("meshfed-system", "meshfed-injector") {
+        let pod = json!({ "metadata": { "generateName": "api-" }, "spec": { "containers": [] } });
+        let (status, body) = hook
+            .post(&name, "/inject", review(pod))
+            .await
+            .expect("answered");
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let answer: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            answer["response"]["uid"],
+            "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4"
+        );
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    }
+    // Another name is not the injector's: the API server would refuse it.
+    let err = hook
+        .post(
+            "meshfed-controller.meshfed-system.svc",
+            "/inject",
+            review(json!({})),
+        )
+        .await
+        .expect_err("wrong name");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(
+        hook.metrics()
+            .contains("meshfed_injector_reviews_total{outcome=\"injected\"} 2"),
+        "{}",
+        hook.metrics()
+    );
+}
+
+#[tokio::test]
+async fn huge_and_misdirected_requests_are_refused_and_counted() {
+    let hook = start().await;
+    let huge = review(json!({ "metadata": { "name": "p", "annotations": {
+        "filler": "x".repeat(MAX_REVIEW_BYTES) } } }));
+    let (status, body) = hook.post(SERVICE, "/inject", huge).await.expect("answered");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("an AdmissionReview larger than {MAX_REVIEW_BYTES} bytes is refused\n")
+    );
+    let (status, body) = hook
+        .post(
+            SERVICE,
+            "/inject",
+            b"{\"kind\":\"AdmissionReview\"".to_vec(),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).starts_with("malformed AdmissionReview: not JSON"));
+    let (status, _) = hook
+        .post(SERVICE, "/mutate", review(json!({})))
+        .await
+        .expect("answered");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let metrics = hook.metrics();
+    assert!(
+        metrics.contains("meshfed_injector_reviews_total{outcome=\"malformed\"} 2"),
+        "{metrics}"
+    );
+}
