@@ -101,6 +101,15 @@ impl Connector {
     /// A plain TCP connection (marked), for destinations outside the mesh;
     /// mesh connections get liveness checks on top (`connect`).
     pub(crate) async fn tcp(&self, addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+        self.tcp_from(addr, None).await
+    }
+
+    /// The same, from `source` when given.
+    pub(crate) async fn tcp_from(
+        &self,
+        addr: std::net::SocketAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> io::Result<TcpStream> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -108,6 +117,9 @@ impl Connector {
         };
         if let Some(mark) = self.mark {
             socket2::SockRef::from(&socket).set_mark(mark)?;
+        }
+        if let Some(ip) = source {
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
         }
         let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;

@@ -43,6 +43,7 @@ use crate::config::{Allow, Inbound, Plaintext, PlaintextPorts, TransparentInboun
 use crate::connect::ALPN_H2;
 use crate::dest::Shared;
 use crate::io::Prefixed;
+use crate::iptables::FORWARD_SOURCE;
 use crate::metrics::{DestLabels, Direction, Outcome, PlaintextLabels, Reason};
 use crate::opaque::{Opaque, opaque};
 use crate::outbound::detect::Protocol;
@@ -94,7 +95,13 @@ impl InboundPort {
     ) -> Self {
         // Only the mesh knows an explicit port: strict unless named.
         let plaintext = policies.of(port, Plaintext::Strict);
-        let app = AppPort::new(port, cfg.app, cfg.allow.clone(), plaintext, shared.clone());
+        let app = AppPort::new(
+            port,
+            (cfg.app, None),
+            cfg.allow.clone(),
+            plaintext,
+            shared.clone(),
+        );
         Self::new(Apps::Fixed(Arc::new(app)), creds, shared)
     }
 
@@ -152,6 +159,13 @@ impl InboundPort {
                 ports,
             } => (allow, *plaintext, policies, ports),
         };
+        if tcp.peer_addr()?.ip() == FORWARD_SOURCE {
+            // One of this sidecar's forwards to the app, sent back here
+            // (rules that do not let it pass): forwarding again would loop.
+            return Err(std::io::Error::other(
+                "a forward to the app came back to the inbound listener",
+            ));
+        }
         let local = tcp.local_addr()?;
         let original = original_dst(tcp)?;
         if original == local {
@@ -160,14 +174,24 @@ impl InboundPort {
                 "dialled the inbound transparent listener itself",
             ));
         }
-        // The pod's own address, so the forward is never a relay elsewhere.
-        let app = SocketAddr::new(local.ip(), original.port());
+        // The pod's own address, so the forward is never a relay elsewhere:
+        // where the caller was sent, when that is where it arrived or it
+        // is this pod calling itself (redirected by nat OUTPUT, which made
+        // the local address loopback); otherwise where it arrived.
+        let ip = if original.ip() == local.ip() || local.ip().is_loopback() {
+            original.ip()
+        } else {
+            local.ip()
+        };
+        let app = SocketAddr::new(ip, original.port());
+        // From FORWARD_SOURCE, which the pod's outbound rules let pass.
+        let source = (app.is_ipv4() && !ip.is_loopback()).then_some(FORWARD_SOURCE.into());
         let mut ports = ports.lock().expect("inbound ports lock");
         let port = ports.entry(app).or_insert_with(|| {
             let p = original.port();
             Arc::new(AppPort::new(
                 p,
-                app,
+                (app, source),
                 allow.get(&p).cloned().unwrap_or_default(),
                 policies.of(p, plaintext),
                 self.shared.clone(),

@@ -14,6 +14,10 @@ use std::process::Command;
 pub const CHAIN: &str = "MESHFED_OUTPUT";
 /// The chain the inbound rules live in (jumped to from nat PREROUTING).
 pub const INBOUND_CHAIN: &str = "MESHFED_INBOUND";
+/// The source address of the sidecar's connections to its app behind the
+/// inbound transparent listener (as Istio's 127.0.0.6): the outbound rules
+/// tell them from the sidecar calling its own pod, which goes inbound.
+pub(crate) const FORWARD_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
 
 /// What to intercept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,26 +122,37 @@ impl Rules {
     /// The rules of the chain, in order (each an `iptables -t nat` argument list).
     pub fn chain_rules(&self) -> Vec<Vec<String>> {
         let rule = |more: &[&str]| chain_rule(CHAIN, more);
-        let mut out = vec![rule(&["-d", "127.0.0.0/8", "-j", "RETURN"])];
-        if let Some(uid) = self.proxy_uid {
-            out.push(rule(&[
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid.to_string(),
-                "-j",
-                "RETURN",
-            ]));
+        // What tells the sidecar's own connections: its uid, its mark.
+        let uid = self.proxy_uid.map(|u| u.to_string());
+        let mark = self.proxy_mark.map(|m| m.to_string());
+        let own: Vec<[&str; 4]> = [
+            uid.as_deref().map(|u| ["-m", "owner", "--uid-owner", u]),
+            mark.as_deref().map(|m| ["-m", "mark", "--mark", m]),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut out = Vec::new();
+        if let Some(inbound) = self.inbound_port {
+            let inbound = inbound.to_string();
+            let source = format!("{FORWARD_SOURCE}/32");
+            // The sidecar's forwards to the app (from FORWARD_SOURCE) pass.
+            out.push(rule(&["-s", &source, "-o", "lo", "-j", "RETURN"]));
+            // The sidecar calling its own pod (the pod is an endpoint of
+            // the service it calls) goes to the inbound listener, as a call
+            // from another pod would: nat PREROUTING never sees it.
+            for m in &own {
+                let mut r = vec!["-p", "tcp", "-o", "lo", "!", "-d", "127.0.0.0/8"];
+                r.extend(m);
+                r.extend(["-j", "REDIRECT", "--to-ports", &inbound]);
+                out.push(rule(&r));
+            }
         }
-        if let Some(mark) = self.proxy_mark {
-            out.push(rule(&[
-                "-m",
-                "mark",
-                "--mark",
-                &mark.to_string(),
-                "-j",
-                "RETURN",
-            ]));
+        out.push(rule(&["-d", "127.0.0.0/8", "-j", "RETURN"]));
+        for m in &own {
+            let mut r = m.to_vec();
+            r.extend(["-j", "RETURN"]);
+            out.push(rule(&r));
         }
         for c in &self.exclude_cidrs {
             out.push(rule(&["-d", c, "-j", "RETURN"]));
@@ -303,10 +318,18 @@ mod tests {
                 "-A MESHFED_INBOUND -p tcp -j REDIRECT --to-ports 4143",
             ]
         );
-        // The outbound chain is the same with or without inbound rules.
+        // Outbound, the sidecar's forwards to the app pass, and its calls to
+        // its own pod go inbound.
+        let text: Vec<String> = r.chain_rules().iter().map(|a| a.join(" ")).collect();
         assert_eq!(
-            r.chain_rules().last().map(|l| l.join(" ")).as_deref(),
-            Some("-A MESHFED_OUTPUT -p tcp -j REDIRECT --to-ports 4140")
+            text,
+            vec![
+                "-A MESHFED_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
+                "-A MESHFED_OUTPUT -p tcp -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 2102 -j REDIRECT --to-ports 4143",
+                "-A MESHFED_OUTPUT -d 127.0.0.0/8 -j RETURN",
+                "-A MESHFED_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-A MESHFED_OUTPUT -p tcp -j REDIRECT --to-ports 4140",
+            ]
         );
     }
 

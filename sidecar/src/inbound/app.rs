@@ -1,8 +1,9 @@
 //! The app side of an inbound port: where the app serves, who may call it
 //! there, what plaintext callers get, and the connections to it (marked,
-//! so the pod's interception rules let them pass).
+//! and behind the transparent listener from `FORWARD_SOURCE`, so the pod's
+//! interception rules let them pass).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hyper_util::client::legacy::Client;
@@ -24,6 +25,8 @@ pub(crate) struct AppPort {
     pub(super) port: u16,
     pub(super) label: String,
     pub(super) app: SocketAddr,
+    /// The address the connections to the app come from, if not the default.
+    source: Option<IpAddr>,
     pub(super) allow: Allow,
     pub(super) plaintext: Plaintext,
     pub(super) h1: Client<AppConnector, Body>,
@@ -45,16 +48,17 @@ impl std::fmt::Debug for AppPort {
 impl AppPort {
     pub(super) fn new(
         port: u16,
-        app: SocketAddr,
+        (app, source): (SocketAddr, Option<IpAddr>),
         allow: Allow,
         plaintext: Plaintext,
         shared: Arc<Shared>,
     ) -> Self {
-        let connector = AppConnector(app, shared.connector.clone());
+        let connector = AppConnector(app, source, shared.connector.clone());
         Self {
             port,
             label: format!("port/{port}"),
             app,
+            source,
             allow,
             plaintext,
             h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
@@ -67,7 +71,7 @@ impl AppPort {
 
     /// A connection to the app.
     pub(super) async fn dial(&self) -> std::io::Result<TcpStream> {
-        self.shared.connector.tcp(self.app).await
+        self.shared.connector.tcp_from(self.app, self.source).await
     }
 
     pub(super) fn refused(&self, reason: Reason) {
@@ -85,7 +89,7 @@ impl AppPort {
 /// Dials the app whatever the request's authority says, so the authority
 /// the caller used reaches the app unchanged.
 #[derive(Debug, Clone)]
-pub(crate) struct AppConnector(SocketAddr, Arc<Connector>);
+pub(crate) struct AppConnector(SocketAddr, Option<IpAddr>, Arc<Connector>);
 
 impl tower::Service<http::Uri> for AppConnector {
     type Response = TokioIo<TcpStream>;
@@ -102,7 +106,7 @@ impl tower::Service<http::Uri> for AppConnector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (addr, connector) = (self.0, self.1.clone());
-        Box::pin(async move { Ok(TokioIo::new(connector.tcp(addr).await?)) })
+        let (addr, source, connector) = (self.0, self.1, self.2.clone());
+        Box::pin(async move { Ok(TokioIo::new(connector.tcp_from(addr, source).await?)) })
     }
 }

@@ -716,7 +716,12 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(to: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), to).await
+    }
+
+    /// The same, listening on `listen`.
+    pub async fn start_on(listen: SocketAddr, to: SocketAddr) -> Self {
+        let listener = TcpListener::bind(listen).await.expect("bind relay");
         let addr = listener.local_addr().expect("addr");
         let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (frozen, _) = tokio::sync::watch::channel(false);

@@ -3,15 +3,16 @@
 //! `meshfed-sidecar init-iptables --inbound-proxy-port`, its app on its own
 //! ports (8080 permissive, 8081 strict); a caller namespace, joined to it
 //! by a veth pair, runs the clusters: mesh calls to podIP:8080 from a
-//! sidecar of the pod's cluster and from another cluster through its
-//! gateway arrive over mTLS with the caller's ID; curl without a sidecar is
+//! sidecar of the pod's cluster, from another cluster through its gateway,
+//! and from the pod's own sidecar (the pod is an endpoint of the service it
+//! calls) arrive over mTLS with the caller's ID; curl without a sidecar is
 //! served on 8080 with no ID (the one it wrote dropped) and refused on
 //! 8081; both counted.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshfed_sidecar::{Locality, Plaintext, SidecarConfig, TransparentInbound};
+use meshfed_sidecar::{Locality, Plaintext, SidecarConfig, TransparentInbound, Upstream};
 
 use crate::netns::{Netns, can_run};
 use crate::support::*;
@@ -47,6 +48,9 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
             "4143",
             "--inbound-skip-port",
             "9000",
+            // The pod's sidecar reaches discovery there (unmarked).
+            "--exclude-cidr",
+            &format!("{CALLER_IP}/32"),
         ],
         meshfed_sidecar::INBOUND_CHAIN,
     );
@@ -57,8 +61,9 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
     let (creds_tx, creds_rx) = tokio::sync::oneshot::channel();
     let (pod_ready_tx, pod_ready_rx) = tokio::sync::oneshot::channel::<()>();
     let (pod_done_tx, pod_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let (metrics_tx, metrics_rx) = std::sync::mpsc::channel::<String>();
-    // The pod: its app on its own ports, its sidecar on 4143 only.
+    let (metrics_tx, metrics_rx) = std::sync::mpsc::channel::<(String, String)>();
+    // The pod: its app on its own ports, its sidecar inbound on 4143 and
+    // calling api (itself) on an upstream port.
     let pod_thread = pod.run(move || async move {
         let (creds, source): (_, meshfed_sidecar::DiscoverySource) =
             creds_rx.await.expect("credentials");
@@ -67,8 +72,13 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
         let mut config = SidecarConfig {
             locality: Locality {
                 cluster: "west".into(),
-                ..Locality::default()
+                region: String::new(),
+                zone: "a".into(),
             },
+            upstreams: vec![Upstream {
+                target: api_target(),
+                listen: "127.0.0.1:0".parse().expect("addr"),
+            }],
             transparent_inbound: Some(TransparentInbound {
                 listen: "0.0.0.0:4143".parse().expect("addr"),
                 allow: Default::default(),
@@ -84,8 +94,12 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
             .expect("policy");
         let sidecar = Running::start(config, creds, &source).await;
         let _ = pod_ready_tx.send(());
+        let client = http_client();
+        let up = sidecar.upstream.expect("upstream");
+        until_served_by(&client, up, "pod-api", 1).await;
+        let itself = get(&client, up).await.map_or_else(|e| e, |(_, body)| body);
         let _ = pod_done_rx.await;
-        let _ = metrics_tx.send(sidecar.metrics());
+        let _ = metrics_tx.send((itself, sidecar.metrics()));
     });
 
     let (calls_tx, calls_rx) = std::sync::mpsc::channel::<Calls>();
@@ -99,7 +113,14 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
         west.write("api.yaml", &api_manifest(true, &[(app, "a")]));
         east.write("api.yaml", &api_manifest(false, &[]));
         east.link("west", gateway.addr);
-        let _ = creds_tx.send((creds(&west.ca, API), west.source()));
+        // West's discovery, on an address the pod can reach.
+        let at = SocketAddr::new(CALLER_IP.parse().expect("ip"), 0);
+        let discovery = Relay::start_on(at, west.discovery).await;
+        let source = meshfed_sidecar::DiscoverySource {
+            addr: discovery.addr.to_string(),
+            ..west.source()
+        };
+        let _ = creds_tx.send((creds(&west.ca, API), source));
         pod_ready_rx.await.expect("pod sidecar up");
         until_remote_group(&east, "west", "a").await;
         let client = http_client();
@@ -119,7 +140,7 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
             })
             .expect("calls");
         let _ = done_rx.await;
-        drop(gateway);
+        drop((gateway, discovery));
     });
 
     let calls = calls_rx
@@ -143,9 +164,9 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
     let permissive = curl(8080);
     let strict = curl(8081);
     let _ = pod_done_tx.send(());
-    let metrics = metrics_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the pod sidecar's metrics");
+    let (itself, metrics) = metrics_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the pod's own call and its sidecar's metrics");
     let _ = done_tx.send(());
     pod_thread.join().expect("pod thread");
     caller_thread.join().expect("caller thread");
@@ -155,6 +176,8 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
         calls.through_gateway,
         format!("pod-api {}", id(EAST_FRONTEND))
     );
+    println!("the pod calling itself -> {itself}");
+    assert_eq!(itself, format!("pod-api {}", id(API)));
     let body = String::from_utf8_lossy(&permissive.stdout);
     println!("plaintext curl to :8080 -> {body}");
     assert_eq!(body, "pod-api none", "{permissive:?}");
@@ -184,10 +207,10 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
     ] {
         assert_eq!(metric(&metrics, line), want, "{line} in\n{metrics}");
     }
-    // Mesh calls and the permissive plaintext one, by the app's own port.
+    // Mesh calls (three) and the permissive plaintext one, by the app's own port.
     let served = metric(
         &metrics,
         "meshfed_sidecar_requests_total{direction=\"inbound\",service=\"port/8080\"",
     );
-    assert!(served >= 3.0, "{metrics}");
+    assert!(served >= 4.0, "{metrics}");
 }
