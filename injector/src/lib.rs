@@ -6,12 +6,18 @@
 //! review ([`review`]) hands the pod to the one injection function and sends
 //! back the difference as a JSONPatch.
 
+mod binary;
+pub mod contract;
+mod namespaces;
+pub mod pod;
 mod review;
 mod server;
-mod trust_config;
 
+pub use binary::binary_main;
+pub use contract::{KEY_ROOTS, TRUST_CONFIG};
+pub use namespaces::{
+    FIELD_MANAGER, INJECT_ENABLED, INJECT_LABEL, NamespacePolicies, follow_namespaces,
+};
+pub use pod::{InjectError, PodInjector, SidecarTemplate, add_sidecar, parse_policy};
 pub use review::{Answer, Inject, Outcome, review};
 pub use server::{MAX_REVIEW_BYTES, Metrics, PATH, WebhookConfig, serve};
-pub use trust_config::{
-    FIELD_MANAGER, INJECT_ENABLED, INJECT_LABEL, KEY_ROOTS, TRUST_CONFIG, keep_trust_configs,
-};

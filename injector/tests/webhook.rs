@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use meshfed_injector::{Inject, MAX_REVIEW_BYTES, Metrics, WebhookConfig};
+use meshfed_injector::{
+    MAX_REVIEW_BYTES, Metrics, NamespacePolicies, PodInjector, SidecarTemplate, WebhookConfig,
+};
 use meshfed_trust::{Credentials, KeyAlgorithm, RootCa, SpiffeId, TrustDomain, serving_names};
 use prometheus_client::registry::Registry;
 use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
@@ -21,14 +23,17 @@ use tokio_rustls::TlsConnector;
 
 const SERVICE: &str = "meshfed-injector.meshfed-system.svc";
 
-/// Labels the pod: the review layer's own tests use it; what the label is
-/// does not matter to the transport tested here.
-struct Labeller;
-
-impl Inject for Labeller {
-    fn inject(&self, pod: &mut Value, _namespace: &str) -> Result<bool, String> {
-        pod["metadata"]["labels"]["meshfed.io/injected"] = "true".into();
-        Ok(true)
+/// The injector of cluster east, as `meshfed-injector` builds it.
+fn injector() -> PodInjector {
+    PodInjector {
+        template: SidecarTemplate {
+            cluster: "east".into(),
+            region: Some("eu-west".into()),
+            trust_domain: TrustDomain::new("mesh.test").expect("td"),
+            image: "registry.test/meshfed-sidecar:1".into(),
+            identity_server_id: "spiffe://mesh.test/ns/meshfed-system/sa/meshfed-identity".into(),
+        },
+        namespaces: NamespacePolicies::default(),
     }
 }
 
@@ -77,7 +82,7 @@ async fn start() -> Webhook {
     let task = tokio::spawn(meshfed_injector::serve(
         listener,
         creds,
-        Arc::new(Labeller),
+        Arc::new(injector()),
         metrics,
         WebhookConfig::default(),
         std::future::pending(),
@@ -157,23 +162,82 @@ fn review(pod: Value) -> Vec<u8> {
     .expect("json")
 }
 
+/// A pod as the ReplicaSet controller creates it for a Deployment.
+fn deployment_pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": "api-6d4cf56db6-", "namespace": "shop",
+            "labels": { "app": "api", "pod-template-hash": "6d4cf56db6" },
+            "annotations": annotations,
+            "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-6d4cf56db6",
+                "uid": "0c1e0f5a-8f7e-4c53-9a43-4b1d3f0e5f11", "controller": true, "blockOwnerDeletion": true }],
+        },
+        "spec": {
+            "serviceAccountName": "api",
+            "containers": [{ "name": "api", "image": "registry.test/api:1.4",
+                "ports": [{ "containerPort": 8080, "protocol": "TCP" }] }],
+        },
+    })
+}
+
+/// The patched pod of a 200 answer, or None when it carries no patch.
+fn patched(pod: &Value, body: &[u8]) -> (Value, Option<Value>) {
+    use base64::Engine as _;
+    let answer: Value = serde_json::from_slice(body).expect("json");
+    let response = answer["response"].clone();
+    assert_eq!(response["uid"], "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4");
+    let Some(patch) = response["patch"].as_str() else {
+        return (response, None);
+    };
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .expect("base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("a JSONPatch");
+    let mut pod = pod.clone();
+    json_patch::patch(&mut pod, &patch).expect("the patch applies to the object sent");
+    (response, Some(pod))
+}
+
 #[tokio::test]
 async fn the_api_server_reaches_the_webhook_by_its_service_name_and_the_cluster_roots() {
     let hook = start().await;
     for name in serving_names("meshfed-system", "meshfed-injector") {
-        let pod = json!({ "metadata": { "generateName": "api-" }, "spec": { "containers": [] } });
+        let pod = deployment_pod(json!({}));
         let (status, body) = hook
-            .post(&name, "/inject", review(pod))
+            .post(&name, "/inject", review(pod.clone()))
             .await
             .expect("answered");
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-        let answer: Value = serde_json::from_slice(&body).expect("json");
+        let (response, injected) = patched(&pod, &body);
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["patchType"], "JSONPatch");
+        let injected = injected.expect("a patch");
+        let inits = injected["spec"]["initContainers"]
+            .as_array()
+            .expect("init containers");
+        let names: Vec<&str> = inits.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, ["meshfed-init", "meshfed-sidecar"]);
+        assert_eq!(inits[1]["image"], "registry.test/meshfed-sidecar:1");
+        let id = inits[1]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "MESHFED_ID")
+            .expect("MESHFED_ID")["value"]
+            .clone();
         assert_eq!(
-            answer["response"]["uid"],
-            "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4"
+            id, "spiffe://mesh.test/ns/shop/sa/api",
+            "the pod's own service account"
         );
-        assert_eq!(answer["response"]["allowed"], true);
-        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        assert_eq!(
+            injected["metadata"]["labels"]["meshfed.io/injected"],
+            "true"
+        );
+        assert_eq!(
+            injected["spec"]["containers"], pod["spec"]["containers"],
+            "the app is untouched"
+        );
     }
     // Another name is not the injector's: the API server would refuse it.
     let err = hook
@@ -191,6 +255,57 @@ async fn the_api_server_reaches_the_webhook_by_its_service_name_and_the_cluster_
         "{}",
         hook.metrics()
     );
+}
+
+#[tokio::test]
+async fn opted_out_and_injected_pods_are_left_alone_and_bad_annotations_refused() {
+    let hook = start().await;
+    let opted_out = deployment_pod(json!({ "meshfed.io/inject": "false" }));
+    let (status, body) = hook
+        .post(SERVICE, "/inject", review(opted_out.clone()))
+        .await
+        .expect("answered");
+    assert_eq!(status, StatusCode::OK);
+    let (response, patch) = patched(&opted_out, &body);
+    assert_eq!((response["allowed"].clone(), patch), (json!(true), None));
+
+    // A pod injected once (e.g. by `meshctl inject`, or reinvocation) is not injected again.
+    let pod = deployment_pod(json!({}));
+    let (_, body) = hook
+        .post(SERVICE, "/inject", review(pod.clone()))
+        .await
+        .expect("answered");
+    let injected = patched(&pod, &body).1.expect("injected");
+    let (_, body) = hook
+        .post(SERVICE, "/inject", review(injected.clone()))
+        .await
+        .expect("answered");
+    let (response, patch) = patched(&injected, &body);
+    assert_eq!((response["allowed"].clone(), patch), (json!(true), None));
+
+    let bad = deployment_pod(json!({ "meshfed.io/skip-inbound-ports": "ssh" }));
+    let (status, body) = hook
+        .post(SERVICE, "/inject", review(bad.clone()))
+        .await
+        .expect("answered");
+    assert_eq!(status, StatusCode::OK);
+    let (response, patch) = patched(&bad, &body);
+    assert_eq!(patch, None);
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 400);
+    assert_eq!(
+        response["status"]["message"],
+        "cannot add the Meshfed sidecar to pod shop/api-6d4cf56db6-*: \
+         meshfed.io/skip-inbound-ports: \"ssh\" is not a port"
+    );
+    let metrics = hook.metrics();
+    for line in [
+        "meshfed_injector_reviews_total{outcome=\"skipped\"} 2",
+        "meshfed_injector_reviews_total{outcome=\"refused\"} 1",
+        "meshfed_injector_reviews_total{outcome=\"injected\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
 }
 
 #[tokio::test]

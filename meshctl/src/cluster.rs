@@ -10,27 +10,20 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_trust::{SpiffeId, TrustBundle, TrustDomain};
 
-/// The namespace every Meshfed component runs in.
-pub const NAMESPACE: &str = "meshfed-system";
+pub use meshfed_injector::contract::{
+    CONTROLLER, DISCOVERY_PORT, IDENTITY, IDENTITY_PORT, KEY_ROOTS, NAMESPACE, SIDECAR,
+    TRUST_CONFIG,
+};
+
 /// ConfigMap: the cluster's name, trust domain, gateway and identities.
 pub const CLUSTER_CONFIG: &str = "meshfed-cluster";
-/// ConfigMap: the cluster's trust bundle and intermediate certificate (public parts only).
-pub const TRUST_CONFIG: &str = "meshfed-trust";
 /// Secret: the cluster intermediate CA with its key, for the identity service.
 pub const CA_SECRET: &str = "meshfed-ca";
 
-/// The identity service (Deployment, Service, ServiceAccount).
-pub const IDENTITY: &str = "meshfed-identity";
-/// The mirror controller.
-pub const CONTROLLER: &str = "meshfed-controller";
 /// The east-west gateway.
 pub const GATEWAY: &str = "meshfed-gateway";
-/// The workload sidecar.
-pub const SIDECAR: &str = "meshfed-sidecar";
 
-pub const IDENTITY_PORT: u16 = 7443;
 pub const FEDERATION_PORT: u16 = 7450;
-pub const DISCOVERY_PORT: u16 = 7451;
 pub const GATEWAY_PORT: u16 = 7460;
 pub const IDENTITY_ADMIN_PORT: u16 = 9901;
 pub const CONTROLLER_ADMIN_PORT: u16 = 9902;
@@ -70,7 +63,6 @@ const KEY_GATEWAY_ID: &str = "gatewayIdentity";
 const KEY_CONTROLLER_ID: &str = "controllerIdentity";
 const KEY_GATEWAY_ADDRESSES: &str = "gatewayAddresses";
 const KEY_ADMIN: &str = "adminAddresses";
-pub const KEY_ROOTS: &str = "root.crt";
 pub const KEY_INTERMEDIATE: &str = "intermediate.crt";
 
 impl ClusterInfo {

@@ -8,46 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use meshfed_sidecar::Plaintext;
+use meshfed_injector::{SidecarTemplate, add_sidecar, parse_policy};
 use meshfed_trust::{ClusterCa, paths};
-use serde_json::{Value, json};
+
+use meshfed_injector::pod::INBOUND_POLICY;
+pub use meshfed_injector::pod::INJECTED;
+use serde_json::Value;
 
 use crate::cluster::*;
-use crate::install::{Images, container, identity_client};
+use crate::install::Images;
 use crate::output::Format;
-
-/// Pod template annotation: `LISTEN=APP ...`, explicit inbound ports
-/// instead of transparent inbound (the Service targets LISTEN).
-pub const INBOUND: &str = "meshfed.io/inbound";
-/// Pod template annotation: `PORT=ID[,ID...] ...`, who may call an inbound
-/// port (an app port; with explicit inbound, a LISTEN port).
-pub const ALLOW: &str = "meshfed.io/allow";
-/// Pod template (or Namespace) annotation: `permissive` or `strict`, what
-/// callers outside the mesh get on the app's ports (transparent inbound).
-pub const INBOUND_POLICY: &str = "meshfed.io/inbound-policy";
-/// Pod template annotation: `PORT=strict|permissive ...`, a port's own policy.
-pub const INBOUND_PORT_POLICY: &str = "meshfed.io/inbound-port-policy";
-/// Pod template annotation: `PORT ...` (or comma-separated), inbound ports
-/// never intercepted (transparent inbound).
-pub const SKIP_INBOUND_PORTS: &str = "meshfed.io/skip-inbound-ports";
-/// Pod template annotation: `NAME.NAMESPACE:PORT=LISTEN ...`, explicit
-/// upstreams: the app (or a port-forward) dials LISTEN on the pod's loopback
-/// to reach the service, besides the transparent interception.
-pub const UPSTREAMS: &str = "meshfed.io/upstreams";
-/// Pod template annotation: `"false"` leaves the workload alone.
-pub const INJECT: &str = "meshfed.io/inject";
-
-/// Label on every pod the sidecar was added to.
-pub const INJECTED: &str = "meshfed.io/injected";
-
-/// The uid the sidecar runs as; its own connections are not intercepted.
-const SIDECAR_UID: i64 = 2102;
-const OUTBOUND_PORT: u16 = 4140;
-/// The sidecar's inbound transparent listener.
-const INBOUND_PORT: u16 = 4143;
-const SIDECAR_ADMIN_PORT: u16 = 9904;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -120,6 +92,17 @@ pub fn inject_text(text: &str, a: &InjectArgs) -> anyhow::Result<Vec<Value>> {
     inject(text, a, &info)
 }
 
+/// What every sidecar of the cluster `info` describes is given.
+pub fn sidecar_template(images: &Images, info: &ClusterInfo) -> SidecarTemplate {
+    SidecarTemplate {
+        cluster: info.cluster.clone(),
+        region: info.region.clone(),
+        trust_domain: info.trust_domain.clone(),
+        image: images.of(SIDECAR),
+        identity_server_id: info.component_id(IDENTITY).to_string(),
+    }
+}
+
 /// The documents of `text` with sidecars added, then a trust ConfigMap per
 /// namespace that gained a sidecar.
 pub fn inject(text: &str, a: &InjectArgs, info: &ClusterInfo) -> anyhow::Result<Vec<Value>> {
@@ -136,6 +119,7 @@ pub fn inject(text: &str, a: &InjectArgs, info: &ClusterInfo) -> anyhow::Result<
             policies.insert(name.to_owned(), policy);
         }
     }
+    let sidecar = sidecar_template(&a.images, info);
     let mut out = Vec::new();
     let mut namespaces = BTreeSet::new();
     for (i, mut doc) in docs.into_iter().enumerate() {
@@ -158,7 +142,10 @@ pub fn inject(text: &str, a: &InjectArgs, info: &ClusterInfo) -> anyhow::Result<
         if let Some(template) = template {
             let name = format!("document {} ({kind})", i + 1);
             let ns_policy = policies.get(&ns).copied();
-            if add_sidecar(template, &ns, ns_policy, a, info).with_context(|| name)? {
+            if add_sidecar(template, &ns, ns_policy, &sidecar)
+                .map_err(anyhow::Error::from)
+                .with_context(|| name)?
+            {
                 namespaces.insert(ns);
             }
         }
@@ -176,222 +163,13 @@ pub fn inject(text: &str, a: &InjectArgs, info: &ClusterInfo) -> anyhow::Result<
     Ok(out)
 }
 
-/// Adds the sidecar to a pod (template); `false` when it opts out or has one.
-fn add_sidecar(
-    pod: &mut Value,
-    ns: &str,
-    ns_policy: Option<Plaintext>,
-    a: &InjectArgs,
-    info: &ClusterInfo,
-) -> anyhow::Result<bool> {
-    let annotations = pod["metadata"]["annotations"].clone();
-    let note = |k: &str| {
-        annotations
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    if note(INJECT).as_deref() == Some("false") {
-        return Ok(false);
-    }
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
-        bail!("has no pod spec");
-    };
-    let has = |list: Option<&Value>| {
-        list.and_then(Value::as_array)
-            .is_some_and(|l| l.iter().any(|c| c["name"] == SIDECAR))
-    };
-    if has(spec.get("initContainers")) || has(spec.get("containers")) {
-        return Ok(false);
-    }
-    let sa = spec
-        .get("serviceAccountName")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let id = info
-        .trust_domain
-        .workload(ns, sa)
-        .with_context(|| format!("identity of service account {ns}/{sa}"))?;
-    let image = a.images.of(SIDECAR);
-    let inbound = note(INBOUND).unwrap_or_default();
-    let inbound_ports: Vec<u16> = inbound
-        .split_whitespace()
-        .map(|entry| {
-            let listen = entry.split_once('=').map_or(entry, |(l, _)| l);
-            let port = listen.rsplit(':').next().unwrap_or(listen);
-            port.parse()
-                .with_context(|| format!("{INBOUND}: {entry:?} is not LISTEN=APP"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-
-    // Explicit inbound ports, or else transparent inbound.
-    let transparent = inbound.is_empty();
-    let skip_ports = match note(SKIP_INBOUND_PORTS) {
-        Some(_) if !transparent => {
-            bail!("{SKIP_INBOUND_PORTS} is for transparent inbound; the pod names {INBOUND}")
-        }
-        Some(list) => list
-            .split([' ', ','])
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse::<u16>()
-                    .with_context(|| format!("{SKIP_INBOUND_PORTS}: {p:?} is not a port"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        None => Vec::new(),
-    };
-    let policy = match note(INBOUND_POLICY) {
-        Some(p) => Some(parse_policy(&p).context(INBOUND_POLICY)?),
-        None => ns_policy,
-    };
-    let port_policies = note(INBOUND_PORT_POLICY);
-    for entry in port_policies.iter().flat_map(|p| p.split_whitespace()) {
-        entry
-            .parse::<meshfed_sidecar::PortPolicy>()
-            .with_context(|| format!("{INBOUND_PORT_POLICY}: {entry:?}"))?;
-    }
-
-    let mut ports = vec![("admin", SIDECAR_ADMIN_PORT)];
-    let names: Vec<String> = (0..inbound_ports.len())
-        .map(|i| format!("mesh-in-{i}"))
-        .collect();
-    ports.extend(
-        names
-            .iter()
-            .map(String::as_str)
-            .zip(inbound_ports.iter().copied()),
-    );
-    if transparent {
-        ports.push(("mesh-in", INBOUND_PORT));
-    }
-    let mut sidecar = container(SIDECAR, image.clone(), &ports);
-    sidecar["args"] = json!(["run"]);
-    sidecar["restartPolicy"] = "Always".into();
-    sidecar["securityContext"]["runAsUser"] = SIDECAR_UID.into();
-    sidecar["securityContext"]["runAsGroup"] = SIDECAR_UID.into();
-    sidecar["resources"]["limits"]["memory"] = "64Mi".into();
-    // The app starts only once the sidecar is ready to carry its calls.
-    sidecar["startupProbe"] = json!({
-        "httpGet": { "port": "admin", "path": "/ready" },
-        "periodSeconds": 1, "failureThreshold": 30,
-    });
-    let (id_env, volumes, mounts) = identity_client(info, &id.to_string());
-    let env = sidecar["env"].as_array_mut().expect("container has env");
-    env.push(json!({ "name": "MESHFED_CLUSTER", "value": info.cluster }));
-    if let Some(region) = &info.region {
-        env.push(json!({ "name": "MESHFED_REGION", "value": region }));
-    }
-    env.extend([
-        // Pods carry their node's zone label (Kubernetes 1.33+); empty otherwise.
-        json!({ "name": "MESHFED_ZONE", "valueFrom": { "fieldRef": {
-            "fieldPath": "metadata.labels['topology.kubernetes.io/zone']" } } }),
-        json!({ "name": "MESHFED_DISCOVERY", "value": format!("{CONTROLLER}.{NAMESPACE}.svc:{DISCOVERY_PORT}") }),
-        json!({ "name": "MESHFED_TRANSPARENT_LISTEN", "value": format!("127.0.0.1:{OUTBOUND_PORT}") }),
-        json!({ "name": "MESHFED_ADMIN_LISTEN", "value": format!("0.0.0.0:{SIDECAR_ADMIN_PORT}") }),
-    ]);
-    if transparent {
-        env.extend([
-            json!({ "name": "MESHFED_INBOUND_TRANSPARENT", "value": format!("0.0.0.0:{INBOUND_PORT}") }),
-            json!({ "name": "MESHFED_INBOUND_POLICY", "value": policy.unwrap_or_default().as_str() }),
-        ]);
-    } else {
-        env.push(json!({ "name": "MESHFED_INBOUND", "value": inbound }));
-    }
-    if let Some(p) = port_policies {
-        env.push(json!({ "name": "MESHFED_INBOUND_PORT_POLICY", "value": p }));
-    }
-    if let Some(allow) = note(ALLOW) {
-        env.push(json!({ "name": "MESHFED_ALLOW", "value": allow }));
-    }
-    if let Some(upstreams) = note(UPSTREAMS) {
-        for entry in upstreams.split_whitespace() {
-            entry
-                .parse::<meshfed_sidecar::Upstream>()
-                .with_context(|| format!("{UPSTREAMS}: {entry:?}"))?;
-        }
-        env.push(json!({ "name": "MESHFED_UPSTREAMS", "value": upstreams }));
-    }
-    env.extend(id_env);
-    sidecar["volumeMounts"] = mounts.into();
-
-    let mut init_args: Vec<String> = [
-        "init-iptables",
-        "--proxy-port",
-        &OUTBOUND_PORT.to_string(),
-        "--proxy-uid",
-        &SIDECAR_UID.to_string(),
-    ]
-    .map(str::to_owned)
-    .into();
-    if transparent {
-        init_args.extend(
-            [
-                "--inbound-proxy-port",
-                &INBOUND_PORT.to_string(),
-                "--admin-port",
-                &SIDECAR_ADMIN_PORT.to_string(),
-            ]
-            .map(str::to_owned),
-        );
-        for p in skip_ports {
-            init_args.extend(["--inbound-skip-port".to_owned(), p.to_string()]);
-        }
-    }
-    let init = json!({
-        "name": "meshfed-init",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": init_args,
-        // Installing nat rules needs root and NET_ADMIN, only in this short-lived container.
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            // iptables takes its lock under /run.
-            "readOnlyRootFilesystem": false,
-            "runAsNonRoot": false,
-            "runAsUser": 0,
-            "capabilities": { "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"] },
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
-        "resources": { "requests": { "cpu": "10m", "memory": "16Mi" }, "limits": { "memory": "64Mi" } },
-    });
-    let inits = spec.entry("initContainers").or_insert_with(|| json!([]));
-    let inits = inits
-        .as_array_mut()
-        .context("initContainers is not a list")?;
-    inits.insert(0, sidecar);
-    inits.insert(0, init);
-    let vols = spec.entry("volumes").or_insert_with(|| json!([]));
-    let vols = vols.as_array_mut().context("volumes is not a list")?;
-    vols.extend(volumes);
-    let pod = pod.as_object_mut().context("a pod template is a map")?;
-    let meta = pod.entry("metadata").or_insert_with(|| json!({}));
-    if meta.is_null() {
-        *meta = json!({});
-    }
-    let labels = meta
-        .as_object_mut()
-        .context("metadata is a map")?
-        .entry("labels")
-        .or_insert_with(|| json!({}));
-    if labels.is_null() {
-        *labels = json!({});
-    }
-    if let Value::Object(l) = labels {
-        l.insert(INJECTED.into(), "true".into());
-    }
-    Ok(true)
-}
-
-fn parse_policy(p: &str) -> anyhow::Result<Plaintext> {
-    p.parse::<Plaintext>().map_err(anyhow::Error::from)
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
     use meshfed_trust::TrustDomain;
 
     use super::*;
+    use meshfed_injector::pod::{INBOUND, INBOUND_PORT_POLICY, SKIP_INBOUND_PORTS};
 
     #[derive(Parser)]
     struct Cli {
@@ -399,8 +177,8 @@ mod tests {
         inject: InjectArgs,
     }
 
-    fn run(text: &str) -> anyhow::Result<Vec<Value>> {
-        let cli = Cli::parse_from([
+    fn cli() -> Cli {
+        Cli::parse_from([
             "t",
             "-f",
             "-",
@@ -410,8 +188,11 @@ mod tests {
             "ca",
             "-n",
             "shop",
-        ]);
-        let info = ClusterInfo {
+        ])
+    }
+
+    fn info() -> ClusterInfo {
+        ClusterInfo {
             cluster: "east".into(),
             trust_domain: TrustDomain::new("mesh.example").expect("td"),
             region: None,
@@ -420,8 +201,92 @@ mod tests {
             admin: Default::default(),
             roots_pem: Some("ROOTS".into()),
             intermediate_pem: None,
+        }
+    }
+
+    fn run(text: &str) -> anyhow::Result<Vec<Value>> {
+        inject(text, &cli().inject, &info())
+    }
+
+    /// The pod the webhook makes of `pod`: its review answered by the
+    /// injector, the JSONPatch applied as the API server applies it.
+    fn webhook(pod: &Value, namespace: &str) -> Value {
+        use base64::Engine as _;
+        let injector = meshfed_injector::PodInjector {
+            template: sidecar_template(&cli().inject.images, &info()),
+            namespaces: Default::default(),
         };
-        inject(text, &cli.inject, &info)
+        let review = serde_json::json!({
+            "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+            "request": {
+                "uid": "b1f4c2a0-0000-4000-8000-000000000001",
+                "kind": { "group": "", "version": "v1", "kind": "Pod" },
+                "resource": { "group": "", "version": "v1", "resource": "pods" },
+                "namespace": namespace, "operation": "CREATE",
+                "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+                "object": pod, "oldObject": null, "dryRun": false,
+            },
+        });
+        let body = serde_json::to_vec(&review).expect("json");
+        let answer = meshfed_injector::review(&body, &injector);
+        let answer: Value = serde_json::from_slice(&answer.body).expect("json");
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().expect("a patch"))
+            .expect("base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("a JSONPatch");
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &patch).expect("the patch applies");
+        patched
+    }
+
+    #[test]
+    fn the_webhook_writes_exactly_the_pod_meshctl_inject_writes() {
+        for annotations in [
+            &[][..],
+            &[
+                (meshfed_injector::pod::INBOUND_POLICY, "strict"),
+                (SKIP_INBOUND_PORTS, "22"),
+            ][..],
+            &[
+                (INBOUND, "4143=8080"),
+                (
+                    meshfed_injector::pod::ALLOW,
+                    "4143=spiffe://mesh.example/ns/web/sa/front",
+                ),
+            ][..],
+        ] {
+            let text = pod("api", annotations);
+            let mut original: Value = serde_saphyr::from_str(&text).expect("yaml");
+            original["spec"]["serviceAccountName"] = "api".into();
+            let text = serde_saphyr::to_string(&original).expect("yaml");
+            let by_meshctl = run(&text).expect("injects");
+            let by_meshctl = by_meshctl
+                .iter()
+                .find(|d| d["kind"] == "Pod")
+                .expect("the pod");
+            let by_webhook = webhook(&original, "shop");
+            assert_eq!(&by_webhook, by_meshctl, "{annotations:?}");
+            assert_ne!(by_webhook, original, "a sidecar was added");
+            // Injected once: the webhook leaves an injected pod alone.
+            let again = meshfed_injector::review(
+                &serde_json::to_vec(&serde_json::json!({
+                    "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+                    "request": {
+                        "uid": "u", "kind": { "group": "", "version": "v1", "kind": "Pod" },
+                        "resource": { "group": "", "version": "v1", "resource": "pods" },
+                        "namespace": "shop", "operation": "CREATE", "userInfo": {},
+                        "object": by_webhook, "oldObject": null,
+                    },
+                }))
+                .expect("json"),
+                &meshfed_injector::PodInjector {
+                    template: sidecar_template(&cli().inject.images, &info()),
+                    namespaces: Default::default(),
+                },
+            );
+            assert_eq!(again.outcome, meshfed_injector::Outcome::Skipped);
+        }
     }
 
     /// A Pod named `name` with these annotations.

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::cluster::*;
 use crate::output::Format;
 use crate::target::{ContextArgs, apply_objects, wait_rolled_out};
+pub use meshfed_injector::contract::{RUN_AS, TOKEN_AUDIENCE, container, env, identity_client};
 
 /// How other clusters reach this cluster's gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -392,10 +393,6 @@ fn service(name: &str, type_: &str, ports: &[(&str, u16)]) -> Value {
     })
 }
 
-fn env(name: &str, value: impl Into<String>) -> Value {
-    json!({ "name": name, "value": value.into() })
-}
-
 fn env_from_cluster_config(name: &str, key: &str, optional: bool) -> Value {
     let mut selector = json!({ "name": CLUSTER_CONFIG, "key": key });
     if optional {
@@ -404,76 +401,7 @@ fn env_from_cluster_config(name: &str, key: &str, optional: bool) -> Value {
     json!({ "name": name, "valueFrom": { "configMapKeyRef": selector } })
 }
 
-const TOKEN_DIR: &str = "/var/run/secrets/meshfed";
-const TRUST_DIR: &str = "/etc/meshfed/trust";
 const CA_DIR: &str = "/etc/meshfed/ca";
-/// The audience of the ServiceAccount tokens components prove themselves with.
-pub const TOKEN_AUDIENCE: &str = "meshfed-identity";
-/// The uid every component runs as.
-pub const RUN_AS: i64 = 65532;
-
-/// Env, volumes and mounts for a component that gets its certificate from
-/// the identity service with a projected ServiceAccount token.
-pub fn identity_client(info: &ClusterInfo, id: &str) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
-    let env = vec![
-        env(
-            "MESHFED_IDENTITY_ADDR",
-            format!("{IDENTITY}.{NAMESPACE}.svc:{IDENTITY_PORT}"),
-        ),
-        env(
-            "MESHFED_IDENTITY_SERVER_ID",
-            info.component_id(IDENTITY).to_string(),
-        ),
-        env("MESHFED_ID", id),
-        env("MESHFED_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
-        env("MESHFED_BUNDLE", format!("{TRUST_DIR}/{KEY_ROOTS}")),
-    ];
-    let volumes = vec![
-        json!({
-            "name": "meshfed-token",
-            "projected": { "sources": [{ "serviceAccountToken": {
-                "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token",
-            }}]},
-        }),
-        json!({ "name": "meshfed-trust", "configMap": { "name": TRUST_CONFIG } }),
-    ];
-    let mounts = vec![
-        json!({ "name": "meshfed-token", "mountPath": TOKEN_DIR, "readOnly": true }),
-        json!({ "name": "meshfed-trust", "mountPath": TRUST_DIR, "readOnly": true }),
-    ];
-    (env, volumes, mounts)
-}
-
-/// A hardened container: non-root, read-only root, no capabilities.
-pub fn container(name: &str, image: String, ports: &[(&str, u16)]) -> Value {
-    let ports: Vec<Value> = ports
-        .iter()
-        .map(|(n, p)| json!({ "name": n, "containerPort": p, "protocol": "TCP" }))
-        .collect();
-    let admin = json!({ "port": "admin", "path": "/live" });
-    json!({
-        "name": name,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "ports": ports,
-        "env": [env("MESHFED_LOG_FORMAT", "json")],
-        "livenessProbe": { "httpGet": admin, "periodSeconds": 10, "failureThreshold": 3 },
-        "readinessProbe": { "httpGet": { "port": "admin", "path": "/ready" }, "periodSeconds": 2, "failureThreshold": 2 },
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "capabilities": { "drop": ["ALL"] },
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
-        "resources": {
-            "requests": { "cpu": "50m", "memory": "32Mi" },
-            "limits": { "memory": "256Mi" },
-        },
-    })
-}
 
 fn deployment(name: &str, replicas: u16, container: Value, volumes: Vec<Value>) -> Value {
     let admin_port = container["ports"]
@@ -565,7 +493,10 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
         ("admin", CONTROLLER_ADMIN_PORT),
     ];
     let mut c = container(CONTROLLER, images.of(CONTROLLER), &ports);
-    let (id_env, volumes, mounts) = identity_client(info, &info.controller_identity().to_string());
+    let (id_env, volumes, mounts) = identity_client(
+        &info.component_id(IDENTITY).to_string(),
+        &info.controller_identity().to_string(),
+    );
     let envs = c["env"].as_array_mut().expect("container has env");
     envs.extend([
         env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
@@ -604,7 +535,10 @@ fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
         ("admin", GATEWAY_ADMIN_PORT),
     ];
     let mut c = container(GATEWAY, images.of(GATEWAY), &ports);
-    let (id_env, volumes, mounts) = identity_client(info, &info.gateway_identity().to_string());
+    let (id_env, volumes, mounts) = identity_client(
+        &info.component_id(IDENTITY).to_string(),
+        &info.gateway_identity().to_string(),
+    );
     let envs = c["env"].as_array_mut().expect("container has env");
     let controller = format!("{CONTROLLER}.{NAMESPACE}.svc");
     envs.extend([

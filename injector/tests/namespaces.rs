@@ -1,7 +1,8 @@
 //! The trust ConfigMaps against a stand-in API server (a tower-test mock
 //! behind a real `kube::Client`): every labelled namespace gets the roots,
 //! a newly labelled one too, a rotated bundle reaches them all, and a
-//! refused write is tried again.
+//! refused write is tried again; each namespace's inbound policy is known
+//! once the namespaces are listed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
-use meshfed_injector::{KEY_ROOTS, TRUST_CONFIG, keep_trust_configs};
+use meshfed_injector::{KEY_ROOTS, NamespacePolicies, TRUST_CONFIG, follow_namespaces};
 use meshfed_trust::{
     Credentials, KeyAlgorithm, RootCa, SpiffeId, TrustBundle, TrustDomain, certs_to_pem,
 };
@@ -37,7 +38,11 @@ impl ApiServer {
         let (events, mut rx) = mpsc::unbounded_channel::<Value>();
         let items: Vec<Value> = labelled
             .iter()
-            .map(|n| json!({ "metadata": { "name": n, "labels": { "meshfed.io/inject": "enabled" } } }))
+            .map(|n| {
+                // web wants callers outside the mesh refused.
+                let annotations = if *n == "web" { json!({ "meshfed.io/inbound-policy": "strict" }) } else { json!({}) };
+                json!({ "metadata": { "name": n, "labels": { "meshfed.io/inject": "enabled" }, "annotations": annotations } })
+            })
             .collect();
         let mut refuse: Vec<String> = refuse_once.iter().map(|s| (*s).to_owned()).collect();
         let recorded = writes.clone();
@@ -170,10 +175,25 @@ async fn every_labelled_namespace_gets_the_roots_and_keeps_them_current() {
     let first_pem = pem(first.bundle());
     let (tx, creds) = first.into_watch();
     let (client, api) = ApiServer::start(&["shop", "web"], &["web"]);
-    let task = tokio::spawn(keep_trust_configs(client, creds));
+    let (policies, ready) = (
+        NamespacePolicies::default(),
+        meshfed_trust::Readiness::default(),
+    );
+    let task = tokio::spawn(follow_namespaces(
+        client,
+        creds,
+        policies.clone(),
+        ready.clone(),
+    ));
 
     // shop at once; web after its refused write is tried again (5 s).
     let writes = api.until_writes(2).await;
+    assert!(ready.get(), "ready once the namespaces are listed");
+    assert_eq!(
+        policies.of("web"),
+        Ok(Some(meshfed_sidecar::Plaintext::Strict))
+    );
+    assert_eq!(policies.of("shop"), Ok(None));
     let manager = "meshfed-injector".to_owned();
     assert_eq!(
         writes,
@@ -190,7 +210,8 @@ async fn every_labelled_namespace_gets_the_roots_and_keeps_them_current() {
     // A namespace labelled later.
     api.events
         .send(json!({ "type": "ADDED", "object": { "metadata": { "name": "blog", "resourceVersion": "2",
-            "labels": { "meshfed.io/inject": "enabled" } } } }))
+            "labels": { "meshfed.io/inject": "enabled" },
+            "annotations": { "meshfed.io/inbound-policy": "loose" } } } }))
         .expect("api server running");
     let writes = api.until_writes(3).await;
     assert!(

@@ -1,5 +1,7 @@
-//! Keeps the `meshfed-trust` ConfigMap in every namespace labelled for
-//! injection. An injected sidecar mounts it for the roots it trusts the
+//! The namespaces labelled for injection, followed through one watch: each
+//! one's inbound policy (the `meshfed.io/inbound-policy` annotation, which
+//! the webhook cannot see in a pod's review) for the webhook, and its
+//! `meshfed-trust` ConfigMap. An injected sidecar mounts it for the roots it trusts the
 //! identity service with before its first certificate, and a webhook may
 //! not create objects itself (`sideEffects: None`), so the injector keeps
 //! them level-triggered: each labelled namespace gets the roots of the
@@ -9,6 +11,7 @@
 //! ConfigMap deleted or edited by hand comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,13 +20,13 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, ResourceExt};
-use meshfed_trust::{CredentialsWatch, certs_to_pem};
+use meshfed_sidecar::Plaintext;
+use meshfed_trust::{CredentialsWatch, Readiness, certs_to_pem};
 use serde_json::json;
 
-/// The ConfigMap injected pods mount.
-pub const TRUST_CONFIG: &str = "meshfed-trust";
-/// Its key holding the roots (PEM).
-pub const KEY_ROOTS: &str = "root.crt";
+use crate::contract::{KEY_ROOTS, TRUST_CONFIG};
+use crate::pod::{INBOUND_POLICY, parse_policy};
+
 /// The namespace label that turns injection on.
 pub const INJECT_LABEL: &str = "meshfed.io/inject";
 /// Its value.
@@ -37,15 +40,67 @@ const RETRY: Duration = Duration::from_secs(5);
 /// hand comes back (an unchanged apply is a no-op for the API server).
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// Runs until the client's API server is gone for good (never, in practice).
-pub async fn keep_trust_configs(client: Client, mut creds: CredentialsWatch) {
+/// Each labelled namespace's inbound policy, if it sets one: the policy, or
+/// why its annotation is not one (its pods are then refused, naming it).
+#[derive(Debug, Clone, Default)]
+pub struct NamespacePolicies(Arc<RwLock<BTreeMap<String, Result<Plaintext, String>>>>);
+
+impl NamespacePolicies {
+    /// The policy `namespace` sets for its pods, if any.
+    pub fn of(&self, namespace: &str) -> Result<Option<Plaintext>, String> {
+        let policies = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match policies.get(namespace) {
+            None => Ok(None),
+            Some(Ok(p)) => Ok(Some(*p)),
+            Some(Err(why)) => Err(format!("Namespace {namespace}: {INBOUND_POLICY}: {why}")),
+        }
+    }
+
+    fn replace(&self, all: BTreeMap<String, Result<Plaintext, String>>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = all;
+    }
+
+    fn set(&self, namespace: String, policy: Option<Result<Plaintext, String>>) {
+        let mut policies = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match policy {
+            Some(p) => policies.insert(namespace, p),
+            None => policies.remove(&namespace),
+        };
+    }
+}
+
+/// A namespace's policy annotation, parsed.
+fn policy_of(ns: &Namespace) -> Option<Result<Plaintext, String>> {
+    let value = ns.annotations().get(INBOUND_POLICY)?;
+    Some(parse_policy(value).map_err(|e| e.to_string()))
+}
+
+/// Follows the labelled namespaces until the API server is gone for good
+/// (never, in practice): `policies` for the webhook, a trust ConfigMap in
+/// each. `ready` is set once the namespaces have been listed, so no pod is
+/// meshed before its namespace's policy is known.
+pub async fn follow_namespaces(
+    client: Client,
+    mut creds: CredentialsWatch,
+    policies: NamespacePolicies,
+    ready: Readiness,
+) {
     let selector = format!("{INJECT_LABEL}={INJECT_ENABLED}");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut events = watcher(namespaces, watcher::Config::default().labels(&selector))
         .default_backoff()
         .boxed();
     let mut labelled = BTreeSet::new();
-    let mut listing: Option<BTreeSet<String>> = None;
+    let mut listing: Option<BTreeMap<String, Option<Result<Plaintext, String>>>> = None;
     // What each namespace was last given; empty after a failure, so it is retried.
     let mut written: BTreeMap<String, String> = BTreeMap::new();
     let mut roots = roots_pem(&creds);
@@ -55,17 +110,24 @@ pub async fn keep_trust_configs(client: Client, mut creds: CredentialsWatch) {
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Ok(Event::Init)) => listing = Some(BTreeSet::new()),
+                Some(Ok(Event::Init)) => listing = Some(BTreeMap::new()),
                 Some(Ok(Event::InitApply(ns))) => {
                     if let Some(l) = listing.as_mut() {
-                        l.insert(ns.name_any());
+                        l.insert(ns.name_any(), policy_of(&ns));
                     }
                 }
-                Some(Ok(Event::InitDone)) => labelled = listing.take().unwrap_or_default(),
+                Some(Ok(Event::InitDone)) => {
+                    let listed = listing.take().unwrap_or_default();
+                    labelled = listed.keys().cloned().collect();
+                    policies.replace(listed.into_iter().filter_map(|(n, p)| Some((n, p?))).collect());
+                    ready.set(true);
+                }
                 Some(Ok(Event::Apply(ns))) => {
+                    policies.set(ns.name_any(), policy_of(&ns));
                     labelled.insert(ns.name_any());
                 }
                 Some(Ok(Event::Delete(ns))) => {
+                    policies.set(ns.name_any(), None);
                     labelled.remove(&ns.name_any());
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "watching labelled namespaces failed; retrying"),
