@@ -11,8 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_trust::{SpiffeId, TrustBundle, TrustDomain};
 
 pub use meshfed_injector::contract::{
-    CONTROLLER, DISCOVERY_PORT, IDENTITY, IDENTITY_PORT, KEY_ROOTS, NAMESPACE, SIDECAR,
-    TRUST_CONFIG,
+    CONTROLLER, DISCOVERY_PORT, IDENTITY, IDENTITY_PORT, INJECTOR, INJECTOR_ADMIN_PORT,
+    INJECTOR_PORT, KEY_ROOTS, NAMESPACE, SIDECAR, TRUST_CONFIG,
 };
 
 /// ConfigMap: the cluster's name, trust domain, gateway and identities.

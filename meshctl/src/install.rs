@@ -276,6 +276,7 @@ pub fn manifests(
     objects.extend(identity(images, a.leaf_ttl));
     objects.extend(controller(info, images));
     objects.extend(gateway(a, info, images));
+    objects.extend(injector(info, images));
     objects.sort_by_cached_key(|o| {
         let kind = o["kind"].as_str().unwrap_or_default();
         let rank = KIND_ORDER
@@ -309,6 +310,8 @@ pub const KIND_ORDER: &[&str] = &[
     "Service",
     "Deployment",
     "PodDisruptionBudget",
+    // Registered once the injector can answer it.
+    "MutatingWebhookConfiguration",
 ];
 
 /// Where the component images come from (`--image-registry`, `--image-tag`).
@@ -568,18 +571,104 @@ fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
     let mut svc = service(GATEWAY, type_, &[("gateway", info.gateway_port)]);
     svc["metadata"]["annotations"] =
         json!({ "meshfed.io/gateway-identity": info.gateway_identity().to_string() });
-    vec![
-        service_account(GATEWAY),
-        svc,
-        d,
-        json!({
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": { "name": GATEWAY, "namespace": NAMESPACE, "labels": part_of(GATEWAY) },
-            "spec": {
-                "minAvailable": 1,
-                "selector": { "matchLabels": { "app.kubernetes.io/name": GATEWAY } },
+    vec![service_account(GATEWAY), svc, d, one_always_up(GATEWAY)]
+}
+
+/// A PodDisruptionBudget keeping one replica of `name` up through drains.
+fn one_always_up(name: &str) -> Value {
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
+        "spec": {
+            "minAvailable": 1,
+            "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
+        },
+    })
+}
+
+/// Namespaces the webhook never sees: Kubernetes' own, and Meshfed's (its
+/// components, the injector among them, must start whatever the webhook's
+/// state).
+const NEVER_INJECTED: [&str; 4] = ["kube-system", "kube-public", "kube-node-lease", NAMESPACE];
+
+/// The sidecar injector and the MutatingWebhookConfiguration that sends it
+/// the pods of namespaces labelled `meshfed.io/inject: enabled`. Without the
+/// cluster's roots (`--trust-domain` instead of `--ca`) the configuration
+/// is left out: the API server could not check the injector's certificate.
+fn injector(info: &ClusterInfo, images: &Images) -> Vec<Value> {
+    let ports = [("webhook", INJECTOR_PORT), ("admin", INJECTOR_ADMIN_PORT)];
+    let mut c = container(INJECTOR, images.of(INJECTOR), &ports);
+    let (id_env, volumes, mounts) = identity_client(
+        &info.component_id(IDENTITY).to_string(),
+        &info.component_id(INJECTOR).to_string(),
+    );
+    let envs = c["env"].as_array_mut().expect("container has env");
+    envs.extend([
+        env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
+        env_from_cluster_config("MESHFED_REGION", "region", true),
+        env("MESHFED_SIDECAR_IMAGE", images.of(SIDECAR)),
+        env("MESHFED_LISTEN", format!("0.0.0.0:{INJECTOR_PORT}")),
+        env(
+            "MESHFED_ADMIN_LISTEN",
+            format!("0.0.0.0:{INJECTOR_ADMIN_PORT}"),
+        ),
+    ]);
+    envs.extend(id_env);
+    c["volumeMounts"] = mounts.into();
+    // Two replicas: with failurePolicy Fail, pods of meshed namespaces are
+    // created only while one answers.
+    let d = deployment(INJECTOR, 2, c, volumes);
+    let mut svc = service(INJECTOR, "ClusterIP", &[("webhook", INJECTOR_PORT)]);
+    svc["spec"]["ports"][0]["port"] = 443.into();
+    let mut out = vec![service_account(INJECTOR), svc, d, one_always_up(INJECTOR)];
+    // Reads labelled namespaces (their inbound policy); writes each one's trust ConfigMap.
+    out.extend(cluster_role(
+        INJECTOR,
+        json!([
+            { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"] },
+            { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [TRUST_CONFIG], "verbs": ["get", "patch"] },
+        ]),
+    ));
+    if let Some(roots) = &info.roots_pem {
+        out.push(webhook_configuration(roots));
+    }
+    out
+}
+
+fn webhook_configuration(roots_pem: &str) -> Value {
+    use base64::Engine;
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(roots_pem);
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": INJECTOR, "labels": part_of(INJECTOR) },
+        "webhooks": [{
+            "name": "inject.meshfed.io",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {
+                "service": { "name": INJECTOR, "namespace": NAMESPACE, "path": meshfed_injector::PATH, "port": 443 },
+                // The cluster's roots: the injector's certificate chains to them.
+                "caBundle": ca_bundle,
             },
-        }),
-    ]
+            "rules": [{
+                "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods"], "scope": "Namespaced",
+            }],
+            "namespaceSelector": { "matchExpressions": [
+                { "key": meshfed_injector::INJECT_LABEL, "operator": "In", "values": [meshfed_injector::INJECT_ENABLED] },
+                { "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": NEVER_INJECTED },
+            ]},
+            // A pod of a meshed namespace created without its sidecar would be
+            // outside the mesh unnoticed (refused by strict peers, or bypassing
+            // policy): better not created until the injector answers.
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "matchPolicy": "Equivalent",
+            // Re-run after later webhooks; an injected pod is left as it is.
+            "reinvocationPolicy": "IfNeeded",
+        }],
+    })
 }

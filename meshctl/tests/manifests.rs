@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -128,6 +129,9 @@ fn parse_strictly(doc: &Value) -> Result<(), String> {
         ("v1", "Service") => strict::<Service>(doc),
         ("apps/v1", "Deployment") => strict::<Deployment>(doc),
         ("policy/v1", "PodDisruptionBudget") => strict::<PodDisruptionBudget>(doc),
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+            strict::<MutatingWebhookConfiguration>(doc)
+        }
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => strict::<ClusterRole>(doc),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => strict::<ClusterRoleBinding>(doc),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
@@ -439,8 +443,36 @@ fn reference_manifests_are_what_install_prints() {
             )
         })
         .collect();
-    assert_eq!(extra, ["ConfigMap meshfed-trust", "Secret meshfed-ca"]);
+    assert_eq!(
+        extra,
+        [
+            "ConfigMap meshfed-trust",
+            "Secret meshfed-ca",
+            "MutatingWebhookConfiguration meshfed-injector"
+        ]
+    );
     assert!(reference.iter().all(|d| full.contains(d)));
+    // The API server checks the injector's certificate against the cluster's roots.
+    let webhook = full
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("the webhook");
+    use base64::Engine as _;
+    let bundle = base64::engine::general_purpose::STANDARD
+        .decode(
+            webhook["webhooks"][0]["clientConfig"]["caBundle"]
+                .as_str()
+                .expect("caBundle"),
+        )
+        .expect("base64");
+    let roots = std::fs::read(ca.join("root.crt")).expect("root.crt");
+    assert_eq!(bundle, roots);
+    assert_eq!(
+        webhook["webhooks"][0]["clientConfig"]["service"],
+        serde_json::json!({ "name": "meshfed-injector", "namespace": "meshfed-system", "path": "/inject", "port": 443 })
+    );
+    assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail");
+    assert_eq!(webhook["webhooks"][0]["sideEffects"], "None");
 }
 
 #[test]
@@ -546,6 +578,7 @@ fn the_container_build_makes_every_image_install_uses() {
         "mirror-controller",
         "gateway",
         "sidecar",
+        "injector",
         "meshctl",
     ]
     .iter()

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Component, export_holds};
 use crate::cluster::{
-    CLUSTER_CONFIG, CONTROLLER, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY, NAMESPACE,
+    CLUSTER_CONFIG, CONTROLLER, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY, INJECTOR, NAMESPACE,
     TRUST_CONFIG,
 };
 use crate::kube_error::{Call, Server, Verb, explain};
@@ -324,7 +324,7 @@ impl KubeCluster {
     pub async fn components(&self, _info: &ClusterInfo) -> anyhow::Result<Vec<Component>> {
         let api: Api<Deployment> = self.api();
         let mut out = Vec::new();
-        for name in [IDENTITY, CONTROLLER, GATEWAY] {
+        for name in [IDENTITY, CONTROLLER, GATEWAY, INJECTOR] {
             let d = api
                 .get_opt(name)
                 .await
@@ -584,6 +584,7 @@ fn plural(kind: &str) -> Option<(&'static str, bool)> {
         "Service" => ("services", true),
         "Deployment" => ("deployments", true),
         "PodDisruptionBudget" => ("poddisruptionbudgets", true),
+        "MutatingWebhookConfiguration" => ("mutatingwebhookconfigurations", false),
         _ => return None,
     })
 }

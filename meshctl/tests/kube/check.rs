@@ -50,6 +50,11 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
             2,
             h.gateway_ready,
         )),
+        Exchange::get(format!("{DEPLOYMENTS}/meshfed-injector")).answers(deployment(
+            "meshfed-injector",
+            2,
+            2,
+        )),
         Exchange::get("/apis/meshfed.io/v1alpha1/links?").answers(list(
             "meshfed.io/v1alpha1",
             "LinkList",
@@ -133,7 +138,8 @@ async fn check_passes_a_healthy_cluster() {
     );
     assert_eq!(
         outcome(&outcomes, "components ready").detail,
-        "meshfed-identity 2/2 ready, meshfed-controller 1/1 ready, meshfed-gateway 2/2 ready"
+        "meshfed-identity 2/2 ready, meshfed-controller 1/1 ready, meshfed-gateway 2/2 ready, \
+         meshfed-injector 2/2 ready"
     );
 }
 

@@ -37,6 +37,12 @@ const RESOURCES: &[(&str, &str, &str, bool)] = &[
         "poddisruptionbudgets",
         true,
     ),
+    (
+        "MutatingWebhookConfiguration",
+        "admissionregistration.k8s.io/v1",
+        "mutatingwebhookconfigurations",
+        false,
+    ),
 ];
 
 /// The server-side apply URL of `object`.
