@@ -9,8 +9,8 @@
 # that sources this file), so a machine without Docker or kind gets the clear
 # refusal, not a "command not found" from halfway through.
 
-# The five images deploy/Dockerfile builds, by target name.
-readonly MESHFED_IMAGES=(meshfed-identity meshfed-controller meshfed-gateway meshfed-sidecar meshctl)
+# The six images deploy/Dockerfile builds, by target name.
+readonly MESHFED_IMAGES=(meshfed-identity meshfed-controller meshfed-gateway meshfed-injector meshfed-sidecar meshctl)
 # The workload namespace the runner reads and port-forwards into.
 readonly SHOP=shop
 # Meshfed's own namespace (meshctl install).

@@ -3,7 +3,9 @@
 # up.sh WORK: builds the federation WORK/plan/ describes out of kind clusters
 # (format in README.md): images, clusters with zoned workers, a root CA and
 # one intermediate per cluster under WORK/trust/, Meshfed, the sample
-# workloads of namespace shop behind their sidecars, the exports, the
+# workloads of namespace shop (labelled meshfed.io/inject=enabled, so the
+# injector's webhook adds their sidecars; Services target the apps' own
+# ports, and inbound is intercepted transparently), the exports, the
 # FailoverPolicies and the links; then waits for `meshctl check` to pass and
 # prints "federation ready".
 #
@@ -25,9 +27,8 @@ readonly USAGE="usage: up.sh WORK   (WORK/plan/ written by meshctl scenario run 
 # and the federation to pass meshctl check.
 readonly ROLLOUT_TIMEOUT=180s
 readonly CHECK_TIMEOUT_SECONDS=180
-# The sidecar's inbound port and the client pods' explicit upstreams, as the
-# runner expects them.
-readonly INBOUND=4143
+# The apps' ports and the client pods' explicit upstreams, as the runner
+# expects them.
 readonly API_PORT=8080 ECHO_PORT=9000 STATS_PORT=8081
 readonly API_UPSTREAM=15001 ECHO_UPSTREAM=15002
 
@@ -123,7 +124,7 @@ if [[ ${MESHFED_SKIP_BUILD:-} == 1 ]]; then
 	step "MESHFED_SKIP_BUILD=1: using the images already built"
 	for t in "${MESHFED_IMAGES[@]}"; do
 		docker image inspect "$REGISTRY/$t:$TAG" >/dev/null 2>&1 ||
-			die "image $REGISTRY/$t:$TAG is not built (MESHFED_SKIP_BUILD=1 needs all five; unset it to build them)"
+			die "image $REGISTRY/$t:$TAG is not built (MESHFED_SKIP_BUILD=1 needs all six; unset it to build them)"
 	done
 else
 	for t in "${MESHFED_IMAGES[@]}"; do
@@ -212,7 +213,8 @@ metadata:
 EOF
 }
 
-# service NAME PORT PORT-NAME: a Service of app NAME in front of the sidecars' inbound port.
+# service NAME PORT PORT-NAME: a Service of app NAME targeting the app's own
+# port, as it would be without a mesh: the sidecar intercepts inbound.
 service() {
 	cat <<EOF
 ---
@@ -227,7 +229,7 @@ spec:
   ports:
     - name: $3
       port: $2
-      targetPort: $INBOUND
+      targetPort: $3
 EOF
 }
 
@@ -293,12 +295,13 @@ $annotations
 EOF
 }
 
-# shop_yaml CLUSTER: every sample workload of the cluster, before injection.
+# shop_yaml CLUSTER: every sample workload of the cluster, as a user writes
+# it: no sidecar (the webhook adds it when the pods are created).
 shop_yaml() {
-	local c=$1 z letter zone caller allow upstreams
+	local c=$1 z letter zone caller upstreams
 	local region=${REGIONS[$c]} first_zone
 	first_zone=$region-a
-	allow=$(annotation meshfed.io/allow "$INBOUND=spiffe://$TRUST_DOMAIN/ns/$SHOP/sa/client")
+	local client_id=spiffe://$TRUST_DOMAIN/ns/$SHOP/sa/client
 	upstreams=$(annotation meshfed.io/upstreams "api.$SHOP:$API_PORT=$API_UPSTREAM echo.$SHOP:$ECHO_PORT=$ECHO_UPSTREAM")
 	for caller in api echo client ${CALLERS[$c]:-}; do
 		service_account "$caller"
@@ -309,12 +312,12 @@ shop_yaml() {
 		letter=$(zone_letter "$z")
 		zone=$region-$letter
 		deployment "api-$letter" api api "$zone" "$API_PORT" http \
-			"$(annotation meshfed.io/inbound "$INBOUND=$API_PORT")"$'\n'"$allow" \
+			"$(annotation meshfed.io/allow "$API_PORT=$client_id")" \
 			dev exec api --listen "0.0.0.0:$API_PORT" --cluster "$c" --zone "$zone" --pod "api-$letter"
 	done
 	# echo and the clients live in the first zone, as with the local provider.
 	deployment echo echo echo "$first_zone" "$ECHO_PORT" tcp \
-		"$(annotation meshfed.io/inbound "$INBOUND=$ECHO_PORT")"$'\n'"$allow" \
+		"$(annotation meshfed.io/allow "$ECHO_PORT=$client_id")" \
 		dev exec echo --listen "0.0.0.0:$ECHO_PORT"
 	for caller in client ${CALLERS[$c]:-}; do
 		deployment "$caller" "$caller" "$caller" "$first_zone" "$STATS_PORT" stats "$upstreams" \
@@ -324,13 +327,11 @@ shop_yaml() {
 
 for c in "${CLUSTERS[@]}"; do
 	ctx=$(context "$c")
-	step "deploying the sample workloads in $ctx (namespace $SHOP)"
-	printf '%s\n' "apiVersion: v1" "kind: Namespace" "metadata:" "  name: $SHOP" |
+	step "deploying the sample workloads in $ctx (namespace $SHOP, labelled for injection)"
+	printf '%s\n' "apiVersion: v1" "kind: Namespace" "metadata:" "  name: $SHOP" \
+		"  labels:" "    meshfed.io/inject: enabled" |
 		kubectl --context "$ctx" apply -f - >&2
-	shop_yaml "$c" |
-		"$MESHCTL" inject -f - --cluster "$c" --ca "$WORK/trust/$c-ca" --region "${REGIONS[$c]}" -n "$SHOP" \
-			--image-registry "$REGISTRY" --image-tag "$TAG" |
-		kubectl --context "$ctx" apply -n "$SHOP" -f - >&2
+	shop_yaml "$c" | kubectl --context "$ctx" apply -n "$SHOP" -f - >&2
 done
 for entry in "${EXPORTED[@]}"; do
 	read -r c service <<<"$entry"

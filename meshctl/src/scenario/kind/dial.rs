@@ -1,6 +1,7 @@
 //! Probes without a mesh certificate on kind: `meshctl scenario probe` runs
-//! in a pod of its own (nothing injects `kubectl run`'s pods) and dials the
-//! gateway's NodePort on a node, or a pod's sidecar inbound port.
+//! in a pod of its own (opted out of injection, though its namespace is
+//! labelled for it) and dials the gateway's NodePort on a node, or a pod's
+//! sidecar inbound port.
 
 use anyhow::{Context, bail};
 
@@ -9,10 +10,11 @@ use super::{Kind, POD_LABEL};
 use crate::cluster::{GATEWAY, NAMESPACE};
 use crate::dev::{INBOUND_PORT, SHOP};
 use crate::scenario::spec::ProbeTarget;
+use meshfed_injector::pod::INJECT;
 
 impl Kind {
     /// Runs `meshctl scenario probe` in a pod of `from` that has no sidecar
-    /// (nothing injects `kubectl run`'s pods).
+    /// (annotated `meshfed.io/inject: "false"`, so the webhook leaves it be).
     pub(in crate::scenario) async fn probe(
         &mut self,
         from: &str,
@@ -35,6 +37,7 @@ impl Kind {
             format!("--image={}", self.image),
             "--image-pull-policy=Never".into(),
             "--restart=Never".into(),
+            format!("--annotations={INJECT}=false"),
             "--rm".into(),
             "-i".into(),
             "--quiet".into(),
