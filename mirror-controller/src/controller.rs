@@ -18,8 +18,8 @@ use tonic::service::Routes;
 
 use crate::discovery::{DiscoveryService, LocalCluster, RouteTable};
 use crate::federation::{Exports, FederationService, PeerAuthorizer};
-use crate::local::exports;
-use crate::metrics::{LinkLabels, Metrics};
+use crate::local::{Unidentified, exports, unidentified};
+use crate::metrics::{LinkLabels, Metrics, UnidentifiedLabels};
 use crate::peer::{self, PeerContext, PeerHandle};
 use crate::status;
 use crate::store::{ClusterState, ObjKey, Store};
@@ -238,6 +238,16 @@ async fn follow_store(
         ctx.metrics
             .exports
             .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        let missing = unidentified(&local, &me.trust_domain);
+        for why in [Unidentified::PodUnknown, Unidentified::NotNamed] {
+            let n = missing.get(&why).copied().unwrap_or(0);
+            ctx.metrics
+                .unidentified
+                .get_or_create(&UnidentifiedLabels {
+                    reason: why.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         RouteTable::publish(&published.routes, &local, &me.trust_domain);
         published.exports.send_if_modified(|cur| {
             if cur.set == set {

@@ -56,36 +56,61 @@ fn slices_of<'a>(
         })
 }
 
+/// Why an endpoint is not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Unidentified {
+    /// Its `targetRef` names a Pod the store does not hold (not yet
+    /// watched, already gone, or an earlier Pod of that name).
+    PodUnknown,
+    /// It is not a Pod and no `meshfed.io/identity` annotation names it.
+    NotNamed,
+}
+
+impl Unidentified {
+    /// The metric label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::PodUnknown => "pod_unknown",
+            Self::NotNamed => "not_named",
+        }
+    }
+}
+
 /// Who an endpoint serves as, the way Kubernetes states it: its `targetRef`
 /// names a Pod, whose `spec.serviceAccountName` makes the SPIFFE ID. Only an
 /// endpoint that is not a Pod (a VM or a host in a slice written by hand) may
 /// be named by the `meshfed.io/identity` annotation of its slice or Service.
-/// `None` when neither says: such an endpoint is not offered, as a guessed
-/// identity would be refused by every client anyway.
+/// When neither says, the endpoint is not offered: a guessed identity would
+/// be refused by every client anyway.
 fn identity_of(
     state: &ClusterState,
     td: &TrustDomain,
     svc: &Service,
     slice: &EndpointSlice,
     ep: &Endpoint,
-) -> Option<String> {
+) -> Result<String, Unidentified> {
     match ep.target_ref.as_ref() {
         Some(target) if target.kind.as_deref() == Some("Pod") => {
             let namespace = target
                 .namespace
                 .as_deref()
-                .or(slice.metadata.namespace.as_deref())?;
+                .or(slice.metadata.namespace.as_deref())
+                .ok_or(Unidentified::PodUnknown)?;
+            let name = target.name.as_deref().ok_or(Unidentified::PodUnknown)?;
             let pod = state
                 .pods
-                .get(&ObjKey::new(namespace, target.name.as_deref()?))?;
+                .get(&ObjKey::new(namespace, name))
+                .ok_or(Unidentified::PodUnknown)?;
             // A Pod recreated under the same name is not the one the slice names yet.
             if let (Some(named), Some(known)) = (&target.uid, &pod.uid)
                 && named != known
             {
-                return None;
+                return Err(Unidentified::PodUnknown);
             }
-            let id = td.workload(namespace, &pod.service_account).ok()?;
-            Some(id.to_string())
+            let id = td
+                .workload(namespace, &pod.service_account)
+                .map_err(|_| Unidentified::PodUnknown)?;
+            Ok(id.to_string())
         }
         _ => {
             let annotated = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
@@ -94,9 +119,34 @@ fn identity_of(
                     .and_then(|a| a.get(labels::IDENTITY))
                     .cloned()
             };
-            annotated(&slice.metadata).or_else(|| annotated(&svc.metadata))
+            annotated(&slice.metadata)
+                .or_else(|| annotated(&svc.metadata))
+                .ok_or(Unidentified::NotNamed)
         }
     }
+}
+
+/// How many endpoints of the cluster's own Services are not offered, by
+/// why: what `meshfed_controller_endpoints_unidentified` shows, so an
+/// endpoint missing from discovery is never a silent mystery.
+pub(crate) fn unidentified(
+    state: &ClusterState,
+    td: &TrustDomain,
+) -> BTreeMap<Unidentified, usize> {
+    let mut out = BTreeMap::new();
+    for (key, svc) in &state.services {
+        if is_mirror(svc.metadata.labels.as_ref()) {
+            continue;
+        }
+        for slice in slices_of(state, key) {
+            for ep in slice.endpoints.iter().flatten() {
+                if let Err(why) = identity_of(state, td, svc, slice, ep) {
+                    *out.entry(why).or_default() += 1;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A slice's endpoints that can be offered, each with who it serves as.
@@ -110,7 +160,7 @@ fn offered<'a>(
         .endpoints
         .iter()
         .flatten()
-        .filter_map(move |ep| Some((ep, identity_of(state, td, svc, slice, ep)?)))
+        .filter_map(move |ep| Some((ep, identity_of(state, td, svc, slice, ep).ok()?)))
 }
 
 /// An endpoint's zone: its own, else its Node's.
@@ -447,6 +497,10 @@ mod tests {
         assert_eq!(exported.zones.iter().map(|z| z.total).sum::<u32>(), 1);
         let routed = &routes(&state, &td())[&ObjKey::new("shop", "api")].ports[0];
         assert_eq!(routed.endpoints.len(), 1, "{routed:?}");
+        assert_eq!(
+            unidentified(&state, &td()),
+            BTreeMap::from([(Unidentified::PodUnknown, 2)])
+        );
     }
 
     #[test]

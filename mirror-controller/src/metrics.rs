@@ -21,6 +21,13 @@ pub struct ErrorLabels {
     pub what: &'static str,
 }
 
+/// Labels of endpoints not offered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnidentifiedLabels {
+    /// Why: `pod_unknown` or `not_named`.
+    pub reason: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~3 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 15))
@@ -42,6 +49,7 @@ pub struct Metrics {
     pub(crate) discovery_push_latency: Histogram,
     pub(crate) reconcile_errors: Family<ErrorLabels, Counter>,
     pub(crate) store_errors: Gauge,
+    pub(crate) unidentified: Family<UnidentifiedLabels, Gauge>,
 }
 
 impl Metrics {
@@ -61,6 +69,7 @@ impl Metrics {
             discovery_push_latency: latency_histogram(),
             reconcile_errors: Family::default(),
             store_errors: Gauge::default(),
+            unidentified: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("meshfed_controller");
         r.register(
@@ -118,6 +127,13 @@ impl Metrics {
             "reconcile_errors",
             "Failed store writes by what was attempted",
             m.reconcile_errors.clone(),
+        );
+        r.register(
+            "endpoints_unidentified",
+            "Endpoints of local Services not offered because nothing says who they serve as \
+             (reason pod_unknown: their targetRef names a Pod not known; not_named: not a Pod \
+             and no meshfed.io/identity annotation)",
+            m.unidentified.clone(),
         );
         r.register(
             "store_file_errors",

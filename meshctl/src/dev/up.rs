@@ -462,7 +462,10 @@ pub fn set_endpoint_ready(
                     })
                 });
                 if mine {
+                    // As the endpoint-slice controller writes a pod that is
+                    // not ready and not terminating.
                     ep["conditions"]["ready"] = ready.into();
+                    ep["conditions"]["serving"] = ready.into();
                 }
             }
         }

@@ -960,6 +960,18 @@ async fn discovery_offers_each_endpoint_with_its_pods_service_account() {
         "the zone of the endpoint's Node"
     );
 
+    let metric = |registry: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text
+    };
+    assert!(
+        metric(&registry)
+            .contains("meshfed_controller_endpoints_unidentified{reason=\"pod_unknown\"} 1"),
+        "the endpoint not offered is counted:\n{}",
+        metric(&registry)
+    );
+
     // The late Pod arrives: its endpoint is offered with its identity.
     let mut late = pod(
         "api-6d4cf56db6-late1",
@@ -975,6 +987,13 @@ async fn discovery_offers_each_endpoint_with_its_pods_service_account() {
             .is_some_and(|s| addresses_and_identities(s).get("10.244.1.9:8080") == Some(&id("api")))
     })
     .await;
+
+    assert!(
+        metric(&registry)
+            .contains("meshfed_controller_endpoints_unidentified{reason=\"pod_unknown\"} 0"),
+        "{}",
+        metric(&registry)
+    );
 
     // A rollout to a new service account: new Pods, the slice rewritten to
     // name them, the old Pods deleted.
