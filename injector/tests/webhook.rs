@@ -340,3 +340,42 @@ async fn huge_and_misdirected_requests_are_refused_and_counted() {
         "{metrics}"
     );
 }
+
+#[test]
+fn pods_of_odd_shapes_are_answered_never_a_panic() {
+    let injector = injector();
+    // Not an object at all: the review itself is malformed.
+    let answer = meshfed_injector::review(&review(json!("a string")), &injector);
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let mut answered = 0;
+    for pod in [
+        json!({ "metadata": "x", "spec": {} }),
+        json!({ "metadata": { "labels": ["a"], "annotations": 7 }, "spec": { "containers": [] } }),
+        json!({ "metadata": null, "spec": { "initContainers": {}, "containers": [] } }),
+        json!({ "metadata": {}, "spec": { "volumes": "none", "containers": [] } }),
+        json!({ "metadata": {}, "spec": [] }),
+        json!({ "metadata": { "annotations": { "meshfed.io/inbound": "x=y=z" } }, "spec": {} }),
+        json!({ "metadata": {}, "spec": { "serviceAccountName": "Not_A_Name!", "containers": [] } }),
+    ] {
+        let answer = meshfed_injector::review(&review(pod.clone()), &injector);
+        // Either a 400 naming what does not parse, or an answer to the request.
+        if answer.status == StatusCode::BAD_REQUEST {
+            assert!(
+                answer.body.starts_with(b"malformed AdmissionReview: "),
+                "{pod}"
+            );
+            continue;
+        }
+        assert_eq!(answer.status, StatusCode::OK, "{pod}");
+        let v: Value = serde_json::from_slice(&answer.body).expect("json");
+        assert_eq!(
+            v["response"]["uid"], "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4",
+            "{pod}"
+        );
+        answered += 1;
+    }
+    assert!(
+        answered >= 4,
+        "most odd pods parse as pods and are answered: {answered}"
+    );
+}
