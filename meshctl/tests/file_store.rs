@@ -78,6 +78,7 @@ struct Cluster {
     ca_dir: tempfile::TempDir,
     controller_tasks: Vec<JoinHandle<()>>,
     gateway_tasks: Vec<JoinHandle<()>>,
+    gateway_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Cluster {
@@ -161,10 +162,17 @@ impl Cluster {
         let listener = meshfed_gateway::bind_shared("127.0.0.1:0".parse().expect("addr"))
             .expect("bind gateway");
         let gateway_port = listener.local_addr().expect("addr").port();
+        // Stopping the gateway is a crash: with no drain time, every
+        // connection through it ends at once, as when its process is killed.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut gateway_tasks = vec![
             following,
             tokio::spawn(async move {
-                let _ = gateway.serve(listener, std::future::pending()).await;
+                let _ = gateway
+                    .serve(listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
             }),
         ];
         let gateway_admin = admin(&mut gateway_tasks).await;
@@ -174,6 +182,7 @@ impl Cluster {
             ca_dir,
             controller_tasks,
             gateway_tasks,
+            gateway_stop: Some(stop),
         };
         ok(&[
             "install",
@@ -208,8 +217,17 @@ impl Cluster {
         self.dir.path().join(rel)
     }
 
-    fn kill_gateway(&mut self) {
-        for t in self.gateway_tasks.drain(..) {
+    /// Kills the gateway: its listener closes and every connection through
+    /// it (the federation stream among them) ends, as with a killed process.
+    async fn kill_gateway(&mut self) {
+        if let Some(stop) = self.gateway_stop.take() {
+            let _ = stop.send(());
+        }
+        let mut tasks: Vec<_> = self.gateway_tasks.drain(..).collect();
+        // The serving task ends once every connection is closed.
+        let served = tasks.remove(1);
+        let _ = tokio::time::timeout(Duration::from_secs(5), served).await;
+        for t in tasks {
             t.abort();
         }
     }
@@ -509,7 +527,7 @@ async fn link_export_check_and_a_dead_gateway_on_file_stores() {
         rows.first().is_some_and(|r| r["alive"] == true)
     })
     .await;
-    west.kill_gateway();
+    west.kill_gateway().await;
     let took = until("west dead in east's gateways", 20, || async {
         let rows = gateways(&east).await;
         rows[0]["alive"] == false && rows[0]["gatewayAlive"] == false
