@@ -471,6 +471,23 @@ fn reference_manifests_are_what_install_prints() {
         webhook["webhooks"][0]["clientConfig"]["service"],
         serde_json::json!({ "name": "meshfed-injector", "namespace": "meshfed-system", "path": "/inject", "port": 443 })
     );
+    assert_eq!(
+        webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"],
+        serde_json::json!([
+            { "key": "meshfed.io/inject", "operator": "In", "values": ["enabled"] },
+            { "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+              "values": ["kube-system", "kube-public", "kube-node-lease", "meshfed-system"] },
+        ])
+    );
+    assert_eq!(
+        webhook["webhooks"][0]["rules"],
+        serde_json::json!([{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+            "resources": ["pods"], "scope": "Namespaced" }])
+    );
+    assert_eq!(
+        webhook["webhooks"][0]["admissionReviewVersions"],
+        serde_json::json!(["v1"])
+    );
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail");
     assert_eq!(webhook["webhooks"][0]["sideEffects"], "None");
 }
