@@ -22,6 +22,15 @@ pub const SIDECAR: &str = "meshfed-sidecar";
 /// The sidecar injector (the admission webhook).
 pub const INJECTOR: &str = "meshfed-injector";
 
+/// The uid the sidecar runs as; its own connections are not intercepted.
+pub const SIDECAR_UID: i64 = 2102;
+/// The sidecar's transparent outbound listener (on the pod's loopback).
+pub const OUTBOUND_PORT: u16 = 4140;
+/// The sidecar's inbound listener (transparent, or what explicit slices name).
+pub const INBOUND_PORT: u16 = 4143;
+/// Every sidecar's admin port.
+pub const SIDECAR_ADMIN_PORT: u16 = 9904;
+
 pub const IDENTITY_PORT: u16 = 7443;
 pub const DISCOVERY_PORT: u16 = 7451;
 /// The injector's webhook port (its Service listens on 443).

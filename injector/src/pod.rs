@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use meshfed_sidecar::Plaintext;
 use meshfed_trust::TrustDomain;
 
-use crate::contract::{CONTROLLER, DISCOVERY_PORT, NAMESPACE, SIDECAR, container, identity_client};
+use crate::contract::{
+    CONTROLLER, DISCOVERY_PORT, INBOUND_PORT, NAMESPACE, OUTBOUND_PORT, SIDECAR,
+    SIDECAR_ADMIN_PORT, SIDECAR_UID, container, identity_client,
+};
 use crate::namespaces::NamespacePolicies;
 use crate::review::Inject;
 
@@ -37,13 +40,6 @@ pub const INJECT: &str = "meshfed.io/inject";
 
 /// Label on every pod the sidecar was added to.
 pub const INJECTED: &str = "meshfed.io/injected";
-
-/// The uid the sidecar runs as; its own connections are not intercepted.
-const SIDECAR_UID: i64 = 2102;
-const OUTBOUND_PORT: u16 = 4140;
-/// The sidecar's inbound transparent listener.
-const INBOUND_PORT: u16 = 4143;
-const SIDECAR_ADMIN_PORT: u16 = 9904;
 
 /// What every sidecar of a cluster is given, from its install.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,10 +29,9 @@ pub const SHOP: &str = "shop";
 pub const API_PORT: u16 = 8080;
 /// `echo`'s service port (and the client sidecar's listener for it).
 pub const ECHO_PORT: u16 = 9000;
-/// Every sidecar's inbound port (what the EndpointSlices name).
-pub const INBOUND_PORT: u16 = 4143;
-/// Every sidecar's admin port.
-pub const SIDECAR_ADMIN_PORT: u16 = 9904;
+/// Every sidecar's inbound port (what the EndpointSlices name) and admin
+/// port: the same as on Kubernetes.
+pub use meshfed_injector::contract::{INBOUND_PORT, SIDECAR_ADMIN_PORT};
 /// The client workload's `/stats`.
 pub const CLIENT_STATS_PORT: u16 = 8000;
 
