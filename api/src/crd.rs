@@ -9,13 +9,19 @@ pub use failover::{
     Failback, FailoverPolicy, FailoverPolicySpec, FailoverPolicyStatus, LocalityKey,
     OutlierDetection, RetryBudget,
 };
-pub use link::{GatewaySpec, Link, LinkSpec, LinkStatus, ProbeSpec};
+pub use link::{
+    DEFAULT_CONTROL_PLANE_GRACE_SECONDS, GatewaySpec, Link, LinkSpec, LinkStatus,
+    MAX_CONTROL_PLANE_GRACE_SECONDS, ProbeSpec, UnwritableMirror,
+};
 
 /// The API group of every Meshfed resource.
 pub const GROUP: &str = "meshfed.io";
 
 /// The condition type every Meshfed resource reports its validation in.
 pub const CONDITION_ACCEPTED: &str = "Accepted";
+
+/// The Link condition that says whether every imported service's mirror is written.
+pub const CONDITION_MIRRORS_WRITTEN: &str = "MirrorsWritten";
 
 /// Every CRD Meshfed installs, in a stable order.
 pub fn all()

@@ -54,6 +54,12 @@ pub struct LinkArgs {
     /// Seconds the exporting controller may stay silent before its services are withdrawn.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub lease_ttl: u32,
+    /// Seconds the exporting cluster's services are kept while its controller is
+    /// silent but its gateway answers probes (a restart or rollout of that
+    /// controller); 0 withdraws them when the lease runs out.
+    #[arg(long, default_value_t = meshfed_api::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(meshfed_api::crd::MAX_CONTROL_PLANE_GRACE_SECONDS)))]
+    pub control_plane_grace: u32,
     /// Print the Link instead of writing it.
     #[arg(long)]
     pub dry_run: bool,
@@ -129,6 +135,7 @@ pub async fn make_link(a: &LinkArgs, from: &Cluster, to: &Cluster) -> anyhow::Re
         },
         probe: ProbeSpec::default(),
         lease_ttl_seconds: a.lease_ttl,
+        control_plane_grace_seconds: a.control_plane_grace,
         selector,
     };
     if let Err(errors) = meshfed_mirror::validate_link(&spec) {

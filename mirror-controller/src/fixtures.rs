@@ -254,6 +254,7 @@ pub fn link(
             },
             probe: ProbeSpec::default(),
             lease_ttl_seconds: 5,
+            control_plane_grace_seconds: meshfed_api::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
             selector: None,
         },
     );

@@ -149,6 +149,7 @@ fn link_status(peer: Option<&PeerState>, previous: &LinkStatus) -> LinkStatus {
         resolved_addresses: p.gateways.iter().map(ToString::to_string).collect(),
         last_error: p.last_error.clone(),
         observed_generation: None,
+        ..LinkStatus::default()
     }
 }
 

@@ -131,6 +131,12 @@ pub fn validate_link(spec: &LinkSpec) -> Result<(), Vec<FieldError>> {
         100,
     );
     e.range("spec.leaseTtlSeconds", spec.lease_ttl_seconds, 1, 3600);
+    e.range(
+        "spec.controlPlaneGraceSeconds",
+        spec.control_plane_grace_seconds,
+        0,
+        meshfed_api::crd::MAX_CONTROL_PLANE_GRACE_SECONDS,
+    );
     if let Some(selector) = &spec.selector {
         validate_selector(&mut e, "spec.selector", selector);
     }

@@ -38,6 +38,13 @@ pub struct LinkSpec {
     /// How long the remote controller may stay silent before its services are withdrawn.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_seconds: u32,
+    /// How long the remote cluster's services are kept while its controller is silent
+    /// (a restart, a rollout, a partition of the control channel only) but its gateway
+    /// keeps answering probes. 0 withdraws them when the lease runs out, as for a dead
+    /// cluster. A cluster whose gateway stops answering is withdrawn within the lease
+    /// TTL whatever this says. Default 300, at most 3600.
+    #[serde(default = "default_control_plane_grace")]
+    pub control_plane_grace_seconds: u32,
     /// Which of the remote cluster's exports to import (all of them when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
@@ -95,12 +102,25 @@ pub struct LinkStatus {
     /// Whether the remote gateway answers probes and the lease is current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alive: Option<bool>,
-    /// Whether the remote controller spoke on the federation stream within the lease TTL.
+    /// Whether the remote controller spoke on the federation stream within the lease TTL
+    /// (control-plane liveness).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation_up: Option<bool>,
-    /// Whether the remote gateway answers probes.
+    /// Whether the remote gateway answers probes (data-plane liveness).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_alive: Option<bool>,
+    /// While the remote controller is silent and its gateway answers probes: the time
+    /// (RFC 3339) until which its services are kept (`spec.controlPlaneGraceSeconds`
+    /// after the federation stream went silent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imports_held_until: Option<String>,
+    /// Imported services whose mirror cannot be written here, with why (at most 20;
+    /// `unwritableMirrorCount` has them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unwritable_mirrors: Vec<UnwritableMirror>,
+    /// How many imported services have a mirror that cannot be written.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unwritable_mirror_count: u32,
     /// Median probe latency, e.g. `1.2ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p50: Option<String>,
@@ -119,6 +139,29 @@ pub struct LinkStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// An imported service whose local mirror cannot be written.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnwritableMirror {
+    /// The mirror, `namespace/name`.
+    pub mirror: String,
+    /// What the cluster answered, as a sentence.
+    pub reason: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Default of `spec.controlPlaneGraceSeconds`.
+pub const DEFAULT_CONTROL_PLANE_GRACE_SECONDS: u32 = 300;
+/// Largest `spec.controlPlaneGraceSeconds`.
+pub const MAX_CONTROL_PLANE_GRACE_SECONDS: u32 = 3600;
+
+fn default_control_plane_grace() -> u32 {
+    DEFAULT_CONTROL_PLANE_GRACE_SECONDS
 }
 
 fn default_lease_ttl() -> u32 {
