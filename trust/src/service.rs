@@ -2,8 +2,14 @@
 //! for exactly the identity proven, and signs a short-lived leaf with the
 //! cluster's intermediate. The workload's key never leaves it.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt as _, BodyStream, StreamBody};
 
 use meshfed_api::identity::identity_server::{Identity, IdentityServer};
 use meshfed_api::identity::{CertifyRequest, CertifyResponse};
@@ -17,6 +23,8 @@ use rcgen::{CertificateSigningRequestParams, SanType};
 use rustls_pki_types::CertificateSigningRequestDer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, Authenticator};
@@ -31,7 +39,8 @@ pub const MAX_CSR_BYTES: usize = 4096;
 pub const MAX_CREDENTIAL_BYTES: usize = 8192;
 /// Most DNS names a serving certificate may ask for.
 const MAX_DNS_SANS: usize = 2;
-/// Largest gRPC message the service decodes.
+/// Largest gRPC message the service reads: room for the largest CSR and
+/// credential. A larger one is refused by [`Bounded`] before it is read.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// The service's tunables.
@@ -123,27 +132,25 @@ impl IdentityService {
         }
     }
 
-    fn count(&self, result: Outcome) {
-        self.certify_total
-            .get_or_create(&OutcomeLabels { result })
-            .inc();
-    }
-
     async fn certify_inner(
         &self,
         req: CertifyRequest,
     ) -> Result<CertifyResponse, (Outcome, Status)> {
-        if req.csr_der.len() > MAX_CSR_BYTES {
-            return Err((
-                Outcome::Oversize,
-                Status::resource_exhausted(format!("csr larger than {MAX_CSR_BYTES} bytes")),
-            ));
-        }
-        if req.credential.len() > MAX_CREDENTIAL_BYTES {
+        let (csr_len, credential_len) = (req.csr_der.len(), req.credential.len());
+        if csr_len > MAX_CSR_BYTES {
             return Err((
                 Outcome::Oversize,
                 Status::resource_exhausted(format!(
-                    "credential larger than {MAX_CREDENTIAL_BYTES} bytes"
+                    "csr is {csr_len} bytes, more than the {MAX_CSR_BYTES} a csr may be"
+                )),
+            ));
+        }
+        if credential_len > MAX_CREDENTIAL_BYTES {
+            return Err((
+                Outcome::Oversize,
+                Status::resource_exhausted(format!(
+                    "credential is {credential_len} bytes, more than the \
+                     {MAX_CREDENTIAL_BYTES} a credential may be"
                 )),
             ));
         }
@@ -288,20 +295,107 @@ impl Identity for IdentityService {
     ) -> Result<Response<CertifyResponse>, Status> {
         match self.certify_inner(request.into_inner()).await {
             Ok(resp) => {
-                self.count(Outcome::Issued);
+                count(&self.certify_total, Outcome::Issued);
                 Ok(Response::new(resp))
             }
-            Err((outcome, status)) => {
-                self.count(outcome);
-                tracing::warn!(
-                    result = outcome.as_str(),
-                    message = status.message(),
-                    "certify refused"
-                );
-                Err(status)
-            }
+            Err((outcome, status)) => Err(refused(&self.certify_total, outcome, status)),
         }
     }
+}
+
+fn count(total: &Family<OutcomeLabels, Counter>, result: Outcome) {
+    total.get_or_create(&OutcomeLabels { result }).inc();
+}
+
+/// Counts and logs a refusal; returns its status.
+fn refused(total: &Family<OutcomeLabels, Counter>, outcome: Outcome, status: Status) -> Status {
+    count(total, outcome);
+    tracing::warn!(
+        result = outcome.as_str(),
+        message = status.message(),
+        "certify refused"
+    );
+    status
+}
+
+// === impl Bounded ===
+
+/// Refuses a request whose message is larger than [`MAX_MESSAGE_BYTES`] with
+/// RESOURCE_EXHAUSTED, as the proto promises for an oversize CSR or
+/// credential, before tonic reads it: tonic's own limit answers OUT_OF_RANGE.
+#[derive(Debug, Clone)]
+struct Bounded<S> {
+    inner: S,
+    certify_total: Family<OutcomeLabels, Counter>,
+}
+
+impl<S: NamedService> NamedService for Bounded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<Body>> for Bounded<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The service polled ready is the one that must be called.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let total = self.certify_total.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let (body, len) = match message_len(body).await {
+                Ok(read) => read,
+                Err(status) => return Ok(status.into_http()),
+            };
+            if let Some(len) = len.filter(|&len| len > MAX_MESSAGE_BYTES) {
+                let status = Status::resource_exhausted(format!(
+                    "request is {len} bytes, more than the {MAX_MESSAGE_BYTES} a request may be \
+                     (a csr may be at most {MAX_CSR_BYTES} bytes, a credential \
+                     {MAX_CREDENTIAL_BYTES})"
+                ));
+                return Ok(refused(&total, Outcome::Oversize, status).into_http());
+            }
+            inner.call(http::Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// The length a request's first gRPC message declares in its 5-byte prefix
+/// (`None` if the body ends sooner), and the body with nothing consumed.
+async fn message_len(mut body: Body) -> Result<(Body, Option<usize>), Status> {
+    let (mut frames, mut head) = (Vec::new(), Vec::with_capacity(5));
+    while head.len() < 5 {
+        let Some(frame) = body.frame().await.transpose()? else {
+            break;
+        };
+        let data = frame
+            .data_ref()
+            .map(|d| d.slice(..d.len().min(5 - head.len())));
+        frames.push(frame);
+        match data {
+            Some(data) => head.extend_from_slice(&data),
+            None => break,
+        }
+    }
+    let len = match head[..] {
+        [_, a, b, c, d] => Some(u32::from_be_bytes([a, b, c, d]) as usize),
+        _ => None,
+    };
+    let replay = futures::stream::iter(frames.into_iter().map(Ok)).chain(BodyStream::new(body));
+    Ok((Body::new(StreamBody::new(replay)), len))
 }
 
 /// Issues the service's own certificate from its CA and keeps it fresh: the
@@ -357,9 +451,14 @@ pub async fn serve(
     let mut tls = bootstrap_server_config(creds);
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let incoming = tls_incoming(listener, Arc::new(tls), config.handshake_timeout);
+    let certify_total = service.certify_total.clone();
     let svc = IdentityServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(64 * 1024);
+    let svc = Bounded {
+        inner: svc,
+        certify_total,
+    };
     tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .add_service(svc)

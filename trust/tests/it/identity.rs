@@ -206,7 +206,7 @@ pub fn openssl_verify(root: &Path, intermediate: &Path, leaf: &Path) -> (bool, S
 #[tokio::test]
 async fn client_refuses_an_identity_service_with_the_wrong_identity() {
     let pki = Pki::new(TD);
-    let (addr, _task) =
+    let (addr, _task, _) =
         serve_in_process(&pki, Duration::from_secs(3600), id("/ns/evil/sa/mitm")).await;
     let err = client(&pki, addr, "/ns/shop/sa/api", API_TOKEN)
         .fetch(&pki.bundle())
@@ -214,13 +214,13 @@ async fn client_refuses_an_identity_service_with_the_wrong_identity() {
     assert!(matches!(&err, Err(ClientError::Connect { .. })), "{err:?}");
 }
 
+/// The service on loopback; its metrics are in the registry returned.
 async fn serve_in_process(
     pki: &Pki,
     leaf_ttl: Duration,
     own_id: SpiffeId,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    // Metrics are checked against the binary and the handler tests; not needed here.
-    let (svc, _registry) = service(pki, leaf_ttl);
+) -> (SocketAddr, tokio::task::JoinHandle<()>, Registry) {
+    let (svc, registry) = service(pki, leaf_ttl);
     let (creds, _renew) =
         meshfed_trust::self_credentials(pki.ca.clone(), own_id, Duration::from_secs(3600))
             .expect("own creds");
@@ -238,14 +238,14 @@ async fn serve_in_process(
         .await
         .expect("serve");
     });
-    (addr, task)
+    (addr, task, registry)
 }
 
 #[tokio::test]
 async fn client_renews_before_expiry_and_publishes_new_credentials() {
     let pki = Pki::new(TD);
     // Leaves live 3 s, so the client renews after ~2.1 s.
-    let (addr, _task) = serve_in_process(&pki, Duration::from_secs(3), identity_id()).await;
+    let (addr, _task, _) = serve_in_process(&pki, Duration::from_secs(3), identity_id()).await;
     let (mut creds, _renewal) = client(&pki, addr, "/ns/shop/sa/api", API_TOKEN)
         .start()
         .await
@@ -449,7 +449,7 @@ async fn a_serving_certificate_names_only_the_service_of_its_own_service_account
 #[tokio::test]
 async fn a_client_asking_for_dns_names_gets_and_renews_a_serving_certificate() {
     let pki = Pki::new(TD);
-    let (addr, _task) = serve_in_process(&pki, Duration::from_secs(3), identity_id()).await;
+    let (addr, _task, _) = serve_in_process(&pki, Duration::from_secs(3), identity_id()).await;
     let mut config = client_config(&pki, addr, "/ns/shop/sa/api", API_TOKEN);
     config.dns_names = meshfed_trust::serving_names("shop", "api").to_vec();
     let (mut creds, _renewal) = IdentityClient::new(config)
@@ -553,4 +553,49 @@ async fn token_review_proves_service_accounts_against_the_api_server() {
         );
     }
     api_server.await.expect("mock api server");
+}
+
+#[tokio::test]
+async fn an_oversize_csr_over_grpc_is_resource_exhausted_whatever_its_size() {
+    let pki = Pki::new(TD);
+    let (addr, _task, registry) =
+        serve_in_process(&pki, Duration::from_secs(3600), identity_id()).await;
+    let tls = meshfed_trust::bootstrap_client_config(
+        pki.bundle(),
+        meshfed_trust::ExpectedIds::one(identity_id()),
+    );
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let ch = meshfed_trust::mtls_channel(addr.to_string(), name, tls, Duration::from_secs(5));
+    let mut grpc = meshfed_api::identity::identity_client::IdentityClient::new(ch);
+    // Under the service's message limit the handler refuses it; over it
+    // (tonic's own limit answered OUT_OF_RANGE) the service does, unread.
+    let sizes = [5 << 10, 64 << 10, 2 << 20];
+    for (size, limit) in sizes.into_iter().zip(["4096", "16384", "16384"]) {
+        let refused = grpc
+            .certify(CertifyRequest {
+                csr_der: vec![0u8; size],
+                credential: API_TOKEN.into(),
+            })
+            .await
+            .expect_err("oversize");
+        assert_eq!(
+            refused.code(),
+            Code::ResourceExhausted,
+            "{size}: {refused:?}"
+        );
+        let msg = refused.message();
+        assert!(msg.contains(limit) && msg.contains("4096"), "{size}: {msg}");
+    }
+    // The connection still serves.
+    let api = uri(&format!("spiffe://{TD}/ns/shop/sa/api"));
+    grpc.certify(CertifyRequest {
+        csr_der: csr(vec![api]),
+        credential: API_TOKEN.into(),
+    })
+    .await
+    .expect("a CSR of normal size is signed");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert_eq!(metric(&text, "oversize"), 3, "{text}");
+    assert_eq!(metric(&text, "issued"), 1, "{text}");
 }
