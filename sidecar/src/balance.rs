@@ -16,8 +16,9 @@
 //!   doubling to 2 s) — never capped by the ejection percentage.
 //! - *ejected*: it answered, but with consecutive 5xx/resets. Out for the
 //!   ejection time × times ejected, and never more than the policy's
-//!   `max_ejected_percent` of the service at once (a bad deploy everywhere
-//!   must not empty the service).
+//!   `max_ejected_percent` of the service's ready endpoints at once (a bad
+//!   deploy everywhere must not empty the service; nor may the one ready
+//!   endpoint beside a killed pod still listed as not ready).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -498,12 +499,26 @@ impl Balancer {
         }
     }
 
-    /// A connect to `key` succeeded.
-    pub(crate) fn connected(&mut self, key: &Arc<str>, now: Instant) {
-        if let Some(s) = self.states.get_mut(key) {
-            s.down = None;
-            s.connected_at = Some(now);
-        }
+    /// A connect to `key` succeeded; `true` when it was down until now.
+    pub(crate) fn connected(&mut self, key: &Arc<str>, now: Instant) -> bool {
+        let Some(s) = self.states.get_mut(key) else {
+            return false;
+        };
+        s.connected_at = Some(now);
+        s.down.take().is_some()
+    }
+
+    /// When, with no news, a ready endpoint that cannot serve now may: a
+    /// down one's probe falls due, or an ejection ends. `None` when only
+    /// news can change anything (a probe's result, a new endpoint set).
+    pub(crate) fn next_change(&self, now: Instant) -> Option<Instant> {
+        self.ready_states()
+            .filter_map(|s| match s.down {
+                Some(d) if d.probing => None,
+                Some(d) => Some(d.until),
+                None => s.ejected_until.filter(|t| *t > now),
+            })
+            .min()
     }
 
     /// Down endpoints whose backoff ran out: the caller probes them (and
@@ -527,12 +542,6 @@ impl Balancer {
 
     /// An answer from `key`: its latency, and whether it failed (5xx, reset).
     pub(crate) fn answered(&mut self, key: &Arc<str>, rtt: Duration, failed: bool, now: Instant) {
-        let ejected_now = self
-            .states
-            .values()
-            .filter(|s| s.ejected_until.is_some_and(|t| t > now))
-            .count();
-        let total = self.states.len().max(1);
         let params = self.params;
         let Some(s) = self.states.get_mut(key) else {
             return;
@@ -543,8 +552,18 @@ impl Balancer {
             return;
         }
         s.consecutive += 1;
-        let room = (ejected_now + 1) * 100 <= total * params.max_ejected_percent as usize;
-        if s.consecutive >= params.consecutive_failures && room {
+        if s.consecutive < params.consecutive_failures {
+            return;
+        }
+        // The cap is a share of the endpoints that could serve: counting
+        // those the controller says are not ready (a killed pod's) would
+        // let the last ready one be ejected and empty the service.
+        let (ejected_now, total) = self.ejected_of_ready(now);
+        let room = (ejected_now + 1) * 100 <= total.max(1) * params.max_ejected_percent as usize;
+        let Some(s) = self.states.get_mut(key) else {
+            return;
+        };
+        if room {
             s.ejections += 1;
             let time = params
                 .ejection
@@ -554,6 +573,23 @@ impl Balancer {
             s.consecutive = 0;
             tracing::info!(endpoint = %key, ejected_for = ?time, "endpoint ejected");
         }
+    }
+
+    /// What is known of the listed endpoints the controller says are ready.
+    fn ready_states(&self) -> impl Iterator<Item = &EndpointState> {
+        self.groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .filter(|m| m.ready)
+            .filter_map(|m| self.states.get(&m.info.key))
+    }
+
+    /// Of the ready endpoints: how many are ejected now, and how many there are.
+    fn ejected_of_ready(&self, now: Instant) -> (usize, usize) {
+        self.ready_states().fold((0, 0), |(ejected, total), s| {
+            let out = s.ejected_until.is_some_and(|t| t > now);
+            (ejected + usize::from(out), total + 1)
+        })
     }
 }
 
@@ -679,6 +715,11 @@ mod tests {
             }),
             revision: 1,
         }
+    }
+
+    /// One group, east's zone a, with no failback hold.
+    fn zone_a(eps: Vec<Endpoint>) -> EndpointSet {
+        set(vec![group("east", "a", false, eps, 0.7)], 0)
     }
 
     fn balancer(s: &EndpointSet, now: Instant) -> Balancer {
@@ -838,17 +879,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ejection_is_capped_by_the_policy() {
         let now = Instant::now();
-        let s = set(
-            vec![group(
-                "east",
-                "a",
-                false,
-                vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)],
-                0.7,
-            )],
-            0,
+        let mut b = balancer(
+            &zone_a(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]),
+            now,
         );
-        let mut b = balancer(&s, now);
         let k1: Arc<str> = "10.0.0.1:80/api.shop.80.svc.meshfed.local".into();
         let k2: Arc<str> = "10.0.0.2:80/api.shop.80.svc.meshfed.local".into();
         for _ in 0..2 {
@@ -864,19 +898,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_last_ready_endpoint_is_never_ejected() {
+        let now = Instant::now();
+        // A killed pod stays listed, not ready: the cap is half of the one
+        // endpoint that can serve, not of the two listed.
+        let mut b = balancer(
+            &zone_a(vec![ep("10.0.0.1:80", false), ep("10.0.0.2:80", true)]),
+            now,
+        );
+        let k2: Arc<str> = "10.0.0.2:80/api.shop.80.svc.meshfed.local".into();
+        for _ in 0..10 {
+            b.answered(&k2, Duration::from_secs(4), true, now);
+        }
+        assert_eq!(picks(&mut b, now, 10).get("10.0.0.2:80"), Some(&10));
+        assert_eq!(b.next_change(now), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_change_is_the_first_probe_due_or_ejection_over() {
+        let t0 = Instant::now();
+        let (mut b, key) = local_down_remote_up(t0);
+        // Down: its probe falls due after the first backoff.
+        assert_eq!(b.next_change(t0), Some(t0 + DOWN_MIN));
+        // Probing: only the probe's result tells.
+        let t1 = t0 + DOWN_MIN;
+        assert_eq!(b.due_probes(t1).len(), 1);
+        assert_eq!(b.next_change(t1), None);
+        assert!(b.connected(&key, t1), "back from down");
+        assert!(!b.connected(&key, t1), "already up");
+        // Ejected (two failures, one of two ready endpoints): until it ends.
+        for _ in 0..2 {
+            b.answered(&key, Duration::from_millis(1), true, t1);
+        }
+        assert_eq!(b.next_change(t1), Some(t1 + Duration::from_secs(1)));
+        assert_eq!(b.next_change(t1 + Duration::from_secs(1)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slower_endpoints_get_less() {
         let now = Instant::now();
-        let s = set(
-            vec![group(
-                "east",
-                "a",
-                false,
-                vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)],
-                0.7,
-            )],
-            0,
+        let mut b = balancer(
+            &zone_a(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]),
+            now,
         );
-        let mut b = balancer(&s, now);
         b.answered(
             &"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(),
             Duration::from_millis(50),

@@ -110,6 +110,9 @@ struct RunArgs {
     /// Most opaque TCP connections per endpoint group.
     #[arg(long, env = "MESHFED_MAX_CONNECTIONS", default_value_t = Breakers::default().max_connections)]
     max_connections: usize,
+    /// Most HTTP requests of a service waiting for an endpoint able to serve; past it they fail at once.
+    #[arg(long, env = "MESHFED_MAX_WAITING", default_value_t = Breakers::default().max_waiting)]
+    max_waiting: usize,
     /// On SIGTERM: how long open calls may take to finish.
     #[arg(long, env = "MESHFED_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -248,6 +251,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             max_requests: a.max_requests,
             max_pending: a.max_pending,
             max_connections: a.max_connections,
+            max_waiting: a.max_waiting,
         },
         mark: a.mark,
     };

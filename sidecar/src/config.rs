@@ -313,6 +313,11 @@ pub struct Breakers {
     pub max_pending: usize,
     /// Opaque TCP connections open.
     pub max_connections: usize,
+    /// HTTP requests of a service waiting for an endpoint able to serve
+    /// (all its endpoints down, ejected or not ready). Per service port,
+    /// not per group: past it a request fails at once, as it did before
+    /// requests waited at all.
+    pub max_waiting: usize,
 }
 
 impl Default for Breakers {
@@ -321,6 +326,11 @@ impl Default for Breakers {
             max_requests: 1024,
             max_pending: 256,
             max_connections: 1024,
+            // As many as may wait for a connection (`max_pending`): at the
+            // rates a sidecar sees (tens to a few hundred requests a second)
+            // a second or more of outage, while each waiter holds at most
+            // the 64 KiB body it keeps for retries.
+            max_waiting: 256,
         }
     }
 }

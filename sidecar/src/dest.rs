@@ -2,12 +2,15 @@
 //! endpoint set, the balancer fed from it, the retry budget and the
 //! connection pool. Outbound HTTP and TCP both go through here.
 
+mod wait;
+
 use std::future::Future;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use meshfed_api::discovery::EndpointSet;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +74,12 @@ pub(crate) struct Dest {
     budget: Mutex<RetryBudget>,
     pub(crate) pool: Pool,
     pub(crate) shared: Arc<Shared>,
+    /// Woken when an endpoint's health changed off the request path (a
+    /// probe's result, a down endpoint connected again): requests waiting
+    /// for an endpoint look again.
+    changes: Notify,
+    /// Requests waiting for an endpoint (at most `Breakers::max_waiting`).
+    waiting: AtomicUsize,
 }
 
 impl Dest {
@@ -88,6 +97,8 @@ impl Dest {
             budget: Mutex::new(RetryBudget::new(Instant::now())),
             pool: Pool::new(shared.timeouts.liveness),
             shared,
+            changes: Notify::new(),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -205,6 +216,10 @@ impl Dest {
         } else {
             b.connect_failed(&ep.key, started, Instant::now());
         }
+        drop(b);
+        // Either way waiters look again: at the endpoint back, or at when
+        // its next probe is due.
+        self.changes.notify_waiters();
     }
 
     pub(crate) fn params(&self) -> Params {
@@ -264,10 +279,14 @@ impl Dest {
 
     /// A connect succeeded.
     pub(crate) fn connected(&self, pick: &Pick) {
-        self.balancer
+        let back = self
+            .balancer
             .lock()
             .expect("balancer lock")
             .connected(&pick.endpoint.key, Instant::now());
+        if back {
+            self.changes.notify_waiters();
+        }
     }
 
     /// Starts an attempt on `pick`; the guard ends it.

@@ -123,6 +123,30 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+/// What became of an HTTP request that found no endpoint able to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum WaitOutcome {
+    /// An endpoint could serve again before the request timeout: sent.
+    served,
+    /// The request timeout ran out while it waited.
+    timeout,
+    /// The queue was full: it failed at once, without waiting.
+    queue_full,
+    /// The wait ended otherwise: the service lost its last endpoint, or
+    /// its circuit breaker was open when one came back.
+    failed,
+}
+
+/// A request waiting for an endpoint, by its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WaitLabels {
+    /// `name.namespace:port`.
+    pub service: String,
+    /// What became of it.
+    pub outcome: WaitOutcome,
+}
+
 /// Bytes of an opaque TCP connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ByteLabels {
@@ -183,6 +207,8 @@ pub struct Metrics {
     pub(crate) retries: Family<ServiceLabels, Counter>,
     pub(crate) retries_refused: Family<ServiceLabels, Counter>,
     pub(crate) endpoint_failures: Family<ServiceLabels, Counter>,
+    pub(crate) endpoint_waits: Family<WaitLabels, Counter>,
+    pub(crate) endpoint_waiting: Family<ServiceLabels, Gauge>,
     pub(crate) refused: Family<RefusedLabels, Counter>,
     pub(crate) plaintext: Family<PlaintextLabels, Counter>,
     pub(crate) discovery_streams_up: Gauge,
@@ -233,6 +259,8 @@ impl Metrics {
             retries: Family::default(),
             retries_refused: Family::default(),
             endpoint_failures: Family::default(),
+            endpoint_waits: Family::default(),
+            endpoint_waiting: Family::default(),
             refused: Family::default(),
             plaintext: Family::default(),
             discovery_streams_up: Gauge::default(),
@@ -272,6 +300,16 @@ impl Metrics {
             "endpoint_failures",
             "Connect failures, resets and 5xx answers from endpoints",
             m.endpoint_failures.clone(),
+        );
+        r.register(
+            "endpoint_waits",
+            "HTTP requests that found no endpoint able to serve and waited for one (or could not), by outcome",
+            m.endpoint_waits.clone(),
+        );
+        r.register(
+            "endpoint_waiting",
+            "HTTP requests waiting for an endpoint able to serve now",
+            m.endpoint_waiting.clone(),
         );
         r.register(
             "inbound_refused",

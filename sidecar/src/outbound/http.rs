@@ -4,9 +4,10 @@
 //! to another endpoint: always when the connect failed (nothing was sent),
 //! and for idempotent requests whose body was small enough to keep when the
 //! connection broke (before or while a small answer arrived) or the answer
-//! was 502/503/504 — every one taken from the retry budget. When nothing can
-//! serve, the sidecar answers itself with a 503/504 and `meshfed-error`
-//! saying why. An HTTP/1.1 upgrade (WebSocket) takes a mesh connection of
+//! was 502/503/504 — every one taken from the retry budget. Such a request
+//! that finds endpoints but none able to serve waits for one, within its
+//! timeout, in a bounded queue (`dest::wait`). When nothing can serve, the
+//! sidecar answers itself with a 503/504 and `meshfed-error` saying why. An HTTP/1.1 upgrade (WebSocket) takes a mesh connection of
 //! its own instead (see `upgrade`).
 
 use std::convert::Infallible;
@@ -162,6 +163,9 @@ async fn call(
         streaming = Some(body);
         None
     };
+    // Waiting is for what the retries may send again (the same rule): an
+    // attempt after the wait is then no different from a retry.
+    let may_wait = idempotent && replay.is_some();
     dest.count_request();
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last = Reason::NoHealthyEndpoints;
@@ -174,6 +178,14 @@ async fn call(
             break;
         }
         let pick = match dest.pick(&tried, Breaker::Requests) {
+            // Endpoints exist but none can serve now: one that may be sent
+            // again waits for one to come back (see `dest::wait`).
+            Err(Reason::NoHealthyEndpoints) if may_wait => {
+                dest.wait_for_endpoint(&tried, deadline).await
+            }
+            picked => picked,
+        };
+        let pick = match pick {
             Ok(p) => p,
             // Nothing left to try: the last failure is the better reason.
             Err(_) if attempt > 0 => break,

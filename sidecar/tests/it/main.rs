@@ -9,3 +9,4 @@ mod resilience;
 mod support;
 mod transparent;
 mod transparent_inbound;
+mod waiting;

@@ -705,8 +705,10 @@ pub async fn until_remote_group(cluster: &Cluster, remote: &str, zone: &str) {
 
 /// A TCP relay that can be cut: every connection through it closes and no
 /// new one gets through (a controller that went away); or frozen: every
-/// connection stays open and nothing more crosses it either way (a
-/// partition, which closes nothing).
+/// connection stays open and nothing more crosses it either way, and new
+/// ones are accepted but not served (a partition, which closes nothing, or
+/// a SIGSTOPped process, whose kernel still accepts) — until thawed, when
+/// what was held flows on.
 pub struct Relay {
     pub addr: SocketAddr,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -728,22 +730,22 @@ impl Relay {
         let held = tasks.clone();
         let freeze = frozen.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                let mut freeze = freeze.subscribe();
+            while let Ok((down, _)) = listener.accept().await {
+                let mut thawed = freeze.subscribe();
+                let freeze = freeze.clone();
                 let t = tokio::spawn(async move {
-                    if *freeze.borrow_and_update() {
-                        // Accepted, never answered: held until cut.
-                        std::future::pending::<()>().await;
+                    if thawed.wait_for(|f| !*f).await.is_err() {
+                        return;
                     }
-                    let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+                    let Ok(up) = tokio::net::TcpStream::connect(to).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => return,
-                        _ = freeze.wait_for(|f| *f) => {}
-                    }
-                    // Both sockets stay open, silent, until cut.
-                    std::future::pending::<()>().await;
+                    let (down_r, down_w) = down.into_split();
+                    let (up_r, up_w) = up.into_split();
+                    tokio::join!(
+                        pipe(down_r, up_w, freeze.subscribe()),
+                        pipe(up_r, down_w, freeze.subscribe()),
+                    );
                 });
                 held.lock().expect("relay tasks").push(t);
             }
@@ -766,6 +768,37 @@ impl Relay {
     pub fn freeze(&self) {
         self.frozen.send_replace(true);
     }
+
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+/// Copies one way, reading nothing while frozen and holding what was read.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            // A read cancelled has taken nothing: the bytes stay queued.
+            _ = frozen.wait_for(|f| *f) => continue,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for Relay {
