@@ -13,7 +13,10 @@ use meshfed_trust::{CredentialArgs, Readiness, SpiffeId};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::{Controller, ControllerConfig, FileStore, FileStoreConfig, KubeStore, Store};
+use crate::leader::LEASE_NAME;
+use crate::{
+    Controller, ControllerConfig, FileStore, FileStoreConfig, KubeStore, Leadership, Store,
+};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StoreKind {
@@ -70,6 +73,19 @@ struct Args {
         value_delimiter = ','
     )]
     allow_peers: Vec<String>,
+    /// This replica's name: the holder identity of the leader lease (on
+    /// Kubernetes, the pod's name).
+    #[arg(long, env = "MESHFED_POD_NAME")]
+    replica: Option<String>,
+    /// Namespace of the leader Lease `meshfed-controller`, for --store kube
+    /// (on Kubernetes, the pod's own).
+    #[arg(long, env = "MESHFED_POD_NAMESPACE", default_value = "meshfed-system")]
+    lease_namespace: String,
+    /// Let other replicas on this host bind the same federation and
+    /// discovery addresses (SO_REUSEPORT): local mode's stand-in for a
+    /// Service in front of the replicas.
+    #[arg(long, env = "MESHFED_REUSE_PORT")]
+    reuse_port: bool,
 }
 
 /// Runs the binary: parses `args` (the program name first) and serves
@@ -90,43 +106,63 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let creds = args.credentials.load().await?;
 
-    let bind = |addr: SocketAddr, flag: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {flag} {addr}"))
+    let replica = match &args.replica {
+        Some(r) => r.clone(),
+        None => rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
     };
-    let federation = bind(args.federation_listen, "--federation-listen").await?;
-    let discovery = bind(args.discovery_listen, "--discovery-listen").await?;
-    let admin = bind(args.admin_listen, "--admin-listen").await?;
+    let bind = |addr: SocketAddr, flag: &'static str, shared: bool| async move {
+        listen(addr, shared).with_context(|| format!("binding {flag} {addr}"))
+    };
+    let federation = bind(
+        args.federation_listen,
+        "--federation-listen",
+        args.reuse_port,
+    )
+    .await?;
+    let discovery = bind(args.discovery_listen, "--discovery-listen", args.reuse_port).await?;
+    let admin = bind(args.admin_listen, "--admin-listen", false).await?;
 
-    let store: Arc<dyn Store> = match args.store {
+    let (store, leadership): (Arc<dyn Store>, Leadership) = match args.store {
         StoreKind::File => {
             let Some(dir) = &args.dir else {
                 bail!("--store file needs --dir DIR (or MESHFED_STORE_DIR)");
             };
             let mut cfg = FileStoreConfig::new(dir);
             cfg.poll = args.poll;
-            Arc::new(
-                FileStore::open(cfg)
-                    .await
-                    .context("opening the file store (--dir)")?,
-            )
+            let store = FileStore::open(cfg)
+                .await
+                .context("opening the file store (--dir)")?;
+            let leadership = Leadership::file(dir, &replica)
+                .with_context(|| format!("taking part in leader election in {}", dir.display()))?;
+            (Arc::new(store), leadership)
         }
         StoreKind::Kube => {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (use --store file outside a cluster)")?;
-            Arc::new(
-                KubeStore::start(client)
-                    .await
-                    .context("starting the kube store")?,
-            )
+            let leadership = Leadership::kube(client.clone(), &args.lease_namespace, &replica)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot use the leader Lease {}/{LEASE_NAME}: {e}; the controller's \
+                         Role must allow get, create and patch on leases there",
+                        args.lease_namespace
+                    )
+                })?;
+            let store = KubeStore::start(client)
+                .await
+                .context("starting the kube store")?;
+            (Arc::new(store), leadership)
         }
     };
 
     let mut config = ControllerConfig::new(args.cluster.clone());
     config.region = args.region.clone();
     config.extra_peers = extra_peers;
+    config.leading = Some(leadership.watch());
     let mut registry = Registry::default();
     let controller = Arc::new(Controller::start(config, store, creds, &mut registry));
     let ready = Readiness::default();
@@ -135,8 +171,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(registry),
         ready.clone(),
     ));
-    ready.set(true);
+    {
+        // Ready once synced: a replica that would answer discovery without
+        // every peer's clusters must not take traffic in a rollout.
+        let (c, ready) = (controller.clone(), ready.clone());
+        tokio::spawn(async move {
+            c.synced().await;
+            ready.set(true);
+            tracing::info!("synced: ready");
+        });
+    }
     tracing::info!(
+        replica = %replica,
         cluster = %args.cluster,
         federation = %args.federation_listen,
         discovery = %args.discovery_listen,
@@ -159,6 +205,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     meshfed_trust::shutdown_signal().await;
     ready.set(false);
     tracing::info!("stopping");
+    // Hand the lease over first, so a follower writes while this one drains.
+    leadership.release().await;
     let _ = stop_tx.send(true);
     for (what, task) in [("federation", fed), ("discovery", disc)] {
         match tokio::time::timeout(Duration::from_secs(5), task).await {
@@ -170,4 +218,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A listener on `addr`; with `shared`, other sockets with SO_REUSEPORT may
+/// bind it too and the kernel spreads new connections among them.
+fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

@@ -45,6 +45,10 @@ pub struct ControllerConfig {
     pub handshake_timeout: Duration,
     /// How often Link and FailoverPolicy statuses are brought up to date.
     pub status_period: Duration,
+    /// Whether this replica leads (see [`Leadership`](crate::Leadership));
+    /// only the leader writes mirrors and statuses. `None`: the only replica,
+    /// always leading.
+    pub leading: Option<watch::Receiver<bool>>,
 }
 
 impl ControllerConfig {
@@ -56,6 +60,7 @@ impl ControllerConfig {
             extra_peers: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             status_period: Duration::from_secs(1),
+            leading: None,
         }
     }
 }
@@ -125,16 +130,14 @@ impl Controller {
                 ctx,
                 peers,
             )),
-            tokio::spawn(crate::mirrors::run(
-                store.clone(),
-                world.clone(),
-                metrics.clone(),
-            )),
-            tokio::spawn(status::run(
-                store.clone(),
-                world.clone(),
-                metrics.clone(),
-                config.status_period,
+            tokio::spawn(lead(
+                config.leading.clone(),
+                Writers {
+                    store: store.clone(),
+                    world: world.clone(),
+                    metrics: metrics.clone(),
+                    status_period: config.status_period,
+                },
             )),
         ];
         Self {
@@ -207,9 +210,82 @@ impl Controller {
             .await
     }
 
+    /// Waits until this replica is synced: its store was read (done before
+    /// [`Controller::start`]) and every linked peer's exports are known or
+    /// its lease ran out. Until then its discovery answers would lack
+    /// clusters, so it is not ready.
+    pub async fn synced(&self) {
+        let mut world = self.world.clone();
+        let _ = world.wait_for(|w| w.peers_known()).await;
+    }
+
     /// The current export set (what peers are sent).
     pub fn exports(&self) -> watch::Receiver<Arc<Exports>> {
         self.exports.clone()
+    }
+}
+
+/// What only the leader runs: the tasks that write to the cluster.
+struct Writers {
+    store: Arc<dyn Store>,
+    world: watch::Receiver<Arc<World>>,
+    metrics: Arc<Metrics>,
+    status_period: Duration,
+}
+
+impl Writers {
+    fn spawn(&self) -> [JoinHandle<()>; 2] {
+        [
+            tokio::spawn(crate::mirrors::run(
+                self.store.clone(),
+                self.world.clone(),
+                self.metrics.clone(),
+            )),
+            tokio::spawn(status::run(
+                self.store.clone(),
+                self.world.clone(),
+                self.metrics.clone(),
+                self.status_period,
+            )),
+        ]
+    }
+}
+
+/// Runs the writers while this replica leads: started when it gains the
+/// lease, stopped the moment it loses it (or its leadership ends). A new
+/// leader's mirror pass starts from what the cluster holds, so existing
+/// mirrors are adopted, not rewritten.
+async fn lead(leading: Option<watch::Receiver<bool>>, writers: Writers) {
+    let Some(mut leading) = leading else {
+        writers.metrics.leader.set(1);
+        let tasks = writers.spawn();
+        let _guard = AbortOnDrop(tasks.into());
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        writers.metrics.leader.set(1);
+        let guard = AbortOnDrop(writers.spawn().into());
+        let lost = leading.wait_for(|l| !*l).await.map(|_| ());
+        drop(guard);
+        writers.metrics.leader.set(0);
+        if lost.is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 
@@ -238,6 +314,9 @@ async fn follow_store(
         ctx.metrics
             .exports
             .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        ctx.metrics
+            .store_errors
+            .set(i64::try_from(local.broken_files).unwrap_or(i64::MAX));
         let missing = unidentified(&local, &me.trust_domain);
         for why in [Unidentified::PodUnknown, Unidentified::NotNamed] {
             let n = missing.get(&why).copied().unwrap_or(0);

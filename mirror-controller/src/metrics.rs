@@ -50,6 +50,9 @@ pub struct Metrics {
     pub(crate) reconcile_errors: Family<ErrorLabels, Counter>,
     pub(crate) store_errors: Gauge,
     pub(crate) unidentified: Family<UnidentifiedLabels, Gauge>,
+    pub(crate) leader: Gauge,
+    pub(crate) imports_held: Family<LinkLabels, Gauge>,
+    pub(crate) mirrors_unwritable: Family<LinkLabels, Gauge>,
 }
 
 impl Metrics {
@@ -70,6 +73,9 @@ impl Metrics {
             reconcile_errors: Family::default(),
             store_errors: Gauge::default(),
             unidentified: Family::default(),
+            leader: Gauge::default(),
+            imports_held: Family::default(),
+            mirrors_unwritable: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("meshfed_controller");
         r.register(
@@ -97,6 +103,22 @@ impl Metrics {
             "peer_alive",
             "Whether the linked cluster receives traffic (probe and lease)",
             m.peer_alive.clone(),
+        );
+        r.register(
+            "leader",
+            "Whether this replica leads (only the leader writes mirrors and statuses)",
+            m.leader.clone(),
+        );
+        r.register(
+            "imports_held",
+            "Whether the link's services are kept through the control-plane grace: its \
+             controller is silent but its gateway answers probes",
+            m.imports_held.clone(),
+        );
+        r.register(
+            "mirrors_unwritable",
+            "Imported services of the link whose mirror cannot be written",
+            m.mirrors_unwritable.clone(),
         );
         r.register(
             "federation_stream_up",
