@@ -65,6 +65,9 @@ pub struct ClusterState {
     pub links: BTreeMap<ObjKey, Link>,
     /// FailoverPolicies by namespace/name.
     pub policies: BTreeMap<ObjKey, FailoverPolicy>,
+    /// Manifest files that do not parse now (file store; the kube store
+    /// has none). The objects they held keep their last good version.
+    pub broken_files: usize,
 }
 
 /// What the controller keeps of a Pod: the service account it runs as, which
@@ -153,7 +156,9 @@ pub enum StoreError {
     /// The Kubernetes API refused or failed a request.
     #[error("kubernetes api: {0}")]
     Kube(#[from] ::kube::Error),
-    /// The object to update does not exist (any more).
+    /// The object to update does not exist (any more): a status written
+    /// for an object just deleted gets this, as from Kubernetes (404), and
+    /// means the object is gone, not that the write should be retried.
     #[error("{kind} {key} not found")]
     NotFound {
         /// Its kind.
@@ -203,14 +208,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// mirror succeeds. Refuses objects that are not mirrors.
     fn delete_mirror(&self, key: ObjKey) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Replaces a Link's status.
+    /// Replaces a Link's status; [`StoreError::NotFound`] if the Link is
+    /// gone. A status goes with its object: deleting the object removes it.
     fn set_link_status(
         &self,
         key: ObjKey,
         status: LinkStatus,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Replaces a FailoverPolicy's status.
+    /// Replaces a FailoverPolicy's status; [`StoreError::NotFound`] if the
+    /// FailoverPolicy is gone.
     fn set_policy_status(
         &self,
         key: ObjKey,

@@ -8,10 +8,14 @@
 //! - `mirrors/<namespace>/<name>.yaml` are the mirrors the controller writes
 //!   (read back like any manifest, so a restarted controller finds them);
 //! - `status/<kind>/<namespace>.<name>.yaml` is where statuses are written
-//!   (the object with its status, for people and `meshctl`); never read.
+//!   (the object with its status, for people and `meshctl`); never read. As
+//!   on Kubernetes the status is part of its object: it is removed when the
+//!   object goes (and, at start, for objects deleted while no store ran), and
+//!   a status written for an object already gone is refused as not found.
 //!
-//! A file that fails to parse is reported with its path and line, and the
-//! objects it held before keep counting until it is fixed.
+//! A file that fails to parse is reported with its path and line, counted in
+//! [`ClusterState::broken_files`], and the objects it held before keep
+//! counting until it is fixed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -68,13 +72,31 @@ struct Inner {
     dir: PathBuf,
     tx: watch::Sender<Arc<ClusterState>>,
     scan: Mutex<Scan>,
+    /// Held from a status write's check that its object exists to the end
+    /// of the write, and while statuses of deleted objects are removed: a
+    /// write racing a deletion cannot bring the status file back.
+    statuses: tokio::sync::Mutex<()>,
 }
 
 /// What the last scan found, file by file.
 #[derive(Debug, Default)]
 struct Scan {
     files: BTreeMap<PathBuf, FileEntry>,
+    /// Whether the status files of objects deleted before the store opened
+    /// were looked for. That waits for a scan with no broken file: an object
+    /// in a file that never parsed is unseen, not gone.
+    swept: bool,
 }
+
+/// The objects that have a status, by the folder of their status files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusOf {
+    Link,
+    Policy,
+}
+
+/// A status file whose object is gone: (its kind, the object).
+type Orphan = (StatusOf, ObjKey);
 
 #[derive(Debug)]
 struct FileEntry {
@@ -126,6 +148,7 @@ impl FileStore {
             dir,
             tx,
             scan: Mutex::new(Scan::default()),
+            statuses: tokio::sync::Mutex::new(()),
         });
         inner.clone().rescan().await;
         let poller = tokio::spawn(poll(inner.clone(), config.poll));
@@ -233,15 +256,11 @@ impl Store for FileStore {
         key: ObjKey,
         status: LinkStatus,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let link = self.inner.tx.borrow().links.get(&key).cloned();
-            let mut link = link.ok_or(StoreError::NotFound {
-                kind: "Link",
-                key: key.clone(),
-            })?;
+        Box::pin(self.inner.set_status(StatusOf::Link, key, |state, key| {
+            let mut link = state.links.get(key)?.clone();
             link.status = Some(status);
-            self.inner.write_status("links", &key, &link).await
-        })
+            Some(link)
+        }))
     }
 
     fn set_policy_status(
@@ -249,17 +268,11 @@ impl Store for FileStore {
         key: ObjKey,
         status: FailoverPolicyStatus,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let policy = self.inner.tx.borrow().policies.get(&key).cloned();
-            let mut policy = policy.ok_or(StoreError::NotFound {
-                kind: "FailoverPolicy",
-                key: key.clone(),
-            })?;
+        Box::pin(self.inner.set_status(StatusOf::Policy, key, |state, key| {
+            let mut policy = state.policies.get(key)?.clone();
             policy.status = Some(status);
-            self.inner
-                .write_status("failoverpolicies", &key, &policy)
-                .await
-        })
+            Some(policy)
+        }))
     }
 }
 
@@ -279,18 +292,29 @@ impl Inner {
             .join(format!("{}.yaml", key.name))
     }
 
-    async fn write_status<T: serde::Serialize>(
-        &self,
-        kind: &str,
-        key: &ObjKey,
-        obj: &T,
-    ) -> Result<(), StoreError> {
-        let path = self
-            .dir
+    fn status_path(&self, of: StatusOf, key: &ObjKey) -> PathBuf {
+        self.dir
             .join(STATUS_DIR)
-            .join(kind)
-            .join(format!("{}.{}.yaml", key.namespace, key.name));
-        let text = to_yaml(key, obj)?;
+            .join(of.plural())
+            .join(format!("{}.{}.yaml", key.namespace, key.name))
+    }
+
+    /// Writes the object `with` makes of the current one, with its status;
+    /// [`StoreError::NotFound`] if the object is gone, as Kubernetes answers.
+    async fn set_status<T: serde::Serialize>(
+        &self,
+        of: StatusOf,
+        key: ObjKey,
+        with: impl FnOnce(&ClusterState, &ObjKey) -> Option<T>,
+    ) -> Result<(), StoreError> {
+        let _writing = self.statuses.lock().await;
+        let obj = with(&self.tx.borrow(), &key);
+        let obj = obj.ok_or_else(|| StoreError::NotFound {
+            kind: of.kind(),
+            key: key.clone(),
+        })?;
+        let path = self.status_path(of, &key);
+        let text = to_yaml(&key, &obj)?;
         if tokio::fs::read_to_string(&path).await.ok().as_deref() == Some(text.as_str()) {
             return Ok(());
         }
@@ -299,13 +323,36 @@ impl Inner {
 
     async fn rescan(self: Arc<Self>) {
         let this = self.clone();
-        let done = tokio::task::spawn_blocking(move || this.rescan_blocking()).await;
-        if let Err(e) = done {
-            tracing::error!(error = %e, "file store scan failed");
+        match tokio::task::spawn_blocking(move || this.rescan_blocking()).await {
+            Ok(orphans) => self.remove_statuses(orphans).await,
+            Err(e) => tracing::error!(error = %e, "file store scan failed"),
         }
     }
 
-    fn rescan_blocking(&self) {
+    /// Removes the status files of objects that are gone, unless the object
+    /// is back by now.
+    async fn remove_statuses(&self, orphans: Vec<Orphan>) {
+        if orphans.is_empty() {
+            return;
+        }
+        let _writing = self.statuses.lock().await;
+        let state = self.tx.borrow().clone();
+        for (of, key) in orphans {
+            if of.exists(&state, &key) {
+                continue;
+            }
+            let path = self.status_path(of, &key);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => tracing::debug!(kind = of.kind(), object = %key, "status removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(file = %path.display(), error = %e,
+                    "cannot remove the status of a deleted object"),
+            }
+        }
+    }
+
+    /// Reads what changed; returns the statuses whose objects are gone.
+    fn rescan_blocking(&self) -> Vec<Orphan> {
         let mut scan = self.lock();
         let mut seen = Vec::new();
         collect_files(&self.dir, 0, &mut seen);
@@ -342,24 +389,98 @@ impl Inner {
                 }
             }
         }
-        if !changed {
-            return;
-        }
-        let state = assemble(&scan);
-        self.tx.send_if_modified(|cur| {
-            if **cur == state {
-                return false;
+        let mut orphans = Vec::new();
+        if changed {
+            let state = assemble(&scan);
+            let before = self.tx.borrow().clone();
+            for of in StatusOf::ALL {
+                let gone = of.keys(&before).filter(|key| !of.exists(&state, key));
+                orphans.extend(gone.map(|key| (of, key.clone())));
             }
-            *cur = Arc::new(state);
-            true
-        });
+            self.tx.send_if_modified(|cur| {
+                if **cur == state {
+                    return false;
+                }
+                *cur = Arc::new(state);
+                true
+            });
+        }
+        if !scan.swept && self.tx.borrow().broken_files == 0 {
+            scan.swept = true;
+            orphans.extend(self.stale_statuses());
+        }
+        orphans
+    }
+
+    /// The status files whose objects are not in the store: deleted while
+    /// no store ran.
+    fn stale_statuses(&self) -> Vec<Orphan> {
+        let state = self.tx.borrow().clone();
+        let mut stale = Vec::new();
+        for of in StatusOf::ALL {
+            let dir = self.dir.join(STATUS_DIR).join(of.plural());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let key = name.to_str().and_then(|n| n.strip_suffix(".yaml"));
+                // A namespace is a DNS label: the first dot ends it.
+                let Some((namespace, name)) = key.and_then(|k| k.split_once('.')) else {
+                    continue;
+                };
+                let key = ObjKey::new(namespace, name);
+                if !of.exists(&state, &key) {
+                    stale.push((of, key));
+                }
+            }
+        }
+        stale
+    }
+}
+
+// === impl StatusOf ===
+
+impl StatusOf {
+    const ALL: [Self; 2] = [Self::Link, Self::Policy];
+
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Link => "Link",
+            Self::Policy => "FailoverPolicy",
+        }
+    }
+
+    /// The folder of its status files, under `status/`.
+    fn plural(self) -> &'static str {
+        match self {
+            Self::Link => "links",
+            Self::Policy => "failoverpolicies",
+        }
+    }
+
+    fn keys(self, state: &ClusterState) -> Box<dyn Iterator<Item = &ObjKey> + '_> {
+        match self {
+            Self::Link => Box::new(state.links.keys()),
+            Self::Policy => Box::new(state.policies.keys()),
+        }
+    }
+
+    fn exists(self, state: &ClusterState, key: &ObjKey) -> bool {
+        match self {
+            Self::Link => state.links.contains_key(key),
+            Self::Policy => state.policies.contains_key(key),
+        }
     }
 }
 
 /// Builds the cluster view from every file's objects; the first file (in
 /// path order) to define an object wins.
 fn assemble(scan: &Scan) -> ClusterState {
-    let mut state = ClusterState::default();
+    let mut state = ClusterState {
+        broken_files: scan.files.values().filter(|f| f.error.is_some()).count(),
+        ..ClusterState::default()
+    };
     let mut owners: HashMap<(&'static str, ObjKey), &Path> = HashMap::new();
     for (path, file) in &scan.files {
         for obj in &file.objects {
@@ -633,6 +754,150 @@ mod tests {
         let objs = parse_manifests(text).expect("parses");
         assert_eq!(objs.len(), 1);
         assert_eq!(objs[0].identity(), ("Node", ObjKey::new("", "n1")));
+    }
+
+    /// A store on a fresh directory holding `files` (path, text), polling
+    /// too rarely to matter: the tests rescan themselves.
+    async fn store_with(files: &[(&str, String)]) -> (tempfile::TempDir, Arc<FileStore>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for (rel, text) in files {
+            let path = tmp.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("in tmp")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        }
+        let mut config = FileStoreConfig::new(tmp.path());
+        config.poll = Duration::from_secs(3600);
+        let store = FileStore::open(config).await.expect("opens");
+        (tmp, Arc::new(store))
+    }
+
+    fn yaml<T: serde::Serialize>(obj: &T) -> String {
+        to_yaml(&ObjKey::new("", ""), obj).expect("serializes")
+    }
+
+    fn west() -> (ObjKey, String) {
+        let link = crate::fixtures::link("ns", "west", &["127.0.0.1"], 1, "a", "b");
+        (ObjKey::new("ns", "west"), yaml(&link))
+    }
+
+    fn status_file(tmp: &tempfile::TempDir, plural: &str, key: &ObjKey) -> PathBuf {
+        let name = format!("{}.{}.yaml", key.namespace, key.name);
+        tmp.path().join(STATUS_DIR).join(plural).join(name)
+    }
+
+    #[tokio::test]
+    async fn a_status_goes_with_its_object_and_is_not_written_after() {
+        let (key, link) = west();
+        let policy = yaml(&crate::fixtures::policy("ns", "api", "api"));
+        let pkey = ObjKey::new("ns", "api");
+        let files = [("link.yaml", link), ("policy.yaml", policy)];
+        let (tmp, store) = store_with(&files).await;
+        let (link_status, policy_status) = (
+            status_file(&tmp, "links", &key),
+            status_file(&tmp, "failoverpolicies", &pkey),
+        );
+        let status = LinkStatus {
+            alive: Some(true),
+            ..LinkStatus::default()
+        };
+        store
+            .set_link_status(key.clone(), status.clone())
+            .await
+            .expect("written");
+        store
+            .set_policy_status(pkey.clone(), FailoverPolicyStatus::default())
+            .await
+            .expect("written");
+        assert!(link_status.exists() && policy_status.exists());
+
+        std::fs::remove_file(tmp.path().join("link.yaml")).expect("rm");
+        store.rescan().await;
+        assert!(!link_status.exists(), "the Link's status went with it");
+        assert!(policy_status.exists(), "the policy is still there");
+        let late = store.set_link_status(key.clone(), status).await;
+        assert!(
+            matches!(&late, Err(StoreError::NotFound { kind: "Link", key: k }) if *k == key),
+            "{late:?}"
+        );
+        assert!(!link_status.exists(), "a late write does not bring it back");
+
+        std::fs::remove_file(tmp.path().join("policy.yaml")).expect("rm");
+        store.rescan().await;
+        assert!(!policy_status.exists());
+        let late = store
+            .set_policy_status(pkey, FailoverPolicyStatus::default())
+            .await;
+        assert!(matches!(late, Err(StoreError::NotFound { .. })), "{late:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_status_write_racing_the_deletion_never_outlives_the_object() {
+        let (key, link) = west();
+        for round in 0..20 {
+            let (tmp, store) = store_with(&[("link.yaml", link.clone())]).await;
+            let writer = {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move {
+                    for i in 0..20 {
+                        let status = LinkStatus {
+                            imported_services: i,
+                            ..LinkStatus::default()
+                        };
+                        match store.set_link_status(key.clone(), status).await {
+                            Ok(()) => tokio::task::yield_now().await,
+                            Err(StoreError::NotFound { .. }) => return,
+                            Err(e) => panic!("round {round}: {e}"),
+                        }
+                    }
+                })
+            };
+            tokio::task::yield_now().await;
+            std::fs::remove_file(tmp.path().join("link.yaml")).expect("rm");
+            store.rescan().await;
+            writer.await.expect("writer");
+            let file = status_file(&tmp, "links", &key);
+            assert!(!file.exists(), "round {round}: status of a deleted Link");
+        }
+    }
+
+    #[tokio::test]
+    async fn statuses_of_objects_deleted_while_closed_go_once_nothing_is_broken() {
+        let (key, link) = west();
+        let gone = ObjKey::new("ns", "gone");
+        let mut files = vec![
+            ("link.yaml", link.clone()),
+            ("status/links/ns.west.yaml", link.clone()),
+            ("status/links/ns.gone.yaml", link.clone()),
+            ("status/failoverpolicies/ns.gone.yaml", link),
+        ];
+        files.push(("bad.yaml", "apiVersion: v1\nkind: [".into()));
+        let (tmp, store) = store_with(&files).await;
+        assert_eq!(store.state().borrow().broken_files, 1);
+        let stale = status_file(&tmp, "links", &gone);
+        assert!(stale.exists(), "it may be an object in the broken file");
+        std::fs::remove_file(tmp.path().join("bad.yaml")).expect("rm");
+        store.rescan().await;
+        assert_eq!(store.state().borrow().broken_files, 0);
+        assert!(!stale.exists());
+        assert!(!status_file(&tmp, "failoverpolicies", &gone).exists());
+        assert!(status_file(&tmp, "links", &key).exists(), "west is there");
+    }
+
+    #[tokio::test]
+    async fn broken_files_are_counted_until_fixed_or_removed() {
+        let (_, link) = west();
+        let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: [a\n".to_owned();
+        let files = [("a.yaml", bad.clone()), ("b.yaml", bad)];
+        let (tmp, store) = store_with(&files).await;
+        let broken = || store.state().borrow().broken_files;
+        assert_eq!(broken(), 2);
+        std::fs::write(tmp.path().join("a.yaml"), link).expect("fix");
+        store.rescan().await;
+        assert_eq!(broken(), 1);
+        std::fs::remove_file(tmp.path().join("b.yaml")).expect("rm");
+        store.rescan().await;
+        assert_eq!(broken(), 0);
+        assert_eq!(store.state().borrow().links.len(), 1);
     }
 
     #[test]

@@ -4,5 +4,6 @@
 
 mod binary;
 mod federation;
+mod file_store;
 mod kube_store;
 mod support;
