@@ -22,11 +22,15 @@ use clap::{Args, Subcommand};
 
 pub use call::{Caller, Served};
 pub use net::{Namespace, Net};
-pub use plan::{ClusterSpec, INBOUND_PORT, SHOP, Spec, link, plan, zone_name};
+pub use plan::{
+    CONTROLLER_PROCESS, CONTROLLER_REPLICAS, ClusterSpec, INBOUND_PORT, SHOP, Spec, link, plan,
+    zone_name,
+};
 pub use process::{listening, running, signal, spawn, stop};
 pub use topology::{ClusterTopology, Kind, Process, State, Subnet, Topology};
 pub use up::{
-    answers, default_dir, down, log_tail, mirror_ready, net_of, nets, set_endpoint_ready, up,
+    answers, default_dir, down, leader, log_tail, mirror_ready, net_of, nets, set_endpoint_ready,
+    up,
 };
 
 use crate::output::Report;

@@ -12,9 +12,11 @@ mod env;
 mod kind;
 mod local;
 mod probe;
+mod replica;
 mod report;
 mod rotate;
 mod run;
+mod sample;
 mod spec;
 mod traffic;
 

@@ -114,7 +114,9 @@ fn demo_behaves_and_what_it_keeps_is_stopped_by_dev_down() {
         .flat_map(|c| c["processes"].as_array().expect("processes").iter())
         .map(|p| p["pid"].as_u64().expect("pid"))
         .collect();
-    assert_eq!(pids.len(), 33);
+    // 3 clusters of 12: identity, 2 controller replicas, gateway, and the
+    // api-a, api-b, echo and client pods (app and sidecar each).
+    assert_eq!(pids.len(), 36);
     let dead: Vec<&u64> = pids.iter().filter(|p| !alive(**p)).collect();
     let stopped = down();
     assert!(dead.is_empty(), "kept federation lost {dead:?}");

@@ -66,8 +66,9 @@ fn dev_up_serves_through_sidecars_and_dev_down_leaves_nothing() {
     let topology = load(&dir);
     assert_eq!(topology["state"], "ready");
     let procs = pids(&topology);
-    // Per cluster: identity, controller, gateway, 2 api + sidecars, echo + sidecar, client + sidecar.
-    assert_eq!(procs.len(), 22, "{procs:?}");
+    // Per cluster: identity, 2 controller replicas, gateway, 2 api + sidecars, echo +
+    // sidecar, client + sidecar.
+    assert_eq!(procs.len(), 24, "{procs:?}");
     for (name, pid) in &procs {
         assert!(alive(*pid), "{name} (pid {pid}) is not running");
     }
@@ -77,6 +78,35 @@ fn dev_up_serves_through_sidecars_and_dev_down_leaves_nothing() {
                 let ip: SocketAddr = addr.as_str().expect("addr").parse().expect("addr");
                 assert_eq!(ip.ip().to_string().split('.').nth(1), Some("91"), "{addr}");
             }
+        }
+    }
+
+    // The controller's replicas: one Service address for federation and
+    // discovery (SO_REUSEPORT), an admin address each, named as replicas.
+    for c in topology["clusters"].as_array().expect("clusters") {
+        let replicas: Vec<&Value> = c["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter(|p| p["kind"] == "controller")
+            .collect();
+        let names: Vec<&str> = replicas.iter().filter_map(|p| p["name"].as_str()).collect();
+        assert_eq!(names, ["controller-0", "controller-1"], "{}", c["name"]);
+        assert!(replicas.iter().all(|p| p["replicaOf"] == "controller"));
+        assert_eq!(replicas[0]["listen"], replicas[1]["listen"]);
+        assert_ne!(replicas[0]["admin"], replicas[1]["admin"]);
+        for (p, name) in replicas.iter().zip(&names) {
+            let args: Vec<&str> = p["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(args.contains(&"--reuse-port"), "{args:?}");
+            assert!(
+                args.windows(2).any(|w| w == ["--replica", *name]),
+                "{args:?}"
+            );
         }
     }
 
@@ -125,6 +155,22 @@ fn dev_up_serves_through_sidecars_and_dev_down_leaves_nothing() {
         unhealthy(&s),
         text(&status)
     );
+    // Each cluster's Lease names one of its replicas, which status marks.
+    for c in s["clusters"].as_array().expect("clusters") {
+        let leader = c["leader"].as_str().expect("a leader");
+        let marked: Vec<&Value> = c["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter(|p| p["leader"] == true)
+            .collect();
+        assert_eq!(marked.len(), 1, "{c}");
+        assert_eq!(marked[0]["name"], leader, "{c}");
+    }
+    let shown = meshctl(&["dev", "status", "--dir", d]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("ready, leader"), "{shown}");
+    assert!(shown.contains("controller leader: controller-"), "{shown}");
 
     // A second federation on the same directory is refused and changes nothing.
     let again = meshctl(&[&["dev", "up"][..], &base[..]].concat());

@@ -6,8 +6,12 @@
 //!
 //! Addresses: cluster N (from 1) owns the loopback /24 `127.B.N.0`. Like
 //! pods, each process has its own address and listens on its usual ports:
-//! `.1` identity, `.2` controller, `.3` gateway, `.10+z` the `api` replica
-//! of zone z, `.20` `echo`, `.30` the client.
+//! `.1` identity, `.3` gateway, `.10+z` the `api` replica of zone z, `.20`
+//! `echo`, `.30` the client, `.40+k` extra callers. The controller runs as
+//! replicas, as its Deployment does: `.2` stands for its Service — every
+//! replica binds the federation and discovery ports there with SO_REUSEPORT
+//! (`--reuse-port`), so the kernel spreads new connections over the live
+//! ones — and replica k (`controller-k`) has its admin port on `.4+k`.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,7 +40,14 @@ pub use meshfed_injector::contract::{INBOUND_PORT, SIDECAR_ADMIN_PORT};
 pub const CLIENT_STATS_PORT: u16 = 8000;
 
 const IDENTITY_HOST: u8 = 1;
+/// The controller's Service address: every replica's federation and discovery listeners.
 const CONTROLLER_HOST: u8 = 2;
+/// Replica k's own address (its admin port): `.4`, `.5`.
+const CONTROLLER_REPLICA_HOST: u8 = 4;
+/// The controller's process name, and what its replicas are replicas of.
+pub const CONTROLLER_PROCESS: &str = "controller";
+/// How many controller replicas each cluster runs (as `meshctl install` deploys).
+pub const CONTROLLER_REPLICAS: u8 = 2;
 const GATEWAY_HOST: u8 = 3;
 const API_HOST: u8 = 10;
 const ECHO_HOST: u8 = 20;
@@ -186,6 +197,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
         listen: BTreeMap::new(),
         admin: None,
         identity: None,
+        replica_of: None,
         log: logs.join(format!("{name}.log")),
         args,
         pid: None,
@@ -215,29 +227,38 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
     p.identity = Some(ids.of(NAMESPACE, IDENTITY));
     processes.push(p);
 
-    let mut args = vec![
-        "--cluster".into(),
-        name.into(),
-        "--region".into(),
-        region.into(),
-        "--store".into(),
-        "file".into(),
-        "--dir".into(),
-        path(&state_dir),
-        "--federation-listen".into(),
-        arg(&federation),
-        "--discovery-listen".into(),
-        arg(&discovery),
-        "--admin-listen".into(),
-        arg(&at(CONTROLLER_HOST, CONTROLLER_ADMIN_PORT)),
-    ];
-    args.extend(credentials(NAMESPACE, CONTROLLER));
-    let mut p = proc("controller", Kind::Controller, args);
-    p.listen.insert("federation".into(), federation);
-    p.listen.insert("discovery".into(), discovery);
-    p.admin = Some(at(CONTROLLER_HOST, CONTROLLER_ADMIN_PORT));
-    p.identity = Some(ids.of(NAMESPACE, CONTROLLER));
-    processes.push(p);
+    for k in 0..CONTROLLER_REPLICAS {
+        let replica = format!("{CONTROLLER_PROCESS}-{k}");
+        let admin = at(CONTROLLER_REPLICA_HOST + k, CONTROLLER_ADMIN_PORT);
+        let mut args = vec![
+            "--cluster".into(),
+            name.into(),
+            "--region".into(),
+            region.into(),
+            "--store".into(),
+            "file".into(),
+            "--dir".into(),
+            path(&state_dir),
+            "--federation-listen".into(),
+            arg(&federation),
+            "--discovery-listen".into(),
+            arg(&discovery),
+            // Every replica on the Service's address.
+            "--reuse-port".into(),
+            "--replica".into(),
+            replica.clone(),
+            "--admin-listen".into(),
+            arg(&admin),
+        ];
+        args.extend(credentials(NAMESPACE, CONTROLLER));
+        let mut p = proc(&replica, Kind::Controller, args);
+        p.listen.insert("federation".into(), federation);
+        p.listen.insert("discovery".into(), discovery);
+        p.admin = Some(admin);
+        p.identity = Some(ids.of(NAMESPACE, CONTROLLER));
+        p.replica_of = Some(CONTROLLER_PROCESS.into());
+        processes.push(p);
+    }
 
     let mut args = vec![
         "--cluster".into(),

@@ -180,6 +180,7 @@ mod tests {
             listen: Default::default(),
             admin: None,
             identity: None,
+            replica_of: None,
             log: "/dev/null".into(),
             args: Vec::new(),
             pid: Some(pid),

@@ -30,6 +30,8 @@ pub struct ClusterStatus {
     /// As the controller last wrote them (stale when it is not running).
     pub links: Vec<GatewayRow>,
     pub controller_running: bool,
+    /// The controller replica the cluster's Lease names as leader.
+    pub leader: Option<String>,
     pub client: Option<ClientStats>,
 }
 
@@ -38,6 +40,11 @@ pub struct ClusterStatus {
 pub struct ProcessStatus {
     pub name: String,
     pub kind: Kind,
+    /// What it is a replica of (`controller`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
+    /// It is the replica the Lease names as leader.
+    pub leader: bool,
     pub pid: Option<u32>,
     pub running: bool,
     /// `None` when ready, else why not.
@@ -50,6 +57,7 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
     let mut healthy = true;
     for c in &t.clusters {
         let net = super::up::net_of(c)?;
+        let leader = super::up::leader(&c.state_dir)?;
         let mut processes = Vec::new();
         for p in &c.processes {
             let running = process::running(p);
@@ -62,15 +70,19 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
             processes.push(ProcessStatus {
                 name: p.name.clone(),
                 kind: p.kind,
+                replica_of: p.replica_of.clone(),
+                leader: p.replica_of.is_some() && leader.as_deref() == Some(p.name.as_str()),
                 pid: p.pid,
                 running,
                 not_ready,
-                address: p
-                    .listen
-                    .values()
-                    .next()
-                    .or(p.admin.as_ref())
-                    .map(ToString::to_string),
+                // Replicas share their Service's listeners: each is told
+                // apart by its own admin address.
+                address: if p.replica_of.is_some() {
+                    p.admin.as_ref()
+                } else {
+                    p.listen.values().next().or(p.admin.as_ref())
+                }
+                .map(ToString::to_string),
             });
         }
         let links = gateways(&Cluster::File(FileCluster::open(&c.state_dir)?)).await?;
@@ -78,7 +90,9 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
             .processes
             .iter()
             .any(|p| p.kind == Kind::Controller && process::running(p));
-        healthy &= controller_running && links.iter().all(|l| l.alive);
+        // A cluster whose Lease names no running replica has nobody writing.
+        let leading = processes.iter().any(|p| p.leader && p.running);
+        healthy &= controller_running && leading && links.iter().all(|l| l.alive);
         let client = match c.processes.iter().find(|p| p.kind == Kind::Client) {
             Some(p) if process::running(p) => client_stats(&net, p.admin).await,
             _ => None,
@@ -88,6 +102,7 @@ pub async fn status(t: &Topology) -> anyhow::Result<Status> {
             processes,
             links,
             controller_running,
+            leader,
             client,
         });
     }
@@ -119,6 +134,7 @@ pub fn render(s: &Status) -> String {
                     p.pid.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
                     match (&p.running, &p.not_ready) {
                         (false, _) => "✖ not running".into(),
+                        (true, None) if p.leader => "✔ ready, leader".into(),
                         (true, None) => "✔ ready".into(),
                         (true, Some(why)) => format!("✖ {why}"),
                     },
@@ -127,6 +143,14 @@ pub fn render(s: &Status) -> String {
             })
             .collect();
         out.push_str(&table(&["PROCESS", "PID", "STATE", "ADDRESS"], &rows));
+        let running_leader = c.processes.iter().any(|p| p.leader && p.running);
+        out.push_str(&match &c.leader {
+            Some(l) if running_leader => format!("controller leader: {l} (from the Lease)\n"),
+            Some(l) => format!(
+                "controller leader: none running (the Lease still names {l}, which is not running)\n"
+            ),
+            None => "controller leader: none (no replica has written the Lease)\n".into(),
+        });
         let links: Vec<Vec<String>> = c
             .links
             .iter()

@@ -95,6 +95,10 @@ pub struct Process {
     /// The SPIFFE ID it serves as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// What it is a replica of, as a pod is of its Deployment (`controller`
+    /// for `controller-0`): a step naming that acts on every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
     /// Its stdout and stderr.
     pub log: PathBuf,
     /// `meshctl dev exec KIND` followed by these starts it again.
@@ -188,6 +192,23 @@ impl ClusterTopology {
             .iter()
             .find(|p| p.name == name)
             .with_context(|| format!("cluster {} has no process {name}", self.name))
+    }
+
+    /// The processes `name` stands for: the process of that name, or every
+    /// replica of `name` (`controller`: `controller-0`, `controller-1`), in
+    /// start order. Empty when it names nothing.
+    pub fn group(&self, name: &str) -> Vec<&Process> {
+        self.processes
+            .iter()
+            .filter(|p| p.name == name || p.replica_of.as_deref() == Some(name))
+            .collect()
+    }
+
+    /// Whether `name` is replicated: a step may then pick one replica.
+    pub fn replicated(&self, name: &str) -> bool {
+        self.processes
+            .iter()
+            .any(|p| p.replica_of.as_deref() == Some(name))
     }
 
     pub fn process_mut(&mut self, name: &str) -> anyhow::Result<&mut Process> {

@@ -89,10 +89,15 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every address the plan listens on must be free before anything starts.
+/// Every address the plan listens on must be free before anything starts
+/// (an address replicas share is tried once).
 fn check_free(t: &Topology, subnet: Subnet) -> anyhow::Result<()> {
+    let mut tried = std::collections::BTreeSet::new();
     for (c, p) in t.processes() {
         for addr in p.listen.values().chain(p.admin.iter()) {
+            if !tried.insert(*addr) {
+                continue;
+            }
             if let Err(e) = std::net::TcpListener::bind(addr) {
                 bail!(
                     "{addr} ({} of cluster {}) cannot be bound: {e}; is another federation \
@@ -380,6 +385,25 @@ pub fn mirror_ready(dir: &ManifestDir, origin: &str) -> Result<Option<bool>, Str
                     .iter()
                     .all(|e| e["conditions"]["ready"].as_bool() != Some(false))
         })
+    }))
+}
+
+/// The replica the cluster's Lease names as the controller's leader (its
+/// `spec.holderIdentity`, as the leader writes it into the store); `None`
+/// when no replica has led yet.
+pub fn leader(state_dir: &Path) -> anyhow::Result<Option<String>> {
+    use crate::cluster::{CONTROLLER, NAMESPACE};
+    let dir = ManifestDir::open(state_dir)?;
+    let lease = dir.get(
+        "coordination.k8s.io/v1",
+        "Lease",
+        &ObjKey::new(NAMESPACE, CONTROLLER),
+    )?;
+    Ok(lease.and_then(|l| {
+        l.value["spec"]["holderIdentity"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
     }))
 }
 

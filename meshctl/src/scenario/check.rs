@@ -232,6 +232,30 @@ impl Runner<'_> {
                     ))
                 }
             }
+            Assertion::MirrorNever {
+                cluster,
+                service,
+                origin,
+                state,
+                since,
+            } => {
+                let key = (cluster.clone(), service.clone(), origin.clone());
+                let samples = self
+                    .samples
+                    .get(&key)
+                    .ok_or_else(|| anyhow::anyhow!("{cluster}'s mirror was not sampled"))?;
+                let from = self.marks[since].end;
+                samples
+                    .never(*state, from, std::time::Instant::now())
+                    .map(|_| ())
+                    .map_err(|why| {
+                        format!(
+                            "mirror-never in {cluster}: expected {service}-{origin} never {} \
+                             since {since}, observed: {why}",
+                            format!("{state:?}").to_lowercase()
+                        )
+                    })
+            }
         })
     }
 }

@@ -20,7 +20,11 @@ pub(super) fn fmt_ms(d: Duration) -> String {
 pub fn describe(a: &Action) -> String {
     let target = |t: &Target| {
         format!(
-            "{} of {}",
+            "{}{} of {}",
+            t.replica
+                .as_ref()
+                .map(|r| format!("{r} of "))
+                .unwrap_or_default(),
             t.pod
                 .as_ref()
                 .map(|p| format!("pod {p}"))
@@ -54,12 +58,19 @@ pub fn describe(a: &Action) -> String {
             Condition::Ready { cluster, process } => {
                 format!("wait until {process} of {cluster} is ready")
             }
+            Condition::Leader { cluster, not } => match not {
+                Some(step) => format!(
+                    "wait until {cluster}'s controller has a leader other than the one at {step}"
+                ),
+                None => format!("wait until {cluster}'s controller has a leader"),
+            },
         },
         Action::Kill(t) => format!("kill {}", target(t)),
         Action::Pause(t) => format!("pause (SIGSTOP) {}", target(t)),
         Action::Resume(t) => format!("resume (SIGCONT) {}", target(t)),
         Action::Start(t) => format!("start {}", target(t)),
         Action::Restart(t) => format!("restart {}", target(t)),
+        Action::Rollout(t) => format!("rollout restart {}, one replica at a time", target(t)),
         Action::Partition(c) => format!("partition {} from the WAN", c.cluster),
         Action::Heal(c) => format!("heal {}'s partition", c.cluster),
         Action::Degrade(d) => format!("degrade {}'s WAN link", d.cluster),
@@ -104,6 +115,16 @@ pub fn describe(a: &Action) -> String {
             Assertion::MirrorsUnchanged { cluster, since } => {
                 format!("assert {cluster}'s mirrors unchanged since {since}")
             }
+            Assertion::MirrorNever {
+                cluster,
+                service,
+                origin,
+                state,
+                since,
+            } => format!(
+                "assert {cluster}'s mirror of {service} from {origin} never {} since {since}",
+                format!("{state:?}").to_lowercase()
+            ),
         },
         Action::Probe(p) => format!(
             "probe {} from {}: expect {:?}",

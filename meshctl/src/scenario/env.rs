@@ -58,13 +58,64 @@ impl Env {
         each!(self, e => e.upstream(cluster, caller, service).await)
     }
 
-    pub(super) async fn fault(&mut self, t: &Target, f: Fault) -> anyhow::Result<()> {
-        each!(self, e => e.fault(t, f).await)
+    pub(super) fn provider(&self) -> super::Provider {
+        match self {
+            Env::Local(_) => super::Provider::Local,
+            Env::Kind(_) => super::Provider::Kind,
+        }
     }
 
-    /// Starts a killed target, or restarts a running one.
-    pub(super) async fn start(&mut self, t: &Target, restart: bool) -> anyhow::Result<()> {
-        each!(self, e => e.start(t, restart).await)
+    /// A fault on the target, or on `replica` of it alone (a name
+    /// [`Env::replicas`] gave).
+    pub(super) async fn fault(
+        &mut self,
+        t: &Target,
+        replica: Option<&str>,
+        f: Fault,
+    ) -> anyhow::Result<()> {
+        each!(self, e => e.fault(t, replica, f).await)
+    }
+
+    /// Starts a killed target (a replicated process: its stopped replicas),
+    /// or restarts a running one; or `replica` of it alone.
+    pub(super) async fn start(
+        &mut self,
+        t: &Target,
+        replica: Option<&str>,
+        restart: bool,
+    ) -> anyhow::Result<()> {
+        each!(self, e => e.start(t, replica, restart).await)
+    }
+
+    /// Restarts the target's replicas one at a time, each ready before the next.
+    pub(super) async fn rollout(&mut self, t: &Target) -> anyhow::Result<()> {
+        each!(self, e => e.rollout(t).await)
+    }
+
+    /// The replicas of a replicated process, in order (the index a step
+    /// picks), each with whether it runs.
+    pub(super) async fn replicas(
+        &self,
+        cluster: &str,
+        process: &str,
+    ) -> anyhow::Result<Vec<(String, bool)>> {
+        each!(self, e => e.replicas(cluster, process).await)
+    }
+
+    /// The controller replica `cluster`'s Lease names as leader.
+    pub(super) async fn leader(&self, cluster: &str) -> anyhow::Result<Option<String>> {
+        each!(self, e => e.leader(cluster).await)
+    }
+
+    /// Reads `cluster`'s mirror of `service` from `origin` over and over in
+    /// the background, from now until the samples are dropped.
+    pub(super) fn sample_mirror(
+        &self,
+        cluster: &str,
+        service: &str,
+        origin: &str,
+    ) -> anyhow::Result<super::sample::Samples> {
+        each!(self, e => e.sample_mirror(cluster, service, origin))
     }
 
     /// `Ok` when the process answers, else why not.

@@ -28,12 +28,12 @@ mod shell;
 
 use super::env::{Fault, Mirrors};
 use super::probe::{self, Sample};
-use super::spec::{Degrade, Scenario, Target};
+use super::spec::{Degrade, Replica, Scenario, Target};
 use crate::cluster::{
     CONTROLLER, CONTROLLER_ADMIN_PORT, GATEWAY, GATEWAY_ADMIN_PORT, IDENTITY, IDENTITY_ADMIN_PORT,
     NAMESPACE,
 };
-use crate::dev::{Net, SHOP};
+use crate::dev::{CONTROLLER_PROCESS, Net, SHOP};
 use plan::{scripts_for, write_plan};
 use shell::{Forward, ScriptError, kubectl, port_forward, run_script, script_command};
 
@@ -74,6 +74,9 @@ pub(super) struct Kind {
     forwards: BTreeMap<(String, String, u16), Forward>,
     /// Replicas of the Deployments a kill scaled to zero.
     killed: BTreeMap<(String, String), String>,
+    /// Deployments one of whose pods a kill deleted (its ReplicaSet makes a
+    /// new one: `start` waits for it).
+    replaced: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Kind {
@@ -98,6 +101,7 @@ impl Kind {
             ),
             forwards: BTreeMap::new(),
             killed: BTreeMap::new(),
+            replaced: Default::default(),
         };
         k.script_streamed("up.sh", &[], say)
             .await
@@ -201,6 +205,61 @@ impl Kind {
         }
     }
 
+    /// The pod a step acts on alone: the replica the runner picked, or the
+    /// one a replica's process name (`controller-1`) stands for.
+    async fn pod_of(
+        &self,
+        t: &Target,
+        w: &Workload,
+        replica: Option<&str>,
+    ) -> anyhow::Result<Option<String>> {
+        if let Some(r) = replica {
+            return Ok(Some(r.to_owned()));
+        }
+        let Some(i) = t.process.as_deref().and_then(replica_index) else {
+            return Ok(None);
+        };
+        let pods = self.pods(&t.cluster, w.namespace, &w.selector).await?;
+        let what = format!("{} of cluster {}", w.deployment, t.cluster);
+        let running: Vec<(String, bool)> = pods.into_iter().map(|p| (p, true)).collect();
+        super::replica::pick(&what, &running, None, &Replica::Index(i)).map(Some)
+    }
+
+    pub(super) async fn replicas(
+        &self,
+        cluster: &str,
+        process: &str,
+    ) -> anyhow::Result<Vec<(String, bool)>> {
+        let w = process_workload(process)?;
+        let mut pods = self.pods(cluster, w.namespace, &w.selector).await?;
+        pods.sort();
+        Ok(pods.into_iter().map(|p| (p, true)).collect())
+    }
+
+    pub(super) async fn leader(&self, cluster: &str) -> anyhow::Result<Option<String>> {
+        let out = self.kc(cluster, &commands::leader()).await?;
+        let holder = out.trim();
+        Ok((!holder.is_empty()).then(|| holder.to_owned()))
+    }
+
+    pub(super) fn sample_mirror(
+        &self,
+        cluster: &str,
+        service: &str,
+        origin: &str,
+    ) -> anyhow::Result<super::sample::Samples> {
+        let (cluster, service, origin) =
+            (cluster.to_owned(), service.to_owned(), origin.to_owned());
+        // As fast as kubectl answers.
+        Ok(super::sample::Samples::start(
+            std::time::Duration::from_millis(50),
+            move || {
+                let (cluster, service, origin) = (cluster.clone(), service.clone(), origin.clone());
+                async move { mirror_state_of(&cluster, &service, &origin).await }
+            },
+        ))
+    }
+
     pub(super) async fn upstream(
         &mut self,
         cluster: &str,
@@ -248,8 +307,32 @@ impl Kind {
         Ok(out.split_whitespace().map(str::to_owned).collect())
     }
 
-    pub(super) async fn fault(&mut self, t: &Target, f: Fault) -> anyhow::Result<()> {
+    pub(super) async fn fault(
+        &mut self,
+        t: &Target,
+        replica: Option<&str>,
+        f: Fault,
+    ) -> anyhow::Result<()> {
         let w = Self::workload(t)?;
+        if let Some(pod) = self.pod_of(t, &w, replica).await? {
+            // One replica: its pod alone.
+            return match f {
+                Fault::Pause | Fault::Resume => {
+                    let verb = if f == Fault::Pause { "pause" } else { "resume" };
+                    self.kc(&t.cluster, &commands::label_pod(w.namespace, &pod))
+                        .await?;
+                    self.fault_ok(&[verb, &t.cluster, w.namespace, &commands::pod_selector(&pod)])
+                        .await
+                }
+                Fault::Kill => {
+                    self.kc(&t.cluster, &commands::kill_pod(w.namespace, &pod))
+                        .await?;
+                    self.replaced
+                        .insert((t.cluster.clone(), w.deployment.clone()));
+                    Ok(())
+                }
+            };
+        }
         match f {
             Fault::Pause | Fault::Resume => {
                 let verb = if f == Fault::Pause { "pause" } else { "resume" };
@@ -293,40 +376,61 @@ impl Kind {
         }
     }
 
-    pub(super) async fn start(&mut self, t: &Target, restart: bool) -> anyhow::Result<()> {
+    pub(super) async fn start(
+        &mut self,
+        t: &Target,
+        replica: Option<&str>,
+        restart: bool,
+    ) -> anyhow::Result<()> {
         let w = Self::workload(t)?;
         let deploy = format!("deployment/{}", w.deployment);
-        if restart {
-            self.kc(
-                &t.cluster,
-                &format!("rollout restart {deploy} -n {}", w.namespace),
-            )
-            .await?;
-        } else {
-            let replicas = self
-                .killed
-                .remove(&(t.cluster.clone(), w.deployment.clone()))
-                .with_context(|| {
+        let key = (t.cluster.clone(), w.deployment.clone());
+        let one = self.pod_of(t, &w, replica).await?;
+        match (restart, one) {
+            // The Deployment replaces a pod deleted politely.
+            (true, Some(pod)) => {
+                self.kc(&t.cluster, &commands::delete_pod(w.namespace, &pod))
+                    .await?;
+            }
+            (true, None) => {
+                self.kc(
+                    &t.cluster,
+                    &commands::rollout(w.namespace, &w.deployment)[0],
+                )
+                .await?;
+            }
+            // A killed replica's pod was replaced by its ReplicaSet already.
+            (false, _) if self.replaced.remove(&key) => {}
+            (false, _) => {
+                let replicas = self.killed.remove(&key).with_context(|| {
                     format!(
                         "{} of cluster {} is already running",
                         w.deployment, t.cluster
                     )
                 })?;
-            self.kc(
-                &t.cluster,
-                &format!("scale {deploy} -n {} --replicas={replicas}", w.namespace),
-            )
-            .await?;
+                self.kc(
+                    &t.cluster,
+                    &format!("scale {deploy} -n {} --replicas={replicas}", w.namespace),
+                )
+                .await?;
+            }
         }
         self.kc(
             &t.cluster,
-            &format!(
-                "rollout status {deploy} -n {} --timeout={ROLLOUT_TIMEOUT}",
-                w.namespace
-            ),
+            &commands::rollout(w.namespace, &w.deployment)[1],
         )
         .await
         .map(|_| ())
+    }
+
+    /// `kubectl rollout restart` and `rollout status`: the Deployment's
+    /// strategy replaces one pod at a time (maxUnavailable 0).
+    pub(super) async fn rollout(&mut self, t: &Target) -> anyhow::Result<()> {
+        let w = Self::workload(t)?;
+        for cmd in commands::rollout(w.namespace, &w.deployment) {
+            self.kc(&t.cluster, &cmd).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn ready(&self, cluster: &str, process: &str) -> Result<(), String> {
@@ -373,23 +477,9 @@ impl Kind {
         Ok(samples)
     }
 
-    async fn mirror_objects(&self, cluster: &str) -> anyhow::Result<Vec<Value>> {
-        let out = self
-            .kc(
-                cluster,
-                &format!(
-                    "get services,endpointslices -n {SHOP} -l {} -o json",
-                    meshfed_api::labels::ORIGIN_CLUSTER
-                ),
-            )
-            .await?;
-        let list: Value = serde_json::from_str(&out).context("kubectl's JSON")?;
-        Ok(list["items"].as_array().cloned().unwrap_or_default())
-    }
-
     pub(super) async fn mirrors(&self, cluster: &str) -> anyhow::Result<Mirrors> {
         let mut out = BTreeMap::new();
-        for o in self.mirror_objects(cluster).await? {
+        for o in mirror_objects(cluster).await? {
             let meta = &o["metadata"];
             let name = format!(
                 "{}/{}",
@@ -418,23 +508,7 @@ impl Kind {
         service: &str,
         origin: &str,
     ) -> anyhow::Result<Option<bool>> {
-        let name = format!("{service}-{origin}");
-        let objects = self.mirror_objects(cluster).await?;
-        let svc = objects
-            .iter()
-            .any(|o| o["kind"] == "Service" && o["metadata"]["name"] == name.as_str());
-        let slices: Vec<&Value> = objects
-            .iter()
-            .filter(|o| {
-                o["kind"] == "EndpointSlice"
-                    && o["metadata"]["labels"][meshfed_api::labels::SERVICE_NAME] == name.as_str()
-            })
-            .collect();
-        Ok(match (svc, slices.is_empty()) {
-            (false, true) => None,
-            (_, true) => Some(false),
-            (_, false) => Some(slices.iter().any(|s| super::env::any_ready(s))),
-        })
+        mirror_state_of(cluster, service, origin).await
     }
 
     pub(super) async fn partition(&mut self, cluster: &str, cut: bool) -> anyhow::Result<()> {
@@ -510,6 +584,104 @@ impl Kind {
     }
 }
 
+async fn mirror_objects(cluster: &str) -> anyhow::Result<Vec<Value>> {
+    let selector = meshfed_api::labels::ORIGIN_CLUSTER;
+    let args = [
+        "get",
+        "services,endpointslices",
+        "-n",
+        SHOP,
+        "-l",
+        selector,
+        "-o",
+        "json",
+    ];
+    let out = kubectl(cluster, &args, None).await?;
+    let list: Value = serde_json::from_str(&out).context("kubectl's JSON")?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// Whether `cluster`'s mirror of `service` from `origin` has ready
+/// endpoints (`None`: no mirror).
+async fn mirror_state_of(
+    cluster: &str,
+    service: &str,
+    origin: &str,
+) -> anyhow::Result<Option<bool>> {
+    let name = format!("{service}-{origin}");
+    let objects = mirror_objects(cluster).await?;
+    let svc = objects
+        .iter()
+        .any(|o| o["kind"] == "Service" && o["metadata"]["name"] == name.as_str());
+    let slices: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["kind"] == "EndpointSlice"
+                && o["metadata"]["labels"][meshfed_api::labels::SERVICE_NAME] == name.as_str()
+        })
+        .collect();
+    Ok(match (svc, slices.is_empty()) {
+        (false, true) => None,
+        (_, true) => Some(false),
+        (_, false) => Some(slices.iter().any(|s| super::env::any_ready(s))),
+    })
+}
+
+/// The kubectl commands (the words after `kubectl --context C`) that the
+/// controller's replicas are found and acted on with.
+mod commands {
+    use crate::cluster::{CONTROLLER, NAMESPACE};
+
+    /// The label a single pod is given so fault.sh can select it alone.
+    const PICKED: &str = "meshfed.io/scenario-replica";
+
+    /// The Lease's holder: the leading replica's pod name (the controller
+    /// runs with `MESHFED_POD_NAME` as its holder identity).
+    pub(super) fn leader() -> String {
+        format!(
+            "get lease -n {NAMESPACE} {CONTROLLER} --ignore-not-found -o jsonpath={{.spec.holderIdentity}}"
+        )
+    }
+
+    /// A killed replica: its pod deleted with no grace, as a crash.
+    pub(super) fn kill_pod(namespace: &str, pod: &str) -> String {
+        format!("delete pod -n {namespace} {pod} --grace-period=0 --force --wait=true")
+    }
+
+    /// A restarted replica: its pod deleted politely (SIGTERM, its grace).
+    pub(super) fn delete_pod(namespace: &str, pod: &str) -> String {
+        format!("delete pod -n {namespace} {pod} --wait=true")
+    }
+
+    pub(super) fn label_pod(namespace: &str, pod: &str) -> String {
+        format!("label pod -n {namespace} {pod} {PICKED}={pod} --overwrite")
+    }
+
+    pub(super) fn pod_selector(pod: &str) -> String {
+        format!("{PICKED}={pod}")
+    }
+
+    /// `rollout restart`, then `rollout status` until every new pod is ready.
+    pub(super) fn rollout(namespace: &str, deployment: &str) -> [String; 2] {
+        [
+            format!("rollout restart deployment/{deployment} -n {namespace}"),
+            format!(
+                "rollout status deployment/{deployment} -n {namespace} --timeout={}",
+                super::ROLLOUT_TIMEOUT
+            ),
+        ]
+    }
+}
+
+/// The index a replica's process name (`controller-1`) stands for.
+fn replica_index(process: &str) -> Option<usize> {
+    process
+        .strip_prefix(CONTROLLER_PROCESS)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
 fn pod_workload(pod: &str) -> Workload {
     Workload {
         namespace: SHOP,
@@ -530,6 +702,8 @@ fn process_workload(process: &str) -> anyhow::Result<Workload> {
     Ok(match process {
         "identity" => component(IDENTITY, IDENTITY_ADMIN_PORT),
         "controller" => component(CONTROLLER, CONTROLLER_ADMIN_PORT),
+        // One replica (`controller-1`): its Deployment, the pod picked apart.
+        p if replica_index(p).is_some() => component(CONTROLLER, CONTROLLER_ADMIN_PORT),
         "gateway" => component(GATEWAY, GATEWAY_ADMIN_PORT),
         p => match p.strip_suffix("-sidecar") {
             Some(pod) => pod_workload(pod),
@@ -559,5 +733,58 @@ mod tests {
         );
         assert_eq!(w.admin, Some(SIDECAR_ADMIN_PORT));
         assert_eq!(process_workload("echo").expect("echo").admin, None);
+    }
+
+    #[test]
+    fn controller_replicas_map_to_the_deployment_its_lease_and_its_pods() {
+        // `controller` and one replica of it are the same Deployment.
+        for p in ["controller", "controller-1"] {
+            let w = process_workload(p).expect(p);
+            assert_eq!(
+                (w.namespace, w.deployment.as_str(), w.selector.as_str()),
+                (
+                    NAMESPACE,
+                    CONTROLLER,
+                    "app.kubernetes.io/name=meshfed-controller"
+                )
+            );
+        }
+        assert_eq!(replica_index("controller-1"), Some(1));
+        assert_eq!(replica_index("controller"), None);
+        assert_eq!(replica_index("controller-x"), None);
+        assert_eq!(
+            commands::leader(),
+            "get lease -n meshfed-system meshfed-controller --ignore-not-found \
+             -o jsonpath={.spec.holderIdentity}"
+        );
+        // Killing the leader: its pod force-deleted, as a crash.
+        let pod = "meshfed-controller-6b7d9c-x2x9q";
+        assert_eq!(
+            commands::kill_pod(NAMESPACE, pod),
+            format!("delete pod -n meshfed-system {pod} --grace-period=0 --force --wait=true")
+        );
+        assert_eq!(
+            commands::delete_pod(NAMESPACE, pod),
+            format!("delete pod -n meshfed-system {pod} --wait=true")
+        );
+        // Pausing one replica: fault.sh selects it by a label of its own.
+        assert_eq!(
+            commands::label_pod(NAMESPACE, pod),
+            format!(
+                "label pod -n meshfed-system {pod} meshfed.io/scenario-replica={pod} --overwrite"
+            )
+        );
+        assert_eq!(
+            commands::pod_selector(pod),
+            format!("meshfed.io/scenario-replica={pod}")
+        );
+        assert_eq!(
+            commands::rollout(NAMESPACE, CONTROLLER),
+            [
+                "rollout restart deployment/meshfed-controller -n meshfed-system".to_owned(),
+                "rollout status deployment/meshfed-controller -n meshfed-system --timeout=180s"
+                    .to_owned()
+            ]
+        );
     }
 }

@@ -23,6 +23,22 @@ const UP_TIMEOUT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(20);
 /// A restarted process must answer within this.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often `mirror-never` reads a mirror.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether the mirror in store `state_dir` of `service` from `origin` has
+/// ready endpoints (`None`: no mirror).
+fn mirror_state_in(state_dir: &Path, service: &str, origin: &str) -> anyhow::Result<Option<bool>> {
+    let dir = ManifestDir::open(state_dir)?;
+    let key = ObjKey::new(SHOP, format!("{service}-{origin}"));
+    let svc = dir.get("v1", "Service", &key)?;
+    let slice = dir.get("discovery.k8s.io/v1", "EndpointSlice", &key)?;
+    Ok(match (svc, slice) {
+        (None, None) => None,
+        (_, None) => Some(false),
+        (_, Some(f)) => Some(super::env::any_ready(&f.value)),
+    })
+}
 
 /// The federation a scenario describes, in `dir`.
 pub fn plan_spec(s: &Scenario, dir: &Path, network: Option<Network>) -> dev::Spec {
@@ -130,22 +146,35 @@ impl Local {
         Ok((self.nets[cluster].clone(), addr))
     }
 
-    /// The processes a target names (a pod: its app and its sidecar).
-    fn targets(t: &Target) -> anyhow::Result<Vec<String>> {
-        Ok(match (&t.process, &t.pod) {
-            (Some(p), _) => vec![p.clone()],
-            (None, Some(pod)) => vec![pod.clone(), format!("{pod}-sidecar")],
-            (None, None) => anyhow::bail!("give process or pod"),
+    /// The processes a target names: a pod's app and its sidecar, every
+    /// replica of a replicated process, or the one `replica` picked.
+    fn targets(&self, t: &Target, replica: Option<&str>) -> anyhow::Result<Vec<String>> {
+        Ok(match (&t.process, &t.pod, replica) {
+            (_, _, Some(r)) => vec![r.to_owned()],
+            (Some(p), _, None) => {
+                let group = self.t.cluster(&t.cluster)?.group(p);
+                if group.is_empty() {
+                    anyhow::bail!("cluster {} has no process {p}", t.cluster);
+                }
+                group.iter().map(|p| p.name.clone()).collect()
+            }
+            (None, Some(pod), None) => vec![pod.clone(), format!("{pod}-sidecar")],
+            (None, None, None) => anyhow::bail!("give process or pod"),
         })
     }
 
-    pub(super) async fn fault(&mut self, t: &Target, f: Fault) -> anyhow::Result<()> {
+    pub(super) async fn fault(
+        &mut self,
+        t: &Target,
+        replica: Option<&str>,
+        f: Fault,
+    ) -> anyhow::Result<()> {
         let sig = match f {
             Fault::Kill => Signal::KILL,
             Fault::Pause => Signal::STOP,
             Fault::Resume => Signal::CONT,
         };
-        let names = Self::targets(t)?;
+        let names = self.targets(t, replica)?;
         let c = self.t.cluster(&t.cluster)?;
         for name in &names {
             let p = c.process(name)?;
@@ -169,53 +198,120 @@ impl Local {
         Ok(())
     }
 
-    pub(super) async fn start(&mut self, t: &Target, restart: bool) -> anyhow::Result<()> {
-        let names = Self::targets(t)?;
-        let net = self.nets[&t.cluster].clone();
+    pub(super) async fn start(
+        &mut self,
+        t: &Target,
+        replica: Option<&str>,
+        restart: bool,
+    ) -> anyhow::Result<()> {
+        let mut names = self.targets(t, replica)?;
+        let c = self.t.cluster(&t.cluster)?;
         if restart {
-            let c = self.t.cluster(&t.cluster)?;
             let procs: Vec<&dev::Process> =
                 names.iter().filter_map(|n| c.process(n).ok()).collect();
             let stuck = dev::stop(&procs, Duration::from_secs(5)).await;
             if !stuck.is_empty() {
                 anyhow::bail!("{} would not stop", stuck.join(", "));
             }
+        } else if names.len() > 1 && t.process.is_some() {
+            // As a Deployment scaled back: the replicas that are down.
+            names.retain(|n| c.process(n).is_ok_and(|p| !dev::running(p)));
+            if names.is_empty() {
+                anyhow::bail!(
+                    "every replica of {} of cluster {} is already running",
+                    t.process.as_deref().unwrap_or_default(),
+                    t.cluster
+                );
+            }
         }
         for name in &names {
-            let c = self
-                .t
-                .clusters
-                .iter_mut()
-                .find(|c| c.name == t.cluster)
-                .context("cluster")?;
-            let ns = c.netns.clone();
-            let p = c.process_mut(name)?;
-            if dev::running(p) {
-                anyhow::bail!("{name} of cluster {} is already running", t.cluster);
-            }
-            dev::spawn(&self.exe, p, ns.as_deref())?;
-            self.t.save()?;
-            let p = self.t.cluster(&t.cluster)?.process(name)?.clone();
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                match dev::answers(&net, &p).await {
-                    Ok(()) => break,
-                    Err(why) if Instant::now() >= deadline => anyhow::bail!(
-                        "{name} did not answer within {} s: {why}\n{}",
-                        START_TIMEOUT.as_secs(),
-                        dev::log_tail(&p.log, 8)
-                    ),
-                    Err(_) if !dev::running(&p) => {
-                        anyhow::bail!("{name} exited:\n{}", dev::log_tail(&p.log, 8))
-                    }
-                    Err(_) => tokio::time::sleep(POLL).await,
-                }
-            }
+            self.spawn_ready(&t.cluster, name).await?;
         }
         if let Some(pod) = &t.pod {
             self.endpoint_ready(&t.cluster, pod, true)?;
         }
         Ok(())
+    }
+
+    /// SIGTERM one replica, start it again, wait until it is ready; then
+    /// the next.
+    pub(super) async fn rollout(&mut self, t: &Target) -> anyhow::Result<()> {
+        for name in self.targets(t, None)? {
+            let p = self.t.cluster(&t.cluster)?.process(&name)?;
+            let stuck = dev::stop(&[p], Duration::from_secs(5)).await;
+            if !stuck.is_empty() {
+                anyhow::bail!("{name} would not stop");
+            }
+            self.spawn_ready(&t.cluster, &name).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts process `name` of `cluster` and waits until it answers.
+    async fn spawn_ready(&mut self, cluster: &str, name: &str) -> anyhow::Result<()> {
+        let net = self.nets[cluster].clone();
+        let c = self
+            .t
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == cluster)
+            .context("cluster")?;
+        let ns = c.netns.clone();
+        let p = c.process_mut(name)?;
+        if dev::running(p) {
+            anyhow::bail!("{name} of cluster {cluster} is already running");
+        }
+        dev::spawn(&self.exe, p, ns.as_deref())?;
+        self.t.save()?;
+        let p = self.t.cluster(cluster)?.process(name)?.clone();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match dev::answers(&net, &p).await {
+                Ok(()) => return Ok(()),
+                Err(why) if Instant::now() >= deadline => anyhow::bail!(
+                    "{name} did not answer within {} s: {why}\n{}",
+                    START_TIMEOUT.as_secs(),
+                    dev::log_tail(&p.log, 8)
+                ),
+                Err(_) if !dev::running(&p) => {
+                    anyhow::bail!("{name} exited:\n{}", dev::log_tail(&p.log, 8))
+                }
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    pub(super) async fn replicas(
+        &self,
+        cluster: &str,
+        process: &str,
+    ) -> anyhow::Result<Vec<(String, bool)>> {
+        let c = self.t.cluster(cluster)?;
+        if !c.replicated(process) {
+            anyhow::bail!("{process} of cluster {cluster} runs as one process, not as replicas");
+        }
+        Ok(c.group(process)
+            .iter()
+            .map(|p| (p.name.clone(), dev::running(p)))
+            .collect())
+    }
+
+    pub(super) async fn leader(&self, cluster: &str) -> anyhow::Result<Option<String>> {
+        dev::leader(&self.t.cluster(cluster)?.state_dir)
+    }
+
+    pub(super) fn sample_mirror(
+        &self,
+        cluster: &str,
+        service: &str,
+        origin: &str,
+    ) -> anyhow::Result<super::sample::Samples> {
+        let dir = self.t.cluster(cluster)?.state_dir.clone();
+        let (service, origin) = (service.to_owned(), origin.to_owned());
+        Ok(super::sample::Samples::start(SAMPLE_EVERY, move || {
+            let got = mirror_state_in(&dir, &service, &origin);
+            async move { got }
+        }))
     }
 
     /// Marks pod `pod`'s endpoint ready or not in its Service's slice.
@@ -231,13 +327,19 @@ impl Local {
         dev::set_endpoint_ready(&c.state_dir, service, &[ip], ready)
     }
 
+    /// Every process `process` stands for answers (every replica).
     pub(super) async fn ready(&self, cluster: &str, process: &str) -> Result<(), String> {
-        let p = self
-            .t
-            .cluster(cluster)
-            .and_then(|c| c.process(process))
-            .map_err(|e| format!("{e:#}"))?;
-        dev::answers(&self.nets[cluster], p).await
+        let c = self.t.cluster(cluster).map_err(|e| format!("{e:#}"))?;
+        let group = c.group(process);
+        if group.is_empty() {
+            return Err(format!("cluster {cluster} has no process {process}"));
+        }
+        for p in group {
+            dev::answers(&self.nets[cluster], p)
+                .await
+                .map_err(|e| format!("{}: {e}", p.name))?;
+        }
+        Ok(())
     }
 
     pub(super) async fn metrics(
@@ -245,15 +347,29 @@ impl Local {
         cluster: &str,
         process: &str,
     ) -> anyhow::Result<Vec<Sample>> {
-        let p = self.t.cluster(cluster)?.process(process)?;
-        let admin = p
-            .admin
-            .with_context(|| format!("{process} has no admin listener"))?;
-        let text = self.admin[cluster]
-            .get_text(admin, "/metrics")
-            .await
-            .map_err(|e| anyhow::anyhow!("metrics of {process} in {cluster}: {e}"))?;
-        Ok(probe::parse_metrics(&text))
+        let c = self.t.cluster(cluster)?;
+        let group = c.group(process);
+        // A replicated process: every running replica's, summed by sample
+        // (as the kind provider reads every running pod).
+        let running: Vec<&&dev::Process> = group
+            .iter()
+            .filter(|p| group.len() == 1 || dev::running(p))
+            .collect();
+        if running.is_empty() {
+            anyhow::bail!("metrics of {process} in {cluster}: no replica is running");
+        }
+        let mut samples = Vec::new();
+        for p in running {
+            let admin = p
+                .admin
+                .with_context(|| format!("{} has no admin listener", p.name))?;
+            let text = self.admin[cluster]
+                .get_text(admin, "/metrics")
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics of {} in {cluster}: {e}", p.name))?;
+            samples.extend(probe::parse_metrics(&text));
+        }
+        Ok(samples)
     }
 
     pub(super) async fn mirrors(&self, cluster: &str) -> anyhow::Result<Mirrors> {
@@ -287,15 +403,7 @@ impl Local {
         service: &str,
         origin: &str,
     ) -> anyhow::Result<Option<bool>> {
-        let dir = ManifestDir::open(&self.t.cluster(cluster)?.state_dir)?;
-        let key = ObjKey::new(SHOP, format!("{service}-{origin}"));
-        let svc = dir.get("v1", "Service", &key)?;
-        let slice = dir.get("discovery.k8s.io/v1", "EndpointSlice", &key)?;
-        Ok(match (svc, slice) {
-            (None, None) => None,
-            (_, None) => Some(false),
-            (_, Some(f)) => Some(super::env::any_ready(&f.value)),
-        })
+        mirror_state_in(&self.t.cluster(cluster)?.state_dir, service, origin)
     }
 
     pub(super) async fn partition(&mut self, cluster: &str, cut: bool) -> anyhow::Result<()> {
@@ -359,7 +467,13 @@ impl Local {
             .process
             .as_deref()
             .context("probe: caller and service, or process")?;
-        let target = self.t.cluster(&to.cluster)?.process(process)?;
+        // Replicas share their listeners (their Service's address).
+        let target = *self
+            .t
+            .cluster(&to.cluster)?
+            .group(process)
+            .first()
+            .with_context(|| format!("cluster {} has no process {process}", to.cluster))?;
         let addr = match &to.listener {
             Some(l) => *target
                 .listen

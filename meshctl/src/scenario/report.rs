@@ -121,7 +121,7 @@ impl TrafficSummary {
 }
 
 impl StepResult {
-    pub fn not_run(st: &Step, action: String) -> Self {
+    pub fn not_run(st: &Step, action: String, budget: Option<std::time::Duration>) -> Self {
         Self {
             number: st.number,
             name: st.name.clone(),
@@ -130,7 +130,7 @@ impl StepResult {
             at_ms: 0.0,
             duration_ms: 0.0,
             measured_ms: None,
-            budget_ms: st.within.map(super::describe::ms),
+            budget_ms: budget.map(super::describe::ms),
             message: None,
         }
     }

@@ -88,10 +88,11 @@ async fn reissue(r: &mut Runner<'_>, clusters: &[String], ttl: Duration) -> anyh
         cluster: cluster.to_owned(),
         process: Some("identity".to_owned()),
         pod: None,
+        replica: None,
     };
     for c in clusters {
         r.env.ca_written(c).await?;
-        r.env.start(&identity(c), true).await?;
+        r.env.start(&identity(c), None, true).await?;
     }
     let restarted = Instant::now();
     let due = restarted + ttl.mul_f64(0.7) + SLACK;

@@ -85,6 +85,9 @@ pub(super) struct Mark {
     pub(super) metrics: BTreeMap<(String, String), Vec<Sample>>,
     /// Mirror objects by cluster.
     pub(super) mirrors: BTreeMap<String, Mirrors>,
+    /// The controller replica each watched cluster's Lease named when the
+    /// step began.
+    pub(super) leaders: BTreeMap<String, Option<String>>,
 }
 
 pub(super) struct Runner<'a> {
@@ -97,6 +100,11 @@ pub(super) struct Runner<'a> {
     /// Processes whose metrics named steps snapshot.
     watched_metrics: BTreeSet<(String, String)>,
     watched_mirrors: BTreeSet<String>,
+    /// Clusters whose leader named steps record (for `leader: {not}`).
+    watched_leaders: BTreeSet<String>,
+    /// Mirrors `mirror-never` looks at, sampled from the first step on:
+    /// by (cluster, service, origin).
+    pub(super) samples: BTreeMap<(String, String, String), super::sample::Samples>,
 }
 
 /// How a step went.
@@ -115,6 +123,14 @@ impl Done {
         }
     }
 
+    /// Done, saying which replica the step picked, if it picked one.
+    fn picked(replica: Option<String>) -> Self {
+        Self {
+            message: replica.map(|r| format!("picked {r}")),
+            ..Self::ok()
+        }
+    }
+
     fn failed(message: String) -> Self {
         Self {
             status: StepStatus::Failed,
@@ -128,6 +144,7 @@ impl<'a> Runner<'a> {
     fn new(s: &'a Scenario, env: &'a mut Env) -> Self {
         let mut watched_metrics = BTreeSet::new();
         let mut watched_mirrors = BTreeSet::new();
+        let mut watched_leaders = BTreeSet::new();
         let mut senders = BTreeMap::new();
         for st in &s.steps {
             match &st.action {
@@ -153,6 +170,12 @@ impl<'a> Runner<'a> {
                 Action::Assert(Assertion::MirrorsUnchanged { cluster, .. }) => {
                     watched_mirrors.insert(cluster.clone());
                 }
+                Action::Wait(Condition::Leader {
+                    cluster,
+                    not: Some(_),
+                }) => {
+                    watched_leaders.insert(cluster.clone());
+                }
                 _ => {}
             }
         }
@@ -164,7 +187,37 @@ impl<'a> Runner<'a> {
             last_start: Instant::now(),
             watched_metrics,
             watched_mirrors,
+            watched_leaders,
+            samples: BTreeMap::new(),
         }
+    }
+
+    /// A wait's budget on this run's provider.
+    fn budget(&self, st: &Step) -> Option<Duration> {
+        match self.env.provider() {
+            Provider::Local => st.within,
+            Provider::Kind => st.within_kind,
+        }
+    }
+
+    /// Starts sampling every mirror a `mirror-never` looks at.
+    fn start_samples(&mut self) -> anyhow::Result<()> {
+        for st in &self.s.steps {
+            if let Action::Assert(Assertion::MirrorNever {
+                cluster,
+                service,
+                origin,
+                ..
+            }) = &st.action
+            {
+                let key = (cluster.clone(), service.clone(), origin.clone());
+                if !self.samples.contains_key(&key) {
+                    let samples = self.env.sample_mirror(cluster, service, origin)?;
+                    self.samples.insert(key, samples);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn timeline(
@@ -176,11 +229,23 @@ impl<'a> Runner<'a> {
         let origin = Instant::now();
         let steps = self.s.steps.clone();
         let mut stopped = false;
+        if let Err(e) = self.start_samples() {
+            result.error(format!("sampling mirrors: {e:#}"));
+            stopped = true;
+        }
         for st in &steps {
             let what = describe(&st.action);
             if stopped {
-                result.steps.push(StepResult::not_run(st, what));
+                result
+                    .steps
+                    .push(StepResult::not_run(st, what, self.budget(st)));
                 continue;
+            }
+            let mut leaders = BTreeMap::new();
+            if st.name.is_some() {
+                for c in &self.watched_leaders {
+                    leaders.insert(c.clone(), self.env.leader(c).await.ok().flatten());
+                }
             }
             let started = Instant::now();
             let done = match tokio::time::timeout_at(deadline, self.step(st)).await {
@@ -204,6 +269,7 @@ impl<'a> Runner<'a> {
             }
             // Budgeted waits and rotations are what a run measures.
             let budgeted = st.within.is_some() || matches!(st.action, Action::Rotate(_));
+            let budget = self.budget(st);
             if let (Some(name), Some(m), true) = (&st.name, done.measured, budgeted) {
                 result.measurements.insert(name.clone(), ms(m));
             }
@@ -215,11 +281,12 @@ impl<'a> Runner<'a> {
                 at_ms: ms(started - origin),
                 duration_ms: ms(ended - started),
                 measured_ms: done.measured.map(ms),
-                budget_ms: st.within.map(ms),
+                budget_ms: budget.map(ms),
                 message: done.message,
             });
             if let Some(name) = &st.name {
-                let mark = self.mark(started, ended).await;
+                let mut mark = self.mark(started, ended).await;
+                mark.leaders = leaders;
                 self.marks.insert(name.clone(), mark);
             }
             self.last_start = started;
@@ -243,6 +310,7 @@ impl<'a> Runner<'a> {
             end,
             metrics,
             mirrors,
+            leaders: BTreeMap::new(),
         }
     }
 
@@ -287,11 +355,30 @@ impl<'a> Runner<'a> {
                 Ok(Done::ok())
             }
             Action::Wait(c) => self.wait(st, c).await,
-            Action::Kill(t) => self.env.fault(t, Fault::Kill).await.map(|()| Done::ok()),
-            Action::Pause(t) => self.env.fault(t, Fault::Pause).await.map(|()| Done::ok()),
-            Action::Resume(t) => self.env.fault(t, Fault::Resume).await.map(|()| Done::ok()),
-            Action::Start(t) => self.env.start(t, false).await.map(|()| Done::ok()),
-            Action::Restart(t) => self.env.start(t, true).await.map(|()| Done::ok()),
+            Action::Kill(t) | Action::Pause(t) | Action::Resume(t) => {
+                let f = match st.action {
+                    Action::Kill(_) => Fault::Kill,
+                    Action::Pause(_) => Fault::Pause,
+                    _ => Fault::Resume,
+                };
+                let picked = super::replica::resolve(self.env, t).await?;
+                self.env.fault(t, picked.as_deref(), f).await?;
+                Ok(Done::picked(picked))
+            }
+            Action::Start(t) | Action::Restart(t) => {
+                let restart = matches!(st.action, Action::Restart(_));
+                let picked = super::replica::resolve(self.env, t).await?;
+                self.env.start(t, picked.as_deref(), restart).await?;
+                Ok(Done::picked(picked))
+            }
+            Action::Rollout(t) => {
+                let began = Instant::now();
+                self.env.rollout(t).await?;
+                Ok(Done {
+                    message: Some(format!("took {}", fmt_ms(began.elapsed()))),
+                    ..Done::ok()
+                })
+            }
             Action::Partition(c) => self
                 .env
                 .partition(&c.cluster, true)
@@ -358,16 +445,17 @@ impl<'a> Runner<'a> {
 
     async fn wait(&mut self, st: &Step, c: &Condition) -> anyhow::Result<Done> {
         let since = self.since(st);
+        let within = self.budget(st);
         let timeout = st
             .timeout
-            .unwrap_or_else(|| st.within.map_or(WAIT_TIMEOUT, |w| w + WAIT_TIMEOUT));
+            .unwrap_or_else(|| within.map_or(WAIT_TIMEOUT, |w| w + WAIT_TIMEOUT));
         let deadline = Instant::now() + timeout;
         let mut why;
         loop {
             match self.condition(c, since).await? {
                 Ok(at) => {
                     let measured = at.saturating_duration_since(since);
-                    if let Some(budget) = st.within
+                    if let Some(budget) = within
                         && measured > budget
                     {
                         return Ok(Done {
@@ -388,8 +476,7 @@ impl<'a> Runner<'a> {
                 Err(w) => why = w,
             }
             if Instant::now() >= deadline {
-                let budget = st
-                    .within
+                let budget = within
                     .map(|b| format!("expected within {}, ", fmt_ms(b)))
                     .unwrap_or_default();
                 return Ok(Done::failed(format!(
@@ -432,22 +519,34 @@ impl<'a> Runner<'a> {
             } => {
                 let now = Instant::now();
                 let found = self.env.mirror_state(cluster, service, origin).await?;
-                let holds = match state {
-                    MirrorState::Ready => found == Some(true),
-                    MirrorState::Withdrawn => found != Some(true),
-                    MirrorState::Absent => found.is_none(),
-                };
-                if holds {
+                if state.holds(found) {
                     Ok(now)
                 } else {
-                    Err(format!(
-                        "the mirror is {}",
-                        match found {
-                            None => "absent",
-                            Some(true) => "ready",
-                            Some(false) => "present without ready endpoints",
-                        }
-                    ))
+                    Err(format!("the mirror is {}", MirrorState::describe(found)))
+                }
+            }
+            Condition::Leader { cluster, not } => {
+                let now = Instant::now();
+                let before = not
+                    .as_ref()
+                    .and_then(|n| self.marks.get(n))
+                    .and_then(|m| m.leaders.get(cluster).cloned().flatten());
+                let leader = self.env.leader(cluster).await?;
+                let replicas = self
+                    .env
+                    .replicas(cluster, crate::dev::CONTROLLER_PROCESS)
+                    .await?;
+                let running = |l: &str| replicas.iter().any(|(n, up)| n == l && *up);
+                match leader {
+                    None => Err("the Lease names no holder".into()),
+                    Some(l) if before.as_deref() == Some(l.as_str()) => Err(format!(
+                        "the Lease still names {l}, the leader at {}",
+                        not.as_deref().unwrap_or_default()
+                    )),
+                    Some(l) if !running(&l) => Err(format!(
+                        "the Lease names {l}, which is not a running replica"
+                    )),
+                    Some(_) => Ok(now),
                 }
             }
             Condition::Ready { cluster, process } => self

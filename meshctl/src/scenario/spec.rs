@@ -68,6 +68,9 @@ pub struct Step {
     /// For `wait`: the budget, measured from `since` (default: the end of
     /// the step before).
     pub within: Option<Duration>,
+    /// The budget on the kind provider, where it differs (`within: {local:
+    /// 2s, kind: 13s}`: Kubernetes Leases run on longer clocks).
+    pub within_kind: Option<Duration>,
     pub since: Option<String>,
     /// For `wait`: how long to wait at most (default 30 s, or `within`
     /// plus 30 s).
@@ -92,6 +95,9 @@ pub enum Action {
     Start(Target),
     /// SIGTERM, then start again.
     Restart(Target),
+    /// Restart every replica of a process one at a time, each ready before
+    /// the next (`kubectl rollout restart` with `maxUnavailable: 0`).
+    Rollout(Target),
     Partition(ClusterRef),
     Heal(ClusterRef),
     Degrade(Degrade),
@@ -149,6 +155,47 @@ pub struct Target {
     pub process: Option<String>,
     #[serde(default)]
     pub pod: Option<String>,
+    /// One replica of a replicated process (default: every replica).
+    #[serde(default)]
+    pub replica: Option<Replica>,
+}
+
+/// Which replica of a replicated process (`controller`) a step acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replica {
+    /// The replica the cluster's Lease names when the step runs.
+    Leader,
+    /// A running replica the Lease does not name.
+    Follower,
+    /// By index, from 0 (locally `controller-N`; on kind the Nth running
+    /// pod by name).
+    Index(usize),
+}
+
+impl<'de> Deserialize<'de> for Replica {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let index = match &v {
+            Value::String(s) if s == "leader" => return Ok(Replica::Leader),
+            Value::String(s) if s == "follower" => return Ok(Replica::Follower),
+            Value::String(s) => s.parse().ok(),
+            Value::Number(n) => n.as_u64().and_then(|i| usize::try_from(i).ok()),
+            _ => None,
+        };
+        index.map(Replica::Index).ok_or_else(|| {
+            serde::de::Error::custom(format!("{v} is not leader, follower or an index (0, 1...)"))
+        })
+    }
+}
+
+impl std::fmt::Display for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replica::Leader => f.write_str("the leader"),
+            Replica::Follower => f.write_str("a follower"),
+            Replica::Index(i) => write!(f, "replica {i}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,8 +264,15 @@ pub enum Condition {
         origin: String,
         state: MirrorState,
     },
-    /// A process answers its readiness check.
+    /// A process answers its readiness check (a replicated one: every replica).
     Ready { cluster: String, process: String },
+    /// The cluster's Lease names a running controller replica, and (with
+    /// `not`) one other than the replica that led when step `not` began.
+    Leader {
+        cluster: String,
+        #[serde(default)]
+        not: Option<String>,
+    },
 }
 
 fn default_settle() -> usize {
@@ -234,6 +288,26 @@ pub enum MirrorState {
     Withdrawn,
     /// Absent.
     Absent,
+}
+
+impl MirrorState {
+    /// Whether a mirror found so (`None`: absent; `Some(ready)`) is in this state.
+    pub fn holds(self, found: Option<bool>) -> bool {
+        match self {
+            MirrorState::Ready => found == Some(true),
+            MirrorState::Withdrawn => found != Some(true),
+            MirrorState::Absent => found.is_none(),
+        }
+    }
+
+    /// A mirror found so, in words.
+    pub fn describe(found: Option<bool>) -> &'static str {
+        match found {
+            None => "absent",
+            Some(true) => "ready",
+            Some(false) => "present without ready endpoints",
+        }
+    }
 }
 
 /// What an `assert` checks.
@@ -296,6 +370,16 @@ pub enum Assertion {
     },
     /// No mirror in `cluster` was written, deleted or added since step `since`.
     MirrorsUnchanged { cluster: String, since: String },
+    /// `cluster`'s mirror of `service` from `origin` was never seen in
+    /// `state` from the end of step `since` to this assertion (sampled all
+    /// along, every 50 ms locally).
+    MirrorNever {
+        cluster: String,
+        service: String,
+        origin: String,
+        state: MirrorState,
+        since: String,
+    },
 }
 
 fn median() -> f64 {

@@ -22,6 +22,7 @@ const ACTIONS: &[&str] = &[
     "resume",
     "start",
     "restart",
+    "rollout",
     "partition",
     "heal",
     "degrade",
@@ -287,6 +288,7 @@ fn step(v: &Value, number: usize) -> anyhow::Result<Step> {
         "resume" => Action::Resume(typed(body, &inner)?),
         "start" => Action::Start(typed(body, &inner)?),
         "restart" => Action::Restart(typed(body, &inner)?),
+        "rollout" => Action::Rollout(typed(body, &inner)?),
         "partition" => Action::Partition(typed(body, &inner)?),
         "heal" => Action::Heal(typed(body, &inner)?),
         "degrade" => Action::Degrade(typed(body, &inner)?),
@@ -319,7 +321,26 @@ fn step(v: &Value, number: usize) -> anyhow::Result<Step> {
         .get("since")
         .map(|v| typed(v, &format!("{at}: since")))
         .transpose()?;
-    let within = get_dur("within")?;
+    let (within, within_kind) = match map.get("within") {
+        // Per provider: `{local: 2s, kind: 13s}`.
+        Some(Value::Object(by)) => {
+            let one = |k: &str| -> anyhow::Result<Duration> {
+                let v = by.get(k).with_context(|| {
+                    format!("{at}: within: give local and kind, e.g. {{local: 2s, kind: 13s}}")
+                })?;
+                let s: String = typed(v, &format!("{at}: within.{k}"))?;
+                duration(&s).map_err(|e| anyhow::anyhow!("{at}: within.{k}: {e}"))
+            };
+            if let Some(k) = by.keys().find(|k| !["local", "kind"].contains(&k.as_str())) {
+                bail!("{at}: within: unknown provider `{k}`; expected local and kind");
+            }
+            (Some(one("local")?), Some(one("kind")?))
+        }
+        _ => {
+            let w = get_dur("within")?;
+            (w, w)
+        }
+    };
     let timeout = get_dur("timeout")?;
     if !matches!(action, Action::Wait(_))
         && (within.is_some() || since.is_some() || timeout.is_some())
@@ -331,6 +352,7 @@ fn step(v: &Value, number: usize) -> anyhow::Result<Step> {
         name,
         action,
         within,
+        within_kind,
         since,
         timeout,
     })

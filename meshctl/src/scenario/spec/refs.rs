@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::{Action, Assertion, CaKind, Condition, OPS, Protocol, SERVICES, Scenario};
+use super::{
+    Action, Assertion, CaKind, Condition, OPS, Protocol, Replica, SERVICES, Scenario, Target,
+};
 
 /// Cross-references: every name a step uses exists, and exists by then.
 pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
@@ -21,8 +23,11 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
     };
     let process = |at: &str, c: &str, p: &str| -> anyhow::Result<()> {
         let ct = cluster(at, c)?;
-        if ct.process(p).is_err() {
-            let names: Vec<&str> = ct.processes.iter().map(|p| p.name.as_str()).collect();
+        if ct.group(p).is_empty() {
+            let mut names: Vec<&str> = ct.processes.iter().map(|p| p.name.as_str()).collect();
+            names.extend(ct.processes.iter().filter_map(|p| p.replica_of.as_deref()));
+            names.sort();
+            names.dedup();
             bail!(
                 "{at}: cluster {c} has no process {p:?} (processes: {})",
                 names.join(", ")
@@ -36,6 +41,37 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
         } else {
             bail!("{at}: no service {svc:?} (services: api, echo)")
         }
+    };
+    // A replica of a replicated process, and one that exists.
+    let replica = |at: &str, t: &Target, r: &Replica| -> anyhow::Result<()> {
+        let ct = cluster(at, &t.cluster)?;
+        let Some(p) = &t.process else {
+            bail!("{at}: replica: picks a replica of a process, not of a pod");
+        };
+        if !ct.replicated(p) {
+            let replicated: std::collections::BTreeSet<&str> = ct
+                .processes
+                .iter()
+                .filter_map(|p| p.replica_of.as_deref())
+                .collect();
+            bail!(
+                "{at}: replica: {p} of cluster {} runs as one process, not as replicas \
+                 (replicated: {})",
+                t.cluster,
+                replicated.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let n = ct.group(p).len();
+        if let Replica::Index(i) = r
+            && *i >= n
+        {
+            bail!(
+                "{at}: replica: {i}: {p} of cluster {} has {n} replicas (0 to {})",
+                t.cluster,
+                n - 1
+            );
+        }
+        Ok(())
     };
     let mut names = BTreeSet::new();
     let mut traffic = BTreeSet::new();
@@ -107,18 +143,34 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
                     cluster: c,
                     process: p,
                 } => process(&at, c, p)?,
+                Condition::Leader { cluster: c, not } => {
+                    cluster(&at, c)?;
+                    earlier(not, &names)?;
+                }
             },
             Action::Kill(t)
             | Action::Pause(t)
             | Action::Resume(t)
             | Action::Start(t)
-            | Action::Restart(t) => match (&t.process, &t.pod) {
-                (Some(p), None) => process(&at, &t.cluster, p)?,
-                (None, Some(pod)) => {
-                    process(&at, &t.cluster, pod)?;
-                    process(&at, &t.cluster, &format!("{pod}-sidecar"))?;
+            | Action::Restart(t) => {
+                match (&t.process, &t.pod) {
+                    (Some(p), None) => process(&at, &t.cluster, p)?,
+                    (None, Some(pod)) => {
+                        process(&at, &t.cluster, pod)?;
+                        process(&at, &t.cluster, &format!("{pod}-sidecar"))?;
+                    }
+                    _ => bail!("{at}: give either process or pod"),
                 }
-                _ => bail!("{at}: give either process or pod"),
+                if let Some(r) = &t.replica {
+                    replica(&at, t, r)?;
+                }
+            }
+            Action::Rollout(t) => match (&t.process, &t.pod, &t.replica) {
+                (Some(p), None, None) => process(&at, &t.cluster, p)?,
+                (_, _, Some(_)) => {
+                    bail!("{at}: rollout restarts every replica in turn: no replica")
+                }
+                _ => bail!("{at}: rollout: give the process (e.g. controller)"),
             },
             Action::Partition(c) | Action::Heal(c) | Action::Undegrade(c) => {
                 cluster(&at, &c.cluster)?;
@@ -221,6 +273,18 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
                     cluster(&at, c)?;
                     earlier(&Some(since.clone()), &names)?;
                 }
+                Assertion::MirrorNever {
+                    cluster: c,
+                    service: svc,
+                    origin,
+                    since,
+                    ..
+                } => {
+                    cluster(&at, c)?;
+                    cluster(&at, origin)?;
+                    service(&at, svc)?;
+                    earlier(&Some(since.clone()), &names)?;
+                }
             },
             Action::Probe(p) => {
                 cluster(&at, &p.from)?;
@@ -239,7 +303,8 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
                         process(&at, &p.to.cluster, proc_name)?;
                         if let Some(l) = &p.to.listener {
                             let ct = cluster(&at, &p.to.cluster)?;
-                            let pr = ct.process(proc_name)?;
+                            // Replicas share their listeners: the first says.
+                            let pr = ct.group(proc_name)[0];
                             if !pr.listen.contains_key(l) {
                                 let ls: Vec<&str> = pr.listen.keys().map(String::as_str).collect();
                                 bail!(
@@ -260,4 +325,91 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Action, Condition, Replica, parse};
+
+    fn scenario(steps: &str) -> anyhow::Result<super::super::Scenario> {
+        let text = format!("name: t\nclusters: [{{name: east}}, {{name: west}}]\nsteps:\n{steps}");
+        parse(&text, Path::new("t.yaml"))
+    }
+
+    fn error(steps: &str) -> String {
+        format!("{:#}", scenario(steps).expect_err("invalid"))
+    }
+
+    #[test]
+    fn controller_replicas_leaders_and_rollouts_read_and_are_checked() {
+        let s = scenario(
+            "- kill: {cluster: west, process: controller, replica: leader}\n  name: kill\n\
+             - wait: {leader: {cluster: west, not: kill}}\n  within: {local: 2s, kind: 13s}\n\
+             - start: {cluster: west, process: controller}\n\
+             - pause: {cluster: west, process: controller, replica: 1}\n\
+             - resume: {cluster: west, process: controller-1}\n\
+             - rollout: {cluster: west, process: controller}\n\
+             - wait: {ready: {cluster: west, process: controller}}\n\
+             - assert: {mirror-never: {cluster: east, service: api, origin: west, state: withdrawn, since: kill}}\n",
+        )
+        .expect("valid");
+        let Action::Kill(t) = &s.steps[0].action else {
+            panic!("{:?}", s.steps[0].action)
+        };
+        assert_eq!(t.replica, Some(Replica::Leader));
+        assert!(
+            matches!(&s.steps[1].action, Action::Wait(Condition::Leader { not: Some(n), .. }) if n == "kill")
+        );
+        assert_eq!(
+            (s.steps[1].within, s.steps[1].within_kind),
+            (
+                Some(std::time::Duration::from_secs(2)),
+                Some(std::time::Duration::from_secs(13))
+            )
+        );
+
+        for (steps, why) in [
+            (
+                "- kill: {cluster: west, process: gateway, replica: leader}\n",
+                "step 1: replica: gateway of cluster west runs as one process, not as replicas (replicated: controller)",
+            ),
+            (
+                "- kill: {cluster: west, process: controller, replica: 2}\n",
+                "step 1: replica: 2: controller of cluster west has 2 replicas (0 to 1)",
+            ),
+            (
+                "- kill: {cluster: west, pod: api-a, replica: 0}\n",
+                "step 1: replica: picks a replica of a process, not of a pod",
+            ),
+            (
+                "- kill: {cluster: west, process: controller, replica: boss}\n",
+                "\"boss\" is not leader, follower or an index",
+            ),
+            (
+                "- rollout: {cluster: west, process: controller, replica: leader}\n",
+                "step 1: rollout restarts every replica in turn: no replica",
+            ),
+            (
+                "- rollout: {cluster: west, process: controllers}\n",
+                "step 1: cluster west has no process \"controllers\"",
+            ),
+            (
+                "- wait: {leader: {cluster: west, not: later}}\n",
+                "step 1: no earlier step named \"later\"",
+            ),
+            (
+                "- sleep: 1s\n  name: a\n- assert: {mirror-never: {cluster: east, service: api, origin: north, state: withdrawn, since: a}}\n",
+                "step 2: no cluster \"north\"",
+            ),
+            (
+                "- wait: {leader: {cluster: west}}\n  within: {local: 2s}\n",
+                "within: give local and kind",
+            ),
+        ] {
+            let e = error(steps);
+            assert!(e.contains(why), "{steps}: {e}");
+        }
+    }
 }
