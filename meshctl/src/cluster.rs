@@ -29,6 +29,14 @@ pub const IDENTITY_ADMIN_PORT: u16 = 9901;
 pub const CONTROLLER_ADMIN_PORT: u16 = 9902;
 pub const GATEWAY_ADMIN_PORT: u16 = 9903;
 
+/// Controller replicas install runs: one leads (writes), the other takes
+/// over within a lease; fewer ready and nothing takes over.
+pub const CONTROLLER_REPLICAS: u16 = 2;
+
+/// The controller replicas' leader Lease (`coordination.k8s.io/v1`, in
+/// meshfed-system): its holder is the replica that writes.
+pub const CONTROLLER_LEASE: &str = "meshfed-controller";
+
 /// The annotation a Link carries with the fingerprints of the roots both
 /// clusters trusted when it was made, so `check` can tell when they drift.
 pub const LINK_ROOTS: &str = "meshfed.io/trust-roots";

@@ -305,6 +305,8 @@ pub const KIND_ORDER: &[&str] = &[
     "ServiceAccount",
     "ClusterRole",
     "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
     "ConfigMap",
     "Secret",
     "Service",
@@ -362,18 +364,32 @@ fn service_account(name: &str) -> Value {
 
 /// A ClusterRole with `rules` and its binding to the component's ServiceAccount.
 fn cluster_role(name: &str, rules: Value) -> [Value; 2] {
+    role_and_binding("ClusterRole", name, None, rules)
+}
+
+/// A Role in meshfed-system with `rules` and its binding to the component's
+/// ServiceAccount: for what the component may do in its own namespace only.
+fn namespaced_role(name: &str, rules: Value) -> [Value; 2] {
+    role_and_binding("Role", name, Some(NAMESPACE), rules)
+}
+
+fn role_and_binding(kind: &str, name: &str, namespace: Option<&str>, rules: Value) -> [Value; 2] {
+    let mut metadata = json!({ "name": name, "labels": part_of(name) });
+    if let Some(ns) = namespace {
+        metadata["namespace"] = ns.into();
+    }
     [
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": { "name": name, "labels": part_of(name) },
+            "kind": kind,
+            "metadata": metadata,
             "rules": rules,
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": { "name": name, "labels": part_of(name) },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+            "kind": format!("{kind}Binding"),
+            "metadata": metadata,
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name },
             "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": NAMESPACE }],
         }),
     ]
@@ -402,6 +418,11 @@ fn env_from_cluster_config(name: &str, key: &str, optional: bool) -> Value {
         selector["optional"] = true.into();
     }
     json!({ "name": name, "valueFrom": { "configMapKeyRef": selector } })
+}
+
+/// An env var from the pod's own fields (the downward API), e.g. `metadata.name`.
+fn env_from_pod(name: &str, field_path: &str) -> Value {
+    json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": field_path } } })
 }
 
 const CA_DIR: &str = "/etc/meshfed/ca";
@@ -433,13 +454,24 @@ fn deployment(name: &str, replicas: u16, container: Value, volumes: Vec<Value>) 
         },
     });
     if replicas > 1 {
-        // Replicas on different nodes, so one node going away keeps one up.
+        let selector = json!({ "matchLabels": { "app.kubernetes.io/name": name } });
+        // Replicas on different nodes, so one node going away keeps one up;
+        // preferred, so a one-node cluster (kind) still runs them all.
         d["spec"]["template"]["spec"]["affinity"] = json!({ "podAntiAffinity": {
             "preferredDuringSchedulingIgnoredDuringExecution": [{ "weight": 100, "podAffinityTerm": {
                 "topologyKey": "kubernetes.io/hostname",
-                "labelSelector": { "matchLabels": { "app.kubernetes.io/name": name } },
+                "labelSelector": selector,
             }}],
         }});
+        // And in different zones where there are zones, so a zone outage
+        // keeps one up; ScheduleAnyway, so a cluster of one zone (or of
+        // unlabelled nodes) still runs them all.
+        d["spec"]["template"]["spec"]["topologySpreadConstraints"] = json!([{
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": selector,
+        }]);
     }
     d
 }
@@ -505,16 +537,35 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
         env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
         env_from_cluster_config("MESHFED_REGION", "region", true),
         env("MESHFED_STORE", "kube"),
+        // The admin port its probes ask, named here so the two cannot drift.
+        env(
+            "MESHFED_ADMIN_LISTEN",
+            format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+        ),
+        // Each replica competes for the leader Lease as its pod, in its namespace.
+        env_from_pod("MESHFED_POD_NAME", "metadata.name"),
+        env_from_pod("MESHFED_POD_NAMESPACE", "metadata.namespace"),
     ]);
     envs.extend(id_env);
     c["volumeMounts"] = mounts.into();
-    let mut d = deployment(CONTROLLER, 1, c, volumes);
-    // One controller writes mirrors and statuses; never two at once.
-    d["spec"]["strategy"] = json!({ "type": "Recreate" });
+    // Two replicas, one leading (only it writes): a rollout, a drained node
+    // or a killed pod costs at most a lease of writes, and discovery and
+    // federation are answered throughout by the other replica.
+    let mut d = deployment(CONTROLLER, CONTROLLER_REPLICAS, c, volumes);
+    // A new replica comes up (and is ready: synced) before an old one
+    // goes, so a rollout never leaves fewer than two serving.
+    d["spec"]["strategy"] = json!({
+        "type": "RollingUpdate",
+        "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 },
+    });
+    // Stopping: the Lease is handed over (at most 2 s), then open streams
+    // get 5 s to drain; the rest is slack before the kill.
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 15.into();
     let mut out = vec![
         service_account(CONTROLLER),
         service(CONTROLLER, "ClusterIP", &ports),
         d,
+        one_at_a_time(CONTROLLER),
     ];
     // Reads the cluster and the CRDs; writes only mirrors and statuses.
     out.extend(cluster_role(
@@ -527,6 +578,17 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links", "failoverpolicies"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links/status", "failoverpolicies/status"], "verbs": ["get", "patch"] },
+        ]),
+    ));
+    // The leader Lease, and no other: kube-lease-manager GETs it, CREATEs it
+    // when missing and PATCHes it (apply to take it, strategic merge to renew
+    // and release); it never lists, watches, updates or deletes. Kubernetes
+    // cannot limit create by name (the name is not known when it authorizes).
+    out.extend(namespaced_role(
+        CONTROLLER,
+        json!([
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [CONTROLLER_LEASE], "verbs": ["get", "patch"] },
         ]),
     ));
     out
@@ -576,12 +638,29 @@ fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
 
 /// A PodDisruptionBudget keeping one replica of `name` up through drains.
 fn one_always_up(name: &str) -> Value {
+    disruption_budget(name, "minAvailable")
+}
+
+/// A PodDisruptionBudget letting drains take one replica of `name` at a
+/// time. For the controller rather than [`one_always_up`]: at two replicas
+/// both keep one up, but one replica leading is the whole service, so the
+/// budget is about "never both at once", which `maxUnavailable` says
+/// whatever the replica count; and scaled down to one, `minAvailable: 1`
+/// would block every node drain for good, where this lets it through at the
+/// cost of a pause in writes (nothing on the data path waits for them).
+fn one_at_a_time(name: &str) -> Value {
+    disruption_budget(name, "maxUnavailable")
+}
+
+/// A PodDisruptionBudget for the pods of `name` whose `rule` (`minAvailable`
+/// or `maxUnavailable`) is 1.
+fn disruption_budget(name: &str, rule: &str) -> Value {
     json!({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
         "spec": {
-            "minAvailable": 1,
+            rule: 1,
             "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
         },
     })

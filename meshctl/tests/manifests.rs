@@ -14,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use meshfed_api::crd::{FailoverPolicy, Link};
 use serde::Serialize;
@@ -134,6 +134,8 @@ fn parse_strictly(doc: &Value) -> Result<(), String> {
         }
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => strict::<ClusterRole>(doc),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => strict::<ClusterRoleBinding>(doc),
+        ("rbac.authorization.k8s.io/v1", "Role") => strict::<Role>(doc),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => strict::<RoleBinding>(doc),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             strict::<CustomResourceDefinition>(doc)
         }
@@ -542,6 +544,124 @@ fn install_output_is_stable_and_ordered() {
     let identity_rules = &find("ClusterRole", "meshfed-identity")["rules"];
     assert_eq!(identity_rules.as_array().map(Vec::len), Some(1));
     assert_eq!(identity_rules[0]["resources"][0], "tokenreviews");
+}
+
+#[test]
+fn the_controller_is_highly_available() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut args = vec!["install"];
+    args.extend(REFERENCE_ARGS);
+    let docs = documents(&meshctl(&args, tmp.path()));
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name}"))
+    };
+    let name = "meshfed-controller";
+    let d = find("Deployment", name);
+    let spec = &d["spec"];
+    let pod = &spec["template"]["spec"];
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+    // Two replicas, one leading; a rollout adds the new one before an old one goes.
+    assert_eq!(spec["replicas"], 2);
+    assert_eq!(
+        spec["strategy"],
+        serde_json::json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } })
+    );
+    // The Deployment and the budget select the pods by their own labels.
+    let selects = |selector: &Value| {
+        let m = selector["matchLabels"].as_object().expect("matchLabels");
+        assert!(!m.is_empty());
+        assert!(
+            m.iter().all(|(k, v)| pod_labels[k] == *v),
+            "{selector} vs {pod_labels}"
+        );
+    };
+    selects(&spec["selector"]);
+    let pdb = find("PodDisruptionBudget", name);
+    selects(&pdb["spec"]["selector"]);
+    assert_eq!(pdb["metadata"]["namespace"], "meshfed-system");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert!(pdb["spec"].get("minAvailable").is_none());
+    // Spread over nodes and zones, but never unschedulable for want of them.
+    let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    selects(&anti["labelSelector"]);
+    assert!(
+        pod["affinity"]["podAntiAffinity"]
+            .get("requiredDuringSchedulingIgnoredDuringExecution")
+            .is_none()
+    );
+    let spread = &pod["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(spread["whenUnsatisfiable"], "ScheduleAnyway");
+    selects(&spread["labelSelector"]);
+    // The probes ask the admin port the controller listens on.
+    let c = &pod["containers"][0];
+    let port_named = |n: &str| {
+        c["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"] == n)
+            .map(|p| p["containerPort"].clone())
+            .unwrap_or_else(|| panic!("no port {n}"))
+    };
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let port = c[probe]["httpGet"]["port"].as_str().expect("a named port");
+        assert_eq!(port_named(port), 9902, "{probe}");
+    }
+    let env = c["env"].as_array().expect("env");
+    let var = |n: &str| {
+        env.iter()
+            .find(|e| e["name"] == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+    };
+    assert_eq!(var("MESHFED_ADMIN_LISTEN")["value"], "0.0.0.0:9902");
+    // Each replica is its pod, in its namespace: the Lease's holder and home.
+    assert_eq!(
+        var("MESHFED_POD_NAME")["valueFrom"],
+        serde_json::json!({ "fieldRef": { "fieldPath": "metadata.name" } })
+    );
+    assert_eq!(
+        var("MESHFED_POD_NAMESPACE")["valueFrom"],
+        serde_json::json!({ "fieldRef": { "fieldPath": "metadata.namespace" } })
+    );
+    // Time to hand the Lease over (2 s) and drain (5 s).
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("set");
+    assert!((10..=30).contains(&grace), "{grace}");
+    // The Lease, by name, in meshfed-system only: what kube-lease-manager
+    // does (get, create, patch), nothing more.
+    let role = find("Role", name);
+    assert_eq!(role["metadata"]["namespace"], "meshfed-system");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+              "resourceNames": ["meshfed-controller"], "verbs": ["get", "patch"] },
+        ])
+    );
+    let binding = find("RoleBinding", name);
+    assert_eq!(binding["metadata"]["namespace"], "meshfed-system");
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name })
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{ "kind": "ServiceAccount", "name": name, "namespace": "meshfed-system" }])
+    );
+    assert_eq!(pod["serviceAccountName"], name);
+    // No cluster-wide grant on leases.
+    let cluster_role = find("ClusterRole", name);
+    assert!(
+        !cluster_role.to_string().contains("leases"),
+        "{cluster_role}"
+    );
 }
 
 #[test]

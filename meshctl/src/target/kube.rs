@@ -578,6 +578,8 @@ fn plural(kind: &str) -> Option<(&'static str, bool)> {
         "CustomResourceDefinition" => ("customresourcedefinitions", false),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Role" => ("roles", true),
+        "RoleBinding" => ("rolebindings", true),
         "ServiceAccount" => ("serviceaccounts", true),
         "ConfigMap" => ("configmaps", true),
         "Secret" => ("secrets", true),

@@ -27,6 +27,13 @@ const RESOURCES: &[(&str, &str, &str, bool)] = &[
         "clusterrolebindings",
         false,
     ),
+    ("Role", "rbac.authorization.k8s.io/v1", "roles", true),
+    (
+        "RoleBinding",
+        "rbac.authorization.k8s.io/v1",
+        "rolebindings",
+        true,
+    ),
     ("ConfigMap", "v1", "configmaps", true),
     ("Secret", "v1", "secrets", true),
     ("Service", "v1", "services", true),
@@ -96,6 +103,10 @@ async fn install_apply_applies_every_object_in_order() {
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/links.meshfed.io?&force=true&fieldManager=meshctl",
         "/apis/apps/v1/namespaces/meshfed-system/deployments/meshfed-gateway?&force=true&fieldManager=meshctl",
         "/apis/policy/v1/namespaces/meshfed-system/poddisruptionbudgets/meshfed-gateway?&force=true&fieldManager=meshctl",
+        // The leader Lease's RBAC, in the controller's namespace only.
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/meshfed-system/roles/meshfed-controller?&force=true&fieldManager=meshctl",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/meshfed-system/rolebindings/meshfed-controller?&force=true&fieldManager=meshctl",
+        "/apis/policy/v1/namespaces/meshfed-system/poddisruptionbudgets/meshfed-controller?&force=true&fieldManager=meshctl",
     ] {
         assert!(uris.contains(&want), "{want} not among {uris:#?}");
     }
