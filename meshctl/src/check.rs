@@ -7,12 +7,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use clap::Args;
-use meshfed_api::crd::Link;
+use meshfed_api::crd::{CONDITION_MIRRORS_WRITTEN, Link, LinkStatus};
 use meshfed_api::labels;
 use meshfed_trust::{CertInfo, TrustBundle};
 use serde::Serialize;
 
-use crate::cluster::{ClusterInfo, LINK_ROOTS, shared_roots};
+use crate::cluster::{
+    CONTROLLER, CONTROLLER_LEASE, CONTROLLER_REPLICAS, ClusterInfo, LINK_ROOTS, NAMESPACE,
+    shared_roots,
+};
 use crate::output::Report;
 use crate::target::{Cluster, open};
 
@@ -58,8 +61,11 @@ pub struct Outcome {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
+    /// Works now, but one more fault and it would not; or will stop working
+    /// at a known time.
+    Warn,
     Fail,
-    /// Does not apply to this cluster.
+    /// Does not apply to this cluster, or could not be looked at.
     Skip,
 }
 
@@ -126,11 +132,12 @@ pub async fn check(clusters: &[Cluster], expiry_warning: Duration) -> Vec<Outcom
         };
         crds(c, &mut r).await;
         components(c, &info, &mut r).await;
+        leader(c, &mut r).await;
         let bundle = certificates(&info, expiry_warning, &c.describe(), &mut r);
         match c.links().await {
             Ok(links) => {
                 for link in &links {
-                    link_checks(link, &info, bundle.as_ref(), &known, &mut r);
+                    link_checks(c, link, &info, bundle.as_ref(), &known, &mut r);
                 }
                 if links.is_empty() {
                     r.skip(
@@ -174,6 +181,9 @@ impl Checks<'_> {
     }
     fn skip(&mut self, check: &str, detail: impl Into<String>) {
         self.push(check, Status::Skip, detail.into(), None);
+    }
+    fn warn(&mut self, check: &str, detail: impl Into<String>, hint: impl Into<String>) {
+        self.push(check, Status::Warn, detail.into(), Some(hint.into()));
     }
     fn fail(&mut self, check: &str, detail: impl Into<String>, hint: impl Into<String>) {
         self.push(check, Status::Fail, detail.into(), Some(hint.into()));
@@ -234,39 +244,134 @@ async fn crds(c: &Cluster, r: &mut Checks<'_>) {
 
 async fn components(c: &Cluster, info: &ClusterInfo, r: &mut Checks<'_>) {
     let check = "components ready";
-    match c.components(info).await {
-        Ok(list) if list.is_empty() => r.skip(
-            check,
-            "no admin addresses recorded (meshctl install --state DIR --admin COMPONENT=ADDR)",
+    let list = match c.components(info).await {
+        Ok(list) if list.is_empty() => {
+            return r.skip(
+                check,
+                "no admin addresses recorded (meshctl install --state DIR --admin COMPONENT=ADDR)",
+            );
+        }
+        Ok(list) => list,
+        Err(e) => {
+            return r.fail(
+                check,
+                format!("{e:#}"),
+                "you need read access to meshfed-system",
+            );
+        }
+    };
+    let (mut good, mut weak, mut bad) = (Vec::new(), Vec::new(), Vec::new());
+    for comp in &list {
+        match (&comp.ready, comp.replicas) {
+            // One controller replica ready does the whole job (it leads);
+            // without a second, nothing takes over when it stops.
+            (_, Some((ready, want)))
+                if comp.name == CONTROLLER
+                    && ready > 0
+                    && (ready < want || ready < i32::from(CONTROLLER_REPLICAS)) =>
+            {
+                weak.push(format!("{} {ready}/{want} ready", comp.name));
+            }
+            (Ok(ready), _) => good.push(format!("{} {ready}", comp.name)),
+            (Err(e), _) => bad.push(format!("{}: {e}", comp.name)),
+        }
+    }
+    if !bad.is_empty() {
+        let hint = match c {
+            Cluster::Kube(_) => {
+                "look at the component's logs: kubectl -n meshfed-system logs deploy/NAME"
+            }
+            Cluster::File(_) => {
+                "is the process running? its admin address must answer GET /ready with 200"
+            }
+        };
+        bad.extend(weak);
+        return r.fail(check, bad.join("; "), hint);
+    }
+    if weak.is_empty() {
+        return r.pass(check, good.join(", "));
+    }
+    good.extend(weak);
+    r.warn(
+        check,
+        format!(
+            "{}; with fewer than {CONTROLLER_REPLICAS} controller replicas ready none takes \
+             over when the leader stops, and mirrors and statuses go unwritten until it is back",
+            good.join(", ")
         ),
-        Ok(list) => {
-            let bad: Vec<String> = list
-                .iter()
-                .filter_map(|c| c.ready.as_ref().err().map(|e| format!("{}: {e}", c.name)))
-                .collect();
-            if bad.is_empty() {
-                let good: Vec<String> = list
-                    .iter()
-                    .map(|c| format!("{} {}", c.name, c.ready.as_deref().unwrap_or_default()))
-                    .collect();
-                r.pass(check, good.join(", "));
+        format!(
+            "see why a replica is not ready: kubectl -n {NAMESPACE} get pods -l \
+             app.kubernetes.io/name={CONTROLLER} (Pending: no node fits it; not ready: \
+             kubectl -n {NAMESPACE} logs POD)"
+        ),
+    );
+}
+
+/// Which controller replica leads, from the leader Lease's holder.
+async fn leader(c: &Cluster, r: &mut Checks<'_>) {
+    let check = "controller leader";
+    let lease_name = format!("Lease {NAMESPACE}/{CONTROLLER_LEASE}");
+    let logs = match c {
+        Cluster::Kube(_) => format!(
+            "look at the controller replicas' logs: kubectl -n {NAMESPACE} logs -l \
+             app.kubernetes.io/name={CONTROLLER} --prefix"
+        ),
+        Cluster::File(_) => "look at the controller processes' logs".to_owned(),
+    };
+    let lease = match c.controller_lease().await {
+        Ok(l) => l,
+        // Reading it takes get on leases in meshfed-system, which a user
+        // allowed everything else check reads may not have.
+        Err(e) => {
+            return r.skip(
+                check,
+                format!("cannot tell which replica leads, the {lease_name} is not readable: {e:#}"),
+            );
+        }
+    };
+    let Some(spec) = lease.and_then(|l| l.spec) else {
+        return r.warn(
+            check,
+            format!("no {lease_name}: no controller replica has led yet, so none writes"),
+            format!("is the controller running (components ready, above)? {logs}"),
+        );
+    };
+    let Some(holder) = spec.holder_identity.filter(|h| !h.is_empty()) else {
+        return r.warn(
+            check,
+            format!(
+                "no replica holds the {lease_name}: mirrors and statuses go unwritten until one \
+                 takes it (about a second when a leader stops)"
+            ),
+            format!("if this stays, {logs}"),
+        );
+    };
+    let renewed = spec.renew_time.map(|t| SystemTime::from(t.0));
+    let lasts = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs);
+    let now = SystemTime::now();
+    match (renewed, lasts) {
+        (Some(renewed), Some(lasts)) => {
+            let ago = round(now.duration_since(renewed).unwrap_or_default());
+            let ago = humantime::format_duration(ago);
+            // The API server's clock, not this machine's, renewed it: allow the skew.
+            if renewed + lasts + MAX_SKEW < now {
+                r.warn(
+                    check,
+                    format!(
+                        "{holder} holds the {lease_name} but last renewed it {ago} ago (it lasts \
+                         {}): a replica takes over once it runs out; until then nothing writes",
+                        humantime::format_duration(lasts)
+                    ),
+                    format!("is {holder} still running? {logs}"),
+                );
             } else {
-                let hint = match c {
-                    Cluster::Kube(_) => {
-                        "look at the component's logs: kubectl -n meshfed-system logs deploy/NAME"
-                    }
-                    Cluster::File(_) => {
-                        "is the process running? its admin address must answer GET /ready with 200"
-                    }
-                };
-                r.fail(check, bad.join("; "), hint);
+                r.pass(check, format!("{holder} leads (renewed {ago} ago)"));
             }
         }
-        Err(e) => r.fail(
-            check,
-            format!("{e:#}"),
-            "you need read access to meshfed-system",
-        ),
+        _ => r.pass(check, format!("{holder} leads")),
     }
 }
 
@@ -364,6 +469,7 @@ fn certificates(
 }
 
 fn link_checks(
+    c: &Cluster,
     link: &Link,
     info: &ClusterInfo,
     bundle: Option<&TrustBundle>,
@@ -426,11 +532,40 @@ fn link_checks(
     };
     let check = format!("link {peer}: federation stream up");
     if reported(r, &check) {
-        match status.and_then(|s| s.federation_up) {
-            Some(true) => r.pass(&check, "the peer controller spoke within its lease"),
+        let s = status.expect("reported");
+        match (s.federation_up, held(link, s)) {
+            (Some(true), _) => r.pass(&check, "the peer controller spoke within its lease"),
+            (_, Some(held)) => r.warn(
+                &check,
+                format!(
+                    "the peer controller has been silent since {}, but its gateway answers \
+                     probes: {peer}'s services are kept until {} ({} from now), then withdrawn \
+                     unless it speaks again{last_error}",
+                    held.since.map_or_else(|| "its lease ran out".to_owned(), rfc3339),
+                    rfc3339(held.until),
+                    humantime::format_duration(round(
+                        held.until
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default()
+                    )),
+                ),
+                format!(
+                    "look at {peer}'s controller pods (kubectl -n {NAMESPACE} get pods -l \
+                     app.kubernetes.io/name={CONTROLLER} in {peer}; a rollout, a crash loop, or \
+                     no replica ready), or meshctl check on {peer}"
+                ),
+            ),
             _ => r.fail(
                 &check,
-                format!("the peer controller was silent past the lease TTL; its services are withdrawn{last_error}"),
+                format!(
+                    "the peer controller was silent past the lease TTL{}; its services are \
+                     withdrawn{last_error}",
+                    if alive_reason(s) == Some("GraceExpired") {
+                        " and its control-plane grace"
+                    } else {
+                        ""
+                    }
+                ),
                 format!("is {peer}'s controller running and its gateway reachable? meshctl check on {peer}"),
             ),
         }
@@ -464,6 +599,147 @@ fn link_checks(
             ),
         }
     }
+    let check = format!("link {peer}: mirrors written");
+    if reported(r, &check) {
+        mirrors_written(c, link, status.expect("reported"), &check, r);
+    }
+}
+
+/// Imports kept through the control-plane grace: since when the peer
+/// controller is silent (when the Link says enough to know) and until when.
+struct Held {
+    since: Option<SystemTime>,
+    until: SystemTime,
+}
+
+/// Whether the link's imports are held in grace (its controller silent,
+/// its gateway answering), per its status.
+fn held(link: &Link, s: &LinkStatus) -> Option<Held> {
+    if s.federation_up == Some(true) || s.gateway_alive != Some(true) {
+        return None;
+    }
+    let until = parse_time(s.imports_held_until.as_deref()?)?;
+    if until <= SystemTime::now() {
+        // Past: the services are withdrawn (or its status is stale).
+        return None;
+    }
+    // importsHeldUntil is the grace after the stream went silent.
+    let grace = Duration::from_secs(link.spec.control_plane_grace_seconds.into());
+    Some(Held {
+        since: until.checked_sub(grace),
+        until,
+    })
+}
+
+/// The reason of the Link's `Alive` condition.
+fn alive_reason(s: &LinkStatus) -> Option<&str> {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == meshfed_mirror::CONDITION_ALIVE)
+        .map(|c| c.reason.as_str())
+}
+
+/// An RFC 3339 time as the controller writes it.
+fn parse_time(t: &str) -> Option<SystemTime> {
+    t.parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// How many unwritable mirrors a detail names before "and N more".
+const MIRRORS_NAMED: usize = 3;
+
+/// Whether every imported service's mirror is written; when not, each one
+/// (up to a few), what the cluster answered, and the fix.
+fn mirrors_written(c: &Cluster, link: &Link, s: &LinkStatus, check: &str, r: &mut Checks<'_>) {
+    let condition = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_MIRRORS_WRITTEN);
+    let count = (s.unwritable_mirror_count as usize).max(s.unwritable_mirrors.len());
+    if count == 0 {
+        if let Some(c) = condition.filter(|c| c.status == "False") {
+            return r.fail(
+                check,
+                format!(
+                    "the controller says not every mirror is written ({}): {}",
+                    c.reason, c.message
+                ),
+                "the leading controller replica's logs say which and why",
+            );
+        }
+        return r.pass(
+            check,
+            format!(
+                "{} imported service(s), each mirrored here",
+                s.imported_services
+            ),
+        );
+    }
+    let named: Vec<String> = s
+        .unwritable_mirrors
+        .iter()
+        .take(MIRRORS_NAMED)
+        .map(|m| format!("{}: {}", m.mirror, m.reason))
+        .collect();
+    let mut detail = format!(
+        "{count} imported service(s) of {} have no mirror here: {}",
+        link.spec.cluster,
+        named.join("; ")
+    );
+    if count > named.len() {
+        detail.push_str(&format!("; and {} more", count - named.len()));
+    }
+    let link_name = format!(
+        "{}/{}",
+        link.metadata.namespace.as_deref().unwrap_or(NAMESPACE),
+        link.metadata.name.as_deref().unwrap_or_default()
+    );
+    let mut missing: Vec<&str> = s
+        .unwritable_mirrors
+        .iter()
+        .filter(|m| says_namespace_missing(&m.reason))
+        .filter_map(|m| m.mirror.split_once('/').map(|(ns, _)| ns))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    let mut hints: Vec<String> = missing
+        .iter()
+        .map(|ns| {
+            let how = match c {
+                Cluster::Kube(_) => format!("kubectl create namespace {ns}"),
+                Cluster::File(_) => format!("a v1 Namespace {ns} among its manifests"),
+            };
+            format!(
+                "create namespace {ns} in this cluster ({how}), or narrow the Link's selector \
+                 (Link {link_name}, spec.selector) so it does not import it"
+            )
+        })
+        .collect();
+    let other = s
+        .unwritable_mirrors
+        .iter()
+        .any(|m| !says_namespace_missing(&m.reason));
+    if other || s.unwritable_mirrors.is_empty() {
+        hints.push(
+            "for the others, what the cluster answered says why; the leading controller \
+             replica's logs say more"
+                .to_owned(),
+        );
+    }
+    r.fail(check, detail, hints.join("; "));
+}
+
+/// Whether what a store answered to a write says the object's namespace
+/// does not exist: Kubernetes answers 404 `namespaces "shop" not found`; the
+/// file store says it in words of its own.
+fn says_namespace_missing(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("namespace")
+        && (r.contains("not found")
+            || r.contains("does not exist")
+            || r.contains("doesn't exist")
+            || r.contains("no such"))
 }
 
 async fn mirrors(c: &Cluster, links: &[Link], known: &Known<'_>, r: &mut Checks<'_>) {
@@ -492,7 +768,9 @@ async fn mirrors(c: &Cluster, links: &[Link], known: &Known<'_>, r: &mut Checks<
             bad.push(format!("{name}: its Link {via} is gone"));
             continue;
         };
-        if link.status.as_ref().and_then(|s| s.federation_up) != Some(true) {
+        let status = link.status.as_ref();
+        let live = status.is_some_and(|s| s.federation_up == Some(true) || held(link, s).is_some());
+        if !live {
             bad.push(format!("{name}: cluster {origin} is not live"));
             continue;
         }
@@ -575,6 +853,7 @@ pub fn render(outcomes: &[Outcome]) -> String {
         }
         let mark = match o.status {
             Status::Pass => "✔",
+            Status::Warn => "!",
             Status::Fail => "✖",
             Status::Skip => "–",
         };
@@ -583,12 +862,60 @@ pub fn render(outcomes: &[Outcome]) -> String {
             out.push_str(&format!("      hint: {h}\n"));
         }
     }
-    let failed = outcomes.iter().filter(|o| o.status == Status::Fail).count();
+    let count = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
     out.push_str(&format!(
-        "\n{} checks: {} passed, {failed} failed, {} skipped\n",
+        "\n{} checks: {} passed, {} warned, {} failed, {} skipped\n",
         outcomes.len(),
-        outcomes.iter().filter(|o| o.status == Status::Pass).count(),
-        outcomes.iter().filter(|o| o.status == Status::Skip).count()
+        count(Status::Pass),
+        count(Status::Warn),
+        count(Status::Fail),
+        count(Status::Skip)
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_namespace_is_recognised_in_either_store_s_words() {
+        for said in [
+            "404 Not Found: namespaces \"shop\" not found",
+            "namespace shop does not exist",
+            "Namespace \"shop\" doesn't exist in the store",
+        ] {
+            assert!(says_namespace_missing(said), "{said}");
+        }
+        for said in [
+            "service shop/api-west exists and is not a mirror; not overwriting it",
+            "403 Forbidden: services is forbidden",
+            "endpointslices.discovery.k8s.io \"api-west\" not found",
+        ] {
+            assert!(!says_namespace_missing(said), "{said}");
+        }
+    }
+
+    #[test]
+    fn a_warning_is_marked_and_counted_apart() {
+        let o = |check: &str, status: Status| Outcome {
+            cluster: "east".into(),
+            check: check.into(),
+            status,
+            detail: "seen".into(),
+            hint: (status != Status::Pass).then(|| "do this".to_owned()),
+        };
+        let text = render(&[
+            o("a", Status::Pass),
+            o("b", Status::Warn),
+            o("c", Status::Fail),
+        ]);
+        assert_eq!(
+            text,
+            "east\n  ✔ a: seen\n  ! b: seen\n      hint: do this\n  ✖ c: seen\n      hint: do this\n\n\
+             3 checks: 1 passed, 1 warned, 1 failed, 0 skipped\n"
+        );
+        let json = serde_json::to_value(o("b", Status::Warn)).expect("json");
+        assert_eq!(json["status"], "warn");
+    }
 }

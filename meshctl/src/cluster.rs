@@ -14,6 +14,10 @@ pub use meshfed_injector::contract::{
     CONTROLLER, DISCOVERY_PORT, IDENTITY, IDENTITY_PORT, INJECTOR, INJECTOR_ADMIN_PORT,
     INJECTOR_PORT, KEY_ROOTS, NAMESPACE, SIDECAR, TRUST_CONFIG,
 };
+/// The controller replicas' leader Lease (`coordination.k8s.io/v1`, in
+/// meshfed-system): its holder is the replica that writes. The controller's
+/// own name for it, so install's RBAC and check read the one it takes.
+pub use meshfed_mirror::LEASE_NAME as CONTROLLER_LEASE;
 
 /// ConfigMap: the cluster's name, trust domain, gateway and identities.
 pub const CLUSTER_CONFIG: &str = "meshfed-cluster";
@@ -32,10 +36,6 @@ pub const GATEWAY_ADMIN_PORT: u16 = 9903;
 /// Controller replicas install runs: one leads (writes), the other takes
 /// over within a lease; fewer ready and nothing takes over.
 pub const CONTROLLER_REPLICAS: u16 = 2;
-
-/// The controller replicas' leader Lease (`coordination.k8s.io/v1`, in
-/// meshfed-system): its holder is the replica that writes.
-pub const CONTROLLER_LEASE: &str = "meshfed-controller";
 
 /// The annotation a Link carries with the fingerprints of the roots both
 /// clusters trusted when it was made, so `check` can tell when they drift.

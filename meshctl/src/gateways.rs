@@ -1,9 +1,13 @@
 //! `meshctl gateways`: every link of a cluster and the health of the remote
-//! gateway behind it, as the cluster's controller last saw it.
+//! cluster behind it, as the cluster's controller last saw it — its control
+//! plane (the federation lease) and its data plane (the gateway's probes)
+//! apart, since either may fail alone.
 
 use std::time::Duration;
 
 use clap::Args;
+use meshfed_api::crd::UnwritableMirror;
+use meshfed_mirror::CONDITION_ALIVE;
 use serde::Serialize;
 
 use crate::output::{Report, table};
@@ -34,14 +38,26 @@ pub struct GatewaysArgs {
 pub struct GatewayRow {
     pub cluster: String,
     pub link: String,
-    /// Probe and lease both good: the cluster takes traffic.
+    /// Probe and lease both good (or the lease in grace): the cluster takes traffic.
     pub alive: bool,
+    /// The `Alive` condition's reason (`ProbeAndLease`, `ControlPlaneGrace`,
+    /// `LeaseExpired`, `GraceExpired`, `ProbeFailing`, `Unresolved`, `NotLinked`).
+    pub alive_reason: Option<String>,
+    /// Control plane: the remote controller spoke within the lease.
     pub federation_up: Option<bool>,
+    /// While the remote controller is silent but its gateway answers: until
+    /// when (RFC 3339) its services are kept.
+    pub imports_held_until: Option<String>,
+    /// Data plane: the remote gateway answers probes.
     pub gateway_alive: Option<bool>,
     pub addresses: Vec<String>,
     pub latency_p50: Option<String>,
     pub latency_p99: Option<String>,
     pub services: u32,
+    /// Imported services whose mirror cannot be written here.
+    pub unwritable_mirror_count: u32,
+    /// The first of them, with what the cluster answered.
+    pub unwritable_mirrors: Vec<UnwritableMirror>,
     pub last_error: Option<String>,
     /// Whether the controller has reported on the link at all.
     pub reported: bool,
@@ -86,7 +102,14 @@ pub async fn gateways(cluster: &Cluster) -> anyhow::Result<Vec<GatewayRow>> {
                     l.metadata.name.as_deref().unwrap_or_default()
                 ),
                 alive: s_ref.and_then(|s| s.alive).unwrap_or(false),
+                alive_reason: s_ref.and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == CONDITION_ALIVE)
+                        .map(|c| c.reason.clone())
+                }),
                 federation_up: s_ref.and_then(|s| s.federation_up),
+                imports_held_until: s_ref.and_then(|s| s.imports_held_until.clone()),
                 gateway_alive: s_ref.and_then(|s| s.gateway_alive),
                 addresses: l
                     .spec
@@ -98,6 +121,11 @@ pub async fn gateways(cluster: &Cluster) -> anyhow::Result<Vec<GatewayRow>> {
                 latency_p50: s_ref.and_then(|s| s.latency_p50.clone()),
                 latency_p99: s_ref.and_then(|s| s.latency_p99.clone()),
                 services: s_ref.map_or(0, |s| s.imported_services),
+                unwritable_mirror_count: s_ref.map_or(0, |s| {
+                    s.unwritable_mirror_count
+                        .max(u32::try_from(s.unwritable_mirrors.len()).unwrap_or(u32::MAX))
+                }),
+                unwritable_mirrors: s_ref.map_or_else(Vec::new, |s| s.unwritable_mirrors.clone()),
                 last_error: s_ref.and_then(|s| s.last_error.clone()),
                 reported: s.is_some(),
             }
@@ -117,27 +145,24 @@ pub fn render(rows: &[GatewayRow], output: Report) -> anyhow::Result<String> {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let alive = match (r.reported, r.alive) {
-                (false, _) => "unknown".to_owned(),
-                (true, true) => "yes".to_owned(),
-                (true, false) => {
-                    let why = match (r.federation_up, r.gateway_alive) {
-                        (Some(true), _) => "probe failing",
-                        (_, Some(true)) => "lease expired",
-                        _ => "probe failing, lease expired",
-                    };
-                    format!("no ({why})")
-                }
-            };
             vec![
                 r.cluster.clone(),
-                alive,
+                alive(r),
+                control_plane(r),
+                match r.gateway_alive {
+                    Some(true) => "alive".to_owned(),
+                    Some(false) => "dead".to_owned(),
+                    None => "-".to_owned(),
+                },
                 format!(
                     "{}/{}",
                     r.latency_p50.as_deref().unwrap_or("-"),
                     r.latency_p99.as_deref().unwrap_or("-")
                 ),
-                r.services.to_string(),
+                match r.unwritable_mirror_count {
+                    0 => r.services.to_string(),
+                    n => format!("{} ({n} unwritable)", r.services),
+                },
                 r.addresses.join(","),
                 r.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
@@ -147,11 +172,131 @@ pub fn render(rows: &[GatewayRow], output: Report) -> anyhow::Result<String> {
         &[
             "CLUSTER",
             "ALIVE",
+            "CONTROL PLANE",
+            "GATEWAY",
             "LATENCY p50/p99",
             "SERVICES",
-            "GATEWAY",
+            "ADDRESSES",
             "LAST ERROR",
         ],
         &cells,
     ))
+}
+
+/// `yes`, or `no (why)`: whether the cluster takes traffic.
+fn alive(r: &GatewayRow) -> String {
+    if !r.reported {
+        return "unknown".to_owned();
+    }
+    if r.alive {
+        return "yes".to_owned();
+    }
+    let why = match r.alive_reason.as_deref() {
+        Some("ProbeFailing") => "probe failing",
+        Some("LeaseExpired") => "lease expired",
+        Some("GraceExpired") => "grace expired",
+        Some("Unresolved") => "gateway unresolved",
+        Some("NotLinked") => "link invalid",
+        _ => match (r.federation_up, r.gateway_alive) {
+            (Some(true), _) => "probe failing",
+            (_, Some(true)) => "lease expired",
+            _ => "probe failing, lease expired",
+        },
+    };
+    format!("no ({why})")
+}
+
+/// `up`, `silent, held until 12:03:04Z`, `silent` or `-`.
+fn control_plane(r: &GatewayRow) -> String {
+    match (r.federation_up, &r.imports_held_until) {
+        (Some(true), _) => "up".to_owned(),
+        (Some(false), Some(until)) => format!("silent, held until {}", time_of_day(until)),
+        (Some(false), None) => "silent".to_owned(),
+        (None, _) => "-".to_owned(),
+    }
+}
+
+/// `12:03:04Z` of an RFC 3339 time (a grace is at most an hour, so the day
+/// goes without saying); the time as written when it is not one.
+fn time_of_day(t: &str) -> String {
+    match t.parse::<k8s_openapi::jiff::Timestamp>() {
+        Ok(ts) => ts.strftime("%H:%M:%SZ").to_string(),
+        Err(_) => t.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> GatewayRow {
+        GatewayRow {
+            cluster: "west".into(),
+            link: "meshfed-system/west".into(),
+            alive: true,
+            alive_reason: Some("ProbeAndLease".into()),
+            federation_up: Some(true),
+            imports_held_until: None,
+            gateway_alive: Some(true),
+            addresses: vec!["203.0.113.10:7460".into()],
+            latency_p50: Some("1.2ms".into()),
+            latency_p99: Some("4.8ms".into()),
+            services: 2,
+            unwritable_mirror_count: 0,
+            unwritable_mirrors: Vec::new(),
+            last_error: None,
+            reported: true,
+        }
+    }
+
+    #[test]
+    fn the_table_shows_control_plane_and_gateway_apart() {
+        let healthy = row();
+        let grace = GatewayRow {
+            cluster: "north".into(),
+            alive_reason: Some("ControlPlaneGrace".into()),
+            federation_up: Some(false),
+            imports_held_until: Some("2025-01-15T12:03:04Z".into()),
+            unwritable_mirror_count: 1,
+            ..row()
+        };
+        let dead = GatewayRow {
+            cluster: "south".into(),
+            alive: false,
+            alive_reason: Some("ProbeFailing".into()),
+            gateway_alive: Some(false),
+            ..row()
+        };
+        let text = render(&[healthy, grace, dead], Report::Text).expect("render");
+        // Cells are two or more spaces apart.
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rows[0].join("|"),
+            "CLUSTER|ALIVE|CONTROL PLANE|GATEWAY|LATENCY p50/p99|SERVICES|ADDRESSES|LAST ERROR"
+        );
+        assert_eq!(
+            rows[1][..6],
+            ["west", "yes", "up", "alive", "1.2ms/4.8ms", "2"]
+        );
+        assert_eq!(
+            rows[2][..6],
+            [
+                "north",
+                "yes",
+                "silent, held until 12:03:04Z",
+                "alive",
+                "1.2ms/4.8ms",
+                "2 (1 unwritable)"
+            ]
+        );
+        assert_eq!(rows[3][..4], ["south", "no (probe failing)", "up", "dead"]);
+    }
 }

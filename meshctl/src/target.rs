@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use meshfed_api::crd::Link;
@@ -79,6 +80,8 @@ pub enum Cluster {
 pub struct Component {
     pub name: String,
     pub ready: Result<String, String>,
+    /// Ready and desired replicas, where the backend counts them (kube).
+    pub replicas: Option<(i32, i32)>,
 }
 
 macro_rules! each {
@@ -152,6 +155,11 @@ impl Cluster {
     /// The Meshfed components and whether each is ready.
     pub async fn components(&self, info: &ClusterInfo) -> anyhow::Result<Vec<Component>> {
         each!(self, c => c.components(info).await)
+    }
+
+    /// The controller replicas' leader Lease (`None`: there is none).
+    pub async fn controller_lease(&self) -> anyhow::Result<Option<Lease>> {
+        each!(self, c => c.controller_lease().await)
     }
 
     /// The installed CRDs by name (`None`: this backend has no CRDs to install).

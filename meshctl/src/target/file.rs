@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use meshfed_api::crd::Link;
 use meshfed_api::labels;
@@ -14,9 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Component;
 use super::export_holds;
-use crate::cluster::{CLUSTER_CONFIG, ClusterInfo, NAMESPACE, TRUST_CONFIG};
+use crate::cluster::{CLUSTER_CONFIG, CONTROLLER_LEASE, ClusterInfo, NAMESPACE, TRUST_CONFIG};
 
 const LINK_API: &str = "meshfed.io/v1alpha1";
+const LEASE_API: &str = "coordination.k8s.io/v1";
 
 #[derive(Debug)]
 pub struct FileCluster {
@@ -193,6 +195,12 @@ impl FileCluster {
         Ok(out)
     }
 
+    /// The Lease the leading controller replica records beside its file lock,
+    /// shaped as on Kubernetes.
+    pub async fn controller_lease(&self) -> anyhow::Result<Option<Lease>> {
+        self.get(LEASE_API, "Lease", NAMESPACE, CONTROLLER_LEASE)
+    }
+
     /// Asks each component's admin listener `/ready`.
     pub async fn components(&self, info: &ClusterInfo) -> anyhow::Result<Vec<Component>> {
         let mut out = Vec::new();
@@ -200,6 +208,7 @@ impl FileCluster {
             out.push(Component {
                 name: name.clone(),
                 ready: ready(addr).await,
+                replicas: None,
             });
         }
         Ok(out)

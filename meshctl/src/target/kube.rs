@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -16,8 +17,8 @@ use serde_json::{Value, json};
 
 use super::{Component, export_holds};
 use crate::cluster::{
-    CLUSTER_CONFIG, CONTROLLER, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY, INJECTOR, NAMESPACE,
-    TRUST_CONFIG,
+    CLUSTER_CONFIG, CONTROLLER, CONTROLLER_LEASE, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY,
+    INJECTOR, NAMESPACE, TRUST_CONFIG,
 };
 use crate::kube_error::{Call, Server, Verb, explain};
 
@@ -329,24 +330,36 @@ impl KubeCluster {
                 .get_opt(name)
                 .await
                 .map_err(self.failed(deployment(NAMESPACE, name)))?;
-            let ready = match d {
-                None => Err("not installed".to_owned()),
+            let (ready, replicas) = match d {
+                None => (Err("not installed".to_owned()), None),
                 Some(d) => {
                     let want = d.spec.replicas.unwrap_or(1);
                     let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-                    if ready >= want && ready > 0 {
+                    let counted = if ready >= want && ready > 0 {
                         Ok(format!("{ready}/{want} ready"))
                     } else {
                         Err(format!("{ready}/{want} ready"))
-                    }
+                    };
+                    (counted, Some((ready, want)))
                 }
             };
             out.push(Component {
                 name: name.to_owned(),
                 ready,
+                replicas,
             });
         }
         Ok(out)
+    }
+
+    pub async fn controller_lease(&self) -> anyhow::Result<Option<Lease>> {
+        self.api::<Lease>().get_opt(CONTROLLER_LEASE).await.map_err(
+            self.failed(
+                Call::on::<Lease>(Verb::Get)
+                    .namespace(NAMESPACE)
+                    .named(CONTROLLER_LEASE),
+            ),
+        )
     }
 
     pub async fn crds(&self) -> anyhow::Result<Vec<(String, Option<CustomResourceDefinition>)>> {

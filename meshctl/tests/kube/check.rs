@@ -7,19 +7,57 @@ use crate::standin::*;
 /// What differs between a healthy cluster and a failing one.
 struct Health {
     gateway_ready: u32,
-    gateway_alive: bool,
+    controller_ready: u32,
+    /// The answer to GET of the leader Lease.
+    lease: Exchange,
+    /// West's Link status.
+    link_status: Value,
     links_crd: Value,
     clock: SystemTime,
+}
+
+/// The leader Lease's path.
+const LEASE: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/meshfed-system/leases/meshfed-controller";
+/// The pod of the leading replica.
+const LEADER: &str = "meshfed-controller-6f7c9d8b5-k2x7q";
+
+impl Health {
+    fn good(links_crd: Value) -> Self {
+        Self {
+            gateway_ready: 2,
+            controller_ready: 2,
+            lease: Exchange::get(LEASE).answers(lease(Some(LEADER), SystemTime::now())),
+            link_status: link_status(true, None),
+            links_crd,
+            clock: SystemTime::now(),
+        }
+    }
+}
+
+/// The leader Lease as kube-lease-manager leaves it: held by `holder`,
+/// renewed at `renewed`, lasting 10 s.
+fn lease(holder: Option<&str>, renewed: SystemTime) -> Value {
+    let micro = |t: SystemTime| humantime::format_rfc3339_micros(t).to_string();
+    let mut spec = json!({ "leaseTransitions": 3 });
+    if let Some(h) = holder {
+        spec = json!({
+            "holderIdentity": h, "leaseDurationSeconds": 10, "leaseTransitions": 3,
+            "acquireTime": micro(renewed - Duration::from_secs(600)), "renewTime": micro(renewed),
+        });
+    }
+    served(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": "meshfed-controller", "namespace": NS },
+        "spec": spec,
+    }))
 }
 
 /// Every request `meshctl check` makes of east, in order.
 fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
     let link = with_status(
         west_link(&["203.0.113.10"], 7460, &east.fingerprints),
-        link_status(
-            h.gateway_alive,
-            (!h.gateway_alive).then_some("probe 203.0.113.10:7460: connection refused"),
-        ),
+        h.link_status,
     );
     let mirror = list_item(service(
         "shop",
@@ -42,8 +80,8 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
         )),
         Exchange::get(format!("{DEPLOYMENTS}/meshfed-controller")).answers(deployment(
             "meshfed-controller",
-            1,
-            1,
+            2,
+            h.controller_ready,
         )),
         Exchange::get(format!("{DEPLOYMENTS}/meshfed-gateway")).answers(deployment(
             "meshfed-gateway",
@@ -55,6 +93,7 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
             2,
             2,
         )),
+        h.lease,
         Exchange::get("/apis/meshfed.io/v1alpha1/links?").answers(list(
             "meshfed.io/v1alpha1",
             "LinkList",
@@ -112,12 +151,7 @@ fn outcome<'o>(outcomes: &'o [Outcome], check: &str) -> &'o Outcome {
 #[tokio::test]
 async fn check_passes_a_healthy_cluster() {
     let (_dir, _, east) = federation();
-    let health = Health {
-        gateway_ready: 2,
-        gateway_alive: true,
-        links_crd: crd_as_served(&links_crd()),
-        clock: SystemTime::now(),
-    };
+    let health = Health::good(crd_as_served(&links_crd()));
 
     let outcomes = check(check_transcript(&east, health)).await;
     use Status::Pass;
@@ -127,10 +161,12 @@ async fn check_passes_a_healthy_cluster() {
             ("Meshfed installed", Pass),
             ("CRDs installed and current", Pass),
             ("components ready", Pass),
+            ("controller leader", Pass),
             ("certificates valid", Pass),
             ("link west: trust roots shared", Pass),
             ("link west: federation stream up", Pass),
             ("link west: gateway alive", Pass),
+            ("link west: mirrors written", Pass),
             ("mirrors backed by live exports", Pass),
             ("clock skew", Pass),
         ],
@@ -138,8 +174,17 @@ async fn check_passes_a_healthy_cluster() {
     );
     assert_eq!(
         outcome(&outcomes, "components ready").detail,
-        "meshfed-identity 2/2 ready, meshfed-controller 1/1 ready, meshfed-gateway 2/2 ready, \
+        "meshfed-identity 2/2 ready, meshfed-controller 2/2 ready, meshfed-gateway 2/2 ready, \
          meshfed-injector 2/2 ready"
+    );
+    let leader = &outcome(&outcomes, "controller leader").detail;
+    assert!(
+        leader.starts_with(&format!("{LEADER} leads (renewed ")),
+        "{leader}"
+    );
+    assert_eq!(
+        outcome(&outcomes, "link west: mirrors written").detail,
+        "1 imported service(s), each mirrored here"
     );
 }
 
@@ -156,9 +201,9 @@ async fn check_says_what_fails_and_how_to_fix_it() {
     assert!(dropped.is_some(), "the Link schema has leaseTtlSeconds");
     let health = Health {
         gateway_ready: 0,
-        gateway_alive: false,
-        links_crd: crd_as_served(&changed),
+        link_status: link_status(false, Some("probe 203.0.113.10:7460: connection refused")),
         clock: SystemTime::now() + Duration::from_secs(300),
+        ..Health::good(crd_as_served(&changed))
     };
 
     let outcomes = check(check_transcript(&east, health)).await;
@@ -169,10 +214,12 @@ async fn check_says_what_fails_and_how_to_fix_it() {
             ("Meshfed installed", Pass),
             ("CRDs installed and current", Fail),
             ("components ready", Fail),
+            ("controller leader", Pass),
             ("certificates valid", Pass),
             ("link west: trust roots shared", Pass),
             ("link west: federation stream up", Pass),
             ("link west: gateway alive", Fail),
+            ("link west: mirrors written", Pass),
             ("mirrors backed by live exports", Pass),
             ("clock skew", Fail),
         ],
@@ -200,5 +247,220 @@ async fn check_says_what_fails_and_how_to_fix_it() {
         assert!(o.detail.contains(detail), "{o:#?}");
         let h = o.hint.as_deref().unwrap_or_default();
         assert!(h.contains(hint), "{o:#?}");
+    }
+}
+
+/// West's Link status while its controller is silent and its gateway
+/// answers: imports held until `until`.
+fn held_status(until: SystemTime) -> Value {
+    let mut status = link_status(true, Some("federation stream: connection reset by peer"));
+    status["federationUp"] = json!(false);
+    status["importsHeldUntil"] = json!(humantime::format_rfc3339_seconds(until).to_string());
+    status["conditions"][1]["reason"] = json!("ControlPlaneGrace");
+    status
+}
+
+#[tokio::test]
+async fn check_warns_while_a_silent_peer_controller_is_held_in_grace() {
+    let (_dir, _, east) = federation();
+    // The Link's grace is the default 300 s; 60 s of it gone.
+    let until = SystemTime::now() + Duration::from_secs(240);
+    let since = until - Duration::from_secs(300);
+    let health = Health {
+        link_status: held_status(until),
+        ..Health::good(crd_as_served(&links_crd()))
+    };
+
+    let outcomes = check(check_transcript(&east, health)).await;
+    use Status::{Pass, Warn};
+    let links: Vec<_> = statuses(&outcomes)
+        .into_iter()
+        .filter(|(c, _)| c.starts_with("link") || c.starts_with("mirrors"))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            ("link west: trust roots shared", Pass),
+            ("link west: federation stream up", Warn),
+            ("link west: gateway alive", Pass),
+            ("link west: mirrors written", Pass),
+            // Kept on purpose: not a mirror of a dead cluster.
+            ("mirrors backed by live exports", Pass),
+        ],
+        "{outcomes:#?}"
+    );
+    let o = outcome(&outcomes, "link west: federation stream up");
+    let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let (head, tail) = o
+        .detail
+        .split_once(" from now)")
+        .expect("how long from now");
+    assert!(
+        head.starts_with(&format!(
+            "the peer controller has been silent since {}, but its gateway answers probes: \
+             west's services are kept until {} (",
+            at(since),
+            at(until)
+        )),
+        "{o:#?}"
+    );
+    assert_eq!(
+        tail,
+        ", then withdrawn unless it speaks again; last error: federation stream: connection \
+         reset by peer"
+    );
+    assert_eq!(
+        o.hint.as_deref(),
+        Some(
+            "look at west's controller pods (kubectl -n meshfed-system get pods -l \
+             app.kubernetes.io/name=meshfed-controller in west; a rollout, a crash loop, or no \
+             replica ready), or meshctl check on west"
+        )
+    );
+    // A warning is no failure: check still exits 0.
+    assert!(!outcomes.iter().any(|o| o.status == Status::Fail));
+}
+
+#[tokio::test]
+async fn check_names_each_unwritable_mirror_and_how_to_fix_it() {
+    let (_dir, _, east) = federation();
+    let mut status = link_status(true, None);
+    status["importedServices"] = json!(7);
+    // What the API server answers a write into a namespace that is not there.
+    let missing = |ns: &str| format!("404 Not Found: namespaces \"{ns}\" not found");
+    status["unwritableMirrors"] = json!([
+        { "mirror": "shop/api-west", "reason": missing("shop") },
+        { "mirror": "shop/web-west", "reason": missing("shop") },
+        { "mirror": "billing/pay-west", "reason": "409 Conflict: service billing/pay-west exists and is not a mirror; not overwriting it" },
+        { "mirror": "data/db-west", "reason": missing("data") },
+    ]);
+    status["unwritableMirrorCount"] = json!(5);
+    status["conditions"]
+        .as_array_mut()
+        .expect("conditions")
+        .push(json!({
+            "type": "MirrorsWritten", "status": "False", "reason": "WriteFailed",
+            "message": "5 of 7 imported services cannot be mirrored",
+            "lastTransitionTime": "2025-01-15T10:00:05Z", "observedGeneration": 1,
+        }));
+    let health = Health {
+        link_status: status,
+        ..Health::good(crd_as_served(&links_crd()))
+    };
+
+    let outcomes = check(check_transcript(&east, health)).await;
+    let o = outcome(&outcomes, "link west: mirrors written");
+    assert_eq!(o.status, Status::Fail, "{o:#?}");
+    assert_eq!(
+        o.detail,
+        "5 imported service(s) of west have no mirror here: \
+         shop/api-west: 404 Not Found: namespaces \"shop\" not found; \
+         shop/web-west: 404 Not Found: namespaces \"shop\" not found; \
+         billing/pay-west: 409 Conflict: service billing/pay-west exists and is not a mirror; \
+         not overwriting it; and 2 more"
+    );
+    assert_eq!(
+        o.hint.as_deref(),
+        Some(
+            "create namespace data in this cluster (kubectl create namespace data), or narrow \
+             the Link's selector (Link meshfed-system/west, spec.selector) so it does not import \
+             it; create namespace shop in this cluster (kubectl create namespace shop), or \
+             narrow the Link's selector (Link meshfed-system/west, spec.selector) so it does not \
+             import it; for the others, what the cluster answered says why; the leading \
+             controller replica's logs say more"
+        )
+    );
+    // The other checks of the link stand as they were.
+    assert_eq!(
+        outcome(&outcomes, "link west: federation stream up").status,
+        Status::Pass
+    );
+}
+
+#[tokio::test]
+async fn check_warns_of_one_controller_replica_and_says_when_the_leader_is_unreadable() {
+    let (_dir, _, east) = federation();
+    let message = "leases.coordination.k8s.io \"meshfed-controller\" is forbidden: User \"viewer\" \
+        cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \
+        \"meshfed-system\"";
+    let forbidden = refusal(
+        403,
+        "Forbidden",
+        message,
+        json!({ "name": "meshfed-controller", "group": "coordination.k8s.io", "kind": "leases" }),
+    );
+    let health = Health {
+        controller_ready: 1,
+        lease: Exchange::get(LEASE).fails(StatusCode::FORBIDDEN, forbidden),
+        ..Health::good(crd_as_served(&links_crd()))
+    };
+
+    let outcomes = check(check_transcript(&east, health)).await;
+    let o = outcome(&outcomes, "components ready");
+    assert_eq!(o.status, Status::Warn, "{o:#?}");
+    assert!(
+        o.detail.starts_with(
+            "meshfed-identity 2/2 ready, meshfed-gateway 2/2 ready, meshfed-injector 2/2 ready, \
+             meshfed-controller 1/2 ready; with fewer than 2 controller replicas ready none takes \
+             over when the leader stops"
+        ),
+        "{o:#?}"
+    );
+    assert!(
+        o.hint.as_deref().unwrap_or_default().contains(
+            "kubectl -n meshfed-system get pods -l app.kubernetes.io/name=meshfed-controller"
+        ),
+        "{o:#?}"
+    );
+    let o = outcome(&outcomes, "controller leader");
+    assert_eq!(o.status, Status::Skip, "{o:#?}");
+    assert!(
+        o.detail.starts_with(
+            "cannot tell which replica leads, the Lease meshfed-system/meshfed-controller is not \
+             readable: reading Lease meshfed-system/meshfed-controller in context east"
+        ),
+        "{o:#?}"
+    );
+    for piece in [
+        "403 Forbidden",
+        "kubectl auth can-i get leases.coordination.k8s.io -n meshfed-system --context east",
+    ] {
+        assert!(o.detail.contains(piece), "{piece:?} missing from {o:#?}");
+    }
+}
+
+#[tokio::test]
+async fn check_warns_when_no_replica_holds_the_lease_or_its_holder_went_quiet() {
+    let (_dir, _, east) = federation();
+    for (lease, says) in [
+        (
+            lease(None, SystemTime::now()),
+            "no replica holds the Lease meshfed-system/meshfed-controller: mirrors and statuses \
+             go unwritten until one takes it (about a second when a leader stops)"
+                .to_owned(),
+        ),
+        (
+            lease(Some(LEADER), SystemTime::now() - Duration::from_secs(120)),
+            format!(
+                "{LEADER} holds the Lease meshfed-system/meshfed-controller but last renewed it \
+                 2m ago (it lasts 10s): a replica takes over once it runs out; until then \
+                 nothing writes"
+            ),
+        ),
+    ] {
+        let health = Health {
+            lease: Exchange::get(LEASE).answers(lease),
+            ..Health::good(crd_as_served(&links_crd()))
+        };
+        let outcomes = check(check_transcript(&east, health)).await;
+        let o = outcome(&outcomes, "controller leader");
+        assert_eq!(o.status, Status::Warn, "{o:#?}");
+        assert_eq!(o.detail, says);
+        assert!(
+            o.hint.as_deref().unwrap_or_default().contains(
+                "kubectl -n meshfed-system logs -l app.kubernetes.io/name=meshfed-controller"
+            ),
+            "{o:#?}"
+        );
     }
 }
