@@ -235,17 +235,20 @@ struct Writers {
 
 impl Writers {
     fn spawn(&self) -> [JoinHandle<()>; 2] {
+        let unwritable = crate::mirrors::Unwritable::default();
         [
             tokio::spawn(crate::mirrors::run(
                 self.store.clone(),
                 self.world.clone(),
                 self.metrics.clone(),
+                unwritable.clone(),
             )),
             tokio::spawn(status::run(
                 self.store.clone(),
                 self.world.clone(),
                 self.metrics.clone(),
                 self.status_period,
+                unwritable,
             )),
         ]
     }
@@ -380,6 +383,8 @@ fn sync_peers(
         };
         ctx.metrics.peer_alive.remove(&labels);
         ctx.metrics.imports.remove(&labels);
+        ctx.metrics.imports_held.remove(&labels);
+        ctx.metrics.mirrors_unwritable.remove(&labels);
     }
     for (key, spec) in wanted {
         if peers.contains_key(key) {

@@ -31,7 +31,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use rustix::fs::{FlockOperation, flock};
@@ -254,9 +254,7 @@ impl FileLease {
         let previous: Option<Lease> = std::fs::read_to_string(&self.object_path)
             .ok()
             .and_then(|t| serde_saphyr::from_str(&t).ok());
-        let mut spec = previous
-            .and_then(|l| l.spec)
-            .unwrap_or_else(LeaseSpec::default);
+        let mut spec = previous.and_then(|l| l.spec).unwrap_or_default();
         if holding {
             if acquired {
                 if spec.holder_identity.as_deref() != Some(self.replica.as_str()) {

@@ -278,11 +278,17 @@ pub(crate) fn plan(world: &World) -> Plan {
     plan
 }
 
+/// Mirrors that cannot be written, by mirror: the name of the Link that
+/// imports it and why, as the store said. Shared with the status writer,
+/// so a Link's status names them.
+pub(crate) type Unwritable = Arc<std::sync::Mutex<BTreeMap<ObjKey, (String, String)>>>;
+
 /// Keeps the store's mirrors in line with the world until the world ends.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
     mut world: watch::Receiver<Arc<World>>,
     metrics: Arc<Metrics>,
+    unwritable: Unwritable,
 ) {
     let mut failed: HashMap<ObjKey, Instant> = HashMap::new();
     let mut last_inputs: Option<Inputs> = None;
@@ -296,7 +302,7 @@ pub(crate) async fn run(
         if !unchanged || !failed.is_empty() || last_pass.elapsed() >= RESYNC {
             last_inputs = Some(inputs);
             last_pass = Instant::now();
-            reconcile(&*store, &snapshot, &mut failed, &metrics).await;
+            reconcile(&*store, &snapshot, &mut failed, &metrics, &unwritable).await;
             count_mirrors(&snapshot, &metrics);
         }
         let next_retry = failed.values().min().copied();
@@ -320,17 +326,33 @@ async fn reconcile(
     world: &World,
     failed: &mut HashMap<ObjKey, Instant>,
     metrics: &Metrics,
+    unwritable: &Unwritable,
 ) {
     let plan = plan(world);
     let now = Instant::now();
     failed.retain(|_, until| *until > now);
+    {
+        // A mirror no longer wanted is no longer a problem.
+        let wanted: std::collections::HashSet<ObjKey> =
+            plan.apply.iter().map(Mirror::key).collect();
+        lock(unwritable).retain(|k, _| wanted.contains(k));
+    }
     for mirror in plan.apply {
         let key = mirror.key();
         if failed.contains_key(&key) {
             continue;
         }
+        let link = mirror
+            .service
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::LINK))
+            .cloned()
+            .unwrap_or_default();
         if let Err(e) = store.apply_mirror(mirror).await {
             tracing::warn!(mirror = %key, error = %e, "applying mirror failed");
+            lock(unwritable).insert(key.clone(), (link, e.to_string()));
             metrics
                 .reconcile_errors
                 .get_or_create(&ErrorLabels {
@@ -339,6 +361,7 @@ async fn reconcile(
                 .inc();
             failed.insert(key, now + RETRY);
         } else {
+            lock(unwritable).remove(&key);
             tracing::info!(mirror = %key, "mirror applied");
         }
     }
@@ -359,6 +382,12 @@ async fn reconcile(
             tracing::info!(mirror = %key, "mirror deleted");
         }
     }
+}
+
+pub(crate) fn lock(
+    u: &Unwritable,
+) -> std::sync::MutexGuard<'_, BTreeMap<ObjKey, (String, String)>> {
+    u.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What mirrors depend on, cheap to compare: the local state and each

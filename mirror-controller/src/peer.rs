@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use meshfed_api::crd::LinkSpec;
 use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::federation::client::run_federation_client;
@@ -59,6 +60,8 @@ pub(crate) fn spawn(
     ));
     let mut fed_tls = client_config(ctx.creds.clone(), ExpectedIds::one(controller_id));
     fed_tls.alpn_protocols = vec![b"h2".to_vec()];
+    // The federation client asks for a probe the moment the control plane goes quiet.
+    let probe_now = Arc::new(Notify::new());
     let tasks = vec![
         tokio::spawn(resolve::run(spec.clone(), writer.clone())),
         tokio::spawn(probe::run(
@@ -66,12 +69,14 @@ pub(crate) fn spawn(
             writer.clone(),
             probe_tls,
             ctx.metrics.clone(),
+            probe_now.clone(),
         )),
         tokio::spawn(run_federation_client(
             spec.clone(),
             writer,
             Arc::new(fed_tls),
             ctx,
+            probe_now,
         )),
     ];
     Ok(PeerHandle { spec, tasks })
@@ -80,4 +85,24 @@ pub(crate) fn spawn(
 /// The lease TTL of a Link.
 pub(crate) fn lease_ttl(spec: &LinkSpec) -> Duration {
     Duration::from_secs(u64::from(spec.lease_ttl_seconds.max(1)))
+}
+
+/// How long a Link keeps a peer whose controller is quiet but whose gateway answers.
+pub(crate) fn control_plane_grace(spec: &LinkSpec) -> Duration {
+    Duration::from_secs(u64::from(
+        spec.control_plane_grace_seconds
+            .min(meshfed_api::crd::MAX_CONTROL_PLANE_GRACE_SECONDS),
+    ))
+}
+
+/// How often the gateway is probed: the Link's period, but while the
+/// control plane is quiet at least three times per lease TTL, because then
+/// the probes are what keeps the peer.
+pub(crate) fn probe_period(spec: &LinkSpec, quiet: bool) -> Duration {
+    let period = Duration::from_secs(u64::from(spec.probe.period_seconds.max(1)));
+    if quiet {
+        period.min(lease_ttl(spec) / 3)
+    } else {
+        period
+    }
 }

@@ -9,16 +9,18 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use meshfed_api::crd::{FailoverPolicyStatus, LinkStatus};
+use meshfed_api::crd::{
+    CONDITION_MIRRORS_WRITTEN, FailoverPolicyStatus, LinkStatus, UnwritableMirror,
+};
 use tokio::sync::watch;
 
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
-use crate::mirrors::selected;
+use crate::mirrors::{Unwritable, lock, selected};
 use futures::future::BoxFuture;
 
 use crate::store::{ObjKey, Store, StoreError};
 use crate::validate::{accepted_condition, validate_failover_policy, validate_link};
-use crate::world::{PeerState, World};
+use crate::world::{PeerState, Withdrawn, World};
 
 /// The condition type that says whether a linked cluster receives traffic.
 pub const CONDITION_ALIVE: &str = "Alive";
@@ -28,6 +30,7 @@ pub(crate) async fn run(
     world: watch::Receiver<Arc<World>>,
     metrics: Arc<Metrics>,
     period: Duration,
+    unwritable: Unwritable,
 ) {
     let mut written_links: HashMap<ObjKey, LinkStatus> = HashMap::new();
     let mut written_policies: HashMap<ObjKey, FailoverPolicyStatus> = HashMap::new();
@@ -37,17 +40,30 @@ pub(crate) async fn run(
         tick.tick().await;
         let w = world.borrow().clone();
         let now = Time(Timestamp::now());
+        let problems = lock(&unwritable).clone();
         for (key, link) in &w.local.links {
             let peer = w.peers.get(key).map(|p| &**p);
+            let labels = LinkLabels {
+                link: key.to_string(),
+            };
             if let Some(p) = peer {
-                let labels = LinkLabels {
-                    link: key.to_string(),
-                };
                 metrics
                     .peer_alive
                     .get_or_create(&labels)
                     .set(i64::from(p.alive()));
             }
+            let unwritable_here: Vec<UnwritableMirror> = problems
+                .iter()
+                .filter(|(_, (l, _))| *l == key.name)
+                .map(|(m, (_, why))| UnwritableMirror {
+                    mirror: m.to_string(),
+                    reason: why.clone(),
+                })
+                .collect();
+            metrics
+                .mirrors_unwritable
+                .get_or_create(&labels)
+                .set(i64::try_from(unwritable_here.len()).unwrap_or(i64::MAX));
             let previous = written_links
                 .get(key)
                 .or(link.status.as_ref())
@@ -56,11 +72,18 @@ pub(crate) async fn run(
             let validation = validate_link(&link.spec);
             let gen_ = link.metadata.generation;
             let mut next = link_status(peer, &previous);
+            next.unwritable_mirror_count = u32::try_from(unwritable_here.len()).unwrap_or(u32::MAX);
+            let written = mirrors_condition(&unwritable_here, gen_, now.clone());
+            next.unwritable_mirrors = unwritable_here
+                .into_iter()
+                .take(MAX_LISTED_MIRRORS)
+                .collect();
             next.conditions = merge_conditions(
                 &previous.conditions,
                 vec![
                     accepted_condition(&validation, gen_, now.clone()),
                     alive_condition(peer, gen_, now.clone()),
+                    written,
                 ],
             );
             next.observed_generation = gen_;
@@ -120,6 +143,11 @@ async fn publish<'a, S: PartialEq + Clone>(
         Ok(()) => {
             written.insert(key.clone(), next);
         }
+        Err(StoreError::NotFound { .. }) => {
+            // Deleted since this pass read the world: nothing to report on.
+            tracing::debug!(object = %key, "object gone before its status was written");
+            written.remove(key);
+        }
         Err(e) => {
             tracing::warn!(object = %key, error = %e, "writing status failed");
             metrics
@@ -141,7 +169,8 @@ fn link_status(peer: Option<&PeerState>, previous: &LinkStatus) -> LinkStatus {
     LinkStatus {
         conditions: Vec::new(),
         alive: Some(p.alive()),
-        federation_up: Some(p.lease_alive),
+        federation_up: Some(p.stream_up && p.quiet_since.is_none()),
+        imports_held_until: p.held_until.map(|h| h.wall.to_string()),
         gateway_alive: Some(p.probe_alive && !p.gateways.is_empty()),
         latency_p50: p.latency.map(|(p50, _)| format_latency(p50)),
         latency_p99: p.latency.map(|(_, p99)| format_latency(p99)),
@@ -160,6 +189,16 @@ fn alive_condition(peer: Option<&PeerState>, generation: Option<i64>, now: Time)
             "NotLinked",
             "the Link is not valid; no peer runs".to_owned(),
         ),
+        Some(p) if p.alive() && p.held_until.is_some() => (
+            "True",
+            "ControlPlaneGrace",
+            format!(
+                "the remote controller is silent, but its gateway answers probes: its services \
+                 are kept until {} (spec.controlPlaneGraceSeconds) or until the gateway stops \
+                 answering",
+                p.held_until.map(|h| h.wall.to_string()).unwrap_or_default()
+            ),
+        ),
         Some(p) if p.alive() => (
             "True",
             "ProbeAndLease",
@@ -170,10 +209,17 @@ fn alive_condition(peer: Option<&PeerState>, generation: Option<i64>, now: Time)
             "Unresolved",
             "no gateway address resolved".to_owned(),
         ),
+        Some(p) if !p.lease_alive && p.withdrawn == Some(Withdrawn::GraceExpired) => (
+            "False",
+            "GraceExpired",
+            "the remote controller stayed silent past the control-plane grace; its services \
+             are withdrawn until it speaks again"
+                .to_owned(),
+        ),
         Some(p) if !p.lease_alive => (
             "False",
             "LeaseExpired",
-            "the peer controller was silent past the lease TTL".to_owned(),
+            "the remote controller and gateway were silent past the lease TTL".to_owned(),
         ),
         Some(_) => (
             "False",
@@ -183,6 +229,47 @@ fn alive_condition(peer: Option<&PeerState>, generation: Option<i64>, now: Time)
     };
     Condition {
         type_: CONDITION_ALIVE.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now,
+    }
+}
+
+/// Most unwritable mirrors a Link's status names (the count has them all).
+const MAX_LISTED_MIRRORS: usize = 20;
+
+/// `MirrorsWritten`: whether every imported service has its mirror here.
+fn mirrors_condition(
+    unwritable: &[UnwritableMirror],
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let (status, reason, message) = match unwritable {
+        [] => (
+            "True",
+            "Written",
+            "every imported service's mirror is written".to_owned(),
+        ),
+        [first, rest @ ..] => {
+            let more = if rest.is_empty() {
+                String::new()
+            } else {
+                format!(" (and {} more)", rest.len())
+            };
+            (
+                "False",
+                "WriteFailed",
+                format!(
+                    "mirror {} cannot be written: {}{more}",
+                    first.mirror, first.reason
+                ),
+            )
+        }
+    };
+    Condition {
+        type_: CONDITION_MIRRORS_WRITTEN.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
         message,

@@ -51,8 +51,19 @@ pub(crate) struct PeerState {
     /// The peer's exports; `None` until its first snapshot since this
     /// controller started (mirrors from before are then left alone).
     pub(crate) imports: Option<Arc<ExportSet>>,
-    /// The federation stream spoke within the lease TTL.
+    /// The peer is not withdrawn: its federation stream spoke within the
+    /// lease TTL, or it is held through the control-plane grace.
     pub(crate) lease_alive: bool,
+    /// Since when the peer's control plane has been quiet: its stream ended,
+    /// or it missed its heartbeats for half the lease TTL. `None` while it
+    /// speaks.
+    pub(crate) quiet_since: Option<Instant>,
+    /// When the last successful probe of the gateway started.
+    pub(crate) probe_ok_at: Option<Instant>,
+    /// While held through the control-plane grace: until when.
+    pub(crate) held_until: Option<HeldUntil>,
+    /// Why the peer was withdrawn, while it is.
+    pub(crate) withdrawn: Option<Withdrawn>,
     /// The federation stream is connected.
     pub(crate) stream_up: bool,
     /// The gateway answers probes.
@@ -71,6 +82,10 @@ impl PeerState {
             gateways: Vec::new(),
             imports: None,
             lease_alive: true,
+            quiet_since: None,
+            probe_ok_at: None,
+            held_until: None,
+            withdrawn: None,
             stream_up: false,
             probe_alive: true,
             latency: None,
@@ -82,6 +97,22 @@ impl PeerState {
     pub(crate) fn alive(&self) -> bool {
         self.lease_alive && self.probe_alive && !self.gateways.is_empty()
     }
+}
+
+/// The end of a control-plane grace, for timers and for people.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct HeldUntil {
+    pub(crate) at: Instant,
+    pub(crate) wall: k8s_openapi::jiff::Timestamp,
+}
+
+/// Why a peer's services were withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Withdrawn {
+    /// Its controller and its gateway were both silent past the lease TTL.
+    LeaseExpired,
+    /// Its controller stayed silent past the Link's control-plane grace.
+    GraceExpired,
 }
 
 /// A handle that updates one peer's entry in the world.

@@ -1,6 +1,18 @@
 //! The importing side of federation: holds the stream of one peer's exports
 //! through its gateway, applies snapshots and diffs to the peer's imports,
-//! and treats silence past the lease TTL as the peer being gone.
+//! and judges the peer when the stream is silent past the lease TTL.
+//!
+//! Control-plane and data-plane liveness are told apart. When the stream
+//! ends, or misses its heartbeats for half the TTL, the control plane is
+//! *quiet*: the gateway is probed at once and then three times per TTL.
+//! When the lease runs out, a peer whose gateway answered a probe started
+//! after it went quiet is *held* — its known exports kept, traffic still
+//! going to it — each such probe renewing the lease, for at most the Link's
+//! `controlPlaneGraceSeconds` (a controller restart or rollout costs
+//! nothing). A peer whose gateway does not answer too is withdrawn when the
+//! lease runs out, as a dead cluster must be; so is one still quiet when the
+//! grace ends, and one whose exports this controller never learned (there
+//! is nothing to keep).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +25,15 @@ use rand::Rng;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::local::ExportSet;
 use crate::metrics::LinkLabels;
-use crate::peer::{PeerContext, lease_ttl};
+use crate::peer::{PeerContext, control_plane_grace, lease_ttl};
 use crate::store::ObjKey;
-use crate::world::PeerWriter;
+use crate::world::{HeldUntil, PeerWriter, Withdrawn};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -33,8 +46,10 @@ pub(crate) async fn run_federation_client(
     writer: PeerWriter,
     tls: Arc<ClientConfig>,
     ctx: PeerContext,
+    probe_now: Arc<Notify>,
 ) {
     let ttl = lease_ttl(&spec);
+    let grace = control_plane_grace(&spec);
     let labels = LinkLabels {
         link: writer.key.to_string(),
     };
@@ -44,7 +59,13 @@ pub(crate) async fn run_federation_client(
     let mut backoff = MIN_BACKOFF;
     let mut turn = 0usize;
     loop {
-        let result = watch_once(&writer, &connector, &ctx, ttl, &mut deadline, &mut turn).await;
+        let lease = Lease {
+            ttl,
+            grace,
+            probe_now: &probe_now,
+        };
+        let result = watch_once(&writer, &connector, &ctx, &lease, &mut deadline, &mut turn).await;
+        lease.quiet(&writer, &ctx);
         ctx.metrics
             .federation_stream_up
             .get_or_create(&labels)
@@ -63,11 +84,14 @@ pub(crate) async fn run_federation_client(
         }
         let delay = jitter(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        // Wait out the backoff, but withdraw the peer the moment its lease runs out.
+        // Wait out the backoff, but judge the peer the moment its lease runs out.
         let retry_at = Instant::now() + delay;
-        if deadline < retry_at && writer.get().is_some_and(|p| p.lease_alive) {
+        while deadline < retry_at && writer.get().is_some_and(|p| p.lease_alive) {
             tokio::time::sleep_until(deadline).await;
-            expire(&writer);
+            match lease.ran_out(&writer, &ctx) {
+                Some(next) => deadline = next,
+                None => break,
+            }
         }
         tokio::time::sleep_until(retry_at).await;
     }
@@ -79,10 +103,11 @@ async fn watch_once(
     writer: &PeerWriter,
     connector: &TlsConnector,
     ctx: &PeerContext,
-    ttl: Duration,
+    lease: &Lease<'_>,
     deadline: &mut Instant,
     turn: &mut usize,
 ) -> Result<(), String> {
+    let ttl = lease.ttl;
     let gateways = writer.get().map(|p| p.gateways.clone()).unwrap_or_default();
     if gateways.is_empty() {
         return Err("gateway address not resolved yet".into());
@@ -127,13 +152,28 @@ async fn watch_once(
         .set(1);
     writer.update(|p| p.stream_up = true);
     let mut imports: Option<ExportSet> = None;
+    let mut last_message = Instant::now();
     loop {
-        let next = tokio::time::timeout_at(*deadline, stream.message()).await;
+        let quiet = writer.get().is_some_and(|p| p.quiet_since.is_some());
+        let heartbeat_missed = last_message + ttl / 2;
+        let wake = if quiet {
+            *deadline
+        } else {
+            heartbeat_missed.min(*deadline)
+        };
+        let next = tokio::time::timeout_at(wake, stream.message()).await;
         let update = match next {
-            Err(_) => {
-                expire(writer);
-                return Err(format!("{target}: silent past the lease TTL ({ttl:?})"));
+            Err(_) if !quiet && Instant::now() < *deadline => {
+                lease.quiet(writer, ctx);
+                continue;
             }
+            Err(_) => match lease.ran_out(writer, ctx) {
+                Some(next) => {
+                    *deadline = next;
+                    continue;
+                }
+                None => return Err(format!("{target}: silent past the lease TTL ({ttl:?})")),
+            },
             Ok(Err(status)) => {
                 return Err(format!(
                     "{target}: {} ({:?})",
@@ -144,7 +184,8 @@ async fn watch_once(
             Ok(Ok(None)) => return imports.map(|_| ()).ok_or_else(|| "stream closed".into()),
             Ok(Ok(Some(u))) => u,
         };
-        *deadline = Instant::now() + ttl;
+        last_message = Instant::now();
+        *deadline = last_message + ttl;
         let changed = apply(&mut imports, update).map_err(|e| format!("{target}: {e}"))?;
         let Some(set) = imports.as_ref() else {
             return Err(format!("{target}: first message was not a snapshot"));
@@ -152,13 +193,21 @@ async fn watch_once(
         let count = i64::try_from(set.len()).unwrap_or(i64::MAX);
         ctx.metrics.imports.get_or_create(&labels).set(count);
         let set = changed.then(|| Arc::new(set.clone()));
+        let was_held = writer.get().is_some_and(|p| p.held_until.is_some());
         writer.update(|p| {
             p.lease_alive = true;
+            p.quiet_since = None;
+            p.held_until = None;
+            p.withdrawn = None;
             p.last_error = None;
             if let Some(set) = set {
                 p.imports = Some(set);
             }
         });
+        if was_held {
+            tracing::info!(link = %writer.key, "the peer's controller speaks again; its hold ends");
+            ctx.metrics.imports_held.get_or_create(&labels).set(0);
+        }
     }
 }
 
@@ -229,13 +278,91 @@ fn checked(svc: &meshfed_api::federation::ExportedService) -> Result<ObjKey, Str
     Ok(key)
 }
 
-/// The lease ran out: the peer's services are withdrawn.
-fn expire(writer: &PeerWriter) {
-    tracing::warn!(link = %writer.key, "peer silent past its lease; withdrawing its services");
-    writer.update(|p| {
-        p.lease_alive = false;
-        p.imports = Some(Arc::new(ExportSet::new()));
-    });
+/// A peer's lease: how long its controller may be silent, and how long
+/// its gateway's probes may stand in for it.
+struct Lease<'a> {
+    ttl: Duration,
+    grace: Duration,
+    probe_now: &'a Notify,
+}
+
+impl Lease<'_> {
+    /// The control plane went quiet: from now on only probes started after
+    /// this can hold the peer.
+    fn quiet(&self, writer: &PeerWriter, ctx: &PeerContext) {
+        let _ = ctx;
+        if writer.get().is_some_and(|p| p.quiet_since.is_none()) {
+            writer.update(|p| p.quiet_since = Some(Instant::now()));
+            self.probe_now.notify_one();
+        }
+    }
+
+    /// The lease ran out: holds the peer and returns the next deadline, or
+    /// withdraws it.
+    fn ran_out(&self, writer: &PeerWriter, ctx: &PeerContext) -> Option<Instant> {
+        let p = writer.get()?;
+        if !p.lease_alive {
+            return None;
+        }
+        let now = Instant::now();
+        let labels = LinkLabels {
+            link: writer.key.to_string(),
+        };
+        let quiet_since = p.quiet_since.unwrap_or(now);
+        let grace_end = quiet_since + self.grace;
+        let answered = p
+            .probe_ok_at
+            .filter(|ok| *ok >= quiet_since && *ok + self.ttl > now);
+        let why = match answered {
+            _ if p.imports.is_none() => Withdrawn::LeaseExpired,
+            Some(ok) if now < grace_end => {
+                let until = HeldUntil {
+                    at: grace_end,
+                    wall: k8s_openapi::jiff::Timestamp::now()
+                        + grace_end.saturating_duration_since(now),
+                };
+                if p.held_until.is_none() {
+                    tracing::warn!(
+                        link = %writer.key,
+                        grace = ?self.grace,
+                        "peer's controller silent past its lease but its gateway answers probes; \
+                         keeping its services through the control-plane grace"
+                    );
+                    ctx.metrics.imports_held.get_or_create(&labels).set(1);
+                }
+                writer.update(|p| {
+                    p.quiet_since = Some(quiet_since);
+                    if p.held_until.is_none() {
+                        p.held_until = Some(until);
+                    }
+                });
+                return Some((ok + self.ttl).min(grace_end));
+            }
+            Some(_) if self.grace.is_zero() => Withdrawn::LeaseExpired,
+            Some(_) => Withdrawn::GraceExpired,
+            None if p.held_until.is_some() && now >= grace_end => Withdrawn::GraceExpired,
+            None => Withdrawn::LeaseExpired,
+        };
+        match why {
+            Withdrawn::LeaseExpired => tracing::warn!(
+                link = %writer.key,
+                "peer's controller and gateway silent past the lease; withdrawing its services"
+            ),
+            Withdrawn::GraceExpired => tracing::warn!(
+                link = %writer.key,
+                grace = ?self.grace,
+                "peer's controller silent past the control-plane grace; withdrawing its services"
+            ),
+        }
+        ctx.metrics.imports_held.get_or_create(&labels).set(0);
+        writer.update(|p| {
+            p.lease_alive = false;
+            p.held_until = None;
+            p.withdrawn = Some(why);
+            p.imports = Some(Arc::new(ExportSet::new()));
+        });
+        None
+    }
 }
 
 fn jitter(d: Duration) -> Duration {

@@ -13,10 +13,12 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::metrics::{LinkLabels, Metrics};
+use crate::peer::probe_period;
 use crate::world::PeerWriter;
 
 /// Most bytes of a probe answer read.
@@ -29,20 +31,27 @@ pub(super) async fn run(
     writer: PeerWriter,
     tls: Arc<ClientConfig>,
     metrics: Arc<Metrics>,
+    probe_now: Arc<Notify>,
 ) {
     let labels = LinkLabels {
         link: writer.key.to_string(),
     };
-    let period = Duration::from_secs(u64::from(spec.probe.period_seconds.max(1)));
     let timeout = Duration::from_secs(u64::from(spec.probe.timeout_seconds.max(1)));
     let threshold = spec.probe.failure_threshold.max(1);
     let connector = TlsConnector::from(tls);
     let mut window = LatencyWindow::default();
     let mut failures = 0u32;
     let mut turn = 0usize;
-    let mut tick = tokio::time::interval(period);
+    let mut first = true;
     loop {
-        tick.tick().await;
+        if !first {
+            let quiet = writer.get().is_some_and(|p| p.quiet_since.is_some());
+            tokio::select! {
+                _ = tokio::time::sleep(probe_period(&spec, quiet)) => {}
+                _ = probe_now.notified() => {}
+            }
+        }
+        first = false;
         let Some(peer) = writer.get() else { return };
         if peer.gateways.is_empty() {
             continue;
@@ -65,6 +74,7 @@ pub(super) async fn run(
                 let quantiles = window.quantiles();
                 writer.update(|p| {
                     p.probe_alive = true;
+                    p.probe_ok_at = Some(start);
                     p.latency = quantiles;
                 });
             }

@@ -494,3 +494,191 @@ async fn a_restarted_controller_keeps_live_mirrors_and_removes_stale_ones() {
         "not touched"
     );
 }
+
+/// Reads east's Link status from the file store until `f` holds on it.
+async fn until_link_status(
+    cluster: &Cluster,
+    what: &str,
+    f: impl Fn(&meshfed_api::crd::LinkStatus) -> bool,
+) -> meshfed_api::crd::LinkStatus {
+    let file = cluster.path("status/links/meshfed-system.west.yaml");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let status = serde_saphyr::from_str::<meshfed_api::crd::Link>(&text)
+            .ok()
+            .and_then(|l| l.status);
+        if let Some(s) = status.filter(|s| f(s)) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "link status never showed {what}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn condition<'a>(
+    status: &'a meshfed_api::crd::LinkStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_cannot_be_written_is_named_in_the_link_status() {
+    let mesh = Mesh::new();
+    let west = Cluster::start(&mesh, "west", None).await;
+    let east = Cluster::start(&mesh, "east", None).await;
+    let gw = Gateway::start(&west).await;
+    // Someone's own Service already holds the mirror's name in east.
+    let squatter = fixtures::service("shop", "api-west", &[("http", 80)], false);
+    east.write("squatter.yaml", &yaml(&squatter));
+    west.write("api.yaml", &api_manifest(true));
+    east.write(LINK_FILE, &link_manifest(gw.addr));
+
+    let status = until_link_status(&east, "the unwritable mirror", |s| {
+        s.unwritable_mirror_count == 1
+    })
+    .await;
+    assert_eq!(status.unwritable_mirrors.len(), 1, "{status:?}");
+    let named = &status.unwritable_mirrors[0];
+    assert_eq!(named.mirror, "shop/api-west");
+    assert!(named.reason.contains("is not a mirror"), "{}", named.reason);
+    let written = condition(&status, meshfed_api::crd::CONDITION_MIRRORS_WRITTEN)
+        .expect("MirrorsWritten condition");
+    assert_eq!(
+        (written.status.as_str(), written.reason.as_str()),
+        ("False", "WriteFailed")
+    );
+    assert!(
+        written.message.contains("shop/api-west"),
+        "{}",
+        written.message
+    );
+    until_metric(
+        &east,
+        "meshfed_controller_mirrors_unwritable{link=\"meshfed-system/west\"} 1",
+    )
+    .await;
+    let squat = std::fs::read_to_string(east.path("squatter.yaml")).expect("squatter");
+    assert!(
+        !squat.contains("meshfed.io/origin-cluster"),
+        "what is not a mirror is never overwritten"
+    );
+
+    // The Service goes: the mirror is written and the status clears.
+    let t0 = Instant::now();
+    east.remove("squatter.yaml");
+    let mut state = east.state();
+    until_state(t0, &mut state, "mirror written", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    let status = until_link_status(&east, "no unwritable mirror", |s| {
+        s.unwritable_mirror_count == 0
+    })
+    .await;
+    assert!(status.unwritable_mirrors.is_empty());
+    let written = condition(&status, meshfed_api::crd::CONDITION_MIRRORS_WRITTEN)
+        .expect("MirrorsWritten condition");
+    assert_eq!(
+        (written.status.as_str(), written.reason.as_str()),
+        ("True", "Written")
+    );
+    until_metric(
+        &east,
+        "meshfed_controller_mirrors_unwritable{link=\"meshfed-system/west\"} 0",
+    )
+    .await;
+    println!(
+        "conflict removed -> mirror written and status clear: {}",
+        ms(t0.elapsed())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_controller_behind_a_live_gateway_is_held_through_the_grace() {
+    const GRACE: u32 = 3;
+    let mesh = Mesh::new();
+    let mut west = Cluster::start(&mesh, "west", None).await;
+    let east = Cluster::start(&mesh, "east", None).await;
+    let gw = Gateway::start(&west).await;
+    west.write("api.yaml", &api_manifest(true));
+    let mut link: meshfed_api::crd::Link =
+        serde_saphyr::from_str(&link_manifest(gw.addr)).expect("link");
+    link.spec.control_plane_grace_seconds = GRACE;
+    east.write(LINK_FILE, &yaml(&link));
+    let client = creds(&east.ca, "/ns/shop/sa/client", None);
+    let mut sub = subscribe(&east, client).await;
+    let mut state = east.state();
+    let t0 = Instant::now();
+    until_set(t0, &mut sub, "west group", has_west_group).await;
+    until_state(t0, &mut state, "mirror", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+
+    // West's controller stops; its gateway still answers probes.
+    let t0 = Instant::now();
+    west.stop_controller();
+    let held = until_link_status(&east, "imports held", |s| s.imports_held_until.is_some()).await;
+    let t_held = t0.elapsed();
+    assert_eq!(held.federation_up, Some(false), "{held:?}");
+    assert_eq!(held.gateway_alive, Some(true), "{held:?}");
+    assert_eq!(held.alive, Some(true), "{held:?}");
+    let alive = condition(&held, "Alive").expect("Alive");
+    assert_eq!(
+        (alive.status.as_str(), alive.reason.as_str()),
+        ("True", "ControlPlaneGrace")
+    );
+    until_metric(
+        &east,
+        "meshfed_controller_imports_held{link=\"meshfed-system/west\"} 1",
+    )
+    .await;
+    assert!(
+        has_mirror(&state.borrow(), "shop", "api-west"),
+        "held imports keep their mirror"
+    );
+    assert!(
+        sub.borrow().as_ref().is_some_and(has_west_group),
+        "held imports keep their endpoints"
+    );
+
+    // Past the grace the imports go, and the status says why.
+    let t_gone = until_set(t0, &mut sub, "withdrawn past the grace", |s| {
+        s.groups.is_empty()
+    })
+    .await;
+    until_state(t0, &mut state, "mirror removed past the grace", |s| {
+        !has_mirror(s, "shop", "api-west")
+    })
+    .await;
+    let gone = until_link_status(&east, "grace expired", |s| {
+        condition(s, "Alive").is_some_and(|c| c.reason == "GraceExpired")
+    })
+    .await;
+    assert_eq!(gone.alive, Some(false));
+    assert!(gone.imports_held_until.is_none(), "{gone:?}");
+    println!(
+        "controller stopped (lease 1 s, grace {GRACE} s) -> held: {}, withdrawn: {}",
+        ms(t_held),
+        ms(t_gone)
+    );
+    assert!(
+        t_gone >= Duration::from_secs(u64::from(GRACE)) - Duration::from_millis(300),
+        "held through the grace, not withdrawn at the lease: {t_gone:?}"
+    );
+
+    // The controller comes back: so do the imports.
+    let t0 = Instant::now();
+    west.restart_controller(&mesh).await;
+    until_set(t0, &mut sub, "back with the controller", has_west_group).await;
+    until_link_status(&east, "alive again", |s| {
+        s.federation_up == Some(true)
+            && condition(s, "Alive").is_some_and(|c| c.reason == "ProbeAndLease")
+    })
+    .await;
+}
