@@ -179,6 +179,7 @@ pub fn west_link(addresses: &[&str], port: u16, roots: &[String]) -> Value {
             },
             "probe": { "periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 3 },
             "leaseTtlSeconds": 5,
+            "controlPlaneGraceSeconds": 300,
         },
     })
 }
