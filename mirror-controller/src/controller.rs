@@ -49,6 +49,9 @@ pub struct ControllerConfig {
     /// only the leader writes mirrors and statuses. `None`: the only replica,
     /// always leading.
     pub leading: Option<watch::Receiver<bool>>,
+    /// How long the services a peer's fresh snapshot suddenly dropped are
+    /// kept before their mirrors go (see the federation client).
+    pub doubt_hold: Duration,
 }
 
 impl ControllerConfig {
@@ -61,6 +64,7 @@ impl ControllerConfig {
             handshake_timeout: Duration::from_secs(10),
             status_period: Duration::from_secs(1),
             leading: None,
+            doubt_hold: crate::federation::DOUBT_HOLD,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Controller {
             local_cluster: config.cluster.clone(),
             creds: creds.clone(),
             metrics: metrics.clone(),
+            doubt_hold: config.doubt_hold,
         };
         // Peers of the Links already there join the world before anything
         // reads it, so the mirror reconciler never mistakes them for gone.
@@ -314,9 +319,20 @@ async fn follow_store(
     loop {
         let local = state.borrow_and_update().clone();
         let set = exports(&local, &me.trust_domain);
-        ctx.metrics
-            .exports
-            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        let exported = i64::try_from(set.len()).unwrap_or(i64::MAX);
+        // Peers first: the set is complete (the store is synced), and the
+        // first one is published even when empty.
+        published.exports.send_if_modified(|cur| {
+            if cur.revision > 0 && cur.set == set {
+                return false;
+            }
+            *cur = Arc::new(Exports {
+                revision: cur.revision + 1,
+                set,
+            });
+            true
+        });
+        ctx.metrics.exports.set(exported);
         ctx.metrics
             .store_errors
             .set(i64::try_from(local.broken_files).unwrap_or(i64::MAX));
@@ -331,16 +347,6 @@ async fn follow_store(
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         RouteTable::publish(&published.routes, &local, &me.trust_domain);
-        published.exports.send_if_modified(|cur| {
-            if cur.set == set {
-                return false;
-            }
-            *cur = Arc::new(Exports {
-                revision: cur.revision + 1,
-                set,
-            });
-            true
-        });
         world.send_modify(|w| {
             let w = Arc::make_mut(w);
             w.local = local.clone();
@@ -384,6 +390,7 @@ fn sync_peers(
         ctx.metrics.peer_alive.remove(&labels);
         ctx.metrics.imports.remove(&labels);
         ctx.metrics.imports_held.remove(&labels);
+        ctx.metrics.imports_doubted.remove(&labels);
         ctx.metrics.mirrors_unwritable.remove(&labels);
     }
     for (key, spec) in wanted {

@@ -2,6 +2,8 @@
 //! exports to peers, and the client that imports a peer's.
 
 pub(crate) mod client;
+mod doubt;
 mod server;
 
+pub use doubt::DOUBT_HOLD;
 pub use server::{Exports, FederationService, PeerAuthorizer};

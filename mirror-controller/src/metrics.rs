@@ -52,6 +52,7 @@ pub struct Metrics {
     pub(crate) unidentified: Family<UnidentifiedLabels, Gauge>,
     pub(crate) leader: Gauge,
     pub(crate) imports_held: Family<LinkLabels, Gauge>,
+    pub(crate) imports_doubted: Family<LinkLabels, Gauge>,
     pub(crate) mirrors_unwritable: Family<LinkLabels, Gauge>,
 }
 
@@ -75,6 +76,7 @@ impl Metrics {
             unidentified: Family::default(),
             leader: Gauge::default(),
             imports_held: Family::default(),
+            imports_doubted: Family::default(),
             mirrors_unwritable: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("meshfed_controller");
@@ -114,6 +116,12 @@ impl Metrics {
             "Whether the link's services are kept through the control-plane grace: its \
              controller is silent but its gateway answers probes",
             m.imports_held.clone(),
+        );
+        r.register(
+            "imports_doubted",
+            "Services of the link kept although the peer's last snapshot dropped them: \
+             a snapshot lacking much of what the peer exported is not acted on at once",
+            m.imports_doubted.clone(),
         );
         r.register(
             "mirrors_unwritable",

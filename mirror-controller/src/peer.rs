@@ -24,6 +24,8 @@ pub(crate) struct PeerContext {
     pub(crate) local_cluster: String,
     pub(crate) creds: CredentialsWatch,
     pub(crate) metrics: Arc<Metrics>,
+    /// How long services a fresh snapshot dropped are doubted (kept).
+    pub(crate) doubt_hold: Duration,
 }
 
 /// The running tasks of one peer; dropping it stops them.

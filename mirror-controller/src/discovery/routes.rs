@@ -15,7 +15,8 @@ use crate::validate::validate_link;
 /// The routing table with a revision that grows with every change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteTable {
-    /// Bumped on every change.
+    /// Bumped on every change; 0 until first computed from the synced
+    /// store, and no gateway is sent anything before that.
     pub revision: u64,
     pub(crate) routes: RouteSet,
     /// Clusters linked from this one, sorted.
@@ -39,7 +40,7 @@ impl RouteTable {
         peers.sort();
         peers.dedup();
         tx.send_if_modified(|cur| {
-            if cur.routes == routes && cur.peers == peers {
+            if cur.revision > 0 && cur.routes == routes && cur.peers == peers {
                 return false;
             }
             *cur = Arc::new(RouteTable {
@@ -57,6 +58,11 @@ pub(crate) async fn stream_routes(
     mut table: watch::Receiver<Arc<RouteTable>>,
     tx: mpsc::Sender<Result<RoutesUpdate, Status>>,
 ) {
+    // An empty table before the first computation would drop every route.
+    tokio::select! {
+        computed = table.wait_for(|t| t.revision > 0) => if computed.is_err() { return },
+        () = tx.closed() => return,
+    }
     let mut sent = table.borrow_and_update().clone();
     let snapshot = RoutesUpdate {
         snapshot: true,
@@ -163,6 +169,25 @@ mod tests {
         assert_eq!(next.removals.len(), 1);
         assert_eq!(next.removals[0].name, "b");
         assert_eq!(next.revision, first.revision + 1);
+        drop(rx);
+        task.await.expect("stream task ends with its subscriber");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_sent_before_the_first_table() {
+        let (table_tx, table_rx) = watch::channel(Arc::new(RouteTable::default()));
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(stream_routes(table_rx, tx));
+        tokio::task::yield_now().await;
+        assert!(
+            rx.try_recv().is_err(),
+            "no snapshot of a table never computed"
+        );
+        // A cluster exporting nothing still publishes its (empty) first table.
+        RouteTable::publish(&table_tx, &ClusterState::default(), &td());
+        let first = rx.recv().await.expect("snapshot").expect("ok");
+        assert!(first.snapshot && first.upserts.is_empty());
+        assert_eq!(first.revision, 1);
         drop(rx);
         task.await.expect("stream task ends with its subscriber");
     }

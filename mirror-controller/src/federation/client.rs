@@ -13,6 +13,9 @@
 //! lease runs out, as a dead cluster must be; so is one still quiet when the
 //! grace ends, and one whose exports this controller never learned (there
 //! is nothing to keep).
+//!
+//! A fresh snapshot that drops much of what the peer exported is doubted
+//! before it is acted on (see [`super::doubt`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,8 @@ use crate::metrics::LinkLabels;
 use crate::peer::{PeerContext, control_plane_grace, lease_ttl};
 use crate::store::ObjKey;
 use crate::world::{HeldUntil, PeerWriter, Withdrawn};
+
+use super::doubt::Doubt;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -58,13 +63,22 @@ pub(crate) async fn run_federation_client(
     let mut deadline = Instant::now() + ttl;
     let mut backoff = MIN_BACKOFF;
     let mut turn = 0usize;
+    let mut doubt = Doubt::new(ctx.doubt_hold);
     loop {
         let lease = Lease {
             ttl,
             grace,
             probe_now: &probe_now,
         };
-        let result = watch_once(&writer, &connector, &ctx, &lease, &mut deadline, &mut turn).await;
+        let mut stream = Stream {
+            writer: &writer,
+            ctx: &ctx,
+            lease: &lease,
+            doubt: &mut doubt,
+        };
+        let result = stream
+            .watch_once(&connector, &mut deadline, &mut turn)
+            .await;
         lease.quiet(&writer, &ctx);
         ctx.metrics
             .federation_stream_up
@@ -93,121 +107,192 @@ pub(crate) async fn run_federation_client(
                 None => break,
             }
         }
+        if writer.get().is_some_and(|p| !p.lease_alive) {
+            // Withdrawn: nothing of it is kept, doubted or not.
+            doubt.clear();
+            ctx.metrics.imports_doubted.get_or_create(&labels).set(0);
+        }
         tokio::time::sleep_until(retry_at).await;
     }
 }
 
-/// One stream from connect to end. `Ok` when it delivered a snapshot before
-/// ending (the next attempt starts without backoff).
-async fn watch_once(
-    writer: &PeerWriter,
-    connector: &TlsConnector,
-    ctx: &PeerContext,
-    lease: &Lease<'_>,
-    deadline: &mut Instant,
-    turn: &mut usize,
-) -> Result<(), String> {
-    let ttl = lease.ttl;
-    let gateways = writer.get().map(|p| p.gateways.clone()).unwrap_or_default();
-    if gateways.is_empty() {
-        return Err("gateway address not resolved yet".into());
-    }
-    let target = gateways[*turn % gateways.len()];
-    *turn = turn.wrapping_add(1);
-    let connector = connector.clone();
-    let dial = tower::service_fn(move |_: http::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(target).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(meshfed_api::sni::FEDERATION)
-                .map_err(std::io::Error::other)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+/// What one stream works with.
+struct Stream<'a> {
+    writer: &'a PeerWriter,
+    ctx: &'a PeerContext,
+    lease: &'a Lease<'a>,
+    doubt: &'a mut Doubt,
+}
+
+impl Stream<'_> {
+    /// One stream from connect to end. `Ok` when it delivered a snapshot before
+    /// ending (the next attempt starts without backoff).
+    async fn watch_once(
+        &mut self,
+        connector: &TlsConnector,
+        deadline: &mut Instant,
+        turn: &mut usize,
+    ) -> Result<(), String> {
+        let (writer, ctx, lease) = (self.writer, self.ctx, self.lease);
+        let ttl = lease.ttl;
+        let gateways = writer.get().map(|p| p.gateways.clone()).unwrap_or_default();
+        if gateways.is_empty() {
+            return Err("gateway address not resolved yet".into());
         }
-    });
-    let endpoint = tonic::transport::Endpoint::from_static("http://federation.meshfed.local")
-        .connect_timeout(CONNECT_TIMEOUT);
-    let channel = endpoint.connect_with_connector(dial);
-    let channel = tokio::time::timeout(CONNECT_TIMEOUT, channel)
-        .await
-        .map_err(|_| format!("connecting to {target}: timed out"))?
-        .map_err(|e| format!("connecting to {target}: {}", error_chain(&e)))?;
-    let mut client = FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let request = WatchExportsRequest {
-        cluster: ctx.local_cluster.clone(),
-        lease_ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
-    };
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, client.watch_exports(request))
-        .await
-        .map_err(|_| format!("{target}: no answer to WatchExports"))?
-        .map_err(|s| format!("{target}: {} ({:?})", s.message(), s.code()))?
-        .into_inner();
-    let labels = LinkLabels {
-        link: writer.key.to_string(),
-    };
-    ctx.metrics
-        .federation_stream_up
-        .get_or_create(&labels)
-        .set(1);
-    writer.update(|p| p.stream_up = true);
-    let mut imports: Option<ExportSet> = None;
-    let mut last_message = Instant::now();
-    loop {
-        let quiet = writer.get().is_some_and(|p| p.quiet_since.is_some());
-        let heartbeat_missed = last_message + ttl / 2;
-        let wake = if quiet {
-            *deadline
-        } else {
-            heartbeat_missed.min(*deadline)
-        };
-        let next = tokio::time::timeout_at(wake, stream.message()).await;
-        let update = match next {
-            Err(_) if !quiet && Instant::now() < *deadline => {
-                lease.quiet(writer, ctx);
-                continue;
-            }
-            Err(_) => match lease.ran_out(writer, ctx) {
-                Some(next) => {
-                    *deadline = next;
-                    continue;
-                }
-                None => return Err(format!("{target}: silent past the lease TTL ({ttl:?})")),
-            },
-            Ok(Err(status)) => {
-                return Err(format!(
-                    "{target}: {} ({:?})",
-                    status.message(),
-                    status.code()
-                ));
-            }
-            Ok(Ok(None)) => return imports.map(|_| ()).ok_or_else(|| "stream closed".into()),
-            Ok(Ok(Some(u))) => u,
-        };
-        last_message = Instant::now();
-        *deadline = last_message + ttl;
-        let changed = apply(&mut imports, update).map_err(|e| format!("{target}: {e}"))?;
-        let Some(set) = imports.as_ref() else {
-            return Err(format!("{target}: first message was not a snapshot"));
-        };
-        let count = i64::try_from(set.len()).unwrap_or(i64::MAX);
-        ctx.metrics.imports.get_or_create(&labels).set(count);
-        let set = changed.then(|| Arc::new(set.clone()));
-        let was_held = writer.get().is_some_and(|p| p.held_until.is_some());
-        writer.update(|p| {
-            p.lease_alive = true;
-            p.quiet_since = None;
-            p.held_until = None;
-            p.withdrawn = None;
-            p.last_error = None;
-            if let Some(set) = set {
-                p.imports = Some(set);
+        let target = gateways[*turn % gateways.len()];
+        *turn = turn.wrapping_add(1);
+        let connector = connector.clone();
+        let dial = tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = TcpStream::connect(target).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(meshfed_api::sni::FEDERATION)
+                    .map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         });
-        if was_held {
-            tracing::info!(link = %writer.key, "the peer's controller speaks again; its hold ends");
-            ctx.metrics.imports_held.get_or_create(&labels).set(0);
+        let endpoint = tonic::transport::Endpoint::from_static("http://federation.meshfed.local")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint.connect_with_connector(dial);
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, channel)
+            .await
+            .map_err(|_| format!("connecting to {target}: timed out"))?
+            .map_err(|e| format!("connecting to {target}: {}", error_chain(&e)))?;
+        let mut client =
+            FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let request = WatchExportsRequest {
+            cluster: ctx.local_cluster.clone(),
+            lease_ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+        };
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, client.watch_exports(request))
+            .await
+            .map_err(|_| format!("{target}: no answer to WatchExports"))?
+            .map_err(|s| format!("{target}: {} ({:?})", s.message(), s.code()))?
+            .into_inner();
+        let labels = LinkLabels {
+            link: writer.key.to_string(),
+        };
+        ctx.metrics
+            .federation_stream_up
+            .get_or_create(&labels)
+            .set(1);
+        writer.update(|p| p.stream_up = true);
+        let mut imports: Option<ExportSet> = None;
+        let mut last_message = Instant::now();
+        loop {
+            let quiet = writer.get().is_some_and(|p| p.quiet_since.is_some());
+            let heartbeat_missed = last_message + ttl / 2;
+            let wake = if quiet {
+                *deadline
+            } else {
+                heartbeat_missed.min(*deadline)
+            };
+            let wake = self.doubt.until().map_or(wake, |u| u.min(wake));
+            let next = tokio::time::timeout_at(wake, stream.message()).await;
+            let doubted = self.doubt.len();
+            if next.is_err() && self.doubt.expire(Instant::now()) {
+                tracing::warn!(
+                    link = %writer.key,
+                    services = doubted,
+                    "the peer did not send again the services its snapshot dropped; \
+                     their mirrors go now"
+                );
+                if let Some(set) = imports.as_ref() {
+                    self.publish(set, true);
+                }
+                continue;
+            }
+            let update = match next {
+                Err(_) if !quiet && Instant::now() < *deadline => {
+                    lease.quiet(writer, ctx);
+                    continue;
+                }
+                Err(_) => match lease.ran_out(writer, ctx) {
+                    Some(next) => {
+                        *deadline = next;
+                        continue;
+                    }
+                    None => return Err(format!("{target}: silent past the lease TTL ({ttl:?})")),
+                },
+                Ok(Err(status)) => {
+                    return Err(format!(
+                        "{target}: {} ({:?})",
+                        status.message(),
+                        status.code()
+                    ));
+                }
+                Ok(Ok(None)) => return imports.map(|_| ()).ok_or_else(|| "stream closed".into()),
+                Ok(Ok(Some(u))) => u,
+            };
+            last_message = Instant::now();
+            *deadline = last_message + ttl;
+            let snapshot = update.snapshot;
+            let removed: Vec<ObjKey> = update
+                .removals
+                .iter()
+                .filter_map(|r| key_of(&r.namespace, &r.name).ok())
+                .collect();
+            let mut changed = apply(&mut imports, update).map_err(|e| format!("{target}: {e}"))?;
+            let Some(set) = imports.as_ref() else {
+                return Err(format!("{target}: first message was not a snapshot"));
+            };
+            if snapshot {
+                let before = writer.get().and_then(|p| p.imports.clone());
+                let fresh = self.doubt.snapshot(before.as_deref(), set, last_message);
+                if fresh > 0 {
+                    tracing::warn!(
+                        link = %writer.key,
+                        dropped = self.doubt.len(),
+                        of = before.as_ref().map_or(0, |b| b.len()),
+                        hold = ?self.ctx.doubt_hold,
+                        "the peer's snapshot lacks much of what it exported; keeping those \
+                         services a while rather than deleting their mirrors at once"
+                    );
+                }
+                changed = true;
+            } else if self.doubt.len() > 0 {
+                self.doubt.settled(set, &removed);
+                changed |= self.doubt.len() != doubted;
+            }
+            let was_held = writer.get().is_some_and(|p| p.held_until.is_some());
+            writer.update(|p| {
+                p.lease_alive = true;
+                p.quiet_since = None;
+                p.held_until = None;
+                p.withdrawn = None;
+                p.last_error = None;
+            });
+            self.publish(set, changed);
+            if was_held {
+                tracing::info!(link = %writer.key, "the peer's controller speaks again; its hold ends");
+                ctx.metrics.imports_held.get_or_create(&labels).set(0);
+            }
         }
+    }
+
+    /// Publishes the imports to act on — what the peer exports and what is
+    /// doubted — when they changed, and counts them.
+    fn publish(&self, set: &ExportSet, changed: bool) {
+        let labels = LinkLabels {
+            link: self.writer.key.to_string(),
+        };
+        let metrics = &self.ctx.metrics;
+        let count = i64::try_from(set.len()).unwrap_or(i64::MAX);
+        metrics.imports.get_or_create(&labels).set(count);
+        let doubted = i64::try_from(self.doubt.len()).unwrap_or(i64::MAX);
+        metrics.imports_doubted.get_or_create(&labels).set(doubted);
+        if !changed {
+            return;
+        }
+        let acted_on = if self.doubt.len() > 0 {
+            self.doubt.imports(set)
+        } else {
+            set.clone()
+        };
+        let acted_on = Arc::new(acted_on);
+        self.writer.update(|p| p.imports = Some(acted_on));
     }
 }
 

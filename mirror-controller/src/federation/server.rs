@@ -20,7 +20,9 @@ use crate::store::ClusterState;
 /// The export set with a revision that grows with every change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exports {
-    /// Bumped on every change of `set`.
+    /// Bumped on every change of `set`; 0 until the set was first computed
+    /// from the synced store, and no peer is sent anything before that (an
+    /// empty set then would read as "everything unexported").
     pub revision: u64,
     pub(crate) set: ExportSet,
 }
@@ -153,6 +155,11 @@ async fn stream_exports(
     every: Duration,
     tx: mpsc::Sender<Result<ExportsUpdate, Status>>,
 ) {
+    // Only a complete export set is ever sent.
+    tokio::select! {
+        computed = exports.wait_for(|e| e.revision > 0) => if computed.is_err() { return },
+        () = tx.closed() => return,
+    }
     let mut sent = exports.borrow_and_update().clone();
     let snapshot = ExportsUpdate {
         cluster: cluster.clone(),
@@ -255,5 +262,30 @@ mod tests {
         assert_eq!(heartbeat_every(5000), Duration::from_millis(1666));
         assert_eq!(heartbeat_every(0), Duration::from_millis(100));
         assert_eq!(heartbeat_every(u32::MAX), Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn no_snapshot_goes_out_before_the_exports_are_computed() {
+        let (exports_tx, exports_rx) = watch::channel(Arc::new(Exports::default()));
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(stream_exports(
+            "west".into(),
+            exports_rx,
+            Duration::from_secs(60),
+            tx,
+        ));
+        tokio::task::yield_now().await;
+        assert!(
+            rx.try_recv().is_err(),
+            "an empty set never computed reads as everything unexported"
+        );
+        let mut set = ExportSet::new();
+        set.insert(ObjKey::new("shop", "a"), svc("a", 1));
+        exports_tx.send_replace(Arc::new(Exports { revision: 1, set }));
+        let first = rx.recv().await.expect("snapshot").expect("ok");
+        assert!(first.snapshot);
+        assert_eq!(first.upserts.len(), 1);
+        drop(rx);
+        task.await.expect("stream ends with its caller");
     }
 }

@@ -682,3 +682,136 @@ async fn a_silent_controller_behind_a_live_gateway_is_held_through_the_grace() {
     })
     .await;
 }
+
+/// `count` exported services `bulk-0..` with one ready endpoint each, as a cluster holds them.
+fn bulk_manifest(count: usize) -> String {
+    let mut docs = Vec::new();
+    for i in 0..count {
+        let name = format!("bulk-{i}");
+        docs.push(yaml(&fixtures::service(
+            "shop",
+            &name,
+            &[("http", 80)],
+            true,
+        )));
+        let ip = format!("10.2.{}.{}", i / 200, i % 200 + 1);
+        let (pods, slice) = fixtures::pods_and_slice(
+            "shop",
+            &name,
+            &name,
+            &[("http", 8080)],
+            &[(ip.as_str(), Some("west-a"), true)],
+        );
+        docs.push(yaml(&slice));
+        docs.extend(pods.iter().map(yaml));
+    }
+    docs.join("---\n")
+}
+
+fn mirrors_of(state: &meshfed_mirror::ClusterState, prefix: &str) -> usize {
+    state
+        .services
+        .keys()
+        .filter(|k| k.name.starts_with(prefix) && k.name.ends_with("-west"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_drops_most_exports_is_doubted_before_mirrors_go() {
+    const BULK: usize = 15;
+    let mesh = Mesh::new();
+    let mut west = Cluster::start(&mesh, "west", None).await;
+    let east = Cluster::start(&mesh, "east", None).await;
+    let gw = Gateway::start(&west).await;
+    west.write("api.yaml", &api_manifest(true));
+    west.write("bulk.yaml", &bulk_manifest(BULK));
+    east.write(LINK_FILE, &link_manifest(gw.addr));
+    let mut state = east.state();
+    let t0 = Instant::now();
+    until_state(t0, &mut state, "every mirror", |s| {
+        mirrors_of(s, "bulk-") == BULK && has_mirror(s, "shop", "api-west")
+    })
+    .await;
+
+    // West's controller comes back without most of its exports: east doubts
+    // the snapshot and keeps every mirror until the hold ends.
+    west.stop_controller();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    west.remove("bulk.yaml");
+    let t0 = Instant::now();
+    west.restart_controller(&mesh).await;
+    let doubted = "meshfed_controller_imports_doubted{link=\"meshfed-system/west\"} 15";
+    until_metric(&east, doubted).await;
+    let t_doubted = t0.elapsed();
+    let t_gone = loop {
+        let n = mirrors_of(&state.borrow_and_update(), "bulk-");
+        if n == 0 {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < DOUBT_HOLD * 5,
+            "doubted mirrors never went: {n} left"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), state.changed()).await;
+    };
+    assert!(
+        t_gone >= t_doubted + DOUBT_HOLD - Duration::from_millis(500),
+        "kept through the hold: doubted at {t_doubted:?}, gone at {t_gone:?}"
+    );
+    assert!(
+        has_mirror(&state.borrow(), "shop", "api-west"),
+        "what the snapshot has stays"
+    );
+    until_metric(
+        &east,
+        "meshfed_controller_imports_doubted{link=\"meshfed-system/west\"} 0",
+    )
+    .await;
+    println!(
+        "snapshot without {BULK} of {} exports -> doubted at {}, mirrors removed at {}",
+        BULK + 1,
+        ms(t_doubted),
+        ms(t_gone)
+    );
+
+    // Exports that come back within the hold lose no mirror at all.
+    west.write("bulk.yaml", &bulk_manifest(BULK));
+    let t0 = Instant::now();
+    until_state(t0, &mut state, "mirrors back", |s| {
+        mirrors_of(s, "bulk-") == BULK
+    })
+    .await;
+    west.stop_controller();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bulk = std::fs::read_to_string(west.path("bulk.yaml")).expect("bulk");
+    west.remove("bulk.yaml");
+    west.restart_controller(&mesh).await;
+    until_metric(&east, doubted).await;
+    west.write("bulk.yaml", &bulk);
+    let t0 = Instant::now();
+    until_metric(
+        &east,
+        "meshfed_controller_imports_doubted{link=\"meshfed-system/west\"} 0",
+    )
+    .await;
+    while t0.elapsed() < DOUBT_HOLD + Duration::from_millis(500) {
+        let n = mirrors_of(&state.borrow_and_update(), "bulk-");
+        assert_eq!(
+            n, BULK,
+            "a doubted mirror was deleted although its export came back"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), state.changed()).await;
+    }
+
+    // Unexports sent as changes are not doubted: they go at once.
+    let t0 = Instant::now();
+    west.remove("bulk.yaml");
+    let t_unexport = until_state(t0, &mut state, "unexported mirrors removed", |s| {
+        mirrors_of(s, "bulk-") == 0
+    })
+    .await;
+    assert!(
+        t_unexport < DOUBT_HOLD,
+        "removals sent one by one are believed: {t_unexport:?}"
+    );
+}

@@ -69,6 +69,10 @@ pub fn creds(ca: &ClusterCa, path: &str, bundle: Option<TrustBundle>) -> Credent
 
 /// One cluster: a manifest directory, its file store, its controller, and
 /// its federation and discovery ports.
+/// How long the controllers of these tests doubt a snapshot that drops
+/// most of a peer's exports (30 s in production).
+pub const DOUBT_HOLD: Duration = Duration::from_secs(2);
+
 pub struct Cluster {
     pub name: String,
     region: Option<String>,
@@ -191,6 +195,7 @@ async fn launch(
     let mut config = ControllerConfig::new(name);
     config.region = region.map(Into::into);
     config.status_period = Duration::from_millis(200);
+    config.doubt_hold = DOUBT_HOLD;
     let mut registry = Registry::default();
     let dyn_store: Arc<dyn Store> = store.clone();
     let controller = Arc::new(Controller::start(config, dyn_store, creds, &mut registry));
