@@ -302,7 +302,22 @@ pub(crate) async fn run(
         if !unchanged || !failed.is_empty() || last_pass.elapsed() >= RESYNC {
             last_inputs = Some(inputs);
             last_pass = Instant::now();
-            reconcile(&*store, &snapshot, &mut failed, &metrics, &unwritable).await;
+            let planned_from = &last_inputs;
+            let peers_moved = || {
+                world.has_changed().unwrap_or(true)
+                    && planned_from
+                        .as_ref()
+                        .is_none_or(|i| !i.same_peers(&Inputs::of(&world.borrow())))
+            };
+            reconcile(
+                &*store,
+                &snapshot,
+                &mut failed,
+                &metrics,
+                &unwritable,
+                &peers_moved,
+            )
+            .await;
             count_mirrors(&snapshot, &metrics);
         }
         let next_retry = failed.values().min().copied();
@@ -319,15 +334,25 @@ pub(crate) async fn run(
     }
 }
 
-/// One pass: applies and deletes what the plan says, skipping keys whose
-/// last write failed less than [`RETRY`] ago.
+/// Mirror writes handed to the store at once: big enough that a bulk
+/// import is a few dozen store updates, small enough that a pass notices a
+/// peer's change between batches.
+const BATCH: usize = 256;
+
+/// One pass: deletes, then mirrors that do not exist yet, then mirrors that
+/// changed, in batches, skipping keys whose last write failed less than
+/// [`RETRY`] ago. Stops early when `peers_moved` says a peer's imports,
+/// gateways or liveness changed meanwhile, so the next pass starts from
+/// them instead of finishing a plan made stale (a new export is not queued
+/// behind thousands of re-applies). Returns whether it finished.
 async fn reconcile(
     store: &dyn Store,
     world: &World,
     failed: &mut HashMap<ObjKey, Instant>,
     metrics: &Metrics,
     unwritable: &Unwritable,
-) {
+    peers_moved: &(dyn Fn() -> bool + Sync),
+) -> bool {
     let plan = plan(world);
     let now = Instant::now();
     failed.retain(|_, until| *until > now);
@@ -337,49 +362,144 @@ async fn reconcile(
             plan.apply.iter().map(Mirror::key).collect();
         lock(unwritable).retain(|k, _| wanted.contains(k));
     }
-    for mirror in plan.apply {
-        let key = mirror.key();
-        if failed.contains_key(&key) {
-            continue;
+    let deletes: Vec<ObjKey> = plan
+        .delete
+        .into_iter()
+        .filter(|k| !failed.contains_key(k))
+        .collect();
+    let (new, changed): (Vec<Mirror>, Vec<Mirror>) = plan
+        .apply
+        .into_iter()
+        .filter(|m| !failed.contains_key(&m.key()))
+        .partition(|m| !world.local.services.contains_key(&m.key()));
+    let todo = deletes.len() + new.len() + changed.len();
+    if todo == 0 {
+        return true;
+    }
+    let started = std::time::Instant::now();
+    let mut tally = Tally::default();
+    for batch in deletes.chunks(BATCH) {
+        for (key, result) in store.delete_mirrors(batch.to_vec()).await {
+            tally.deleted(key, result, now, failed, metrics);
         }
-        let link = mirror
-            .service
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(labels::LINK))
-            .cloned()
-            .unwrap_or_default();
-        if let Err(e) = store.apply_mirror(mirror).await {
-            tracing::warn!(mirror = %key, error = %e, "applying mirror failed");
-            lock(unwritable).insert(key.clone(), (link, e.to_string()));
-            metrics
-                .reconcile_errors
-                .get_or_create(&ErrorLabels {
-                    what: "apply_mirror",
-                })
-                .inc();
-            failed.insert(key, now + RETRY);
-        } else {
-            lock(unwritable).remove(&key);
-            tracing::info!(mirror = %key, "mirror applied");
+        if peers_moved() {
+            tally.log(todo, started, false);
+            return false;
         }
     }
-    for key in plan.delete {
-        if failed.contains_key(&key) {
-            continue;
+    for mirrors in [new, changed] {
+        let mut mirrors = mirrors.into_iter().peekable();
+        while mirrors.peek().is_some() {
+            let batch: Vec<Mirror> = mirrors.by_ref().take(BATCH).collect();
+            let links: HashMap<ObjKey, String> = batch
+                .iter()
+                .map(|m| (m.key(), link_of(m).to_owned()))
+                .collect();
+            for (key, result) in store.apply_mirrors(batch).await {
+                let link = links.get(&key).cloned().unwrap_or_default();
+                tally.applied(key, link, result, now, failed, metrics, unwritable);
+            }
+            if peers_moved() {
+                tally.log(todo, started, false);
+                return false;
+            }
         }
-        if let Err(e) = store.delete_mirror(key.clone()).await {
-            tracing::warn!(mirror = %key, error = %e, "deleting mirror failed");
-            metrics
-                .reconcile_errors
-                .get_or_create(&ErrorLabels {
-                    what: "delete_mirror",
-                })
-                .inc();
-            failed.insert(key, now + RETRY);
+    }
+    tally.log(todo, started, true);
+    true
+}
+
+fn link_of(m: &Mirror) -> &str {
+    m.service
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::LINK))
+        .map_or("", String::as_str)
+}
+
+/// What one pass did, for its one summary line.
+#[derive(Default)]
+struct Tally {
+    applied: usize,
+    deleted: usize,
+    failed: usize,
+}
+
+impl Tally {
+    #[allow(clippy::too_many_arguments)]
+    fn applied(
+        &mut self,
+        key: ObjKey,
+        link: String,
+        result: Result<(), crate::store::StoreError>,
+        now: Instant,
+        failed: &mut HashMap<ObjKey, Instant>,
+        metrics: &Metrics,
+        unwritable: &Unwritable,
+    ) {
+        match result {
+            Ok(()) => {
+                self.applied += 1;
+                lock(unwritable).remove(&key);
+                tracing::debug!(mirror = %key, "mirror applied");
+            }
+            Err(e) => {
+                self.failed += 1;
+                tracing::warn!(mirror = %key, error = %e, "applying mirror failed");
+                lock(unwritable).insert(key.clone(), (link, e.to_string()));
+                metrics
+                    .reconcile_errors
+                    .get_or_create(&ErrorLabels {
+                        what: "apply_mirror",
+                    })
+                    .inc();
+                failed.insert(key, now + RETRY);
+            }
+        }
+    }
+
+    fn deleted(
+        &mut self,
+        key: ObjKey,
+        result: Result<(), crate::store::StoreError>,
+        now: Instant,
+        failed: &mut HashMap<ObjKey, Instant>,
+        metrics: &Metrics,
+    ) {
+        match result {
+            Ok(()) => {
+                self.deleted += 1;
+                tracing::debug!(mirror = %key, "mirror deleted");
+            }
+            Err(e) => {
+                self.failed += 1;
+                tracing::warn!(mirror = %key, error = %e, "deleting mirror failed");
+                metrics
+                    .reconcile_errors
+                    .get_or_create(&ErrorLabels {
+                        what: "delete_mirror",
+                    })
+                    .inc();
+                failed.insert(key, now + RETRY);
+            }
+        }
+    }
+
+    fn log(&self, planned: usize, started: std::time::Instant, finished: bool) {
+        let ms = started.elapsed().as_millis();
+        let (applied, deleted, failed) = (self.applied, self.deleted, self.failed);
+        if finished {
+            tracing::info!(applied, deleted, failed, ms, "mirrors reconciled");
         } else {
-            tracing::info!(mirror = %key, "mirror deleted");
+            tracing::info!(
+                applied,
+                deleted,
+                failed,
+                planned,
+                ms,
+                "mirror pass cut short: a peer changed; planning again"
+            );
         }
     }
 }
@@ -409,8 +529,15 @@ struct PeerInputs {
 
 impl PartialEq for Inputs {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.local, &other.local)
-            && self.peers.len() == other.peers.len()
+        Arc::ptr_eq(&self.local, &other.local) && self.same_peers(other)
+    }
+}
+
+impl Inputs {
+    /// The peers' part alone: the controller's own mirror writes change
+    /// the local state, never this.
+    fn same_peers(&self, other: &Self) -> bool {
+        self.peers.len() == other.peers.len()
             && self
                 .peers
                 .iter()
@@ -427,9 +554,7 @@ impl PartialEq for Inputs {
                         }
                 })
     }
-}
 
-impl Inputs {
     fn of(w: &World) -> Self {
         Self {
             local: w.local.clone(),

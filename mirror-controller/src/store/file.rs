@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ClusterState, Mirror, ObjKey, PodAccount, Store, StoreError, is_mirror};
+use super::{ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, is_mirror};
 
 const MIRRORS_DIR: &str = "mirrors";
 pub(super) const STATUS_DIR: &str = "status";
@@ -174,6 +174,22 @@ impl FileStore {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// Runs a batch of mirror writes off the runtime, then removes the
+    /// statuses of objects it took away; every key fails if the batch dies.
+    async fn batch(
+        &self,
+        keys: Vec<ObjKey>,
+        run: impl FnOnce() -> (Outcomes, Vec<Orphan>) + Send + 'static,
+    ) -> Outcomes {
+        match tokio::task::spawn_blocking(run).await {
+            Ok((out, orphans)) => {
+                self.inner.remove_statuses(orphans).await;
+                out
+            }
+            Err(e) => failed_batch(keys, &e),
+        }
+    }
 }
 
 impl Drop for FileStore {
@@ -197,58 +213,23 @@ impl Store for FileStore {
     }
 
     fn apply_mirror(&self, mirror: Mirror) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let key = mirror.key();
-            if let Some(svc) = self.inner.tx.borrow().services.get(&key)
-                && !is_mirror(svc.metadata.labels.as_ref())
-            {
-                return Err(StoreError::Refused(format!(
-                    "service {key} exists and is not a mirror; not overwriting it"
-                )));
-            }
-            let mut text = String::from(
-                "# Mirror written by meshfed-controller; it is rewritten or removed as the \
-                 remote export changes.\n",
-            );
-            text.push_str(&to_yaml(&key, &mirror.service)?);
-            text.push_str("---\n");
-            text.push_str(&to_yaml(&key, &mirror.slice)?);
-            let path = self.inner.mirror_path(&key);
-            write_atomic(&path, text).await?;
-            self.inner.clone().rescan().await;
-            Ok(())
-        })
+        Box::pin(async move { only(self.apply_mirrors(vec![mirror]).await) })
     }
 
     fn delete_mirror(&self, key: ObjKey) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let path = self.inner.mirror_path(&key);
-            if let Some(svc) = self.inner.tx.borrow().services.get(&key)
-                && !is_mirror(svc.metadata.labels.as_ref())
-            {
-                return Err(StoreError::Refused(format!(
-                    "service {key} is not a mirror; not deleting it"
-                )));
-            }
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        path: path.display().to_string(),
-                        source,
-                    });
-                }
-            }
-            self.inner.clone().rescan().await;
-            if self.inner.tx.borrow().services.contains_key(&key) {
-                return Err(StoreError::Refused(format!(
-                    "mirror {key} is defined outside {}; remove it by hand",
-                    self.inner.dir.join(MIRRORS_DIR).display()
-                )));
-            }
-            Ok(())
-        })
+        Box::pin(async move { only(self.delete_mirrors(vec![key]).await) })
+    }
+
+    fn apply_mirrors(&self, mirrors: Vec<Mirror>) -> BoxFuture<'_, Outcomes> {
+        let keys = mirrors.iter().map(Mirror::key).collect();
+        let inner = self.inner.clone();
+        Box::pin(self.batch(keys, move || inner.write_mirrors(mirrors)))
+    }
+
+    fn delete_mirrors(&self, keys: Vec<ObjKey>) -> BoxFuture<'_, Outcomes> {
+        let inner = self.inner.clone();
+        let asked = keys.clone();
+        Box::pin(self.batch(asked, move || inner.remove_mirrors(keys)))
     }
 
     fn set_link_status(
@@ -391,25 +372,145 @@ impl Inner {
         }
         let mut orphans = Vec::new();
         if changed {
-            let state = assemble(&scan);
-            let before = self.tx.borrow().clone();
-            for of in StatusOf::ALL {
-                let gone = of.keys(&before).filter(|key| !of.exists(&state, key));
-                orphans.extend(gone.map(|key| (of, key.clone())));
-            }
-            self.tx.send_if_modified(|cur| {
-                if **cur == state {
-                    return false;
-                }
-                *cur = Arc::new(state);
-                true
-            });
+            orphans = self.publish(&scan);
         }
         if !scan.swept && self.tx.borrow().broken_files == 0 {
             scan.swept = true;
             orphans.extend(self.stale_statuses());
         }
         orphans
+    }
+
+    /// Publishes the state the scan holds; returns the statuses whose
+    /// objects went with it.
+    fn publish(&self, scan: &Scan) -> Vec<Orphan> {
+        let state = assemble(scan);
+        let before = self.tx.borrow().clone();
+        let mut orphans = Vec::new();
+        for of in StatusOf::ALL {
+            let gone = of.keys(&before).filter(|key| !of.exists(&state, key));
+            orphans.extend(gone.map(|key| (of, key.clone())));
+        }
+        self.tx.send_if_modified(|cur| {
+            if **cur == state {
+                return false;
+            }
+            *cur = Arc::new(state);
+            true
+        });
+        orphans
+    }
+
+    /// Writes a batch of mirrors and takes them into the state at once,
+    /// without reading the directory again: the store knows what it wrote.
+    fn write_mirrors(&self, mirrors: Vec<Mirror>) -> (Outcomes, Vec<Orphan>) {
+        let current = self.tx.borrow().clone();
+        let mut out = Vec::with_capacity(mirrors.len());
+        let mut written = Vec::new();
+        for mirror in mirrors {
+            let key = mirror.key();
+            let result = self.write_mirror(&current, &key, &mirror);
+            match result {
+                Ok((path, stamp)) => {
+                    let objects = vec![
+                        Object::Service(Box::new(mirror.service)),
+                        Object::Slice(Box::new(mirror.slice)),
+                    ];
+                    written.push((path, stamp, objects));
+                    out.push((key, Ok(())));
+                }
+                Err(e) => out.push((key, Err(e))),
+            }
+        }
+        if written.is_empty() {
+            return (out, Vec::new());
+        }
+        let mut scan = self.lock();
+        for (path, stamp, objects) in written {
+            scan.files.insert(
+                path,
+                FileEntry {
+                    stamp,
+                    objects,
+                    error: None,
+                },
+            );
+        }
+        let orphans = self.publish(&scan);
+        (out, orphans)
+    }
+
+    fn write_mirror(
+        &self,
+        current: &ClusterState,
+        key: &ObjKey,
+        mirror: &Mirror,
+    ) -> Result<(PathBuf, (SystemTime, u64)), StoreError> {
+        if let Some(svc) = current.services.get(key)
+            && !is_mirror(svc.metadata.labels.as_ref())
+        {
+            return Err(StoreError::Refused(format!(
+                "service {key} exists and is not a mirror; not overwriting it"
+            )));
+        }
+        let mut text = String::from(
+            "# Mirror written by meshfed-controller; it is rewritten or removed as the \
+             remote export changes.\n",
+        );
+        text.push_str(&to_yaml(key, &mirror.service)?);
+        text.push_str("---\n");
+        text.push_str(&to_yaml(key, &mirror.slice)?);
+        let path = self.mirror_path(key);
+        let stamp = write_atomic_blocking(&path, &text)?;
+        Ok((path, stamp))
+    }
+
+    /// Removes a batch of mirrors' files and drops them from the state at once.
+    fn remove_mirrors(&self, keys: Vec<ObjKey>) -> (Outcomes, Vec<Orphan>) {
+        let current = self.tx.borrow().clone();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut removed = Vec::new();
+        for key in keys {
+            if let Some(svc) = current.services.get(&key)
+                && !is_mirror(svc.metadata.labels.as_ref())
+            {
+                let refused =
+                    StoreError::Refused(format!("service {key} is not a mirror; not deleting it"));
+                out.push((key, Err(refused)));
+                continue;
+            }
+            let path = self.mirror_path(&key);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    let path = path.display().to_string();
+                    out.push((key, Err(StoreError::Io { path, source })));
+                    continue;
+                }
+            }
+            out.push((key, Ok(())));
+        }
+        let mut orphans = Vec::new();
+        if !removed.is_empty() {
+            let mut scan = self.lock();
+            for path in &removed {
+                scan.files.remove(path);
+            }
+            orphans = self.publish(&scan);
+        }
+        // A mirror also defined in a manifest of its own is still there.
+        let state = self.tx.borrow().clone();
+        let mirrors_dir = self.dir.join(MIRRORS_DIR);
+        for (key, result) in &mut out {
+            if result.is_ok() && state.services.contains_key(key) {
+                *result = Err(StoreError::Refused(format!(
+                    "mirror {key} is defined outside {}; remove it by hand",
+                    mirrors_dir.display()
+                )));
+            }
+        }
+        (out, orphans)
     }
 
     /// The status files whose objects are not in the store: deleted while
@@ -708,6 +809,44 @@ pub(super) fn to_yaml<T: serde::Serialize>(key: &ObjKey, obj: &T) -> Result<Stri
     })
 }
 
+/// The one outcome of a batch of one.
+fn only(mut out: Outcomes) -> Result<(), StoreError> {
+    out.pop().map_or_else(
+        || Err(StoreError::Refused("nothing done".into())),
+        |(_, r)| r,
+    )
+}
+
+/// Every mirror of a batch whose writer task died.
+fn failed_batch(keys: Vec<ObjKey>, e: &tokio::task::JoinError) -> Outcomes {
+    keys.into_iter()
+        .map(|k| {
+            let err = std::io::Error::other(format!("mirror writer failed: {e}"));
+            let path = k.to_string();
+            (k, Err(StoreError::Io { path, source: err }))
+        })
+        .collect()
+}
+
+/// [`write_atomic`] from a blocking thread; returns the file's stamp.
+fn write_atomic_blocking(path: &Path, text: &str) -> Result<(SystemTime, u64), StoreError> {
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |source| StoreError::Io { path: p, source }
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    Ok((
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        meta.len(),
+    ))
+}
+
 /// Writes via a temporary file and a rename, so a reader never sees half a file.
 async fn write_atomic(path: &Path, text: String) -> Result<(), StoreError> {
     let io = |p: &Path| {
@@ -783,6 +922,91 @@ mod tests {
     fn status_file(tmp: &tempfile::TempDir, plural: &str, key: &ObjKey) -> PathBuf {
         let name = format!("{}.{}.yaml", key.namespace, key.name);
         tmp.path().join(STATUS_DIR).join(plural).join(name)
+    }
+
+    /// A mirror shaped as the controller writes it: labelled, annotated
+    /// with its digest, its slice at a ready gateway.
+    fn mirror(name: &str) -> Mirror {
+        use meshfed_api::labels;
+        let mut service = crate::fixtures::service("shop", name, &[("http", 80)], false);
+        let marks = BTreeMap::from([
+            (labels::ORIGIN_CLUSTER.to_owned(), "west".to_owned()),
+            (labels::LINK.to_owned(), "west".to_owned()),
+        ]);
+        let digest = BTreeMap::from([("meshfed.io/mirror-hash".to_owned(), name.to_owned())]);
+        service.metadata.labels = Some(marks.clone());
+        service.metadata.annotations = Some(digest.clone());
+        let mut slice = crate::fixtures::slice("shop", name, name, &[("http", 4443)]);
+        crate::fixtures::add_host_endpoint(&mut slice, "127.0.0.2", None, true);
+        slice.metadata.labels.get_or_insert_default().extend(marks);
+        slice.metadata.annotations = Some(digest);
+        Mirror { service, slice }
+    }
+
+    /// What a store opened afresh on `dir` reads.
+    async fn read_afresh(dir: &Path) -> ClusterState {
+        let store = FileStore::open(FileStoreConfig::new(dir))
+            .await
+            .expect("opens");
+        (**store.state().borrow()).clone()
+    }
+
+    #[tokio::test]
+    async fn batched_mirror_writes_hold_what_a_fresh_read_finds() {
+        let own = yaml(&crate::fixtures::service(
+            "shop",
+            "api-west",
+            &[("http", 80)],
+            false,
+        ));
+        let (tmp, store) = store_with(&[("services.yaml", own)]).await;
+        let mut batch: Vec<Mirror> = (0..300).map(|i| mirror(&format!("m{i}-west"))).collect();
+        batch.push(mirror("api-west"));
+        let out = store.apply_mirrors(batch).await;
+        assert_eq!(out.len(), 301);
+        assert!(out[..300].iter().all(|(_, r)| r.is_ok()), "{out:?}");
+        assert!(
+            matches!(&out[300], (k, Err(StoreError::Refused(why)))
+                if k.name == "api-west" && why.contains("not a mirror")),
+            "{:?}",
+            out[300]
+        );
+        let held = (**store.state().borrow()).clone();
+        assert_eq!(held.services.len(), 301);
+        assert_eq!(held.slices.len(), 300);
+        assert_eq!(held, read_afresh(tmp.path()).await, "as the files say");
+
+        // Rewriting one changes it in place.
+        let mut changed = mirror("m7-west");
+        changed.service.metadata.annotations = Some(BTreeMap::from([(
+            "meshfed.io/mirror-hash".to_owned(),
+            "other".to_owned(),
+        )]));
+        store.apply_mirror(changed.clone()).await.expect("applied");
+        let key = ObjKey::new("shop", "m7-west");
+        assert_eq!(store.state().borrow().services[&key], changed.service);
+
+        let mut gone: Vec<ObjKey> = (0..150)
+            .map(|i| ObjKey::new("shop", format!("m{i}-west")))
+            .collect();
+        gone.push(ObjKey::new("shop", "api-west"));
+        gone.push(ObjKey::new("shop", "never-there"));
+        let out = store.delete_mirrors(gone).await;
+        assert!(out[..150].iter().all(|(_, r)| r.is_ok()), "{out:?}");
+        assert!(matches!(out[150].1, Err(StoreError::Refused(_))));
+        assert!(out[151].1.is_ok(), "deleting what is gone is done");
+        let held = (**store.state().borrow()).clone();
+        assert_eq!(held.services.len(), 151, "150 mirrors and the Service");
+        assert!(held.services.contains_key(&ObjKey::new("shop", "api-west")));
+        assert_eq!(held, read_afresh(tmp.path()).await, "as the files say");
+
+        // A poll finds nothing new: the store's stamps are the files'.
+        let before = store.state();
+        store.rescan().await;
+        assert!(
+            !before.has_changed().expect("open"),
+            "no change after rescan"
+        );
     }
 
     #[tokio::test]

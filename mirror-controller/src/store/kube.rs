@@ -27,10 +27,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ClusterState, Mirror, ObjKey, PodAccount, Store, StoreError, is_mirror};
+use super::{ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, is_mirror};
 
 /// How long [`KubeStore::start`] waits for every watcher's initial list.
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Mirror writes in flight at once: a bulk import is neither one round
+/// trip per mirror after the other nor a flood for the API server.
+const PARALLEL_WRITES: usize = 16;
 
 /// The cluster store backed by the Kubernetes API. Dropping it stops its
 /// watchers.
@@ -183,6 +186,22 @@ impl Store for KubeStore {
 
     fn delete_mirror(&self, key: ObjKey) -> BoxFuture<'_, Result<(), StoreError>> {
         self.delete(key).boxed()
+    }
+
+    fn apply_mirrors(&self, mirrors: Vec<Mirror>) -> BoxFuture<'_, Outcomes> {
+        stream::iter(mirrors)
+            .map(move |m| async move { (m.key(), self.apply(m).await) })
+            .buffered(PARALLEL_WRITES)
+            .collect()
+            .boxed()
+    }
+
+    fn delete_mirrors(&self, keys: Vec<ObjKey>) -> BoxFuture<'_, Outcomes> {
+        stream::iter(keys)
+            .map(move |k| async move { (k.clone(), self.delete(k).await) })
+            .buffered(PARALLEL_WRITES)
+            .collect()
+            .boxed()
     }
 
     fn set_link_status(
