@@ -52,6 +52,11 @@ impl DirArgs {
     }
 }
 
+/// The most clusters one federation runs: 10, the linked clusters of the
+/// control-plane budget (DESIGN.md section 10), which `meshctl/benches/scale.rs`
+/// measures. Each cluster has its own /24 and, with `--netns`, WAN address.
+pub const MAX_CLUSTERS: usize = 10;
+
 /// What a federation is made of (shared by `dev up` and `demo`).
 #[derive(Debug, Clone, Args)]
 pub struct FederationArgs {
@@ -77,8 +82,8 @@ impl FederationArgs {
         subnet: Subnet,
         clusters: Vec<(String, String)>,
     ) -> anyhow::Result<Spec> {
-        if !(2..=8).contains(&clusters.len()) {
-            bail!("--clusters: give 2 to 8 clusters");
+        if !(2..=MAX_CLUSTERS).contains(&clusters.len()) {
+            bail!("--clusters: give 2 to {MAX_CLUSTERS} clusters");
         }
         for (i, (name, _)) in clusters.iter().enumerate() {
             if clusters[..i].iter().any(|(n, _)| n == name) {
@@ -122,7 +127,7 @@ pub enum DevCommand {
   curl http://127.77.1.30:8080/                   # api.shop, through east's client sidecar
   meshctl dev down")]
 pub struct UpArgs {
-    /// The clusters, comma-separated (2 to 8).
+    /// The clusters, comma-separated (2 to 10).
     #[arg(long, value_delimiter = ',', default_value = "east,west", value_parser = meshfed_trust::cluster_name)]
     pub clusters: Vec<String>,
     /// A cluster's region, CLUSTER=REGION (default: the cluster's name).
@@ -317,4 +322,55 @@ fn summary(t: &Topology) -> String {
         states.join(" "),
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<(String, String)> {
+        (1..=n)
+            .map(|i| (format!("c{i}"), format!("r{i}")))
+            .collect()
+    }
+
+    /// Ten clusters plan: each has its own /24 and nothing listens twice;
+    /// one or eleven are refused with the range.
+    #[test]
+    fn ten_clusters_plan_apart_and_eleven_are_refused() {
+        let args = crate::parse_args::<FederationArgs>(&[]).expect("defaults");
+        let spec = args
+            .spec(PathBuf::from("/nonexistent/fed"), Subnet(77), names(10))
+            .expect("10 clusters");
+        let t = plan(&spec);
+        assert_eq!(t.clusters.len(), 10);
+        let mut seen = std::collections::BTreeMap::new();
+        for (c, p) in t.processes() {
+            for addr in p.listen.values().chain(p.admin.iter()) {
+                // Controller replicas share their Service address, and only they.
+                let owner = p.replica_of.clone().unwrap_or_else(|| p.name.clone());
+                let before = seen.insert(*addr, (c.name.clone(), owner.clone()));
+                assert!(
+                    before.is_none_or(|b| b == (c.name.clone(), owner)),
+                    "{addr} planned twice"
+                );
+            }
+        }
+        let tenth = &t.clusters[9];
+        assert_eq!(tenth.gateway.ip().to_string(), "127.77.10.3");
+        for n in [1, MAX_CLUSTERS + 1] {
+            let e = args
+                .spec(PathBuf::from("/nonexistent/fed"), Subnet(77), names(n))
+                .expect_err("out of range");
+            assert!(e.to_string().contains("2 to 10"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ten_clusters_get_ten_wan_addresses() {
+        let names: Vec<String> = names(10).into_iter().map(|(c, _)| c).collect();
+        let n = netns::Network::plan("mfs-test", &names);
+        let ips: std::collections::BTreeSet<_> = n.clusters.iter().map(|c| c.wan_ip).collect();
+        assert_eq!(ips.len(), 10);
+    }
 }

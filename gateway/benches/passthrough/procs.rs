@@ -1,6 +1,6 @@
 //! Child processes behind guards that kill them when dropped — at the end,
 //! on an error or on a panic — and what /proc says about them and the
-//! machine. Shared by the gateway's and the sidecar's benches.
+//! machine. Shared by the gateway's, the sidecar's and meshctl's benches.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -147,12 +147,17 @@ impl Proc {
 
 /// Resident set size of process `pid`, from `VmRSS` in /proc/PID/status.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A kB field of /proc/PID/status: `VmRSS`, `VmHWM` (the peak RSS)...
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("/proc status")?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS line")
+        .with_context(|| format!("no {field} line"))
 }
 
 /// User + system CPU time of process `pid` so far, all threads (in clock

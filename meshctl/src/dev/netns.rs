@@ -77,7 +77,7 @@ impl Network {
                         WAN_NET[0],
                         WAN_NET[1],
                         WAN_NET[2],
-                        u8::try_from(i + 1).expect("at most 8 clusters (checked)"),
+                        u8::try_from(i + 1).expect("at most 10 clusters (checked)"),
                     ),
                 })
                 .collect(),
