@@ -47,9 +47,14 @@ struct Args {
     /// Manifest directory, for --store file.
     #[arg(long, env = "MESHFED_STORE_DIR")]
     dir: Option<PathBuf>,
-    /// How often the manifest directory is checked, for --store file.
+    /// How often the manifest directory is read whole when its changes
+    /// cannot be watched, for --store file.
     #[arg(long, env = "MESHFED_STORE_POLL", default_value = "100ms", value_parser = humantime::parse_duration)]
     poll: Duration,
+    /// How often the watched manifest directory is read whole anyway, for
+    /// --store file.
+    #[arg(long, env = "MESHFED_STORE_RESCAN", default_value = "30s", value_parser = humantime::parse_duration)]
+    rescan: Duration,
     /// Federation listener (peers reach it through the gateway's federation SNI).
     #[arg(
         long,
@@ -132,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let mut cfg = FileStoreConfig::new(dir);
             cfg.poll = args.poll;
+            cfg.rescan = args.rescan;
             let store = FileStore::open(cfg)
                 .await
                 .context("opening the file store (--dir)")?;

@@ -37,25 +37,6 @@ pub(crate) fn service_port(svc: &Service, port: u16) -> Option<&ServicePort> {
         .find(|p| p.port == i32::from(port))
 }
 
-/// The slices that belong to Service `key`.
-fn slices_of<'a>(
-    state: &'a ClusterState,
-    key: &'a ObjKey,
-) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-    state
-        .slices
-        .range(ObjKey::new(key.namespace.clone(), String::new())..)
-        .take_while(move |(k, _)| k.namespace == key.namespace)
-        .map(|(_, s)| s)
-        .filter(move |s| {
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::SERVICE_NAME))
-                .is_some_and(|n| *n == key.name)
-        })
-}
-
 /// Why an endpoint is not offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Unidentified {
@@ -138,7 +119,7 @@ pub(crate) fn unidentified(
         if is_mirror(svc.metadata.labels.as_ref()) {
             continue;
         }
-        for slice in slices_of(state, key) {
+        for slice in state.slices_of(key) {
             for ep in slice.endpoints.iter().flatten() {
                 if let Err(why) = identity_of(state, td, svc, slice, ep) {
                     *out.entry(why).or_default() += 1;
@@ -189,7 +170,7 @@ pub(crate) fn endpoints(
         return Vec::new();
     };
     let mut out = Vec::new();
-    for slice in slices_of(state, key) {
+    for slice in state.slices_of(key) {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
@@ -251,7 +232,7 @@ pub(crate) fn exports(state: &ClusterState, td: &TrustDomain) -> ExportSet {
             .collect();
         let mut zones: BTreeMap<String, (u32, u32)> = BTreeMap::new();
         let mut identities = BTreeSet::new();
-        for slice in slices_of(state, key) {
+        for slice in state.slices_of(key) {
             for (ep, identity) in offered(state, td, svc, slice) {
                 identities.insert(identity);
                 let z = zones

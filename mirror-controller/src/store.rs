@@ -7,7 +7,7 @@ mod edit;
 mod file;
 mod kube;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -68,6 +68,62 @@ pub struct ClusterState {
     /// Manifest files that do not parse now (file store; the kube store
     /// has none). The objects they held keep their last good version.
     pub broken_files: usize,
+    /// Each Service's slices, built on first use.
+    slice_index: SliceIndex,
+}
+
+impl ClusterState {
+    /// The EndpointSlices of Service `key`: those of its namespace that
+    /// carry its name in `kubernetes.io/service-name`, as the endpoint-slice
+    /// controller labels them, in name order. The first lookup indexes every
+    /// slice once, so a lookup costs the Service's own slices; a state is
+    /// built, then shared read-only, and changes to `slices` after that
+    /// first lookup are not seen.
+    pub fn slices_of<'a>(&'a self, key: &ObjKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        let index = self.slice_index.0.get_or_init(|| {
+            let mut index: HashMap<ObjKey, Vec<ObjKey>> = HashMap::new();
+            for (k, slice) in &self.slices {
+                let service = slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(meshfed_api::labels::SERVICE_NAME));
+                if let Some(service) = service {
+                    let of = ObjKey::new(k.namespace.clone(), service.clone());
+                    index.entry(of).or_default().push(k.clone());
+                }
+            }
+            index
+        });
+        index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
+}
+
+/// Slice names by the Service they belong to. Not part of a state's value:
+/// equal states are equal whatever was looked up, and a copy indexes anew.
+#[derive(Default)]
+struct SliceIndex(std::sync::OnceLock<HashMap<ObjKey, Vec<ObjKey>>>);
+
+impl Clone for SliceIndex {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for SliceIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for SliceIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SliceIndex")
+    }
 }
 
 /// What the controller keeps of a Pod: the service account it runs as, which

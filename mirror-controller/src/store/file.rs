@@ -1,5 +1,6 @@
 //! The file store: a directory of Kubernetes-style YAML manifests, watched
-//! by polling, as the cluster of local mode, demos and tests.
+//! for changes (see [`changes`]), as the cluster of local mode, demos and
+//! tests.
 //!
 //! Layout under the directory:
 //! - any `*.yaml` / `*.yml` file (sub-directories too) holds manifests,
@@ -34,6 +35,8 @@ use tokio::task::JoinHandle;
 
 use super::{ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, is_mirror};
 
+mod changes;
+
 const MIRRORS_DIR: &str = "mirrors";
 pub(super) const STATUS_DIR: &str = "status";
 /// Deeper trees are not scanned: a manifest directory is shallow.
@@ -41,21 +44,27 @@ pub(super) const MAX_DEPTH: usize = 4;
 /// Larger files are refused rather than read.
 pub(super) const MAX_FILE_BYTES: u64 = 8 << 20;
 
-/// Where the file store reads and how often it looks for changes.
+/// Where the file store reads and how it learns of changes.
 #[derive(Debug, Clone)]
 pub struct FileStoreConfig {
     /// The manifest directory.
     pub dir: PathBuf,
-    /// How often the directory is checked for changed files.
+    /// How often the whole directory is read when changes cannot be
+    /// watched (no inotify, or its limits reached).
     pub poll: Duration,
+    /// How often the whole directory is read anyway while changes are
+    /// watched: a safety net for anything the kernel did not report.
+    pub rescan: Duration,
 }
 
 impl FileStoreConfig {
-    /// The directory, checked every 100 ms.
+    /// The directory, watched, read whole every 30 s (every 100 ms when
+    /// it cannot be watched).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             poll: Duration::from_millis(100),
+            rescan: Duration::from_secs(30),
         }
     }
 }
@@ -86,6 +95,39 @@ struct Scan {
     /// were looked for. That waits for a scan with no broken file: an object
     /// in a file that never parsed is unseen, not gone.
     swept: bool,
+}
+
+impl Scan {
+    /// Reads `path` unless its stamp is the one read last; whether it did.
+    fn read(&mut self, path: &Path, stamp: (SystemTime, u64)) -> bool {
+        if self.files.get(path).is_some_and(|f| f.stamp == stamp) {
+            return false;
+        }
+        let parsed = read_manifests(path);
+        let entry = self
+            .files
+            .entry(path.to_path_buf())
+            .or_insert_with(|| FileEntry {
+                stamp,
+                objects: Vec::new(),
+                error: None,
+            });
+        entry.stamp = stamp;
+        match parsed {
+            Ok(objects) => {
+                if entry.error.take().is_some() {
+                    tracing::info!(file = %path.display(), "manifest file parses again");
+                }
+                entry.objects = objects;
+            }
+            Err(e) => {
+                let msg = format!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
+                tracing::error!(error = %msg, "bad manifest; keeping its last good objects");
+                entry.error = Some(msg);
+            }
+        }
+        true
+    }
 }
 
 /// The objects that have a status, by the folder of their status files.
@@ -150,8 +192,9 @@ impl FileStore {
             scan: Mutex::new(Scan::default()),
             statuses: tokio::sync::Mutex::new(()),
         });
+        let watch = changes::watch(&config);
         inner.clone().rescan().await;
-        let poller = tokio::spawn(poll(inner.clone(), config.poll));
+        let poller = tokio::spawn(changes::follow(inner.clone(), config, watch));
         Ok(Self { inner, poller })
     }
 
@@ -195,15 +238,6 @@ impl FileStore {
 impl Drop for FileStore {
     fn drop(&mut self) {
         self.poller.abort();
-    }
-}
-
-async fn poll(inner: Arc<Inner>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        inner.clone().rescan().await;
     }
 }
 
@@ -302,6 +336,17 @@ impl Inner {
         write_atomic(&path, text).await
     }
 
+    /// Reads the files a watch reported, or the whole directory when that
+    /// is not enough.
+    async fn reread(self: Arc<Self>, paths: std::collections::BTreeSet<PathBuf>) {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.reread_blocking(&paths)).await {
+            Ok(Some(orphans)) => self.remove_statuses(orphans).await,
+            Ok(None) => self.rescan().await,
+            Err(e) => tracing::error!(error = %e, "file store read failed"),
+        }
+    }
+
     async fn rescan(self: Arc<Self>) {
         let this = self.clone();
         match tokio::task::spawn_blocking(move || this.rescan_blocking()).await {
@@ -332,7 +377,8 @@ impl Inner {
         }
     }
 
-    /// Reads what changed; returns the statuses whose objects are gone.
+    /// Reads what changed in the whole directory; returns the statuses
+    /// whose objects are gone.
     fn rescan_blocking(&self) -> Vec<Orphan> {
         let mut scan = self.lock();
         let mut seen = Vec::new();
@@ -345,34 +391,68 @@ impl Inner {
             keep
         });
         for (path, stamp) in &seen {
-            if scan.files.get(path).is_some_and(|f| f.stamp == *stamp) {
-                continue;
-            }
-            changed = true;
-            let parsed = read_manifests(path);
-            let entry = scan.files.entry(path.clone()).or_insert_with(|| FileEntry {
-                stamp: *stamp,
-                objects: Vec::new(),
-                error: None,
-            });
-            entry.stamp = *stamp;
-            match parsed {
-                Ok(objects) => {
-                    if entry.error.take().is_some() {
-                        tracing::info!(file = %path.display(), "manifest file parses again");
-                    }
-                    entry.objects = objects;
+            changed |= scan.read(path, *stamp);
+        }
+        self.settle(&mut scan, changed)
+    }
+
+    /// Reads the files `paths` name, as the watch reported them; `None`
+    /// when that is not enough (a directory appeared or went) and the
+    /// whole directory must be read.
+    fn reread_blocking(&self, paths: &std::collections::BTreeSet<PathBuf>) -> Option<Vec<Orphan>> {
+        let mut scan = self.lock();
+        let mut changed = false;
+        for path in paths {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => return None,
+                Ok(meta) if meta.is_file() && self.is_manifest(path) => {
+                    let stamp = (
+                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        meta.len(),
+                    );
+                    changed |= scan.read(path, stamp);
                 }
-                Err(e) => {
-                    let msg = format!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
-                    tracing::error!(error = %msg, "bad manifest; keeping its last good objects");
-                    entry.error = Some(msg);
+                Ok(_) => {}
+                Err(_) => {
+                    if scan.files.remove(path).is_some() {
+                        changed = true;
+                    } else if scan
+                        .files
+                        .range(path.clone()..)
+                        .next()
+                        .is_some_and(|(known, _)| known.starts_with(path))
+                    {
+                        // A directory of known files went.
+                        return None;
+                    }
                 }
             }
         }
+        Some(self.settle(&mut scan, changed))
+    }
+
+    /// Whether `path` is a file [`collect_files`] would find.
+    fn is_manifest(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.dir) else {
+            return false;
+        };
+        let names: Vec<_> = rel.components().map(|c| c.as_os_str()).collect();
+        let (Some(first), Some(last)) = (names.first(), names.last()) else {
+            return false;
+        };
+        let last = last.to_string_lossy();
+        names.len() <= MAX_DEPTH
+            && !(names.len() > 1 && *first == STATUS_DIR)
+            && names.iter().all(|n| !n.to_string_lossy().starts_with('.'))
+            && (last.ends_with(".yaml") || last.ends_with(".yml"))
+    }
+
+    /// After a read: publishes what changed, and sweeps the statuses of
+    /// objects deleted while no store ran once nothing is broken.
+    fn settle(&self, scan: &mut Scan, changed: bool) -> Vec<Orphan> {
         let mut orphans = Vec::new();
         if changed {
-            orphans = self.publish(&scan);
+            orphans = self.publish(scan);
         }
         if !scan.swept && self.tx.borrow().broken_files == 0 {
             scan.swept = true;
@@ -895,8 +975,8 @@ mod tests {
         assert_eq!(objs[0].identity(), ("Node", ObjKey::new("", "n1")));
     }
 
-    /// A store on a fresh directory holding `files` (path, text), polling
-    /// too rarely to matter: the tests rescan themselves.
+    /// A store on a fresh directory holding `files` (path, text), reading
+    /// it whole too rarely to matter: changes are seen as they are reported.
     async fn store_with(files: &[(&str, String)]) -> (tempfile::TempDir, Arc<FileStore>) {
         let tmp = tempfile::tempdir().expect("tempdir");
         for (rel, text) in files {
@@ -906,6 +986,7 @@ mod tests {
         }
         let mut config = FileStoreConfig::new(tmp.path());
         config.poll = Duration::from_secs(3600);
+        config.rescan = Duration::from_secs(3600);
         let store = FileStore::open(config).await.expect("opens");
         (tmp, Arc::new(store))
     }
@@ -1007,6 +1088,64 @@ mod tests {
             !before.has_changed().expect("open"),
             "no change after rescan"
         );
+    }
+
+    /// Waits, at most 5 s, until the store's state satisfies `holds`.
+    async fn until(store: &FileStore, what: &str, holds: impl Fn(&ClusterState) -> bool) {
+        let mut state = store.state();
+        let waited = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| holds(s)));
+        assert!(
+            matches!(waited.await, Ok(Ok(_))),
+            "not seen within 5 s: {what}"
+        );
+    }
+
+    #[tokio::test]
+    async fn changes_are_seen_without_reading_the_directory() {
+        let (tmp, store) = store_with(&[]).await;
+        let svc = |name: &str| {
+            yaml(&crate::fixtures::service(
+                "shop",
+                name,
+                &[("http", 80)],
+                false,
+            ))
+        };
+        let key = |name: &str| ObjKey::new("shop", name);
+        std::fs::write(tmp.path().join("a.yaml"), svc("a")).expect("write");
+        until(&store, "a new file", |s| s.services.contains_key(&key("a"))).await;
+        std::fs::write(tmp.path().join("a.yaml"), svc("b")).expect("write");
+        until(&store, "a changed file", |s| {
+            s.services.contains_key(&key("b")) && !s.services.contains_key(&key("a"))
+        })
+        .await;
+        // A directory made with files already in it, then moved away.
+        let staged = tempfile::tempdir_in(tmp.path().parent().expect("parent")).expect("tmp");
+        std::fs::write(staged.path().join("c.yaml"), svc("c")).expect("write");
+        let moved = tmp.path().join("team");
+        std::fs::rename(staged.path(), &moved).expect("mv");
+        until(&store, "a directory moved in", |s| {
+            s.services.contains_key(&key("c"))
+        })
+        .await;
+        std::fs::remove_dir_all(&moved).expect("rm");
+        until(&store, "a directory removed", |s| {
+            !s.services.contains_key(&key("c"))
+        })
+        .await;
+        std::fs::remove_file(tmp.path().join("a.yaml")).expect("rm");
+        until(&store, "a removed file", |s| s.services.is_empty()).await;
+        // Other files are not manifests.
+        std::fs::write(tmp.path().join("notes.txt"), svc("d")).expect("write");
+        std::fs::create_dir_all(tmp.path().join(STATUS_DIR)).expect("mkdir");
+        std::fs::write(tmp.path().join(STATUS_DIR).join("e.yaml"), svc("e")).expect("write");
+        std::fs::write(tmp.path().join("f.yaml"), svc("f")).expect("write");
+        until(&store, "the last file", |s| {
+            s.services.contains_key(&key("f"))
+        })
+        .await;
+        let services: Vec<_> = store.state().borrow().services.keys().cloned().collect();
+        assert_eq!(services, vec![key("f")]);
     }
 
     #[tokio::test]
