@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -85,6 +86,8 @@ struct Inner {
     /// of the write, and while statuses of deleted objects are removed: a
     /// write racing a deletion cannot bring the status file back.
     statuses: tokio::sync::Mutex<()>,
+    /// How many times the whole directory was read.
+    whole_reads: AtomicUsize,
 }
 
 /// What the last scan found, file by file.
@@ -191,6 +194,7 @@ impl FileStore {
             tx,
             scan: Mutex::new(Scan::default()),
             statuses: tokio::sync::Mutex::new(()),
+            whole_reads: AtomicUsize::new(0),
         });
         let watch = changes::watch(&config);
         inner.clone().rescan().await;
@@ -381,6 +385,7 @@ impl Inner {
     /// whose objects are gone.
     fn rescan_blocking(&self) -> Vec<Orphan> {
         let mut scan = self.lock();
+        self.whole_reads.fetch_add(1, Ordering::Relaxed);
         let mut seen = Vec::new();
         collect_files(&self.dir, 0, &mut seen);
         let mut changed = false;
@@ -401,32 +406,37 @@ impl Inner {
     /// whole directory must be read.
     fn reread_blocking(&self, paths: &std::collections::BTreeSet<PathBuf>) -> Option<Vec<Orphan>> {
         let mut scan = self.lock();
-        let mut changed = false;
+        // Looked at before anything changes: a read that gives up for the
+        // whole directory must leave nothing half taken in.
+        let mut found = Vec::with_capacity(paths.len());
         for path in paths {
             match std::fs::metadata(path) {
                 Ok(meta) if meta.is_dir() => return None,
                 Ok(meta) if meta.is_file() && self.is_manifest(path) => {
-                    let stamp = (
-                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        meta.len(),
-                    );
-                    changed |= scan.read(path, stamp);
+                    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push((path, Some((mtime, meta.len()))));
                 }
                 Ok(_) => {}
+                Err(_) if scan.files.contains_key(path) => found.push((path, None)),
                 Err(_) => {
-                    if scan.files.remove(path).is_some() {
-                        changed = true;
-                    } else if scan
+                    let known_inside = scan
                         .files
                         .range(path.clone()..)
                         .next()
-                        .is_some_and(|(known, _)| known.starts_with(path))
-                    {
+                        .is_some_and(|(known, _)| known.starts_with(path));
+                    if known_inside {
                         // A directory of known files went.
                         return None;
                     }
                 }
             }
+        }
+        let mut changed = false;
+        for (path, stamp) in found {
+            changed |= match stamp {
+                Some(stamp) => scan.read(path, stamp),
+                None => scan.files.remove(path).is_some(),
+            };
         }
         Some(self.settle(&mut scan, changed))
     }
@@ -1146,6 +1156,12 @@ mod tests {
         .await;
         let services: Vec<_> = store.state().borrow().services.keys().cloned().collect();
         assert_eq!(services, vec![key("f")]);
+        // Reading the directory opens it: that is no change to heed.
+        let before = store.inner.whole_reads.load(Ordering::Relaxed);
+        store.rescan().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reads = store.inner.whole_reads.load(Ordering::Relaxed) - before;
+        assert_eq!(reads, 1, "a read of the directory led to another");
     }
 
     #[tokio::test]

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{Event, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -98,12 +99,24 @@ struct Burst {
 impl Burst {
     fn add(&mut self, report: notify::Result<Event>) {
         match report {
-            Ok(event) if !event.need_rescan() => self.paths.extend(event.paths),
-            Ok(_) => self.whole = true,
+            Ok(event) if event.need_rescan() => self.whole = true,
+            Ok(event) if matters(&event.kind) => self.paths.extend(event.paths),
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "the directory watch reported an error; reading it whole");
                 self.whole = true;
             }
         }
+    }
+}
+
+/// Whether an event can change what the directory holds. Reading is not
+/// (the store's own reads open the directory: heeding that would read it
+/// again and again), nor are a file's times or mode; a write finishing is.
+fn matters(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        _ => true,
     }
 }
