@@ -228,7 +228,7 @@ pub fn add_workload(state: &mut ClusterState, pods: &[Pod], slice: EndpointSlice
         slice.metadata.namespace.clone().unwrap_or_default(),
         slice.metadata.name.clone().unwrap_or_default(),
     );
-    state.slices.insert(key, slice);
+    state.slices.insert(key, slice.into());
 }
 
 /// A Link to `cluster` whose gateway listens on `addresses`:`port`.

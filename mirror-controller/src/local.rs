@@ -205,10 +205,14 @@ pub(crate) fn endpoints(
 /// Services labelled exported, never mirrors (a cluster re-exporting what
 /// it imported would loop, and a gateway must not relay to other clusters).
 fn exported(state: &ClusterState) -> impl Iterator<Item = (&ObjKey, &Service)> {
-    state.services.iter().filter(|(_, svc)| {
-        let l = svc.metadata.labels.as_ref();
-        labels::is_exported(l) && !is_mirror(l)
-    })
+    state
+        .services
+        .iter()
+        .map(|(k, svc)| (k, &**svc))
+        .filter(|(_, svc)| {
+            let l = svc.metadata.labels.as_ref();
+            labels::is_exported(l) && !is_mirror(l)
+        })
 }
 
 /// The cluster's exports, as published to peers.
@@ -316,7 +320,9 @@ mod tests {
     fn exports_count_ready_endpoints_per_zone() {
         let mut state = ClusterState::default();
         let svc = service("shop", "api", &[("http", 80)], true);
-        state.services.insert(ObjKey::new("shop", "api"), svc);
+        state
+            .services
+            .insert(ObjKey::new("shop", "api"), svc.into());
         let (pods, s) = pods_and_slice(
             "shop",
             "api",
@@ -331,7 +337,7 @@ mod tests {
         add_workload(&mut state, &pods, s);
         state.services.insert(
             ObjKey::new("shop", "db"),
-            service("shop", "db", &[("tcp", 5432)], false),
+            service("shop", "db", &[("tcp", 5432)], false).into(),
         );
         let exports = exports(&state, &td());
         assert_eq!(exports.len(), 1, "only labelled services are exported");
@@ -387,7 +393,7 @@ mod tests {
             .insert(labels::ORIGIN_CLUSTER.into(), "west".into());
         state
             .services
-            .insert(ObjKey::new("shop", "api-west"), mirror);
+            .insert(ObjKey::new("shop", "api-west"), mirror.into());
         assert!(routes(&state, &td()).is_empty());
         assert!(exports(&state, &td()).is_empty());
     }
@@ -397,11 +403,11 @@ mod tests {
         let mut state = ClusterState::default();
         state.services.insert(
             ObjKey::new("shop", "api"),
-            service("shop", "api", &[("http", 80)], true),
+            service("shop", "api", &[("http", 80)], true).into(),
         );
         let mut s = slice("shop", "api", "api-x1", &[("http", 8080)]);
         endpoints(&mut state, &mut s);
-        state.slices.insert(ObjKey::new("shop", "api-x1"), s);
+        state.slices.insert(ObjKey::new("shop", "api-x1"), s.into());
         state
     }
 
@@ -492,6 +498,7 @@ mod tests {
         let slice = state
             .slices
             .get_mut(&ObjKey::new("shop", "api-x1"))
+            .map(std::sync::Arc::make_mut)
             .expect("slice");
         slice.endpoints = Some(Vec::new());
         let new = pod("shop", "api-2", "api-v2", "10.0.0.9", "n1");
@@ -541,6 +548,7 @@ mod tests {
         let slice = state
             .slices
             .get_mut(&ObjKey::new("shop", "api-x1"))
+            .map(std::sync::Arc::make_mut)
             .expect("slice");
         slice.metadata.annotations = None;
         assert_eq!(

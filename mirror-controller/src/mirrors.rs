@@ -248,7 +248,7 @@ pub(crate) fn plan(world: &World) -> Plan {
     for (key, (_, mirror)) in &desired {
         let current = world.local.services.get(key);
         let slice_ok = world.local.slices.contains_key(key);
-        let same = current.and_then(applied_digest)
+        let same = current.and_then(|s| applied_digest(s))
             == mirror
                 .service
                 .metadata
@@ -670,13 +670,13 @@ mod tests {
         let w = world_with(Some(vec![exported("api", "web")]), ClusterState::default());
         let m = plan(&w).apply.remove(0);
         let mut local = ClusterState::default();
-        local.services.insert(m.key(), m.service.clone());
-        local.slices.insert(m.key(), m.slice.clone());
+        local.services.insert(m.key(), Arc::new(m.service.clone()));
+        local.slices.insert(m.key(), Arc::new(m.slice.clone()));
         let mut stale = m.clone();
         stale.service.metadata.name = Some("old-west".into());
         local
             .services
-            .insert(ObjKey::new("shop", "old-west"), stale.service);
+            .insert(ObjKey::new("shop", "old-west"), Arc::new(stale.service));
         let w = world_with(Some(vec![exported("api", "web")]), local.clone());
         assert_eq!(
             plan(&w),

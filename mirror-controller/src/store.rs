@@ -49,12 +49,13 @@ impl fmt::Display for ObjKey {
 /// Everything the controller reads from its cluster, as one consistent view.
 /// Mirrors the controller wrote are part of it (they are Services and
 /// EndpointSlices carrying [`meshfed_api::labels::ORIGIN_CLUSTER`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterState {
-    /// Services by namespace/name.
-    pub services: BTreeMap<ObjKey, Service>,
-    /// EndpointSlices by namespace/name.
-    pub slices: BTreeMap<ObjKey, EndpointSlice>,
+    /// Services by namespace/name. Each object is shared: successive
+    /// states hold the same unchanged objects, not copies.
+    pub services: BTreeMap<ObjKey, Arc<Service>>,
+    /// EndpointSlices by namespace/name, shared as Services are.
+    pub slices: BTreeMap<ObjKey, Arc<EndpointSlice>>,
     /// Zone of each Node (from `topology.kubernetes.io/zone`), for endpoints
     /// that name a node but no zone.
     pub node_zones: BTreeMap<String, String>,
@@ -68,8 +69,29 @@ pub struct ClusterState {
     /// Manifest files that do not parse now (file store; the kube store
     /// has none). The objects they held keep their last good version.
     pub broken_files: usize,
-    /// Each Service's slices, built on first use.
+    /// Each Service's slices, built on first use; not part of the value.
     slice_index: SliceIndex,
+}
+
+impl PartialEq for ClusterState {
+    /// Equal content; a shared object is equal to itself without a look
+    /// inside, so comparing successive states costs what changed.
+    fn eq(&self, other: &Self) -> bool {
+        same_objects(&self.services, &other.services)
+            && same_objects(&self.slices, &other.slices)
+            && self.node_zones == other.node_zones
+            && self.pods == other.pods
+            && self.links == other.links
+            && self.policies == other.policies
+            && self.broken_files == other.broken_files
+    }
+}
+
+fn same_objects<T: PartialEq>(a: &BTreeMap<ObjKey, Arc<T>>, b: &BTreeMap<ObjKey, Arc<T>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
 }
 
 impl ClusterState {
@@ -99,24 +121,18 @@ impl ClusterState {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k))
+            .filter_map(|k| self.slices.get(k).map(|s| &**s))
     }
 }
 
-/// Slice names by the Service they belong to. Not part of a state's value:
-/// equal states are equal whatever was looked up, and a copy indexes anew.
+/// Slice names by the Service they belong to. A copy of a state indexes
+/// anew.
 #[derive(Default)]
 struct SliceIndex(std::sync::OnceLock<HashMap<ObjKey, Vec<ObjKey>>>);
 
 impl Clone for SliceIndex {
     fn clone(&self) -> Self {
         Self::default()
-    }
-}
-
-impl PartialEq for SliceIndex {
-    fn eq(&self, _: &Self) -> bool {
-        true
     }
 }
 

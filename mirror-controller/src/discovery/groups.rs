@@ -320,7 +320,7 @@ mod tests {
         let mut s = ClusterState::default();
         s.services.insert(
             ObjKey::new("shop", "api"),
-            fixtures::service("shop", "api", &[("http", 80)], true),
+            fixtures::service("shop", "api", &[("http", 80)], true).into(),
         );
         let (pods, slice) = fixtures::pods_and_slice(
             "shop",
@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn without_a_policy_remote_takes_over_only_when_nothing_local_is_healthy() {
         let mut l = local();
-        for s in l.slices.values_mut() {
+        for s in l.slices.values_mut().map(Arc::make_mut) {
             for ep in s.endpoints.iter_mut().flatten() {
                 ep.conditions.get_or_insert_default().ready = Some(false);
             }
@@ -544,7 +544,7 @@ mod tests {
             ]
             .into(),
         );
-        l.services.insert(ObjKey::new("shop", "api-near"), m);
+        l.services.insert(ObjKey::new("shop", "api-near"), m.into());
         let w = world(l, vec![peer("near", "eu", 4, 2), peer("other", "eu", 4, 1)]);
         let q = Query {
             key: ObjKey::new("shop", "api-near"),

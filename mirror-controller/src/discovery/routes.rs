@@ -127,7 +127,7 @@ mod tests {
         for name in ["a", "b"] {
             state.services.insert(
                 ObjKey::new("shop", name),
-                service("shop", name, &[("http", 80)], true),
+                service("shop", name, &[("http", 80)], true).into(),
             );
         }
         let (pods, s) = pods_and_slice(

@@ -220,7 +220,9 @@ mod tests {
     fn restarted_world() -> World {
         let mut state = ClusterState::default();
         let svc = fixtures::service("shop", "api", &[("http", 80)], true);
-        state.services.insert(ObjKey::new("shop", "api"), svc);
+        state
+            .services
+            .insert(ObjKey::new("shop", "api"), svc.into());
         let (pods, slice) = fixtures::pods_and_slice(
             "shop",
             "api",
@@ -329,7 +331,9 @@ mod tests {
             spec.cluster_ip = Some("10.96.0.10".into());
             spec.cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::a".into()]);
         }
-        state.services.insert(ObjKey::new("shop", "api"), svc);
+        state
+            .services
+            .insert(ObjKey::new("shop", "api"), svc.into());
         let world = World::new(Arc::new(state));
         for target in [
             "10.96.0.10",

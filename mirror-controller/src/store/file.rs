@@ -154,12 +154,13 @@ struct FileEntry {
 
 #[derive(Debug, Clone)]
 enum Object {
-    Service(Box<Service>),
-    Slice(Box<EndpointSlice>),
-    Node(Box<Node>),
-    Pod(Box<Pod>),
-    Link(Box<Link>),
-    Policy(Box<FailoverPolicy>),
+    Service(Arc<Service>),
+    Slice(Arc<EndpointSlice>),
+    Node(Arc<Node>),
+    /// Of a Pod only its name and what identity needs is kept.
+    Pod(ObjKey, Option<PodAccount>),
+    Link(Arc<Link>),
+    Policy(Arc<FailoverPolicy>),
 }
 
 /// A manifest that cannot be used, with where it is.
@@ -503,8 +504,8 @@ impl Inner {
             match result {
                 Ok((path, stamp)) => {
                     let objects = vec![
-                        Object::Service(Box::new(mirror.service)),
-                        Object::Slice(Box::new(mirror.slice)),
+                        Object::Service(Arc::new(mirror.service)),
+                        Object::Slice(Arc::new(mirror.slice)),
                     ];
                     written.push((path, stamp, objects));
                     out.push((key, Ok(())));
@@ -682,12 +683,12 @@ fn assemble(scan: &Scan) -> ClusterState {
                 continue;
             }
             owners.insert((kind, key.clone()), path);
-            match obj.clone() {
+            match obj {
                 Object::Service(s) => {
-                    state.services.insert(key, *s);
+                    state.services.insert(key, s.clone());
                 }
                 Object::Slice(s) => {
-                    state.slices.insert(key, *s);
+                    state.slices.insert(key, s.clone());
                 }
                 Object::Node(n) => {
                     let zone = n
@@ -699,16 +700,16 @@ fn assemble(scan: &Scan) -> ClusterState {
                         state.node_zones.insert(key.name, zone.clone());
                     }
                 }
-                Object::Pod(p) => {
-                    if let Some(account) = PodAccount::of(&p) {
-                        state.pods.insert(key, account);
+                Object::Pod(_, account) => {
+                    if let Some(account) = account {
+                        state.pods.insert(key, account.clone());
                     }
                 }
                 Object::Link(l) => {
-                    state.links.insert(key, *l);
+                    state.links.insert(key, (**l).clone());
                 }
                 Object::Policy(p) => {
-                    state.policies.insert(key, *p);
+                    state.policies.insert(key, (**p).clone());
                 }
             }
         }
@@ -799,7 +800,10 @@ fn parse_manifests(text: &str) -> Result<Vec<Object>, ParseError> {
             ("v1", "Service") => Object::Service(typed(doc, &at)?),
             ("discovery.k8s.io/v1", "EndpointSlice") => Object::Slice(typed(doc, &at)?),
             ("v1", "Node") => Object::Node(typed(doc, &at)?),
-            ("v1", "Pod") => Object::Pod(typed(doc, &at)?),
+            ("v1", "Pod") => {
+                let pod: Arc<Pod> = typed(doc, &at)?;
+                Object::Pod(object_key(&pod.metadata), PodAccount::of(&pod))
+            }
             ("meshfed.io/v1alpha1", "Link") => Object::Link(typed(doc, &at)?),
             ("meshfed.io/v1alpha1", "FailoverPolicy") => Object::Policy(typed(doc, &at)?),
             (_, "Service" | "EndpointSlice" | "Node" | "Pod" | "Link" | "FailoverPolicy") => {
@@ -822,9 +826,9 @@ fn parse_manifests(text: &str) -> Result<Vec<Object>, ParseError> {
 fn typed<T: DeserializeOwned>(
     doc: &str,
     at: &impl Fn(usize, usize, String) -> ParseError,
-) -> Result<Box<T>, ParseError> {
+) -> Result<Arc<T>, ParseError> {
     from_yaml(doc)
-        .map(Box::new)
+        .map(Arc::new)
         .map_err(|(l, c, m)| at(l, c, m))
 }
 
@@ -873,21 +877,23 @@ impl Object {
         let (kind, meta) = match self {
             Object::Service(o) => ("Service", &o.metadata),
             Object::Slice(o) => ("EndpointSlice", &o.metadata),
-            Object::Node(o) => ("Node", &o.metadata),
-            Object::Pod(o) => ("Pod", &o.metadata),
+            Object::Node(o) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                return ("Node", ObjKey::new("", name));
+            }
+            Object::Pod(key, _) => return ("Pod", key.clone()),
             Object::Link(o) => ("Link", &o.metadata),
             Object::Policy(o) => ("FailoverPolicy", &o.metadata),
         };
-        let namespace = if kind == "Node" {
-            String::new()
-        } else {
-            meta.namespace.clone().unwrap_or_else(|| "default".into())
-        };
-        (
-            kind,
-            ObjKey::new(namespace, meta.name.clone().unwrap_or_default()),
-        )
+        (kind, object_key(meta))
     }
+}
+
+/// A namespaced object's key; `default` when it names no namespace, as
+/// `kubectl apply` would place it.
+fn object_key(meta: &ObjectMeta) -> ObjKey {
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    ObjKey::new(namespace, meta.name.clone().unwrap_or_default())
 }
 
 // === writing ===
@@ -1075,7 +1081,7 @@ mod tests {
         )]));
         store.apply_mirror(changed.clone()).await.expect("applied");
         let key = ObjKey::new("shop", "m7-west");
-        assert_eq!(store.state().borrow().services[&key], changed.service);
+        assert_eq!(*store.state().borrow().services[&key], changed.service);
 
         let mut gone: Vec<ObjKey> = (0..150)
             .map(|i| ObjKey::new("shop", format!("m{i}-west")))

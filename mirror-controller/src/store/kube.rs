@@ -457,8 +457,8 @@ async fn run(
 #[derive(Default)]
 struct Fold {
     state: ClusterState,
-    services: Option<BTreeMap<ObjKey, Service>>,
-    slices: Option<BTreeMap<ObjKey, EndpointSlice>>,
+    services: Option<BTreeMap<ObjKey, Arc<Service>>>,
+    slices: Option<BTreeMap<ObjKey, Arc<EndpointSlice>>>,
     nodes: Option<BTreeMap<String, String>>,
     pods: Option<BTreeMap<ObjKey, PodAccount>>,
     links: Option<BTreeMap<ObjKey, Link>>,
@@ -471,8 +471,8 @@ impl Fold {
     fn apply(&mut self, update: Update) -> (bool, bool) {
         let s = &mut self.state;
         match update {
-            Update::Service(e) => fold(&mut s.services, &mut self.services, e, keyed),
-            Update::Slice(e) => fold(&mut s.slices, &mut self.slices, e, keyed),
+            Update::Service(e) => fold(&mut s.services, &mut self.services, e, shared),
+            Update::Slice(e) => fold(&mut s.slices, &mut self.slices, e, shared),
             Update::Node(e) => fold(&mut s.node_zones, &mut self.nodes, *e, zone),
             Update::Pod(e) => fold(&mut s.pods, &mut self.pods, e, account),
             Update::Link(e) => fold(&mut s.links, &mut self.links, e, keyed),
@@ -484,6 +484,12 @@ impl Fold {
 fn keyed<K: Resource>(obj: K) -> (ObjKey, Option<K>) {
     let key = ObjKey::new(obj.namespace().unwrap_or_default(), obj.name_any());
     (key, Some(obj))
+}
+
+/// [`keyed`], the object shared between successive states.
+fn shared<K: Resource>(obj: K) -> (ObjKey, Option<Arc<K>>) {
+    let (key, obj) = keyed(obj);
+    (key, obj.map(Arc::new))
 }
 
 /// A finished Pod has no entry (the field selector leaves such Pods out as

@@ -142,7 +142,7 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
     );
     assert_eq!(g.load_permille, 1000);
     let mirror = state.borrow().services[&meshfed_mirror::ObjKey::new("shop", "api-west")].clone();
-    let labels = mirror.metadata.labels.expect("labels");
+    let labels = mirror.metadata.labels.clone().expect("labels");
     assert_eq!(labels["meshfed.io/origin-cluster"], "west");
     assert_eq!(labels["meshfed.io/link"], "west");
     assert!(
