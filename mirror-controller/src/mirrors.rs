@@ -690,6 +690,79 @@ mod tests {
         assert_eq!(plan(&w), Plan::default());
     }
 
+    /// A file store on a fresh directory holding `mirrors`.
+    async fn store_holding(mirrors: Vec<Mirror>) -> (tempfile::TempDir, crate::store::FileStore) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::FileStore::open(crate::store::FileStoreConfig::new(tmp.path()))
+            .await
+            .expect("opens");
+        let out = store.apply_mirrors(mirrors).await;
+        assert!(out.iter().all(|(_, r)| r.is_ok()), "{out:?}");
+        (tmp, store)
+    }
+
+    #[tokio::test]
+    async fn a_pass_deletes_then_adds_then_rewrites_and_stops_when_a_peer_moves() {
+        // Held before: one mirror now stale, one with an old digest.
+        let before = world_with(
+            Some(vec![exported("api", "web"), exported("old", "web")]),
+            ClusterState::default(),
+        );
+        let mut held = plan(&before).apply;
+        let first = &mut held[0];
+        for meta in [&mut first.service.metadata, &mut first.slice.metadata] {
+            meta.annotations = Some(BTreeMap::from([(HASH.to_owned(), "earlier".to_owned())]));
+        }
+        let (_tmp, store) = store_holding(held).await;
+        let api = ObjKey::new("shop", "api-west");
+        let digest = |s: &ClusterState| applied_digest(&s.services[&api]).map(str::to_owned);
+        let mut imports = vec![exported("api", "web")];
+        imports.extend((0..600).map(|i| exported(&format!("s{i}"), "web")));
+        let world = world_with(Some(imports.clone()), (**store.state().borrow()).clone());
+        let (metrics, unwritable) = (
+            Metrics::new(&mut prometheus_client::registry::Registry::default()),
+            Unwritable::default(),
+        );
+        let mut failed = HashMap::new();
+
+        // The peer moves after the second batch: the pass stops there.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let moved = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 2;
+        let done = reconcile(&store, &world, &mut failed, &metrics, &unwritable, &moved).await;
+        assert!(!done, "cut short");
+        let state = (**store.state().borrow()).clone();
+        assert!(
+            !state
+                .services
+                .contains_key(&ObjKey::new("shop", "old-west")),
+            "deleted first"
+        );
+        let new = state
+            .services
+            .keys()
+            .filter(|k| k.name.starts_with('s'))
+            .count();
+        assert_eq!(new, 2 * BATCH, "then new mirrors, a batch at a time");
+        assert_eq!(
+            digest(&state).as_deref(),
+            Some("earlier"),
+            "rewrites come last"
+        );
+
+        // Planned again from where it stopped, the pass finishes.
+        let world = world_with(Some(imports.clone()), state);
+        let done = reconcile(&store, &world, &mut failed, &metrics, &unwritable, &|| {
+            false
+        })
+        .await;
+        assert!(done);
+        let state = (**store.state().borrow()).clone();
+        assert_eq!(state.services.len(), 601);
+        assert_ne!(digest(&state).as_deref(), Some("earlier"), "rewritten");
+        let world = world_with(Some(imports), state);
+        assert_eq!(plan(&world), Plan::default(), "nothing left to do");
+    }
+
     #[test]
     fn selectors_pick_exports() {
         let mut sel = LabelSelector {
