@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
-use crate::store::{Mirror, ObjKey, Store, is_mirror};
+use crate::store::{Mirror, ObjKey, Store, StoreError, is_mirror};
 use crate::world::{PeerState, World};
 
 /// Annotation holding a digest of what the controller last applied, so an
@@ -376,15 +376,23 @@ async fn reconcile(
     if todo == 0 {
         return true;
     }
-    let started = std::time::Instant::now();
-    let mut tally = Tally::default();
+    let mut pass = Pass {
+        now,
+        failed,
+        metrics,
+        unwritable,
+        started: std::time::Instant::now(),
+        planned: todo,
+        applied: 0,
+        deleted: 0,
+        failures: 0,
+    };
     for batch in deletes.chunks(BATCH) {
         for (key, result) in store.delete_mirrors(batch.to_vec()).await {
-            tally.deleted(key, result, now, failed, metrics);
+            pass.deleted(key, result);
         }
         if peers_moved() {
-            tally.log(todo, started, false);
-            return false;
+            return pass.end(false);
         }
     }
     for mirrors in [new, changed] {
@@ -397,16 +405,14 @@ async fn reconcile(
                 .collect();
             for (key, result) in store.apply_mirrors(batch).await {
                 let link = links.get(&key).cloned().unwrap_or_default();
-                tally.applied(key, link, result, now, failed, metrics, unwritable);
+                pass.applied(key, link, result);
             }
             if peers_moved() {
-                tally.log(todo, started, false);
-                return false;
+                return pass.end(false);
             }
         }
     }
-    tally.log(todo, started, true);
-    true
+    pass.end(true)
 }
 
 fn link_of(m: &Mirror) -> &str {
@@ -418,77 +424,61 @@ fn link_of(m: &Mirror) -> &str {
         .map_or("", String::as_str)
 }
 
-/// What one pass did, for its one summary line.
-#[derive(Default)]
-struct Tally {
+/// One pass under way: where each outcome is recorded, and what it did for
+/// its one summary line.
+struct Pass<'a> {
+    now: Instant,
+    failed: &'a mut HashMap<ObjKey, Instant>,
+    metrics: &'a Metrics,
+    unwritable: &'a Unwritable,
+    started: std::time::Instant,
+    planned: usize,
     applied: usize,
     deleted: usize,
-    failed: usize,
+    failures: usize,
 }
 
-impl Tally {
-    #[allow(clippy::too_many_arguments)]
-    fn applied(
-        &mut self,
-        key: ObjKey,
-        link: String,
-        result: Result<(), crate::store::StoreError>,
-        now: Instant,
-        failed: &mut HashMap<ObjKey, Instant>,
-        metrics: &Metrics,
-        unwritable: &Unwritable,
-    ) {
+impl Pass<'_> {
+    fn applied(&mut self, key: ObjKey, link: String, result: Result<(), StoreError>) {
         match result {
             Ok(()) => {
                 self.applied += 1;
-                lock(unwritable).remove(&key);
+                lock(self.unwritable).remove(&key);
                 tracing::debug!(mirror = %key, "mirror applied");
             }
             Err(e) => {
-                self.failed += 1;
                 tracing::warn!(mirror = %key, error = %e, "applying mirror failed");
-                lock(unwritable).insert(key.clone(), (link, e.to_string()));
-                metrics
-                    .reconcile_errors
-                    .get_or_create(&ErrorLabels {
-                        what: "apply_mirror",
-                    })
-                    .inc();
-                failed.insert(key, now + RETRY);
+                lock(self.unwritable).insert(key.clone(), (link, e.to_string()));
+                self.failed_on(key, "apply_mirror");
             }
         }
     }
 
-    fn deleted(
-        &mut self,
-        key: ObjKey,
-        result: Result<(), crate::store::StoreError>,
-        now: Instant,
-        failed: &mut HashMap<ObjKey, Instant>,
-        metrics: &Metrics,
-    ) {
+    fn deleted(&mut self, key: ObjKey, result: Result<(), StoreError>) {
         match result {
             Ok(()) => {
                 self.deleted += 1;
                 tracing::debug!(mirror = %key, "mirror deleted");
             }
             Err(e) => {
-                self.failed += 1;
                 tracing::warn!(mirror = %key, error = %e, "deleting mirror failed");
-                metrics
-                    .reconcile_errors
-                    .get_or_create(&ErrorLabels {
-                        what: "delete_mirror",
-                    })
-                    .inc();
-                failed.insert(key, now + RETRY);
+                self.failed_on(key, "delete_mirror");
             }
         }
     }
 
-    fn log(&self, planned: usize, started: std::time::Instant, finished: bool) {
-        let ms = started.elapsed().as_millis();
-        let (applied, deleted, failed) = (self.applied, self.deleted, self.failed);
+    /// Counts the failure and holds `key` back until [`RETRY`] is up.
+    fn failed_on(&mut self, key: ObjKey, what: &'static str) {
+        self.failures += 1;
+        let labels = ErrorLabels { what };
+        self.metrics.reconcile_errors.get_or_create(&labels).inc();
+        self.failed.insert(key, self.now + RETRY);
+    }
+
+    /// Logs what the pass did; returns whether it finished.
+    fn end(self, finished: bool) -> bool {
+        let ms = self.started.elapsed().as_millis();
+        let (applied, deleted, failed) = (self.applied, self.deleted, self.failures);
         if finished {
             tracing::info!(applied, deleted, failed, ms, "mirrors reconciled");
         } else {
@@ -496,11 +486,12 @@ impl Tally {
                 applied,
                 deleted,
                 failed,
-                planned,
+                planned = self.planned,
                 ms,
                 "mirror pass cut short: a peer changed; planning again"
             );
         }
+        finished
     }
 }
 

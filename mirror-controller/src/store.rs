@@ -281,19 +281,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn delete_mirror(&self, key: ObjKey) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// [`Store::apply_mirror`] of many, each with its own outcome, in the
-    /// order given. A backend does them together where it can (one state
-    /// update for the file store, requests in parallel for Kubernetes);
-    /// by default one after the other.
-    fn apply_mirrors(&self, mirrors: Vec<Mirror>) -> BoxFuture<'_, Outcomes> {
-        let writes = mirrors.into_iter().map(|m| (m.key(), self.apply_mirror(m)));
-        Box::pin(one_by_one(writes.collect()))
-    }
+    /// order given, done together: one state update for the file store,
+    /// requests in parallel for Kubernetes.
+    fn apply_mirrors(&self, mirrors: Vec<Mirror>) -> BoxFuture<'_, Outcomes>;
 
     /// [`Store::delete_mirror`] of many, each with its own outcome.
-    fn delete_mirrors(&self, keys: Vec<ObjKey>) -> BoxFuture<'_, Outcomes> {
-        let writes = keys.into_iter().map(|k| (k.clone(), self.delete_mirror(k)));
-        Box::pin(one_by_one(writes.collect()))
-    }
+    fn delete_mirrors(&self, keys: Vec<ObjKey>) -> BoxFuture<'_, Outcomes>;
 
     /// Replaces a Link's status; [`StoreError::NotFound`] if the Link is
     /// gone. A status goes with its object: deleting the object removes it.
@@ -314,15 +307,6 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
 /// The outcome of each write of a batch, by object.
 pub type Outcomes = Vec<(ObjKey, Result<(), StoreError>)>;
-
-/// Awaits writes in order, one at a time.
-async fn one_by_one(writes: Vec<(ObjKey, BoxFuture<'_, Result<(), StoreError>>)>) -> Outcomes {
-    let mut out = Vec::with_capacity(writes.len());
-    for (key, write) in writes {
-        out.push((key, write.await));
-    }
-    out
-}
 
 /// Whether an object's labels mark it as a mirror the controller owns.
 pub fn is_mirror(labels: Option<&BTreeMap<String, String>>) -> bool {

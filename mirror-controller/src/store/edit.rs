@@ -330,7 +330,7 @@ fn read_text(path: &Path) -> Result<Option<String>, StoreError> {
 
 /// Writes via a temporary file and a rename, so the controller never reads
 /// half a file.
-fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
+pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }

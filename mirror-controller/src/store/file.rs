@@ -34,7 +34,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, is_mirror};
+use super::{
+    ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, edit, is_mirror,
+};
 
 mod changes;
 
@@ -414,8 +416,7 @@ impl Inner {
             match std::fs::metadata(path) {
                 Ok(meta) if meta.is_dir() => return None,
                 Ok(meta) if meta.is_file() && self.is_manifest(path) => {
-                    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    found.push((path, Some((mtime, meta.len()))));
+                    found.push((path, Some(stamp(&meta))));
                 }
                 Ok(_) => {}
                 Err(_) if scan.files.contains_key(path) => found.push((path, None)),
@@ -552,7 +553,7 @@ impl Inner {
         text.push_str("---\n");
         text.push_str(&to_yaml(key, &mirror.slice)?);
         let path = self.mirror_path(key);
-        let stamp = write_atomic_blocking(&path, &text)?;
+        let stamp = write_stamped(&path, &text)?;
         Ok((path, stamp))
     }
 
@@ -736,8 +737,7 @@ pub(super) fn collect_files(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, (S
                 collect_files(&path, depth + 1, out);
             }
         } else if meta.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
-            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            out.push((path, (mtime, meta.len())));
+            out.push((path, stamp(&meta)));
         }
     }
 }
@@ -924,39 +924,33 @@ fn failed_batch(keys: Vec<ObjKey>, e: &tokio::task::JoinError) -> Outcomes {
         .collect()
 }
 
-/// [`write_atomic`] from a blocking thread; returns the file's stamp.
-fn write_atomic_blocking(path: &Path, text: &str) -> Result<(SystemTime, u64), StoreError> {
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |source| StoreError::Io { path: p, source }
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    let meta = std::fs::metadata(path).map_err(io(path))?;
-    Ok((
-        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        meta.len(),
-    ))
+/// [`edit::write_atomic`], then the file's stamp as a scan finds it.
+fn write_stamped(path: &Path, text: &str) -> Result<(SystemTime, u64), StoreError> {
+    edit::write_atomic(path, text)?;
+    let meta = std::fs::metadata(path).map_err(|source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(stamp(&meta))
 }
 
-/// Writes via a temporary file and a rename, so a reader never sees half a file.
+/// What tells one version of a file from the next: its mtime and size.
+fn stamp(meta: &std::fs::Metadata) -> (SystemTime, u64) {
+    (
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        meta.len(),
+    )
+}
+
+/// [`edit::write_atomic`] off the runtime.
 async fn write_atomic(path: &Path, text: String) -> Result<(), StoreError> {
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |source| StoreError::Io { path: p, source }
-    };
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(io(parent))?;
-    }
-    let tmp = path.with_extension("yaml.tmp");
-    tokio::fs::write(&tmp, text).await.map_err(io(&tmp))?;
-    tokio::fs::rename(&tmp, path).await.map_err(io(path))
+    let (owned, shown) = (path.to_path_buf(), path.display().to_string());
+    tokio::task::spawn_blocking(move || edit::write_atomic(&owned, &text))
+        .await
+        .map_err(|e| StoreError::Io {
+            path: shown,
+            source: std::io::Error::other(format!("writer failed: {e}")),
+        })?
 }
 
 #[cfg(test)]
