@@ -166,6 +166,8 @@ fn a_broken_budget_fails_naming_the_assertion_expected_and_observed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let work = tempfile::tempdir().expect("tempdir");
     let file = work.path().join("broken.yaml");
+    // Measured from the start of the wait for east (20 calls at 50/s, so
+    // at least 380 ms): a retry can fail over within 1 ms of the kill.
     std::fs::write(
         &file,
         "name: broken-budget\n\
@@ -173,9 +175,11 @@ fn a_broken_budget_fails_naming_the_assertion_expected_and_observed() {
          steps:\n\
          - traffic: {name: main, from: east, service: api, rate: 50}\n\
          - wait: {served-by: {traffic: main, cluster: east}}\n\
+         \x20 name: serving\n\
          - kill: {cluster: east, pod: api-a}\n\
          - wait: {served-by: {traffic: main, cluster: west}}\n\
          \x20 name: failover\n\
+         \x20 since: serving\n\
          \x20 within: 1ms\n\
          - assert: {success-rate: {traffic: main, min: 100%}}\n",
     )
