@@ -23,8 +23,8 @@ use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
 use crate::store::{Mirror, ObjKey, Store, StoreError, is_mirror};
 use crate::world::{PeerState, World};
 
-/// Annotation holding a digest of what the controller last applied, so an
-/// unchanged mirror is never rewritten.
+/// Annotation holding the [`input_digest`] of what the controller last
+/// applied, so an unchanged mirror is never rewritten (nor even built).
 const HASH: &str = "meshfed.io/mirror-hash";
 /// Re-check everything this often even without changes.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -97,8 +97,33 @@ pub(crate) fn imported<'a>(peer: &'a PeerState, key: &ObjKey) -> Option<&'a Expo
     selector_matches(peer.spec.selector.as_ref(), &svc.labels).then_some(svc)
 }
 
-/// What should exist, by mirror key, with the link each comes through.
-pub(crate) fn desired(world: &World) -> BTreeMap<ObjKey, (ObjKey, Mirror)> {
+/// A mirror that should exist: the import it mirrors, through which Link,
+/// and the digest of what [`build`] makes of them.
+struct Wanted<'w> {
+    link: &'w ObjKey,
+    peer: &'w PeerState,
+    svc: &'w ExportedService,
+    name: String,
+    owner: Option<OwnerReference>,
+    digest: String,
+}
+
+impl Wanted<'_> {
+    fn build(&self) -> Mirror {
+        build(
+            self.svc,
+            &self.name,
+            self.link,
+            self.peer,
+            self.owner.clone(),
+            &self.digest,
+        )
+    }
+}
+
+/// What should exist, by mirror key. Nothing is built: a pass builds only
+/// the mirrors it writes.
+fn desired(world: &World) -> BTreeMap<ObjKey, Wanted<'_>> {
     let mut out = BTreeMap::new();
     for (link_key, peer) in &world.peers {
         let link = world.local.links.get(link_key);
@@ -114,9 +139,20 @@ pub(crate) fn desired(world: &World) -> BTreeMap<ObjKey, (ObjKey, Mirror)> {
                     .then(|| owner_ref(l))
                     .flatten()
             });
-            let mirror = build(svc, &name, link_key, peer, owner);
-            out.entry(ObjKey::new(&svc.namespace, &name))
-                .or_insert((link_key.clone(), mirror));
+            let key = ObjKey::new(&svc.namespace, &name);
+            if out.contains_key(&key) {
+                continue;
+            }
+            let digest = input_digest(svc, &name, link_key, peer, owner.as_ref());
+            let wanted = Wanted {
+                link: link_key,
+                peer,
+                svc,
+                name,
+                owner,
+                digest,
+            };
+            out.insert(key, wanted);
         }
     }
     out
@@ -133,12 +169,15 @@ fn owner_ref(link: &meshfed_api::crd::Link) -> Option<OwnerReference> {
     })
 }
 
+/// The mirror of `svc` from `peer`, annotated with `digest`, the
+/// [`input_digest`] of the same inputs.
 fn build(
     svc: &ExportedService,
     name: &str,
     link: &ObjKey,
     peer: &PeerState,
     owner: Option<OwnerReference>,
+    digest: &str,
 ) -> Mirror {
     let mut mirror_labels = BTreeMap::from([
         (labels::ORIGIN_CLUSTER.to_owned(), peer.spec.cluster.clone()),
@@ -214,16 +253,64 @@ fn build(
         ),
     };
     let mut mirror = Mirror { service, slice };
-    let digest = digest(&mirror);
     for meta in [&mut mirror.service.metadata, &mut mirror.slice.metadata] {
-        meta.annotations = Some(BTreeMap::from([(HASH.to_owned(), digest.clone())]));
+        meta.annotations = Some(BTreeMap::from([(HASH.to_owned(), digest.to_owned())]));
     }
     mirror
 }
 
-fn digest(m: &Mirror) -> String {
-    let bytes = serde_json::to_vec(&(&m.service, &m.slice)).unwrap_or_default();
-    let d = Sha256::digest(bytes);
+/// Changed whenever [`build`] makes something else of the same inputs, so
+/// that every mirror is rewritten once.
+const BUILD_VERSION: &[u8] = b"2";
+
+/// A digest of everything [`build`] reads: equal digests, equal mirrors.
+/// Far cheaper than building and serialising the mirror, so a pass over
+/// 10,000 imports builds only the few mirrors it writes.
+fn input_digest(
+    svc: &ExportedService,
+    name: &str,
+    link: &ObjKey,
+    peer: &PeerState,
+    owner: Option<&OwnerReference>,
+) -> String {
+    let mut h = Sha256::new();
+    // Each field with its length, so no two field lists hash alike.
+    let mut put = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    put(BUILD_VERSION);
+    for text in [
+        &svc.namespace,
+        &svc.name,
+        name,
+        &link.name,
+        &peer.spec.cluster,
+    ] {
+        put(text.as_bytes());
+    }
+    put(&peer.spec.gateway.port.to_le_bytes());
+    put(&[u8::from(peer.alive())]);
+    put(&(peer.gateways.len() as u64).to_le_bytes());
+    for addr in &peer.gateways {
+        put(addr.to_string().as_bytes());
+    }
+    put(&(svc.ports.len() as u64).to_le_bytes());
+    for p in &svc.ports {
+        put(p.name.as_bytes());
+        put(&p.port.to_le_bytes());
+        put(p.protocol.as_bytes());
+        put(p.app_protocol.as_bytes());
+    }
+    match owner {
+        Some(o) => {
+            put(b"owner");
+            put(o.name.as_bytes());
+            put(o.uid.as_bytes());
+        }
+        None => put(b"no owner"),
+    }
+    let d = h.finalize();
     d.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -245,19 +332,12 @@ pub(crate) struct Plan {
 pub(crate) fn plan(world: &World) -> Plan {
     let desired = desired(world);
     let mut plan = Plan::default();
-    for (key, (_, mirror)) in &desired {
+    for (key, wanted) in &desired {
         let current = world.local.services.get(key);
         let slice_ok = world.local.slices.contains_key(key);
-        let same = current.and_then(|s| applied_digest(s))
-            == mirror
-                .service
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(HASH))
-                .map(String::as_str);
+        let same = current.and_then(|s| applied_digest(s)) == Some(wanted.digest.as_str());
         if !same || !slice_ok {
-            plan.apply.push(mirror.clone());
+            plan.apply.push(wanted.build());
         }
     }
     for (key, svc) in &world.local.services {
@@ -752,6 +832,54 @@ mod tests {
         assert_ne!(digest(&state).as_deref(), Some("earlier"), "rewritten");
         let world = world_with(Some(imports), state);
         assert_eq!(plan(&world), Plan::default(), "nothing left to do");
+    }
+
+    #[test]
+    fn the_digest_follows_everything_a_mirror_is_built_from() {
+        let w = world_with(Some(vec![exported("api", "web")]), ClusterState::default());
+        let link = ObjKey::new("meshfed", "west");
+        let peer: &PeerState = &w.peers[&link];
+        let svc = exported("api", "web");
+        let of = |svc: &ExportedService, peer: &PeerState, owner: Option<&OwnerReference>| {
+            input_digest(svc, "api-west", &link, peer, owner)
+        };
+        let base = of(&svc, peer, None);
+        assert_eq!(
+            base,
+            of(&svc, peer, None),
+            "the same inputs, the same digest"
+        );
+        let mut changed = Vec::new();
+        let mut port = svc.clone();
+        port.ports[0].port = 81;
+        changed.push(("port", of(&port, peer, None)));
+        let mut app = svc.clone();
+        app.ports[0].app_protocol = "http".into();
+        changed.push(("app protocol", of(&app, peer, None)));
+        let mut named = svc.clone();
+        named.ports[0].name = "web".into();
+        changed.push(("port name", of(&named, peer, None)));
+        let mut more = svc.clone();
+        more.ports.push(more.ports[0].clone());
+        changed.push(("a second port", of(&more, peer, None)));
+        let mut moved = peer.clone();
+        moved.gateways = vec!["127.0.0.3:4443".parse().expect("addr")];
+        changed.push(("gateway address", of(&svc, &moved, None)));
+        let mut down = peer.clone();
+        down.probe_alive = false;
+        changed.push(("liveness", of(&svc, &down, None)));
+        let mut gw_port = peer.clone();
+        gw_port.spec.gateway.port += 1;
+        changed.push(("gateway port", of(&svc, &gw_port, None)));
+        let owner = OwnerReference {
+            name: "west".into(),
+            uid: "u-1".into(),
+            ..OwnerReference::default()
+        };
+        changed.push(("owner", of(&svc, peer, Some(&owner))));
+        for (what, digest) in changed {
+            assert_ne!(digest, base, "{what} changes the digest");
+        }
     }
 
     #[test]
