@@ -1138,6 +1138,19 @@ mod tests {
             s.services.contains_key(&key("c"))
         })
         .await;
+        // Files put in a directory made a moment before.
+        for i in 0..20 {
+            let dir = tmp.path().join(format!("new-{i}"));
+            std::fs::create_dir(&dir).expect("mkdir");
+            std::fs::write(dir.join("n.yaml"), svc(&format!("n{i}"))).expect("write");
+        }
+        until(&store, "files in new directories", |s| {
+            (0..20).all(|i| s.services.contains_key(&key(&format!("n{i}"))))
+        })
+        .await;
+        for i in 0..20 {
+            std::fs::remove_dir_all(tmp.path().join(format!("new-{i}"))).expect("rm");
+        }
         std::fs::remove_dir_all(&moved).expect("rm");
         until(&store, "a directory removed", |s| {
             !s.services.contains_key(&key("c"))

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -31,8 +31,8 @@ pub(super) type Watch = notify::Result<(notify::RecommendedWatcher, Reports)>;
 /// Keeps the store's state in line with its directory until aborted.
 pub(super) async fn follow(inner: Arc<Inner>, config: FileStoreConfig, watch: Watch) {
     match watch {
-        Ok((watcher, reports)) => {
-            watched(&inner, reports, config.rescan).await;
+        Ok((mut watcher, reports)) => {
+            watched(&inner, &mut watcher, reports, config.rescan).await;
             drop(watcher);
             tracing::warn!(dir = %config.dir.display(), every = ?config.poll,
                 "the directory watch ended; reading the directory whole instead");
@@ -55,7 +55,12 @@ pub(super) fn watch(config: &FileStoreConfig) -> Watch {
 
 /// Reads what the watch reports, and the whole directory every `every`;
 /// returns when the watch stops reporting.
-async fn watched(inner: &Arc<Inner>, mut reports: Reports, every: Duration) {
+async fn watched(
+    inner: &Arc<Inner>,
+    watcher: &mut notify::RecommendedWatcher,
+    mut reports: Reports,
+    every: Duration,
+) {
     let mut safety = tokio::time::interval_at(Instant::now() + every, every);
     safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -67,6 +72,15 @@ async fn watched(inner: &Arc<Inner>, mut reports: Reports, every: Duration) {
                 let until = Instant::now() + SETTLE;
                 while let Ok(Some(report)) = tokio::time::timeout_at(until, reports.recv()).await {
                     burst.add(report);
+                }
+                // `notify` watches a new directory only after reporting it:
+                // a file put there in between would be missed until the
+                // safety read. Watched here first, the read that follows
+                // finds what is already there and the watch the rest.
+                for dir in burst.arrived.iter().filter(|p| p.is_dir()) {
+                    if let Err(e) = watcher.watch(dir, RecursiveMode::Recursive) {
+                        tracing::debug!(dir = %dir.display(), error = %e, "cannot watch a new directory");
+                    }
                 }
                 if burst.whole {
                     inner.clone().rescan().await;
@@ -92,6 +106,8 @@ async fn polled(inner: &Arc<Inner>, every: Duration) {
 #[derive(Default)]
 struct Burst {
     paths: BTreeSet<PathBuf>,
+    /// What was created or moved in: perhaps a directory.
+    arrived: Vec<PathBuf>,
     /// The reports are not enough: read the whole directory.
     whole: bool,
 }
@@ -100,7 +116,18 @@ impl Burst {
     fn add(&mut self, report: notify::Result<Event>) {
         match report {
             Ok(event) if event.need_rescan() => self.whole = true,
-            Ok(event) if matters(&event.kind) => self.paths.extend(event.paths),
+            Ok(event) if matters(&event.kind) => {
+                if matches!(
+                    event.kind,
+                    EventKind::Create(CreateKind::Folder | CreateKind::Any)
+                        | EventKind::Modify(ModifyKind::Name(
+                            RenameMode::To | RenameMode::Both | RenameMode::Any
+                        ))
+                ) {
+                    self.arrived.extend(event.paths.iter().cloned());
+                }
+                self.paths.extend(event.paths);
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "the directory watch reported an error; reading it whole");
