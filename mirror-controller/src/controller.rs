@@ -18,7 +18,7 @@ use tonic::service::Routes;
 
 use crate::discovery::{DiscoveryService, LocalCluster, RouteTable};
 use crate::federation::{Exports, FederationService, PeerAuthorizer};
-use crate::local::{Unidentified, exports, unidentified};
+use crate::local::{Derived, Unidentified};
 use crate::metrics::{LinkLabels, Metrics, UnidentifiedLabels};
 use crate::peer::{self, PeerContext, PeerHandle};
 use crate::status;
@@ -316,9 +316,12 @@ async fn follow_store(
     ctx: PeerContext,
     mut peers: BTreeMap<ObjKey, PeerHandle>,
 ) {
+    let mut derived = Derived::default();
     loop {
         let local = state.borrow_and_update().clone();
-        let set = exports(&local, &me.trust_domain);
+        let recomputed = derived.update(&local, &me.trust_domain);
+        tracing::debug!(services = recomputed, "recomputed what changed");
+        let set = derived.exports.clone();
         let exported = i64::try_from(set.len()).unwrap_or(i64::MAX);
         // Peers first: the set is complete (the store is synced), and the
         // first one is published even when empty.
@@ -336,7 +339,7 @@ async fn follow_store(
         ctx.metrics
             .store_errors
             .set(i64::try_from(local.broken_files).unwrap_or(i64::MAX));
-        let missing = unidentified(&local, &me.trust_domain);
+        let missing = derived.unidentified();
         for why in [Unidentified::PodUnknown, Unidentified::NotNamed] {
             let n = missing.get(&why).copied().unwrap_or(0);
             ctx.metrics
@@ -346,7 +349,7 @@ async fn follow_store(
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        RouteTable::publish(&published.routes, &local, &me.trust_domain);
+        RouteTable::publish(&published.routes, derived.routes.clone(), &local);
         world.send_modify(|w| {
             let w = Arc::make_mut(w);
             w.local = local.clone();

@@ -1,7 +1,8 @@
 //! What this cluster serves: the endpoints behind a local Service, and the
 //! export set the federation stream publishes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
@@ -10,7 +11,7 @@ use meshfed_api::federation::{ExportedService, ServicePort as WirePort, ZoneEndp
 use meshfed_api::labels;
 use meshfed_trust::TrustDomain;
 
-use crate::store::{ClusterState, ObjKey, is_mirror};
+use crate::store::{ClusterState, ObjKey, Table, is_mirror, service_of};
 
 /// One address serving one Service port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +22,14 @@ pub(crate) struct LocalEndpoint {
     pub(crate) identity: String,
 }
 
-/// The exported services of a cluster, as published to peers.
-pub(crate) type ExportSet = BTreeMap<ObjKey, ExportedService>;
+/// The exported services of a cluster, as published to peers. A persistent
+/// map of shared entries: successive sets share what did not change, and
+/// comparing or diffing them costs what did.
+pub(crate) type ExportSet = Table<ObjKey, Arc<ExportedService>>;
 
-/// The gateway's routes: exported services with their local endpoints.
-pub(crate) type RouteSet = BTreeMap<ObjKey, Route>;
+/// The gateway's routes: exported services with their local endpoints,
+/// shared between versions as [`ExportSet`] is.
+pub(crate) type RouteSet = Table<ObjKey, Arc<Route>>;
 
 /// The Service port numbered `port`, if the Service has one.
 pub(crate) fn service_port(svc: &Service, port: u16) -> Option<&ServicePort> {
@@ -107,29 +111,6 @@ fn identity_of(
     }
 }
 
-/// How many endpoints of the cluster's own Services are not offered, by
-/// why: what `meshfed_controller_endpoints_unidentified` shows, so an
-/// endpoint missing from discovery is never a silent mystery.
-pub(crate) fn unidentified(
-    state: &ClusterState,
-    td: &TrustDomain,
-) -> BTreeMap<Unidentified, usize> {
-    let mut out = BTreeMap::new();
-    for (key, svc) in &state.services {
-        if is_mirror(svc.metadata.labels.as_ref()) {
-            continue;
-        }
-        for slice in state.slices_of(key) {
-            for ep in slice.endpoints.iter().flatten() {
-                if let Err(why) = identity_of(state, td, svc, slice, ep) {
-                    *out.entry(why).or_default() += 1;
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A slice's endpoints that can be offered, each with who it serves as.
 fn offered<'a>(
     state: &'a ClusterState,
@@ -202,106 +183,297 @@ pub(crate) fn endpoints(
     out
 }
 
-/// Services labelled exported, never mirrors (a cluster re-exporting what
-/// it imported would loop, and a gateway must not relay to other clusters).
-fn exported(state: &ClusterState) -> impl Iterator<Item = (&ObjKey, &Service)> {
-    state
-        .services
-        .iter()
-        .map(|(k, svc)| (k, &**svc))
-        .filter(|(_, svc)| {
-            let l = svc.metadata.labels.as_ref();
-            labels::is_exported(l) && !is_mirror(l)
+/// Whether a Service is exported: labelled so, and never a mirror (a
+/// cluster re-exporting what it imported would loop, and a gateway must not
+/// relay to other clusters).
+fn is_exported(svc: &Service) -> bool {
+    let l = svc.metadata.labels.as_ref();
+    labels::is_exported(l) && !is_mirror(l)
+}
+
+/// A Service's export, as published to peers.
+fn export_of(
+    state: &ClusterState,
+    td: &TrustDomain,
+    key: &ObjKey,
+    svc: &Service,
+) -> ExportedService {
+    let ports: Vec<WirePort> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(WirePort {
+                name: p.name.clone().unwrap_or_default(),
+                port: u32::try_from(p.port).ok()?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                app_protocol: p.app_protocol.clone().unwrap_or_default(),
+            })
         })
+        .collect();
+    let mut zones: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    let mut identities = BTreeSet::new();
+    for slice in state.slices_of(key) {
+        for (ep, identity) in offered(state, td, svc, slice) {
+            identities.insert(identity);
+            let z = zones
+                .entry(zone_of(state, ep).unwrap_or_default())
+                .or_default();
+            z.0 += u32::from(is_ready(ep));
+            z.1 += 1;
+        }
+    }
+    ExportedService {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        labels: svc
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        ports,
+        zones: zones
+            .into_iter()
+            .map(|(zone, (ready, total))| ZoneEndpoints { zone, ready, total })
+            .collect(),
+        identities: identities.into_iter().collect(),
+    }
+}
+
+/// A Service's gateway route: every port, with the local endpoints behind it.
+fn route_of(state: &ClusterState, td: &TrustDomain, key: &ObjKey, svc: &Service) -> Route {
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .map(|port| RoutePort {
+            port: u32::from(port),
+            endpoints: endpoints(state, td, key, port)
+                .into_iter()
+                .map(|e| RouteEndpoint {
+                    address: e.address.to_string(),
+                    ready: e.ready,
+                    zone: e.zone.unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect();
+    Route {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        ports,
+    }
+}
+
+/// What the controller derives from its own cluster — the export set, the
+/// gateway routes and the count of endpoints not offered — kept up to date
+/// Service by Service: an update recomputes only the Services whose object,
+/// slices, or the Pods their endpoints name changed since the state it was
+/// last given, found by diffing the two states' shared tables.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Derived {
+    /// The state derived from.
+    from: ClusterState,
+    /// The cluster's exports, as published to peers.
+    pub(crate) exports: ExportSet,
+    /// The gateway's routes.
+    pub(crate) routes: RouteSet,
+    /// Endpoints not offered, per own Service, by why.
+    missing: Table<ObjKey, BTreeMap<Unidentified, usize>>,
+    /// The Pods each own Service's endpoints name, and the reverse.
+    pods_named: HashMap<ObjKey, Vec<ObjKey>>,
+    services_naming: HashMap<ObjKey, BTreeSet<ObjKey>>,
+}
+
+impl Derived {
+    /// Derived from `state` alone.
+    #[cfg(test)]
+    pub(crate) fn of(state: &ClusterState, td: &TrustDomain) -> Self {
+        let mut derived = Self::default();
+        derived.update(state, td);
+        derived
+    }
+
+    /// Brings everything up to date with `state`; returns how many Services
+    /// were recomputed.
+    pub(crate) fn update(&mut self, state: &ClusterState, td: &TrustDomain) -> usize {
+        let mut dirty = BTreeSet::new();
+        if self.from.node_zones == state.node_zones {
+            for change in self.from.services.diff(&state.services) {
+                dirty.insert(diffed_key(&change).clone());
+            }
+            for change in self.from.slices.diff(&state.slices) {
+                let (old, new) = diffed(&change);
+                for (key, slice) in old.into_iter().chain(new) {
+                    dirty.extend(service_of(key, slice));
+                }
+            }
+            for change in self.from.pods.diff(&state.pods) {
+                if let Some(users) = self.services_naming.get(diffed_key(&change)) {
+                    dirty.extend(users.iter().cloned());
+                }
+            }
+        } else {
+            // A Node's zone moves every endpoint on it; rare enough to
+            // recompute all.
+            dirty.extend(self.from.services.keys().cloned());
+            dirty.extend(state.services.keys().cloned());
+        }
+        for key in &dirty {
+            self.refresh(state, td, key);
+        }
+        self.from = state.clone();
+        dirty.len()
+    }
+
+    /// How many endpoints of the cluster's own Services are not offered, by
+    /// why: what `meshfed_controller_endpoints_unidentified` shows, so an
+    /// endpoint missing from discovery is never a silent mystery.
+    pub(crate) fn unidentified(&self) -> BTreeMap<Unidentified, usize> {
+        let mut out = BTreeMap::new();
+        for counts in self.missing.values() {
+            for (why, n) in counts {
+                *out.entry(*why).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// Recomputes Service `key`'s part.
+    fn refresh(&mut self, state: &ClusterState, td: &TrustDomain, key: &ObjKey) {
+        for pod in self.pods_named.remove(key).into_iter().flatten() {
+            if let Some(users) = self.services_naming.get_mut(&pod) {
+                users.remove(key);
+                if users.is_empty() {
+                    self.services_naming.remove(&pod);
+                }
+            }
+        }
+        let svc = state
+            .services
+            .get(key)
+            .filter(|svc| !is_mirror(svc.metadata.labels.as_ref()));
+        let Some(svc) = svc else {
+            self.missing.remove(key);
+            self.exports.remove(key);
+            self.routes.remove(key);
+            return;
+        };
+        let mut missing = BTreeMap::new();
+        let mut named = Vec::new();
+        for slice in state.slices_of(key) {
+            for ep in slice.endpoints.iter().flatten() {
+                if let Some(pod) = pod_named(slice, ep) {
+                    named.push(pod);
+                }
+                if let Err(why) = identity_of(state, td, svc, slice, ep) {
+                    *missing.entry(why).or_default() += 1;
+                }
+            }
+        }
+        for pod in &named {
+            self.services_naming
+                .entry(pod.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        if !named.is_empty() {
+            self.pods_named.insert(key.clone(), named);
+        }
+        if missing.is_empty() {
+            self.missing.remove(key);
+        } else {
+            self.missing.insert(key.clone(), missing);
+        }
+        if is_exported(svc) {
+            keep_if_changed(&mut self.exports, key, export_of(state, td, key, svc));
+            keep_if_changed(&mut self.routes, key, route_of(state, td, key, svc));
+        } else {
+            self.exports.remove(key);
+            self.routes.remove(key);
+        }
+    }
+}
+
+/// Puts `value` in `table` unless an equal one is there: an unchanged entry
+/// stays the very one, so the table stays equal by pointer.
+fn keep_if_changed<V: PartialEq>(table: &mut Table<ObjKey, Arc<V>>, key: &ObjKey, value: V) {
+    if table.get(key).is_none_or(|held| **held != value) {
+        table.insert(key.clone(), Arc::new(value));
+    }
+}
+
+/// The Pod an endpoint's `targetRef` names, if it names one.
+fn pod_named(slice: &EndpointSlice, ep: &Endpoint) -> Option<ObjKey> {
+    let target = ep.target_ref.as_ref()?;
+    if target.kind.as_deref() != Some("Pod") {
+        return None;
+    }
+    let namespace = target
+        .namespace
+        .as_deref()
+        .or(slice.metadata.namespace.as_deref())?;
+    Some(ObjKey::new(namespace, target.name.as_deref()?))
+}
+
+/// The key of a changed entry.
+fn diffed_key<'a, V>(change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>) -> &'a ObjKey {
+    match change {
+        imbl::ordmap::DiffItem::Add(k, _)
+        | imbl::ordmap::DiffItem::Remove(k, _)
+        | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
+    }
+}
+
+/// A changed entry's old and new versions.
+type Version<'a, V> = Option<(&'a ObjKey, &'a V)>;
+fn diffed<'a, V>(
+    change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>,
+) -> (Version<'a, V>, Version<'a, V>) {
+    match change {
+        imbl::ordmap::DiffItem::Add(k, v) => (None, Some((k, v))),
+        imbl::ordmap::DiffItem::Remove(k, v) => (Some((k, v)), None),
+        imbl::ordmap::DiffItem::Update { old, new } => (Some(*old), Some(*new)),
+    }
+}
+
+/// What turns `old` into `new`: the entries added or changed, and the keys
+/// removed. Only what the two tables do not share is visited.
+pub(crate) fn changes<'a, V: PartialEq + Clone>(
+    old: &'a Table<ObjKey, Arc<V>>,
+    new: &'a Table<ObjKey, Arc<V>>,
+) -> (Vec<V>, Vec<&'a ObjKey>) {
+    let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+    for change in old.diff(new) {
+        match change {
+            imbl::ordmap::DiffItem::Add(_, v)
+            | imbl::ordmap::DiffItem::Update { new: (_, v), .. } => {
+                upserts.push((**v).clone());
+            }
+            imbl::ordmap::DiffItem::Remove(k, _) => removals.push(k),
+        }
+    }
+    (upserts, removals)
 }
 
 /// The cluster's exports, as published to peers.
+#[cfg(test)]
 pub(crate) fn exports(state: &ClusterState, td: &TrustDomain) -> ExportSet {
-    let mut out = ExportSet::new();
-    for (key, svc) in exported(state) {
-        let ports: Vec<WirePort> = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                Some(WirePort {
-                    name: p.name.clone().unwrap_or_default(),
-                    port: u32::try_from(p.port).ok()?,
-                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    app_protocol: p.app_protocol.clone().unwrap_or_default(),
-                })
-            })
-            .collect();
-        let mut zones: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-        let mut identities = BTreeSet::new();
-        for slice in state.slices_of(key) {
-            for (ep, identity) in offered(state, td, svc, slice) {
-                identities.insert(identity);
-                let z = zones
-                    .entry(zone_of(state, ep).unwrap_or_default())
-                    .or_default();
-                z.0 += u32::from(is_ready(ep));
-                z.1 += 1;
-            }
-        }
-        out.insert(
-            key.clone(),
-            ExportedService {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                labels: svc
-                    .metadata
-                    .labels
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                ports,
-                zones: zones
-                    .into_iter()
-                    .map(|(zone, (ready, total))| ZoneEndpoints { zone, ready, total })
-                    .collect(),
-                identities: identities.into_iter().collect(),
-            },
-        );
-    }
-    out
+    Derived::of(state, td).exports
 }
 
 /// The gateway's routes: every port of every exported service, with the
 /// local endpoints behind it.
+#[cfg(test)]
 pub(crate) fn routes(state: &ClusterState, td: &TrustDomain) -> RouteSet {
-    exported(state)
-        .map(|(key, svc)| {
-            let ports = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.ports.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|p| u16::try_from(p.port).ok())
-                .map(|port| RoutePort {
-                    port: u32::from(port),
-                    endpoints: endpoints(state, td, key, port)
-                        .into_iter()
-                        .map(|e| RouteEndpoint {
-                            address: e.address.to_string(),
-                            ready: e.ready,
-                            zone: e.zone.unwrap_or_default(),
-                        })
-                        .collect(),
-                })
-                .collect();
-            let route = Route {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                ports,
-            };
-            (key.clone(), route)
-        })
-        .collect()
+    Derived::of(state, td).routes
 }
 
 #[cfg(test)]
@@ -485,7 +657,7 @@ mod tests {
         let routed = &routes(&state, &td())[&ObjKey::new("shop", "api")].ports[0];
         assert_eq!(routed.endpoints.len(), 1, "{routed:?}");
         assert_eq!(
-            unidentified(&state, &td()),
+            Derived::of(&state, &td()).unidentified(),
             BTreeMap::from([(Unidentified::PodUnknown, 2)])
         );
     }
@@ -558,6 +730,111 @@ mod tests {
                 "spiffe://mesh.test/ns/shop/sa/api".into()
             )]
         );
+    }
+
+    /// Kept up to date step by step, the derived sets equal those derived
+    /// from each state afresh, and a step recomputes only the Services it
+    /// touched.
+    #[test]
+    fn derived_step_by_step_equals_derived_afresh() {
+        let td = td();
+        let mut state = ClusterState::default();
+        for i in 0..50 {
+            let name = format!("s{i}");
+            state.services.insert(
+                ObjKey::new("shop", &name),
+                service("shop", &name, &[("http", 80)], i % 5 != 0).into(),
+            );
+            let ip = |k: usize| format!("10.0.{i}.{k}");
+            let (pods, s) = pods_and_slice(
+                "shop",
+                &name,
+                &name,
+                &[("http", 8080)],
+                &[(&ip(1), Some("z1"), true), (&ip(2), None, i % 3 == 0)],
+            );
+            add_workload(&mut state, &pods, s);
+        }
+        state.node_zones.insert("node-none".into(), "z9".into());
+        let mut derived = Derived::default();
+        assert_eq!(derived.update(&state, &td), 50);
+        let same = |derived: &Derived, state: &ClusterState| {
+            let fresh = Derived::of(state, &td);
+            assert_eq!(derived.exports, fresh.exports);
+            assert_eq!(derived.routes, fresh.routes);
+            assert_eq!(derived.unidentified(), fresh.unidentified());
+        };
+        same(&derived, &state);
+        let before = derived.exports.clone();
+        assert_eq!(derived.update(&state, &td), 0, "nothing changed");
+        assert!(
+            derived.exports.ptr_eq(&before),
+            "an unchanged set is the same set"
+        );
+
+        // A Pod goes: the one Service naming it loses an endpoint.
+        let pod_of_s7 = state
+            .slices_of(&ObjKey::new("shop", "s7"))
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .find_map(|ep| ep.target_ref.as_ref()?.name.clone())
+            .expect("a pod");
+        state.pods.remove(&ObjKey::new("shop", &pod_of_s7));
+        assert_eq!(derived.update(&state, &td), 1);
+        same(&derived, &state);
+        assert!(matches!(
+            derived.unidentified().get(&Unidentified::PodUnknown),
+            Some(1)
+        ));
+
+        // An endpoint turns not ready; a slice moves to another Service.
+        let key = ObjKey::new("shop", "s8-abcde");
+        let slice = state
+            .slices
+            .get_mut(&key)
+            .map(Arc::make_mut)
+            .expect("slice");
+        for ep in slice.endpoints.iter_mut().flatten() {
+            ep.conditions.get_or_insert_default().ready = Some(false);
+        }
+        assert_eq!(derived.update(&state, &td), 1);
+        same(&derived, &state);
+        let slice = state
+            .slices
+            .get_mut(&key)
+            .map(Arc::make_mut)
+            .expect("slice");
+        slice
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(labels::SERVICE_NAME.into(), "s9".into());
+        assert_eq!(derived.update(&state, &td), 2, "s8 and s9");
+        same(&derived, &state);
+
+        // Unexported, removed, relabelled a mirror.
+        let svc = state
+            .services
+            .get_mut(&ObjKey::new("shop", "s11"))
+            .map(Arc::make_mut);
+        svc.expect("s11").metadata.labels = None;
+        state.services.remove(&ObjKey::new("shop", "s12"));
+        let svc = state
+            .services
+            .get_mut(&ObjKey::new("shop", "s13"))
+            .map(Arc::make_mut);
+        svc.expect("s13")
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(labels::ORIGIN_CLUSTER.into(), "west".into());
+        assert_eq!(derived.update(&state, &td), 3);
+        same(&derived, &state);
+        assert!(!derived.exports.contains_key(&ObjKey::new("shop", "s13")));
+
+        // A Node's zone changes: every endpoint on it may move.
+        state.node_zones.insert("node-none".into(), "z8".into());
+        derived.update(&state, &td);
+        same(&derived, &state);
     }
 
     #[test]

@@ -88,13 +88,14 @@ pub(crate) fn selected<'a>(peer: &'a PeerState) -> impl Iterator<Item = &'a Expo
     peer.imports
         .iter()
         .flat_map(|set| set.values())
+        .map(|svc| &**svc)
         .filter(move |svc| selector_matches(sel, &svc.labels))
 }
 
 /// The export `key` of `peer`, if its Link selects it.
 pub(crate) fn imported<'a>(peer: &'a PeerState, key: &ObjKey) -> Option<&'a ExportedService> {
     let svc = peer.imports.as_ref()?.get(key)?;
-    selector_matches(peer.spec.selector.as_ref(), &svc.labels).then_some(svc)
+    selector_matches(peer.spec.selector.as_ref(), &svc.labels).then_some(&**svc)
 }
 
 /// A mirror that should exist: the import it mirrors, through which Link,

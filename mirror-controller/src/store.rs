@@ -7,9 +7,9 @@ mod edit;
 mod file;
 mod kube;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -53,19 +53,19 @@ impl fmt::Display for ObjKey {
 pub struct ClusterState {
     /// Services by namespace/name. Each object is shared: successive
     /// states hold the same unchanged objects, not copies.
-    pub services: BTreeMap<ObjKey, Arc<Service>>,
+    pub services: Table<ObjKey, Arc<Service>>,
     /// EndpointSlices by namespace/name, shared as Services are.
-    pub slices: BTreeMap<ObjKey, Arc<EndpointSlice>>,
+    pub slices: Table<ObjKey, Arc<EndpointSlice>>,
     /// Zone of each Node (from `topology.kubernetes.io/zone`), for endpoints
     /// that name a node but no zone.
-    pub node_zones: BTreeMap<String, String>,
+    pub node_zones: Table<String, String>,
     /// Who each running Pod runs as, for the endpoints whose `targetRef`
     /// names it. Only what identity needs is kept of a Pod.
-    pub pods: BTreeMap<ObjKey, PodAccount>,
+    pub pods: Table<ObjKey, PodAccount>,
     /// Links by namespace/name.
-    pub links: BTreeMap<ObjKey, Link>,
+    pub links: Table<ObjKey, Link>,
     /// FailoverPolicies by namespace/name.
-    pub policies: BTreeMap<ObjKey, FailoverPolicy>,
+    pub policies: Table<ObjKey, FailoverPolicy>,
     /// Manifest files that do not parse now (file store; the kube store
     /// has none). The objects they held keep their last good version.
     pub broken_files: usize,
@@ -74,11 +74,12 @@ pub struct ClusterState {
 }
 
 impl PartialEq for ClusterState {
-    /// Equal content; a shared object is equal to itself without a look
-    /// inside, so comparing successive states costs what changed.
+    /// Equal content. The tables are persistent maps: a state made from
+    /// another shares every unchanged part with it, and comparing them skips
+    /// what is shared, so comparing successive states costs what changed.
     fn eq(&self, other: &Self) -> bool {
-        same_objects(&self.services, &other.services)
-            && same_objects(&self.slices, &other.slices)
+        self.services == other.services
+            && self.slices == other.slices
             && self.node_zones == other.node_zones
             && self.pods == other.pods
             && self.links == other.links
@@ -87,52 +88,106 @@ impl PartialEq for ClusterState {
     }
 }
 
-fn same_objects<T: PartialEq>(a: &BTreeMap<ObjKey, Arc<T>>, b: &BTreeMap<ObjKey, Arc<T>>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
-}
+/// A table of a [`ClusterState`]: an ordered map whose clones share
+/// structure, so a state derived from another costs what changed, and
+/// [`imbl::OrdMap::diff`] between them visits only that.
+pub type Table<K, V> = imbl::OrdMap<K, V>;
 
 impl ClusterState {
     /// The EndpointSlices of Service `key`: those of its namespace that
     /// carry its name in `kubernetes.io/service-name`, as the endpoint-slice
-    /// controller labels them, in name order. The first lookup indexes every
-    /// slice once, so a lookup costs the Service's own slices; a state is
-    /// built, then shared read-only, and changes to `slices` after that
-    /// first lookup are not seen.
+    /// controller labels them, in name order. The index behind it is built
+    /// once and then brought up to date from what changed in `slices`
+    /// since; a state cloned from another takes its index along, so a
+    /// lookup in the next state costs the slices that changed.
     pub fn slices_of<'a>(&'a self, key: &ObjKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        let index = self.slice_index.0.get_or_init(|| {
-            let mut index: HashMap<ObjKey, Vec<ObjKey>> = HashMap::new();
-            for (k, slice) in &self.slices {
-                let service = slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(meshfed_api::labels::SERVICE_NAME));
-                if let Some(service) = service {
-                    let of = ObjKey::new(k.namespace.clone(), service.clone());
-                    index.entry(of).or_default().push(k.clone());
-                }
-            }
-            index
-        });
-        index
-            .get(key)
+        let names = self.slice_index.of(&self.slices).get(key).cloned();
+        names
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k).map(|s| &**s))
+            .filter_map(|k| self.slices.get(&k).map(|s| &**s))
     }
 }
 
-/// Slice names by the Service they belong to. A copy of a state indexes
-/// anew.
+/// The Service a slice belongs to, by its `kubernetes.io/service-name` label.
+pub(crate) fn service_of(key: &ObjKey, slice: &EndpointSlice) -> Option<ObjKey> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(meshfed_api::labels::SERVICE_NAME)?;
+    Some(ObjKey::new(key.namespace.clone(), service.clone()))
+}
+
+/// Slice names by the Service they belong to, with the table they index.
 #[derive(Default)]
-struct SliceIndex(std::sync::OnceLock<HashMap<ObjKey, Vec<ObjKey>>>);
+struct SliceIndex(Mutex<Option<Indexed>>);
+
+#[derive(Clone)]
+struct Indexed {
+    of: Table<ObjKey, Arc<EndpointSlice>>,
+    by_service: Table<ObjKey, imbl::OrdSet<ObjKey>>,
+}
+
+impl SliceIndex {
+    /// The index of `slices`: the one held if it is of these very slices,
+    /// else it updated by the difference, else built.
+    fn of(
+        &self,
+        slices: &Table<ObjKey, Arc<EndpointSlice>>,
+    ) -> Table<ObjKey, imbl::OrdSet<ObjKey>> {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let indexed = held.get_or_insert_with(|| Indexed {
+            of: Table::new(),
+            by_service: Table::new(),
+        });
+        if !indexed.of.ptr_eq(slices) {
+            let mut by_service = indexed.by_service.clone();
+            let mut unlink = |key: &ObjKey, slice: &EndpointSlice| {
+                if let Some(service) = service_of(key, slice)
+                    && let Some(names) = by_service.get_mut(&service)
+                {
+                    names.remove(key);
+                    if names.is_empty() {
+                        by_service.remove(&service);
+                    }
+                }
+            };
+            let mut added = Vec::new();
+            for change in indexed.of.diff(slices) {
+                match change {
+                    imbl::ordmap::DiffItem::Add(k, v) => added.push((k, v)),
+                    imbl::ordmap::DiffItem::Update { old, new } => {
+                        unlink(old.0, old.1);
+                        added.push(new);
+                    }
+                    imbl::ordmap::DiffItem::Remove(k, v) => unlink(k, v),
+                }
+            }
+            for (key, slice) in added {
+                if let Some(service) = service_of(key, slice) {
+                    by_service.entry(service).or_default().insert(key.clone());
+                }
+            }
+            *indexed = Indexed {
+                of: slices.clone(),
+                by_service,
+            };
+        }
+        indexed.by_service.clone()
+    }
+}
 
 impl Clone for SliceIndex {
     fn clone(&self) -> Self {
-        Self::default()
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self(Mutex::new(held.clone()))
     }
 }
 

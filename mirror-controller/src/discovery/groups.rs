@@ -353,7 +353,10 @@ mod tests {
         let mut p = PeerState::new(spec);
         p.gateways = vec!["127.0.0.9:4443".parse().expect("addr")];
         let svc = fixtures::exported_api(&format!("{cluster}-1"), ready, 4);
-        p.imports = Some(Arc::new([(ObjKey::new("shop", "api"), svc)].into()));
+        p.imports = Some(Arc::new(crate::local::ExportSet::unit(
+            ObjKey::new("shop", "api"),
+            svc.into(),
+        )));
         let l = Duration::from_millis(latency_ms);
         p.latency = Some((l, l));
         p
@@ -428,7 +431,11 @@ mod tests {
     #[test]
     fn without_a_policy_remote_takes_over_only_when_nothing_local_is_healthy() {
         let mut l = local();
-        for s in l.slices.values_mut().map(Arc::make_mut) {
+        let keys: Vec<_> = l.slices.keys().cloned().collect();
+        for k in &keys {
+            let Some(s) = l.slices.get_mut(k).map(Arc::make_mut) else {
+                continue;
+            };
             for ep in s.endpoints.iter_mut().flatten() {
                 ep.conditions.get_or_insert_default().ready = Some(false);
             }

@@ -8,7 +8,7 @@ use meshfed_api::discovery::{RouteRef, RoutesUpdate};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use crate::local::{RouteSet, routes};
+use crate::local::{RouteSet, changes};
 use crate::store::ClusterState;
 use crate::validate::validate_link;
 
@@ -27,10 +27,9 @@ impl RouteTable {
     /// Publishes the table for `state` if it differs from the current one.
     pub(crate) fn publish(
         tx: &watch::Sender<Arc<RouteTable>>,
+        routes: RouteSet,
         state: &ClusterState,
-        td: &meshfed_trust::TrustDomain,
     ) {
-        let routes = routes(state, td);
         let mut peers: Vec<String> = state
             .links
             .values()
@@ -66,7 +65,7 @@ pub(crate) async fn stream_routes(
     let mut sent = table.borrow_and_update().clone();
     let snapshot = RoutesUpdate {
         snapshot: true,
-        upserts: sent.routes.values().cloned().collect(),
+        upserts: sent.routes.values().map(|r| (**r).clone()).collect(),
         removals: Vec::new(),
         revision: sent.revision,
         peers: sent.peers.clone(),
@@ -89,18 +88,12 @@ pub(crate) async fn stream_routes(
 }
 
 fn diff(old: &RouteTable, new: &RouteTable) -> RoutesUpdate {
+    let (upserts, removals) = changes(&old.routes, &new.routes);
     RoutesUpdate {
         snapshot: false,
-        upserts: new
-            .routes
-            .iter()
-            .filter(|(k, v)| old.routes.get(*k) != Some(*v))
-            .map(|(_, v)| v.clone())
-            .collect(),
-        removals: old
-            .routes
-            .keys()
-            .filter(|k| !new.routes.contains_key(*k))
+        upserts,
+        removals: removals
+            .into_iter()
             .map(|k| RouteRef {
                 namespace: k.namespace.clone(),
                 name: k.name.clone(),
@@ -115,6 +108,7 @@ fn diff(old: &RouteTable, new: &RouteTable) -> RoutesUpdate {
 mod tests {
     use super::*;
     use crate::fixtures::{add_workload, link, pods_and_slice, service};
+    use crate::local::routes;
     use crate::store::ObjKey;
 
     fn td() -> meshfed_trust::TrustDomain {
@@ -150,7 +144,7 @@ mod tests {
             ),
         );
         let (table_tx, table_rx) = watch::channel(Arc::new(RouteTable::default()));
-        RouteTable::publish(&table_tx, &state, &td());
+        RouteTable::publish(&table_tx, routes(&state, &td()), &state);
         let (tx, mut rx) = mpsc::channel(4);
         let task = tokio::spawn(stream_routes(table_rx, tx));
 
@@ -160,9 +154,9 @@ mod tests {
         assert_eq!(first.peers, ["west"]);
 
         // An unchanged state publishes nothing; a removed export is a removal.
-        RouteTable::publish(&table_tx, &state, &td());
+        RouteTable::publish(&table_tx, routes(&state, &td()), &state);
         state.services.remove(&ObjKey::new("shop", "b"));
-        RouteTable::publish(&table_tx, &state, &td());
+        RouteTable::publish(&table_tx, routes(&state, &td()), &state);
         let next = rx.recv().await.expect("diff").expect("ok");
         assert!(!next.snapshot);
         assert!(next.upserts.is_empty());
@@ -184,7 +178,7 @@ mod tests {
             "no snapshot of a table never computed"
         );
         // A cluster exporting nothing still publishes its (empty) first table.
-        RouteTable::publish(&table_tx, &ClusterState::default(), &td());
+        RouteTable::publish(&table_tx, RouteSet::new(), &ClusterState::default());
         let first = rx.recv().await.expect("snapshot").expect("ok");
         assert!(first.snapshot && first.upserts.is_empty());
         assert_eq!(first.revision, 1);

@@ -250,7 +250,10 @@ mod tests {
 
     fn west_exports_api() -> Arc<crate::local::ExportSet> {
         let svc = fixtures::exported_api("west-1", 2, 2);
-        Arc::new([(ObjKey::new("shop", "api"), svc)].into())
+        Arc::new(crate::local::ExportSet::unit(
+            ObjKey::new("shop", "api"),
+            svc.into(),
+        ))
     }
 
     async fn subscribe(world: watch::Receiver<Arc<World>>) -> SetStream {

@@ -301,7 +301,7 @@ fn apply(imports: &mut Option<ExportSet>, update: ExportsUpdate) -> Result<bool,
     if update.snapshot {
         let mut set = ExportSet::new();
         for svc in update.upserts {
-            set.insert(checked(&svc)?, svc);
+            set.insert(checked(&svc)?, Arc::new(svc));
         }
         let changed = imports.as_ref() != Some(&set);
         *imports = Some(set);
@@ -326,7 +326,10 @@ fn apply(imports: &mut Option<ExportSet>, update: ExportsUpdate) -> Result<bool,
         changed |= set.remove(&key).is_some();
     }
     for (key, svc) in upserts {
-        changed |= set.insert(key, svc.clone()).as_ref() != Some(&svc);
+        if set.get(&key).is_none_or(|held| **held != svc) {
+            set.insert(key, Arc::new(svc));
+            changed = true;
+        }
     }
     Ok(changed)
 }

@@ -73,19 +73,32 @@ impl Doubt {
                 self.held.insert(k.clone(), svc.clone());
             }
         }
-        self.held.retain(|k, _| !snapshot.contains_key(k));
+        self.keep_only_missing_from(snapshot);
         self.until.get_or_insert(now + self.hold);
         fresh
     }
 
     /// A diff from the peer: what it sends or removes is no longer doubted.
     pub(crate) fn settled(&mut self, current: &ExportSet, removed: &[ObjKey]) {
-        self.held.retain(|k, _| !current.contains_key(k));
+        self.keep_only_missing_from(current);
         for k in removed {
             self.held.remove(k);
         }
         if self.held.is_empty() {
             self.until = None;
+        }
+    }
+
+    /// Stops doubting what `set` holds again.
+    fn keep_only_missing_from(&mut self, set: &ExportSet) {
+        let back: Vec<ObjKey> = self
+            .held
+            .keys()
+            .filter(|k| set.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in back {
+            self.held.remove(&k);
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::local::ExportSet;
+use crate::local::{ExportSet, changes};
 use crate::metrics::Metrics;
 use crate::store::ClusterState;
 
@@ -164,7 +164,7 @@ async fn stream_exports(
     let snapshot = ExportsUpdate {
         cluster: cluster.clone(),
         snapshot: true,
-        upserts: sent.set.values().cloned().collect(),
+        upserts: sent.set.values().map(|s| (**s).clone()).collect(),
         removals: Vec::new(),
         revision: sent.revision,
     };
@@ -196,26 +196,18 @@ async fn stream_exports(
 }
 
 fn diff(cluster: &str, old: &Exports, new: &Exports) -> ExportsUpdate {
-    let upserts = new
-        .set
-        .iter()
-        .filter(|(k, v)| old.set.get(*k) != Some(*v))
-        .map(|(_, v)| v.clone())
-        .collect();
-    let removals = old
-        .set
-        .keys()
-        .filter(|k| !new.set.contains_key(*k))
-        .map(|k| ServiceRef {
-            namespace: k.namespace.clone(),
-            name: k.name.clone(),
-        })
-        .collect();
+    let (upserts, removals) = changes(&old.set, &new.set);
     ExportsUpdate {
         cluster: cluster.to_owned(),
         snapshot: false,
         upserts,
-        removals,
+        removals: removals
+            .into_iter()
+            .map(|k| ServiceRef {
+                namespace: k.namespace.clone(),
+                name: k.name.clone(),
+            })
+            .collect(),
         revision: new.revision,
     }
 }
@@ -242,13 +234,13 @@ mod tests {
     #[test]
     fn diffs_carry_only_what_changed() {
         let mut old = Exports::default();
-        old.set.insert(ObjKey::new("shop", "a"), svc("a", 1));
-        old.set.insert(ObjKey::new("shop", "b"), svc("b", 1));
+        old.set.insert(ObjKey::new("shop", "a"), svc("a", 1).into());
+        old.set.insert(ObjKey::new("shop", "b"), svc("b", 1).into());
         let mut new = old.clone();
         new.revision = 2;
         new.set.remove(&ObjKey::new("shop", "a"));
-        new.set.insert(ObjKey::new("shop", "b"), svc("b", 2));
-        new.set.insert(ObjKey::new("shop", "c"), svc("c", 1));
+        new.set.insert(ObjKey::new("shop", "b"), svc("b", 2).into());
+        new.set.insert(ObjKey::new("shop", "c"), svc("c", 1).into());
         let d = diff("west", &old, &new);
         let names: Vec<_> = d.upserts.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);
@@ -280,7 +272,7 @@ mod tests {
             "an empty set never computed reads as everything unexported"
         );
         let mut set = ExportSet::new();
-        set.insert(ObjKey::new("shop", "a"), svc("a", 1));
+        set.insert(ObjKey::new("shop", "a"), svc("a", 1).into());
         exports_tx.send_replace(Arc::new(Exports { revision: 1, set }));
         let first = rx.recv().await.expect("snapshot").expect("ok");
         assert!(first.snapshot);

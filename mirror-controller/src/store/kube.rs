@@ -27,7 +27,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, is_mirror};
+use imbl::ordmap::DiffItem;
+
+use super::{
+    ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, Table, is_mirror,
+};
 
 /// How long [`KubeStore::start`] waits for every watcher's initial list.
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -457,12 +461,12 @@ async fn run(
 #[derive(Default)]
 struct Fold {
     state: ClusterState,
-    services: Option<BTreeMap<ObjKey, Arc<Service>>>,
-    slices: Option<BTreeMap<ObjKey, Arc<EndpointSlice>>>,
-    nodes: Option<BTreeMap<String, String>>,
-    pods: Option<BTreeMap<ObjKey, PodAccount>>,
-    links: Option<BTreeMap<ObjKey, Link>>,
-    policies: Option<BTreeMap<ObjKey, FailoverPolicy>>,
+    services: Option<Table<ObjKey, Arc<Service>>>,
+    slices: Option<Table<ObjKey, Arc<EndpointSlice>>>,
+    nodes: Option<Table<String, String>>,
+    pods: Option<Table<ObjKey, PodAccount>>,
+    links: Option<Table<ObjKey, Link>>,
+    policies: Option<Table<ObjKey, FailoverPolicy>>,
 }
 
 impl Fold {
@@ -510,23 +514,39 @@ fn zone(node: Node) -> (String, Option<String>) {
     (node.name_any(), zone)
 }
 
-fn fold<K, Key: Ord, V: PartialEq>(
-    table: &mut BTreeMap<Key, V>,
-    pending: &mut Option<BTreeMap<Key, V>>,
+fn fold<K, Key: Ord + Clone, V: PartialEq + Clone>(
+    table: &mut Table<Key, V>,
+    pending: &mut Option<Table<Key, V>>,
     event: Event<K>,
     entry: fn(K) -> (Key, Option<V>),
 ) -> (bool, bool) {
     match event {
-        Event::Init => *pending = Some(BTreeMap::new()),
+        Event::Init => *pending = Some(Table::new()),
         Event::InitApply(obj) => {
             if let (Some(pending), (key, Some(value))) = (pending.as_mut(), entry(obj)) {
                 pending.insert(key, value);
             }
         }
         Event::InitDone => {
+            // Only what the list changed is replaced, so the rest stays
+            // shared with the states already published.
             let listed = pending.take().unwrap_or_default();
-            let changed = *table != listed;
-            *table = listed;
+            let changes: Vec<(Key, Option<V>)> = table
+                .diff(&listed)
+                .map(|change| match change {
+                    DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => {
+                        (k.clone(), Some(v.clone()))
+                    }
+                    DiffItem::Remove(k, _) => (k.clone(), None),
+                })
+                .collect();
+            let changed = !changes.is_empty();
+            for (key, value) in changes {
+                match value {
+                    Some(value) => table.insert(key, value),
+                    None => table.remove(&key),
+                };
+            }
             return (changed, true);
         }
         Event::Apply(obj) => {

@@ -416,7 +416,7 @@ async fn start_returns_with_every_resource_listed() {
     // Only labelled nodes have a zone.
     assert_eq!(
         state.node_zones,
-        BTreeMap::from([("n1".to_owned(), "eu-west-1a".to_owned())])
+        BTreeMap::from([("n1".to_owned(), "eu-west-1a".to_owned())]).into()
     );
     let link = &state.links[&ObjKey::new("meshfed-system", "east")];
     assert_eq!(link.spec.cluster, "east");
