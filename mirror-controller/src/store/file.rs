@@ -92,7 +92,9 @@ struct Inner {
     whole_reads: AtomicUsize,
 }
 
-/// What the last scan found, file by file.
+/// What the last scan found, file by file, and the state those files make,
+/// kept up to date as files change: a change costs the objects of the files
+/// it touched, not a rebuild from every file.
 #[derive(Debug, Default)]
 struct Scan {
     files: BTreeMap<PathBuf, FileEntry>,
@@ -100,7 +102,15 @@ struct Scan {
     /// were looked for. That waits for a scan with no broken file: an object
     /// in a file that never parsed is unseen, not gone.
     swept: bool,
+    /// The files defining each object, in path order: the first wins.
+    /// Nearly always one.
+    defined_in: HashMap<Identity, Vec<Arc<Path>>>,
+    /// What the files define (`broken_files` is set as it is published).
+    state: ClusterState,
 }
+
+/// An object's kind and name.
+type Identity = (&'static str, ObjKey);
 
 impl Scan {
     /// Reads `path` unless its stamp is the one read last; whether it did.
@@ -123,7 +133,8 @@ impl Scan {
                 if entry.error.take().is_some() {
                     tracing::info!(file = %path.display(), "manifest file parses again");
                 }
-                entry.objects = objects;
+                let old = std::mem::replace(&mut entry.objects, objects);
+                self.redefine(path, &old);
             }
             Err(e) => {
                 let msg = format!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
@@ -133,7 +144,132 @@ impl Scan {
         }
         true
     }
+
+    /// Takes `entry` as what `path` holds now (a file the store wrote).
+    fn put(&mut self, path: PathBuf, entry: FileEntry) {
+        let old = self.files.insert(path.clone(), entry);
+        self.redefine(&path, &old.map(|f| f.objects).unwrap_or_default());
+    }
+
+    /// Forgets `path` (gone); whether it was known.
+    fn forget(&mut self, path: &Path) -> bool {
+        let Some(old) = self.files.remove(path) else {
+            return false;
+        };
+        self.redefine(path, &old.objects);
+        true
+    }
+
+    /// Brings the state up to date after `path`'s objects changed from
+    /// `old` to what `files` holds for it now (nothing if it is gone).
+    fn redefine(&mut self, path: &Path, old: &[Object]) {
+        let new = self.files.get(path).map_or(&[][..], |f| &f.objects[..]);
+        let shared: Arc<Path> = Arc::from(path);
+        let mut now_defined = std::collections::HashSet::with_capacity(new.len());
+        for obj in new {
+            let id = obj.identity();
+            if !now_defined.insert(id.clone()) {
+                tracing::warn!(kind = %id.0, key = %id.1, file = %path.display(),
+                    "object defined twice in one file; using the first");
+                continue;
+            }
+            let owners = self.defined_in.entry(id.clone()).or_default();
+            if let Err(at) = owners.binary_search_by(|p| (**p).cmp(path)) {
+                owners.insert(at, shared.clone());
+                if owners.len() > 1 {
+                    tracing::warn!(kind = %id.0, key = %id.1, file = %path.display(),
+                        first = %owners[0].display(), "object defined twice; using the first");
+                }
+            }
+            if *owners[0] == *path {
+                take(&mut self.state, &id, Some(obj));
+            }
+        }
+        for obj in old {
+            let id = obj.identity();
+            if now_defined.contains(&id) {
+                continue;
+            }
+            let Some(owners) = self.defined_in.get_mut(&id) else {
+                continue;
+            };
+            let was_first = owners.first().is_some_and(|p| **p == *path);
+            owners.retain(|p| **p != *path);
+            match owners.first().cloned() {
+                None => {
+                    self.defined_in.remove(&id);
+                    take(&mut self.state, &id, None);
+                }
+                // Another file defines it too: its version takes over.
+                Some(next) if was_first => {
+                    let objects = self.files.get(&*next).map_or(&[][..], |f| &f.objects[..]);
+                    let obj = objects.iter().find(|o| o.identity() == id);
+                    take(&mut self.state, &id, obj);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The state to publish.
+    fn state(&self) -> ClusterState {
+        ClusterState {
+            broken_files: self.files.values().filter(|f| f.error.is_some()).count(),
+            ..self.state.clone()
+        }
+    }
 }
+
+/// Sets object `id` of `state` to `obj`, or removes it.
+fn take(state: &mut ClusterState, id: &Identity, obj: Option<&Object>) {
+    let key = id.1.clone();
+    match obj {
+        Some(Object::Service(s)) => {
+            state.services.insert(key, s.clone());
+        }
+        Some(Object::Slice(s)) => {
+            state.slices.insert(key, s.clone());
+        }
+        Some(Object::Node(n)) => {
+            let zone = n
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(meshfed_api::labels::ZONE));
+            match zone {
+                Some(zone) => state.node_zones.insert(key.name, zone.clone()),
+                None => state.node_zones.remove(&key.name),
+            };
+        }
+        Some(Object::Pod(_, account)) => {
+            match account {
+                Some(account) => state.pods.insert(key, account.clone()),
+                None => state.pods.remove(&key),
+            };
+        }
+        Some(Object::Link(l)) => {
+            state.links.insert(key, (**l).clone());
+        }
+        Some(Object::Policy(p)) => {
+            state.policies.insert(key, (**p).clone());
+        }
+        None => match id.0 {
+            SERVICE => drop(state.services.remove(&key)),
+            SLICE => drop(state.slices.remove(&key)),
+            NODE => drop(state.node_zones.remove(&key.name)),
+            POD => drop(state.pods.remove(&key)),
+            LINK => drop(state.links.remove(&key)),
+            _ => drop(state.policies.remove(&key)),
+        },
+    }
+}
+
+const SERVICE: &str = "Service";
+const SLICE: &str = "EndpointSlice";
+const NODE: &str = "Node";
+const POD: &str = "Pod";
+const LINK: &str = "Link";
+const POLICY: &str = "FailoverPolicy";
 
 /// The objects that have a status, by the folder of their status files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,11 +529,15 @@ impl Inner {
         collect_files(&self.dir, 0, &mut seen);
         let mut changed = false;
         let live: std::collections::HashSet<&PathBuf> = seen.iter().map(|(p, _)| p).collect();
-        scan.files.retain(|p, _| {
-            let keep = live.contains(p);
-            changed |= !keep;
-            keep
-        });
+        let gone: Vec<PathBuf> = scan
+            .files
+            .keys()
+            .filter(|p| !live.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            changed |= scan.forget(&path);
+        }
         for (path, stamp) in &seen {
             changed |= scan.read(path, *stamp);
         }
@@ -437,7 +577,7 @@ impl Inner {
         for (path, stamp) in found {
             changed |= match stamp {
                 Some(stamp) => scan.read(path, stamp),
-                None => scan.files.remove(path).is_some(),
+                None => scan.forget(path),
             };
         }
         Some(self.settle(&mut scan, changed))
@@ -476,7 +616,7 @@ impl Inner {
     /// Publishes the state the scan holds; returns the statuses whose
     /// objects went with it.
     fn publish(&self, scan: &Scan) -> Vec<Orphan> {
-        let state = assemble(scan);
+        let state = scan.state();
         let before = self.tx.borrow().clone();
         let mut orphans = Vec::new();
         for of in StatusOf::ALL {
@@ -519,7 +659,7 @@ impl Inner {
         }
         let mut scan = self.lock();
         for (path, stamp, objects) in written {
-            scan.files.insert(
+            scan.put(
                 path,
                 FileEntry {
                     stamp,
@@ -587,7 +727,7 @@ impl Inner {
         if !removed.is_empty() {
             let mut scan = self.lock();
             for path in &removed {
-                scan.files.remove(path);
+                scan.forget(path);
             }
             orphans = self.publish(&scan);
         }
@@ -665,57 +805,6 @@ impl StatusOf {
             Self::Policy => state.policies.contains_key(key),
         }
     }
-}
-
-/// Builds the cluster view from every file's objects; the first file (in
-/// path order) to define an object wins.
-fn assemble(scan: &Scan) -> ClusterState {
-    let mut state = ClusterState {
-        broken_files: scan.files.values().filter(|f| f.error.is_some()).count(),
-        ..ClusterState::default()
-    };
-    let mut owners: HashMap<(&'static str, ObjKey), &Path> = HashMap::new();
-    for (path, file) in &scan.files {
-        for obj in &file.objects {
-            let (kind, key) = obj.identity();
-            if let Some(first) = owners.get(&(kind, key.clone())) {
-                tracing::warn!(%kind, %key, file = %path.display(), first = %first.display(),
-                    "object defined twice; using the first");
-                continue;
-            }
-            owners.insert((kind, key.clone()), path);
-            match obj {
-                Object::Service(s) => {
-                    state.services.insert(key, s.clone());
-                }
-                Object::Slice(s) => {
-                    state.slices.insert(key, s.clone());
-                }
-                Object::Node(n) => {
-                    let zone = n
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(meshfed_api::labels::ZONE));
-                    if let Some(zone) = zone {
-                        state.node_zones.insert(key.name, zone.clone());
-                    }
-                }
-                Object::Pod(_, account) => {
-                    if let Some(account) = account {
-                        state.pods.insert(key, account.clone());
-                    }
-                }
-                Object::Link(l) => {
-                    state.links.insert(key, (**l).clone());
-                }
-                Object::Policy(p) => {
-                    state.policies.insert(key, (**p).clone());
-                }
-            }
-        }
-    }
-    state
 }
 
 pub(super) fn collect_files(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, (SystemTime, u64))>) {
@@ -873,17 +962,17 @@ pub(super) fn split_documents(text: &str) -> Vec<(usize, &str)> {
 }
 
 impl Object {
-    fn identity(&self) -> (&'static str, ObjKey) {
+    fn identity(&self) -> Identity {
         let (kind, meta) = match self {
-            Object::Service(o) => ("Service", &o.metadata),
-            Object::Slice(o) => ("EndpointSlice", &o.metadata),
+            Object::Service(o) => (SERVICE, &o.metadata),
+            Object::Slice(o) => (SLICE, &o.metadata),
             Object::Node(o) => {
                 let name = o.metadata.name.clone().unwrap_or_default();
-                return ("Node", ObjKey::new("", name));
+                return (NODE, ObjKey::new("", name));
             }
-            Object::Pod(key, _) => return ("Pod", key.clone()),
-            Object::Link(o) => ("Link", &o.metadata),
-            Object::Policy(o) => ("FailoverPolicy", &o.metadata),
+            Object::Pod(key, _) => return (POD, key.clone()),
+            Object::Link(o) => (LINK, &o.metadata),
+            Object::Policy(o) => (POLICY, &o.metadata),
         };
         (kind, object_key(meta))
     }
@@ -1290,6 +1379,74 @@ mod tests {
         store.rescan().await;
         assert_eq!(broken(), 0);
         assert_eq!(store.state().borrow().links.len(), 1);
+    }
+
+    /// An object two files define is the first file's, in path order, as
+    /// files come and go and change; what the store holds after each step is
+    /// what a store opened afresh reads.
+    #[tokio::test]
+    async fn an_object_defined_twice_is_the_first_files_as_files_change() {
+        let api = |ports: &[u16]| {
+            let docs: Vec<String> = ports
+                .iter()
+                .map(|p| {
+                    yaml(&crate::fixtures::service(
+                        "shop",
+                        "api",
+                        &[("http", *p)],
+                        true,
+                    ))
+                })
+                .collect();
+            docs.join("---\n")
+        };
+        let (tmp, store) = store_with(&[("a.yaml", api(&[80])), ("b.yaml", api(&[811]))]).await;
+        let dir = tmp.path().to_path_buf();
+        let port = || {
+            let state = store.state().borrow().clone();
+            let svc = state.services.get(&ObjKey::new("shop", "api")).cloned();
+            svc.map(|s| {
+                s.spec
+                    .as_ref()
+                    .expect("spec")
+                    .ports
+                    .as_ref()
+                    .expect("ports")[0]
+                    .port
+            })
+        };
+        let step = async |what: &str, write: &[(&str, Option<String>)], want: Option<i32>| {
+            for (file, text) in write {
+                match text {
+                    Some(text) => std::fs::write(dir.join(file), text).expect("write"),
+                    None => std::fs::remove_file(dir.join(file)).expect("rm"),
+                }
+            }
+            store.rescan().await;
+            assert_eq!(port(), want, "{what}");
+            assert!(
+                **store.state().borrow() == read_afresh(&dir).await,
+                "{what}: as read afresh"
+            );
+        };
+        assert_eq!(port(), Some(80), "a.yaml comes first");
+        step(
+            "the second file changes",
+            &[("b.yaml", Some(api(&[8222])))],
+            Some(80),
+        )
+        .await;
+        step("the first file goes", &[("a.yaml", None)], Some(8222)).await;
+        step(
+            "the first file is back",
+            &[("a.yaml", Some(api(&[8333])))],
+            Some(8333),
+        )
+        .await;
+        let twice = Some(api(&[84, 85]));
+        step("twice in the first file", &[("a.yaml", twice)], Some(84)).await;
+        step("the second file goes", &[("b.yaml", None)], Some(84)).await;
+        step("and the first", &[("a.yaml", None)], None).await;
     }
 
     #[test]
