@@ -424,7 +424,7 @@ fn pod_named(slice: &EndpointSlice, ep: &Endpoint) -> Option<ObjKey> {
 }
 
 /// The key of a changed entry.
-fn diffed_key<'a, V>(change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>) -> &'a ObjKey {
+pub(crate) fn diffed_key<'a, V>(change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>) -> &'a ObjKey {
     match change {
         imbl::ordmap::DiffItem::Add(k, _)
         | imbl::ordmap::DiffItem::Remove(k, _)
@@ -433,8 +433,8 @@ fn diffed_key<'a, V>(change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>) -> &'a 
 }
 
 /// A changed entry's old and new versions.
-type Version<'a, V> = Option<(&'a ObjKey, &'a V)>;
-fn diffed<'a, V>(
+pub(crate) type Version<'a, V> = Option<(&'a ObjKey, &'a V)>;
+pub(crate) fn diffed<'a, V>(
     change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>,
 ) -> (Version<'a, V>, Version<'a, V>) {
     match change {

@@ -5,7 +5,7 @@
 //! A mirror whose peer has not sent its first snapshot since start is left
 //! alone, so a restarting controller churns nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::local::{diffed, diffed_key};
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
-use crate::store::{Mirror, ObjKey, Store, StoreError, is_mirror};
+use crate::store::{ClusterState, Mirror, ObjKey, Store, StoreError, is_mirror};
 use crate::world::{PeerState, World};
 
 /// Annotation holding the [`input_digest`] of what the controller last
@@ -127,36 +128,58 @@ impl Wanted<'_> {
 fn desired(world: &World) -> BTreeMap<ObjKey, Wanted<'_>> {
     let mut out = BTreeMap::new();
     for (link_key, peer) in &world.peers {
-        let link = world.local.links.get(link_key);
         for svc in selected(peer) {
             let Some(name) = mirror_name(&svc.name, &peer.spec.cluster) else {
                 tracing::warn!(service = %svc.name, cluster = %peer.spec.cluster,
                     "mirror name would exceed 63 characters; not mirrored");
                 continue;
             };
-            let owner = link.and_then(|l| {
-                // Owner references cannot cross namespaces.
-                (l.metadata.namespace.as_deref() == Some(svc.namespace.as_str()))
-                    .then(|| owner_ref(l))
-                    .flatten()
-            });
             let key = ObjKey::new(&svc.namespace, &name);
             if out.contains_key(&key) {
                 continue;
             }
-            let digest = input_digest(svc, &name, link_key, peer, owner.as_ref());
-            let wanted = Wanted {
-                link: link_key,
-                peer,
-                svc,
-                name,
-                owner,
-                digest,
-            };
-            out.insert(key, wanted);
+            out.insert(key, wanted(world, link_key, peer, svc, name));
         }
     }
     out
+}
+
+/// What should exist at mirror `key`, if anything: the import of the first
+/// peer (in Link order, as [`desired`] takes them) whose mirror it is.
+fn desired_at<'w>(world: &'w World, key: &ObjKey) -> Option<Wanted<'w>> {
+    world.peers.iter().find_map(|(link_key, peer)| {
+        let import = key
+            .name
+            .strip_suffix(peer.spec.cluster.as_str())?
+            .strip_suffix('-')?;
+        let svc = imported(peer, &ObjKey::new(&key.namespace, import))?;
+        let name = mirror_name(&svc.name, &peer.spec.cluster).filter(|n| *n == key.name)?;
+        Some(wanted(world, link_key, peer, svc, name))
+    })
+}
+
+fn wanted<'w>(
+    world: &'w World,
+    link: &'w ObjKey,
+    peer: &'w PeerState,
+    svc: &'w ExportedService,
+    name: String,
+) -> Wanted<'w> {
+    let owner = world.local.links.get(link).and_then(|l| {
+        // Owner references cannot cross namespaces.
+        (l.metadata.namespace.as_deref() == Some(svc.namespace.as_str()))
+            .then(|| owner_ref(l))
+            .flatten()
+    });
+    let digest = input_digest(svc, &name, link, peer, owner.as_ref());
+    Wanted {
+        link,
+        peer,
+        svc,
+        name,
+        owner,
+        digest,
+    }
 }
 
 fn owner_ref(link: &meshfed_api::crd::Link) -> Option<OwnerReference> {
@@ -330,33 +353,66 @@ pub(crate) struct Plan {
     pub(crate) delete: Vec<ObjKey>,
 }
 
+/// Every write that brings the store to the desired mirrors.
 pub(crate) fn plan(world: &World) -> Plan {
     let desired = desired(world);
     let mut plan = Plan::default();
     for (key, wanted) in &desired {
-        let current = world.local.services.get(key);
-        let slice_ok = world.local.slices.contains_key(key);
-        let same = current.and_then(|s| applied_digest(s)) == Some(wanted.digest.as_str());
-        if !same || !slice_ok {
+        if !is_applied(world, key, wanted) {
             plan.apply.push(wanted.build());
         }
     }
     for (key, svc) in &world.local.services {
-        let labels_ = svc.metadata.labels.as_ref();
-        if !is_mirror(labels_) || desired.contains_key(key) {
-            continue;
-        }
-        let link_name = labels_.and_then(|l| l.get(labels::LINK));
-        // Its peer has not spoken since start: keep it until it does or its lease ends.
-        let pending = world
-            .peers
-            .iter()
-            .any(|(k, p)| Some(&k.name) == link_name && p.imports.is_none());
-        if !pending {
+        if !desired.contains_key(key) && is_stale(world, svc) {
             plan.delete.push(key.clone());
         }
     }
     plan
+}
+
+/// The writes [`plan`] would make at `keys`, looking at nothing else: what
+/// a change touched is planned in the time of its own size.
+fn plan_at(world: &World, keys: &BTreeSet<ObjKey>) -> Plan {
+    let mut plan = Plan::default();
+    for key in keys {
+        match desired_at(world, key) {
+            Some(wanted) if !is_applied(world, key, &wanted) => plan.apply.push(wanted.build()),
+            Some(_) => {}
+            None => {
+                if world
+                    .local
+                    .services
+                    .get(key)
+                    .is_some_and(|svc| is_stale(world, svc))
+                {
+                    plan.delete.push(key.clone());
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Whether the store holds `wanted` as it would be built now.
+fn is_applied(world: &World, key: &ObjKey, wanted: &Wanted<'_>) -> bool {
+    let current = world.local.services.get(key);
+    let same = current.and_then(|s| applied_digest(s)) == Some(wanted.digest.as_str());
+    same && world.local.slices.contains_key(key)
+}
+
+/// Whether `svc`, wanted by nothing, is a mirror to delete.
+fn is_stale(world: &World, svc: &Service) -> bool {
+    let labels_ = svc.metadata.labels.as_ref();
+    if !is_mirror(labels_) {
+        return false;
+    }
+    let link_name = labels_.and_then(|l| l.get(labels::LINK));
+    // Its peer has not spoken since start: keep it until it does or its lease ends.
+    let pending = world
+        .peers
+        .iter()
+        .any(|(k, p)| Some(&k.name) == link_name && p.imports.is_none());
+    !pending
 }
 
 /// Mirrors that cannot be written, by mirror: the name of the Link that
@@ -374,15 +430,28 @@ pub(crate) async fn run(
     let mut failed: HashMap<ObjKey, Instant> = HashMap::new();
     let mut last_inputs: Option<Inputs> = None;
     let mut last_pass = Instant::now();
+    // Whether the last pass did all it planned; if not, the next plans all.
+    let mut finished = false;
+    let mut counted = MirrorCount::default();
     loop {
         let snapshot = world.borrow_and_update().clone();
         // Probe latencies change the world every period; mirrors do not
         // depend on them, so such changes cost no re-plan.
         let inputs = Inputs::of(&snapshot);
-        let unchanged = last_inputs.as_ref() == Some(&inputs);
-        if !unchanged || !failed.is_empty() || last_pass.elapsed() >= RESYNC {
+        let scope = match &last_inputs {
+            Some(last) if finished && last_pass.elapsed() < RESYNC => {
+                inputs.touched_since(last).map(|mut keys| {
+                    keys.extend(failed.keys().cloned());
+                    keys
+                })
+            }
+            _ => None,
+        };
+        if scope.as_ref().is_none_or(|keys| !keys.is_empty()) {
+            if scope.is_none() {
+                last_pass = Instant::now();
+            }
             last_inputs = Some(inputs);
-            last_pass = Instant::now();
             let planned_from = &last_inputs;
             let peers_moved = || {
                 world.has_changed().unwrap_or(true)
@@ -390,17 +459,22 @@ pub(crate) async fn run(
                         .as_ref()
                         .is_none_or(|i| !i.same_peers(&Inputs::of(&world.borrow())))
             };
-            reconcile(
+            finished = reconcile(
                 &*store,
                 &snapshot,
-                &mut failed,
-                &metrics,
-                &unwritable,
+                scope.as_ref(),
+                Writes {
+                    failed: &mut failed,
+                    metrics: &metrics,
+                    unwritable: &unwritable,
+                },
                 &peers_moved,
             )
             .await;
-            count_mirrors(&snapshot, &metrics);
+        } else {
+            last_inputs = Some(inputs);
         }
+        counted.update(&snapshot, &metrics);
         let next_retry = failed.values().min().copied();
         tokio::select! {
             changed = world.changed() => if changed.is_err() { return },
@@ -415,13 +489,20 @@ pub(crate) async fn run(
     }
 }
 
+/// Where a pass records its writes' outcomes.
+struct Writes<'a> {
+    failed: &'a mut HashMap<ObjKey, Instant>,
+    metrics: &'a Metrics,
+    unwritable: &'a Unwritable,
+}
+
 /// Mirror writes handed to the store at once: big enough that a bulk
 /// import is a few dozen store updates, small enough that a pass notices a
 /// peer's change between batches.
 const BATCH: usize = 256;
 
-/// One pass: deletes, then mirrors that do not exist yet, then mirrors that
-/// changed, in batches, skipping keys whose last write failed less than
+/// One pass over every mirror, or over `scope` alone: deletes, then mirrors
+/// that do not exist yet, then mirrors that changed, in batches, skipping keys whose last write failed less than
 /// [`RETRY`] ago. Stops early when `peers_moved` says a peer's imports,
 /// gateways or liveness changed meanwhile, so the next pass starts from
 /// them instead of finishing a plan made stale (a new export is not queued
@@ -429,19 +510,27 @@ const BATCH: usize = 256;
 async fn reconcile(
     store: &dyn Store,
     world: &World,
-    failed: &mut HashMap<ObjKey, Instant>,
-    metrics: &Metrics,
-    unwritable: &Unwritable,
+    scope: Option<&BTreeSet<ObjKey>>,
+    writes: Writes<'_>,
     peers_moved: &(dyn Fn() -> bool + Sync),
 ) -> bool {
-    let plan = plan(world);
+    let Writes {
+        failed,
+        metrics,
+        unwritable,
+    } = writes;
+    let plan = match scope {
+        Some(keys) => plan_at(world, keys),
+        None => plan(world),
+    };
     let now = Instant::now();
     failed.retain(|_, until| *until > now);
     {
         // A mirror no longer wanted is no longer a problem.
         let wanted: std::collections::HashSet<ObjKey> =
             plan.apply.iter().map(Mirror::key).collect();
-        lock(unwritable).retain(|k, _| wanted.contains(k));
+        let looked_at = |k: &ObjKey| scope.is_none_or(|keys| keys.contains(k));
+        lock(unwritable).retain(|k, _| wanted.contains(k) || !looked_at(k));
     }
     let deletes: Vec<ObjKey> = plan
         .delete
@@ -627,6 +716,43 @@ impl Inputs {
                 })
     }
 
+    /// The mirror keys a change from `before` to these inputs may touch:
+    /// those of the imports that changed and the local Services and slices
+    /// that did. `None` when everything must be planned: a peer came, went,
+    /// or changed its spec, gateways or liveness, its imports became known,
+    /// or a Link changed (owner references name it).
+    fn touched_since(&self, before: &Inputs) -> Option<BTreeSet<ObjKey>> {
+        if self.peers.len() != before.peers.len() || self.local.links != before.local.links {
+            return None;
+        }
+        let mut keys = BTreeSet::new();
+        for ((ka, a), (kb, b)) in before.peers.iter().zip(&self.peers) {
+            if ka != kb || a.spec != b.spec || a.gateways != b.gateways || a.alive != b.alive {
+                return None;
+            }
+            match (&a.imports, &b.imports) {
+                (Some(x), Some(y)) => {
+                    for change in x.diff(y) {
+                        let import = diffed_key(&change);
+                        if let Some(name) = mirror_name(&import.name, &b.spec.cluster) {
+                            keys.insert(ObjKey::new(&import.namespace, name));
+                        }
+                    }
+                }
+                (None, None) => {}
+                _ => return None,
+            }
+        }
+        let local = (&before.local, &self.local);
+        for change in local.0.services.diff(&local.1.services) {
+            keys.insert(diffed_key(&change).clone());
+        }
+        for change in local.0.slices.diff(&local.1.slices) {
+            keys.insert(diffed_key(&change).clone());
+        }
+        Some(keys)
+    }
+
     fn of(w: &World) -> Self {
         Self {
             local: w.local.clone(),
@@ -647,27 +773,43 @@ impl Inputs {
     }
 }
 
-fn count_mirrors(world: &World, metrics: &Metrics) {
-    let mut by_link: BTreeMap<String, i64> =
-        world.peers.keys().map(|k| (k.to_string(), 0)).collect();
-    for svc in world.local.services.values() {
-        let Some(link) = svc
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(labels::LINK))
-        else {
-            continue;
-        };
-        if let Some((_, n)) = by_link
-            .iter_mut()
-            .find(|(k, _)| k.ends_with(&format!("/{link}")))
-        {
-            *n += 1;
+/// The mirrors each Link's peer has in the store, by Link name, kept from
+/// the difference between the states counted.
+#[derive(Default)]
+struct MirrorCount {
+    of: Option<Arc<ClusterState>>,
+    by_link: HashMap<String, i64>,
+}
+
+impl MirrorCount {
+    fn update(&mut self, world: &World, metrics: &Metrics) {
+        let now = &world.local;
+        if self.of.as_ref().is_some_and(|of| Arc::ptr_eq(of, now)) {
+            return;
         }
-    }
-    for (link, n) in by_link {
-        metrics.mirrors.get_or_create(&LinkLabels { link }).set(n);
+        let before = self.of.take().unwrap_or_default();
+        fn link(svc: &Service) -> Option<&String> {
+            let labels_ = svc.metadata.labels.as_ref()?;
+            is_mirror(Some(labels_)).then(|| labels_.get(labels::LINK))?
+        }
+        for change in before.services.diff(&now.services) {
+            let (old, new) = diffed(&change);
+            if let Some(name) = old.and_then(|(_, svc)| link(svc)) {
+                *self.by_link.entry(name.clone()).or_default() -= 1;
+            }
+            if let Some(name) = new.and_then(|(_, svc)| link(svc)) {
+                *self.by_link.entry(name.clone()).or_default() += 1;
+            }
+        }
+        self.by_link.retain(|_, n| *n != 0);
+        self.of = Some(now.clone());
+        for key in world.peers.keys() {
+            let n = self.by_link.get(&key.name).copied().unwrap_or(0);
+            let labels = LinkLabels {
+                link: key.to_string(),
+            };
+            metrics.mirrors.get_or_create(&labels).set(n);
+        }
     }
 }
 
@@ -708,7 +850,7 @@ mod tests {
         peer.imports = imports.map(|v| {
             Arc::new(
                 v.into_iter()
-                    .map(|s| (ObjKey::new(&s.namespace, &s.name), s))
+                    .map(|s| (ObjKey::new(&s.namespace, &s.name), Arc::new(s)))
                     .collect(),
             )
         });
@@ -718,6 +860,75 @@ mod tests {
         w.peers
             .insert(ObjKey::new("meshfed", "west"), Arc::new(peer));
         w
+    }
+
+    /// Planned from what changed since the last plan, a pass makes the very
+    /// writes a plan of everything would.
+    #[test]
+    fn a_plan_of_what_changed_is_the_plan_of_everything() {
+        let imports: Vec<_> = (0..100)
+            .map(|i| exported(&format!("s{i}"), "web"))
+            .collect();
+        let mut world = world_with(Some(imports), ClusterState::default());
+        let west = ObjKey::new("meshfed", "west");
+        // What a store holding the plan's writes then holds.
+        let written = |world: &mut World, plan: Plan| {
+            let local = Arc::make_mut(&mut world.local);
+            for m in plan.apply {
+                let key = m.key();
+                local.services.insert(key.clone(), m.service.into());
+                local.slices.insert(key, m.slice.into());
+            }
+            for k in plan.delete {
+                local.services.remove(&k);
+                local.slices.remove(&k);
+            }
+        };
+        let from_changes = |before: &World, after: &World| {
+            let touched = Inputs::of(after)
+                .touched_since(&Inputs::of(before))
+                .expect("planned from what changed");
+            let plan_ = plan_at(after, &touched);
+            assert_eq!(plan_, plan(after));
+            (touched.len(), plan_.apply.len() + plan_.delete.len())
+        };
+        let all = plan(&world);
+        assert_eq!(all.apply.len(), 100);
+        written(&mut world, all);
+
+        // The peer adds, changes and removes an export.
+        let before = world.clone();
+        let peer = Arc::make_mut(world.peers.get_mut(&west).expect("peer"));
+        let set = Arc::make_mut(peer.imports.as_mut().expect("imports"));
+        set.insert(ObjKey::new("shop", "s100"), exported("s100", "web").into());
+        let mut s5 = exported("s5", "web");
+        s5.ports[0].port = 81;
+        set.insert(ObjKey::new("shop", "s5"), s5.into());
+        set.remove(&ObjKey::new("shop", "s7"));
+        assert_eq!(from_changes(&before, &world), (3, 3));
+        let next = plan(&world);
+        written(&mut world, next);
+
+        // A mirror's slice is deleted by hand; a label of another changes.
+        let before = world.clone();
+        let local = Arc::make_mut(&mut world.local);
+        local.slices.remove(&ObjKey::new("shop", "s9-west"));
+        let s8 = local
+            .services
+            .get_mut(&ObjKey::new("shop", "s8-west"))
+            .expect("s8");
+        Arc::make_mut(s8).metadata.annotations = None;
+        assert_eq!(from_changes(&before, &world), (2, 2));
+        let next = plan(&world);
+        written(&mut world, next);
+        assert_eq!(from_changes(&world.clone(), &world), (0, 0));
+
+        // The gateway moves: every mirror is planned.
+        let before = world.clone();
+        let peer = Arc::make_mut(world.peers.get_mut(&west).expect("peer"));
+        peer.gateways = vec!["127.0.0.3:4443".parse().expect("addr")];
+        let touched = Inputs::of(&world).touched_since(&Inputs::of(&before));
+        assert!(touched.is_none(), "{touched:?}");
     }
 
     #[test]
@@ -800,7 +1011,12 @@ mod tests {
         // The peer moves after the second batch: the pass stops there.
         let asked = std::sync::atomic::AtomicUsize::new(0);
         let moved = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 2;
-        let done = reconcile(&store, &world, &mut failed, &metrics, &unwritable, &moved).await;
+        let writes = Writes {
+            failed: &mut failed,
+            metrics: &metrics,
+            unwritable: &unwritable,
+        };
+        let done = reconcile(&store, &world, None, writes, &moved).await;
         assert!(!done, "cut short");
         let state = (**store.state().borrow()).clone();
         assert!(
@@ -823,10 +1039,12 @@ mod tests {
 
         // Planned again from where it stopped, the pass finishes.
         let world = world_with(Some(imports.clone()), state);
-        let done = reconcile(&store, &world, &mut failed, &metrics, &unwritable, &|| {
-            false
-        })
-        .await;
+        let writes = Writes {
+            failed: &mut failed,
+            metrics: &metrics,
+            unwritable: &unwritable,
+        };
+        let done = reconcile(&store, &world, None, writes, &|| false).await;
         assert!(done);
         let state = (**store.state().borrow()).clone();
         assert_eq!(state.services.len(), 601);
