@@ -109,6 +109,16 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    /// Takes `other`'s slice index as a start, so that the first lookup in
+    /// this state costs the slices that differ from those it indexed. A
+    /// store building each state anew calls it with the state it published
+    /// last, whose index its readers have brought up to date.
+    pub fn reuse_index(&mut self, other: &ClusterState) {
+        self.slice_index = other.slice_index.clone();
+    }
+}
+
 /// The Service a slice belongs to, by its `kubernetes.io/service-name` label.
 pub(crate) fn service_of(key: &ObjKey, slice: &EndpointSlice) -> Option<ObjKey> {
     let service = slice
@@ -366,4 +376,43 @@ pub type Outcomes = Vec<(ObjKey, Result<(), StoreError>)>;
 /// Whether an object's labels mark it as a mirror the controller owns.
 pub fn is_mirror(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels.is_some_and(|l| l.contains_key(meshfed_api::labels::ORIGIN_CLUSTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::slice;
+
+    fn names(state: &ClusterState, service: &str) -> Vec<String> {
+        state
+            .slices_of(&ObjKey::new("shop", service))
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    /// A state that takes another's index finds what its own slices say,
+    /// whatever the other held.
+    #[test]
+    fn a_reused_slice_index_follows_the_slices_of_its_own_state() {
+        let mut a = ClusterState::default();
+        for (svc, name) in [("api", "api-1"), ("api", "api-2"), ("db", "db-1")] {
+            let s = slice("shop", svc, name, &[("http", 80)]);
+            a.slices.insert(ObjKey::new("shop", name), s.into());
+        }
+        assert_eq!(names(&a, "api"), ["api-1", "api-2"]);
+        let mut b = a.clone();
+        b.slices.remove(&ObjKey::new("shop", "api-1"));
+        let moved = slice("shop", "db", "api-2", &[("http", 80)]);
+        b.slices.insert(ObjKey::new("shop", "api-2"), moved.into());
+        let added = slice("shop", "web", "web-1", &[("http", 80)]);
+        b.slices.insert(ObjKey::new("shop", "web-1"), added.into());
+        let mut c = b.clone();
+        c.reuse_index(&a);
+        for state in [&b, &c] {
+            assert!(names(state, "api").is_empty());
+            assert_eq!(names(state, "db"), ["api-2", "db-1"]);
+            assert_eq!(names(state, "web"), ["web-1"]);
+        }
+        assert_eq!(names(&a, "api"), ["api-1", "api-2"], "a keeps its own");
+    }
 }

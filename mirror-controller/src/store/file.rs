@@ -616,8 +616,9 @@ impl Inner {
     /// Publishes the state the scan holds; returns the statuses whose
     /// objects went with it.
     fn publish(&self, scan: &Scan) -> Vec<Orphan> {
-        let state = scan.state();
+        let mut state = scan.state();
         let before = self.tx.borrow().clone();
+        state.reuse_index(&before);
         let mut orphans = Vec::new();
         for of in StatusOf::ALL {
             let gone = of.keys(&before).filter(|key| !of.exists(&state, key));

@@ -441,7 +441,9 @@ async fn run(
                 let (changed, synced) = fold.apply(update);
                 // Published before the sync is reported, so `start` returns a full state.
                 if changed {
-                    state.send_replace(Arc::new(fold.state.clone()));
+                    let mut next = fold.state.clone();
+                    next.reuse_index(&state.borrow());
+                    state.send_replace(Arc::new(next));
                 }
                 if synced {
                     progress.send_if_modified(|p| p.unsynced.remove(name).is_some());
