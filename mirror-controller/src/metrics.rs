@@ -21,6 +21,13 @@ pub struct ErrorLabels {
     pub what: &'static str,
 }
 
+/// Labels of mirror writes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `apply` or `delete`.
+    pub op: &'static str,
+}
+
 /// Labels of endpoints not offered.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UnidentifiedLabels {
@@ -48,6 +55,7 @@ pub struct Metrics {
     pub(crate) discovery_subscribers: Gauge,
     pub(crate) discovery_push_latency: Histogram,
     pub(crate) reconcile_errors: Family<ErrorLabels, Counter>,
+    pub(crate) mirror_writes: Family<WriteLabels, Counter>,
     pub(crate) store_errors: Gauge,
     pub(crate) unidentified: Family<UnidentifiedLabels, Gauge>,
     pub(crate) leader: Gauge,
@@ -72,6 +80,7 @@ impl Metrics {
             discovery_subscribers: Gauge::default(),
             discovery_push_latency: latency_histogram(),
             reconcile_errors: Family::default(),
+            mirror_writes: Family::default(),
             store_errors: Gauge::default(),
             unidentified: Family::default(),
             leader: Gauge::default(),
@@ -157,6 +166,12 @@ impl Metrics {
             "reconcile_errors",
             "Failed store writes by what was attempted",
             m.reconcile_errors.clone(),
+        );
+        r.register(
+            "mirror_writes",
+            "Mirrors written (op apply) or deleted (op delete) by this replica; a burst of \
+             deletes is what an operator looks for after a peer's trouble",
+            m.mirror_writes.clone(),
         );
         r.register(
             "endpoints_unidentified",

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::local::{diffed, diffed_key};
-use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
+use crate::metrics::{ErrorLabels, LinkLabels, Metrics, WriteLabels};
 use crate::store::{ClusterState, Mirror, ObjKey, Store, StoreError, is_mirror};
 use crate::world::{PeerState, World};
 
@@ -613,6 +613,8 @@ impl Pass<'_> {
         match result {
             Ok(()) => {
                 self.applied += 1;
+                let op = WriteLabels { op: "apply" };
+                self.metrics.mirror_writes.get_or_create(&op).inc();
                 lock(self.unwritable).remove(&key);
                 tracing::debug!(mirror = %key, "mirror applied");
             }
@@ -628,6 +630,8 @@ impl Pass<'_> {
         match result {
             Ok(()) => {
                 self.deleted += 1;
+                let op = WriteLabels { op: "delete" };
+                self.metrics.mirror_writes.get_or_create(&op).inc();
                 tracing::debug!(mirror = %key, "mirror deleted");
             }
             Err(e) => {

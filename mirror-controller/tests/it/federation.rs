@@ -685,27 +685,7 @@ async fn a_silent_controller_behind_a_live_gateway_is_held_through_the_grace() {
 
 /// `count` exported services `bulk-0..` with one ready endpoint each, as a cluster holds them.
 fn bulk_manifest(count: usize) -> String {
-    let mut docs = Vec::new();
-    for i in 0..count {
-        let name = format!("bulk-{i}");
-        docs.push(yaml(&fixtures::service(
-            "shop",
-            &name,
-            &[("http", 80)],
-            true,
-        )));
-        let ip = format!("10.2.{}.{}", i / 200, i % 200 + 1);
-        let (pods, slice) = fixtures::pods_and_slice(
-            "shop",
-            &name,
-            &name,
-            &[("http", 8080)],
-            &[(ip.as_str(), Some("west-a"), true)],
-        );
-        docs.push(yaml(&slice));
-        docs.extend(pods.iter().map(yaml));
-    }
-    docs.join("---\n")
+    bulk_manifest_range(0..count)
 }
 
 fn mirrors_of(state: &meshfed_mirror::ClusterState, prefix: &str) -> usize {
@@ -814,4 +794,113 @@ async fn a_snapshot_that_drops_most_exports_is_doubted_before_mirrors_go() {
         t_unexport < DOUBT_HOLD,
         "removals sent one by one are believed: {t_unexport:?}"
     );
+}
+
+/// The sum of `name`'s series in a cluster's metrics (0 when none).
+fn metric(cluster: &Cluster, name: &str) -> f64 {
+    cluster
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 20's restart: the exporter's controller restarts while 5,000
+/// exports are being added. The importer never deletes a mirror (its
+/// delete counter stays at zero, so not even one deleted and rewritten
+/// between two looks goes unseen), and every mirror exists at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exporter_restarting_during_a_bulk_export_costs_no_live_mirror() {
+    const FILES: usize = 50;
+    const PER_FILE: usize = 100;
+    const TOTAL: usize = FILES * PER_FILE;
+    let mesh = Mesh::new();
+    let mut west = Cluster::start(&mesh, "west", None).await;
+    let east = Cluster::start(&mesh, "east", None).await;
+    let gw = Gateway::start(&west).await;
+    west.write("api.yaml", &api_manifest(true));
+    east.write(LINK_FILE, &link_manifest(gw.addr));
+    let mut state = east.state();
+    until_state(Instant::now(), &mut state, "the first mirror", |s| {
+        has_mirror(s, "shop", "api-west")
+    })
+    .await;
+
+    // Files of 100 exports each, one every 40 ms, from another thread.
+    let dir = west.dir.path().to_path_buf();
+    let (written_tx, mut written) = watch::channel(0usize);
+    let writer = std::thread::spawn(move || {
+        for f in 0..FILES {
+            let text = bulk_manifest_range(f * PER_FILE..(f + 1) * PER_FILE);
+            write_file(&dir.join(format!("bulk-{f:03}.yaml")), &text);
+            let _ = written_tx.send(f + 1);
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    });
+    let deleted = "meshfed_controller_mirror_writes_total{op=\"delete\"}";
+    let t0 = Instant::now();
+    let _ = written.wait_for(|n| *n >= FILES * 2 / 5).await;
+    let mirrored_before = mirrors_of(&state.borrow(), "bulk-");
+    west.stop_controller();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    west.restart_controller(&mesh).await;
+    let restarted = t0.elapsed();
+    writer.join().expect("writer");
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        assert_eq!(metric(&east, deleted), 0.0, "the importer deleted a mirror");
+        let n = mirrors_of(&state.borrow_and_update(), "bulk-");
+        if n == TOTAL {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {TOTAL} mirrors after 240 s"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), state.changed()).await;
+    }
+    let done = t0.elapsed();
+    // Past the doubt hold, nothing goes either.
+    tokio::time::sleep(DOUBT_HOLD + Duration::from_millis(500)).await;
+    assert_eq!(metric(&east, deleted), 0.0, "the importer deleted a mirror");
+    let final_state = east.state().borrow().clone();
+    assert_eq!(mirrors_of(&final_state, "bulk-"), TOTAL);
+    assert!(has_mirror(&final_state, "shop", "api-west"));
+    let applied = metric(
+        &east,
+        "meshfed_controller_mirror_writes_total{op=\"apply\"}",
+    );
+    println!(
+        "{TOTAL} exports added in {FILES} files; exporter restarted at {} with {mirrored_before} \
+         mirrored; every mirror at {}, {applied} mirror writes, 0 deletes",
+        ms(restarted),
+        ms(done)
+    );
+}
+
+/// [`bulk_manifest`] of the services numbered `range`.
+fn bulk_manifest_range(range: std::ops::Range<usize>) -> String {
+    let mut docs = Vec::new();
+    for i in range {
+        let name = format!("bulk-{i}");
+        docs.push(yaml(&fixtures::service(
+            "shop",
+            &name,
+            &[("http", 80)],
+            true,
+        )));
+        let ip = format!("10.2.{}.{}", i / 200, i % 200 + 1);
+        let (pods, slice) = fixtures::pods_and_slice(
+            "shop",
+            &name,
+            &name,
+            &[("http", 8080)],
+            &[(ip.as_str(), Some("west-a"), true)],
+        );
+        docs.push(yaml(&slice));
+        docs.extend(pods.iter().map(yaml));
+    }
+    docs.join("---\n")
 }
