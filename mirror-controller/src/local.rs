@@ -289,7 +289,7 @@ pub(crate) struct Derived {
     missing: Table<ObjKey, BTreeMap<Unidentified, usize>>,
     /// The Pods each own Service's endpoints name, and the reverse.
     pods_named: HashMap<ObjKey, Vec<ObjKey>>,
-    services_naming: HashMap<ObjKey, BTreeSet<ObjKey>>,
+    services_naming: HashMap<ObjKey, Vec<ObjKey>>,
 }
 
 impl Derived {
@@ -350,7 +350,7 @@ impl Derived {
     fn refresh(&mut self, state: &ClusterState, td: &TrustDomain, key: &ObjKey) {
         for pod in self.pods_named.remove(key).into_iter().flatten() {
             if let Some(users) = self.services_naming.get_mut(&pod) {
-                users.remove(key);
+                users.retain(|k| k != key);
                 if users.is_empty() {
                     self.services_naming.remove(&pod);
                 }
@@ -379,10 +379,10 @@ impl Derived {
             }
         }
         for pod in &named {
-            self.services_naming
-                .entry(pod.clone())
-                .or_default()
-                .insert(key.clone());
+            let users = self.services_naming.entry(pod.clone()).or_default();
+            if !users.contains(key) {
+                users.push(key.clone());
+            }
         }
         if !named.is_empty() {
             self.pods_named.insert(key.clone(), named);

@@ -102,10 +102,12 @@ impl ClusterState {
     /// lookup in the next state costs the slices that changed.
     pub fn slices_of<'a>(&'a self, key: &ObjKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
         let names = self.slice_index.of(&self.slices).get(key).cloned();
-        names
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(&k).map(|s| &**s))
+        let found: Vec<&EndpointSlice> = names
+            .iter()
+            .flat_map(|n| n.iter())
+            .filter_map(|k| self.slices.get(k).map(|s| &**s))
+            .collect();
+        found.into_iter()
     }
 }
 
@@ -117,6 +119,30 @@ impl ClusterState {
     pub fn reuse_index(&mut self, other: &ClusterState) {
         self.slice_index = other.slice_index.clone();
     }
+}
+
+/// Gives back what a parser's growing vectors left spare: a slice of two
+/// endpoints parsed from YAML or JSON holds room for four, and at 10,000
+/// slices that is megabytes.
+pub(crate) fn compact_slice(mut slice: EndpointSlice) -> EndpointSlice {
+    if let Some(endpoints) = slice.endpoints.as_mut() {
+        for ep in endpoints.iter_mut() {
+            ep.addresses.shrink_to_fit();
+        }
+        endpoints.shrink_to_fit();
+    }
+    if let Some(ports) = slice.ports.as_mut() {
+        ports.shrink_to_fit();
+    }
+    slice
+}
+
+/// [`compact_slice`] for a Service's ports.
+pub(crate) fn compact_service(mut svc: Service) -> Service {
+    if let Some(ports) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        ports.shrink_to_fit();
+    }
+    svc
 }
 
 /// The Service a slice belongs to, by its `kubernetes.io/service-name` label.
@@ -136,16 +162,17 @@ struct SliceIndex(Mutex<Option<Indexed>>);
 #[derive(Clone)]
 struct Indexed {
     of: Table<ObjKey, Arc<EndpointSlice>>,
-    by_service: Table<ObjKey, imbl::OrdSet<ObjKey>>,
+    by_service: Table<ObjKey, Names>,
 }
+
+/// A Service's slice names, sorted. Nearly always one or two: a plain
+/// shared slice, not a set with room for dozens.
+type Names = Arc<[ObjKey]>;
 
 impl SliceIndex {
     /// The index of `slices`: the one held if it is of these very slices,
     /// else it updated by the difference, else built.
-    fn of(
-        &self,
-        slices: &Table<ObjKey, Arc<EndpointSlice>>,
-    ) -> Table<ObjKey, imbl::OrdSet<ObjKey>> {
+    fn of(&self, slices: &Table<ObjKey, Arc<EndpointSlice>>) -> Table<ObjKey, Names> {
         let mut held = self
             .0
             .lock()
@@ -158,11 +185,13 @@ impl SliceIndex {
             let mut by_service = indexed.by_service.clone();
             let mut unlink = |key: &ObjKey, slice: &EndpointSlice| {
                 if let Some(service) = service_of(key, slice)
-                    && let Some(names) = by_service.get_mut(&service)
+                    && let Some(names) = by_service.get(&service)
                 {
-                    names.remove(key);
-                    if names.is_empty() {
+                    let rest: Names = names.iter().filter(|k| *k != key).cloned().collect();
+                    if rest.is_empty() {
                         by_service.remove(&service);
+                    } else {
+                        by_service.insert(service, rest);
                     }
                 }
             };
@@ -179,7 +208,13 @@ impl SliceIndex {
             }
             for (key, slice) in added {
                 if let Some(service) = service_of(key, slice) {
-                    by_service.entry(service).or_default().insert(key.clone());
+                    let mut names = by_service
+                        .get(&service)
+                        .map_or_else(Vec::new, |n| n.to_vec());
+                    if let Err(at) = names.binary_search(key) {
+                        names.insert(at, key.clone());
+                    }
+                    by_service.insert(service, names.into());
                 }
             }
             *indexed = Indexed {

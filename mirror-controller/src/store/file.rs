@@ -35,7 +35,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, edit, is_mirror,
+    ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, compact_service,
+    compact_slice, edit, is_mirror,
 };
 
 mod changes;
@@ -887,8 +888,14 @@ fn parse_manifests(text: &str) -> Result<Vec<Object>, ParseError> {
             return Err(at(1, 1, format!("{kind} has no metadata.name")));
         }
         let obj = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Service") => Object::Service(typed(doc, &at)?),
-            ("discovery.k8s.io/v1", "EndpointSlice") => Object::Slice(typed(doc, &at)?),
+            ("v1", "Service") => {
+                let svc: Service = from_yaml(doc).map_err(|(l, c, m)| at(l, c, m))?;
+                Object::Service(Arc::new(compact_service(svc)))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                let slice: EndpointSlice = from_yaml(doc).map_err(|(l, c, m)| at(l, c, m))?;
+                Object::Slice(Arc::new(compact_slice(slice)))
+            }
             ("v1", "Node") => Object::Node(typed(doc, &at)?),
             ("v1", "Pod") => {
                 let pod: Arc<Pod> = typed(doc, &at)?;
@@ -1448,6 +1455,36 @@ mod tests {
         step("twice in the first file", &[("a.yaml", twice)], Some(84)).await;
         step("the second file goes", &[("b.yaml", None)], Some(84)).await;
         step("and the first", &[("a.yaml", None)], None).await;
+    }
+
+    /// A parsed slice keeps no spare room: at 10,000 slices the parser's
+    /// doubling left megabytes unused.
+    #[test]
+    fn parsed_slices_and_services_hold_no_spare_room() {
+        let (pods, slice) = crate::fixtures::pods_and_slice(
+            "shop",
+            "api",
+            "api",
+            &[("http", 8080)],
+            &[("10.0.0.1", None, true), ("10.0.0.2", None, true)],
+        );
+        assert_eq!(pods.len(), 2);
+        let svc = crate::fixtures::service("shop", "api", &[("http", 80)], true);
+        let text = format!("{}---\n{}", yaml(&svc), yaml(&slice));
+        let objects = parse_manifests(&text).expect("parses");
+        let [Object::Service(svc), Object::Slice(slice)] = &objects[..] else {
+            panic!("a Service and a slice: {objects:?}");
+        };
+        let endpoints = slice.endpoints.as_ref().expect("endpoints");
+        assert_eq!(endpoints.capacity(), endpoints.len());
+        let ports = slice.ports.as_ref().expect("ports");
+        assert_eq!(ports.capacity(), ports.len());
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .expect("ports");
+        assert_eq!(ports.capacity(), ports.len());
     }
 
     #[test]

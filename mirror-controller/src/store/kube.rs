@@ -30,7 +30,8 @@ use tokio::task::JoinHandle;
 use imbl::ordmap::DiffItem;
 
 use super::{
-    ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, Table, is_mirror,
+    ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, Table, compact_service,
+    compact_slice, is_mirror,
 };
 
 /// How long [`KubeStore::start`] waits for every watcher's initial list.
@@ -477,8 +478,12 @@ impl Fold {
     fn apply(&mut self, update: Update) -> (bool, bool) {
         let s = &mut self.state;
         match update {
-            Update::Service(e) => fold(&mut s.services, &mut self.services, e, shared),
-            Update::Slice(e) => fold(&mut s.slices, &mut self.slices, e, shared),
+            Update::Service(e) => fold(&mut s.services, &mut self.services, e, |svc| {
+                shared(compact_service(svc))
+            }),
+            Update::Slice(e) => fold(&mut s.slices, &mut self.slices, e, |slice| {
+                shared(compact_slice(slice))
+            }),
             Update::Node(e) => fold(&mut s.node_zones, &mut self.nodes, *e, zone),
             Update::Pod(e) => fold(&mut s.pods, &mut self.pods, e, account),
             Update::Link(e) => fold(&mut s.links, &mut self.links, e, keyed),
