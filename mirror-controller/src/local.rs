@@ -287,8 +287,8 @@ pub(crate) struct Derived {
     pub(crate) routes: RouteSet,
     /// Endpoints not offered, per own Service, by why.
     missing: Table<ObjKey, BTreeMap<Unidentified, usize>>,
-    /// The Pods each own Service's endpoints name, and the reverse.
-    pods_named: HashMap<ObjKey, Vec<ObjKey>>,
+    /// The own Services whose endpoints name each Pod. (Which Pods a
+    /// Service named is read from the state derived from, not kept.)
     services_naming: HashMap<ObjKey, Vec<ObjKey>>,
 }
 
@@ -348,7 +348,17 @@ impl Derived {
 
     /// Recomputes Service `key`'s part.
     fn refresh(&mut self, state: &ClusterState, td: &TrustDomain, key: &ObjKey) {
-        for pod in self.pods_named.remove(key).into_iter().flatten() {
+        let named_before: Vec<ObjKey> = self
+            .from
+            .slices_of(key)
+            .flat_map(|s| {
+                s.endpoints
+                    .iter()
+                    .flatten()
+                    .filter_map(move |ep| pod_named(s, ep))
+            })
+            .collect();
+        for pod in named_before {
             if let Some(users) = self.services_naming.get_mut(&pod) {
                 users.retain(|k| k != key);
                 if users.is_empty() {
@@ -383,9 +393,6 @@ impl Derived {
             if !users.contains(key) {
                 users.push(key.clone());
             }
-        }
-        if !named.is_empty() {
-            self.pods_named.insert(key.clone(), named);
         }
         if missing.is_empty() {
             self.missing.remove(key);
@@ -809,6 +816,10 @@ mod tests {
             .get_or_insert_default()
             .insert(labels::SERVICE_NAME.into(), "s9".into());
         assert_eq!(derived.update(&state, &td), 2, "s8 and s9");
+        same(&derived, &state);
+        // A Pod of the moved slice goes: only s9 names it now.
+        state.pods.remove(&ObjKey::new("shop", "s8-0"));
+        assert_eq!(derived.update(&state, &td), 1, "s9 alone");
         same(&derived, &state);
 
         // Unexported, removed, relabelled a mirror.

@@ -242,7 +242,8 @@ fn take(state: &mut ClusterState, id: &Identity, obj: Option<&Object>) {
                 None => state.node_zones.remove(&key.name),
             };
         }
-        Some(Object::Pod(_, account)) => {
+        Some(Object::Pod(pod)) => {
+            let (_, account) = &**pod;
             match account {
                 Some(account) => state.pods.insert(key, account.clone()),
                 None => state.pods.remove(&key),
@@ -297,7 +298,8 @@ enum Object {
     Slice(Arc<EndpointSlice>),
     Node(Arc<Node>),
     /// Of a Pod only its name and what identity needs is kept.
-    Pod(ObjKey, Option<PodAccount>),
+    /// Boxed: the other variants are one pointer, and a file holds many.
+    Pod(Box<(ObjKey, Option<PodAccount>)>),
     Link(Arc<Link>),
     Policy(Arc<FailoverPolicy>),
 }
@@ -899,7 +901,7 @@ fn parse_manifests(text: &str) -> Result<Vec<Object>, ParseError> {
             ("v1", "Node") => Object::Node(typed(doc, &at)?),
             ("v1", "Pod") => {
                 let pod: Arc<Pod> = typed(doc, &at)?;
-                Object::Pod(object_key(&pod.metadata), PodAccount::of(&pod))
+                Object::Pod(Box::new((object_key(&pod.metadata), PodAccount::of(&pod))))
             }
             ("meshfed.io/v1alpha1", "Link") => Object::Link(typed(doc, &at)?),
             ("meshfed.io/v1alpha1", "FailoverPolicy") => Object::Policy(typed(doc, &at)?),
@@ -978,7 +980,7 @@ impl Object {
                 let name = o.metadata.name.clone().unwrap_or_default();
                 return (NODE, ObjKey::new("", name));
             }
-            Object::Pod(key, _) => return (POD, key.clone()),
+            Object::Pod(pod) => return (POD, pod.0.clone()),
             Object::Link(o) => (LINK, &o.metadata),
             Object::Policy(o) => (POLICY, &o.metadata),
         };
