@@ -11,7 +11,7 @@ use meshfed_api::federation::{ExportedService, ServicePort as WirePort, ZoneEndp
 use meshfed_api::labels;
 use meshfed_trust::TrustDomain;
 
-use crate::store::{ClusterState, ObjKey, Table, is_mirror, service_of};
+use crate::store::{ClusterState, ObjKey, Table, diffed, diffed_key, is_mirror, service_of};
 
 /// One address serving one Service port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,16 +76,8 @@ fn identity_of(
 ) -> Result<String, Unidentified> {
     match ep.target_ref.as_ref() {
         Some(target) if target.kind.as_deref() == Some("Pod") => {
-            let namespace = target
-                .namespace
-                .as_deref()
-                .or(slice.metadata.namespace.as_deref())
-                .ok_or(Unidentified::PodUnknown)?;
-            let name = target.name.as_deref().ok_or(Unidentified::PodUnknown)?;
-            let pod = state
-                .pods
-                .get(&ObjKey::new(namespace, name))
-                .ok_or(Unidentified::PodUnknown)?;
+            let key = pod_named(slice, ep).ok_or(Unidentified::PodUnknown)?;
+            let pod = state.pods.get(&key).ok_or(Unidentified::PodUnknown)?;
             // A Pod recreated under the same name is not the one the slice names yet.
             if let (Some(named), Some(known)) = (&target.uid, &pod.uid)
                 && named != known
@@ -93,7 +85,7 @@ fn identity_of(
                 return Err(Unidentified::PodUnknown);
             }
             let id = td
-                .workload(namespace, &pod.service_account)
+                .workload(&key.namespace, &pod.service_account)
                 .map_err(|_| Unidentified::PodUnknown)?;
             Ok(id.to_string())
         }
@@ -430,27 +422,6 @@ fn pod_named(slice: &EndpointSlice, ep: &Endpoint) -> Option<ObjKey> {
     Some(ObjKey::new(namespace, target.name.as_deref()?))
 }
 
-/// The key of a changed entry.
-pub(crate) fn diffed_key<'a, V>(change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>) -> &'a ObjKey {
-    match change {
-        imbl::ordmap::DiffItem::Add(k, _)
-        | imbl::ordmap::DiffItem::Remove(k, _)
-        | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
-    }
-}
-
-/// A changed entry's old and new versions.
-pub(crate) type Version<'a, V> = Option<(&'a ObjKey, &'a V)>;
-pub(crate) fn diffed<'a, V>(
-    change: &imbl::ordmap::DiffItem<'a, 'a, ObjKey, V>,
-) -> (Version<'a, V>, Version<'a, V>) {
-    match change {
-        imbl::ordmap::DiffItem::Add(k, v) => (None, Some((k, v))),
-        imbl::ordmap::DiffItem::Remove(k, v) => (Some((k, v)), None),
-        imbl::ordmap::DiffItem::Update { old, new } => (Some(*old), Some(*new)),
-    }
-}
-
 /// What turns `old` into `new`: the entries added or changed, and the keys
 /// removed. Only what the two tables do not share is visited.
 pub(crate) fn changes<'a, V: PartialEq + Clone>(
@@ -459,12 +430,9 @@ pub(crate) fn changes<'a, V: PartialEq + Clone>(
 ) -> (Vec<V>, Vec<&'a ObjKey>) {
     let (mut upserts, mut removals) = (Vec::new(), Vec::new());
     for change in old.diff(new) {
-        match change {
-            imbl::ordmap::DiffItem::Add(_, v)
-            | imbl::ordmap::DiffItem::Update { new: (_, v), .. } => {
-                upserts.push((**v).clone());
-            }
-            imbl::ordmap::DiffItem::Remove(k, _) => removals.push(k),
+        match diffed(&change) {
+            (_, Some((_, v))) => upserts.push((**v).clone()),
+            (old, None) => removals.extend(old.map(|(k, _)| k)),
         }
     }
     (upserts, removals)

@@ -19,9 +19,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::local::{diffed, diffed_key};
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics, WriteLabels};
-use crate::store::{ClusterState, Mirror, ObjKey, Store, StoreError, is_mirror};
+use crate::store::{
+    ClusterState, Mirror, ObjKey, Store, StoreError, diffed, diffed_key, is_mirror,
+};
 use crate::world::{PeerState, World};
 
 /// Annotation holding the [`input_digest`] of what the controller last
@@ -447,11 +448,11 @@ pub(crate) async fn run(
             }
             _ => None,
         };
+        last_inputs = Some(inputs);
         if scope.as_ref().is_none_or(|keys| !keys.is_empty()) {
             if scope.is_none() {
                 last_pass = Instant::now();
             }
-            last_inputs = Some(inputs);
             let planned_from = &last_inputs;
             let peers_moved = || {
                 world.has_changed().unwrap_or(true)
@@ -471,8 +472,6 @@ pub(crate) async fn run(
                 &peers_moved,
             )
             .await;
-        } else {
-            last_inputs = Some(inputs);
         }
         counted.update(&snapshot, &metrics);
         let next_retry = failed.values().min().copied();
@@ -502,8 +501,8 @@ struct Writes<'a> {
 const BATCH: usize = 256;
 
 /// One pass over every mirror, or over `scope` alone: deletes, then mirrors
-/// that do not exist yet, then mirrors that changed, in batches, skipping keys whose last write failed less than
-/// [`RETRY`] ago. Stops early when `peers_moved` says a peer's imports,
+/// that do not exist yet, then mirrors that changed, in batches, skipping
+/// keys whose last write failed less than [`RETRY`] ago. Stops early when `peers_moved` says a peer's imports,
 /// gateways or liveness changed meanwhile, so the next pass starts from
 /// them instead of finishing a plan made stale (a new export is not queued
 /// behind thousands of re-applies). Returns whether it finished.
@@ -787,26 +786,26 @@ struct MirrorCount {
 
 impl MirrorCount {
     fn update(&mut self, world: &World, metrics: &Metrics) {
-        let now = &world.local;
-        if self.of.as_ref().is_some_and(|of| Arc::ptr_eq(of, now)) {
-            return;
-        }
-        let before = self.of.take().unwrap_or_default();
         fn link(svc: &Service) -> Option<&String> {
             let labels_ = svc.metadata.labels.as_ref()?;
             is_mirror(Some(labels_)).then(|| labels_.get(labels::LINK))?
         }
-        for change in before.services.diff(&now.services) {
-            let (old, new) = diffed(&change);
-            if let Some(name) = old.and_then(|(_, svc)| link(svc)) {
-                *self.by_link.entry(name.clone()).or_default() -= 1;
+        let now = &world.local;
+        if !self.of.as_ref().is_some_and(|of| Arc::ptr_eq(of, now)) {
+            let before = self.of.take().unwrap_or_default();
+            for change in before.services.diff(&now.services) {
+                let (old, new) = diffed(&change);
+                if let Some(name) = old.and_then(|(_, svc)| link(svc)) {
+                    *self.by_link.entry(name.clone()).or_default() -= 1;
+                }
+                if let Some(name) = new.and_then(|(_, svc)| link(svc)) {
+                    *self.by_link.entry(name.clone()).or_default() += 1;
+                }
             }
-            if let Some(name) = new.and_then(|(_, svc)| link(svc)) {
-                *self.by_link.entry(name.clone()).or_default() += 1;
-            }
+            self.by_link.retain(|_, n| *n != 0);
+            self.of = Some(now.clone());
         }
-        self.by_link.retain(|_, n| *n != 0);
-        self.of = Some(now.clone());
+        // Every linked peer has its gauge, 0 until it has mirrors.
         for key in world.peers.keys() {
             let n = self.by_link.get(&key.name).copied().unwrap_or(0);
             let labels = LinkLabels {

@@ -93,6 +93,29 @@ impl PartialEq for ClusterState {
 /// [`imbl::OrdMap::diff`] between them visits only that.
 pub type Table<K, V> = imbl::OrdMap<K, V>;
 
+/// A changed entry's old and new versions.
+pub(crate) type Version<'a, K, V> = Option<(&'a K, &'a V)>;
+
+/// What a [`Table`] diff item says: the entry before and after.
+pub(crate) fn diffed<'a, K, V>(
+    change: &imbl::ordmap::DiffItem<'a, 'a, K, V>,
+) -> (Version<'a, K, V>, Version<'a, K, V>) {
+    match change {
+        imbl::ordmap::DiffItem::Add(k, v) => (None, Some((k, v))),
+        imbl::ordmap::DiffItem::Remove(k, v) => (Some((k, v)), None),
+        imbl::ordmap::DiffItem::Update { old, new } => (Some(*old), Some(*new)),
+    }
+}
+
+/// The key of a [`Table`] diff item.
+pub(crate) fn diffed_key<'a, K, V>(change: &imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
+    match change {
+        imbl::ordmap::DiffItem::Add(k, _)
+        | imbl::ordmap::DiffItem::Remove(k, _)
+        | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
+    }
+}
+
 impl ClusterState {
     /// The EndpointSlices of Service `key`: those of its namespace that
     /// carry its name in `kubernetes.io/service-name`, as the endpoint-slice
@@ -197,14 +220,11 @@ impl SliceIndex {
             };
             let mut added = Vec::new();
             for change in indexed.of.diff(slices) {
-                match change {
-                    imbl::ordmap::DiffItem::Add(k, v) => added.push((k, v)),
-                    imbl::ordmap::DiffItem::Update { old, new } => {
-                        unlink(old.0, old.1);
-                        added.push(new);
-                    }
-                    imbl::ordmap::DiffItem::Remove(k, v) => unlink(k, v),
+                let (old, new) = diffed(&change);
+                if let Some((k, v)) = old {
+                    unlink(k, v);
                 }
+                added.extend(new);
             }
             for (key, slice) in added {
                 if let Some(service) = service_of(key, slice) {

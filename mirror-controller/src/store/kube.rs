@@ -27,11 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use imbl::ordmap::DiffItem;
-
 use super::{
     ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, Table, compact_service,
-    compact_slice, is_mirror,
+    compact_slice, diffed, diffed_key, is_mirror,
 };
 
 /// How long [`KubeStore::start`] waits for every watcher's initial list.
@@ -540,11 +538,9 @@ fn fold<K, Key: Ord + Clone, V: PartialEq + Clone>(
             let listed = pending.take().unwrap_or_default();
             let changes: Vec<(Key, Option<V>)> = table
                 .diff(&listed)
-                .map(|change| match change {
-                    DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => {
-                        (k.clone(), Some(v.clone()))
-                    }
-                    DiffItem::Remove(k, _) => (k.clone(), None),
+                .map(|change| {
+                    let now = diffed(&change).1.map(|(_, v)| v.clone());
+                    (diffed_key(&change).clone(), now)
                 })
                 .collect();
             let changed = !changes.is_empty();
