@@ -69,7 +69,8 @@ pub struct ClusterState {
     /// Manifest files that do not parse now (file store; the kube store
     /// has none). The objects they held keep their last good version.
     pub broken_files: usize,
-    /// Each Service's slices, built on first use; not part of the value.
+    /// Each Service's slices, built on first use from the newest index of
+    /// this state's line; not part of the value.
     slice_index: SliceIndex,
 }
 
@@ -121,8 +122,9 @@ impl ClusterState {
     /// carry its name in `kubernetes.io/service-name`, as the endpoint-slice
     /// controller labels them, in name order. The index behind it is built
     /// once and then brought up to date from what changed in `slices`
-    /// since; a state cloned from another takes its index along, so a
-    /// lookup in the next state costs the slices that changed.
+    /// since; a state cloned from another starts from the newest index of
+    /// the states it descends from, so a lookup costs the slices that
+    /// changed.
     pub fn slices_of<'a>(&'a self, key: &ObjKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
         let names = self.slice_index.of(&self.slices).get(key).cloned();
         let found: Vec<&EndpointSlice> = names
@@ -135,10 +137,10 @@ impl ClusterState {
 }
 
 impl ClusterState {
-    /// Takes `other`'s slice index as a start, so that the first lookup in
-    /// this state costs the slices that differ from those it indexed. A
-    /// store building each state anew calls it with the state it published
-    /// last, whose index its readers have brought up to date.
+    /// Joins `other`'s line of slice indexes, so that the first lookup in
+    /// this state costs the slices that differ from the newest index built
+    /// for any state of it. A store building each state anew calls it with
+    /// the state it published last.
     pub fn reuse_index(&mut self, other: &ClusterState) {
         self.slice_index = other.slice_index.clone();
     }
@@ -179,8 +181,18 @@ pub(crate) fn service_of(key: &ObjKey, slice: &EndpointSlice) -> Option<ObjKey> 
 }
 
 /// Slice names by the Service they belong to, with the table they index.
+///
+/// Each state keeps its own index, so readers of different states never
+/// undo each other's work. A state's first lookup starts from the newest
+/// index any state of its line built (`newest`, shared by clones and by
+/// [`ClusterState::reuse_index`]): a store copies its last state before
+/// readers looked into it, often into states no reader looks into at all,
+/// and an index taken along from there may be thousands of slices behind.
 #[derive(Default)]
-struct SliceIndex(Mutex<Option<Indexed>>);
+struct SliceIndex {
+    own: Mutex<Option<Indexed>>,
+    newest: Arc<Mutex<Option<Indexed>>>,
+}
 
 #[derive(Clone)]
 struct Indexed {
@@ -192,67 +204,84 @@ struct Indexed {
 /// shared slice, not a set with room for dozens.
 type Names = Arc<[ObjKey]>;
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl SliceIndex {
-    /// The index of `slices`: the one held if it is of these very slices,
-    /// else it updated by the difference, else built.
+    /// The index of `slices`: this state's if it is of these very slices,
+    /// else the closest one held brought up to date by the difference.
     fn of(&self, slices: &Table<ObjKey, Arc<EndpointSlice>>) -> Table<ObjKey, Names> {
-        let mut held = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let indexed = held.get_or_insert_with(|| Indexed {
+        let mut own = locked(&self.own);
+        if let Some(indexed) = own.as_ref().filter(|i| i.of.ptr_eq(slices)) {
+            return indexed.by_service.clone();
+        }
+        // The newest index is the one closest to any state of the line:
+        // an index a state took along when copied may be far behind, if no
+        // reader looked into the states between (their Services unchanged).
+        let newest = locked(&self.newest).clone();
+        let start = newest.or_else(|| own.take()).unwrap_or(Indexed {
             of: Table::new(),
             by_service: Table::new(),
         });
-        if !indexed.of.ptr_eq(slices) {
-            let mut by_service = indexed.by_service.clone();
-            let mut unlink = |key: &ObjKey, slice: &EndpointSlice| {
-                if let Some(service) = service_of(key, slice)
-                    && let Some(names) = by_service.get(&service)
-                {
-                    let rest: Names = names.iter().filter(|k| *k != key).cloned().collect();
-                    if rest.is_empty() {
-                        by_service.remove(&service);
-                    } else {
-                        by_service.insert(service, rest);
-                    }
-                }
-            };
-            let mut added = Vec::new();
-            for change in indexed.of.diff(slices) {
-                let (old, new) = diffed(&change);
-                if let Some((k, v)) = old {
-                    unlink(k, v);
-                }
-                added.extend(new);
-            }
-            for (key, slice) in added {
-                if let Some(service) = service_of(key, slice) {
-                    let mut names = by_service
-                        .get(&service)
-                        .map_or_else(Vec::new, |n| n.to_vec());
-                    if let Err(at) = names.binary_search(key) {
-                        names.insert(at, key.clone());
-                    }
-                    by_service.insert(service, names.into());
+        let indexed = start.updated(slices);
+        let by_service = indexed.by_service.clone();
+        *locked(&self.newest) = Some(indexed.clone());
+        *own = Some(indexed);
+        by_service
+    }
+}
+
+impl Indexed {
+    /// This index moved to `slices` by what differs.
+    fn updated(self, slices: &Table<ObjKey, Arc<EndpointSlice>>) -> Indexed {
+        let mut by_service = self.by_service;
+        let mut unlink = |key: &ObjKey, slice: &EndpointSlice| {
+            if let Some(service) = service_of(key, slice)
+                && let Some(names) = by_service.get(&service)
+            {
+                let rest: Names = names.iter().filter(|k| *k != key).cloned().collect();
+                if rest.is_empty() {
+                    by_service.remove(&service);
+                } else {
+                    by_service.insert(service, rest);
                 }
             }
-            *indexed = Indexed {
-                of: slices.clone(),
-                by_service,
-            };
+        };
+        let mut added = Vec::new();
+        for change in self.of.diff(slices) {
+            let (old, new) = diffed(&change);
+            if let Some((k, v)) = old {
+                unlink(k, v);
+            }
+            added.extend(new);
         }
-        indexed.by_service.clone()
+        for (key, slice) in added {
+            if let Some(service) = service_of(key, slice) {
+                let mut names = by_service
+                    .get(&service)
+                    .map_or_else(Vec::new, |n| n.to_vec());
+                if let Err(at) = names.binary_search(key) {
+                    names.insert(at, key.clone());
+                }
+                by_service.insert(service, names.into());
+            }
+        }
+        Indexed {
+            of: slices.clone(),
+            by_service,
+        }
     }
 }
 
 impl Clone for SliceIndex {
+    /// The clone keeps this state's index, exact while its slices stay
+    /// these, and shares the newest of the line.
     fn clone(&self) -> Self {
-        let held = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Self(Mutex::new(held.clone()))
+        Self {
+            own: Mutex::new(locked(&self.own).clone()),
+            newest: self.newest.clone(),
+        }
     }
 }
 
@@ -469,5 +498,56 @@ mod tests {
             assert_eq!(names(state, "web"), ["web-1"]);
         }
         assert_eq!(names(&a, "api"), ["api-1", "api-2"], "a keeps its own");
+    }
+
+    /// A store copies its last state before readers looked into it. The
+    /// copy's first lookup starts from the newest index of its line, not
+    /// from nothing and not from an old one: an entry that did not change
+    /// since is the very same.
+    #[test]
+    fn a_state_copied_before_any_lookup_starts_from_the_newest_index() {
+        let key = |name: &str| ObjKey::new("shop", name);
+        let mut a = ClusterState::default();
+        for j in 0..100 {
+            let name = format!("s-{j}");
+            let s = slice("shop", &name, &name, &[("http", 80)]);
+            a.slices.insert(key(&name), s.into());
+        }
+        // What a store does: the next state from the last, one slice more.
+        let next = |from: &ClusterState, service: &str| {
+            let mut state = ClusterState {
+                slices: from.slices.clone(),
+                ..ClusterState::default()
+            };
+            state.reuse_index(from);
+            let name = format!("{service}-{}", from.slices.len());
+            let s = slice("shop", service, &name, &[("http", 80)]);
+            state.slices.insert(key(&name), s.into());
+            state
+        };
+        let entry = |state: &ClusterState, service: &str| {
+            let index = state.slice_index.of(&state.slices);
+            index.get(&key(service)).cloned().expect("indexed")
+        };
+        // Copied one after the other, none read yet.
+        let b = next(&a, "s-1");
+        let c = next(&b, "s-2");
+        assert_eq!(names(&b, "s-1"), ["s-1", "s-1-100"]);
+        assert_eq!(names(&c, "s-2"), ["s-2", "s-2-101"]);
+        assert!(
+            Arc::ptr_eq(&entry(&b, "s-50"), &entry(&c, "s-50")),
+            "c's index was made from b's, not built anew"
+        );
+        assert_eq!(names(&a, "s-1"), ["s-1"], "a still reads its own");
+
+        // No reader looks into the states themselves, only into copies (as
+        // one deriving from the last state it saw does): each next state
+        // starts from the copy's index, not from the one it took along.
+        let d = next(&c, "s-3");
+        let seen = d.clone();
+        let s3 = entry(&seen, "s-3");
+        let e = next(&d, "s-4");
+        assert!(Arc::ptr_eq(&s3, &entry(&e, "s-3")));
+        assert_eq!(names(&e, "s-4"), ["s-4", "s-4-103"]);
     }
 }
