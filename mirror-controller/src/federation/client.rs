@@ -23,7 +23,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use meshfed_api::crd::LinkSpec;
 use meshfed_api::federation::federation_client::FederationClient;
-use meshfed_api::federation::{ExportsUpdate, WatchExportsRequest};
+use meshfed_api::federation::{ExportedService, ExportsUpdate, WatchExportsRequest};
 use rand::Rng;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -43,7 +43,8 @@ use super::doubt::Doubt;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest update accepted from a peer (10,000 services fit well within).
+/// Largest update accepted from a peer, and largest snapshot in parts
+/// (10,000 services fit well within).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 pub(crate) async fn run_federation_client(
@@ -165,6 +166,7 @@ impl Stream<'_> {
         let request = WatchExportsRequest {
             cluster: ctx.local_cluster.clone(),
             lease_ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+            snapshot_in_parts: true,
         };
         let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, client.watch_exports(request))
             .await
@@ -180,6 +182,7 @@ impl Stream<'_> {
             .set(1);
         writer.update(|p| p.stream_up = true);
         let mut imports: Option<ExportSet> = None;
+        let mut parts = Parts::default();
         let mut last_message = Instant::now();
         loop {
             let quiet = writer.get().is_some_and(|p| p.quiet_since.is_some());
@@ -228,6 +231,11 @@ impl Stream<'_> {
             };
             last_message = Instant::now();
             *deadline = last_message + ttl;
+            // A part of a snapshot is the peer speaking; nothing of it is
+            // acted on before the last part.
+            let Some(update) = parts.take(update).map_err(|e| format!("{target}: {e}"))? else {
+                continue;
+            };
             let snapshot = update.snapshot;
             let removed: Vec<ObjKey> = update
                 .removals
@@ -293,6 +301,63 @@ impl Stream<'_> {
         };
         let acted_on = Arc::new(acted_on);
         self.writer.update(|p| p.imports = Some(acted_on));
+    }
+}
+
+/// A snapshot arriving in parts, held until its last part.
+#[derive(Debug, Default)]
+struct Parts {
+    /// The services of the parts so far; `None` when no snapshot is open.
+    upserts: Option<Vec<ExportedService>>,
+    revision: u64,
+    /// Their encoded size: a snapshot in parts is held to the bound of one
+    /// in a message.
+    bytes: usize,
+}
+
+impl Parts {
+    /// Takes one message: the update to act on, or `None` while more of a
+    /// snapshot is to come. A diff or heartbeat between parts, or parts of
+    /// different revisions, end the stream: the peer broke the protocol.
+    fn take(&mut self, mut update: ExportsUpdate) -> Result<Option<ExportsUpdate>, String> {
+        let Some(held) = self.upserts.as_mut() else {
+            if !(update.snapshot && update.more) {
+                return Ok(Some(update));
+            }
+            self.revision = update.revision;
+            self.bytes = 0;
+            self.upserts = Some(Vec::new());
+            return self.take(update);
+        };
+        if !update.snapshot || update.revision != self.revision {
+            return Err(format!(
+                "peer sent revision {} ({}) within the parts of snapshot revision {}",
+                update.revision,
+                if update.snapshot {
+                    "a snapshot"
+                } else {
+                    "a diff"
+                },
+                self.revision
+            ));
+        }
+        self.bytes += update
+            .upserts
+            .iter()
+            .map(prost::Message::encoded_len)
+            .sum::<usize>();
+        if self.bytes > MAX_MESSAGE_BYTES {
+            return Err(format!(
+                "peer's snapshot in parts is over {} MiB",
+                MAX_MESSAGE_BYTES >> 20
+            ));
+        }
+        held.append(&mut update.upserts);
+        if update.more {
+            return Ok(None);
+        }
+        update.upserts = self.upserts.take().unwrap_or_default();
+        Ok(Some(update))
     }
 }
 
@@ -548,5 +613,73 @@ mod tests {
         };
         assert!(apply(&mut imports, snap).is_err());
         assert!(imports.is_none(), "nothing applied");
+    }
+
+    fn part(revision: u64, names: &[&str], more: bool) -> ExportsUpdate {
+        ExportsUpdate {
+            snapshot: true,
+            revision,
+            more,
+            upserts: names.iter().map(|n| svc(n)).collect(),
+            ..ExportsUpdate::default()
+        }
+    }
+
+    fn names(update: &ExportsUpdate) -> Vec<&str> {
+        update.upserts.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_snapshot_in_parts_is_acted_on_whole_after_its_last_part() {
+        let mut parts = Parts::default();
+        assert_eq!(parts.take(part(3, &["a", "b"], true)), Ok(None));
+        assert_eq!(parts.take(part(3, &["c"], true)), Ok(None));
+        let whole = parts
+            .take(part(3, &["d"], false))
+            .expect("ok")
+            .expect("whole");
+        assert!(whole.snapshot && !whole.more);
+        assert_eq!(names(&whole), ["a", "b", "c", "d"]);
+        // Then diffs and whole snapshots pass as they come.
+        let diff = ExportsUpdate {
+            revision: 4,
+            upserts: vec![svc("e")],
+            ..ExportsUpdate::default()
+        };
+        assert_eq!(parts.take(diff.clone()), Ok(Some(diff)));
+        let one = part(5, &["a"], false);
+        assert_eq!(parts.take(one.clone()), Ok(Some(one)));
+        // And the next snapshot in parts starts afresh.
+        assert_eq!(parts.take(part(6, &["x"], true)), Ok(None));
+        let whole = parts
+            .take(part(6, &["y"], false))
+            .expect("ok")
+            .expect("whole");
+        assert_eq!(names(&whole), ["x", "y"]);
+    }
+
+    #[test]
+    fn parts_broken_by_the_peer_end_the_stream() {
+        let heartbeat = ExportsUpdate {
+            revision: 3,
+            ..ExportsUpdate::default()
+        };
+        for (second, why) in [
+            (heartbeat, "a heartbeat between parts"),
+            (part(4, &["b"], false), "a part of another revision"),
+        ] {
+            let mut parts = Parts::default();
+            assert_eq!(parts.take(part(3, &["a"], true)), Ok(None));
+            assert!(parts.take(second).is_err(), "{why}");
+        }
+        // Parts past the bound of one message.
+        let mut parts = Parts::default();
+        let mut big = svc("big");
+        big.labels
+            .insert("k".into(), "v".repeat(MAX_MESSAGE_BYTES / 2));
+        let mut fat = part(3, &[], true);
+        fat.upserts.push(big.clone());
+        assert_eq!(parts.take(fat.clone()), Ok(None));
+        assert!(parts.take(fat).is_err(), "over the bound");
     }
 }

@@ -136,10 +136,15 @@ impl Federation for FederationService {
         let exports = self.exports.clone();
         let cluster = self.cluster.clone();
         let every = heartbeat_every(req.lease_ttl_ms);
+        let part = if req.snapshot_in_parts {
+            SNAPSHOT_PART
+        } else {
+            usize::MAX
+        };
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             metrics.federation_streams_served.inc();
-            stream_exports(cluster, exports, every, tx).await;
+            stream_exports(cluster, exports, every, part, tx).await;
             metrics.federation_streams_served.dec();
             tracing::info!(%caller, "federation stream closed");
         });
@@ -147,12 +152,20 @@ impl Federation for FederationService {
     }
 }
 
-/// Sends the snapshot, then a diff per change, and a heartbeat whenever
-/// nothing else went out for `every`. Returns when the caller goes away.
+/// Services per snapshot part, for a caller that takes parts: about
+/// 100 KB encoded. A stream then holds a few parts in flight, not a copy
+/// and an encoding of the whole set (at 10,000 services about 11 MB per
+/// stream, which the allocator kept long after).
+const SNAPSHOT_PART: usize = 200;
+
+/// Sends the snapshot in parts of at most `part` services, then a diff per
+/// change, and a heartbeat whenever nothing else went out for `every`.
+/// Returns when the caller goes away.
 async fn stream_exports(
     cluster: String,
     mut exports: watch::Receiver<Arc<Exports>>,
     every: Duration,
+    part: usize,
     tx: mpsc::Sender<Result<ExportsUpdate, Status>>,
 ) {
     // Only a complete export set is ever sent.
@@ -161,16 +174,33 @@ async fn stream_exports(
         () = tx.closed() => return,
     }
     let mut sent = exports.borrow_and_update().clone();
-    let snapshot = ExportsUpdate {
-        cluster: cluster.clone(),
-        snapshot: true,
-        upserts: sent.set.values().map(|s| (**s).clone()).collect(),
-        removals: Vec::new(),
-        revision: sent.revision,
-    };
-    if tx.send(Ok(snapshot)).await.is_err() {
-        return;
+    // The parts are cut from one held version of the set: together they are
+    // that version, whatever changes meanwhile (the diffs follow).
+    let mut left = sent.set.len();
+    let mut services = sent.set.values();
+    loop {
+        let upserts: Vec<_> = services
+            .by_ref()
+            .take(part)
+            .map(|s| (**s).clone())
+            .collect();
+        left -= upserts.len();
+        let snapshot = ExportsUpdate {
+            cluster: cluster.clone(),
+            snapshot: true,
+            upserts,
+            removals: Vec::new(),
+            revision: sent.revision,
+            more: left > 0,
+        };
+        if tx.send(Ok(snapshot)).await.is_err() {
+            return;
+        }
+        if left == 0 {
+            break;
+        }
     }
+    drop(services);
     loop {
         let update = tokio::select! {
             changed = exports.changed() => {
@@ -209,6 +239,7 @@ fn diff(cluster: &str, old: &Exports, new: &Exports) -> ExportsUpdate {
             })
             .collect(),
         revision: new.revision,
+        more: false,
     }
 }
 
@@ -264,6 +295,7 @@ mod tests {
             "west".into(),
             exports_rx,
             Duration::from_secs(60),
+            usize::MAX,
             tx,
         ));
         tokio::task::yield_now().await;
@@ -279,5 +311,64 @@ mod tests {
         assert_eq!(first.upserts.len(), 1);
         drop(rx);
         task.await.expect("stream ends with its caller");
+    }
+
+    /// A caller that takes parts gets the snapshot as parts of one version,
+    /// back to back, the last without `more`; one that does not, whole.
+    #[tokio::test]
+    async fn a_snapshot_goes_in_parts_to_a_caller_that_takes_them() {
+        let mut set = ExportSet::new();
+        for name in ["a", "b", "c", "d", "e"] {
+            set.insert(ObjKey::new("shop", name), svc(name, 1).into());
+        }
+        let (exports_tx, exports_rx) = watch::channel(Arc::new(Exports { revision: 7, set }));
+        let (tx, mut rx) = mpsc::channel(16);
+        let every = Duration::from_secs(60);
+        let task = tokio::spawn(stream_exports("west".into(), exports_rx, every, 2, tx));
+        let mut parts = Vec::new();
+        for _ in 0..3 {
+            parts.push(rx.recv().await.expect("part").expect("ok"));
+        }
+        let more: Vec<_> = parts.iter().map(|p| p.more).collect();
+        assert_eq!(more, [true, true, false]);
+        assert!(parts.iter().all(|p| p.snapshot && p.revision == 7));
+        let names: Vec<_> = parts
+            .iter()
+            .flat_map(|p| &p.upserts)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        // What follows is a diff, never a part.
+        exports_tx.send_modify(|e| {
+            let e = Arc::make_mut(e);
+            e.revision = 8;
+            e.set.remove(&ObjKey::new("shop", "a"));
+        });
+        let d = rx.recv().await.expect("diff").expect("ok");
+        assert!(!d.snapshot && !d.more);
+        assert_eq!(d.removals.len(), 1);
+        drop(rx);
+        task.await.expect("stream ends with its caller");
+
+        // An empty set is one part; a whole snapshot is one message.
+        for (set, part) in [(ExportSet::new(), 2), (d_set(), usize::MAX)] {
+            let len = set.len();
+            let (_keep, exports_rx) = watch::channel(Arc::new(Exports { revision: 1, set }));
+            let (tx, mut rx) = mpsc::channel(16);
+            let task = tokio::spawn(stream_exports("west".into(), exports_rx, every, part, tx));
+            let only = rx.recv().await.expect("snapshot").expect("ok");
+            assert!(only.snapshot && !only.more);
+            assert_eq!(only.upserts.len(), len);
+            drop(rx);
+            task.await.expect("stream ends with its caller");
+        }
+    }
+
+    fn d_set() -> ExportSet {
+        let mut set = ExportSet::new();
+        for name in ["a", "b", "c"] {
+            set.insert(ObjKey::new("shop", name), svc(name, 1).into());
+        }
+        set
     }
 }

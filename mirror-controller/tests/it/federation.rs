@@ -266,6 +266,7 @@ async fn only_peer_controllers_of_the_mesh_open_the_federation_stream() {
     let request = || WatchExportsRequest {
         cluster: "east".into(),
         lease_ttl_ms: 3000,
+        snapshot_in_parts: false,
     };
 
     // A peer controller of the mesh gets the snapshot.
