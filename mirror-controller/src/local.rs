@@ -218,8 +218,8 @@ fn export_of(
         }
     }
     ExportedService {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
         labels: svc
             .metadata
             .labels
@@ -258,8 +258,8 @@ fn route_of(state: &ClusterState, td: &TrustDomain, key: &ObjKey, svc: &Service)
         })
         .collect();
     Route {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
         ports,
     }
 }

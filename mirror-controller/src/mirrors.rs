@@ -154,7 +154,7 @@ fn desired_at<'w>(world: &'w World, key: &ObjKey) -> Option<Wanted<'w>> {
             .strip_suffix(peer.spec.cluster.as_str())?
             .strip_suffix('-')?;
         let svc = imported(peer, &ObjKey::new(&key.namespace, import))?;
-        let name = mirror_name(&svc.name, &peer.spec.cluster).filter(|n| *n == key.name)?;
+        let name = mirror_name(&svc.name, &peer.spec.cluster).filter(|n| **n == *key.name)?;
         Some(wanted(world, link_key, peer, svc, name))
     })
 }
@@ -206,7 +206,7 @@ fn build(
 ) -> Mirror {
     let mut mirror_labels = BTreeMap::from([
         (labels::ORIGIN_CLUSTER.to_owned(), peer.spec.cluster.clone()),
-        (labels::LINK.to_owned(), link.name.clone()),
+        (labels::LINK.to_owned(), link.name.to_string()),
         (labels::ORIGIN_SERVICE.to_owned(), svc.name.clone()),
     ]);
     let service = Service {
@@ -347,11 +347,18 @@ fn applied_digest(svc: &Service) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// The writes that bring the store to the desired mirrors.
+/// The writes that bring the store to the desired mirrors. A mirror to
+/// apply is named, not built: a pass builds each batch as it writes it, so
+/// a bulk import of 10,000 holds a batch of objects at a time, not all.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Plan {
-    pub(crate) apply: Vec<Mirror>,
+    pub(crate) apply: Vec<ObjKey>,
     pub(crate) delete: Vec<ObjKey>,
+}
+
+/// Mirror `key` as the world wants it now, if it wants it.
+fn build_at(world: &World, key: &ObjKey) -> Option<Mirror> {
+    desired_at(world, key).map(|wanted| wanted.build())
 }
 
 /// Every write that brings the store to the desired mirrors.
@@ -360,7 +367,7 @@ pub(crate) fn plan(world: &World) -> Plan {
     let mut plan = Plan::default();
     for (key, wanted) in &desired {
         if !is_applied(world, key, wanted) {
-            plan.apply.push(wanted.build());
+            plan.apply.push(key.clone());
         }
     }
     for (key, svc) in &world.local.services {
@@ -377,7 +384,7 @@ fn plan_at(world: &World, keys: &BTreeSet<ObjKey>) -> Plan {
     let mut plan = Plan::default();
     for key in keys {
         match desired_at(world, key) {
-            Some(wanted) if !is_applied(world, key, &wanted) => plan.apply.push(wanted.build()),
+            Some(wanted) if !is_applied(world, key, &wanted) => plan.apply.push(key.clone()),
             Some(_) => {}
             None => {
                 if world
@@ -412,7 +419,7 @@ fn is_stale(world: &World, svc: &Service) -> bool {
     let pending = world
         .peers
         .iter()
-        .any(|(k, p)| Some(&k.name) == link_name && p.imports.is_none());
+        .any(|(k, p)| link_name.is_some_and(|l| **l == *k.name) && p.imports.is_none());
     !pending
 }
 
@@ -526,8 +533,7 @@ async fn reconcile(
     failed.retain(|_, until| *until > now);
     {
         // A mirror no longer wanted is no longer a problem.
-        let wanted: std::collections::HashSet<ObjKey> =
-            plan.apply.iter().map(Mirror::key).collect();
+        let wanted: std::collections::HashSet<&ObjKey> = plan.apply.iter().collect();
         let looked_at = |k: &ObjKey| scope.is_none_or(|keys| keys.contains(k));
         lock(unwritable).retain(|k, _| wanted.contains(k) || !looked_at(k));
     }
@@ -536,11 +542,11 @@ async fn reconcile(
         .into_iter()
         .filter(|k| !failed.contains_key(k))
         .collect();
-    let (new, changed): (Vec<Mirror>, Vec<Mirror>) = plan
+    let (new, changed): (Vec<ObjKey>, Vec<ObjKey>) = plan
         .apply
         .into_iter()
-        .filter(|m| !failed.contains_key(&m.key()))
-        .partition(|m| !world.local.services.contains_key(&m.key()));
+        .filter(|k| !failed.contains_key(k))
+        .partition(|k| !world.local.services.contains_key(k));
     let todo = deletes.len() + new.len() + changed.len();
     if todo == 0 {
         return true;
@@ -567,7 +573,11 @@ async fn reconcile(
     for mirrors in [new, changed] {
         let mut mirrors = mirrors.into_iter().peekable();
         while mirrors.peek().is_some() {
-            let batch: Vec<Mirror> = mirrors.by_ref().take(BATCH).collect();
+            let batch: Vec<Mirror> = mirrors
+                .by_ref()
+                .take(BATCH)
+                .filter_map(|k| build_at(world, &k))
+                .collect();
             let links: HashMap<ObjKey, String> = batch
                 .iter()
                 .map(|m| (m.key(), link_of(m).to_owned()))
@@ -807,7 +817,7 @@ impl MirrorCount {
         }
         // Every linked peer has its gauge, 0 until it has mirrors.
         for key in world.peers.keys() {
-            let n = self.by_link.get(&key.name).copied().unwrap_or(0);
+            let n = self.by_link.get(&*key.name).copied().unwrap_or(0);
             let labels = LinkLabels {
                 link: key.to_string(),
             };
@@ -876,8 +886,9 @@ mod tests {
         let west = ObjKey::new("meshfed", "west");
         // What a store holding the plan's writes then holds.
         let written = |world: &mut World, plan: Plan| {
+            let mirrors = built(world, &plan);
             let local = Arc::make_mut(&mut world.local);
-            for m in plan.apply {
+            for m in mirrors {
                 let key = m.key();
                 local.services.insert(key.clone(), m.service.into());
                 local.slices.insert(key, m.slice.into());
@@ -934,12 +945,20 @@ mod tests {
         assert!(touched.is_none(), "{touched:?}");
     }
 
+    /// The mirrors a pass would write for `plan`'s applies.
+    fn built(world: &World, plan: &Plan) -> Vec<Mirror> {
+        plan.apply
+            .iter()
+            .map(|k| build_at(world, k).expect("planned mirrors are wanted"))
+            .collect()
+    }
+
     #[test]
     fn imports_become_mirrors_at_the_gateway() {
         let w = world_with(Some(vec![exported("api", "web")]), ClusterState::default());
-        let p = plan(&w);
-        assert_eq!(p.apply.len(), 1);
-        let m = &p.apply[0];
+        let p = built(&w, &plan(&w));
+        assert_eq!(p.len(), 1);
+        let m = &p[0];
         assert_eq!(m.key(), ObjKey::new("shop", "api-west"));
         let l = m.service.metadata.labels.as_ref().expect("labels");
         assert_eq!(l[labels::ORIGIN_CLUSTER], "west");
@@ -954,7 +973,7 @@ mod tests {
     #[test]
     fn applied_mirrors_are_not_rewritten_and_stale_ones_go() {
         let w = world_with(Some(vec![exported("api", "web")]), ClusterState::default());
-        let m = plan(&w).apply.remove(0);
+        let m = built(&w, &plan(&w)).remove(0);
         let mut local = ClusterState::default();
         local.services.insert(m.key(), Arc::new(m.service.clone()));
         local.slices.insert(m.key(), Arc::new(m.slice.clone()));
@@ -994,7 +1013,7 @@ mod tests {
             Some(vec![exported("api", "web"), exported("old", "web")]),
             ClusterState::default(),
         );
-        let mut held = plan(&before).apply;
+        let mut held = built(&before, &plan(&before));
         let first = &mut held[0];
         for meta in [&mut first.service.metadata, &mut first.slice.metadata] {
             meta.annotations = Some(BTreeMap::from([(HASH.to_owned(), "earlier".to_owned())]));

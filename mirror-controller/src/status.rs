@@ -54,7 +54,7 @@ pub(crate) async fn run(
             }
             let unwritable_here: Vec<UnwritableMirror> = problems
                 .iter()
-                .filter(|(_, (l, _))| *l == key.name)
+                .filter(|(_, (l, _))| **l == *key.name)
                 .map(|(m, (_, why))| UnwritableMirror {
                     mirror: m.to_string(),
                     reason: why.clone(),

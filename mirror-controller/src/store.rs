@@ -21,21 +21,31 @@ pub use self::edit::{Change, Found, ManifestDir};
 pub use self::file::{FileStore, FileStoreConfig};
 pub use self::kube::KubeStore;
 
-/// A namespaced object's name.
+/// A namespaced object's name. Both parts are shared strings: a key is
+/// held in many tables (the state's, the derived exports and routes, the
+/// file store's owners, the mirror passes), and copying it copies no text.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjKey {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ObjKey {
     /// Builds a key.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
         Self {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: Arc::from(namespace.as_ref()),
+            name: Arc::from(name.as_ref()),
+        }
+    }
+
+    /// A key in this key's namespace, sharing its text.
+    pub fn sibling(&self, name: impl AsRef<str>) -> Self {
+        Self {
+            namespace: self.namespace.clone(),
+            name: Arc::from(name.as_ref()),
         }
     }
 }
@@ -177,7 +187,7 @@ pub(crate) fn service_of(key: &ObjKey, slice: &EndpointSlice) -> Option<ObjKey> 
         .labels
         .as_ref()?
         .get(meshfed_api::labels::SERVICE_NAME)?;
-    Some(ObjKey::new(key.namespace.clone(), service.clone()))
+    Some(key.sibling(service))
 }
 
 /// Slice names by the Service they belong to, with the table they index.

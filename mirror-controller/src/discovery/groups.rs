@@ -131,7 +131,7 @@ fn policy_for<'a>(world: &'a World, key: &ObjKey) -> Option<&'a FailoverPolicySp
         .local
         .policies
         .iter()
-        .filter(|(k, p)| k.namespace == key.namespace && p.spec.service == key.name)
+        .filter(|(k, p)| k.namespace == key.namespace && *p.spec.service == *key.name)
         .find(|(_, p)| validate_failover_policy(&p.spec).is_ok())
         .map(|(_, p)| &p.spec)
 }

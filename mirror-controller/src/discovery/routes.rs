@@ -95,8 +95,8 @@ fn diff(old: &RouteTable, new: &RouteTable) -> RoutesUpdate {
         removals: removals
             .into_iter()
             .map(|k| RouteRef {
-                namespace: k.namespace.clone(),
-                name: k.name.clone(),
+                namespace: k.namespace.to_string(),
+                name: k.name.to_string(),
             })
             .collect(),
         revision: new.revision,

@@ -175,8 +175,8 @@ pub(crate) fn resolve(world: &World, target: &str) -> ResolveResponse {
             .collect();
         Some(ResolveResponse {
             found: true,
-            name: key.name.clone(),
-            namespace: key.namespace.clone(),
+            name: key.name.to_string(),
+            namespace: key.namespace.to_string(),
             ports,
         })
     };

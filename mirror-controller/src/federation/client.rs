@@ -582,7 +582,7 @@ mod tests {
         let names: Vec<_> = imports
             .iter()
             .flat_map(|s| s.keys())
-            .map(|k| k.name.as_str())
+            .map(|k| &*k.name)
             .collect();
         assert_eq!(names, ["b", "c"]);
         let heartbeat = ExportsUpdate::default();

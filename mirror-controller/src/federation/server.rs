@@ -234,8 +234,8 @@ fn diff(cluster: &str, old: &Exports, new: &Exports) -> ExportsUpdate {
         removals: removals
             .into_iter()
             .map(|k| ServiceRef {
-                namespace: k.namespace.clone(),
-                name: k.name.clone(),
+                namespace: k.namespace.to_string(),
+                name: k.name.to_string(),
             })
             .collect(),
         revision: new.revision,

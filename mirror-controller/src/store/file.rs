@@ -238,8 +238,8 @@ fn take(state: &mut ClusterState, id: &Identity, obj: Option<&Object>) {
                 .as_ref()
                 .and_then(|l| l.get(meshfed_api::labels::ZONE));
             match zone {
-                Some(zone) => state.node_zones.insert(key.name, zone.clone()),
-                None => state.node_zones.remove(&key.name),
+                Some(zone) => state.node_zones.insert(key.name.to_string(), zone.clone()),
+                None => state.node_zones.remove(&*key.name),
             };
         }
         Some(Object::Pod(pod)) => {
@@ -258,7 +258,7 @@ fn take(state: &mut ClusterState, id: &Identity, obj: Option<&Object>) {
         None => match id.0 {
             SERVICE => drop(state.services.remove(&key)),
             SLICE => drop(state.slices.remove(&key)),
-            NODE => drop(state.node_zones.remove(&key.name)),
+            NODE => drop(state.node_zones.remove(&*key.name)),
             POD => drop(state.pods.remove(&key)),
             LINK => drop(state.links.remove(&key)),
             _ => drop(state.policies.remove(&key)),
@@ -449,7 +449,7 @@ impl Inner {
     fn mirror_path(&self, key: &ObjKey) -> PathBuf {
         self.dir
             .join(MIRRORS_DIR)
-            .join(&key.namespace)
+            .join(&*key.namespace)
             .join(format!("{}.yaml", key.name))
     }
 
@@ -1157,7 +1157,7 @@ mod tests {
         assert!(out[..300].iter().all(|(_, r)| r.is_ok()), "{out:?}");
         assert!(
             matches!(&out[300], (k, Err(StoreError::Refused(why)))
-                if k.name == "api-west" && why.contains("not a mirror")),
+                if &*k.name == "api-west" && why.contains("not a mirror")),
             "{:?}",
             out[300]
         );

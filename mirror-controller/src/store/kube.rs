@@ -166,7 +166,7 @@ impl KubeStore {
         let patch = Patch::Apply(serde_json::json!({
             "apiVersion": K::api_version(&()),
             "kind": kind,
-            "metadata": { "name": key.name, "namespace": key.namespace },
+            "metadata": { "name": &*key.name, "namespace": &*key.namespace },
             "status": status,
         }));
         let params = PatchParams::apply(CONTROLLER).force();
