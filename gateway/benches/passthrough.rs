@@ -152,7 +152,7 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
             results: PathResults::new("gateway", true, true),
         },
     ];
-    match proxies::find_haproxy() {
+    match procs::find_program("haproxy") {
         Some(exe) => {
             // Room for the idle connections and the workloads' few.
             let maxconn = plan.idle + 50;

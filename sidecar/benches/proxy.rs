@@ -1,12 +1,15 @@
-//! Sidecar benchmark: the same HTTP/1.1 app reached three ways on loopback —
+//! Sidecar benchmark: the same HTTP/1.1 app reached four ways on loopback —
 //! (a) directly; (b) same cluster: client sidecar (explicit upstream port) →
 //! server sidecar (inbound mTLS port) → app; (c) cross-cluster: client
 //! sidecar in `west` → east's `meshfed-gateway` (SNI passthrough) → server
-//! sidecar in `east` → app — measuring open-loop latency at 2,000 req/s
-//! (from each request's scheduled send time), closed-loop throughput, and
-//! the proxies' RSS idle and at a steady 1,000 req/s. Workloads alternate
-//! between paths in short rounds so load from elsewhere on the machine
-//! spreads evenly over them.
+//! sidecar in `east` → app; (d) the peer: the same pair shape built from
+//! nginx (TLS 1.3, client certificates verified, keep-alive pools; see
+//! `proxy/nginx.rs`), when nginx is installed — measuring open-loop latency
+//! at 2,000 req/s (from each request's scheduled send time), closed-loop
+//! throughput, the proxies' CPU and context switches per request, and their
+//! RSS idle and at a steady 1,000 req/s. Workloads alternate between paths
+//! in short rounds so load from elsewhere on the machine spreads evenly
+//! over them.
 //!
 //! `cargo build --release -p meshfed-gateway`, then
 //! `cargo bench -p meshfed-sidecar --bench proxy [-- --quick]`
@@ -18,16 +21,22 @@
 
 #[path = "proxy/app.rs"]
 mod app;
+#[path = "proxy/cost.rs"]
+mod cost;
 // For `quantile`, the gateway bench's one way to take one.
 #[allow(dead_code)]
 #[path = "../../gateway/benches/passthrough/load.rs"]
 mod gateway_load;
 #[path = "proxy/load.rs"]
 mod load;
+#[path = "proxy/nginx.rs"]
+mod nginx;
 // The gateway bench's PKI: credential directories for the child processes.
 #[allow(dead_code)]
 #[path = "../../gateway/benches/passthrough/mesh.rs"]
 mod mesh;
+// The gateway bench's child processes and /proc readings (not all used here).
+#[allow(dead_code)]
 #[path = "../../gateway/benches/passthrough/procs.rs"]
 mod procs;
 #[path = "proxy/report.rs"]
@@ -45,8 +54,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::cost::Used;
 use crate::load::{Conn, Samples};
-use crate::report::{Mem, PathResults, Report};
+use crate::report::{CROSS_CLUSTER, Mem, NGINX, PathResults, Report, SAME_CLUSTER};
 use crate::topology::Topology;
 
 /// How much of everything.
@@ -91,8 +101,8 @@ struct Way {
 }
 
 impl Way {
-    fn cpu(&self) -> anyhow::Result<f64> {
-        self.proxies.iter().map(|p| procs::cpu_secs(*p)).sum()
+    fn used(&self) -> anyhow::Result<Used> {
+        cost::used(&self.proxies)
     }
 }
 
@@ -119,7 +129,7 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
     let stolen = steal_secs();
     let mut topo = Topology::start().await?;
     let p = |x: &topology::Proxy| x.proc.pid();
-    let mut ways = [
+    let mut ways = vec![
         Way {
             addr: topo.app,
             proxies: Vec::new(),
@@ -128,16 +138,39 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
         Way {
             addr: topo.same_cluster,
             proxies: vec![p(&topo.client_east), p(&topo.server)],
-            results: PathResults::new("same-cluster", true),
+            results: PathResults::new(SAME_CLUSTER, true),
         },
         Way {
             addr: topo.cross_cluster,
             proxies: vec![p(&topo.client_west), p(&topo.gateway), p(&topo.server)],
-            results: PathResults::new("cross-cluster", true),
+            results: PathResults::new(CROSS_CLUSTER, true),
         },
     ];
     let caller = support::id(support::FRONTEND).to_string();
-    for (w, expect) in ways.iter().zip(["none", &caller, &caller]) {
+    let mut expect = vec!["none", caller.as_str(), caller.as_str()];
+    let mut nginx = match nginx::find() {
+        Some(exe) => {
+            let pair = nginx::Pair::start(&exe, topo.east_ca(), topo.app_behind, topo.dir())
+                .await
+                .context("nginx pair")?;
+            ways.push(Way {
+                addr: pair.listen,
+                proxies: pair.pids(),
+                results: PathResults::new(NGINX, true),
+            });
+            // The server side passes on whether the client's certificate
+            // verified.
+            expect.push("SUCCESS");
+            Some(pair)
+        }
+        None => {
+            let bar = "!".repeat(72);
+            eprintln!("{bar}\n!!! nginx NOT INSTALLED: the nginx pair path is skipped.");
+            eprintln!("!!! Install it (`apt-get install -y nginx`) for the comparison.\n{bar}");
+            None
+        }
+    };
+    for (w, expect) in ways.iter().zip(expect) {
         let who = whoami(w.addr).await?;
         if who != expect {
             bail!("{}: the app saw {who:?}, not {expect}", w.results.name);
@@ -152,40 +185,63 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
 
     // Idle: started, a few requests done, nothing else.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let pair_of = |x: &topology::Proxy| {
+        [p(&topo.client_east), p(&topo.server)]
+            .contains(&x.proc.pid())
+            .then_some(SAME_CLUSTER)
+    };
     let mut mem: Vec<Mem> = topo
         .proxies()
         .iter()
-        .map(|x| {
-            Ok(Mem {
-                role: x.role,
-                sidecar: x.sidecar,
-                idle: x.proc.rss_kib()?,
-                ..Mem::default()
-            })
+        .map(|x| Mem {
+            role: x.role,
+            sidecar: x.sidecar,
+            pair: pair_of(x),
+            pids: vec![x.proc.pid()],
+            ..Mem::default()
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
+    if let Some(pair) = &nginx {
+        for (role, proc) in [
+            ("nginx client (all processes)", &pair.client),
+            ("nginx server (all processes)", &pair.server),
+        ] {
+            mem.push(Mem {
+                role,
+                sidecar: false,
+                pair: Some(NGINX),
+                pids: cost::tree(proc.pid()),
+                ..Mem::default()
+            });
+        }
+    }
+    for m in &mut mem {
+        m.idle = rss(&m.pids)?;
+    }
 
-    let pids: Vec<u32> = topo.proxies().iter().map(|x| x.proc.pid()).collect();
-    let most = steady(&mut ways, &plan, &pids).await?;
+    let groups: Vec<Vec<u32>> = mem.iter().map(|m| m.pids.clone()).collect();
+    let most = steady(&mut ways, &plan, &groups).await?;
     for (m, most) in mem.iter_mut().zip(most) {
         m.steady_max = most;
     }
     let pacer = latency(&mut ways, &plan).await?;
-    let mut all = pids;
+    let mut all: Vec<u32> = groups.concat();
     all.extend([topo.app_proc.pid(), std::process::id()]);
     throughput(&mut ways, &plan, &all).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for (m, x) in mem.iter_mut().zip(topo.proxies()) {
-        m.end = x.proc.rss_kib()?;
+    for m in &mut mem {
+        m.end = rss(&m.pids)?;
     }
     topo.check_alive()?;
+    if let Some(pair) = &mut nginx {
+        pair.check_alive()?;
+    }
     counters(&topo).await?;
 
     for w in &mut ways {
         w.results.sort();
     }
-    let [a, b, c] = ways;
-    let paths = [a.results, b.results, c.results];
+    let paths: Vec<PathResults> = ways.into_iter().map(|w| w.results).collect();
     let report = Report {
         paths: &paths,
         mem: &mem,
@@ -242,7 +298,7 @@ async fn gateway_connections(topo: &Topology) -> anyhow::Result<f64> {
 
 /// Runs `f` for every path in every round, starting each round with the
 /// next path so no path always goes first.
-async fn rounds<F>(ways: &mut [Way; 3], rounds: usize, mut f: F) -> anyhow::Result<()>
+async fn rounds<F>(ways: &mut [Way], rounds: usize, mut f: F) -> anyhow::Result<()>
 where
     F: AsyncFnMut(&mut Way, usize) -> anyhow::Result<()>,
 {
@@ -259,14 +315,14 @@ where
     Ok(())
 }
 
-/// Open loop at the memory budget's rate while every proxy's RSS is
-/// sampled; the most each reached.
-async fn steady(ways: &mut [Way; 3], plan: &Plan, pids: &[u32]) -> anyhow::Result<Vec<u64>> {
+/// Open loop at the memory budget's rate while every proxy's RSS (each a
+/// group of processes) is sampled; the most each reached.
+async fn steady(ways: &mut [Way], plan: &Plan, groups: &[Vec<u32>]) -> anyhow::Result<Vec<u64>> {
     println!("\nsteady open loop at {} req/s", plan.steady_rate);
     let rounds_n = plan.rounds.min(3);
     let secs = plan.steady_secs / rounds_n as f64;
     let mut conns = open_all(ways, plan.latency_conns).await?;
-    let mut most = vec![0; pids.len()];
+    let mut most = vec![0; groups.len()];
     rounds(ways, rounds_n, async |w, i| {
         let done = AtomicBool::new(false);
         let (run, seen) = tokio::join!(
@@ -276,7 +332,7 @@ async fn steady(ways: &mut [Way; 3], plan: &Plan, pids: &[u32]) -> anyhow::Resul
                 done.store(true, Ordering::Relaxed);
                 r
             },
-            sample_rss(pids, &done),
+            sample_rss(groups, &done),
         );
         w.results.steady.add(run?.0);
         for (m, s) in most.iter_mut().zip(seen) {
@@ -288,31 +344,38 @@ async fn steady(ways: &mut [Way; 3], plan: &Plan, pids: &[u32]) -> anyhow::Resul
     Ok(most)
 }
 
-/// The most RSS each of `pids` had, sampled every 100 ms until `done`.
-async fn sample_rss(pids: &[u32], done: &AtomicBool) -> Vec<u64> {
-    let mut most = vec![0; pids.len()];
+/// The most RSS each group of processes had together, sampled every
+/// 100 ms until `done`.
+async fn sample_rss(groups: &[Vec<u32>], done: &AtomicBool) -> Vec<u64> {
+    let mut most = vec![0; groups.len()];
     while !done.load(Ordering::Relaxed) {
-        for (m, pid) in most.iter_mut().zip(pids) {
-            *m = (*m).max(procs::rss_kib(*pid).unwrap_or(0));
+        for (m, pids) in most.iter_mut().zip(groups) {
+            *m = (*m).max(rss(pids).unwrap_or(0));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     most
 }
 
+/// RSS of the processes `pids` together, KiB.
+fn rss(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|p| procs::rss_kib(*p)).sum()
+}
+
 /// Open loop at the latency budget's rate; how late the pacer was.
-async fn latency(ways: &mut [Way; 3], plan: &Plan) -> anyhow::Result<Samples> {
+async fn latency(ways: &mut [Way], plan: &Plan) -> anyhow::Result<Samples> {
     println!("\nopen loop at {} req/s", plan.rate);
     let secs = plan.latency_secs / plan.rounds as f64;
     let mut conns = open_all(ways, plan.latency_conns).await?;
     let mut pacer = Samples::default();
     rounds(ways, plan.rounds, async |w, i| {
-        let cpu = w.cpu()?;
+        let before = w.used()?;
         let (s, late) = load::open_loop(&mut conns[i], plan.rate, secs, plan.warmup_secs).await?;
-        let used = w.cpu()? - cpu;
-        if let Some(c) = &mut w.results.cpu_latency {
-            *c += used;
+        let used = w.used()? - before;
+        if let Some(u) = &mut w.results.used_latency {
+            *u += used;
         }
+        w.results.latency_sent += (plan.rate * secs).floor();
         let sorted = s.sorted();
         println!("  {:14} {}", w.results.name, sorted.brief());
         w.results.round_p99.extend(sorted.us(0.99));
@@ -326,18 +389,18 @@ async fn latency(ways: &mut [Way; 3], plan: &Plan) -> anyhow::Result<Samples> {
 }
 
 /// Closed loop; CPU of the path's proxies and of every process in `all`.
-async fn throughput(ways: &mut [Way; 3], plan: &Plan, all: &[u32]) -> anyhow::Result<()> {
+async fn throughput(ways: &mut [Way], plan: &Plan, all: &[u32]) -> anyhow::Result<()> {
     println!("\nclosed loop, {} connections", plan.throughput_conns);
     let rounds_n = plan.rounds.min(3);
     let secs = plan.throughput_secs / rounds_n as f64;
     let mut conns = open_all(ways, plan.throughput_conns).await?;
     let everything = || -> anyhow::Result<f64> { all.iter().map(|p| procs::cpu_secs(*p)).sum() };
     rounds(ways, rounds_n, async |w, i| {
-        let (cpu, cpu_all) = (w.cpu()?, everything()?);
+        let (before, cpu_all) = (w.used()?, everything()?);
         let s = load::closed_loop(&mut conns[i], secs).await?;
-        let (used, used_all) = (w.cpu()? - cpu, everything()? - cpu_all);
-        if let Some(c) = &mut w.results.cpu_throughput {
-            *c += used;
+        let (used, used_all) = (w.used()? - before, everything()? - cpu_all);
+        if let Some(u) = &mut w.results.used_throughput {
+            *u += used;
         }
         w.results.cpu_throughput_all += used_all;
         println!(
@@ -351,7 +414,7 @@ async fn throughput(ways: &mut [Way; 3], plan: &Plan, all: &[u32]) -> anyhow::Re
     .await
 }
 
-async fn open_all(ways: &[Way; 3], n: usize) -> anyhow::Result<Vec<Vec<Conn>>> {
+async fn open_all(ways: &[Way], n: usize) -> anyhow::Result<Vec<Vec<Conn>>> {
     let mut all = Vec::with_capacity(ways.len());
     for w in ways {
         all.push(Conn::open_many(w.addr, n).await?);

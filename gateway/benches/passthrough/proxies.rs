@@ -1,7 +1,7 @@
 //! The proxies under test as child processes: `meshfed-gateway` and HAProxy.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -43,15 +43,6 @@ pub async fn spawn_gateway(
     let mut proc = Proc::spawn("meshfed-gateway", cmd, log)?;
     proc.wait_ready(addrs.admin).await?;
     Ok((proc, addrs))
-}
-
-/// `haproxy` on the PATH or in the usual sbin directories.
-pub fn find_haproxy() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join("haproxy"))
-        .find(|p| p.is_file())
 }
 
 /// HAProxy in TCP mode: waits for the ClientHello, routes on its SNI to the

@@ -39,14 +39,17 @@ pub struct Topology {
     pub same_cluster: SocketAddr,
     /// West's client sidecar upstream port for `api.shop:80`.
     pub cross_cluster: SocketAddr,
+    /// The app's port behind the server side (the server sidecar's, or a
+    /// peer proxy's).
+    pub app_behind: SocketAddr,
     pub app_proc: Proc,
     pub client_east: Proxy,
     pub client_west: Proxy,
     pub server: Proxy,
     pub gateway: Proxy,
-    _east: Cluster,
+    east: Cluster,
     _west: Cluster,
-    _dir: tempfile::TempDir,
+    files: tempfile::TempDir,
 }
 
 impl Topology {
@@ -99,15 +102,26 @@ impl Topology {
             app: loopback(direct),
             same_cluster: loopback(same),
             cross_cluster: loopback(cross),
+            app_behind: loopback(behind),
             app_proc,
             client_east,
             client_west,
             server,
             gateway: gateway.proxy,
-            _east: east,
+            east,
             _west: west,
-            _dir: dir,
+            files: dir,
         })
+    }
+
+    /// East's cluster CA (the server side's).
+    pub fn east_ca(&self) -> &meshfed_trust::ClusterCa {
+        &self.east.ca
+    }
+
+    /// Where the run's files and logs are.
+    pub fn dir(&self) -> &Path {
+        self.files.path()
     }
 
     /// The processes on request paths, client sidecars first.
