@@ -80,6 +80,27 @@ impl Pair {
     }
 }
 
+impl Drop for Pair {
+    /// The masters' guards kill only the masters, and an nginx worker
+    /// outlives a master killed outright: each master is stopped (so it
+    /// starts no new worker), its workers killed, then the guard kills it.
+    fn drop(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let signal = |pid: u32, sig| {
+            if let Some(pid) = Pid::from_raw(pid.cast_signed()) {
+                let _ = kill_process(pid, sig);
+            }
+        };
+        for proc in [&self.client, &self.server] {
+            let tree = crate::cost::tree(proc.pid());
+            signal(proc.pid(), Signal::STOP);
+            for worker in tree.into_iter().skip(1) {
+                signal(worker, Signal::KILL);
+            }
+        }
+    }
+}
+
 /// A key, its certificate chain (leaf, intermediate) and the root in
 /// `dir`, as PEM files nginx reads.
 fn credentials(ca: &ClusterCa, path: &str, dns_names: &[String], dir: &Path) -> anyhow::Result<()> {
