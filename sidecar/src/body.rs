@@ -5,16 +5,14 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::metrics::Reason;
+use crate::headers::ERROR_HEADER;
+use crate::reason::Reason;
 
 /// Errors inside bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body of any origin.
 pub(crate) type Body = BoxBody<Bytes, BoxError>;
-
-/// The header naming why the sidecar answered itself.
-pub const ERROR_HEADER: &str = "meshfed-error";
 
 /// A body of known bytes.
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {

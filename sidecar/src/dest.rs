@@ -20,8 +20,9 @@ use crate::balance::{Balancer, EndpointInfo, GroupKey, NoPick, Params, Pick};
 use crate::budget::RetryBudget;
 use crate::config::{Breakers, ServiceTarget, Timeouts};
 use crate::connect::{Alpn, Connector};
-use crate::metrics::{Metrics, Reason, ServiceLabels};
+use crate::metrics::{Metrics, ServiceLabels};
 use crate::pool::Pool;
+use crate::reason::Reason;
 
 /// Connects per opaque connection (or upgrade), the first included.
 const MAX_CONNECTS: usize = 5;

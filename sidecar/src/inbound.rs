@@ -42,12 +42,14 @@ use crate::body::{Body, boxed, error_response};
 use crate::config::{Allow, Inbound, Plaintext, PlaintextPorts, TransparentInbound};
 use crate::connect::ALPN_H2;
 use crate::dest::Shared;
+use crate::detect::Protocol;
+use crate::headers::{CLIENT_ID, ORIG_PROTO};
 use crate::io::Prefixed;
+use crate::io::original_dst;
 use crate::iptables::FORWARD_SOURCE;
-use crate::metrics::{DestLabels, Direction, Outcome, PlaintextLabels, Reason};
+use crate::metrics::{DestLabels, Direction, End, Outcome, PlaintextLabels};
 use crate::opaque::{Opaque, opaque};
-use crate::outbound::detect::Protocol;
-use crate::outbound::{CLIENT_ID, End, ORIG_PROTO, counted, original_dst};
+use crate::reason::Reason;
 use crate::trace::TraceContext;
 use crate::upgrade;
 use app::AppPort;
@@ -308,7 +310,7 @@ impl AppPort {
             self.label.as_str(),
             self.shared.cluster.as_str(),
         );
-        let app = counted(&self.shared, labels, End::Server, app);
+        let app = self.shared.metrics.counted(labels, End::Server, app);
         let counted_connection = || {
             self.shared
                 .metrics
@@ -504,7 +506,7 @@ impl AppPort {
                 let joined = async {
                     let (mut caller, app) = upgrade::upgraded(caller_side, app_side).await?;
                     let labels = (Direction::inbound, label.as_str(), shared.cluster.as_str());
-                    let mut app = counted(&shared, labels, End::Server, app);
+                    let mut app = shared.metrics.counted(labels, End::Server, app);
                     tokio::io::copy_bidirectional(&mut caller, &mut app).await
                 };
                 if let Err(e) = joined.await {

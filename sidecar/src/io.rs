@@ -1,14 +1,16 @@
 //! Stream wrappers: one whose first bytes were already read (to detect the
 //! protocol), whose reads give those bytes back first; one whose bytes are
-//! counted as they pass.
+//! counted as they pass. And where a redirected connection was going.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// `prefix`, then `inner`.
 #[derive(Debug)]
@@ -141,6 +143,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The address the app dialled before iptables redirected it here.
+pub(crate) fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
+    let sock = socket2::SockRef::from(tcp);
+    let addr = if tcp.local_addr()?.is_ipv4() {
+        sock.original_dst_v4()?
+    } else {
+        sock.original_dst_v6()?
+    };
+    addr.as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ mod budget;
 mod config;
 mod connect;
 mod dest;
+mod detect;
 mod discovery;
+mod headers;
 mod inbound;
 mod io;
 mod iptables;
@@ -28,6 +30,7 @@ mod metrics;
 mod opaque;
 mod outbound;
 mod pool;
+mod reason;
 mod trace;
 mod upgrade;
 
@@ -43,15 +46,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use binary::binary_main;
-pub use body::ERROR_HEADER;
 pub use config::{
     Allow, AllowRule, Breakers, ConfigError, Inbound, Locality, Plaintext, PlaintextPorts,
     PortPolicy, ServiceTarget, SidecarConfig, Timeouts, TransparentInbound, Upstream,
 };
 pub use discovery::DiscoverySource;
+pub use headers::{CLIENT_ID, ERROR_HEADER, ORIG_PROTO};
 pub use iptables::{CHAIN, INBOUND_CHAIN, IptablesError, Rules};
-pub use metrics::{Metrics, Reason};
-pub use outbound::{CLIENT_ID, ORIG_PROTO};
+pub use metrics::Metrics;
+pub use reason::Reason;
 
 use dest::Shared;
 use discovery::Discovery;

@@ -9,72 +9,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::config::Plaintext;
-
-/// Why the sidecar answered a call itself (header `meshfed-error` and
-/// metric label), or refused an inbound caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// Discovery has not answered for the service yet.
-    DiscoveryUnavailable,
-    /// The service has no endpoint anywhere.
-    NoEndpoints,
-    /// Endpoints exist; none can serve now.
-    NoHealthyEndpoints,
-    /// The group's circuit breaker is open (too many requests, pending or connections).
-    CircuitOpen,
-    /// Every endpoint tried refused or timed out, and no retry was left.
-    ConnectFailed,
-    /// No response within the request timeout.
-    RequestTimeout,
-    /// The connection to the endpoint broke mid-request.
-    UpstreamReset,
-    /// The app is not answering on its port (inbound).
-    AppUnavailable,
-    /// The caller's identity is not allowed on the port (inbound).
-    Forbidden,
-    /// The caller did not finish a mesh TLS handshake: no certificate, a
-    /// certificate of another mesh, or none in time (inbound).
-    Handshake,
-    /// The caller spoke plaintext where the port's policy is strict, or
-    /// the port has an allow-list, which no plaintext caller is on (inbound).
-    Plaintext,
-}
-
-impl Reason {
-    /// The label and header value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::DiscoveryUnavailable => "discovery_unavailable",
-            Reason::NoEndpoints => "no_endpoints",
-            Reason::NoHealthyEndpoints => "no_healthy_endpoints",
-            Reason::CircuitOpen => "circuit_open",
-            Reason::ConnectFailed => "connect_failed",
-            Reason::RequestTimeout => "request_timeout",
-            Reason::UpstreamReset => "upstream_reset",
-            Reason::AppUnavailable => "app_unavailable",
-            Reason::Forbidden => "forbidden",
-            Reason::Handshake => "handshake",
-            Reason::Plaintext => "plaintext",
-        }
-    }
-
-    /// The HTTP status the sidecar answers with.
-    pub fn status(self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self {
-            Reason::RequestTimeout => S::GATEWAY_TIMEOUT,
-            Reason::UpstreamReset | Reason::AppUnavailable => S::BAD_GATEWAY,
-            Reason::Forbidden | Reason::Handshake | Reason::Plaintext => S::FORBIDDEN,
-            _ => S::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-impl EncodeLabelValue for Reason {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
-}
+use crate::io::Counted;
+use crate::reason::Reason;
 
 /// Which way a call goes through this sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -215,7 +151,41 @@ pub struct Metrics {
     pub(crate) discovery_updates: Counter,
 }
 
+/// Which end of a proxied connection a stream is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum End {
+    /// The calling app's: what it writes is `sent`.
+    Caller,
+    /// The serving app's: what it writes is `received`.
+    Server,
+}
+
 impl Metrics {
+    /// `stream` with its bytes counted in `tcp_bytes_total{direction,
+    /// service, cluster, flow}` as they pass.
+    pub(crate) fn counted<S>(
+        &self,
+        (direction, service, cluster): (Direction, &str, &str),
+        end: End,
+        stream: S,
+    ) -> Counted<S> {
+        let counter = |flow| {
+            self.tcp_bytes
+                .get_or_create(&ByteLabels {
+                    direction,
+                    service: service.to_owned(),
+                    cluster: cluster.to_owned(),
+                    flow,
+                })
+                .clone()
+        };
+        let (sent, received) = (counter("sent"), counter("received"));
+        match end {
+            End::Caller => Counted::new(stream, sent, received),
+            End::Server => Counted::new(stream, received, sent),
+        }
+    }
+
     /// Counts one finished HTTP request and its latency; the error label is
     /// the `meshfed-error` the sidecar put on the answer, else `none`.
     pub(crate) fn request<B>(
@@ -226,7 +196,7 @@ impl Metrics {
     ) {
         let error = resp
             .headers()
-            .get(crate::body::ERROR_HEADER)
+            .get(crate::headers::ERROR_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("none")
             .to_owned();

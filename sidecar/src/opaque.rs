@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, split};
 
+use crate::detect::{Protocol, detect};
 use crate::io::Prefixed;
-use crate::outbound::detect::{Protocol, detect};
 
 /// How long an opaque caller may stay silent while the server talks
 /// (server-first protocols); its first bytes are judged whenever they come.

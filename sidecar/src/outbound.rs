@@ -5,24 +5,20 @@
 //! The first bytes decide how it is proxied: HTTP/1 and HTTP/2 (gRPC
 //! included) per request, anything else as opaque TCP.
 
-pub(crate) mod detect;
 mod http;
 mod tcp;
 
-pub use http::{CLIENT_ID, ORIG_PROTO};
-pub(crate) use tcp::{End, counted};
-
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ServiceTarget;
 use crate::dest::{Dest, Shared};
+use crate::detect::{Protocol, detect};
 use crate::discovery::Discovery;
 use crate::io::Prefixed;
-use detect::{Protocol, detect};
+use crate::io::original_dst;
 
 /// Destinations by service port, made on first use.
 #[derive(Debug)]
@@ -119,18 +115,6 @@ pub(crate) async fn serve_transparent(listener: TcpListener, router: Arc<Router>
             }
         });
     }
-}
-
-/// The address the app dialled before iptables redirected it here.
-pub(crate) fn original_dst(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
-    let sock = socket2::SockRef::from(tcp);
-    let addr = if tcp.local_addr()?.is_ipv4() {
-        sock.original_dst_v4()?
-    } else {
-        sock.original_dst_v6()?
-    };
-    addr.as_socket()
-        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
 }
 
 /// Detects the protocol and proxies the connection to `dest`.

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use super::{Breaker, Dest};
 use crate::balance::Pick;
-use crate::metrics::{Reason, ServiceLabels, WaitLabels, WaitOutcome};
+use crate::metrics::{ServiceLabels, WaitLabels, WaitOutcome};
+use crate::reason::Reason;
 
 impl Dest {
     /// Waits, within `deadline`, until an endpoint can take the request

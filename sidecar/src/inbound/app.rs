@@ -14,7 +14,8 @@ use crate::body::Body;
 use crate::config::{Allow, Plaintext};
 use crate::connect::Connector;
 use crate::dest::Shared;
-use crate::metrics::{Reason, RefusedLabels};
+use crate::metrics::RefusedLabels;
+use crate::reason::Reason;
 
 /// One app port, as callers reach it: an explicit inbound port, or a port
 /// of the app reached through the inbound transparent listener.

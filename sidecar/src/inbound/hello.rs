@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
-use crate::outbound::detect::first_bytes;
+use crate::detect::first_bytes;
 
 /// A handshake record (22), version 3.x, two length bytes, ClientHello (1).
 const LEN: usize = 6;

@@ -27,15 +27,12 @@ use tracing::Instrument;
 
 use crate::body::{Body, boxed, error_response, full};
 use crate::dest::{Breaker, Dest};
-use crate::metrics::{DestLabels, Direction, Reason};
-use crate::outbound::{End, counted};
+use crate::headers::{CLIENT_ID, ORIG_PROTO};
+use crate::metrics::{DestLabels, Direction, End};
+use crate::reason::Reason;
 use crate::trace::TraceContext;
 use crate::upgrade;
 
-/// The header a sidecar uses to tell the next one the app spoke HTTP/1.1.
-pub const ORIG_PROTO: &str = "meshfed-orig-proto";
-/// The header carrying the verified caller identity to the app.
-pub const CLIENT_ID: &str = "meshfed-client-id";
 /// Attempts per request, the first included.
 const MAX_ATTEMPTS: usize = 5;
 /// Request bodies up to this size are kept so the request can be retried.
@@ -350,7 +347,7 @@ async fn call_upgrade(dest: &Arc<Dest>, mut parts: http::request::Parts, body: I
                     d.label.as_str(),
                     pick.endpoint.cluster.as_str(),
                 );
-                let mut app = counted(&d.shared, labels, End::Caller, app);
+                let mut app = d.shared.metrics.counted(labels, End::Caller, app);
                 copy_bidirectional(&mut app, &mut endpoint).await
             };
             if let Err(e) = joined.await {

@@ -10,10 +10,9 @@ use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 
 use crate::dest::{Dest, Shared};
-use crate::io::Counted;
-use crate::metrics::{ByteLabels, DestLabels, Direction};
+use crate::detect::Protocol;
+use crate::metrics::{DestLabels, Direction, End};
 use crate::opaque::{Opaque, opaque};
-use crate::outbound::detect::Protocol;
 use crate::outbound::http;
 
 /// Proxies `app` to `dest` as opaque bytes; or, when the app turns out
@@ -35,7 +34,7 @@ where
     };
     let cluster = &pick.endpoint.cluster;
     let labels = (Direction::outbound, dest.label.as_str(), cluster.as_str());
-    let upstream = counted(&dest.shared, labels, End::Server, upstream);
+    let upstream = dest.shared.metrics.counted(labels, End::Server, upstream);
     let counted_connection = || {
         dest.shared
             .metrics
@@ -75,44 +74,8 @@ pub(crate) async fn passthrough(app: TcpStream, original: SocketAddr, shared: &S
         }
     };
     let labels = (Direction::outbound, "passthrough", "");
-    let mut app = counted(shared, labels, End::Caller, app);
+    let mut app = shared.metrics.counted(labels, End::Caller, app);
     if let Err(e) = copy_bidirectional(&mut app, &mut upstream).await {
         tracing::debug!(%original, error = %e, "passthrough connection ended");
-    }
-}
-
-/// Which end of a proxied connection a stream is.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum End {
-    /// The calling app's: what it writes is `sent`.
-    Caller,
-    /// The serving app's: what it writes is `received`.
-    Server,
-}
-
-/// `stream` with its bytes counted in `tcp_bytes_total{direction, service,
-/// cluster, flow}` as they pass.
-pub(crate) fn counted<S>(
-    shared: &Shared,
-    (direction, service, cluster): (Direction, &str, &str),
-    end: End,
-    stream: S,
-) -> Counted<S> {
-    let counter = |flow| {
-        shared
-            .metrics
-            .tcp_bytes
-            .get_or_create(&ByteLabels {
-                direction,
-                service: service.to_owned(),
-                cluster: cluster.to_owned(),
-                flow,
-            })
-            .clone()
-    };
-    let (sent, received) = (counter("sent"), counter("received"));
-    match end {
-        End::Caller => Counted::new(stream, sent, received),
-        End::Server => Counted::new(stream, received, sent),
     }
 }
