@@ -2,14 +2,19 @@
 //! and go out, who may call it, and how patient the proxy is. Parsed and
 //! checked before any port is bound.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
 use meshfed_api::sni::is_dns_label;
-use meshfed_trust::SpiffeId;
+mod inbound;
+#[cfg(test)]
+mod tests;
+
+pub use inbound::{
+    Allow, AllowRule, Inbound, Plaintext, PlaintextPorts, PortPolicy, TransparentInbound,
+};
 
 /// One port of one Service: what a call is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,169 +93,6 @@ impl FromStr for Upstream {
             target: target.parse()?,
             listen: addr_or_port(listen, Ipv4Addr::LOCALHOST.into())?,
         })
-    }
-}
-
-/// Who may call an inbound port.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Allow {
-    /// Any workload with a valid certificate of the mesh.
-    #[default]
-    Mesh,
-    /// Only these identities.
-    Only(Vec<SpiffeId>),
-}
-
-impl Allow {
-    /// Whether `id` (already verified by TLS) may call.
-    pub fn permits(&self, id: &SpiffeId) -> bool {
-        match self {
-            Self::Mesh => true,
-            Self::Only(ids) => ids.contains(id),
-        }
-    }
-}
-
-/// An inbound port: mesh callers connect to `listen`, the app serves on `app`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    /// Where callers' sidecars (and gateways) connect.
-    pub listen: SocketAddr,
-    /// The app's own port.
-    pub app: SocketAddr,
-    /// Who may call.
-    pub allow: Allow,
-}
-
-impl FromStr for Inbound {
-    type Err = ConfigError;
-
-    /// `LISTEN=APP`; a bare LISTEN port binds 0.0.0.0, a bare APP port is on 127.0.0.1.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (listen, app) = s
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Invalid(format!("{s:?}: expected LISTEN=APP")))?;
-        Ok(Self {
-            listen: addr_or_port(listen, Ipv4Addr::UNSPECIFIED.into())?,
-            app: addr_or_port(app, Ipv4Addr::LOCALHOST.into())?,
-            allow: Allow::Mesh,
-        })
-    }
-}
-
-/// What an inbound port does with a caller whose first bytes are not a TLS
-/// ClientHello (a caller outside the mesh).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Plaintext {
-    /// Passed to the app as it is: bytes copied, HTTP served with no caller
-    /// ID (any `meshfed-client-id` it wrote is dropped).
-    #[default]
-    Permissive,
-    /// Refused: the connection is closed.
-    Strict,
-}
-
-impl Plaintext {
-    /// `permissive` or `strict`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Permissive => "permissive",
-            Self::Strict => "strict",
-        }
-    }
-}
-
-impl fmt::Display for Plaintext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Plaintext {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "permissive" => Ok(Self::Permissive),
-            "strict" => Ok(Self::Strict),
-            _ => Err(ConfigError::Invalid(format!(
-                "{s:?}: expected strict or permissive"
-            ))),
-        }
-    }
-}
-
-/// A per-port plaintext policy: `PORT=strict|permissive`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortPolicy {
-    /// An explicit inbound listen port, or an app port reached through the
-    /// inbound transparent listener.
-    pub port: u16,
-    /// What plaintext callers get there.
-    pub policy: Plaintext,
-}
-
-impl FromStr for PortPolicy {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ConfigError::Invalid(format!("{s:?}: expected PORT=strict|permissive"));
-        let (port, policy) = s.split_once('=').ok_or_else(bad)?;
-        Ok(Self {
-            port: port.parse().map_err(|_| bad())?,
-            policy: policy.parse().map_err(|_| bad())?,
-        })
-    }
-}
-
-/// Inbound interception: iptables redirects the pod's inbound TCP to
-/// `listen`; each connection goes on to the app at the port it was sent to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransparentInbound {
-    /// The listener iptables redirects to (`init-iptables --inbound-proxy-port`).
-    pub listen: SocketAddr,
-    /// Who may call each app port; a port not named admits any mesh identity.
-    pub allow: BTreeMap<u16, Allow>,
-    /// Plaintext on a port not named in `ports`.
-    pub plaintext: Plaintext,
-}
-
-/// Plaintext policies: an explicit inbound port is strict unless named
-/// here; a transparent one follows its sidecar's default unless named.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlaintextPorts(BTreeMap<u16, Plaintext>);
-
-impl PlaintextPorts {
-    /// The policy of `port`, `default` when it has none of its own.
-    pub fn of(&self, port: u16, default: Plaintext) -> Plaintext {
-        self.0.get(&port).copied().unwrap_or(default)
-    }
-}
-
-/// An allow-list entry: `LISTEN-PORT=ID[,ID...]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowRule {
-    /// The inbound listen port it applies to.
-    pub port: u16,
-    /// The identities allowed there.
-    pub ids: Vec<SpiffeId>,
-}
-
-impl FromStr for AllowRule {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ConfigError::Invalid(format!("{s:?}: expected PORT=SPIFFE-ID[,SPIFFE-ID...]"));
-        let (port, ids) = s.split_once('=').ok_or_else(bad)?;
-        let port = port.parse::<u16>().map_err(|_| bad())?;
-        let ids = ids
-            .split(',')
-            .map(|id| {
-                SpiffeId::parse(id.trim())
-                    .map_err(|e| ConfigError::Invalid(format!("{id:?} in {s:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { port, ids })
     }
 }
 
@@ -446,114 +288,4 @@ fn addr_or_port(s: &str, default_ip: IpAddr) -> Result<SocketAddr, ConfigError> 
     }
     s.parse::<SocketAddr>()
         .map_err(|_| ConfigError::Invalid(format!("{s:?} is neither a port nor IP:PORT")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_upstreams_and_inbound_ports() {
-        let u: Upstream = "api.shop:80=9001".parse().expect("upstream");
-        assert_eq!(u.target.to_string(), "api.shop:80");
-        assert_eq!(u.listen, "127.0.0.1:9001".parse().expect("addr"));
-        let u: Upstream = "db.data:5432=10.0.0.1:6000".parse().expect("upstream");
-        assert_eq!(u.listen.port(), 6000);
-        let i: Inbound = "4143=8080".parse().expect("inbound");
-        assert_eq!(i.listen, "0.0.0.0:4143".parse().expect("addr"));
-        assert_eq!(i.app, "127.0.0.1:8080".parse().expect("addr"));
-    }
-
-    #[test]
-    fn rejects_what_it_cannot_use() {
-        for bad in [
-            "api:80=9001",
-            "api.shop=9001",
-            "api.shop:0=9001",
-            "API.shop:80=9001",
-            "api.shop:80",
-            "api.shop:80=x",
-        ] {
-            assert!(bad.parse::<Upstream>().is_err(), "{bad}");
-        }
-        assert!("4143".parse::<Inbound>().is_err());
-        assert!("4143=frontend".parse::<AllowRule>().is_err());
-        assert!("x=spiffe://td/ns/a/sa/b".parse::<AllowRule>().is_err());
-    }
-
-    #[test]
-    fn allow_rules_attach_to_their_port() {
-        let mut c = SidecarConfig {
-            inbound: vec!["4143=8080".parse().expect("inbound")],
-            ..SidecarConfig::default()
-        };
-        let rule: AllowRule = "4143=spiffe://td/ns/web/sa/frontend".parse().expect("rule");
-        c.apply_allow(vec![rule]).expect("applies");
-        let id = SpiffeId::parse("spiffe://td/ns/web/sa/frontend").expect("id");
-        let other = SpiffeId::parse("spiffe://td/ns/web/sa/other").expect("id");
-        assert!(c.inbound[0].allow.permits(&id));
-        assert!(!c.inbound[0].allow.permits(&other));
-        let stray: AllowRule = "9999=spiffe://td/ns/a/sa/b".parse().expect("rule");
-        assert!(c.apply_allow(vec![stray]).is_err());
-    }
-
-    #[test]
-    fn transparent_ports_take_allow_rules_and_policies_by_app_port() {
-        let mut c = SidecarConfig {
-            inbound: vec!["4143=8080".parse().expect("inbound")],
-            ..SidecarConfig::default()
-        };
-        let strict: PortPolicy = "9090=strict".parse().expect("policy");
-        let err = c
-            .apply_port_policies(vec![strict])
-            .expect_err("no such port");
-        assert!(
-            err.to_string()
-                .starts_with("--inbound-port-policy names port 9090"),
-            "{err}"
-        );
-        c.transparent_inbound = Some(TransparentInbound {
-            listen: "0.0.0.0:4144".parse().expect("addr"),
-            allow: BTreeMap::new(),
-            plaintext: Plaintext::Permissive,
-        });
-        c.apply_port_policies(vec![strict, "4143=permissive".parse().expect("policy")])
-            .expect("applies");
-        assert_eq!(
-            c.plaintext_ports.of(9090, Plaintext::Permissive),
-            Plaintext::Strict
-        );
-        assert_eq!(
-            c.plaintext_ports.of(4143, Plaintext::Strict),
-            Plaintext::Permissive
-        );
-        assert_eq!(
-            c.plaintext_ports.of(8080, Plaintext::Strict),
-            Plaintext::Strict
-        );
-        assert!(c.apply_port_policies(vec![strict]).is_err(), "twice");
-        let rule: AllowRule = "8080=spiffe://td/ns/web/sa/frontend".parse().expect("rule");
-        c.apply_allow(vec![rule]).expect("applies");
-        let t = c.transparent_inbound.as_ref().expect("transparent");
-        let id = SpiffeId::parse("spiffe://td/ns/web/sa/frontend").expect("id");
-        assert_eq!(t.allow.get(&8080), Some(&Allow::Only(vec![id])));
-        assert_eq!(c.inbound[0].allow, Allow::Mesh, "4143 keeps its own");
-        for bad in ["8080", "8080=open", "x=strict", "70000=strict"] {
-            let err = bad.parse::<PortPolicy>().expect_err(bad);
-            assert!(
-                err.to_string().contains("expected PORT=strict|permissive"),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_listen_address_is_used_once() {
-        let c = SidecarConfig {
-            upstreams: vec!["api.shop:80=9001".parse().expect("upstream")],
-            transparent: Some("127.0.0.1:9001".parse().expect("addr")),
-            ..SidecarConfig::default()
-        };
-        assert!(c.validate().is_err());
-    }
 }
