@@ -1,0 +1,205 @@
+//! Inbound HTTP: each request from a caller is checked against the port's
+//! allow-list and forwarded to the app in the protocol the caller's app
+//! spoke, with the verified caller ID in `meshfed-client-id` (and any the
+//! caller wrote itself removed); an HTTP/1.1 upgrade gets a connection to
+//! the app of its own.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshfed_trust::SpiffeId;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{AppPort, Who};
+use crate::body::{Body, boxed, error_response};
+use crate::headers::{CLIENT_ID, ORIG_PROTO};
+use crate::metrics::{Direction, End};
+use crate::reason::Reason;
+use crate::trace::TraceContext;
+use crate::upgrade;
+
+impl AppPort {
+    /// Serves a connection's HTTP requests (`h1`: HTTP/1 straight from the
+    /// caller; otherwise HTTP/2 from a sidecar, or h2c from outside the
+    /// mesh); `caller` is `None` for plaintext.
+    pub(super) async fn serve_http<S>(
+        self: Arc<Self>,
+        io: S,
+        caller: Option<SpiffeId>,
+        allowed: bool,
+        h1: bool,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let me = self.clone();
+        let caller = Arc::new(caller);
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            let me = me.clone();
+            let caller = caller.clone();
+            if h1 {
+                // Forwarded to the app as the HTTP/1 it is.
+                req.headers_mut()
+                    .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+            }
+            async move {
+                let resp = me.request(req, (*caller).as_ref(), allowed).await;
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let io = TokioIo::new(io);
+        let served = if h1 {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+        } else {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await
+        };
+        if let Err(e) = served {
+            tracing::debug!(port = self.port, error = %e, "inbound connection ended");
+        }
+    }
+
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        caller: Option<&SpiffeId>,
+        allowed: bool,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let trace = TraceContext::continue_in(&mut parts.headers);
+        let span = tracing::info_span!(
+            "inbound",
+            port = self.port,
+            caller = %Who(caller),
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
+        );
+        let resp = if allowed {
+            self.forward(parts, body, caller).instrument(span).await
+        } else {
+            error_response(
+                Reason::Forbidden,
+                &format!("{} may not call this port", Who(caller)),
+            )
+        };
+        self.shared
+            .metrics
+            .request(self.dest_labels(), &resp, started);
+        resp
+    }
+
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        caller: Option<&SpiffeId>,
+    ) -> Response<Body> {
+        let h1 = parts
+            .headers
+            .remove(ORIG_PROTO)
+            .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
+        // Only this sidecar says who called; a plaintext caller is no one.
+        parts.headers.remove(CLIENT_ID);
+        if let Some(caller) = caller
+            && let Ok(v) = HeaderValue::from_str(&caller.to_string())
+        {
+            parts.headers.insert(CLIENT_ID, v);
+        }
+        if h1 {
+            parts.version = Version::HTTP_11;
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(v) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        // The client wants an absolute URI (it dials the app whatever the
+        // URI says); a caller without a sidecar may send origin-form.
+        if parts.uri.authority().is_none() {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok());
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(host.unwrap_or(http::uri::Authority::from_static("app")));
+            uri.path_and_query
+                .get_or_insert(http::uri::PathAndQuery::from_static("/"));
+            parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+        }
+        if h1 && upgrade::requested(&parts.headers) {
+            return self.upgrade(parts, body).await;
+        }
+        let req = Request::from_parts(parts, boxed(body));
+        let client = if h1 { &self.h1 } else { &self.h2 };
+        match client.request(req).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, boxed(body))
+            }
+            Err(e) => {
+                tracing::warn!(app = %self.app, error = %e, "app request failed");
+                error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
+            }
+        }
+    }
+
+    /// An HTTP/1.1 upgrade, on a connection to the app of its own; on
+    /// `101` the caller's stream is joined to the app's.
+    async fn upgrade(&self, mut parts: http::request::Parts, body: Incoming) -> Response<Body> {
+        let Some(caller_side) = parts.extensions.remove::<OnUpgrade>() else {
+            return error_response(Reason::UpstreamReset, "the caller's upgrade");
+        };
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(app = %self.app, error = %e, "app upgrade failed");
+            error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
+        };
+        let app = match self.dial().await {
+            Ok(a) => a,
+            Err(e) => return unavailable(&e),
+        };
+        // The app gets the request as a client would send it: origin-form.
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_default();
+        parts.uri = path;
+        let mut resp = match upgrade::send(app, Request::from_parts(parts, boxed(body))).await {
+            Ok(r) => r,
+            Err(e) => return unavailable(&e),
+        };
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let app_side = hyper::upgrade::on(&mut resp);
+            let shared = self.shared.clone();
+            let label = self.label.clone();
+            self.shared.spawn(async move {
+                let joined = async {
+                    let (mut caller, app) = upgrade::upgraded(caller_side, app_side).await?;
+                    let labels = (Direction::inbound, label.as_str(), shared.cluster.as_str());
+                    let mut app = shared.metrics.counted(labels, End::Server, app);
+                    tokio::io::copy_bidirectional(&mut caller, &mut app).await
+                };
+                if let Err(e) = joined.await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            });
+        }
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, boxed(body))
+    }
+}
