@@ -2,9 +2,71 @@
 //! of the last ten seconds, plus a floor per second, so a failing service
 //! sees a bounded extra load rather than a retry storm.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
 use tokio::time::Instant;
 
+use crate::balance::Params;
+use crate::metrics::{Metrics, ServiceLabels};
+
 const WINDOW_SECS: usize = 10;
+
+/// A service's retry budget as the request path uses it: the window, the
+/// policy's share and floor (updated with each endpoint set), and the
+/// metrics that count what it granted and refused.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    window: Mutex<RetryBudget>,
+    percent: AtomicU32,
+    min_per_second: AtomicU32,
+    metrics: Arc<Metrics>,
+    labels: ServiceLabels,
+}
+
+impl Budget {
+    pub(crate) fn new(metrics: Arc<Metrics>, service: String) -> Self {
+        let p = Params::default();
+        Self {
+            window: Mutex::new(RetryBudget::new(Instant::now())),
+            percent: AtomicU32::new(p.retry_percent),
+            min_per_second: AtomicU32::new(p.min_retries_per_second),
+            metrics,
+            labels: ServiceLabels { service },
+        }
+    }
+
+    /// Takes the policy's share and floor.
+    pub(crate) fn set(&self, p: &Params) {
+        self.percent.store(p.retry_percent, Ordering::Relaxed);
+        self.min_per_second
+            .store(p.min_retries_per_second, Ordering::Relaxed);
+    }
+
+    /// Counts a new call.
+    pub(crate) fn request(&self) {
+        self.window
+            .lock()
+            .expect("budget lock")
+            .request(Instant::now());
+    }
+
+    /// Whether another attempt may go (counted in the metrics either way).
+    pub(crate) fn try_retry(&self) -> bool {
+        let ok = self.window.lock().expect("budget lock").try_retry(
+            Instant::now(),
+            self.percent.load(Ordering::Relaxed),
+            self.min_per_second.load(Ordering::Relaxed),
+        );
+        let family = if ok {
+            &self.metrics.retries
+        } else {
+            &self.metrics.retries_refused
+        };
+        family.get_or_create(&self.labels).inc();
+        ok
+    }
+}
 
 /// Requests and retries per second over the last window.
 #[derive(Debug)]

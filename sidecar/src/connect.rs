@@ -19,14 +19,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance::EndpointInfo;
 
-/// ALPN a sidecar offers for HTTP: every call between sidecars is HTTP/2.
+/// ALPN for HTTP/2 between sidecars (the app spoke HTTP/2 or gRPC).
 pub(crate) const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1 between sidecars (the app spoke HTTP/1.1).
+pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// What goes over the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Alpn {
     /// Multiplexed HTTP/2.
     H2,
+    /// HTTP/1.1, or HTTP/2 if the peer speaks only that.
+    Http1,
     /// Opaque bytes.
     Opaque,
 }
@@ -142,9 +146,11 @@ impl Connector {
             return c.clone();
         }
         let mut config = client_config(self.creds.clone(), ep.expected.clone());
-        if alpn == Alpn::H2 {
-            config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        }
+        config.alpn_protocols = match alpn {
+            Alpn::H2 => vec![ALPN_H2.to_vec()],
+            Alpn::Http1 => vec![ALPN_HTTP1.to_vec(), ALPN_H2.to_vec()],
+            Alpn::Opaque => Vec::new(),
+        };
         // Bounded by the distinct identity sets of the services called.
         let config = Arc::new(config);
         configs.insert(key, config.clone());

@@ -1,7 +1,10 @@
 //! One destination service port as the outbound side sees it: its live
 //! endpoint set, the balancer fed from it, the retry budget and the
-//! connection pool. Outbound HTTP and TCP both go through here.
+//! connection pool. Outbound HTTP (through the layers of `stack`) and TCP
+//! both go through here.
 
+#[cfg(test)]
+pub(crate) mod testing;
 mod wait;
 
 use std::future::Future;
@@ -16,13 +19,15 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{Balancer, EndpointInfo, GroupKey, NoPick, Params, Pick};
-use crate::budget::RetryBudget;
+use crate::balance::{Balancer, EndpointInfo, GroupKey, NoPick, Pick};
+use crate::budget::Budget;
 use crate::config::{Breakers, ServiceTarget, Timeouts};
 use crate::connect::{Alpn, Connector};
 use crate::metrics::{Metrics, ServiceLabels};
 use crate::pool::Pool;
 use crate::reason::Reason;
+use crate::stack::Load;
+use crate::stack::breaker::{self, Kind};
 
 /// Connects per opaque connection (or upgrade), the first included.
 const MAX_CONNECTS: usize = 5;
@@ -54,15 +59,6 @@ impl Shared {
     }
 }
 
-/// Which circuit breaker an attempt is subject to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Breaker {
-    /// HTTP: requests in flight and requests waiting for a connection.
-    Requests,
-    /// Opaque TCP: connections open.
-    Connections,
-}
-
 /// A service port being called.
 #[derive(Debug)]
 pub(crate) struct Dest {
@@ -72,7 +68,7 @@ pub(crate) struct Dest {
     sni: String,
     set: Mutex<watch::Receiver<Option<Arc<EndpointSet>>>>,
     balancer: Mutex<Balancer>,
-    budget: Mutex<RetryBudget>,
+    pub(crate) budget: Arc<Budget>,
     pub(crate) pool: Pool,
     pub(crate) shared: Arc<Shared>,
     /// Woken when an endpoint's health changed off the request path (a
@@ -89,13 +85,14 @@ impl Dest {
         set: watch::Receiver<Option<Arc<EndpointSet>>>,
         shared: Arc<Shared>,
     ) -> Arc<Self> {
+        let label = target.to_string();
         Arc::new(Self {
-            label: target.to_string(),
+            budget: Arc::new(Budget::new(shared.metrics.clone(), label.clone())),
+            label,
             sni: target.sni(),
             target,
             set: Mutex::new(set),
             balancer: Mutex::default(),
-            budget: Mutex::new(RetryBudget::new(Instant::now())),
             pool: Pool::new(shared.timeouts.liveness),
             shared,
             changes: Notify::new(),
@@ -125,42 +122,37 @@ impl Dest {
         drop(rx);
         let mut b = self.balancer.lock().expect("balancer lock");
         b.update(&set, &self.shared.cluster, &self.sni, Instant::now());
+        self.budget.set(&b.params());
         self.pool.retain(&b.keys());
     }
 
-    /// Picks an endpoint for an attempt, avoiding those already tried;
-    /// starts probing endpoints that are due. `breaker` says which circuit
-    /// breaker the attempt is subject to.
-    pub(crate) fn pick(
-        self: &Arc<Self>,
-        tried: &[Arc<str>],
-        breaker: Breaker,
-    ) -> Result<Pick, Reason> {
+    /// Picks an endpoint for an attempt, avoiding those already tried,
+    /// with its group's load at that moment (for the circuit breakers);
+    /// starts probing endpoints that are due.
+    pub(crate) fn pick(self: &Arc<Self>, tried: &[Arc<str>]) -> Result<(Pick, Load), Reason> {
         self.sync();
         let now = Instant::now();
         let mut b = self.balancer.lock().expect("balancer lock");
         let probes = b.due_probes(now);
-        let pick = b.pick(now, tried).map_err(|e| match e {
-            NoPick::NoEndpoints => Reason::NoEndpoints,
-            NoPick::NoneHealthy => Reason::NoHealthyEndpoints,
-        });
-        let open = pick.as_ref().ok().is_some_and(|p| {
-            let (requests, pending, connections) = b.in_flight(&p.group);
-            let limits = self.shared.breakers;
-            match breaker {
-                Breaker::Requests => {
-                    requests >= limits.max_requests || pending >= limits.max_pending
-                }
-                Breaker::Connections => connections >= limits.max_connections,
-            }
-        });
+        let pick = b
+            .pick(now, tried)
+            .map(|p| {
+                let (requests, pending, connections) = b.in_flight(&p.group);
+                let load = Load {
+                    requests,
+                    pending,
+                    connections,
+                };
+                (p, load)
+            })
+            .map_err(|e| match e {
+                NoPick::NoEndpoints => Reason::NoEndpoints,
+                NoPick::NoneHealthy => Reason::NoHealthyEndpoints,
+            });
         drop(b);
         for ep in probes {
             let dest = self.clone();
             tokio::spawn(async move { dest.probe(ep).await });
-        }
-        if open {
-            return Err(Reason::CircuitOpen);
         }
         pick
     }
@@ -174,10 +166,16 @@ impl Dest {
         let mut tried = Vec::new();
         let mut last = Reason::NoHealthyEndpoints;
         for attempt in 0..MAX_CONNECTS {
-            if attempt > 0 && !self.may_retry() {
+            if attempt > 0 && !self.budget.try_retry() {
                 break;
             }
-            let pick = match self.pick(&tried, Breaker::Connections) {
+            let pick = match self.pick(&tried) {
+                Ok((_, load)) if breaker::open(load, &self.shared.breakers, Kind::Connections) => {
+                    Err(Reason::CircuitOpen)
+                }
+                picked => picked.map(|(p, _)| p),
+            };
+            let pick = match pick {
                 Ok(p) => p,
                 // Nothing left to try: the last failure is the better reason.
                 Err(_) if attempt > 0 => break,
@@ -209,7 +207,11 @@ impl Dest {
     /// connection stays in the pool for the next request.
     async fn probe(self: Arc<Self>, ep: Arc<EndpointInfo>) {
         let started = Instant::now();
-        let ok = self.pool.get(&self.shared.connector, &ep).await.is_ok();
+        let ok = self
+            .pool
+            .get(&self.shared.connector, &ep, http::Version::HTTP_2)
+            .await
+            .is_ok();
         let mut b = self.balancer.lock().expect("balancer lock");
         if ok {
             tracing::debug!(endpoint = %ep.key, "endpoint reachable again");
@@ -221,41 +223,6 @@ impl Dest {
         // Either way waiters look again: at the endpoint back, or at when
         // its next probe is due.
         self.changes.notify_waiters();
-    }
-
-    pub(crate) fn params(&self) -> Params {
-        self.balancer.lock().expect("balancer lock").params()
-    }
-
-    /// Counts a new call for the retry budget.
-    pub(crate) fn count_request(&self) {
-        self.budget
-            .lock()
-            .expect("budget lock")
-            .request(Instant::now());
-    }
-
-    /// Whether the budget allows another attempt (counted in the metrics).
-    pub(crate) fn may_retry(&self) -> bool {
-        let p = self.params();
-        let ok = self.budget.lock().expect("budget lock").try_retry(
-            Instant::now(),
-            p.retry_percent,
-            p.min_retries_per_second,
-        );
-        let labels = ServiceLabels {
-            service: self.label.clone(),
-        };
-        if ok {
-            self.shared.metrics.retries.get_or_create(&labels).inc();
-        } else {
-            self.shared
-                .metrics
-                .retries_refused
-                .get_or_create(&labels)
-                .inc();
-        }
-        ok
     }
 
     fn failure(&self) {

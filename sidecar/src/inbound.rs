@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Allow, Inbound, Plaintext, PlaintextPorts, TransparentInbound};
-use crate::connect::ALPN_H2;
+use crate::connect::{ALPN_H2, ALPN_HTTP1};
 use crate::dest::Shared;
 use crate::detect::Protocol;
 use crate::io::Prefixed;
@@ -113,7 +113,9 @@ impl InboundPort {
 
     fn new(apps: Apps, creds: CredentialsWatch, shared: Arc<Shared>) -> Self {
         let mut tls = server_config(creds);
-        tls.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // A caller offering both gets HTTP/1.1: it offers it first only
+        // for an app that spoke HTTP/1.1.
+        tls.alpn_protocols = vec![ALPN_HTTP1.to_vec(), ALPN_H2.to_vec()];
         Self {
             apps,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
@@ -234,17 +236,22 @@ impl InboundPort {
             app.refused(Reason::Handshake);
             return;
         };
-        let h2 = conn.alpn_protocol() == Some(ALPN_H2);
+        let http = match conn.alpn_protocol() {
+            Some(ALPN_H2) => Some(false),
+            Some(ALPN_HTTP1) => Some(true),
+            _ => None,
+        };
         let allowed = app.allow.permits(&caller);
         if !allowed {
             tracing::info!(%remote, %caller, port = app.port, "inbound caller refused: identity not allowed");
             app.refused(Reason::Forbidden);
-            if !h2 {
+            if http.is_none() {
                 return;
             }
         }
-        if h2 {
-            app.serve_http(tls, Some(caller), allowed, false).await;
+        if let Some(h1) = http {
+            // HTTP between sidecars: refused requests get their 403.
+            app.serve_http(tls, Some(caller), allowed, h1).await;
             return;
         }
         app.copy(tls, Some(caller), remote).await;

@@ -5,9 +5,10 @@
 //! terminates mesh mTLS, checks who is calling, and tells the app.
 //!
 //! ```text
-//! app ─► upstream port / transparent listener ─► detect ─┬─ HTTP: per request ─► pool (h2) ─┐
-//!                                                        └─ TCP: per connection ────────────┤
-//!        Dest: discovery stream ─► balancer (groups, P2C, outliers, failback hold)  ◄───────┘
+//! app ─► upstream port / transparent listener ─► detect ─┬─ HTTP: per request, the stack ─┐
+//!          route ─► retry ─► balance ─► breaker ─► endpoint (pool: h1 or h2, mTLS)      │
+//!                                                        └─ TCP: per connection ──────────┤
+//!        Dest: discovery stream ─► balancer (groups, P2C, outliers, failback hold)  ◄─────┘
 //! caller's sidecar / gateway ─► inbound port / inbound transparent listener
 //!        ─► TLS? ─┬─ mTLS + allow-list ─► app (caller's ID)
 //!                 └─ plaintext: port policy ─► app (no ID) or closed
@@ -31,6 +32,7 @@ mod opaque;
 mod outbound;
 mod pool;
 mod reason;
+mod stack;
 mod trace;
 mod upgrade;
 

@@ -20,10 +20,11 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
-use super::{Breaker, Dest};
+use super::Dest;
 use crate::balance::Pick;
 use crate::metrics::{ServiceLabels, WaitLabels, WaitOutcome};
 use crate::reason::Reason;
+use crate::stack::Load;
 
 impl Dest {
     /// Waits, within `deadline`, until an endpoint can take the request
@@ -34,7 +35,7 @@ impl Dest {
         self: &Arc<Self>,
         tried: &[Arc<str>],
         deadline: Instant,
-    ) -> Result<Pick, Reason> {
+    ) -> Result<(Pick, Load), Reason> {
         let Some(_place) = Place::take(self) else {
             self.waited(WaitOutcome::queue_full);
             return Err(Reason::NoHealthyEndpoints);
@@ -46,7 +47,7 @@ impl Dest {
             // Listening before looking: a change between the two still wakes.
             let mut changed = pin!(self.changes.notified());
             changed.as_mut().enable();
-            match self.pick(tried, Breaker::Requests) {
+            match self.pick(tried) {
                 Ok(pick) => {
                     self.waited(WaitOutcome::served);
                     return Ok(pick);
@@ -127,112 +128,8 @@ impl Drop for Place<'_> {
 mod tests {
     use std::time::Duration;
 
-    use meshfed_api::discovery::{Endpoint, EndpointSet, Locality, Policy, PriorityGroup};
-    use meshfed_trust::{Credentials, KeyAlgorithm, RootCa, SpiffeId, TrustDomain};
-    use prometheus_client::registry::Registry;
-    use rustls_pki_types::PrivatePkcs8KeyDer;
-    use tokio::sync::watch;
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
-
     use super::*;
-    use crate::config::{Breakers, ServiceTarget, Timeouts};
-    use crate::connect::Connector;
-    use crate::dest::Shared;
-    use crate::metrics::Metrics;
-
-    const ID: &str = "spiffe://mesh.test/ns/shop/sa/api";
-
-    type Sets = watch::Sender<Option<Arc<EndpointSet>>>;
-
-    /// A destination fed by the returned sender; no endpoint is ever dialled.
-    fn dest(max_waiting: usize) -> (Arc<Dest>, Sets) {
-        meshfed_trust::install_crypto_provider();
-        let td = TrustDomain::new("mesh.test").expect("td");
-        let ca = RootCa::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(3600))
-            .expect("root")
-            .issue_cluster("east", Duration::from_secs(3600), Vec::new())
-            .expect("cluster ca");
-        let w = ca
-            .issue_workload(
-                &SpiffeId::parse("spiffe://mesh.test/ns/web/sa/frontend").expect("id"),
-                Duration::from_secs(3600),
-            )
-            .expect("workload");
-        let creds = Credentials::new(
-            w.chain,
-            PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-            w.bundle,
-        )
-        .expect("credentials")
-        .into_watch()
-        .1;
-        let stop = CancellationToken::new();
-        let timeouts = Timeouts::default();
-        let shared = Arc::new(Shared {
-            connector: Arc::new(Connector::new(
-                creds,
-                timeouts.connect,
-                timeouts.liveness,
-                None,
-                stop.clone(),
-            )),
-            metrics: Arc::new(Metrics::new(&mut Registry::default())),
-            timeouts,
-            breakers: Breakers {
-                max_waiting,
-                ..Breakers::default()
-            },
-            cluster: "east".into(),
-            tasks: TaskTracker::new(),
-            stop,
-        });
-        let (tx, rx) = watch::channel(None);
-        let target = ServiceTarget::new("api", "shop", 80).expect("target");
-        (Dest::new(target, rx, shared), tx)
-    }
-
-    /// api in one group of east: `(address, ready)` each; one failure
-    /// ejects for a second, and every endpoint may be ejected.
-    fn set(endpoints: &[(&str, bool)]) -> Option<Arc<EndpointSet>> {
-        let endpoints: Vec<Endpoint> = endpoints
-            .iter()
-            .map(|(addr, ready)| Endpoint {
-                address: (*addr).into(),
-                weight: 1,
-                identities: vec![ID.into()],
-                locality: None,
-                ready: *ready,
-                sni: String::new(),
-            })
-            .collect();
-        Some(Arc::new(EndpointSet {
-            exists: true,
-            groups: vec![PriorityGroup {
-                locality: Some(Locality {
-                    cluster: "east".into(),
-                    region: String::new(),
-                    zone: "a".into(),
-                }),
-                remote: false,
-                total: endpoints.len() as u32,
-                healthy: endpoints.iter().filter(|e| e.ready).count() as u32,
-                endpoints,
-                spill_threshold: 0.7,
-                load_permille: 0,
-            }],
-            policy: Some(Policy {
-                spill_threshold: 0.7,
-                consecutive_failures: 1,
-                ejection_time_ms: 1000,
-                max_ejected_percent: 100,
-                failback_hold_ms: 0,
-                retry_budget_percent: 20,
-                min_retries_per_second: 10,
-            }),
-            revision: 1,
-        }))
-    }
+    use crate::dest::testing::{dest, set};
 
     fn waits(d: &Dest, outcome: WaitOutcome) -> u64 {
         d.shared
@@ -263,10 +160,7 @@ mod tests {
     async fn a_new_endpoint_set_ends_the_wait() {
         let (d, sets) = dest(256);
         sets.send_replace(set(&[("10.0.0.1:80", false)]));
-        assert_eq!(
-            d.pick(&[], Breaker::Requests).map(|_| ()),
-            Err(Reason::NoHealthyEndpoints)
-        );
+        assert_eq!(d.pick(&[]).map(|_| ()), Err(Reason::NoHealthyEndpoints));
         let waiter = {
             let d = d.clone();
             tokio::spawn(async move { d.wait_for_endpoint(&[], in_secs(10)).await })
@@ -275,7 +169,7 @@ mod tests {
         assert!(!waiter.is_finished(), "nothing can serve yet");
         assert_eq!(waiting(&d), 1);
         sets.send_replace(set(&[("10.0.0.1:80", true)]));
-        let pick = waiter.await.expect("task").expect("picked");
+        let (pick, _) = waiter.await.expect("task").expect("picked");
         assert_eq!(pick.endpoint.addr.to_string(), "10.0.0.1:80");
         assert_eq!(waits(&d, WaitOutcome::served), 1);
         assert_eq!(waiting(&d), 0, "the place is given back");
@@ -285,14 +179,11 @@ mod tests {
     async fn an_ejection_that_ends_ends_the_wait_without_news() {
         let (d, sets) = dest(256);
         sets.send_replace(set(&[("10.0.0.1:80", true)]));
-        let pick = d.pick(&[], Breaker::Requests).expect("picked");
+        let (pick, _) = d.pick(&[]).expect("picked");
         d.start(&pick).answered(true);
         let ejected = Instant::now();
-        assert_eq!(
-            d.pick(&[], Breaker::Requests).map(|_| ()),
-            Err(Reason::NoHealthyEndpoints)
-        );
-        let pick = d
+        assert_eq!(d.pick(&[]).map(|_| ()), Err(Reason::NoHealthyEndpoints));
+        let (pick, _) = d
             .wait_for_endpoint(&[], in_secs(10))
             .await
             .expect("picked after the ejection");

@@ -1,0 +1,230 @@
+//! The layers of the outbound request path, each a tower `Layer` in a
+//! module of its own, and what they hand each other. The stack is built,
+//! top to bottom, in `outbound::http::stack`:
+//!
+//! ```text
+//! route ─► retry (budget) ─► balance (pick, wait, outlier feedback) ─► breaker ─► endpoint (pool, mTLS)
+//! ```
+//!
+//! A layer's service answers `Result<Response<Body>, Failure>`: an answer
+//! from an endpoint (any status), or why there was none. What a layer tells
+//! the ones below travels in the request's extensions (`Deadline`,
+//! `Replayable`, `Tried`, the `Pick` and its group's `Load`); what the
+//! balancer tells the ones above, in the answer's (`ServedBy`) or the
+//! `Failure`.
+
+pub(crate) mod balance;
+pub(crate) mod breaker;
+pub(crate) mod endpoint;
+pub(crate) mod retry;
+pub(crate) mod route;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::Response;
+use tokio::time::Instant;
+
+use crate::balance::EndpointInfo;
+use crate::body::Body;
+use crate::reason::Reason;
+
+/// A layer's future.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What every layer's service answers.
+pub(crate) type Answer = Result<Response<Body>, Failure>;
+
+/// The service a layer wraps: the layer below, boxed (the layers are
+/// services of one concrete type each, not generic over what they wrap).
+pub(crate) type Next =
+    tower::util::BoxCloneSyncService<http::Request<Body>, Response<Body>, Failure>;
+
+/// What a layer can wrap.
+pub(crate) trait Inner:
+    tower::Service<http::Request<Body>, Response = Response<Body>, Error = Failure, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Inner for S where
+    S: tower::Service<
+            http::Request<Body>,
+            Response = Response<Body>,
+            Error = Failure,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What a layer does with a request, given the layer below. A `Step` is
+/// made a tower layer by `StepLayer`; the layers differ only in this.
+pub(crate) trait Step: Clone + Send + Sync + 'static {
+    fn call(&self, below: Next, req: http::Request<Body>) -> BoxFuture<Answer>;
+}
+
+/// A `Step` as a tower `Layer`.
+#[derive(Debug, Clone)]
+pub(crate) struct StepLayer<S>(pub(crate) S);
+
+impl<S: Step, I: Inner> tower::Layer<I> for StepLayer<S> {
+    type Service = Stepped<S>;
+
+    fn layer(&self, below: I) -> Stepped<S> {
+        Stepped {
+            step: self.0.clone(),
+            below: next(below),
+        }
+    }
+}
+
+/// A `Step` over the layer below: the service a `StepLayer` makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Stepped<S> {
+    step: S,
+    below: Next,
+}
+
+impl<S: Step> tower::Service<http::Request<Body>> for Stepped<S> {
+    type Response = Response<Body>;
+    type Error = Failure;
+    type Future = BoxFuture<Answer>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Failure>> {
+        // Each call waits for the layer below's readiness itself (`call`).
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        self.step.call(self.below.clone(), req)
+    }
+}
+
+/// Calls the layer below once it is ready.
+pub(crate) async fn call(mut inner: Next, req: http::Request<Body>) -> Answer {
+    use tower::Service;
+    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    inner.call(req).await
+}
+
+/// Boxes the layer below.
+pub(crate) fn next(inner: impl Inner) -> Next {
+    Next::new(inner)
+}
+
+/// Why a request (or one attempt of it) got no answer from an endpoint.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) reason: Reason,
+    /// The endpoint the attempt went to, once one was picked.
+    pub(crate) endpoint: Option<Arc<EndpointInfo>>,
+    /// The request's body when none of it was sent (nothing picked, a
+    /// breaker refused, a connect failed): another attempt may send it.
+    pub(crate) unsent: Option<Body>,
+}
+
+impl Failure {
+    pub(crate) fn new(reason: Reason) -> Self {
+        Self {
+            reason,
+            endpoint: None,
+            unsent: None,
+        }
+    }
+
+    /// A failure before any of `body` was sent.
+    pub(crate) fn unsent(reason: Reason, body: Body) -> Self {
+        Self {
+            reason,
+            endpoint: None,
+            unsent: Some(body),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason.as_str())?;
+        if let Some(ep) = &self.endpoint {
+            write!(f, " ({})", ep.key)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<Reason> for Failure {
+    fn from(reason: Reason) -> Self {
+        Self::new(reason)
+    }
+}
+
+/// When the request times out (set by the route; every wait below ends by it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(pub(crate) Instant);
+
+/// The request may be sent again (idempotent, its body kept): it may wait
+/// for an endpoint, and a small answer is read whole so that an endpoint
+/// dying mid-answer is a retry, not a broken answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replayable;
+
+/// Endpoints earlier attempts of the request went to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tried(pub(crate) Vec<Arc<str>>);
+
+/// A group's calls at the moment of the pick, for the circuit breaker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// Requests in flight.
+    pub(crate) requests: usize,
+    /// Requests waiting for a connection.
+    pub(crate) pending: usize,
+    /// Opaque connections open.
+    pub(crate) connections: usize,
+}
+
+/// The endpoint that answered (in the answer's extensions).
+#[derive(Debug, Clone)]
+pub(crate) struct ServedBy(pub(crate) Arc<EndpointInfo>);
+
+/// The request's deadline; a request that reached a layer without one
+/// (only tests build such) has the default request timeout.
+pub(crate) fn deadline<B>(req: &http::Request<B>) -> Instant {
+    req.extensions().get::<Deadline>().map_or_else(
+        || Instant::now() + crate::config::Timeouts::default().request,
+        |d| d.0,
+    )
+}
+
+/// The test's end of `mock_below`.
+#[cfg(test)]
+pub(crate) type Below = tower_test::mock::Handle<http::Request<Body>, Response<Body>>;
+
+/// A mock of the layer below for the layers' tests: it answers what the
+/// test sends on its handle, and fails with the `Failure` the test sends
+/// (boxed, as the mock carries errors).
+#[cfg(test)]
+pub(crate) fn mock_below() -> (
+    Next,
+    tower_test::mock::Handle<http::Request<Body>, Response<Body>>,
+) {
+    use tower::ServiceExt;
+    let (svc, handle) = tower_test::mock::pair::<http::Request<Body>, Response<Body>>();
+    let svc = svc.map_err(|e| match e.downcast::<Failure>() {
+        Ok(f) => *f,
+        Err(other) => panic!("the mock failed on its own: {other}"),
+    });
+    (next(svc), handle)
+}

@@ -1,0 +1,112 @@
+//! The endpoint: the bottom of the stack. It takes a pooled mesh connection
+//! to the endpoint the balancer picked (`Pick`) — HTTP/1.1 for a request
+//! an HTTP/1.1 app made, HTTP/2 otherwise (`pool`) — making one over mTLS
+//! when none is ready, and sends the attempt on it. A connect's outcome is
+//! the endpoint's health (down until a probe connects, or back), told to
+//! the balancer here. A small answer to a request that may be sent again is
+//! read whole, so that an endpoint dying between its headers and its body
+//! is a retry rather than a broken answer.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::retry::MAX_REPLAY;
+use super::{Answer, BoxFuture, Failure, Replayable, deadline};
+use crate::balance::Pick;
+use crate::body::{Body, boxed};
+use crate::dest::Dest;
+use crate::reason::Reason;
+
+/// Sends attempts to the endpoints of `dest`.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    dest: Arc<Dest>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(dest: Arc<Dest>) -> Self {
+        Self { dest }
+    }
+}
+
+impl Service<Request<Body>> for Endpoint {
+    type Response = http::Response<Body>;
+    type Error = Failure;
+    type Future = BoxFuture<Answer>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        Box::pin(send(self.dest.clone(), req))
+    }
+}
+
+async fn send(dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
+    let Some(pick) = req.extensions_mut().remove::<Pick>() else {
+        // Only a stack without the balance layer above gets here.
+        tracing::error!("an attempt reached the endpoint layer without a pick");
+        return Err(Failure::unsent(Reason::NoEndpoints, req.into_body()));
+    };
+    let deadline = deadline(&req);
+    let replayable = req.extensions().get::<Replayable>().is_some();
+    dest.pending(&pick.group, 1);
+    let started = Instant::now();
+    let conn = tokio::time::timeout_at(
+        deadline,
+        dest.pool
+            .get(&dest.shared.connector, &pick.endpoint, req.version()),
+    )
+    .await;
+    dest.pending(&pick.group, -1);
+    let conn = match conn {
+        Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
+            dest.connect_failed(&pick, started);
+            return Err(Failure::unsent(Reason::ConnectFailed, req.into_body()));
+        }
+        Ok(Ok((conn, fresh))) => {
+            if fresh {
+                dest.connected(&pick);
+            }
+            conn
+        }
+    };
+    let resp = match tokio::time::timeout_at(deadline, conn.send(req)).await {
+        Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "request failed");
+            return Err(Failure::new(Reason::UpstreamReset));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let small = resp
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= MAX_REPLAY);
+    if !(small && replayable) || resp.body().is_end_stream() {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    match tokio::time::timeout_at(deadline, body.collect()).await {
+        Ok(Ok(whole)) => Ok(http::Response::from_parts(parts, boxed(whole))),
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "answer broke");
+            Err(Failure::new(Reason::UpstreamReset))
+        }
+        Err(_) => Err(Failure::new(Reason::RequestTimeout)),
+    }
+}
+
+#[cfg(test)]
+#[path = "endpoint_tests.rs"]
+mod tests;
