@@ -89,6 +89,9 @@ struct RunArgs {
     /// SO_MARK for the sidecar's own connections (what init-iptables --proxy-mark lets pass).
     #[arg(long, env = "MESHFED_MARK")]
     mark: Option<u32>,
+    /// Data-plane threads; each carries its connections from accept to answer.
+    #[arg(long, env = "MESHFED_WORKERS", default_value_t = crate::config::DEFAULT_WORKERS)]
+    workers: usize,
     /// One connect (TCP + TLS) to an endpoint.
     #[arg(long, env = "MESHFED_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -175,8 +178,9 @@ where
     match cli.command {
         Cmd::InitIptables(a) => init_iptables(a),
         Cmd::Run(a) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // The control plane's; the data plane has threads of its own
+            // (`--workers`).
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
@@ -254,6 +258,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             max_waiting: a.max_waiting,
         },
         mark: a.mark,
+        workers: a.workers,
     };
     config.apply_allow(a.allow)?;
     config.apply_port_policies(a.inbound_port_policies)?;

@@ -178,7 +178,7 @@ impl Default for Breakers {
 }
 
 /// Everything the sidecar needs besides its credentials and discovery.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SidecarConfig {
     /// Where this workload runs.
     pub locality: Locality,
@@ -199,6 +199,29 @@ pub struct SidecarConfig {
     /// SO_MARK put on every connection the sidecar makes, so interception
     /// rules can let them pass (needs CAP_NET_ADMIN).
     pub mark: Option<u32>,
+    /// Data-plane threads, each carrying its connections from accept to
+    /// answer (at least 1).
+    pub workers: usize,
+}
+
+/// Data-plane threads unless configured.
+pub const DEFAULT_WORKERS: usize = 2;
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            locality: Locality::default(),
+            upstreams: Vec::new(),
+            transparent: None,
+            inbound: Vec::new(),
+            transparent_inbound: None,
+            plaintext_ports: PlaintextPorts::default(),
+            timeouts: Timeouts::default(),
+            breakers: Breakers::default(),
+            mark: None,
+            workers: DEFAULT_WORKERS,
+        }
+    }
 }
 
 impl SidecarConfig {
@@ -243,6 +266,11 @@ impl SidecarConfig {
 
     /// Checks what the types cannot: no listen address used twice.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 {
+            return Err(ConfigError::Invalid(
+                "--workers 0: the sidecar needs at least one data-plane thread".into(),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         let listens = self
             .upstreams

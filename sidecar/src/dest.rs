@@ -28,6 +28,7 @@ use crate::pool::Pool;
 use crate::reason::Reason;
 use crate::stack::Load;
 use crate::stack::breaker::{self, Kind};
+use crate::workers::{PerWorker, Workers};
 
 /// Connects per opaque connection (or upgrade), the first included.
 const MAX_CONNECTS: usize = 5;
@@ -44,18 +45,44 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// Fired when the drain is over: what still runs is closed.
     pub(crate) stop: CancellationToken,
+    /// The data plane's threads.
+    pub(crate) workers: Arc<Workers>,
 }
 
 impl Shared {
-    /// Runs a connection's work until it ends or the sidecar stops.
+    /// Runs the work of an accepted connection on a worker, the connection
+    /// registered with that worker's reactor rather than the acceptor's:
+    /// its readiness then wakes no other thread.
+    pub(crate) fn spawn_accepted<F, W>(&self, tcp: TcpStream, work: F)
+    where
+        F: FnOnce(TcpStream) -> W + Send + 'static,
+        W: Future<Output = ()> + Send + 'static,
+    {
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "accepted connection lost");
+                return;
+            }
+        };
+        self.spawn(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => work(tcp).await,
+                Err(e) => tracing::debug!(error = %e, "accepted connection lost"),
+            }
+        });
+    }
+
+    /// Runs a connection's work on a worker until it ends or the sidecar
+    /// stops.
     pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         let stop = self.stop.clone();
-        self.tasks.spawn(async move {
+        self.workers.spawn(self.tasks.track_future(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = work => {}
             }
-        });
+        }));
     }
 }
 
@@ -69,7 +96,9 @@ pub(crate) struct Dest {
     set: Mutex<watch::Receiver<Option<Arc<EndpointSet>>>>,
     balancer: Mutex<Balancer>,
     pub(crate) budget: Arc<Budget>,
-    pub(crate) pool: Pool,
+    /// Each worker's connections (a connection's task runs on the worker
+    /// that made it, so its requests stay on one thread).
+    pub(crate) pool: PerWorker<Pool>,
     pub(crate) shared: Arc<Shared>,
     /// Woken when an endpoint's health changed off the request path (a
     /// probe's result, a down endpoint connected again): requests waiting
@@ -93,7 +122,7 @@ impl Dest {
             target,
             set: Mutex::new(set),
             balancer: Mutex::default(),
-            pool: Pool::new(shared.timeouts.liveness),
+            pool: PerWorker::new(&shared.workers, || Pool::new(shared.timeouts.liveness)),
             shared,
             changes: Notify::new(),
             waiting: AtomicUsize::new(0),
@@ -123,7 +152,10 @@ impl Dest {
         let mut b = self.balancer.lock().expect("balancer lock");
         b.update(&set, &self.shared.cluster, &self.sni, Instant::now());
         self.budget.set(&b.params());
-        self.pool.retain(&b.keys());
+        let keys = b.keys();
+        for pool in self.pool.all() {
+            pool.retain(&keys);
+        }
     }
 
     /// Picks an endpoint for an attempt, avoiding those already tried,
@@ -209,6 +241,7 @@ impl Dest {
         let started = Instant::now();
         let ok = self
             .pool
+            .mine()
             .get(&self.shared.connector, &ep, http::Version::HTTP_2)
             .await
             .is_ok();

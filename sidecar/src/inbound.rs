@@ -135,8 +135,10 @@ impl InboundPort {
                 }
             };
             let p = port.clone();
-            port.shared
-                .spawn(async move { p.connection(tcp, remote).await });
+            port.shared.spawn_accepted(
+                tcp,
+                move |tcp| async move { p.connection(tcp, remote).await },
+            );
         }
     }
 

@@ -35,6 +35,7 @@ mod reason;
 mod stack;
 mod trace;
 mod upgrade;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,8 +50,9 @@ use tokio_util::task::TaskTracker;
 
 pub use binary::binary_main;
 pub use config::{
-    Allow, AllowRule, Breakers, ConfigError, Inbound, Locality, Plaintext, PlaintextPorts,
-    PortPolicy, ServiceTarget, SidecarConfig, Timeouts, TransparentInbound, Upstream,
+    Allow, AllowRule, Breakers, ConfigError, DEFAULT_WORKERS, Inbound, Locality, Plaintext,
+    PlaintextPorts, PortPolicy, ServiceTarget, SidecarConfig, Timeouts, TransparentInbound,
+    Upstream,
 };
 pub use discovery::DiscoverySource;
 pub use headers::{CLIENT_ID, ERROR_HEADER, ORIG_PROTO};
@@ -74,7 +76,12 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Builds the sidecar; metrics go into `registry`.
+    /// Builds the sidecar, starting its data-plane threads; metrics go
+    /// into `registry`.
+    ///
+    /// # Panics
+    ///
+    /// If the system cannot start a thread.
     pub fn new(
         config: SidecarConfig,
         creds: CredentialsWatch,
@@ -98,6 +105,10 @@ impl Sidecar {
             cluster: config.locality.cluster.clone(),
             tasks: TaskTracker::new(),
             stop,
+            workers: Arc::new(
+                workers::Workers::start(config.workers)
+                    .expect("the system refused to start the sidecar's worker threads"),
+            ),
         });
         let discovery = Discovery::new(
             discovery,

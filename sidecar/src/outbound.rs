@@ -69,7 +69,8 @@ pub(crate) async fn serve_upstream(
             }
         };
         let d = dest.clone();
-        dest.shared.spawn(async move { proxy(tcp, d).await });
+        dest.shared
+            .spawn_accepted(tcp, move |tcp| async move { proxy(tcp, d).await });
     }
 }
 
@@ -86,7 +87,7 @@ pub(crate) async fn serve_transparent(listener: TcpListener, router: Arc<Router>
             }
         };
         let r = router.clone();
-        router.shared.spawn(async move {
+        router.shared.spawn_accepted(tcp, move |tcp| async move {
             let router = r;
             let original = match original_dst(&tcp) {
                 Ok(a) => a,

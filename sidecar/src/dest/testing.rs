@@ -85,6 +85,7 @@ pub(crate) fn dest_full(breakers: Breakers, timeouts: Timeouts) -> (Arc<Dest>, S
         cluster: "east".into(),
         tasks: TaskTracker::new(),
         stop,
+        workers: Arc::new(crate::workers::Workers::start(1).expect("a worker")),
     });
     let (tx, rx) = watch::channel(None);
     let target = ServiceTarget::new("api", "shop", 80).expect("target");

@@ -16,6 +16,7 @@ use crate::connect::Connector;
 use crate::dest::Shared;
 use crate::metrics::RefusedLabels;
 use crate::reason::Reason;
+use crate::workers::PerWorker;
 
 /// One app port, as callers reach it: an explicit inbound port, or a port
 /// of the app reached through the inbound transparent listener.
@@ -30,8 +31,9 @@ pub(crate) struct AppPort {
     source: Option<IpAddr>,
     pub(super) allow: Allow,
     pub(super) plaintext: Plaintext,
-    pub(super) h1: Client<AppConnector, Body>,
-    pub(super) h2: Client<AppConnector, Body>,
+    /// Each worker's pooled connections to the app, by protocol.
+    pub(super) h1: Arc<PerWorker<Client<AppConnector, Body>>>,
+    pub(super) h2: Arc<PerWorker<Client<AppConnector, Body>>>,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -62,10 +64,14 @@ impl AppPort {
             source,
             allow,
             plaintext,
-            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-            h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector),
+            h1: Arc::new(PerWorker::new(&shared.workers, || {
+                Client::builder(TokioExecutor::new()).build(connector.clone())
+            })),
+            h2: Arc::new(PerWorker::new(&shared.workers, || {
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector.clone())
+            })),
             shared,
         }
     }

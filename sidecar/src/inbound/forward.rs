@@ -144,7 +144,7 @@ impl AppPort {
             return self.upgrade(parts, body).await;
         }
         let req = Request::from_parts(parts, boxed(body));
-        let client = if h1 { &self.h1 } else { &self.h2 };
+        let client = if h1 { self.h1.mine() } else { self.h2.mine() };
         match client.request(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();

@@ -62,6 +62,7 @@ async fn send(dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
     let conn = tokio::time::timeout_at(
         deadline,
         dest.pool
+            .mine()
             .get(&dest.shared.connector, &pick.endpoint, req.version()),
     )
     .await;
