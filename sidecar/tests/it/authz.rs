@@ -1,6 +1,7 @@
 //! Inbound authorization: only a mesh certificate gets a connection to the
 //! app, and only an allowed identity gets a request through; HTTP slipped
-//! in on an opaque connection is served as HTTP, with the real caller's ID;
+//! in on an opaque connection is served as HTTP, with the real caller's ID,
+//! as is HTTP/1.1 between sidecars (ALPN `http/1.1`);
 //! plaintext callers (outside the mesh) get what the port's policy says.
 
 use std::net::SocketAddr;
@@ -136,6 +137,46 @@ async fn http_on_an_opaque_connection_still_carries_the_real_caller_id() {
             .is_ok_and(|a| a.starts_with("HTTP/1.1 400")),
         "{answer:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_between_sidecars_is_served_with_the_caller_id_or_refused_with_403() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    let a1 = Endpoint::start_allowing(
+        &east,
+        "east-a1",
+        "127.0.0.1:0".parse().expect("addr"),
+        Allow::Only(vec![id(FRONTEND)]),
+    )
+    .await;
+    // What a client sidecar sends for an HTTP/1.1 app (ALPN http/1.1).
+    let http1 = |path: &str| {
+        let mut config =
+            meshfed_trust::client_config(creds(&east.ca, path), ExpectedIds::one(id(API)));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
+    };
+    let request = format!(
+        "GET / HTTP/1.1\r\nhost: api\r\n{}: {}\r\n\r\n",
+        "meshfed-client-id",
+        id("/ns/shop/sa/admin")
+    );
+    // Allowed: the app answers, told who really called.
+    let answer = talk_bytes(http1(FRONTEND), a1.addr, request.as_bytes())
+        .await
+        .expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("east-a1 {}", id(FRONTEND))),
+        "{answer}"
+    );
+    // Not on the port's list: an answer saying why, not a closed connection.
+    let answer = talk_bytes(http1("/ns/web/sa/intruder"), a1.addr, request.as_bytes())
+        .await
+        .expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("meshfed-error: forbidden"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
