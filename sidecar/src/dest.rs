@@ -301,6 +301,7 @@ impl Dest {
             key: pick.endpoint.key.clone(),
             group: pick.group.clone(),
             started: Instant::now(),
+            ended: false,
         }
     }
 
@@ -328,26 +329,30 @@ pub(crate) struct InFlight {
     key: Arc<str>,
     group: GroupKey,
     started: Instant,
+    /// Ended by `answered` (one lock for both), not by the drop.
+    ended: bool,
 }
 
 impl InFlight {
-    /// The endpoint answered (`failed`: 5xx or the stream broke).
-    pub(crate) fn answered(self, failed: bool) {
+    /// The endpoint answered (`failed`: 5xx or the stream broke); the
+    /// attempt ends.
+    pub(crate) fn answered(mut self, failed: bool) {
         if failed {
             self.dest.failure();
         }
         let rtt = self.started.elapsed();
-        self.dest.balancer.lock().expect("balancer lock").answered(
-            &self.key,
-            rtt,
-            failed,
-            Instant::now(),
-        );
+        let mut b = self.dest.balancer.lock().expect("balancer lock");
+        b.answered(&self.key, rtt, failed, Instant::now());
+        b.end(&self.key, &self.group);
+        self.ended = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
         self.dest
             .balancer
             .lock()

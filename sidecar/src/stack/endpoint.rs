@@ -7,6 +7,8 @@
 //! read whole, so that an endpoint dying between its headers and its body
 //! is a retry rather than a broken answer.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -57,16 +59,24 @@ async fn send(dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
     };
     let deadline = deadline(&req);
     let replayable = req.extensions().get::<Replayable>().is_some();
-    dest.pending(&pick.group, 1);
     let started = Instant::now();
-    let conn = tokio::time::timeout_at(
+    let mut conn = pin!(tokio::time::timeout_at(
         deadline,
         dest.pool
             .mine()
             .get(&dest.shared.connector, &pick.endpoint, req.version()),
-    )
-    .await;
-    dest.pending(&pick.group, -1);
+    ));
+    // A pooled connection is ready at once; only a request that has to
+    // wait for one counts as pending (for the breaker).
+    let conn = match poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
+        Poll::Ready(c) => c,
+        Poll::Pending => {
+            dest.pending(&pick.group, 1);
+            let c = conn.await;
+            dest.pending(&pick.group, -1);
+            c
+        }
+    };
     let conn = match conn {
         Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
         Ok(Err(e)) => {

@@ -192,3 +192,38 @@ async fn an_attempt_without_a_pick_is_refused_unsent() {
     assert_eq!(failed.reason, Reason::NoEndpoints);
     assert!(failed.unsent.is_some());
 }
+
+#[tokio::test]
+async fn only_a_request_waiting_for_a_connection_counts_as_pending() {
+    // A peer that accepts and never answers the TLS handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            open.push(tcp);
+        }
+    });
+    let (d, sets) = dest(256);
+    sets.send_replace(set(&[(&addr.to_string(), true)]));
+    let call = tokio::spawn(Endpoint::new(d.clone()).oneshot(attempt(&d, Version::HTTP_2, "/")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, load) = d.pick(&[]).expect("picked");
+    assert_eq!(load.pending, 1, "waiting for the connect");
+    let failed = call.await.expect("task").expect_err("no handshake");
+    assert_eq!(failed.reason, Reason::ConnectFailed);
+
+    // On a connection ready in the pool, a request is never pending.
+    let server = MeshServer::start(&[ALPN_HTTP1, ALPN_H2]).await;
+    let (d, sets) = dest(256);
+    sets.send_replace(set(&[(&server.addr.to_string(), true)]));
+    let svc = Endpoint::new(d.clone());
+    warm(&svc, &d).await;
+    let call = tokio::spawn(svc.oneshot(attempt(&d, Version::HTTP_11, "/sleep/300")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, load) = d.pick(&[]).expect("picked");
+    assert_eq!(load.pending, 0);
+    call.await.expect("task").expect("answer");
+}
