@@ -114,11 +114,22 @@ pub async fn stop(procs: &[&Process], grace: Duration) -> Vec<String> {
         .collect()
 }
 
+/// Whether `p` has not been reaped yet. A killed process's main thread can
+/// be a zombie while its other threads still exit and hold its sockets: only
+/// once the whole process is gone can it be reaped, and only then is a port
+/// it listened on free for the process started in its place.
+fn unreaped(p: &Process) -> bool {
+    let (Some(pid), Some(start)) = (p.pid, p.start_time) else {
+        return false;
+    };
+    stat(pid).is_some_and(|(_, t)| t == start)
+}
+
 async fn wait_gone(procs: &[&Process], within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         procs.iter().for_each(|p| reap(p));
-        if !procs.iter().any(|p| running(p)) {
+        if !procs.iter().any(|p| running(p) || unreaped(p)) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
