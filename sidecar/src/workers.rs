@@ -19,15 +19,14 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 thread_local! {
-    /// This thread's worker index (0 off the workers).
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// This thread's worker index; `None` off the workers.
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The index of the worker this runs on: 0 off the workers, so state kept
 /// per worker has one slot for everything else.
 pub(crate) fn current() -> usize {
-    INDEX.with(Cell::get)
+    INDEX.with(Cell::get).unwrap_or(0)
 }
 
 /// The worker threads.
@@ -53,8 +52,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("meshfed-worker-{index}"))
                 .spawn(move || {
-                    INDEX.with(|i| i.set(index));
-                    ON_WORKER.with(|w| w.set(true));
+                    INDEX.with(|i| i.set(Some(index)));
                     runtime.block_on(stop.cancelled());
                 })?;
         }
@@ -73,7 +71,7 @@ impl Workers {
     /// Runs `work` on this worker when called on one, else on the next
     /// worker in turn.
     pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        if ON_WORKER.with(Cell::get) {
+        if INDEX.with(Cell::get).is_some() {
             tokio::spawn(work);
             return;
         }

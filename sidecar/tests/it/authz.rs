@@ -20,14 +20,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_without_a_mesh_certificate_or_not_allowed_are_refused() {
     let mesh = Mesh::new();
-    let east = Cluster::start(&mesh, "east").await;
-    let a1 = Endpoint::start_allowing(
-        &east,
-        "east-a1",
-        "127.0.0.1:0".parse().expect("addr"),
-        Allow::Only(vec![id(FRONTEND)]),
-    )
-    .await;
+    let (east, a1) = east_allowing_only_frontend(&mesh).await;
     east.write("api.yaml", &api_manifest(false, &[(a1.addr, "a")]));
 
     // The allowed caller gets through, and the app learns who it is.
@@ -142,14 +135,7 @@ async fn http_on_an_opaque_connection_still_carries_the_real_caller_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_between_sidecars_is_served_with_the_caller_id_or_refused_with_403() {
     let mesh = Mesh::new();
-    let east = Cluster::start(&mesh, "east").await;
-    let a1 = Endpoint::start_allowing(
-        &east,
-        "east-a1",
-        "127.0.0.1:0".parse().expect("addr"),
-        Allow::Only(vec![id(FRONTEND)]),
-    )
-    .await;
+    let (east, a1) = east_allowing_only_frontend(&mesh).await;
     // What a client sidecar sends for an HTTP/1.1 app (ALPN http/1.1).
     let http1 = |path: &str| {
         let mut config =
@@ -323,6 +309,19 @@ async fn talk_bytes(
         return Err(std::io::Error::other("closed"));
     }
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// East, and an endpoint of api there whose port only the frontend may call.
+async fn east_allowing_only_frontend(mesh: &Mesh) -> (Cluster, Endpoint) {
+    let east = Cluster::start(mesh, "east").await;
+    let a1 = Endpoint::start_allowing(
+        &east,
+        "east-a1",
+        "127.0.0.1:0".parse().expect("addr"),
+        Allow::Only(vec![id(FRONTEND)]),
+    )
+    .await;
+    (east, a1)
 }
 
 /// Accepts any server certificate (the test is about what the server accepts).
