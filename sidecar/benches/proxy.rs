@@ -182,6 +182,9 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
         bail!("cross-cluster: nothing went through the gateway");
     }
     println!("set up in {:.1} s", started.elapsed().as_secs_f64());
+    if let Ok(hold) = std::env::var("MESHFED_BENCH_HOLD") {
+        return hold_for_profiling(&mut ways, &plan, &hold).await;
+    }
 
     // Idle: started, a few requests done, nothing else.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -360,6 +363,38 @@ async fn sample_rss(groups: &[Vec<u32>], done: &AtomicBool) -> Vec<u64> {
 /// RSS of the processes `pids` together, KiB.
 fn rss(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|p| procs::rss_kib(*p)).sum()
+}
+
+/// `MESHFED_BENCH_HOLD=<path>:<secs>`: only an open loop at the latency
+/// rate on one path for `secs`, its proxies' pids printed first, so a
+/// profiler (`perf record -p`, `strace -c -p`) can be attached to them.
+async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow::Result<()> {
+    let (name, secs) = hold
+        .split_once(':')
+        .and_then(|(n, s)| Some((n, s.parse::<f64>().ok()?)))
+        .context("MESHFED_BENCH_HOLD is <path>:<secs>, e.g. same-cluster:30")?;
+    let names: Vec<&str> = ways.iter().map(|w| w.results.name).collect();
+    let Some(w) = ways.iter_mut().find(|w| w.results.name == name) else {
+        bail!("MESHFED_BENCH_HOLD: no path {name:?}; the paths are {names:?}");
+    };
+    let pids: Vec<String> = w.proxies.iter().map(u32::to_string).collect();
+    println!(
+        "holding {name} at {} req/s for {secs} s; proxies {}",
+        plan.rate,
+        pids.join(",")
+    );
+    let mut conns = Conn::open_many(w.addr, plan.latency_conns).await?;
+    let before = w.used()?;
+    let (s, _) = load::open_loop(&mut conns, plan.rate, secs, plan.warmup_secs).await?;
+    let used = w.used()? - before;
+    let n = s.ns.len() as f64;
+    println!(
+        "  {name}: {}; proxies: {:.1} CPU us and {:.2} context switches per request",
+        s.sorted().brief(),
+        used.cpu_secs / n * 1e6,
+        used.switches / n,
+    );
+    Ok(())
 }
 
 /// Open loop at the latency budget's rate; how late the pacer was.

@@ -34,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -104,17 +104,13 @@ impl Pool {
         version: Version,
     ) -> Result<(Conn, bool), ConnectError> {
         if version == Version::HTTP_11 {
-            while let Some(mut send) = self.h1.take(&ep.key) {
-                // Read to its end, the last answer leaves the connection
-                // ready at once; one that closed meanwhile is dropped.
-                if send.ready().await.is_ok() {
-                    let conn = Conn::H1 {
-                        send,
-                        key: ep.key.clone(),
-                        h1: self.h1.clone(),
-                    };
-                    return Ok((conn, false));
-                }
+            if let Some(send) = self.h1.ready(&ep.key).await {
+                let conn = Conn::H1 {
+                    send,
+                    key: ep.key.clone(),
+                    h1: self.h1.clone(),
+                };
+                return Ok((conn, false));
             }
             H1::grow(&self.h1, connector, ep);
         }
@@ -287,6 +283,40 @@ impl H1 {
         state.idle.remove(key);
     }
 
+    /// Sends `req` on `send`, taken from `this` under `key`; the
+    /// connection goes back to it when the answer has been read. A request
+    /// the connection closed before sending comes back with the error.
+    pub(crate) async fn send(
+        this: Arc<Self>,
+        key: Arc<str>,
+        mut send: http1::SendRequest<Body>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, TrySendError<Request<Body>>> {
+        let resp = send.try_send_request(req).await?;
+        if resp.body().is_end_stream() {
+            this.put(key, send);
+            return Ok(resp.map(boxed));
+        }
+        Ok(resp.map(|body| {
+            boxed(Returning {
+                body,
+                back: Some((send, key, this)),
+            })
+        }))
+    }
+
+    /// An idle connection under `key` that is ready for a request.
+    pub(crate) async fn ready(&self, key: &Arc<str>) -> Option<http1::SendRequest<Body>> {
+        while let Some(mut send) = self.take(key) {
+            // Read to its end, the last answer leaves the connection ready
+            // at once; one that closed meanwhile is dropped.
+            if send.ready().await.is_ok() {
+                return Some(send);
+            }
+        }
+        None
+    }
+
     fn put(&self, key: Arc<str>, send: http1::SendRequest<Body>) {
         if send.is_closed() {
             return;
@@ -308,21 +338,12 @@ impl Conn {
                 send.ready().await?;
                 Ok(send.send_request(req).await?.map(boxed))
             }
-            Conn::H1 { mut send, key, h1 } => {
+            Conn::H1 { send, key, h1 } => {
                 *req.version_mut() = Version::HTTP_11;
                 origin_form(&mut req);
-                let resp = send.send_request(req).await?;
-                if resp.body().is_end_stream() {
-                    h1.put(key, send);
-                    return Ok(resp.map(boxed));
-                }
-                // The connection goes back when the answer has been read.
-                Ok(resp.map(|body| {
-                    boxed(Returning {
-                        body,
-                        back: Some((send, key, h1)),
-                    })
-                }))
+                H1::send(h1, key, send, req)
+                    .await
+                    .map_err(TrySendError::into_error)
             }
         }
     }

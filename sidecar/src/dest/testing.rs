@@ -69,9 +69,18 @@ pub(crate) fn dest_with(breakers: Breakers) -> (Arc<Dest>, Sets) {
 
 /// The same, with `breakers` and `timeouts`.
 pub(crate) fn dest_full(breakers: Breakers, timeouts: Timeouts) -> (Arc<Dest>, Sets) {
+    let shared = shared(breakers, timeouts);
+    let (tx, rx) = watch::channel(None);
+    let target = ServiceTarget::new("api", "shop", 80).expect("target");
+    (Dest::new(target, rx, shared), tx)
+}
+
+/// What a sidecar's destinations and ports share, with one worker, as
+/// the frontend of `web`.
+pub(crate) fn shared(breakers: Breakers, timeouts: Timeouts) -> Arc<Shared> {
     let creds = creds("spiffe://mesh.test/ns/web/sa/frontend");
     let stop = CancellationToken::new();
-    let shared = Arc::new(Shared {
+    Arc::new(Shared {
         connector: Arc::new(Connector::new(
             creds,
             timeouts.connect,
@@ -86,10 +95,7 @@ pub(crate) fn dest_full(breakers: Breakers, timeouts: Timeouts) -> (Arc<Dest>, S
         tasks: TaskTracker::new(),
         stop,
         workers: Arc::new(crate::workers::Workers::start(1).expect("a worker")),
-    });
-    let (tx, rx) = watch::channel(None);
-    let target = ServiceTarget::new("api", "shop", 80).expect("target");
-    (Dest::new(target, rx, shared), tx)
+    })
 }
 
 /// api in one group of east: `(address, ready)` each, serving as `ID`;

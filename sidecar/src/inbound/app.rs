@@ -6,15 +6,18 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use http::{Request, Response};
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::config::{Allow, Plaintext};
 use crate::connect::Connector;
 use crate::dest::Shared;
 use crate::metrics::RefusedLabels;
+use crate::pool::H1;
 use crate::reason::Reason;
 use crate::workers::PerWorker;
 
@@ -32,8 +35,10 @@ pub(crate) struct AppPort {
     pub(super) allow: Allow,
     pub(super) plaintext: Plaintext,
     /// Each worker's pooled connections to the app, by protocol.
-    pub(super) h1: Arc<PerWorker<Client<AppConnector, Body>>>,
+    h1: Arc<PerWorker<Arc<H1>>>,
     pub(super) h2: Arc<PerWorker<Client<AppConnector, Body>>>,
+    /// The app's key in `h1`.
+    key: Arc<str>,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -64,9 +69,8 @@ impl AppPort {
             source,
             allow,
             plaintext,
-            h1: Arc::new(PerWorker::new(&shared.workers, || {
-                Client::builder(TokioExecutor::new()).build(connector.clone())
-            })),
+            h1: Arc::new(PerWorker::new(&shared.workers, Arc::default)),
+            key: app.to_string().into(),
             h2: Arc::new(PerWorker::new(&shared.workers, || {
                 Client::builder(TokioExecutor::new())
                     .http2_only(true)
@@ -79,6 +83,41 @@ impl AppPort {
     /// A connection to the app.
     pub(super) async fn dial(&self) -> std::io::Result<TcpStream> {
         self.shared.connector.tcp_from(self.app, self.source).await
+    }
+
+    /// Sends an HTTP/1.1 request (origin-form, with `Host`) to the app on
+    /// an idle connection of this worker's, or a new one. A request an idle
+    /// connection closed under before sending it goes on a new one.
+    pub(super) async fn send_h1(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let pool = self.h1.mine();
+        let send = match pool.ready(&self.key).await {
+            Some(send) => send,
+            None => self.connect_h1().await?,
+        };
+        match H1::send(pool.clone(), self.key.clone(), send, req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => {
+                    let send = self.connect_h1().await?;
+                    let sent = H1::send(pool.clone(), self.key.clone(), send, req).await;
+                    sent.map_err(|e| e.into_error().into())
+                }
+                None => Err(e.into_error().into()),
+            },
+        }
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<Body>, BoxError> {
+        let io = TokioIo::new(self.dial().await?);
+        let (send, conn) = http1::Builder::new().handshake(io).await?;
+        let app = self.app;
+        // Runs on this worker until the app or the pool closes it.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%app, error = %e, "connection to the app ended");
+            }
+        });
+        Ok(send)
     }
 
     pub(super) fn refused(&self, reason: Reason) {
@@ -117,3 +156,7 @@ impl tower::Service<http::Uri> for AppConnector {
         Box::pin(async move { Ok(TokioIo::new(connector.tcp_from(addr, source).await?)) })
     }
 }
+
+#[cfg(test)]
+#[path = "app_tests.rs"]
+mod tests;

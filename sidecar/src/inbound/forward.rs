@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{AppPort, Who};
-use crate::body::{Body, boxed, error_response};
+use crate::body::{Body, BoxError, boxed, error_response};
 use crate::headers::{CLIENT_ID, ORIG_PROTO};
 use crate::metrics::{Direction, End};
 use crate::reason::Reason;
@@ -125,6 +125,34 @@ impl AppPort {
                 parts.headers.insert(header::HOST, v);
             }
         }
+        if h1 && upgrade::requested(&parts.headers) {
+            return self.upgrade(parts, body).await;
+        }
+        let sent = if h1 {
+            // An HTTP/1.1 request line carries the path; `Host` the authority.
+            if parts.uri.authority().is_some() {
+                let pq = parts.uri.path_and_query().cloned();
+                let pq = pq.unwrap_or(http::uri::PathAndQuery::from_static("/"));
+                parts.uri = http::Uri::from(pq);
+            }
+            self.send_h1(Request::from_parts(parts, boxed(body))).await
+        } else {
+            self.send_h2(parts, body).await
+        };
+        match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(app = %self.app, error = %e, "app request failed");
+                error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+    ) -> Result<Response<Body>, BoxError> {
         // The client wants an absolute URI (it dials the app whatever the
         // URI says); a caller without a sidecar may send origin-form.
         if parts.uri.authority().is_none() {
@@ -140,21 +168,9 @@ impl AppPort {
                 .get_or_insert(http::uri::PathAndQuery::from_static("/"));
             parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
         }
-        if h1 && upgrade::requested(&parts.headers) {
-            return self.upgrade(parts, body).await;
-        }
         let req = Request::from_parts(parts, boxed(body));
-        let client = if h1 { self.h1.mine() } else { self.h2.mine() };
-        match client.request(req).await {
-            Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                Response::from_parts(parts, boxed(body))
-            }
-            Err(e) => {
-                tracing::warn!(app = %self.app, error = %e, "app request failed");
-                error_response(Reason::AppUnavailable, &format!("app at {}", self.app))
-            }
-        }
+        let resp = self.h2.mine().request(req).await?;
+        Ok(resp.map(boxed))
     }
 
     /// An HTTP/1.1 upgrade, on a connection to the app of its own; on
