@@ -43,11 +43,12 @@ use endpoint::endpoint_info;
 use failback::{GroupState, hold};
 use health::EndpointState;
 
-/// Groups are known across updates by where they are.
+/// Groups are known across updates by where they are. Every pick carries
+/// one: cloning it counts references.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct GroupKey {
-    pub(crate) cluster: String,
-    pub(crate) zone: String,
+    pub(crate) cluster: Arc<str>,
+    pub(crate) zone: Arc<str>,
     pub(crate) remote: bool,
 }
 
@@ -91,6 +92,11 @@ pub(crate) struct Balancer {
     groups: Vec<Group>,
     group_state: HashMap<GroupKey, GroupState>,
     states: HashMap<Arc<str>, EndpointState>,
+    /// The last shares computed and the health they came from: health
+    /// changes far less often than requests come.
+    shared: (Vec<GroupHealth>, Vec<u32>),
+    /// The picked group's candidates (kept to spare an allocation a pick).
+    candidates: Vec<usize>,
 }
 
 impl Balancer {
@@ -114,8 +120,8 @@ impl Balancer {
             .map(|g| {
                 let loc = g.locality.clone().unwrap_or_default();
                 let key = GroupKey {
-                    cluster: loc.cluster,
-                    zone: if g.remote { String::new() } else { loc.zone },
+                    cluster: loc.cluster.into(),
+                    zone: if g.remote { "".into() } else { loc.zone.into() },
                     remote: g.remote,
                 };
                 let members = g
@@ -170,25 +176,40 @@ impl Balancer {
     }
 
     /// Each group's share in permille, as traffic is split now.
+    #[cfg(test)]
     pub(crate) fn shares(&mut self, now: Instant) -> Vec<(GroupKey, u32)> {
-        let health: Vec<GroupHealth> = (0..self.groups.len())
-            .map(|i| {
-                let observed = self.observed_healthy(i, now);
-                let g = &self.groups[i];
-                let st = self.group_state.entry(g.key.clone()).or_default();
-                let effective = hold(st, observed, now, self.params.failback_hold);
-                GroupHealth {
-                    healthy: effective,
-                    total: g.total.max(g.members.len() as u32),
-                    spill_threshold: g.spill,
-                }
-            })
-            .collect();
-        self.groups
-            .iter()
-            .map(|g| g.key.clone())
-            .zip(shares(&health))
-            .collect()
+        self.update_shares(now);
+        let keys = self.groups.iter().map(|g| g.key.clone());
+        keys.zip(self.shared.1.iter().copied()).collect()
+    }
+
+    /// Brings `self.shared` up to date: each group's health as observed
+    /// now (failback hold applied), and its share, recomputed only when
+    /// the health changed.
+    fn update_shares(&mut self, now: Instant) {
+        let mut health = std::mem::take(&mut self.shared.0);
+        let before = health.len();
+        for i in 0..self.groups.len() {
+            let observed = self.observed_healthy(i, now);
+            let g = &self.groups[i];
+            let st = match self.group_state.get_mut(&g.key) {
+                Some(st) => st,
+                None => self.group_state.entry(g.key.clone()).or_default(),
+            };
+            let effective = hold(st, observed, now, self.params.failback_hold);
+            let h = GroupHealth {
+                healthy: effective,
+                total: g.total.max(g.members.len() as u32),
+                spill_threshold: g.spill,
+            };
+            health.push(h);
+        }
+        let (old, new) = health.split_at(before);
+        if old != new || self.shared.1.len() != new.len() {
+            self.shared.1 = shares(new);
+        }
+        health.drain(..before);
+        self.shared.0 = health;
     }
 
     /// Picks an endpoint, avoiding `exclude` (those already tried) while
@@ -197,46 +218,42 @@ impl Balancer {
         if self.groups.iter().all(|g| g.members.is_empty()) {
             return Err(NoPick::NoEndpoints);
         }
-        let shares = self.shares(now);
-        let mut candidates: Vec<Vec<usize>> = (0..self.groups.len())
-            .map(|i| self.candidates(i, now, exclude))
-            .collect();
-        if candidates.iter().all(Vec::is_empty) {
-            // Avoiding what was tried is a preference: with nothing else
-            // left, an endpoint that answered may be asked again.
-            candidates = (0..self.groups.len())
-                .map(|i| self.candidates(i, now, &[]))
-                .collect();
-        }
-        let weighted: Vec<(usize, u32)> = shares
-            .iter()
-            .enumerate()
-            .filter(|(i, (_, s))| *s > 0 && !candidates[*i].is_empty())
-            .map(|(i, (_, s))| (i, *s))
-            .collect();
-        let total: u32 = weighted.iter().map(|(_, s)| s).sum();
+        self.update_shares(now);
+        // Avoiding what was tried is a preference: with nothing else left,
+        // an endpoint that answered may be asked again.
+        let any = |b: &Self, ex: &[Arc<str>]| (0..b.groups.len()).any(|i| b.can_serve(i, now, ex));
+        let exclude = if any(self, exclude) { exclude } else { &[] };
+        let serves = |i: usize| self.can_serve(i, now, exclude);
+        let weighted = || {
+            let shares = self.shared.1.iter().enumerate();
+            shares.filter(move |(i, s)| **s > 0 && serves(*i))
+        };
+        let total: u32 = weighted().map(|(_, s)| *s).sum();
         let group = if total > 0 {
             let mut roll = rand::rng().random_range(0..total);
-            weighted
-                .iter()
+            weighted()
                 .find(|(_, s)| {
-                    if roll < *s {
+                    if roll < **s {
                         true
                     } else {
-                        roll -= s;
+                        roll -= **s;
                         false
                     }
                 })
-                .map(|(i, _)| *i)
+                .map(|(i, _)| i)
         } else {
             // No group with a share can serve (what it had is tried or just
             // went down): the first group, in priority order, that can.
-            (0..self.groups.len()).find(|i| !candidates[*i].is_empty())
+            (0..self.groups.len()).find(|i| serves(*i))
         };
         let Some(gi) = group else {
             return Err(NoPick::NoneHealthy);
         };
-        let mi = self.p2c(gi, &candidates[gi], now);
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        candidates.extend(self.candidates(gi, now, exclude));
+        let mi = self.p2c(gi, &candidates, now);
+        self.candidates = candidates;
         let g = &self.groups[gi];
         Ok(Pick {
             endpoint: g.members[mi].info.clone(),
@@ -244,19 +261,28 @@ impl Balancer {
         })
     }
 
-    fn candidates(&self, gi: usize, now: Instant, exclude: &[Arc<str>]) -> Vec<usize> {
+    fn can_serve(&self, gi: usize, now: Instant, exclude: &[Arc<str>]) -> bool {
+        self.candidates(gi, now, exclude).next().is_some()
+    }
+
+    /// The members of group `gi` that can take a request now, but `exclude`.
+    fn candidates<'a>(
+        &'a self,
+        gi: usize,
+        now: Instant,
+        exclude: &'a [Arc<str>],
+    ) -> impl Iterator<Item = usize> + 'a {
         self.groups[gi]
             .members
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.ready && !exclude.contains(&m.info.key))
-            .filter(|(_, m)| {
+            .filter(move |(_, m)| m.ready && !exclude.contains(&m.info.key))
+            .filter(move |(_, m)| {
                 self.states
                     .get(&m.info.key)
                     .is_some_and(|s| s.available(now))
             })
             .map(|(i, _)| i)
-            .collect()
     }
 
     fn p2c(&self, gi: usize, candidates: &[usize], now: Instant) -> usize {

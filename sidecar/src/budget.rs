@@ -25,7 +25,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub(crate) fn new(metrics: Arc<Metrics>, service: String) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, service: Arc<str>) -> Self {
         let p = Params::default();
         Self {
             window: Mutex::new(RetryBudget::new(Instant::now())),

@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) timeouts: Timeouts,
     pub(crate) breakers: Breakers,
-    pub(crate) cluster: String,
+    pub(crate) cluster: Arc<str>,
     /// Every connection's task, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
     /// Fired when the drain is over: what still runs is closed.
@@ -91,7 +91,7 @@ impl Shared {
 pub(crate) struct Dest {
     pub(crate) target: ServiceTarget,
     /// `name.namespace:port`, the metric label.
-    pub(crate) label: String,
+    pub(crate) label: Arc<str>,
     sni: String,
     set: Mutex<watch::Receiver<Option<Arc<EndpointSet>>>>,
     balancer: Mutex<Balancer>,
@@ -114,7 +114,7 @@ impl Dest {
         set: watch::Receiver<Option<Arc<EndpointSet>>>,
         shared: Arc<Shared>,
     ) -> Arc<Self> {
-        let label = target.to_string();
+        let label: Arc<str> = target.to_string().into();
         Arc::new(Self {
             budget: Arc::new(Budget::new(shared.metrics.clone(), label.clone())),
             label,

@@ -302,11 +302,7 @@ impl AppPort {
                 return;
             }
         };
-        let labels = (
-            Direction::inbound,
-            self.label.as_str(),
-            self.shared.cluster.as_str(),
-        );
+        let labels = (Direction::inbound, &*self.label, &*self.shared.cluster);
         let app = self.shared.metrics.counted(labels, End::Server, app);
         let counted_connection = || {
             self.shared
@@ -330,12 +326,7 @@ impl AppPort {
     }
 
     fn dest_labels(&self) -> DestLabels {
-        DestLabels {
-            direction: Direction::inbound,
-            service: self.label.clone(),
-            cluster: self.shared.cluster.clone(),
-            zone: String::new(),
-        }
+        self.labels.clone()
     }
 }
 

@@ -102,7 +102,7 @@ impl Sidecar {
             metrics: metrics.clone(),
             timeouts: config.timeouts,
             breakers: config.breakers,
-            cluster: config.locality.cluster.clone(),
+            cluster: config.locality.cluster.as_str().into(),
             tasks: TaskTracker::new(),
             stop,
             workers: Arc::new(

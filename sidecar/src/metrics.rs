@@ -1,6 +1,9 @@
 //! The sidecar's metrics (`meshfed_sidecar_*`), and the reasons it gives
 //! when it answers a call itself.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,11 +31,11 @@ pub struct DestLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// `name.namespace:port` (outbound) or `port/<listen port>` (inbound).
-    pub service: String,
+    pub service: Arc<str>,
     /// The cluster that served (outbound), this cluster (inbound).
-    pub cluster: String,
+    pub cluster: Arc<str>,
     /// The zone that served, when local and known.
-    pub zone: String,
+    pub zone: Arc<str>,
 }
 
 /// One finished HTTP request.
@@ -41,22 +44,22 @@ pub struct RequestLabels {
     /// `outbound` or `inbound`.
     pub direction: Direction,
     /// As in [`DestLabels`].
-    pub service: String,
+    pub service: Arc<str>,
     /// As in [`DestLabels`]; empty when nothing served.
-    pub cluster: String,
+    pub cluster: Arc<str>,
     /// As in [`DestLabels`].
-    pub zone: String,
+    pub zone: Arc<str>,
     /// The response status code.
     pub status: u16,
     /// Why the sidecar answered itself, or `none`.
-    pub error: String,
+    pub error: Cow<'static, str>,
 }
 
 /// A service, for retry and endpoint counters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ServiceLabels {
     /// `name.namespace:port`.
-    pub service: String,
+    pub service: Arc<str>,
 }
 
 /// What became of an HTTP request that found no endpoint able to serve.
@@ -78,7 +81,7 @@ pub enum WaitOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct WaitLabels {
     /// `name.namespace:port`.
-    pub service: String,
+    pub service: Arc<str>,
     /// What became of it.
     pub outcome: WaitOutcome,
 }
@@ -198,8 +201,10 @@ impl Metrics {
             .headers()
             .get(crate::headers::ERROR_HEADER)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("none")
-            .to_owned();
+            .map_or(Cow::Borrowed("none"), |e| match Reason::named(e) {
+                Some(r) => Cow::Borrowed(r.as_str()),
+                None => Cow::Owned(e.to_owned()),
+            });
         self.requests
             .get_or_create(&RequestLabels {
                 direction: dest.direction,

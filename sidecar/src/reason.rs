@@ -35,6 +35,21 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 11] = [
+        Reason::DiscoveryUnavailable,
+        Reason::NoEndpoints,
+        Reason::NoHealthyEndpoints,
+        Reason::CircuitOpen,
+        Reason::ConnectFailed,
+        Reason::RequestTimeout,
+        Reason::UpstreamReset,
+        Reason::AppUnavailable,
+        Reason::Forbidden,
+        Reason::Handshake,
+        Reason::Plaintext,
+    ];
+
     /// The label and header value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,6 +65,11 @@ impl Reason {
             Reason::Handshake => "handshake",
             Reason::Plaintext => "plaintext",
         }
+    }
+
+    /// The reason whose name is `s`.
+    pub fn named(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
     /// The HTTP status the sidecar answers with.

@@ -36,12 +36,69 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// What every layer's service answers.
 pub(crate) type Answer = Result<Response<Body>, Failure>;
 
-/// The service a layer wraps: the layer below, boxed (the layers are
-/// services of one concrete type each, not generic over what they wrap).
-pub(crate) type Next =
-    tower::util::BoxCloneSyncService<http::Request<Body>, Response<Body>, Failure>;
+/// The layer below, shared. A tower service is called through `&mut`, so
+/// a boxed tower service is cloned — the whole chain below it, an
+/// allocation per layer — for every call; the layers here are called
+/// through `&`, and passing one on is a reference count.
+#[derive(Clone)]
+pub(crate) struct Next(Arc<dyn Dispatch>);
 
-/// What a layer can wrap.
+impl std::fmt::Debug for Next {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Next")
+    }
+}
+
+/// A layer's service called through `&`: what `Next` holds.
+pub(crate) trait Dispatch: Send + Sync + 'static {
+    fn dispatch(&self, req: http::Request<Body>) -> BoxFuture<Answer>;
+}
+
+impl Next {
+    pub(crate) fn new(below: impl Dispatch) -> Self {
+        Self(Arc::new(below))
+    }
+
+    /// Any tower service as the layer below (each call clones it and
+    /// waits for its readiness): the layers' tests use tower-test's mock.
+    #[cfg(test)]
+    pub(crate) fn service(svc: impl Inner) -> Self {
+        Self::new(TowerService(svc))
+    }
+}
+
+/// What a layer can wrap: a service that becomes `Next`.
+pub(crate) trait IntoNext {
+    fn into_next(self) -> Next;
+}
+
+impl IntoNext for Next {
+    fn into_next(self) -> Next {
+        self
+    }
+}
+
+impl<S: Step> IntoNext for Stepped<S> {
+    fn into_next(self) -> Next {
+        Next::new(self)
+    }
+}
+
+/// A tower service as a tower service is called: cloned, then ready, then
+/// called.
+#[cfg(test)]
+struct TowerService<S>(S);
+
+#[cfg(test)]
+impl<S: Inner> Dispatch for TowerService<S> {
+    fn dispatch(&self, req: http::Request<Body>) -> BoxFuture<Answer> {
+        use tower::ServiceExt;
+        Box::pin(self.0.clone().oneshot(req))
+    }
+}
+
+/// A tower service a test can put below a layer.
+#[cfg(test)]
 pub(crate) trait Inner:
     tower::Service<http::Request<Body>, Response = Response<Body>, Error = Failure, Future: Send>
     + Clone
@@ -51,6 +108,7 @@ pub(crate) trait Inner:
 {
 }
 
+#[cfg(test)]
 impl<S> Inner for S where
     S: tower::Service<
             http::Request<Body>,
@@ -66,7 +124,7 @@ impl<S> Inner for S where
 
 /// What a layer does with a request, given the layer below. A `Step` is
 /// made a tower layer by `StepLayer`; the layers differ only in this.
-pub(crate) trait Step: Clone + Send + Sync + 'static {
+pub(crate) trait Step: Send + Sync + 'static {
     fn call(&self, below: Next, req: http::Request<Body>) -> BoxFuture<Answer>;
 }
 
@@ -74,13 +132,13 @@ pub(crate) trait Step: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub(crate) struct StepLayer<S>(pub(crate) S);
 
-impl<S: Step, I: Inner> tower::Layer<I> for StepLayer<S> {
+impl<S: Step + Clone, I: IntoNext> tower::Layer<I> for StepLayer<S> {
     type Service = Stepped<S>;
 
     fn layer(&self, below: I) -> Stepped<S> {
         Stepped {
             step: self.0.clone(),
-            below: next(below),
+            below: below.into_next(),
         }
     }
 }
@@ -92,6 +150,12 @@ pub(crate) struct Stepped<S> {
     below: Next,
 }
 
+impl<S: Step> Dispatch for Stepped<S> {
+    fn dispatch(&self, req: http::Request<Body>) -> BoxFuture<Answer> {
+        self.step.call(self.below.clone(), req)
+    }
+}
+
 impl<S: Step> tower::Service<http::Request<Body>> for Stepped<S> {
     type Response = Response<Body>;
     type Error = Failure;
@@ -101,25 +165,17 @@ impl<S: Step> tower::Service<http::Request<Body>> for Stepped<S> {
         &mut self,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Failure>> {
-        // Each call waits for the layer below's readiness itself (`call`).
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        self.step.call(self.below.clone(), req)
+        self.dispatch(req)
     }
 }
 
-/// Calls the layer below once it is ready.
-pub(crate) async fn call(mut inner: Next, req: http::Request<Body>) -> Answer {
-    use tower::Service;
-    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-    inner.call(req).await
-}
-
-/// Boxes the layer below.
-pub(crate) fn next(inner: impl Inner) -> Next {
-    Next::new(inner)
+/// Calls the layer below.
+pub(crate) fn call(below: Next, req: http::Request<Body>) -> BoxFuture<Answer> {
+    below.0.dispatch(req)
 }
 
 /// Why a request (or one attempt of it) got no answer from an endpoint.
@@ -226,5 +282,5 @@ pub(crate) fn mock_below() -> (
         Ok(f) => *f,
         Err(other) => panic!("the mock failed on its own: {other}"),
     });
-    (next(svc), handle)
+    (Next::service(svc), handle)
 }

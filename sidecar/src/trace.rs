@@ -8,24 +8,41 @@ use rand::Rng;
 pub(crate) const TRACEPARENT: &str = "traceparent";
 
 /// The trace a request belongs to, as this hop continues it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TraceContext {
-    pub(crate) trace_id: String,
-    pub(crate) span_id: String,
-    pub(crate) parent_id: Option<String>,
-    flags: String,
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) parent_id: Option<SpanId>,
+    flags: u8,
+}
+
+/// A trace id; shown as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TraceId(u128);
+
+/// A span id; shown as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpanId(u64);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Display for SpanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 impl TraceContext {
     /// Continues the trace in `headers` (or starts one) with a new span,
     /// and writes the new span into `headers` for the next hop.
     pub(crate) fn continue_in(headers: &mut HeaderMap) -> Self {
-        let incoming = headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse);
+        let incoming = headers.get(TRACEPARENT).and_then(|v| parse(v.as_bytes()));
         let mut rng = rand::rng();
-        let span_id = format!("{:016x}", rng.random_range(1..=u64::MAX));
+        let span_id = SpanId(rng.random_range(1..=u64::MAX));
         let ctx = match incoming {
             Some((trace_id, parent, flags)) => Self {
                 trace_id,
@@ -34,45 +51,69 @@ impl TraceContext {
                 flags,
             },
             None => Self {
-                trace_id: format!("{:032x}", rng.random_range(1..=u128::MAX)),
+                trace_id: TraceId(rng.random_range(1..=u128::MAX)),
                 span_id,
                 parent_id: None,
-                flags: "01".into(),
+                flags: 1,
             },
         };
-        if let Ok(v) = http::HeaderValue::from_str(&ctx.header()) {
+        if let Ok(v) = http::HeaderValue::from_bytes(&ctx.header()) {
             headers.insert(TRACEPARENT, v);
         }
         ctx
     }
 
-    fn header(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    /// `00-<trace id>-<span id>-<flags>`.
+    fn header(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex_into(&mut out[3..35], self.trace_id.0);
+        hex_into(&mut out[36..52], u128::from(self.span_id.0));
+        hex_into(&mut out[53..55], u128::from(self.flags));
+        out
+    }
+}
+
+/// `v`'s low `out.len()` hex digits, lowercase, most significant first.
+fn hex_into(out: &mut [u8], mut v: u128) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
 /// `version-traceid-parentid-flags`, lowercase hex, ids not all zero.
-fn parse(v: &str) -> Option<(String, String, String)> {
-    let mut parts = v.trim().split('-');
+fn parse(v: &[u8]) -> Option<(TraceId, SpanId, u8)> {
+    let v = v.trim_ascii();
+    let mut parts = v.split(|b| *b == b'-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    let hex = |s: &[u8], n: usize| -> Option<u128> {
+        if s.len() != n {
+            return None;
+        }
+        s.iter().try_fold(0u128, |acc, b| {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return None,
+            };
+            Some(acc << 4 | u128::from(d))
+        })
     };
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
+    let version = hex(version, 2)?;
+    let (trace, parent, flags) = (hex(trace, 32)?, hex(parent, 16)?, hex(flags, 2)?);
+    if version == 0xff {
         return None;
     }
     // Version 00 has exactly four fields; later versions may add more.
-    if version == "00" && parts.next().is_some() {
+    if version == 0 && parts.next().is_some() {
         return None;
     }
-    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+    if trace == 0 || parent == 0 {
         return None;
     }
-    Some((trace.into(), parent.into(), flags.into()))
+    Some((TraceId(trace), SpanId(parent as u64), flags as u8))
 }
 
 #[cfg(test)]
@@ -85,8 +126,10 @@ mod tests {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert(TRACEPARENT, parent.parse().expect("value"));
         let ctx = TraceContext::continue_in(&mut h);
-        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(ctx.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let parent_id = ctx.parent_id.map(|p| p.to_string());
+        assert_eq!(parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(ctx.span_id.to_string().len(), 16);
         let sent = h.get(TRACEPARENT).expect("header").to_str().expect("ascii");
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(sent.ends_with("-01"));
@@ -108,8 +151,13 @@ mod tests {
             }
             let ctx = TraceContext::continue_in(&mut h);
             assert!(ctx.parent_id.is_none(), "{bad:?}");
-            assert_eq!(ctx.trace_id.len(), 32);
-            assert!(parse(h.get(TRACEPARENT).expect("set").to_str().expect("ascii")).is_some());
+            assert_eq!(ctx.trace_id.to_string().len(), 32);
+            let sent = h.get(TRACEPARENT).expect("set");
+            assert!(parse(sent.as_bytes()).is_some());
+            assert_eq!(
+                sent.to_str().expect("ascii"),
+                format!("00-{}-{}-01", ctx.trace_id, ctx.span_id)
+            );
         }
     }
 
@@ -125,8 +173,8 @@ mod tests {
             }
             let ctx = TraceContext::continue_in(&mut h);
             let sent = h.get(TRACEPARENT).expect("set").to_str().expect("ascii").to_owned();
-            proptest::prop_assert!(parse(&sent).is_some());
-            proptest::prop_assert_eq!(ctx.trace_id.len(), 32);
+            proptest::prop_assert!(parse(sent.as_bytes()).is_some());
+            proptest::prop_assert_eq!(ctx.trace_id.to_string().len(), 32);
         }
     }
 }

@@ -17,8 +17,8 @@ pub(crate) struct EndpointInfo {
     pub(crate) expected: ExpectedIds,
     /// `expected` as one string (TLS configs are cached by it).
     pub(crate) ids_key: String,
-    pub(crate) cluster: String,
-    pub(crate) zone: String,
+    pub(crate) cluster: Arc<str>,
+    pub(crate) zone: Arc<str>,
 }
 
 /// The endpoint `e` of a group (`remote`: a remote cluster's gateway), its
@@ -70,8 +70,8 @@ pub(super) fn endpoint_info(
             sni,
             expected,
             ids_key,
-            cluster,
-            zone: loc.zone,
+            cluster: cluster.into(),
+            zone: loc.zone.into(),
         },
         f64::from(e.weight.max(1)),
         e.ready,

@@ -16,7 +16,7 @@ use crate::body::{Body, BoxError};
 use crate::config::{Allow, Plaintext};
 use crate::connect::Connector;
 use crate::dest::Shared;
-use crate::metrics::RefusedLabels;
+use crate::metrics::{DestLabels, Direction, RefusedLabels};
 use crate::pool::H1;
 use crate::reason::Reason;
 use crate::workers::PerWorker;
@@ -28,7 +28,7 @@ pub(crate) struct AppPort {
     /// The port callers dialled: the explicit listen port, or the app's
     /// port they were sent to (labels, policies, refusals).
     pub(super) port: u16,
-    pub(super) label: String,
+    pub(super) label: Arc<str>,
     pub(super) app: SocketAddr,
     /// The address the connections to the app come from, if not the default.
     source: Option<IpAddr>,
@@ -39,6 +39,8 @@ pub(crate) struct AppPort {
     pub(super) h2: Arc<PerWorker<Client<AppConnector, Body>>>,
     /// The app's key in `h1`.
     key: Arc<str>,
+    /// The port's requests in metrics.
+    pub(super) labels: DestLabels,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -62,9 +64,16 @@ impl AppPort {
         shared: Arc<Shared>,
     ) -> Self {
         let connector = AppConnector(app, source, shared.connector.clone());
+        let label: Arc<str> = format!("port/{port}").into();
         Self {
             port,
-            label: format!("port/{port}"),
+            label: label.clone(),
+            labels: DestLabels {
+                direction: Direction::inbound,
+                service: label,
+                cluster: shared.cluster.clone(),
+                zone: "".into(),
+            },
             app,
             source,
             allow,

@@ -39,7 +39,11 @@ impl AppPort {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let me = self.clone();
-        let caller = Arc::new(caller);
+        // What the app is told of the caller, the same for every request.
+        let header = caller
+            .as_ref()
+            .and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
+        let caller = Arc::new((caller, header));
         let svc = service_fn(move |mut req: Request<Incoming>| {
             let me = me.clone();
             let caller = caller.clone();
@@ -49,7 +53,8 @@ impl AppPort {
                     .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
             }
             async move {
-                let resp = me.request(req, (*caller).as_ref(), allowed).await;
+                let (caller, header) = &*caller;
+                let resp = me.request(req, caller.as_ref(), header, allowed).await;
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -73,6 +78,7 @@ impl AppPort {
         &self,
         req: Request<Incoming>,
         caller: Option<&SpiffeId>,
+        header: &Option<HeaderValue>,
         allowed: bool,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -86,7 +92,7 @@ impl AppPort {
             span_id = %trace.span_id,
         );
         let resp = if allowed {
-            self.forward(parts, body, caller).instrument(span).await
+            self.forward(parts, body, header).instrument(span).await
         } else {
             error_response(
                 Reason::Forbidden,
@@ -99,11 +105,12 @@ impl AppPort {
         resp
     }
 
+    /// `caller`: the verified caller ID as the app is told it.
     async fn forward(
         &self,
         mut parts: http::request::Parts,
         body: Incoming,
-        caller: Option<&SpiffeId>,
+        caller: &Option<HeaderValue>,
     ) -> Response<Body> {
         let h1 = parts
             .headers
@@ -111,10 +118,8 @@ impl AppPort {
             .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
         // Only this sidecar says who called; a plaintext caller is no one.
         parts.headers.remove(CLIENT_ID);
-        if let Some(caller) = caller
-            && let Ok(v) = HeaderValue::from_str(&caller.to_string())
-        {
-            parts.headers.insert(CLIENT_ID, v);
+        if let Some(caller) = caller {
+            parts.headers.insert(CLIENT_ID, caller.clone());
         }
         if h1 {
             parts.version = Version::HTTP_11;
@@ -206,7 +211,7 @@ impl AppPort {
             self.shared.spawn(async move {
                 let joined = async {
                     let (mut caller, app) = upgrade::upgraded(caller_side, app_side).await?;
-                    let labels = (Direction::inbound, label.as_str(), shared.cluster.as_str());
+                    let labels = (Direction::inbound, &*label, &*shared.cluster);
                     let mut app = shared.metrics.counted(labels, End::Server, app);
                     tokio::io::copy_bidirectional(&mut caller, &mut app).await
                 };

@@ -32,7 +32,7 @@ use crate::stack::breaker::Breaker;
 use crate::stack::endpoint::Endpoint;
 use crate::stack::retry::Retry;
 use crate::stack::route::Route;
-use crate::stack::{self, Next, ServedBy, next};
+use crate::stack::{self, IntoNext, Next, ServedBy};
 use crate::trace::TraceContext;
 
 /// The request path to `dest`, from the top.
@@ -48,7 +48,7 @@ fn build(dest: &Arc<Dest>) -> Next {
         .layer(Breaker::layer(dest.shared.breakers))
         // A pooled mTLS connection to the endpoint, and the attempt sent on it.
         .service(Endpoint::new(dest.clone()));
-    next(stack)
+    stack.into_next()
 }
 
 /// Serves the app's HTTP connection (`h2`: it spoke HTTP/2).

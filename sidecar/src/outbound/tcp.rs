@@ -33,7 +33,7 @@ where
         }
     };
     let cluster = &pick.endpoint.cluster;
-    let labels = (Direction::outbound, dest.label.as_str(), cluster.as_str());
+    let labels = (Direction::outbound, &*dest.label, &**cluster);
     let upstream = dest.shared.metrics.counted(labels, End::Server, upstream);
     let counted_connection = || {
         dest.shared

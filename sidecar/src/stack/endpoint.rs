@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::retry::MAX_REPLAY;
-use super::{Answer, BoxFuture, Failure, Replayable, deadline};
+use super::{Answer, BoxFuture, Dispatch, Failure, IntoNext, Next, Replayable, deadline};
 use crate::balance::Pick;
 use crate::body::{Body, boxed};
 use crate::dest::Dest;
@@ -37,6 +37,18 @@ impl Endpoint {
     }
 }
 
+impl Dispatch for Endpoint {
+    fn dispatch(&self, req: Request<Body>) -> BoxFuture<Answer> {
+        Box::pin(send(self.dest.clone(), req))
+    }
+}
+
+impl IntoNext for Endpoint {
+    fn into_next(self) -> Next {
+        Next::new(self)
+    }
+}
+
 impl Service<Request<Body>> for Endpoint {
     type Response = http::Response<Body>;
     type Error = Failure;
@@ -47,7 +59,7 @@ impl Service<Request<Body>> for Endpoint {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        Box::pin(send(self.dest.clone(), req))
+        self.dispatch(req)
     }
 }
 

@@ -3,6 +3,7 @@
 //! and an HTTP/1.1 request given the absolute URI every hop can route.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Response, Uri, Version};
 
 use crate::body::Body;
@@ -54,22 +55,16 @@ pub(super) fn prepare(
     }
     if from_h1 {
         headers.insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-        let authority = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{name}.{namespace}"));
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .map_err(|e| format!("request target: {e}"))?;
+        let authority = match headers.get(header::HOST) {
+            Some(host) => Authority::try_from(host.as_bytes()),
+            None => Authority::try_from(format!("{name}.{namespace}")),
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority.map_err(|e| format!("request target: {e}"))?);
+        uri.path_and_query
+            .get_or_insert(PathAndQuery::from_static("/"));
+        parts.uri = Uri::from_parts(uri).map_err(|e| format!("request target: {e}"))?;
     }
     parts.version = if from_h1 {
         Version::HTTP_11

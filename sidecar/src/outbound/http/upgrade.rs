@@ -76,11 +76,7 @@ pub(super) async fn call(
             d.connections(&pick.group, 1);
             let joined = async {
                 let (app, mut endpoint) = crate::upgrade::upgraded(app_side, endpoint_side).await?;
-                let labels = (
-                    Direction::outbound,
-                    d.label.as_str(),
-                    pick.endpoint.cluster.as_str(),
-                );
+                let labels = (Direction::outbound, &*d.label, &*pick.endpoint.cluster);
                 let mut app = d.shared.metrics.counted(labels, End::Caller, app);
                 copy_bidirectional(&mut app, &mut endpoint).await
             };
