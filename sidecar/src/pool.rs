@@ -247,7 +247,10 @@ impl H1 {
         if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
             return Ok(None);
         }
-        let handshake = http1::Builder::new().handshake(TokioIo::new(tls));
+        // Head and body in one buffer: one TLS record, not two.
+        let handshake = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(tls));
         let (send, conn) = tokio::time::timeout(connector.timeout(), handshake)
             .await
             .map_err(|_| ConnectError::Timeout(ep.addr))?

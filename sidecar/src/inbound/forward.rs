@@ -60,7 +60,9 @@ impl AppPort {
         });
         let io = TokioIo::new(io);
         let served = if h1 {
+            // Head and body in one buffer: one TLS record, not two.
             hyper::server::conn::http1::Builder::new()
+                .writev(false)
                 .serve_connection(io, svc)
                 .with_upgrades()
                 .await
