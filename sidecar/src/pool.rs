@@ -19,35 +19,32 @@
 //!   then `h2`: an endpoint that picks `h2` speaks only HTTP/2 between
 //!   sidecars and gets no more HTTP/1.1 attempts.
 //!
+//! An HTTP/1.1 connection has no task of its own: the request using it
+//! drives it (`h1`).
+//!
 //! HTTP/1.1 has no ping, and a partition closes nothing: a request waiting
 //! on a peer gone silent would wait for its timeout. The endpoint's HTTP/2
 //! connection pings after `liveness` of silence; when a ping goes
 //! unanswered, it and every HTTP/1.1 connection to the endpoint are closed,
 //! and their requests fail over as a broken connection's do.
 
-use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
+mod h1;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use self::h1::{H1, Http1};
 use crate::balance::EndpointInfo;
-use crate::body::{Body, BoxError, boxed};
-use crate::connect::{ALPN_H2, Alpn, ConnectError, Connector};
+use crate::body::{Body, boxed};
+use crate::connect::{Alpn, ConnectError, Connector};
 
 type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
-
-/// Idle HTTP/1.1 connections kept per endpoint, at most.
-const MAX_IDLE_H1: usize = 256;
 
 /// Connections to the endpoints of one service.
 #[derive(Debug)]
@@ -58,27 +55,11 @@ pub(crate) struct Pool {
     liveness: Duration,
 }
 
-/// The HTTP/1.1 side of the pool.
-#[derive(Debug, Default)]
-pub(crate) struct H1(Mutex<H1State>);
-
-#[derive(Debug, Default)]
-struct H1State {
-    /// Idle connections, ready for a request.
-    idle: HashMap<Arc<str>, Vec<http1::SendRequest<Body>>>,
-    /// Per endpoint, fired when it is found gone silent: its connections close.
-    silent: HashMap<Arc<str>, CancellationToken>,
-    /// Endpoints a connection is being made to.
-    growing: HashSet<Arc<str>>,
-    /// Endpoints that chose HTTP/2 when offered HTTP/1.1.
-    h2_only: HashSet<Arc<str>>,
-}
-
 /// A connection a request can be sent on.
 #[derive(Debug)]
 pub(crate) enum Conn {
     H1 {
-        send: http1::SendRequest<Body>,
+        conn: Http1,
         key: Arc<str>,
         h1: Arc<H1>,
     },
@@ -104,9 +85,9 @@ impl Pool {
         version: Version,
     ) -> Result<(Conn, bool), ConnectError> {
         if version == Version::HTTP_11 {
-            if let Some(send) = self.h1.ready(&ep.key).await {
+            if let Some(conn) = self.h1.ready(&ep.key).await {
                 let conn = Conn::H1 {
-                    send,
+                    conn,
                     key: ep.key.clone(),
                     h1: self.h1.clone(),
                 };
@@ -151,9 +132,8 @@ impl Pool {
             .map_err(|_| ConnectError::Timeout(ep.addr))?
             .map_err(|e| ConnectError::Tls(ep.addr, std::io::Error::other(e)))?;
         // Pings unanswered: every connection to the endpoint closes.
-        let silent = self.h1.silent(&ep.key);
-        let watch = (silent.clone(), self.h1.clone());
-        run(conn, ep, connector, silent, Some(watch));
+        let silent = self.h1.silent(&ep.key, &connector.stopped());
+        run(conn, ep, silent, self.h1.clone());
         *held = Some(send.clone());
         Ok((Conn::H2(send), true))
     }
@@ -165,171 +145,32 @@ impl Pool {
             .lock()
             .expect("pool lock")
             .retain(|k, _| keys.contains(k));
-        let mut h1 = self.h1.0.lock().expect("pool lock");
-        h1.idle.retain(|k, _| keys.contains(k));
-        h1.silent.retain(|k, _| keys.contains(k));
-        h1.h2_only.retain(|k| keys.contains(k));
+        self.h1.retain(keys);
     }
 }
 
-/// Drives a connection until it ends, the endpoint is found gone silent,
-/// or the sidecar stops. `watch`: this connection's pings tell whether the
-/// endpoint went silent.
-fn run<C>(
-    conn: C,
-    ep: &EndpointInfo,
-    connector: &Connector,
-    silent: CancellationToken,
-    watch: Option<(CancellationToken, Arc<H1>)>,
-) where
+/// Drives the endpoint's HTTP/2 connection until it ends, or the endpoint
+/// is found gone silent (`silent` fired, as it is when the sidecar stops).
+/// Its pings unanswered, every connection to the endpoint closes.
+fn run<C>(conn: C, ep: &EndpointInfo, silent: CancellationToken, h1: Arc<H1>)
+where
     C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     let addr = ep.addr;
     let key = ep.key.clone();
-    let stop = connector.stopped();
     tokio::spawn(async move {
         tokio::select! {
-            () = stop.cancelled() => {}
             () = silent.cancelled() => {
                 tracing::debug!(%addr, "connection to an endpoint gone silent closed");
             }
             ended = conn => if let Err(e) = ended {
                 tracing::debug!(%addr, error = %e, "connection to endpoint ended");
-                if e.is_timeout() && let Some((token, h1)) = watch {
-                    h1.gone_silent(&key, &token);
+                if e.is_timeout() {
+                    h1.gone_silent(&key, &silent);
                 }
             }
         }
     });
-}
-
-impl H1 {
-    fn take(&self, key: &Arc<str>) -> Option<http1::SendRequest<Body>> {
-        self.0.lock().expect("pool lock").idle.get_mut(key)?.pop()
-    }
-
-    /// Makes one more connection to `ep` in the background, unless one is
-    /// being made or the endpoint speaks only HTTP/2. Its failure is no
-    /// request's: requests go on HTTP/2 meanwhile, whose connects count.
-    fn grow(this: &Arc<Self>, connector: &Arc<Connector>, ep: &Arc<EndpointInfo>) {
-        {
-            let mut state = this.0.lock().expect("pool lock");
-            if state.h2_only.contains(&ep.key) || !state.growing.insert(ep.key.clone()) {
-                return;
-            }
-        }
-        let (h1, connector, ep) = (this.clone(), connector.clone(), ep.clone());
-        tokio::spawn(async move {
-            match h1.connect(&connector, &ep).await {
-                Ok(Some(send)) => h1.put(ep.key.clone(), send),
-                Ok(None) => {
-                    tracing::debug!(endpoint = %ep.key, "endpoint speaks only HTTP/2 between sidecars");
-                    h1.0.lock()
-                        .expect("pool lock")
-                        .h2_only
-                        .insert(ep.key.clone());
-                }
-                Err(e) => {
-                    tracing::debug!(endpoint = %ep.key, error = %e, "no HTTP/1.1 connection made")
-                }
-            }
-            h1.0.lock().expect("pool lock").growing.remove(&ep.key);
-        });
-    }
-
-    /// A new HTTP/1.1 connection to `ep`; `None` if it chose HTTP/2.
-    async fn connect(
-        &self,
-        connector: &Connector,
-        ep: &EndpointInfo,
-    ) -> Result<Option<http1::SendRequest<Body>>, ConnectError> {
-        let tls: TlsStream<TcpStream> = connector.connect(ep, Alpn::Http1).await?;
-        if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
-            return Ok(None);
-        }
-        // Head and body in one buffer: one TLS record, not two.
-        let handshake = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(tls));
-        let (send, conn) = tokio::time::timeout(connector.timeout(), handshake)
-            .await
-            .map_err(|_| ConnectError::Timeout(ep.addr))?
-            .map_err(|e| ConnectError::Tls(ep.addr, std::io::Error::other(e)))?;
-        run(conn, ep, connector, self.silent(&ep.key), None);
-        Ok(Some(send))
-    }
-
-    /// The endpoint's token: fired when it is found gone silent.
-    fn silent(&self, key: &Arc<str>) -> CancellationToken {
-        self.0
-            .lock()
-            .expect("pool lock")
-            .silent
-            .entry(key.clone())
-            .or_default()
-            .clone()
-    }
-
-    /// The endpoint left `token`'s pings unanswered: its connections
-    /// close; those made from now on get a new token.
-    fn gone_silent(&self, key: &Arc<str>, token: &CancellationToken) {
-        tracing::debug!(endpoint = %key, "endpoint gone silent: its connections close");
-        token.cancel();
-        let mut state = self.0.lock().expect("pool lock");
-        if state
-            .silent
-            .get(key)
-            .is_some_and(CancellationToken::is_cancelled)
-        {
-            state.silent.remove(key);
-        }
-        state.idle.remove(key);
-    }
-
-    /// Sends `req` on `send`, taken from `this` under `key`; the
-    /// connection goes back to it when the answer has been read. A request
-    /// the connection closed before sending comes back with the error.
-    pub(crate) async fn send(
-        this: Arc<Self>,
-        key: Arc<str>,
-        mut send: http1::SendRequest<Body>,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, TrySendError<Request<Body>>> {
-        let resp = send.try_send_request(req).await?;
-        if resp.body().is_end_stream() {
-            this.put(key, send);
-            return Ok(resp.map(boxed));
-        }
-        Ok(resp.map(|body| {
-            boxed(Returning {
-                body,
-                back: Some((send, key, this)),
-            })
-        }))
-    }
-
-    /// An idle connection under `key` that is ready for a request.
-    pub(crate) async fn ready(&self, key: &Arc<str>) -> Option<http1::SendRequest<Body>> {
-        while let Some(mut send) = self.take(key) {
-            // Read to its end, the last answer leaves the connection ready
-            // at once; one that closed meanwhile is dropped.
-            if send.ready().await.is_ok() {
-                return Some(send);
-            }
-        }
-        None
-    }
-
-    fn put(&self, key: Arc<str>, send: http1::SendRequest<Body>) {
-        if send.is_closed() {
-            return;
-        }
-        let mut state = self.0.lock().expect("pool lock");
-        let list = state.idle.entry(key).or_default();
-        if list.len() < MAX_IDLE_H1 {
-            list.push(send);
-        }
-    }
 }
 
 impl Conn {
@@ -341,10 +182,10 @@ impl Conn {
                 send.ready().await?;
                 Ok(send.send_request(req).await?.map(boxed))
             }
-            Conn::H1 { send, key, h1 } => {
+            Conn::H1 { conn, key, h1 } => {
                 *req.version_mut() = Version::HTTP_11;
                 origin_form(&mut req);
-                H1::send(h1, key, send, req)
+                H1::send(h1, key, conn, req)
                     .await
                     .map_err(TrySendError::into_error)
             }
@@ -362,47 +203,5 @@ fn origin_form(req: &mut Request<Body>) {
     }
     if let Some(pq) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = http::Uri::from(pq);
-    }
-}
-
-/// An HTTP/1.1 answer's body that gives its connection back to the pool
-/// when read to the end (dropped before, the connection closes with it).
-struct Returning {
-    body: Incoming,
-    back: Option<(http1::SendRequest<Body>, Arc<str>, Arc<H1>)>,
-}
-
-impl Returning {
-    fn give_back(&mut self) {
-        if let Some((send, key, h1)) = self.back.take() {
-            h1.put(key, send);
-        }
-    }
-}
-
-impl hyper::body::Body for Returning {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
-        }
-        polled.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

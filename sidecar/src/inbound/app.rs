@@ -17,7 +17,7 @@ use crate::config::{Allow, Plaintext};
 use crate::connect::Connector;
 use crate::dest::Shared;
 use crate::metrics::{DestLabels, Direction, RefusedLabels};
-use crate::pool::H1;
+use crate::pool::{H1, Http1};
 use crate::reason::Reason;
 use crate::workers::PerWorker;
 
@@ -116,17 +116,10 @@ impl AppPort {
         }
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Body>, BoxError> {
+    async fn connect_h1(&self) -> Result<Http1, BoxError> {
         let io = TokioIo::new(self.dial().await?);
         let (send, conn) = http1::Builder::new().handshake(io).await?;
-        let app = self.app;
-        // Runs on this worker until the app or the pool closes it.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%app, error = %e, "connection to the app ended");
-            }
-        });
-        Ok(send)
+        Ok(Http1::new(send, conn, self.shared.connector.stopped()))
     }
 
     pub(super) fn refused(&self, reason: Reason) {

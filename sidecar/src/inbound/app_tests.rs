@@ -96,3 +96,33 @@ async fn a_connection_the_app_closed_between_requests_is_replaced_not_failed() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+async fn an_answer_cut_by_a_stop_fails_rather_than_ending_short() {
+    // Says ten bytes, sends five, then waits.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0; 4096];
+        let _ = conn.read(&mut buf).await;
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+        conn.write_all(head).await.expect("write");
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    let port = port(addr);
+    let req = Request::get("/")
+        .header("host", "app")
+        .body(full(""))
+        .expect("request");
+    let mut body = port.send_h1(req).await.expect("answered").into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(first.into_data().expect("data").as_ref(), b"hello");
+    port.shared.stop.cancel();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await;
+    let rest = rest.expect("the cut is seen at once");
+    assert!(
+        matches!(rest, Some(Err(_))),
+        "a cut answer must fail, not end: {rest:?}"
+    );
+}
