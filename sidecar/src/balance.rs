@@ -92,9 +92,10 @@ pub(crate) struct Balancer {
     groups: Vec<Group>,
     group_state: HashMap<GroupKey, GroupState>,
     states: HashMap<Arc<str>, EndpointState>,
-    /// The last shares computed and the health they came from: health
-    /// changes far less often than requests come.
-    shared: (Vec<GroupHealth>, Vec<u32>),
+    /// Each group's health as last observed, and the shares computed from
+    /// it: health changes far less often than requests come.
+    health: Vec<GroupHealth>,
+    shares: Vec<u32>,
     /// The picked group's candidates (kept to spare an allocation a pick).
     candidates: Vec<usize>,
 }
@@ -180,36 +181,36 @@ impl Balancer {
     pub(crate) fn shares(&mut self, now: Instant) -> Vec<(GroupKey, u32)> {
         self.update_shares(now);
         let keys = self.groups.iter().map(|g| g.key.clone());
-        keys.zip(self.shared.1.iter().copied()).collect()
+        keys.zip(self.shares.iter().copied()).collect()
     }
 
-    /// Brings `self.shared` up to date: each group's health as observed
-    /// now (failback hold applied), and its share, recomputed only when
-    /// the health changed.
+    /// Brings `self.health` up to date (failback hold applied), and
+    /// recomputes `self.shares` only when it changed.
     fn update_shares(&mut self, now: Instant) {
-        let mut health = std::mem::take(&mut self.shared.0);
-        let before = health.len();
-        for i in 0..self.groups.len() {
+        let n = self.groups.len();
+        let mut changed = self.health.len() != n;
+        self.health.truncate(n);
+        for i in 0..n {
             let observed = self.observed_healthy(i, now);
             let g = &self.groups[i];
             let st = match self.group_state.get_mut(&g.key) {
                 Some(st) => st,
                 None => self.group_state.entry(g.key.clone()).or_default(),
             };
-            let effective = hold(st, observed, now, self.params.failback_hold);
             let h = GroupHealth {
-                healthy: effective,
+                healthy: hold(st, observed, now, self.params.failback_hold),
                 total: g.total.max(g.members.len() as u32),
                 spill_threshold: g.spill,
             };
-            health.push(h);
+            match self.health.get_mut(i) {
+                Some(old) if *old == h => {}
+                Some(old) => (*old, changed) = (h, true),
+                None => self.health.push(h),
+            }
         }
-        let (old, new) = health.split_at(before);
-        if old != new || self.shared.1.len() != new.len() {
-            self.shared.1 = shares(new);
+        if changed {
+            self.shares = shares(&self.health);
         }
-        health.drain(..before);
-        self.shared.0 = health;
     }
 
     /// Picks an endpoint, avoiding `exclude` (those already tried) while
@@ -225,7 +226,7 @@ impl Balancer {
         let exclude = if any(self, exclude) { exclude } else { &[] };
         let serves = |i: usize| self.can_serve(i, now, exclude);
         let weighted = || {
-            let shares = self.shared.1.iter().enumerate();
+            let shares = self.shares.iter().enumerate();
             shares.filter(move |(i, s)| **s > 0 && serves(*i))
         };
         let total: u32 = weighted().map(|(_, s)| *s).sum();

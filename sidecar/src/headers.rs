@@ -8,3 +8,20 @@ pub const CLIENT_ID: &str = "meshfed-client-id";
 /// The header on an answer the sidecar made itself, naming why
 /// ([`crate::Reason`]).
 pub const ERROR_HEADER: &str = "meshfed-error";
+
+/// Puts a request's head in HTTP/1.1's origin form: the request line
+/// carries the path (`/` when there is none), and the authority goes in
+/// `Host` unless the request has one.
+pub(crate) fn origin_form(headers: &mut http::HeaderMap, uri: &mut http::Uri) {
+    use http::header::{HOST, HeaderValue};
+    let Some(authority) = uri.authority() else {
+        return;
+    };
+    if !headers.contains_key(HOST)
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(HOST, v);
+    }
+    let path = uri.path_and_query().cloned();
+    *uri = http::Uri::from(path.unwrap_or(http::uri::PathAndQuery::from_static("/")));
+}

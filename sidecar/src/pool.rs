@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, Version, header};
+use http::{Request, Response, Version};
 use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,7 @@ pub(crate) use self::h1::{H1, Http1};
 use crate::balance::EndpointInfo;
 use crate::body::{Body, boxed};
 use crate::connect::{Alpn, ConnectError, Connector};
+use crate::headers::origin_form;
 
 type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
@@ -184,24 +185,13 @@ impl Conn {
             }
             Conn::H1 { conn, key, h1 } => {
                 *req.version_mut() = Version::HTTP_11;
-                origin_form(&mut req);
+                let mut uri = std::mem::take(req.uri_mut());
+                origin_form(req.headers_mut(), &mut uri);
+                *req.uri_mut() = uri;
                 H1::send(h1, key, conn, req)
                     .await
                     .map_err(TrySendError::into_error)
             }
         }
-    }
-}
-
-/// An HTTP/1.1 request line carries the path; the authority goes in `Host`.
-fn origin_form(req: &mut Request<Body>) {
-    if !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, v);
-    }
-    if let Some(pq) = req.uri().path_and_query().cloned() {
-        *req.uri_mut() = http::Uri::from(pq);
     }
 }

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::{AppPort, Who};
 use crate::body::{Body, BoxError, boxed, error_response};
-use crate::headers::{CLIENT_ID, ORIG_PROTO};
+use crate::headers::{CLIENT_ID, ORIG_PROTO, origin_form};
 use crate::metrics::{Direction, End};
 use crate::reason::Reason;
 use crate::trace::TraceContext;
@@ -125,23 +125,12 @@ impl AppPort {
         }
         if h1 {
             parts.version = Version::HTTP_11;
-            if !parts.headers.contains_key(header::HOST)
-                && let Some(authority) = parts.uri.authority()
-                && let Ok(v) = HeaderValue::from_str(authority.as_str())
-            {
-                parts.headers.insert(header::HOST, v);
-            }
+            origin_form(&mut parts.headers, &mut parts.uri);
         }
         if h1 && upgrade::requested(&parts.headers) {
             return self.upgrade(parts, body).await;
         }
         let sent = if h1 {
-            // An HTTP/1.1 request line carries the path; `Host` the authority.
-            if parts.uri.authority().is_some() {
-                let pq = parts.uri.path_and_query().cloned();
-                let pq = pq.unwrap_or(http::uri::PathAndQuery::from_static("/"));
-                parts.uri = http::Uri::from(pq);
-            }
             self.send_h1(Request::from_parts(parts, boxed(body))).await
         } else {
             self.send_h2(parts, body).await
@@ -194,14 +183,6 @@ impl AppPort {
             Ok(a) => a,
             Err(e) => return unavailable(&e),
         };
-        // The app gets the request as a client would send it: origin-form.
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .unwrap_or_default();
-        parts.uri = path;
         let mut resp = match upgrade::send(app, Request::from_parts(parts, boxed(body))).await {
             Ok(r) => r,
             Err(e) => return unavailable(&e),
