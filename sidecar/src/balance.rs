@@ -28,7 +28,6 @@ mod peak_ewma;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use meshfed_api::discovery::EndpointSet;
@@ -37,6 +36,8 @@ use rand::Rng;
 use tokio::time::Instant;
 
 pub(crate) use endpoint::EndpointInfo;
+
+use crate::FastMap;
 pub(crate) use params::Params;
 
 use endpoint::endpoint_info;
@@ -90,8 +91,8 @@ pub(crate) enum NoPick {
 pub(crate) struct Balancer {
     params: Params,
     groups: Vec<Group>,
-    group_state: HashMap<GroupKey, GroupState>,
-    states: HashMap<Arc<str>, EndpointState>,
+    group_state: FastMap<GroupKey, GroupState>,
+    states: FastMap<Arc<str>, EndpointState>,
     /// Each group's health as last observed, and the shares computed from
     /// it: health changes far less often than requests come.
     health: Vec<GroupHealth>,
@@ -325,7 +326,12 @@ impl Balancer {
         if let Some(s) = self.states.get_mut(key) {
             s.pending += 1;
         }
-        self.group_state.entry(group.clone()).or_default().in_flight += 1;
+        match self.group_state.get_mut(group) {
+            Some(g) => g.in_flight += 1,
+            None => {
+                self.group_state.entry(group.clone()).or_default().in_flight += 1;
+            }
+        }
     }
 
     /// A call on `key` ended (however it ended).

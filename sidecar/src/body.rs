@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::headers::ERROR_HEADER;
+use crate::headers::name::ERROR_HEADER;
 use crate::reason::Reason;
 
 /// Errors inside bodies.

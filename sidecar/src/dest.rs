@@ -8,7 +8,7 @@ pub(crate) mod testing;
 mod wait;
 
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use meshfed_api::discovery::EndpointSet;
@@ -106,6 +106,9 @@ pub(crate) struct Dest {
     changes: Notify,
     /// Requests waiting for an endpoint (at most `Breakers::max_waiting`).
     waiting: AtomicUsize,
+    /// Discovery has answered (an endpoint set, even empty, never taken
+    /// back): requests no longer wait for it.
+    answered: AtomicBool,
 }
 
 impl Dest {
@@ -126,15 +129,28 @@ impl Dest {
             shared,
             changes: Notify::new(),
             waiting: AtomicUsize::new(0),
+            answered: AtomicBool::new(false),
         })
+    }
+
+    /// Whether discovery has answered for the service (then `ready` is
+    /// at once).
+    pub(crate) fn answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
     }
 
     /// Waits (up to the discovery timeout) for the first endpoint set.
     pub(crate) async fn ready(&self) -> Result<(), Reason> {
+        if self.answered() {
+            return Ok(());
+        }
         let mut rx = self.set.lock().expect("set lock").clone();
         let first = rx.wait_for(Option::is_some);
         match tokio::time::timeout(self.shared.timeouts.discovery, first).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                self.answered.store(true, Ordering::Release);
+                Ok(())
+            }
             _ => Err(Reason::DiscoveryUnavailable),
         }
     }

@@ -9,6 +9,18 @@ pub const CLIENT_ID: &str = "meshfed-client-id";
 /// ([`crate::Reason`]).
 pub const ERROR_HEADER: &str = "meshfed-error";
 
+/// The same names as `HeaderName`s, for the request path: a header
+/// inserted under a `&str` name that is not a standard one gets its name
+/// copied into an allocation of its own; these are static.
+pub(crate) mod name {
+    use http::HeaderName;
+
+    pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static(super::ORIG_PROTO);
+    pub(crate) const CLIENT_ID: HeaderName = HeaderName::from_static(super::CLIENT_ID);
+    pub(crate) const ERROR_HEADER: HeaderName = HeaderName::from_static(super::ERROR_HEADER);
+    pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+}
+
 /// Puts a request's head in HTTP/1.1's origin form: the request line
 /// carries the path (`/` when there is none), and the authority goes in
 /// `Host` unless the request has one.

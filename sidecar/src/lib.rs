@@ -60,6 +60,14 @@ pub use iptables::{CHAIN, INBOUND_CHAIN, IptablesError, Rules};
 pub use metrics::Metrics;
 pub use reason::Reason;
 
+/// A map on the request path. Its keys come from discovery and the
+/// sidecar's own configuration (endpoint addresses, localities, label
+/// values), never from a peer's choosing: a fast hash rather than SipHash,
+/// whose resistance to chosen keys is not needed here.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A set on the request path (see `FastMap`).
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 use dest::Shared;
 use discovery::Discovery;
 use inbound::InboundPort;

@@ -2,7 +2,7 @@
 //! when it answers a call itself.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -152,7 +152,56 @@ pub struct Metrics {
     pub(crate) plaintext: Family<PlaintextLabels, Counter>,
     pub(crate) discovery_streams_up: Gauge,
     pub(crate) discovery_updates: Counter,
+    handles: Mutex<Handles>,
 }
+
+fn request_labels(dest: &DestLabels, status: u16, error: Cow<'static, str>) -> RequestLabels {
+    RequestLabels {
+        direction: dest.direction,
+        service: dest.service.clone(),
+        cluster: dest.cluster.clone(),
+        zone: dest.zone.clone(),
+        status,
+        error,
+    }
+}
+
+/// Handles kept at most; past it they are dropped and found again.
+const MAX_HANDLES: usize = 1024;
+
+/// A finished request's counter and latency histogram, found by the
+/// identity of its label values (the `Arc`s a destination and its
+/// endpoints hold, kept alive by the key) rather than by hashing their
+/// text into the families on every request.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct HandleKey {
+    direction: Direction,
+    service: ByPtr,
+    cluster: ByPtr,
+    zone: ByPtr,
+    status: u16,
+    reason: Option<Reason>,
+}
+
+/// A label value compared by address.
+#[derive(Debug)]
+struct ByPtr(Arc<str>);
+
+impl PartialEq for ByPtr {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ByPtr {}
+
+impl std::hash::Hash for ByPtr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).cast::<u8>().hash(state);
+    }
+}
+
+type Handles = crate::FastMap<HandleKey, (Counter, Histogram)>;
 
 /// Which end of a proxied connection a stream is.
 #[derive(Debug, Clone, Copy)]
@@ -197,27 +246,46 @@ impl Metrics {
         resp: &http::Response<B>,
         started: tokio::time::Instant,
     ) {
+        let status = resp.status().as_u16();
         let error = resp
             .headers()
-            .get(crate::headers::ERROR_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map_or(Cow::Borrowed("none"), |e| match Reason::named(e) {
-                Some(r) => Cow::Borrowed(r.as_str()),
-                None => Cow::Owned(e.to_owned()),
-            });
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: dest.direction,
-                service: dest.service.clone(),
-                cluster: dest.cluster.clone(),
-                zone: dest.zone.clone(),
-                status: resp.status().as_u16(),
-                error,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&dest)
-            .observe(started.elapsed().as_secs_f64());
+            .get(crate::headers::name::ERROR_HEADER)
+            .map(|v| v.to_str().ok().and_then(Reason::named).ok_or(v));
+        let elapsed = started.elapsed().as_secs_f64();
+        let reason = match error {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            // A reason of the app's own making: not worth a handle kept.
+            Some(Err(v)) => {
+                let e = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                self.requests
+                    .get_or_create(&request_labels(&dest, status, Cow::Owned(e)))
+                    .inc();
+                self.latency.get_or_create(&dest).observe(elapsed);
+                return;
+            }
+        };
+        let key = HandleKey {
+            direction: dest.direction,
+            service: ByPtr(dest.service.clone()),
+            cluster: ByPtr(dest.cluster.clone()),
+            zone: ByPtr(dest.zone.clone()),
+            status,
+            reason,
+        };
+        let mut handles = self.handles.lock().expect("metric handles lock");
+        if handles.len() >= MAX_HANDLES && !handles.contains_key(&key) {
+            handles.clear();
+        }
+        let (count, latency) = handles.entry(key).or_insert_with(|| {
+            let error = Cow::Borrowed(reason.map_or("none", Reason::as_str));
+            let count = self
+                .requests
+                .get_or_create(&request_labels(&dest, status, error));
+            (count.clone(), self.latency.get_or_create(&dest).clone())
+        });
+        count.inc();
+        latency.observe(elapsed);
     }
 
     /// Registers everything under `meshfed_sidecar_`.
@@ -240,6 +308,7 @@ impl Metrics {
             plaintext: Family::default(),
             discovery_streams_up: Gauge::default(),
             discovery_updates: Counter::default(),
+            handles: Mutex::default(),
         };
         r.register(
             "requests",
@@ -309,3 +378,7 @@ impl Metrics {
         m
     }
 }
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -30,7 +30,6 @@
 
 mod h1;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::h1::{H1, Http1};
+use crate::FastMap;
 use crate::balance::EndpointInfo;
 use crate::body::{Body, boxed};
 use crate::connect::{Alpn, ConnectError, Connector};
@@ -50,7 +50,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 /// Connections to the endpoints of one service.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    h2: Mutex<HashMap<Arc<str>, Slot>>,
+    h2: Mutex<FastMap<Arc<str>, Slot>>,
     h1: Arc<H1>,
     /// Silence before a ping, and how long the ping may go unanswered.
     liveness: Duration,

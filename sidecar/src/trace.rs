@@ -4,8 +4,7 @@
 use http::HeaderMap;
 use rand::Rng;
 
-/// The header.
-pub(crate) const TRACEPARENT: &str = "traceparent";
+use crate::headers::name::TRACEPARENT;
 
 /// The trace a request belongs to, as this hop continues it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

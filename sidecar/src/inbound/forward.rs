@@ -19,7 +19,8 @@ use tracing::Instrument;
 
 use super::{AppPort, Who};
 use crate::body::{Body, BoxError, boxed, error_response};
-use crate::headers::{CLIENT_ID, ORIG_PROTO, origin_form};
+use crate::headers::name::{CLIENT_ID, ORIG_PROTO};
+use crate::headers::origin_form;
 use crate::metrics::{Direction, End};
 use crate::reason::Reason;
 use crate::trace::TraceContext;

@@ -6,7 +6,6 @@
 //! idle connection is not polled; one its peer closed meanwhile is found
 //! ended when it is next taken, and dropped.
 
-use std::collections::{HashMap, HashSet};
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::balance::EndpointInfo;
 use crate::body::{Body, BoxError, boxed};
 use crate::connect::{ALPN_H2, Alpn, ConnectError, Connector};
+use crate::{FastMap, FastSet};
 
 /// Idle HTTP/1.1 connections kept per key, at most.
 const MAX_IDLE: usize = 256;
@@ -111,13 +111,13 @@ impl std::fmt::Debug for H1 {
 #[derive(Default)]
 struct H1State {
     /// Idle connections, ready for a request.
-    idle: HashMap<Arc<str>, Vec<Http1>>,
+    idle: FastMap<Arc<str>, Vec<Http1>>,
     /// Per endpoint, fired when it is found gone silent: its connections close.
-    silent: HashMap<Arc<str>, CancellationToken>,
+    silent: FastMap<Arc<str>, CancellationToken>,
     /// Endpoints a connection is being made to.
-    growing: HashSet<Arc<str>>,
+    growing: FastSet<Arc<str>>,
     /// Endpoints that chose HTTP/2 when offered HTTP/1.1.
-    h2_only: HashSet<Arc<str>>,
+    h2_only: FastSet<Arc<str>>,
 }
 
 impl H1 {

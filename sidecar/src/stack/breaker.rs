@@ -52,7 +52,7 @@ impl Step for Breaker {
             let refused = Failure::unsent(Reason::CircuitOpen, req.into_body());
             return Box::pin(std::future::ready(Err(refused)));
         }
-        Box::pin(super::call(below, req))
+        super::call(below, req)
     }
 }
 

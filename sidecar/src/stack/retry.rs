@@ -58,7 +58,7 @@ fn idempotent(m: &Method) -> bool {
 
 async fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> Answer {
     let deadline = deadline(&req);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // A small body is kept so the request can be sent again.
     let mut body = if body.is_end_stream() {
         Kept::Replay(Bytes::new())
@@ -91,9 +91,14 @@ async fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> Answe
         *req.uri_mut() = parts.uri.clone();
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
+        // The first attempt takes the request's own extensions (the route's
+        // deadline among them); a later one starts afresh.
+        *req.extensions_mut() = std::mem::take(&mut parts.extensions);
         let ext = req.extensions_mut();
         ext.insert(super::Deadline(deadline));
-        ext.insert(tried.clone());
+        if !tried.0.is_empty() {
+            ext.insert(tried.clone());
+        }
         if replayable {
             ext.insert(Replayable);
         }

@@ -33,6 +33,9 @@ impl Step for Route {
         let dest = self.dest.clone();
         let deadline = Instant::now() + dest.shared.timeouts.request;
         req.extensions_mut().insert(Deadline(deadline));
+        if dest.answered() {
+            return super::call(below, req);
+        }
         Box::pin(async move {
             dest.ready().await?;
             super::call(below, req).await

@@ -7,7 +7,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Response, Uri, Version};
 
 use crate::body::Body;
-use crate::headers::{CLIENT_ID, ORIG_PROTO};
+use crate::headers::name::{CLIENT_ID, ORIG_PROTO};
 
 /// Hop-by-hop headers never cross a proxy.
 const HOP_BY_HOP: &[&str] = &[

@@ -17,7 +17,7 @@ use super::head::strip;
 use crate::balance::EndpointInfo;
 use crate::body::{Body, boxed, error_response};
 use crate::dest::Dest;
-use crate::headers::{CLIENT_ID, ORIG_PROTO};
+use crate::headers::name::{CLIENT_ID, ORIG_PROTO};
 use crate::metrics::{Direction, End};
 use crate::reason::Reason;
 
