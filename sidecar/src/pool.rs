@@ -118,6 +118,19 @@ impl Pool {
             return Ok((Conn::H2(send.clone()), false));
         }
         *held = None;
+        // Connecting is rare and its future large: boxed, so that the
+        // future of every request that finds a connection stays small.
+        let send = Box::pin(self.connect_h2(connector, ep)).await?;
+        *held = Some(send.clone());
+        Ok((Conn::H2(send), true))
+    }
+
+    /// A new HTTP/2 connection to `ep`, driven by a task of its own.
+    async fn connect_h2(
+        &self,
+        connector: &Connector,
+        ep: &EndpointInfo,
+    ) -> Result<http2::SendRequest<Body>, ConnectError> {
         let tls = connector.connect(ep, Alpn::H2).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -135,8 +148,7 @@ impl Pool {
         // Pings unanswered: every connection to the endpoint closes.
         let silent = self.h1.silent(&ep.key, &connector.stopped());
         run(conn, ep, silent, self.h1.clone());
-        *held = Some(send.clone());
-        Ok((Conn::H2(send), true))
+        Ok(send)
     }
 
     /// Forgets connections to endpoints no longer listed (they close when

@@ -99,15 +99,17 @@ impl AppPort {
     /// connection closed under before sending it goes on a new one.
     pub(super) async fn send_h1(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let pool = self.h1.mine();
+        // Connecting is rare and its future large: boxed, so that the
+        // future of every request that finds a connection stays small.
         let send = match pool.ready(&self.key).await {
             Some(send) => send,
-            None => self.connect_h1().await?,
+            None => Box::pin(self.connect_h1()).await?,
         };
         match H1::send(pool.clone(), self.key.clone(), send, req).await {
             Ok(resp) => Ok(resp),
             Err(mut e) => match e.take_message() {
                 Some(req) => {
-                    let send = self.connect_h1().await?;
+                    let send = Box::pin(self.connect_h1()).await?;
                     let sent = H1::send(pool.clone(), self.key.clone(), send, req).await;
                     sent.map_err(|e| e.into_error().into())
                 }

@@ -129,7 +129,9 @@ impl AppPort {
             origin_form(&mut parts.headers, &mut parts.uri);
         }
         if h1 && upgrade::requested(&parts.headers) {
-            return self.upgrade(parts, body).await;
+            // Rare, and its future large: boxed, so that every other
+            // request's future, which hyper moves into place, stays small.
+            return Box::pin(self.upgrade(parts, body)).await;
         }
         let sent = if h1 {
             self.send_h1(Request::from_parts(parts, boxed(body))).await

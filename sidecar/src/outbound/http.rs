@@ -94,9 +94,9 @@ async fn handle(
         span_id = %trace.span_id,
     );
     let (resp, served_by) = if from_h1 && crate::upgrade::requested(&parts.headers) {
-        upgrade::call(&dest, parts, body)
-            .instrument(span.clone())
-            .await
+        // Rare, and its future large (it connects): boxed, so that every
+        // other request's future, which hyper moves into place, stays small.
+        Box::pin(upgrade::call(&dest, parts, body).instrument(span.clone())).await
     } else {
         call(&dest, stack, parts, body, from_h1)
             .instrument(span.clone())
@@ -140,5 +140,25 @@ async fn call(
             (head::downgrade(resp, from_h1), served_by)
         }
         Err(f) => (error_response(f.reason, &dest.label), f.endpoint),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns.
+    fn future_size<A, B, Fut, F: FnOnce(A, B) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn a_request_s_future_stays_small() {
+        // hyper moves it into place for every request: an upgrade's
+        // (rare, and large: it connects) is boxed apart.
+        let (d, _sets) = crate::dest::testing::dest(256);
+        let handle = |r: Request<Incoming>, s: Next| handle(d.clone(), s, r, true);
+        let size = future_size(&handle);
+        assert!(size <= 2048, "a request's future is {size} bytes");
     }
 }

@@ -227,3 +227,13 @@ async fn only_a_request_waiting_for_a_connection_counts_as_pending() {
     assert_eq!(load.pending, 0);
     call.await.expect("task").expect("answer");
 }
+
+#[test]
+fn an_attempt_s_future_stays_small() {
+    // It is boxed for every attempt: connecting (rare, and large) is boxed
+    // apart, so the common attempt moves a few KiB, not 8.
+    let (d, _sets) = dest(256);
+    let f = send(d, Request::new(crate::body::full("")));
+    let size = std::mem::size_of_val(&f);
+    assert!(size <= 4096, "the endpoint's future is {size} bytes");
+}
