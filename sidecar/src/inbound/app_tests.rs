@@ -126,3 +126,40 @@ async fn an_answer_cut_by_a_stop_fails_rather_than_ending_short() {
         "a cut answer must fail, not end: {rest:?}"
     );
 }
+
+/// Counts how often a future is polled.
+struct Polls<F> {
+    fut: std::pin::Pin<Box<F>>,
+    polls: usize,
+}
+
+impl<F: Future> Future for Polls<F> {
+    type Output = (F::Output, usize);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.polls += 1;
+        let polls = self.polls;
+        self.fut.as_mut().poll(cx).map(|out| (out, polls))
+    }
+}
+
+#[tokio::test]
+async fn a_request_on_a_pooled_connection_is_polled_once_per_wake_of_its_socket() {
+    // The connection is driven by the request's task, and what it does —
+    // hand the answer over, ask for the body to be read — must not wake
+    // that task to be polled again (each poll runs the whole request's
+    // chain): once to send, once when the answer (one segment) arrives.
+    let (addr, _accepted) = app(false).await;
+    let port = port(addr);
+    assert_eq!(get(&port).await.expect("answered"), "ok");
+    let (answer, polls) = Polls {
+        fut: Box::pin(get(&port)),
+        polls: 0,
+    }
+    .await;
+    assert_eq!(answer.expect("answered"), "ok");
+    assert!(polls <= 2, "polled {polls} times");
+}

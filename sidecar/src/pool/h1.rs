@@ -9,7 +9,7 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -86,13 +86,40 @@ impl Http1 {
         Poll::Ready(())
     }
 
+    /// Drives the connection until `step` — something only the
+    /// connection moves on: its readiness, an answer, an answer's body —
+    /// is ready. Both are asked with a waker that does nothing, twice, and
+    /// the connection last with this task's: what is done here, the
+    /// connection handing over the answer or asking for the body to be
+    /// read, wakes no task to be polled again for nothing (a poll of the
+    /// whole request's chain), while whatever the connection waits for
+    /// next wakes this task. `step` moves only when the connection is
+    /// driven, and it is asked right after every time.
+    fn drive_for<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut step: impl FnMut(&mut Self, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let noop = &mut Context::from_waker(Waker::noop());
+        for _ in 0..2 {
+            let _ended = self.drive(noop);
+            if let Poll::Ready(v) = step(self, noop) {
+                return Poll::Ready(v);
+            }
+        }
+        let _ended = self.drive(cx);
+        step(self, noop)
+    }
+
     /// Whether it can take a request (driving it until it can or it ends).
     async fn ready(&mut self) -> bool {
         poll_fn(|cx| {
-            if self.drive(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            self.send.poll_ready(cx).map(|r| r.is_ok())
+            self.drive_for(cx, |c, step_cx| {
+                if c.conn.is_none() {
+                    return Poll::Ready(false);
+                }
+                c.send.poll_ready(step_cx).map(|r| r.is_ok())
+            })
         })
         .await
     }
@@ -141,13 +168,10 @@ impl H1 {
         req: Request<Body>,
     ) -> Result<Response<Body>, TrySendError<Request<Body>>> {
         let mut answer = std::pin::pin!(c.send.try_send_request(req));
-        // The connection first: what it reads answers the request at once.
-        let resp = poll_fn(|cx| {
-            let _ended = c.drive(cx);
-            // Ended (and dropped), it has answered the request with an error.
-            answer.as_mut().poll(cx)
-        })
-        .await?;
+        // Ended (and dropped), the connection has answered the request
+        // with an error.
+        let resp =
+            poll_fn(|cx| c.drive_for(cx, |_, step_cx| answer.as_mut().poll(step_cx))).await?;
         if resp.body().is_end_stream() {
             this.put(key, c);
             return Ok(resp.map(boxed));
@@ -283,13 +307,18 @@ impl hyper::body::Body for Driving {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // The connection first: what it reads is then in the body at once.
-        if let Some((c, ..)) = &mut self.conn
-            && c.drive(cx).is_ready()
-        {
-            self.conn = None;
-        }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let this = &mut *self;
+        let polled = match &mut this.conn {
+            Some((c, ..)) => {
+                let body = &mut this.body;
+                let polled = c.drive_for(cx, |_, step_cx| Pin::new(&mut *body).poll_frame(step_cx));
+                if c.conn.is_none() {
+                    this.conn = None;
+                }
+                polled
+            }
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
