@@ -36,10 +36,9 @@ use rand::Rng;
 use tokio::time::Instant;
 
 pub(crate) use endpoint::EndpointInfo;
-
-use crate::FastMap;
 pub(crate) use params::Params;
 
+use crate::FastMap;
 use endpoint::endpoint_info;
 use failback::{GroupState, hold};
 use health::EndpointState;

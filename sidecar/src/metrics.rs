@@ -250,16 +250,17 @@ impl Metrics {
         let error = resp
             .headers()
             .get(crate::headers::name::ERROR_HEADER)
-            .map(|v| v.to_str().ok().and_then(Reason::named).ok_or(v));
+            .and_then(|v| v.to_str().ok())
+            .map(|e| Reason::named(e).ok_or(e));
         let elapsed = started.elapsed().as_secs_f64();
         let reason = match error {
             None => None,
             Some(Ok(r)) => Some(r),
             // A reason of the app's own making: not worth a handle kept.
-            Some(Err(v)) => {
-                let e = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            Some(Err(e)) => {
+                let error = Cow::Owned(e.to_owned());
                 self.requests
-                    .get_or_create(&request_labels(&dest, status, Cow::Owned(e)))
+                    .get_or_create(&request_labels(&dest, status, error))
                     .inc();
                 self.latency.get_or_create(&dest).observe(elapsed);
                 return;
