@@ -365,27 +365,38 @@ fn rss(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|p| procs::rss_kib(*p)).sum()
 }
 
-/// `MESHFED_BENCH_HOLD=<path>:<secs>`: only an open loop at the latency
-/// rate on one path for `secs`, its proxies' pids printed first, so a
-/// profiler (`perf record -p`, `strace -c -p`) can be attached to them.
+/// `MESHFED_BENCH_HOLD=<path>:<secs>[:<rate>]`: only an open loop on one
+/// path for `secs`, at the latency rate or `rate` requests a second, its
+/// proxies' pids printed first, so a profiler (`perf record -p`, `strace
+/// -c -p`) can be attached to them; a low rate lets one run under
+/// `valgrind --tool=callgrind`, whose instruction counts per request do
+/// not vary with a noisy machine.
 async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow::Result<()> {
-    let (name, secs) = hold
-        .split_once(':')
-        .and_then(|(n, s)| Some((n, s.parse::<f64>().ok()?)))
-        .context("MESHFED_BENCH_HOLD is <path>:<secs>, e.g. same-cluster:30")?;
+    let mut fields = hold.split(':');
+    let parsed = (|| {
+        let name = fields.next()?;
+        let secs = fields.next()?.parse::<f64>().ok()?;
+        let rate = match fields.next() {
+            Some(r) => r.parse::<f64>().ok().filter(|r| *r > 0.0)?,
+            None => plan.rate,
+        };
+        fields.next().is_none().then_some((name, secs, rate))
+    })();
+    let (name, secs, rate) = parsed.context(
+        "MESHFED_BENCH_HOLD is <path>:<secs>[:<rate>], e.g. same-cluster:30 or same-cluster:20:50",
+    )?;
     let names: Vec<&str> = ways.iter().map(|w| w.results.name).collect();
     let Some(w) = ways.iter_mut().find(|w| w.results.name == name) else {
         bail!("MESHFED_BENCH_HOLD: no path {name:?}; the paths are {names:?}");
     };
     let pids: Vec<String> = w.proxies.iter().map(u32::to_string).collect();
     println!(
-        "holding {name} at {} req/s for {secs} s; proxies {}",
-        plan.rate,
+        "holding {name} at {rate} req/s for {secs} s; proxies {}",
         pids.join(",")
     );
     let mut conns = Conn::open_many(w.addr, plan.latency_conns).await?;
     let before = w.used()?;
-    let (s, _) = load::open_loop(&mut conns, plan.rate, secs, plan.warmup_secs).await?;
+    let (s, _) = load::open_loop(&mut conns, rate, secs, plan.warmup_secs).await?;
     let used = w.used()? - before;
     let n = s.ns.len() as f64;
     println!(

@@ -32,7 +32,6 @@ use std::sync::Arc;
 
 use meshfed_api::discovery::EndpointSet;
 use meshfed_api::priority::{GroupHealth, shares};
-use rand::Rng;
 use tokio::time::Instant;
 
 pub(crate) use endpoint::EndpointInfo;
@@ -69,11 +68,24 @@ struct Group {
     spill: f64,
 }
 
-/// A pick: the endpoint and the group it came from.
+/// A pick: the endpoint, the group it came from and that group's calls at
+/// that moment.
 #[derive(Debug, Clone)]
 pub(crate) struct Pick {
     pub(crate) endpoint: Arc<EndpointInfo>,
     pub(crate) group: GroupKey,
+    pub(crate) load: Load,
+}
+
+/// A group's calls at the moment of a pick, for the circuit breakers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// Requests in flight.
+    pub(crate) requests: usize,
+    /// Requests waiting for a connection.
+    pub(crate) pending: usize,
+    /// Opaque connections open.
+    pub(crate) connections: usize,
 }
 
 /// Why nothing was picked.
@@ -231,7 +243,7 @@ impl Balancer {
         };
         let total: u32 = weighted().map(|(_, s)| *s).sum();
         let group = if total > 0 {
-            let mut roll = rand::rng().random_range(0..total);
+            let mut roll = fastrand::u32(0..total);
             weighted()
                 .find(|(_, s)| {
                     if roll < **s {
@@ -259,6 +271,7 @@ impl Balancer {
         Ok(Pick {
             endpoint: g.members[mi].info.clone(),
             group: g.key.clone(),
+            load: self.load(&g.key),
         })
     }
 
@@ -344,10 +357,15 @@ impl Balancer {
     }
 
     /// Counters of a group, for circuit breaking.
-    pub(crate) fn in_flight(&self, group: &GroupKey) -> (usize, usize, usize) {
+    /// The group's calls now.
+    pub(crate) fn load(&self, group: &GroupKey) -> Load {
         self.group_state
             .get(group)
-            .map_or((0, 0, 0), |g| (g.in_flight, g.pending, g.connections))
+            .map_or_else(Load::default, |g| Load {
+                requests: g.in_flight,
+                pending: g.pending,
+                connections: g.connections,
+            })
     }
 
     pub(crate) fn pending(&mut self, group: &GroupKey, delta: isize) {

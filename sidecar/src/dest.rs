@@ -26,7 +26,6 @@ use crate::connect::{Alpn, Connector};
 use crate::metrics::{Metrics, ServiceLabels};
 use crate::pool::Pool;
 use crate::reason::Reason;
-use crate::stack::Load;
 use crate::stack::breaker::{self, Kind};
 use crate::workers::{PerWorker, Workers};
 
@@ -177,26 +176,15 @@ impl Dest {
     /// Picks an endpoint for an attempt, avoiding those already tried,
     /// with its group's load at that moment (for the circuit breakers);
     /// starts probing endpoints that are due.
-    pub(crate) fn pick(self: &Arc<Self>, tried: &[Arc<str>]) -> Result<(Pick, Load), Reason> {
+    pub(crate) fn pick(self: &Arc<Self>, tried: &[Arc<str>]) -> Result<Pick, Reason> {
         self.sync();
         let now = Instant::now();
         let mut b = self.balancer.lock().expect("balancer lock");
         let probes = b.due_probes(now);
-        let pick = b
-            .pick(now, tried)
-            .map(|p| {
-                let (requests, pending, connections) = b.in_flight(&p.group);
-                let load = Load {
-                    requests,
-                    pending,
-                    connections,
-                };
-                (p, load)
-            })
-            .map_err(|e| match e {
-                NoPick::NoEndpoints => Reason::NoEndpoints,
-                NoPick::NoneHealthy => Reason::NoHealthyEndpoints,
-            });
+        let pick = b.pick(now, tried).map_err(|e| match e {
+            NoPick::NoEndpoints => Reason::NoEndpoints,
+            NoPick::NoneHealthy => Reason::NoHealthyEndpoints,
+        });
         drop(b);
         for ep in probes {
             let dest = self.clone();
@@ -218,10 +206,10 @@ impl Dest {
                 break;
             }
             let pick = match self.pick(&tried) {
-                Ok((_, load)) if breaker::open(load, &self.shared.breakers, Kind::Connections) => {
+                Ok(p) if breaker::open(p.load, &self.shared.breakers, Kind::Connections) => {
                     Err(Reason::CircuitOpen)
                 }
-                picked => picked.map(|(p, _)| p),
+                picked => picked,
             };
             let pick = match pick {
                 Ok(p) => p,
@@ -356,9 +344,10 @@ impl InFlight {
         if failed {
             self.dest.failure();
         }
-        let rtt = self.started.elapsed();
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(self.started);
         let mut b = self.dest.balancer.lock().expect("balancer lock");
-        b.answered(&self.key, rtt, failed, Instant::now());
+        b.answered(&self.key, rtt, failed, now);
         b.end(&self.key, &self.group);
         self.ended = true;
     }

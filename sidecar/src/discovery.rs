@@ -12,7 +12,6 @@ use std::time::Duration;
 use meshfed_api::discovery::discovery_client::DiscoveryClient;
 use meshfed_api::discovery::{EndpointSet, Locality as WireLocality, ResolveRequest, WatchRequest};
 use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config, mtls_channel};
-use rand::Rng;
 use rustls_pki_types::ServerName;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -178,7 +177,7 @@ async fn follow(
         if tx.is_closed() {
             return;
         }
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
         tokio::time::sleep(jittered).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

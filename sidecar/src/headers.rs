@@ -21,6 +21,30 @@ pub(crate) mod name {
     pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 }
 
+/// Gives a request an absolute URI, as HTTP/2 carries it (`:scheme`,
+/// `:authority`): an origin-form target takes its authority from `Host`,
+/// or `fallback` when that is missing or not an authority.
+pub(crate) fn absolute_form(
+    headers: &http::HeaderMap,
+    uri: &mut http::Uri,
+    fallback: &'static str,
+) {
+    use http::uri::{Authority, PathAndQuery, Scheme};
+    if uri.authority().is_some() {
+        return;
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(host.unwrap_or(Authority::from_static(fallback)));
+    parts
+        .path_and_query
+        .get_or_insert(PathAndQuery::from_static("/"));
+    *uri = http::Uri::from_parts(parts).unwrap_or_default();
+}
+
 /// Puts a request's head in HTTP/1.1's origin form: the request line
 /// carries the path (`/` when there is none), and the authority goes in
 /// `Host` unless the request has one.

@@ -43,7 +43,8 @@ use crate::FastMap;
 use crate::balance::EndpointInfo;
 use crate::body::{Body, boxed};
 use crate::connect::{Alpn, ConnectError, Connector};
-use crate::headers::origin_form;
+use crate::headers::name::ORIG_PROTO;
+use crate::headers::{absolute_form, origin_form};
 
 type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
@@ -187,10 +188,19 @@ where
 }
 
 impl Conn {
-    /// Sends `req` (its URI absolute) as the connection's protocol carries it.
+    /// Sends `req` (its version the app's) as the connection's protocol
+    /// carries it: HTTP/2 with an absolute URI, and, for an app that spoke
+    /// HTTP/1.1, a header saying so; HTTP/1.1 in origin form.
     pub(crate) async fn send(self, mut req: Request<Body>) -> hyper::Result<Response<Body>> {
         match self {
             Conn::H2(mut send) => {
+                if req.version() == Version::HTTP_11 {
+                    let h1 = http::HeaderValue::from_static("HTTP/1.1");
+                    req.headers_mut().insert(ORIG_PROTO, h1);
+                }
+                let mut uri = std::mem::take(req.uri_mut());
+                absolute_form(req.headers(), &mut uri, "app");
+                *req.uri_mut() = uri;
                 *req.version_mut() = Version::HTTP_2;
                 send.ready().await?;
                 Ok(send.send_request(req).await?.map(boxed))

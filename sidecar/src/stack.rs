@@ -9,7 +9,7 @@
 //! A layer's service answers `Result<Response<Body>, Failure>`: an answer
 //! from an endpoint (any status), or why there was none. What a layer tells
 //! the ones below travels in the request's extensions (`Deadline`,
-//! `Replayable`, `Tried`, the `Pick` and its group's `Load`); what the
+//! `Replayable`, `Tried`, the `Pick` with its group's `Load`); what the
 //! balancer tells the ones above, in the answer's (`ServedBy`) or the
 //! `Failure`.
 
@@ -27,6 +27,7 @@ use http::Response;
 use tokio::time::Instant;
 
 use crate::balance::EndpointInfo;
+pub(crate) use crate::balance::Load;
 use crate::body::Body;
 use crate::reason::Reason;
 
@@ -239,17 +240,6 @@ pub(crate) struct Replayable;
 /// Endpoints earlier attempts of the request went to.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tried(pub(crate) Vec<Arc<str>>);
-
-/// A group's calls at the moment of the pick, for the circuit breaker.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Load {
-    /// Requests in flight.
-    pub(crate) requests: usize,
-    /// Requests waiting for a connection.
-    pub(crate) pending: usize,
-    /// Opaque connections open.
-    pub(crate) connections: usize,
-}
 
 /// The endpoint that answered (in the answer's extensions).
 #[derive(Debug, Clone)]

@@ -2,7 +2,6 @@
 //! and passes `traceparent` on so the next hop's span is its child.
 
 use http::HeaderMap;
-use rand::Rng;
 
 use crate::headers::name::TRACEPARENT;
 
@@ -40,8 +39,9 @@ impl TraceContext {
     /// and writes the new span into `headers` for the next hop.
     pub(crate) fn continue_in(headers: &mut HeaderMap) -> Self {
         let incoming = headers.get(TRACEPARENT).and_then(|v| parse(v.as_bytes()));
-        let mut rng = rand::rng();
-        let span_id = SpanId(rng.random_range(1..=u64::MAX));
+        // Ids only need to be unique, not unguessable: the thread's own
+        // fast generator (wyrand, seeded per thread), not a CSPRNG.
+        let span_id = SpanId(fastrand::u64(1..));
         let ctx = match incoming {
             Some((trace_id, parent, flags)) => Self {
                 trace_id,
@@ -50,13 +50,16 @@ impl TraceContext {
                 flags,
             },
             None => Self {
-                trace_id: TraceId(rng.random_range(1..=u128::MAX)),
+                trace_id: TraceId(fastrand::u128(1..)),
                 span_id,
                 parent_id: None,
                 flags: 1,
             },
         };
-        if let Ok(v) = http::HeaderValue::from_bytes(&ctx.header()) {
+        // Owned and counted from the start: the retry layer's copy of the
+        // head costs a reference, not an allocation.
+        let value = bytes::Bytes::from_owner(ctx.header());
+        if let Ok(v) = http::HeaderValue::from_maybe_shared(value) {
             headers.insert(TRACEPARENT, v);
         }
         ctx

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 
 /// How fast the latency estimate forgets (linkerd's default).
@@ -57,9 +56,8 @@ pub(super) fn p2c(candidates: &[usize], cost: impl Fn(usize) -> f64) -> usize {
     if candidates.len() == 1 {
         return candidates[0];
     }
-    let mut rng = rand::rng();
-    let a = rng.random_range(0..candidates.len());
-    let mut b = rng.random_range(0..candidates.len() - 1);
+    let a = fastrand::usize(0..candidates.len());
+    let mut b = fastrand::usize(0..candidates.len() - 1);
     if b >= a {
         b += 1;
     }

@@ -24,7 +24,6 @@ use super::Dest;
 use crate::balance::Pick;
 use crate::metrics::{ServiceLabels, WaitLabels, WaitOutcome};
 use crate::reason::Reason;
-use crate::stack::Load;
 
 impl Dest {
     /// Waits, within `deadline`, until an endpoint can take the request
@@ -35,7 +34,7 @@ impl Dest {
         self: &Arc<Self>,
         tried: &[Arc<str>],
         deadline: Instant,
-    ) -> Result<(Pick, Load), Reason> {
+    ) -> Result<Pick, Reason> {
         let Some(_place) = Place::take(self) else {
             self.waited(WaitOutcome::queue_full);
             return Err(Reason::NoHealthyEndpoints);
@@ -169,7 +168,7 @@ mod tests {
         assert!(!waiter.is_finished(), "nothing can serve yet");
         assert_eq!(waiting(&d), 1);
         sets.send_replace(set(&[("10.0.0.1:80", true)]));
-        let (pick, _) = waiter.await.expect("task").expect("picked");
+        let pick = waiter.await.expect("task").expect("picked");
         assert_eq!(pick.endpoint.addr.to_string(), "10.0.0.1:80");
         assert_eq!(waits(&d, WaitOutcome::served), 1);
         assert_eq!(waiting(&d), 0, "the place is given back");
@@ -179,11 +178,11 @@ mod tests {
     async fn an_ejection_that_ends_ends_the_wait_without_news() {
         let (d, sets) = dest(256);
         sets.send_replace(set(&[("10.0.0.1:80", true)]));
-        let (pick, _) = d.pick(&[]).expect("picked");
+        let pick = d.pick(&[]).expect("picked");
         d.start(&pick).answered(true);
         let ejected = Instant::now();
         assert_eq!(d.pick(&[]).map(|_| ()), Err(Reason::NoHealthyEndpoints));
-        let (pick, _) = d
+        let pick = d
             .wait_for_endpoint(&[], in_secs(10))
             .await
             .expect("picked after the ejection");

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::{AppPort, Who};
 use crate::body::{Body, BoxError, boxed, error_response};
 use crate::headers::name::{CLIENT_ID, ORIG_PROTO};
-use crate::headers::origin_form;
+use crate::headers::{absolute_form, origin_form};
 use crate::metrics::{Direction, End};
 use crate::reason::Reason;
 use crate::trace::TraceContext;
@@ -45,17 +45,12 @@ impl AppPort {
             .as_ref()
             .and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
         let caller = Arc::new((caller, header));
-        let svc = service_fn(move |mut req: Request<Incoming>| {
+        let svc = service_fn(move |req: Request<Incoming>| {
             let me = me.clone();
             let caller = caller.clone();
-            if h1 {
-                // Forwarded to the app as the HTTP/1 it is.
-                req.headers_mut()
-                    .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-            }
             async move {
                 let (caller, header) = &*caller;
-                let resp = me.request(req, caller.as_ref(), header, allowed).await;
+                let resp = me.request(req, caller.as_ref(), header, allowed, h1).await;
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -83,6 +78,7 @@ impl AppPort {
         caller: Option<&SpiffeId>,
         header: &Option<HeaderValue>,
         allowed: bool,
+        h1: bool,
     ) -> Response<Body> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
@@ -95,7 +91,7 @@ impl AppPort {
             span_id = %trace.span_id,
         );
         let resp = if allowed {
-            self.forward(parts, body, header).instrument(span).await
+            self.forward(parts, body, header, h1).instrument(span).await
         } else {
             error_response(
                 Reason::Forbidden,
@@ -108,17 +104,22 @@ impl AppPort {
         resp
     }
 
-    /// `caller`: the verified caller ID as the app is told it.
+    /// `caller`: the verified caller ID as the app is told it; `h1`: the
+    /// request came as HTTP/1 (else the calling sidecar says whether its
+    /// app spoke HTTP/1.1).
     async fn forward(
         &self,
         mut parts: http::request::Parts,
         body: Incoming,
         caller: &Option<HeaderValue>,
+        h1: bool,
     ) -> Response<Body> {
-        let h1 = parts
+        // Removed whatever the connection: only a sidecar on HTTP/2 says it.
+        let said_h1 = parts
             .headers
             .remove(ORIG_PROTO)
             .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
+        let h1 = h1 || said_h1;
         // Only this sidecar says who called; a plaintext caller is no one.
         parts.headers.remove(CLIENT_ID);
         if let Some(caller) = caller {
@@ -154,19 +155,7 @@ impl AppPort {
     ) -> Result<Response<Body>, BoxError> {
         // The client wants an absolute URI (it dials the app whatever the
         // URI says); a caller without a sidecar may send origin-form.
-        if parts.uri.authority().is_none() {
-            let host = parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.parse::<http::uri::Authority>().ok());
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(host.unwrap_or(http::uri::Authority::from_static("app")));
-            uri.path_and_query
-                .get_or_insert(http::uri::PathAndQuery::from_static("/"));
-            parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
-        }
+        absolute_form(&parts.headers, &mut parts.uri, "app");
         let req = Request::from_parts(parts, boxed(body));
         let resp = self.h2.mine().request(req).await?;
         Ok(resp.map(boxed))

@@ -41,6 +41,10 @@ pub(crate) struct Http1 {
     /// Fired when it must close: its endpoint went silent, or the sidecar
     /// is stopping.
     close: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// `close`'s token, looked at without a lock.
+    token: CancellationToken,
+    /// The task `close` wakes when fired (the one that last drove it).
+    watching: Option<Waker>,
 }
 
 impl std::fmt::Debug for Http1 {
@@ -63,19 +67,24 @@ impl Http1 {
         Self {
             send,
             conn: Some(SyncWrapper::new(Box::pin(conn))),
-            close: Box::pin(close.cancelled_owned()),
+            close: Box::pin(close.clone().cancelled_owned()),
+            token: close,
+            watching: None,
         }
     }
 
     /// Makes progress on the connection; `Ready` once it has ended: closed
     /// by the peer, failed, or told to close. Then it is dropped, and what
     /// was in flight on it gets hyper's error (an answer cut short fails,
-    /// never ends early).
-    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(conn) = &mut self.conn else {
+    /// never ends early). With `watch`, `cx`'s task is woken when it is
+    /// told to close.
+    fn drive(&mut self, cx: &mut Context<'_>, watch: bool) -> Poll<()> {
+        if self.conn.is_none() {
             return Poll::Ready(());
-        };
-        if self.close.as_mut().poll(cx).is_pending() {
+        }
+        if !self.closed(cx, watch)
+            && let Some(conn) = &mut self.conn
+        {
             match conn.get_mut().as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => {}
@@ -84,6 +93,21 @@ impl Http1 {
         }
         self.conn = None;
         Poll::Ready(())
+    }
+
+    /// Whether it was told to close. Polling `close` takes its lock and
+    /// swaps the waker it holds, so it is polled only to watch for a task
+    /// it does not wake yet; otherwise the token is looked at.
+    fn closed(&mut self, cx: &mut Context<'_>, watch: bool) -> bool {
+        let watched = self
+            .watching
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if !watch || watched {
+            return self.token.is_cancelled();
+        }
+        self.watching = Some(cx.waker().clone());
+        self.close.as_mut().poll(cx).is_ready()
     }
 
     /// Drives the connection until `step` — something only the
@@ -102,12 +126,12 @@ impl Http1 {
     ) -> Poll<T> {
         let noop = &mut Context::from_waker(Waker::noop());
         for _ in 0..2 {
-            let _ended = self.drive(noop);
+            let _ended = self.drive(noop, false);
             if let Poll::Ready(v) = step(self, noop) {
                 return Poll::Ready(v);
             }
         }
-        let _ended = self.drive(cx);
+        let _ended = self.drive(cx, true);
         step(self, noop)
     }
 

@@ -51,13 +51,12 @@ async fn attempt(inner: Next, dest: Arc<Dest>, mut req: Request<Body>) -> Answer
         }
         picked => picked,
     };
-    let (pick, load) = match picked {
+    let pick = match picked {
         Ok(p) => p,
         Err(reason) => return Err(Failure::unsent(reason, req.into_body())),
     };
     let endpoint = pick.endpoint.clone();
     let flight = dest.start(&pick);
-    req.extensions_mut().insert(load);
     req.extensions_mut().insert(pick);
     match super::call(inner, req).await {
         Ok(mut resp) => {

@@ -2,13 +2,14 @@
 //! limit of requests in flight, or of requests waiting for a connection,
 //! takes no more; the request is answered `circuit_open` (503) at once
 //! rather than queued behind an overloaded group. The counts are the
-//! group's at the moment of the pick (`Load`, from the balancer): no lock
+//! group's at the moment of the pick (the `Pick`'s `Load`): no lock
 //! here. Opaque connections have a limit of their own (`Kind::Connections`,
 //! checked where they are made).
 
 use http::Request;
 
 use super::{Answer, BoxFuture, Failure, Load, Next, Step, StepLayer};
+use crate::balance::Pick;
 use crate::body::Body;
 use crate::config::Breakers;
 use crate::reason::Reason;
@@ -46,7 +47,10 @@ impl Breaker {
 
 impl Step for Breaker {
     fn call(&self, below: Next, req: Request<Body>) -> BoxFuture<Answer> {
-        let load = req.extensions().get::<Load>().copied().unwrap_or_default();
+        let load = req
+            .extensions()
+            .get::<Pick>()
+            .map_or_else(Load::default, |p| p.load);
         if open(load, &self.limits, Kind::Requests) {
             tracing::debug!(?load, "circuit open");
             let refused = Failure::unsent(Reason::CircuitOpen, req.into_body());
@@ -61,7 +65,9 @@ mod tests {
     use tower::{Layer, ServiceExt};
 
     use super::*;
+    use crate::balance::GroupKey;
     use crate::body::full;
+    use crate::dest::testing::endpoint;
     use crate::stack::mock_below;
 
     fn limits() -> Breakers {
@@ -75,7 +81,15 @@ mod tests {
 
     fn request(load: Load) -> Request<Body> {
         let mut req = Request::new(full("hello"));
-        req.extensions_mut().insert(load);
+        req.extensions_mut().insert(Pick {
+            endpoint: endpoint("127.0.0.1:1"),
+            group: GroupKey {
+                cluster: "east".into(),
+                zone: "a".into(),
+                remote: false,
+            },
+            load,
+        });
         req
     }
 
@@ -90,7 +104,8 @@ mod tests {
         };
         let call = tokio::spawn(svc.oneshot(request(load)));
         let (req, answer) = handle.next_request().await.expect("called");
-        assert_eq!(req.extensions().get::<Load>(), Some(&load));
+        let passed = req.extensions().get::<Pick>().map(|p| p.load);
+        assert_eq!(passed, Some(load));
         answer.send_response(http::Response::new(full("ok")));
         let resp = call.await.expect("task").expect("answered");
         assert_eq!(resp.status(), 200);

@@ -71,7 +71,6 @@ async fn send(dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
     };
     let deadline = deadline(&req);
     let replayable = req.extensions().get::<Replayable>().is_some();
-    let started = Instant::now();
     let mut conn = pin!(tokio::time::timeout_at(
         deadline,
         dest.pool
@@ -80,9 +79,13 @@ async fn send(dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
     ));
     // A pooled connection is ready at once; only a request that has to
     // wait for one counts as pending (for the breaker).
+    // The clock is read only for a connect (a pooled connection's failure
+    // is known at once).
+    let mut started = None;
     let conn = match poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
         Poll::Ready(c) => c,
         Poll::Pending => {
+            started = Some(Instant::now());
             dest.pending(&pick.group, 1);
             let c = conn.await;
             dest.pending(&pick.group, -1);
@@ -93,7 +96,7 @@ async fn send(dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
         Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
         Ok(Err(e)) => {
             tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
-            dest.connect_failed(&pick, started);
+            dest.connect_failed(&pick, started.unwrap_or_else(Instant::now));
             return Err(Failure::unsent(Reason::ConnectFailed, req.into_body()));
         }
         Ok(Ok((conn, fresh))) => {

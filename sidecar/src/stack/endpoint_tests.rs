@@ -10,17 +10,16 @@ use super::*;
 use crate::config::{Breakers, Timeouts};
 use crate::connect::{ALPN_H2, ALPN_HTTP1};
 use crate::dest::testing::{MeshServer, Relay, dest, dest_full, set};
-use crate::stack::{Deadline, Load};
+use crate::stack::Deadline;
 
 /// An attempt as the balance layer hands it down: `version` as the app
 /// spoke, to the endpoint `dest` picks.
 fn attempt(dest: &Arc<Dest>, version: Version, path: &str) -> Request<Body> {
-    let (pick, load) = dest.pick(&[]).expect("picked");
+    let pick = dest.pick(&[]).expect("picked");
     let mut req = Request::new(crate::body::full(""));
     *req.uri_mut() = format!("http://api.shop{path}").parse().expect("uri");
     *req.version_mut() = version;
     req.extensions_mut().insert(pick);
-    req.extensions_mut().insert(load);
     req.extensions_mut()
         .insert(Deadline(Instant::now() + Duration::from_secs(10)));
     req
@@ -187,7 +186,8 @@ async fn a_small_answer_to_a_replayable_request_is_read_whole() {
 async fn an_attempt_without_a_pick_is_refused_unsent() {
     let (d, _sets) = dest(256);
     let mut req = Request::new(crate::body::full("x"));
-    req.extensions_mut().insert(Load::default());
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(10)));
     let failed = Endpoint::new(d).oneshot(req).await.expect_err("refused");
     assert_eq!(failed.reason, Reason::NoEndpoints);
     assert!(failed.unsent.is_some());
@@ -210,7 +210,7 @@ async fn only_a_request_waiting_for_a_connection_counts_as_pending() {
     sets.send_replace(set(&[(&addr.to_string(), true)]));
     let call = tokio::spawn(Endpoint::new(d.clone()).oneshot(attempt(&d, Version::HTTP_2, "/")));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, load) = d.pick(&[]).expect("picked");
+    let load = d.pick(&[]).expect("picked").load;
     assert_eq!(load.pending, 1, "waiting for the connect");
     let failed = call.await.expect("task").expect_err("no handshake");
     assert_eq!(failed.reason, Reason::ConnectFailed);
@@ -223,7 +223,7 @@ async fn only_a_request_waiting_for_a_connection_counts_as_pending() {
     warm(&svc, &d).await;
     let call = tokio::spawn(svc.oneshot(attempt(&d, Version::HTTP_11, "/sleep/300")));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, load) = d.pick(&[]).expect("picked");
+    let load = d.pick(&[]).expect("picked").load;
     assert_eq!(load.pending, 0);
     call.await.expect("task").expect("answer");
 }

@@ -95,7 +95,9 @@ async fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> Answe
         // deadline among them); a later one starts afresh.
         *req.extensions_mut() = std::mem::take(&mut parts.extensions);
         let ext = req.extensions_mut();
-        ext.insert(super::Deadline(deadline));
+        if ext.get::<super::Deadline>().is_none() {
+            ext.insert(super::Deadline(deadline));
+        }
         if !tried.0.is_empty() {
             ext.insert(tried.clone());
         }
