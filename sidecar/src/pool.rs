@@ -30,12 +30,14 @@
 
 mod h1;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, Version};
 use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::h1::{H1, Http1};
@@ -191,7 +193,12 @@ impl Conn {
     /// Sends `req` (its version the app's) as the connection's protocol
     /// carries it: HTTP/2 with an absolute URI, and, for an app that spoke
     /// HTTP/1.1, a header saying so; HTTP/1.1 in origin form.
-    pub(crate) async fn send(self, mut req: Request<Body>) -> hyper::Result<Response<Body>> {
+    /// The head is made ready here, so the future holds only what it waits
+    /// for (it is part of every attempt's).
+    pub(crate) fn send(
+        self,
+        mut req: Request<Body>,
+    ) -> impl Future<Output = hyper::Result<Response<Body>>> + Send {
         match self {
             Conn::H2(mut send) => {
                 if req.version() == Version::HTTP_11 {
@@ -202,17 +209,17 @@ impl Conn {
                 absolute_form(req.headers(), &mut uri, "app");
                 *req.uri_mut() = uri;
                 *req.version_mut() = Version::HTTP_2;
-                send.ready().await?;
-                Ok(send.send_request(req).await?.map(boxed))
+                Either::Left(async move {
+                    send.ready().await?;
+                    Ok(send.send_request(req).await?.map(boxed))
+                })
             }
             Conn::H1 { conn, key, h1 } => {
                 *req.version_mut() = Version::HTTP_11;
                 let mut uri = std::mem::take(req.uri_mut());
                 origin_form(req.headers_mut(), &mut uri);
                 *req.uri_mut() = uri;
-                H1::send(h1, key, conn, req)
-                    .await
-                    .map_err(TrySendError::into_error)
+                Either::Right(H1::send(h1, key, conn, req, TrySendError::into_error))
             }
         }
     }

@@ -105,12 +105,12 @@ impl AppPort {
             Some(send) => send,
             None => Box::pin(self.connect_h1()).await?,
         };
-        match H1::send(pool.clone(), self.key.clone(), send, req).await {
+        match H1::send(pool.clone(), self.key.clone(), send, req, |e| e).await {
             Ok(resp) => Ok(resp),
             Err(mut e) => match e.take_message() {
                 Some(req) => {
                     let send = Box::pin(self.connect_h1()).await?;
-                    let sent = H1::send(pool.clone(), self.key.clone(), send, req).await;
+                    let sent = H1::send(pool.clone(), self.key.clone(), send, req, |e| e).await;
                     sent.map_err(|e| e.into_error().into())
                 }
                 None => Err(e.into_error().into()),

@@ -185,27 +185,36 @@ impl H1 {
     /// Sends `req` on `c`, taken from `this` under `key`; the connection
     /// goes back to it when the answer has been read to its end. A request
     /// the connection ended before sending comes back with the error.
-    pub(crate) async fn send(
+    /// The request is queued on the connection here, so the future holds
+    /// only the wait for its answer (it is part of every attempt's); a
+    /// failure is given as `error` makes it (there, not in a future around
+    /// this one, which would hold a second copy of it).
+    pub(crate) fn send<E>(
         this: Arc<Self>,
         key: Arc<str>,
         mut c: Http1,
         req: Request<Body>,
-    ) -> Result<Response<Body>, TrySendError<Request<Body>>> {
-        let mut answer = std::pin::pin!(c.send.try_send_request(req));
-        // Ended (and dropped), the connection has answered the request
-        // with an error.
-        let resp =
-            poll_fn(|cx| c.drive_for(cx, |_, step_cx| answer.as_mut().poll(step_cx))).await?;
-        if resp.body().is_end_stream() {
-            this.put(key, c);
-            return Ok(resp.map(boxed));
+        error: fn(TrySendError<Request<Body>>) -> E,
+    ) -> impl Future<Output = Result<Response<Body>, E>> + Send {
+        let answer = c.send.try_send_request(req);
+        async move {
+            let mut answer = std::pin::pin!(answer);
+            // Ended (and dropped), the connection has answered the request
+            // with an error.
+            let resp = poll_fn(|cx| c.drive_for(cx, |_, step_cx| answer.as_mut().poll(step_cx)))
+                .await
+                .map_err(error)?;
+            if resp.body().is_end_stream() {
+                this.put(key, c);
+                return Ok(resp.map(boxed));
+            }
+            Ok(resp.map(|body| {
+                boxed(Driving {
+                    body,
+                    conn: Some((c, key, this)),
+                })
+            }))
         }
-        Ok(resp.map(|body| {
-            boxed(Driving {
-                body,
-                conn: Some((c, key, this)),
-            })
-        }))
     }
 
     /// Makes one more connection to `ep` in the background, unless one is

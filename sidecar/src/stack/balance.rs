@@ -12,6 +12,7 @@
 //! endpoint layer's to report (it is health, not latency); a breaker's
 //! refusal teaches nothing.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::Request;
@@ -41,35 +42,44 @@ impl Step for Balance {
     }
 }
 
-async fn attempt(inner: Next, dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
-    let tried = req.extensions_mut().remove::<Tried>().unwrap_or_default();
-    let picked = match dest.pick(&tried.0) {
-        // Endpoints exist but none can serve now: a request that may be
-        // sent again waits for one to come back.
-        Err(Reason::NoHealthyEndpoints) if req.extensions().get::<Replayable>().is_some() => {
-            dest.wait_for_endpoint(&tried.0, deadline(&req)).await
-        }
-        picked => picked,
-    };
-    let pick = match picked {
-        Ok(p) => p,
-        Err(reason) => return Err(Failure::unsent(reason, req.into_body())),
-    };
-    let endpoint = pick.endpoint.clone();
-    let flight = dest.start(&pick);
-    req.extensions_mut().insert(pick);
-    match super::call(inner, req).await {
-        Ok(mut resp) => {
-            flight.answered(resp.status().is_server_error());
-            resp.extensions_mut().insert(ServedBy(endpoint));
-            Ok(resp)
-        }
-        Err(mut f) => {
-            if matches!(f.reason, Reason::UpstreamReset | Reason::RequestTimeout) {
-                flight.answered(true);
+/// An async block, not an `async fn`: it uses the request where it was
+/// captured rather than a second copy (the future is boxed for every
+/// attempt, and an allocation past 1 KiB takes glibc's slow path).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of its arguments"
+)]
+fn attempt(inner: Next, dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer> {
+    async move {
+        let tried = req.extensions_mut().remove::<Tried>().unwrap_or_default();
+        let picked = match dest.pick(&tried.0) {
+            // Endpoints exist but none can serve now: a request that may be
+            // sent again waits for one to come back (rare: boxed apart).
+            Err(Reason::NoHealthyEndpoints) if req.extensions().get::<Replayable>().is_some() => {
+                Box::pin(dest.wait_for_endpoint(&tried.0, deadline(&req))).await
             }
-            f.endpoint = Some(endpoint);
-            Err(f)
+            picked => picked,
+        };
+        let pick = match picked {
+            Ok(p) => p,
+            Err(reason) => return Err(Failure::unsent(reason, req.into_body())),
+        };
+        let endpoint = pick.endpoint.clone();
+        let flight = dest.start(&pick);
+        req.extensions_mut().insert(pick);
+        match super::call(inner, req).await {
+            Ok(mut resp) => {
+                flight.answered(resp.status().is_server_error());
+                resp.extensions_mut().insert(ServedBy(endpoint));
+                Ok(resp)
+            }
+            Err(mut f) => {
+                if matches!(f.reason, Reason::UpstreamReset | Reason::RequestTimeout) {
+                    flight.answered(true);
+                }
+                f.endpoint = Some(endpoint);
+                Err(f)
+            }
         }
     }
 }

@@ -180,3 +180,18 @@ async fn only_a_replayable_request_waits_for_an_endpoint() {
     assert_eq!(failure.reason, Reason::NoHealthyEndpoints);
     assert_eq!(started.elapsed(), Duration::from_secs(2));
 }
+
+#[test]
+fn an_attempt_s_balance_future_stays_small() {
+    // It is boxed for every attempt: past 1 KiB an allocation leaves
+    // glibc's per-thread cache for its slow path (it was 1,160 bytes).
+    let (d, _sets) = dest(256);
+    let (below, _handle) = mock_below();
+    let f = attempt(
+        below,
+        d.clone(),
+        request(&d, &[], true, Duration::from_secs(1)),
+    );
+    let size = std::mem::size_of_val(&f);
+    assert!(size <= 1024, "the balance layer's future is {size} bytes");
+}

@@ -63,73 +63,82 @@ impl Service<Request<Body>> for Endpoint {
     }
 }
 
-async fn send(dest: Arc<Dest>, mut req: Request<Body>) -> Answer {
-    let Some(pick) = req.extensions_mut().remove::<Pick>() else {
-        // Only a stack without the balance layer above gets here.
-        tracing::error!("an attempt reached the endpoint layer without a pick");
-        return Err(Failure::unsent(Reason::NoEndpoints, req.into_body()));
-    };
+/// What the request says is read here, and the future uses what it holds
+/// in place: it is boxed for every attempt, and an allocation past 1 KiB
+/// takes glibc's slow path.
+fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer> + Send {
+    let pick = req.extensions_mut().remove::<Pick>();
     let deadline = deadline(&req);
     let replayable = req.extensions().get::<Replayable>().is_some();
-    let mut conn = pin!(tokio::time::timeout_at(
-        deadline,
-        dest.pool
-            .mine()
-            .get(&dest.shared.connector, &pick.endpoint, req.version()),
-    ));
-    // A pooled connection is ready at once; only a request that has to
-    // wait for one counts as pending (for the breaker).
-    // The clock is read only for a connect (a pooled connection's failure
-    // is known at once).
-    let mut started = None;
-    let conn = match poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
-        Poll::Ready(c) => c,
-        Poll::Pending => {
-            started = Some(Instant::now());
-            dest.pending(&pick.group, 1);
-            let c = conn.await;
-            dest.pending(&pick.group, -1);
-            c
-        }
-    };
-    let conn = match conn {
-        Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
-        Ok(Err(e)) => {
-            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
-            dest.connect_failed(&pick, started.unwrap_or_else(Instant::now));
-            return Err(Failure::unsent(Reason::ConnectFailed, req.into_body()));
-        }
-        Ok(Ok((conn, fresh))) => {
-            if fresh {
-                dest.connected(&pick);
+    async move {
+        let Some(pick) = &pick else {
+            // Only a stack without the balance layer above gets here.
+            tracing::error!("an attempt reached the endpoint layer without a pick");
+            return Err(Failure::unsent(Reason::NoEndpoints, req.into_body()));
+        };
+        // The clock is read only for a connect (a pooled connection's
+        // failure is known at once).
+        let mut started = None;
+        let conn = {
+            let get = dest
+                .pool
+                .mine()
+                .get(&dest.shared.connector, &pick.endpoint, req.version());
+            let mut conn = pin!(tokio::time::timeout_at(deadline, get));
+            // A pooled connection is ready at once; only a request that has
+            // to wait for one counts as pending (for the breaker).
+            match poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
+                Poll::Ready(c) => c,
+                Poll::Pending => {
+                    started = Some(Instant::now());
+                    dest.pending(&pick.group, 1);
+                    let c = conn.await;
+                    dest.pending(&pick.group, -1);
+                    c
+                }
             }
-            conn
+        };
+        let conn = match conn {
+            Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "connect failed");
+                dest.connect_failed(pick, started.unwrap_or_else(Instant::now));
+                return Err(Failure::unsent(Reason::ConnectFailed, req.into_body()));
+            }
+            Ok(Ok((conn, fresh))) => {
+                if fresh {
+                    dest.connected(pick);
+                }
+                conn
+            }
+        };
+        // Sent within the await: a future named first would keep a second
+        // copy of itself in this one.
+        let resp = match tokio::time::timeout_at(deadline, conn.send(req)).await {
+            Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "request failed");
+                return Err(Failure::new(Reason::UpstreamReset));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let small = resp
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= MAX_REPLAY);
+        if !(small && replayable) || resp.body().is_end_stream() {
+            return Ok(resp);
         }
-    };
-    let resp = match tokio::time::timeout_at(deadline, conn.send(req)).await {
-        Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
-        Ok(Err(e)) => {
-            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "request failed");
-            return Err(Failure::new(Reason::UpstreamReset));
+        let (parts, body) = resp.into_parts();
+        match tokio::time::timeout_at(deadline, body.collect()).await {
+            Ok(Ok(whole)) => Ok(http::Response::from_parts(parts, boxed(whole))),
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "answer broke");
+                Err(Failure::new(Reason::UpstreamReset))
+            }
+            Err(_) => Err(Failure::new(Reason::RequestTimeout)),
         }
-        Ok(Ok(resp)) => resp,
-    };
-    let small = resp
-        .body()
-        .size_hint()
-        .upper()
-        .is_some_and(|n| n <= MAX_REPLAY);
-    if !(small && replayable) || resp.body().is_end_stream() {
-        return Ok(resp);
-    }
-    let (parts, body) = resp.into_parts();
-    match tokio::time::timeout_at(deadline, body.collect()).await {
-        Ok(Ok(whole)) => Ok(http::Response::from_parts(parts, boxed(whole))),
-        Ok(Err(e)) => {
-            tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "answer broke");
-            Err(Failure::new(Reason::UpstreamReset))
-        }
-        Err(_) => Err(Failure::new(Reason::RequestTimeout)),
     }
 }
 

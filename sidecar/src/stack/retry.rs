@@ -11,6 +11,7 @@
 //! ends the request with what the last attempt got. The request timeout is
 //! not retried: it is the whole request's.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -56,93 +57,103 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-async fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> Answer {
+/// The request is taken apart here and the future uses the parts where it
+/// captured them, not a second copy (it is boxed for every request, and an
+/// allocation past 1 KiB takes glibc's slow path).
+fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> impl Future<Output = Answer> {
     let deadline = deadline(&req);
     let (mut parts, body) = req.into_parts();
-    // A small body is kept so the request can be sent again.
-    let mut body = if body.is_end_stream() {
-        Kept::Replay(Bytes::new())
-    } else if body.size_hint().exact().is_some_and(|n| n <= MAX_REPLAY) {
-        match tokio::time::timeout_at(deadline, body.collect()).await {
-            Ok(Ok(b)) => Kept::Replay(b.to_bytes()),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "app request body failed");
-                return Err(Failure::new(Reason::UpstreamReset));
+    async move {
+        // A small body is kept so the request can be sent again.
+        let mut body = if body.is_end_stream() {
+            Kept::Replay(Bytes::new())
+        } else if body.size_hint().exact().is_some_and(|n| n <= MAX_REPLAY) {
+            match tokio::time::timeout_at(deadline, body.collect()).await {
+                Ok(Ok(b)) => Kept::Replay(b.to_bytes()),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "app request body failed");
+                    return Err(Failure::new(Reason::UpstreamReset));
+                }
+                Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
             }
-            Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
-        }
-    } else {
-        Kept::Stream(body)
-    };
-    let replayable = idempotent(&parts.method) && matches!(body, Kept::Replay(_));
-    budget.request();
-    let mut tried = Tried::default();
-    let mut last = Reason::NoHealthyEndpoints;
-    // A retry after a 5xx is granted before the answer is set aside.
-    let mut granted = false;
-    let mut set_aside = None;
-    for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 && !std::mem::take(&mut granted) && !budget.try_retry() {
-            break;
-        }
-        let Some(b) = body.take() else { break };
-        let mut req = Request::new(b);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = parts.uri.clone();
-        *req.version_mut() = parts.version;
-        *req.headers_mut() = parts.headers.clone();
-        // The first attempt takes the request's own extensions (the route's
-        // deadline among them); a later one starts afresh.
-        *req.extensions_mut() = std::mem::take(&mut parts.extensions);
-        let ext = req.extensions_mut();
-        if ext.get::<super::Deadline>().is_none() {
-            ext.insert(super::Deadline(deadline));
-        }
-        if !tried.0.is_empty() {
-            ext.insert(tried.clone());
-        }
-        if replayable {
-            ext.insert(Replayable);
-        }
-        match super::call(inner.clone(), req).await {
-            Ok(resp) => {
-                let retryable = matches!(resp.status().as_u16(), 502..=504)
-                    && replayable
-                    && attempt + 1 < MAX_ATTEMPTS;
-                if retryable && budget.try_retry() {
-                    granted = true;
-                    if let Some(ServedBy(ep)) = resp.extensions().get() {
+        } else {
+            Kept::Stream(body)
+        };
+        let replayable = idempotent(&parts.method) && matches!(body, Kept::Replay(_));
+        budget.request();
+        let mut tried = Tried::default();
+        let mut last = Reason::NoHealthyEndpoints;
+        // A retry after a 5xx is granted before the answer is set aside.
+        let mut granted = false;
+        let mut set_aside = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 && !std::mem::take(&mut granted) && !budget.try_retry() {
+                break;
+            }
+            let Some(b) = body.take() else { break };
+            // Made and handed down in a block of its own: the request is not
+            // held (a copy's room in the future) while the attempt runs.
+            let answer = {
+                let mut req = Request::new(b);
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.version_mut() = parts.version;
+                *req.headers_mut() = parts.headers.clone();
+                // The first attempt takes the request's own extensions (the route's
+                // deadline among them); a later one starts afresh.
+                *req.extensions_mut() = std::mem::take(&mut parts.extensions);
+                let ext = req.extensions_mut();
+                if ext.get::<super::Deadline>().is_none() {
+                    ext.insert(super::Deadline(deadline));
+                }
+                if !tried.0.is_empty() {
+                    ext.insert(tried.clone());
+                }
+                if replayable {
+                    ext.insert(Replayable);
+                }
+                super::call(inner.clone(), req)
+            };
+            match answer.await {
+                Ok(resp) => {
+                    let retryable = matches!(resp.status().as_u16(), 502..=504)
+                        && replayable
+                        && attempt + 1 < MAX_ATTEMPTS;
+                    if retryable && budget.try_retry() {
+                        granted = true;
+                        if let Some(ServedBy(ep)) = resp.extensions().get() {
+                            tried.0.push(ep.key.clone());
+                        }
+                        set_aside = Some(resp);
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+                Err(mut f) => {
+                    if let Some(ep) = &f.endpoint {
                         tried.0.push(ep.key.clone());
                     }
-                    set_aside = Some(resp);
-                    continue;
-                }
-                return Ok(resp);
-            }
-            Err(mut f) => {
-                if let Some(ep) = &f.endpoint {
-                    tried.0.push(ep.key.clone());
-                }
-                if let Some(unsent) = f.unsent.take() {
-                    body.give_back(unsent);
-                }
-                match f.reason {
-                    // Nothing was sent: another endpoint may take it.
-                    Reason::ConnectFailed => last = f.reason,
-                    Reason::UpstreamReset if replayable => last = f.reason,
-                    Reason::UpstreamReset => {
-                        last = f.reason;
-                        break;
+                    if let Some(unsent) = f.unsent.take() {
+                        body.give_back(unsent);
                     }
-                    Reason::RequestTimeout => return Err(f),
-                    // Nothing left to try: the last failure is the better reason.
-                    _ if attempt > 0 => break,
-                    _ => return Err(f),
+                    match f.reason {
+                        // Nothing was sent: another endpoint may take it.
+                        Reason::ConnectFailed => last = f.reason,
+                        Reason::UpstreamReset if replayable => last = f.reason,
+                        Reason::UpstreamReset => {
+                            last = f.reason;
+                            break;
+                        }
+                        Reason::RequestTimeout => return Err(f),
+                        // Nothing left to try: the last failure is the better reason.
+                        _ if attempt > 0 => break,
+                        _ => return Err(f),
+                    }
                 }
             }
         }
+        set_aside.map_or_else(|| Err(Failure::new(last)), Ok)
     }
-    set_aside.map_or_else(|| Err(Failure::new(last)), Ok)
 }
 
 /// The request's body between attempts.
