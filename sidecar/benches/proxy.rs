@@ -365,42 +365,60 @@ fn rss(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|p| procs::rss_kib(*p)).sum()
 }
 
-/// `MESHFED_BENCH_HOLD=<path>:<secs>[:<rate>]`: only an open loop on one
-/// path for `secs`, at the latency rate or `rate` requests a second, its
-/// proxies' pids printed first, so a profiler (`perf record -p`, `strace
-/// -c -p`) can be attached to them; a low rate lets one run under
-/// `valgrind --tool=callgrind`, whose instruction counts per request do
-/// not vary with a noisy machine.
+/// `MESHFED_BENCH_HOLD=<path>:<secs>[:<rate>|closed]`: only an open loop
+/// on one path for `secs`, at the latency rate or `rate` requests a
+/// second (or the closed loop, `closed`), its proxies' pids printed first,
+/// so a profiler (`perf record -p`, `strace -c -p`) can be attached to
+/// them; a low rate lets one run under `valgrind --tool=callgrind`, whose
+/// instruction counts per request do not vary with a noisy machine.
 async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow::Result<()> {
     let mut fields = hold.split(':');
     let parsed = (|| {
         let name = fields.next()?;
         let secs = fields.next()?.parse::<f64>().ok()?;
+        // No rate: the closed loop.
         let rate = match fields.next() {
-            Some(r) => r.parse::<f64>().ok().filter(|r| *r > 0.0)?,
-            None => plan.rate,
+            Some("closed") => None,
+            Some(r) => Some(r.parse::<f64>().ok().filter(|r| *r > 0.0)?),
+            None => Some(plan.rate),
         };
         fields.next().is_none().then_some((name, secs, rate))
     })();
     let (name, secs, rate) = parsed.context(
-        "MESHFED_BENCH_HOLD is <path>:<secs>[:<rate>], e.g. same-cluster:30 or same-cluster:20:50",
+        "MESHFED_BENCH_HOLD is <path>:<secs>[:<rate>|closed], e.g. same-cluster:30, \
+         same-cluster:20:50 or same-cluster:20:closed",
     )?;
     let names: Vec<&str> = ways.iter().map(|w| w.results.name).collect();
     let Some(w) = ways.iter_mut().find(|w| w.results.name == name) else {
         bail!("MESHFED_BENCH_HOLD: no path {name:?}; the paths are {names:?}");
     };
     let pids: Vec<String> = w.proxies.iter().map(u32::to_string).collect();
+    let load = rate.map_or_else(
+        || format!("a closed loop of {} connections", plan.throughput_conns),
+        |r| format!("{r} req/s"),
+    );
     println!(
-        "holding {name} at {rate} req/s for {secs} s; proxies {}",
+        "holding {name} at {load} for {secs} s; proxies {}",
         pids.join(",")
     );
-    let mut conns = Conn::open_many(w.addr, plan.latency_conns).await?;
     let before = w.used()?;
-    let (s, _) = load::open_loop(&mut conns, rate, secs, plan.warmup_secs).await?;
+    let s = match rate {
+        Some(rate) => {
+            let mut conns = Conn::open_many(w.addr, plan.latency_conns).await?;
+            load::open_loop(&mut conns, rate, secs, plan.warmup_secs)
+                .await?
+                .0
+        }
+        None => {
+            let mut conns = Conn::open_many(w.addr, plan.throughput_conns).await?;
+            load::closed_loop(&mut conns, secs).await?
+        }
+    };
     let used = w.used()? - before;
     let n = s.ns.len() as f64;
     println!(
-        "  {name}: {}; proxies: {:.1} CPU us and {:.2} context switches per request",
+        "  {name}: {:.0} req/s, {}; proxies: {:.1} CPU us and {:.2} context switches per request",
+        n / s.elapsed.as_secs_f64(),
         s.sorted().brief(),
         used.cpu_secs / n * 1e6,
         used.switches / n,
