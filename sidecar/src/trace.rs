@@ -69,53 +69,58 @@ impl TraceContext {
     fn header(&self) -> [u8; 55] {
         let mut out = [b'-'; 55];
         out[..2].copy_from_slice(b"00");
-        hex_into(&mut out[3..35], self.trace_id.0);
-        hex_into(&mut out[36..52], u128::from(self.span_id.0));
-        hex_into(&mut out[53..55], u128::from(self.flags));
+        hex_into(&mut out[3..19], (self.trace_id.0 >> 64) as u64);
+        hex_into(&mut out[19..35], self.trace_id.0 as u64);
+        hex_into(&mut out[36..52], self.span_id.0);
+        hex_into(&mut out[53..55], u64::from(self.flags));
         out
     }
 }
 
-/// `v`'s low `out.len()` hex digits, lowercase, most significant first.
-fn hex_into(out: &mut [u8], mut v: u128) {
+/// `v`'s low `out.len()` (at most 16) hex digits, lowercase, most
+/// significant first. In `u64`s, not `u128`s: it runs twice per request
+/// on each side, and a `u128` shift is several instructions.
+fn hex_into(out: &mut [u8], mut v: u64) {
     for b in out.iter_mut().rev() {
         *b = b"0123456789abcdef"[(v & 0xf) as usize];
         v >>= 4;
     }
 }
 
+/// The value of lowercase hex digits `s`, at most 16 of them.
+fn hex(s: &[u8]) -> Option<u64> {
+    s.iter().try_fold(0u64, |acc, b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u64::from(d))
+    })
+}
+
 /// `version-traceid-parentid-flags`, lowercase hex, ids not all zero.
 fn parse(v: &[u8]) -> Option<(TraceId, SpanId, u8)> {
     let v = v.trim_ascii();
-    let mut parts = v.split(|b| *b == b'-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &[u8], n: usize| -> Option<u128> {
-        if s.len() != n {
-            return None;
-        }
-        s.iter().try_fold(0u128, |acc, b| {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => return None,
-            };
-            Some(acc << 4 | u128::from(d))
-        })
-    };
-    let version = hex(version, 2)?;
-    let (trace, parent, flags) = (hex(trace, 32)?, hex(parent, 16)?, hex(flags, 2)?);
+    // Fixed widths: `vv-` + 32 + `-` + 16 + `-` + `ff`, then, in a later
+    // version only, `-` and more.
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let version = hex(&v[..2])?;
     if version == 0xff {
         return None;
     }
     // Version 00 has exactly four fields; later versions may add more.
-    if version == 0 && parts.next().is_some() {
+    if v.len() > 55 && (version == 0 || v[55] != b'-') {
         return None;
     }
+    let trace = u128::from(hex(&v[3..19])?) << 64 | u128::from(hex(&v[19..35])?);
+    let (parent, flags) = (hex(&v[36..52])?, hex(&v[53..55])?);
     if trace == 0 || parent == 0 {
         return None;
     }
-    Some((TraceId(trace), SpanId(parent as u64), flags as u8))
+    Some((TraceId(trace), SpanId(parent), flags as u8))
 }
 
 #[cfg(test)]
@@ -139,6 +144,31 @@ mod tests {
     }
 
     #[test]
+    fn a_later_version_s_extra_fields_are_left_and_its_ids_kept() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for later in [
+            format!("01-{trace}-00f067aa0ba902b7-01"),
+            format!("01-{trace}-00f067aa0ba902b7-01-what-comes-later"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, later.parse().expect("value"));
+            let ctx = TraceContext::continue_in(&mut h);
+            assert_eq!(ctx.trace_id.to_string(), trace, "{later}");
+            let sent = h.get(TRACEPARENT).expect("set").to_str().expect("ascii");
+            assert!(sent.starts_with(&format!("00-{trace}-")), "{sent}");
+            assert_eq!(sent.len(), 55);
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            format!("01-{trace}-00f067aa0ba902b7-011")
+                .parse()
+                .expect("value"),
+        );
+        assert!(TraceContext::continue_in(&mut h).parent_id.is_none());
+    }
+
+    #[test]
     fn starts_a_trace_when_there_is_none_or_it_is_malformed() {
         for bad in [
             None,
@@ -146,6 +176,10 @@ mod tests {
             Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
             Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             Some("garbage"),
+            // Version 00 has four fields, no more.
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-011"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0"),
         ] {
             let mut h = HeaderMap::new();
             if let Some(b) = bad {

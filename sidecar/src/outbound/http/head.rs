@@ -20,7 +20,20 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TE,
 ];
 
+/// Whether `headers` has any of `names`: one pass over the names the
+/// head has (a few, compared by their kind for the standard ones), where
+/// removing each of `names` would hash every one of them.
+fn mentions(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|k| names.contains(k))
+}
+
+/// The mesh's own headers: only the receiving sidecar sets them.
+const MESH_ONLY: [HeaderName; 2] = [CLIENT_ID, ORIG_PROTO];
+
 pub(super) fn strip(headers: &mut HeaderMap) {
+    if !mentions(headers, &HOP_BY_HOP) {
+        return;
+    }
     if let Some(listed) = headers.get(header::CONNECTION).cloned()
         && let Ok(listed) = listed.to_str()
     {
@@ -110,14 +123,18 @@ pub(super) fn prepare(
 ) -> Result<http::request::Parts, String> {
     let headers = &mut parts.headers;
     // Only the receiving sidecar may say who called.
-    headers.remove(CLIENT_ID);
-    headers.remove(ORIG_PROTO);
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip(headers);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if mentions(headers, &MESH_ONLY) {
+        headers.remove(CLIENT_ID);
+        headers.remove(ORIG_PROTO);
+    }
+    if mentions(headers, &HOP_BY_HOP) {
+        let te_trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        strip(headers);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
     if from_h1 {
         match headers.get(header::HOST) {
