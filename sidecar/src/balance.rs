@@ -56,11 +56,15 @@ struct Member {
     info: Arc<EndpointInfo>,
     weight: f64,
     ready: bool,
+    /// Its state: `Balancer::states[state]`.
+    state: usize,
 }
 
 #[derive(Debug)]
 struct Group {
     key: GroupKey,
+    /// Its state: `Balancer::group_states[state]`.
+    state: usize,
     members: Vec<Member>,
     /// The controller's counts (for a remote group, the remote cluster's).
     healthy: u32,
@@ -75,6 +79,20 @@ pub(crate) struct Pick {
     pub(crate) endpoint: Arc<EndpointInfo>,
     pub(crate) group: GroupKey,
     pub(crate) load: Load,
+    /// Where the balancer keeps the endpoint's and the group's state, while
+    /// the endpoint set it was picked from lasts; `None`: found by name.
+    pub(crate) at: Option<Slots>,
+}
+
+/// Where an endpoint's and its group's state are, as of one endpoint set
+/// (`epoch`). What follows a pick (the attempt's start and end, its
+/// answer) finds them here, not by hashing the endpoint's name and the
+/// group's for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slots {
+    epoch: u64,
+    endpoint: usize,
+    group: usize,
 }
 
 /// A group's calls at the moment of a pick, for the circuit breakers.
@@ -97,13 +115,30 @@ pub(crate) enum NoPick {
     NoneHealthy,
 }
 
+/// What has been seen of one endpoint, and its name.
+#[derive(Debug)]
+struct Slot {
+    key: Arc<str>,
+    state: EndpointState,
+}
+
 /// The endpoints of one service port and what has been seen of them.
+///
+/// Members and groups point at their state by index: a pick reads no map.
+/// The states are rebuilt by name at each endpoint set, which counts as a
+/// new `epoch`; a pick's `Slots` of an older epoch are found by name.
 #[derive(Debug, Default)]
 pub(crate) struct Balancer {
     params: Params,
     groups: Vec<Group>,
-    group_state: FastMap<GroupKey, GroupState>,
-    states: FastMap<Arc<str>, EndpointState>,
+    /// Each group's, and a group no longer listed while calls on it last.
+    group_states: Vec<(GroupKey, GroupState)>,
+    /// Each listed endpoint's, and one no longer listed while attempts on
+    /// it last.
+    states: Vec<Slot>,
+    /// `states` by name.
+    index: FastMap<Arc<str>, usize>,
+    epoch: u64,
     /// Each group's health as last observed, and the shares computed from
     /// it: health changes far less often than requests come.
     health: Vec<GroupHealth>,
@@ -127,6 +162,7 @@ impl Balancer {
         now: Instant,
     ) {
         self.params = Params::from_wire(set.policy.as_ref());
+        self.epoch += 1;
         self.groups = set
             .groups
             .iter()
@@ -145,10 +181,12 @@ impl Balancer {
                         info: Arc::new(info),
                         weight,
                         ready,
+                        state: 0,
                     })
                     .collect();
                 Group {
                     key,
+                    state: 0,
                     members,
                     healthy: g.healthy,
                     total: g.total,
@@ -156,35 +194,84 @@ impl Balancer {
                 }
             })
             .collect();
-        let live: std::collections::HashSet<Arc<str>> = self
-            .groups
-            .iter()
-            .flat_map(|g| g.members.iter().map(|m| m.info.key.clone()))
+        self.restate_endpoints(now);
+        self.restate_groups();
+    }
+
+    /// Gives every member the state of its endpoint (kept by name, new
+    /// when unknown); keeps an endpoint no longer listed while attempts on
+    /// it are in flight.
+    fn restate_endpoints(&mut self, now: Instant) {
+        let old_index = std::mem::take(&mut self.index);
+        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.states)
+            .into_iter()
+            .map(Some)
             .collect();
-        for k in &live {
-            match self.states.get_mut(k) {
-                Some(s) if !s.listed => s.relisted(now),
-                Some(_) => {}
-                None => {
-                    self.states.insert(k.clone(), EndpointState::new(now));
+        for m in self.groups.iter_mut().flat_map(|g| g.members.iter_mut()) {
+            if let Some(&i) = self.index.get(&m.info.key) {
+                // Listed twice: one state.
+                m.state = i;
+                continue;
+            }
+            let kept = old_index.get(&m.info.key).and_then(|&i| old[i].take());
+            let state = match kept {
+                Some(Slot { mut state, .. }) => {
+                    if !state.listed {
+                        state.relisted(now);
+                    }
+                    state
                 }
+                None => EndpointState::new(now),
+            };
+            m.state = self.states.len();
+            self.index.insert(m.info.key.clone(), m.state);
+            self.states.push(Slot {
+                key: m.info.key.clone(),
+                state,
+            });
+        }
+        for mut slot in old.into_iter().flatten() {
+            if slot.state.pending > 0 {
+                slot.state.listed = false;
+                self.index.insert(slot.key.clone(), self.states.len());
+                self.states.push(slot);
             }
         }
-        self.states.retain(|k, s| {
-            s.listed = live.contains(k);
-            s.listed || s.pending > 0
-        });
-        let keys: Vec<GroupKey> = self.groups.iter().map(|g| g.key.clone()).collect();
-        self.group_state
-            .retain(|k, s| keys.contains(k) || s.in_flight + s.pending + s.connections > 0);
+    }
+
+    /// Gives every group its state (kept by key); keeps a group no longer
+    /// listed while calls on it last.
+    fn restate_groups(&mut self) {
+        let mut old: Vec<Option<(GroupKey, GroupState)>> = std::mem::take(&mut self.group_states)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for g in &mut self.groups {
+            if let Some(i) = self.group_states.iter().position(|(k, _)| *k == g.key) {
+                g.state = i;
+                continue;
+            }
+            let kept = old
+                .iter_mut()
+                .find(|o| o.as_ref().is_some_and(|(k, _)| *k == g.key))
+                .and_then(Option::take);
+            g.state = self.group_states.len();
+            self.group_states
+                .push(kept.unwrap_or_else(|| (g.key.clone(), GroupState::default())));
+        }
+        for (key, st) in old.into_iter().flatten() {
+            if st.in_flight + st.pending + st.connections > 0 {
+                self.group_states.push((key, st));
+            }
+        }
     }
 
     /// Every endpoint listed now (for pruning connection pools).
     pub(crate) fn keys(&self) -> Vec<Arc<str>> {
         self.states
             .iter()
-            .filter(|(_, s)| s.listed)
-            .map(|(k, _)| k.clone())
+            .filter(|s| s.state.listed)
+            .map(|s| s.key.clone())
             .collect()
     }
 
@@ -205,10 +292,7 @@ impl Balancer {
         for i in 0..n {
             let observed = self.observed_healthy(i, now);
             let g = &self.groups[i];
-            let st = match self.group_state.get_mut(&g.key) {
-                Some(st) => st,
-                None => self.group_state.entry(g.key.clone()).or_default(),
-            };
+            let st = &mut self.group_states[g.state].1;
             let h = GroupHealth {
                 healthy: hold(st, observed, now, self.params.failback_hold),
                 total: g.total.max(g.members.len() as u32),
@@ -268,10 +352,21 @@ impl Balancer {
         let mi = self.p2c(gi, &candidates, now);
         self.candidates = candidates;
         let g = &self.groups[gi];
+        let m = &g.members[mi];
+        let st = &self.group_states[g.state].1;
         Ok(Pick {
-            endpoint: g.members[mi].info.clone(),
+            endpoint: m.info.clone(),
             group: g.key.clone(),
-            load: self.load(&g.key),
+            load: Load {
+                requests: st.in_flight,
+                pending: st.pending,
+                connections: st.connections,
+            },
+            at: Some(Slots {
+                epoch: self.epoch,
+                endpoint: m.state,
+                group: g.state,
+            }),
         })
     }
 
@@ -291,11 +386,7 @@ impl Balancer {
             .iter()
             .enumerate()
             .filter(move |(_, m)| m.ready && !exclude.contains(&m.info.key))
-            .filter(move |(_, m)| {
-                self.states
-                    .get(&m.info.key)
-                    .is_some_and(|s| s.available(now))
-            })
+            .filter(move |(_, m)| self.states[m.state].state.available(now))
             .map(|(i, _)| i)
     }
 
@@ -303,9 +394,7 @@ impl Balancer {
         let g = &self.groups[gi];
         peak_ewma::p2c(candidates, |i| {
             let m = &g.members[candidates[i]];
-            self.states
-                .get(&m.info.key)
-                .map_or(f64::MAX, |s| s.cost(now, m.weight))
+            self.states[m.state].state.cost(now, m.weight)
         })
     }
 
@@ -315,12 +404,7 @@ impl Balancer {
         let reachable = g
             .members
             .iter()
-            .filter(|m| m.ready)
-            .filter(|m| {
-                self.states
-                    .get(&m.info.key)
-                    .is_some_and(|s| s.available(now))
-            })
+            .filter(|m| m.ready && self.states[m.state].state.available(now))
             .count() as u32;
         if g.key.remote {
             // The members are the remote cluster's gateways; the endpoints
@@ -333,48 +417,64 @@ impl Balancer {
 
     // --- what happened to a call ---
 
-    /// A call starts on `key`.
-    pub(crate) fn start(&mut self, key: &Arc<str>, group: &GroupKey) {
-        if let Some(s) = self.states.get_mut(key) {
-            s.pending += 1;
-        }
-        match self.group_state.get_mut(group) {
-            Some(g) => g.in_flight += 1,
-            None => {
-                self.group_state.entry(group.clone()).or_default().in_flight += 1;
-            }
+    /// The state of the endpoint `pick` chose: where the pick says while
+    /// its endpoint set lasts, else by name; `None` once it is forgotten.
+    fn endpoint_of(&self, pick: &Pick) -> Option<usize> {
+        match pick.at {
+            Some(at) if at.epoch == self.epoch => Some(at.endpoint),
+            _ => self.index.get(&pick.endpoint.key).copied(),
         }
     }
 
-    /// A call on `key` ended (however it ended).
-    pub(crate) fn end(&mut self, key: &Arc<str>, group: &GroupKey) {
-        if let Some(s) = self.states.get_mut(key) {
+    /// The state of the group `pick` chose from (see `endpoint_of`).
+    fn group_of(&self, pick: &Pick) -> Option<usize> {
+        match pick.at {
+            Some(at) if at.epoch == self.epoch => Some(at.group),
+            _ => self.group_states.iter().position(|(k, _)| *k == pick.group),
+        }
+    }
+
+    fn endpoint_mut(&mut self, pick: &Pick) -> Option<&mut EndpointState> {
+        let i = self.endpoint_of(pick)?;
+        Some(&mut self.states[i].state)
+    }
+
+    fn group_mut(&mut self, pick: &Pick) -> Option<&mut GroupState> {
+        let i = self.group_of(pick)?;
+        Some(&mut self.group_states[i].1)
+    }
+
+    /// An attempt starts on `pick`.
+    pub(crate) fn start(&mut self, pick: &Pick) {
+        if let Some(s) = self.endpoint_mut(pick) {
+            s.pending += 1;
+        }
+        if let Some(g) = self.group_mut(pick) {
+            g.in_flight += 1;
+        }
+    }
+
+    /// An attempt on `pick` ended (however it ended).
+    pub(crate) fn end(&mut self, pick: &Pick) {
+        if let Some(s) = self.endpoint_mut(pick) {
             s.pending = s.pending.saturating_sub(1);
         }
-        if let Some(g) = self.group_state.get_mut(group) {
+        if let Some(g) = self.group_mut(pick) {
             g.in_flight = g.in_flight.saturating_sub(1);
         }
     }
 
-    /// Counters of a group, for circuit breaking.
-    /// The group's calls now.
-    pub(crate) fn load(&self, group: &GroupKey) -> Load {
-        self.group_state
-            .get(group)
-            .map_or_else(Load::default, |g| Load {
-                requests: g.in_flight,
-                pending: g.pending,
-                connections: g.connections,
-            })
+    /// Counts a request on `pick` waiting for a connection (`delta` ±1).
+    pub(crate) fn pending(&mut self, pick: &Pick, delta: isize) {
+        if let Some(g) = self.group_mut(pick) {
+            g.pending = g.pending.saturating_add_signed(delta);
+        }
     }
 
-    pub(crate) fn pending(&mut self, group: &GroupKey, delta: isize) {
-        let g = self.group_state.entry(group.clone()).or_default();
-        g.pending = g.pending.saturating_add_signed(delta);
-    }
-
-    pub(crate) fn connections(&mut self, group: &GroupKey, delta: isize) {
-        let g = self.group_state.entry(group.clone()).or_default();
-        g.connections = g.connections.saturating_add_signed(delta);
+    /// Counts an opaque connection open on `pick` (`delta` ±1).
+    pub(crate) fn connections(&mut self, pick: &Pick, delta: isize) {
+        if let Some(g) = self.group_mut(pick) {
+            g.connections = g.connections.saturating_add_signed(delta);
+        }
     }
 }

@@ -19,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{Balancer, EndpointInfo, GroupKey, NoPick, Pick};
+use crate::balance::{Balancer, EndpointInfo, NoPick, Pick};
 use crate::budget::Budget;
 use crate::config::{Breakers, ServiceTarget, Timeouts};
 use crate::connect::{Alpn, Connector};
@@ -296,33 +296,29 @@ impl Dest {
 
     /// Starts an attempt on `pick`; the guard ends it.
     pub(crate) fn start(self: &Arc<Self>, pick: &Pick) -> InFlight {
-        self.balancer
-            .lock()
-            .expect("balancer lock")
-            .start(&pick.endpoint.key, &pick.group);
+        self.balancer.lock().expect("balancer lock").start(pick);
         InFlight {
             dest: self.clone(),
-            key: pick.endpoint.key.clone(),
-            group: pick.group.clone(),
+            pick: pick.clone(),
             started: Instant::now(),
             ended: false,
         }
     }
 
-    /// Counts a request waiting for a connection (`delta` ±1).
-    pub(crate) fn pending(&self, group: &GroupKey, delta: isize) {
+    /// Counts a request on `pick` waiting for a connection (`delta` ±1).
+    pub(crate) fn pending(&self, pick: &Pick, delta: isize) {
         self.balancer
             .lock()
             .expect("balancer lock")
-            .pending(group, delta);
+            .pending(pick, delta);
     }
 
-    /// Counts an open opaque connection (`delta` ±1).
-    pub(crate) fn connections(&self, group: &GroupKey, delta: isize) {
+    /// Counts an opaque connection open on `pick` (`delta` ±1).
+    pub(crate) fn connections(&self, pick: &Pick, delta: isize) {
         self.balancer
             .lock()
             .expect("balancer lock")
-            .connections(group, delta);
+            .connections(pick, delta);
     }
 }
 
@@ -330,8 +326,7 @@ impl Dest {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     dest: Arc<Dest>,
-    key: Arc<str>,
-    group: GroupKey,
+    pick: Pick,
     started: Instant,
     /// Ended by `answered` (one lock for both), not by the drop.
     ended: bool,
@@ -347,8 +342,8 @@ impl InFlight {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(self.started);
         let mut b = self.dest.balancer.lock().expect("balancer lock");
-        b.answered(&self.key, rtt, failed, now);
-        b.end(&self.key, &self.group);
+        b.answered(&self.pick, rtt, failed, now);
+        b.end(&self.pick);
         self.ended = true;
     }
 }
@@ -362,6 +357,6 @@ impl Drop for InFlight {
             .balancer
             .lock()
             .expect("balancer lock")
-            .end(&self.key, &self.group);
+            .end(&self.pick);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::peak_ewma::PeakEwma;
-use super::{Balancer, EndpointInfo};
+use super::{Balancer, EndpointInfo, Pick};
 
 pub(super) const DOWN_MIN: Duration = Duration::from_millis(100);
 const DOWN_MAX: Duration = Duration::from_secs(2);
@@ -82,7 +82,7 @@ impl Balancer {
     /// the old process, a handshake that timed out meanwhile) is ignored
     /// rather than taking it down again.
     pub(crate) fn connect_failed(&mut self, key: &Arc<str>, started: Instant, now: Instant) {
-        if let Some(s) = self.states.get_mut(key) {
+        if let Some(s) = self.by_name(key) {
             if s.connected_at.is_some_and(|t| t > started) {
                 return;
             }
@@ -97,7 +97,7 @@ impl Balancer {
 
     /// A connect to `key` succeeded; `true` when it was down until now.
     pub(crate) fn connected(&mut self, key: &Arc<str>, now: Instant) -> bool {
-        let Some(s) = self.states.get_mut(key) else {
+        let Some(s) = self.by_name(key) else {
             return false;
         };
         s.connected_at = Some(now);
@@ -123,8 +123,7 @@ impl Balancer {
         let mut due = Vec::new();
         for g in &self.groups {
             for m in &g.members {
-                if let Some(s) = self.states.get_mut(&m.info.key)
-                    && let Some(d) = &mut s.down
+                if let Some(d) = &mut self.states[m.state].state.down
                     && !d.probing
                     && d.until <= now
                 {
@@ -136,12 +135,14 @@ impl Balancer {
         due
     }
 
-    /// An answer from `key`: its latency, and whether it failed (5xx, reset).
-    pub(crate) fn answered(&mut self, key: &Arc<str>, rtt: Duration, failed: bool, now: Instant) {
+    /// An answer from the endpoint of `pick`: its latency, and whether it
+    /// failed (5xx, reset).
+    pub(crate) fn answered(&mut self, pick: &Pick, rtt: Duration, failed: bool, now: Instant) {
         let params = self.params;
-        let Some(s) = self.states.get_mut(key) else {
+        let Some(i) = self.endpoint_of(pick) else {
             return;
         };
+        let s = &mut self.states[i].state;
         s.ewma.observe(rtt, now);
         if !failed {
             s.consecutive = 0;
@@ -156,9 +157,7 @@ impl Balancer {
         // let the last ready one be ejected and empty the service.
         let (ejected_now, total) = self.ejected_of_ready(now);
         let room = (ejected_now + 1) * 100 <= total.max(1) * params.max_ejected_percent as usize;
-        let Some(s) = self.states.get_mut(key) else {
-            return;
-        };
+        let s = &mut self.states[i].state;
         if room {
             s.ejections += 1;
             let time = params
@@ -167,7 +166,7 @@ impl Balancer {
                 .min(EJECTION_CAP);
             s.ejected_until = Some(now + time);
             s.consecutive = 0;
-            tracing::info!(endpoint = %key, ejected_for = ?time, "endpoint ejected");
+            tracing::info!(endpoint = %pick.endpoint.key, ejected_for = ?time, "endpoint ejected");
         }
     }
 
@@ -177,7 +176,12 @@ impl Balancer {
             .iter()
             .flat_map(|g| &g.members)
             .filter(|m| m.ready)
-            .filter_map(|m| self.states.get(&m.info.key))
+            .map(|m| &self.states[m.state].state)
+    }
+
+    fn by_name(&mut self, key: &Arc<str>) -> Option<&mut EndpointState> {
+        let i = *self.index.get(key)?;
+        Some(&mut self.states[i].state)
     }
 
     /// Of the ready endpoints: how many are ejected now, and how many there are.

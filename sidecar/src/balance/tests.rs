@@ -67,6 +67,22 @@ fn balancer(s: &EndpointSet, now: Instant) -> Balancer {
     b
 }
 
+/// A pick of the endpoint named `key`, as one from an earlier endpoint
+/// set (found by name).
+fn pick_of(b: &Balancer, key: &str) -> Pick {
+    let (g, m) = b
+        .groups
+        .iter()
+        .find_map(|g| Some((g, g.members.iter().find(|m| &*m.info.key == key)?)))
+        .expect("listed");
+    Pick {
+        endpoint: m.info.clone(),
+        group: g.key.clone(),
+        load: Load::default(),
+        at: None,
+    }
+}
+
 fn picks(b: &mut Balancer, now: Instant, n: usize) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for _ in 0..n {
@@ -222,8 +238,8 @@ async fn ejection_is_capped_by_the_policy() {
         &zone_a(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]),
         now,
     );
-    let k1: Arc<str> = "10.0.0.1:80/api.shop.80.svc.meshfed.local".into();
-    let k2: Arc<str> = "10.0.0.2:80/api.shop.80.svc.meshfed.local".into();
+    let k1 = pick_of(&b, "10.0.0.1:80/api.shop.80.svc.meshfed.local");
+    let k2 = pick_of(&b, "10.0.0.2:80/api.shop.80.svc.meshfed.local");
     for _ in 0..2 {
         b.answered(&k1, Duration::from_millis(1), true, now);
         b.answered(&k2, Duration::from_millis(1), true, now);
@@ -245,7 +261,7 @@ async fn the_last_ready_endpoint_is_never_ejected() {
         &zone_a(vec![ep("10.0.0.1:80", false), ep("10.0.0.2:80", true)]),
         now,
     );
-    let k2: Arc<str> = "10.0.0.2:80/api.shop.80.svc.meshfed.local".into();
+    let k2 = pick_of(&b, "10.0.0.2:80/api.shop.80.svc.meshfed.local");
     for _ in 0..10 {
         b.answered(&k2, Duration::from_secs(4), true, now);
     }
@@ -266,8 +282,9 @@ async fn the_next_change_is_the_first_probe_due_or_ejection_over() {
     assert!(b.connected(&key, t1), "back from down");
     assert!(!b.connected(&key, t1), "already up");
     // Ejected (two failures, one of two ready endpoints): until it ends.
+    let p = pick_of(&b, &key);
     for _ in 0..2 {
-        b.answered(&key, Duration::from_millis(1), true, t1);
+        b.answered(&p, Duration::from_millis(1), true, t1);
     }
     assert_eq!(b.next_change(t1), Some(t1 + Duration::from_secs(1)));
     assert_eq!(b.next_change(t1 + Duration::from_secs(1)), None);
@@ -281,13 +298,13 @@ async fn slower_endpoints_get_less() {
         now,
     );
     b.answered(
-        &"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(),
+        &pick_of(&b, "10.0.0.1:80/api.shop.80.svc.meshfed.local"),
         Duration::from_millis(50),
         false,
         now,
     );
     b.answered(
-        &"10.0.0.2:80/api.shop.80.svc.meshfed.local".into(),
+        &pick_of(&b, "10.0.0.2:80/api.shop.80.svc.meshfed.local"),
         Duration::from_micros(500),
         false,
         now,
@@ -321,17 +338,18 @@ async fn an_endpoint_listed_again_starts_afresh() {
     let now = Instant::now();
     let (mut b, _) = local_down_remote_up(now);
     let west: Arc<str> = "192.0.2.1:7460/api.shop.80.svc.meshfed.local".into();
-    let wg = b.pick(now, &[]).expect("west").group;
+    let p = b.pick(now, &[]).expect("west");
+    assert_eq!(p.endpoint.key, west);
     // Two calls in flight to west when it is withdrawn (a partition);
     // both then fail, enough to eject a listed endpoint.
-    b.start(&west, &wg);
-    b.start(&west, &wg);
+    b.start(&p);
+    b.start(&p);
     let without_west = set(vec![group_of_one("east", "a", "10.0.0.1:80")], 1000);
     b.update(&without_west, "east", "api.shop.80.svc.meshfed.local", now);
     assert!(!b.keys().contains(&west), "{:?}", b.keys());
     for _ in 0..2 {
-        b.answered(&west, Duration::from_secs(3), true, now);
-        b.end(&west, &wg);
+        b.answered(&p, Duration::from_secs(3), true, now);
+        b.end(&p);
     }
     // Back after the heal: served at once, not ejected for 30 s.
     let again = set(
@@ -349,4 +367,36 @@ async fn an_endpoint_listed_again_starts_afresh() {
 
 fn group_of_one(cluster: &str, zone: &str, addr: &str) -> PriorityGroup {
     group(cluster, zone, false, vec![ep(addr, true)], 0.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_picked_before_an_update_ends_on_its_own_endpoint() {
+    let now = Instant::now();
+    let (one, two) = (
+        "10.0.0.1:80/api.shop.80.svc.meshfed.local",
+        "10.0.0.2:80/api.shop.80.svc.meshfed.local",
+    );
+    let mut b = balancer(&zone_a(vec![ep("10.0.0.2:80", true)]), now);
+    let p = b.pick(now, &[]).expect("pick");
+    b.start(&p);
+    // Another endpoint listed before it: every state has a new place.
+    let both = zone_a(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]);
+    b.update(&both, "east", "api.shop.80.svc.meshfed.local", now);
+    let pending = |b: &Balancer, key: &str| b.states[b.index[key]].state.pending;
+    let in_flight = |b: &Balancer| b.group_states[b.groups[0].state].1.in_flight;
+    assert_eq!(
+        (pending(&b, one), pending(&b, two), in_flight(&b)),
+        (0, 1, 1)
+    );
+    b.answered(&p, Duration::from_millis(1), false, now);
+    b.end(&p);
+    assert_eq!(
+        (pending(&b, one), pending(&b, two), in_flight(&b)),
+        (0, 0, 0)
+    );
+    // A pick of this set finds its places without a name.
+    let q = b.pick(now, &[]).expect("pick");
+    b.start(&q);
+    assert_eq!(pending(&b, &q.endpoint.key), 1);
+    assert_eq!(in_flight(&b), 1);
 }

@@ -47,9 +47,9 @@ where
             })
             .inc();
     };
-    dest.connections(&pick.group, 1);
+    dest.connections(&pick, 1);
     let copied = opaque(app, upstream, counted_connection).await;
-    dest.connections(&pick.group, -1);
+    dest.connections(&pick, -1);
     match copied {
         Opaque::Http(protocol, io) => {
             // Nothing reached the endpoint: each request is balanced.

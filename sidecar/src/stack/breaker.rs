@@ -89,6 +89,7 @@ mod tests {
                 remote: false,
             },
             load,
+            at: None,
         });
         req
     }

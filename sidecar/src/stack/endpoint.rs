@@ -91,9 +91,9 @@ fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer>
                 Poll::Ready(c) => c,
                 Poll::Pending => {
                     started = Some(Instant::now());
-                    dest.pending(&pick.group, 1);
+                    dest.pending(pick, 1);
                     let c = conn.await;
-                    dest.pending(&pick.group, -1);
+                    dest.pending(pick, -1);
                     c
                 }
             }

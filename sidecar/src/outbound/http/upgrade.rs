@@ -73,7 +73,7 @@ pub(super) async fn call(
         let endpoint_side = hyper::upgrade::on(&mut resp);
         let d = dest.clone();
         dest.shared.spawn(async move {
-            d.connections(&pick.group, 1);
+            d.connections(&pick, 1);
             let joined = async {
                 let (app, mut endpoint) = crate::upgrade::upgraded(app_side, endpoint_side).await?;
                 let labels = (Direction::outbound, &*d.label, &*pick.endpoint.cluster);
@@ -83,7 +83,7 @@ pub(super) async fn call(
             if let Err(e) = joined.await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
-            d.connections(&pick.group, -1);
+            d.connections(&pick, -1);
         });
     }
     let (mut parts, body) = resp.into_parts();
