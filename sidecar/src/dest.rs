@@ -76,12 +76,10 @@ impl Shared {
     /// stops.
     pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         let stop = self.stop.clone();
-        self.workers.spawn(self.tasks.track_future(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = work => {}
-            }
-        }));
+        // Polled a few times per request: `cancel::until` looks at the
+        // token without its lock.
+        self.workers
+            .spawn(self.tasks.track_future(crate::cancel::until(stop, work)));
     }
 }
 

@@ -18,6 +18,7 @@ mod balance;
 mod binary;
 mod body;
 mod budget;
+mod cancel;
 mod config;
 mod connect;
 mod dest;

@@ -19,10 +19,11 @@ use hyper_util::rt::TokioIo;
 use sync_wrapper::SyncWrapper;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::balance::EndpointInfo;
 use crate::body::{Body, BoxError, boxed};
+use crate::cancel::Watch;
 use crate::connect::{ALPN_H2, Alpn, ConnectError, Connector};
 use crate::{FastMap, FastSet};
 
@@ -40,11 +41,7 @@ pub(crate) struct Http1 {
     conn: Option<Driven>,
     /// Fired when it must close: its endpoint went silent, or the sidecar
     /// is stopping.
-    close: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// `close`'s token, looked at without a lock.
-    token: CancellationToken,
-    /// The task `close` wakes when fired (the one that last drove it).
-    watching: Option<Waker>,
+    close: Watch,
 }
 
 impl std::fmt::Debug for Http1 {
@@ -67,9 +64,7 @@ impl Http1 {
         Self {
             send,
             conn: Some(SyncWrapper::new(Box::pin(conn))),
-            close: Box::pin(close.clone().cancelled_owned()),
-            token: close,
-            watching: None,
+            close: Watch::new(close),
         }
     }
 
@@ -82,9 +77,12 @@ impl Http1 {
         if self.conn.is_none() {
             return Poll::Ready(());
         }
-        if !self.closed(cx, watch)
-            && let Some(conn) = &mut self.conn
-        {
+        let closed = if watch {
+            self.close.poll_cancelled(cx)
+        } else {
+            self.close.is_cancelled()
+        };
+        if !closed && let Some(conn) = &mut self.conn {
             match conn.get_mut().as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => {}
@@ -93,21 +91,6 @@ impl Http1 {
         }
         self.conn = None;
         Poll::Ready(())
-    }
-
-    /// Whether it was told to close. Polling `close` takes its lock and
-    /// swaps the waker it holds, so it is polled only to watch for a task
-    /// it does not wake yet; otherwise the token is looked at.
-    fn closed(&mut self, cx: &mut Context<'_>, watch: bool) -> bool {
-        let watched = self
-            .watching
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()));
-        if !watch || watched {
-            return self.token.is_cancelled();
-        }
-        self.watching = Some(cx.waker().clone());
-        self.close.as_mut().poll(cx).is_ready()
     }
 
     /// Drives the connection until `step` — something only the
