@@ -8,14 +8,14 @@
 //! is a retry rather than a broken answer.
 
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::retry::MAX_REPLAY;
@@ -76,6 +76,9 @@ fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer>
             tracing::error!("an attempt reached the endpoint layer without a pick");
             return Err(Failure::unsent(Reason::NoEndpoints, req.into_body()));
         };
+        // One timer for every wait of the attempt, registered only once
+        // one waits (a pooled connection is ready at once).
+        let mut timer = pin!(tokio::time::sleep_until(deadline));
         // The clock is read only for a connect (a pooled connection's
         // failure is known at once).
         let mut started = None;
@@ -84,7 +87,7 @@ fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer>
                 .pool
                 .mine()
                 .get(&dest.shared.connector, &pick.endpoint, req.version());
-            let mut conn = pin!(tokio::time::timeout_at(deadline, get));
+            let mut conn = pin!(within(timer.as_mut(), get));
             // A pooled connection is ready at once; only a request that has
             // to wait for one counts as pending (for the breaker).
             match poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
@@ -114,7 +117,7 @@ fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer>
         };
         // Sent within the await: a future named first would keep a second
         // copy of itself in this one.
-        let resp = match tokio::time::timeout_at(deadline, conn.send(req)).await {
+        let resp = match within(timer.as_mut(), conn.send(req)).await {
             Err(_) => return Err(Failure::new(Reason::RequestTimeout)),
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "request failed");
@@ -131,7 +134,7 @@ fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer>
             return Ok(resp);
         }
         let (parts, body) = resp.into_parts();
-        match tokio::time::timeout_at(deadline, body.collect()).await {
+        match within(timer, body.collect()).await {
             Ok(Ok(whole)) => Ok(http::Response::from_parts(parts, boxed(whole))),
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %pick.endpoint.key, error = %e, "answer broke");
@@ -140,6 +143,21 @@ fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer>
             Err(_) => Err(Failure::new(Reason::RequestTimeout)),
         }
     }
+}
+
+/// The deadline passed.
+struct Elapsed;
+
+/// `f`, unless `timer` fires first (polled only while `f` waits).
+async fn within<F: Future>(mut timer: Pin<&mut Sleep>, f: F) -> Result<F::Output, Elapsed> {
+    let mut f = pin!(f);
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = f.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+    })
+    .await
 }
 
 #[cfg(test)]
