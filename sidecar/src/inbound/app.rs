@@ -120,7 +120,8 @@ impl AppPort {
 
     async fn connect_h1(&self) -> Result<Http1, BoxError> {
         let io = TokioIo::new(self.dial().await?);
-        let (send, conn) = http1::Builder::new().handshake(io).await?;
+        // Head and body in one buffer (see `outbound::http::serve`).
+        let (send, conn) = http1::Builder::new().writev(false).handshake(io).await?;
         Ok(Http1::new(send, conn, self.shared.connector.stopped()))
     }
 
