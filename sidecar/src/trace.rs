@@ -77,26 +77,57 @@ impl TraceContext {
     }
 }
 
-/// `v`'s low `out.len()` (at most 16) hex digits, lowercase, most
-/// significant first. In `u64`s, not `u128`s: it runs twice per request
-/// on each side, and a `u128` shift is several instructions.
-fn hex_into(out: &mut [u8], mut v: u64) {
-    for b in out.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(v & 0xf) as usize];
-        v >>= 4;
+/// Each byte as two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [digits[i >> 4], digits[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// Each byte's value as a lowercase hex digit; `INVALID` for any other.
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+const INVALID: u8 = 0x10;
+
+/// `v`'s low `out.len() / 2` bytes as `out.len()` (even, at most 16)
+/// lowercase hex digits, most significant first: a byte, two digits, at a
+/// time from a table. It runs twice per request on each side.
+fn hex_into(out: &mut [u8], v: u64) {
+    let bytes = v.to_be_bytes();
+    let from = bytes.len() - out.len() / 2;
+    for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[from..]) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
-/// The value of lowercase hex digits `s`, at most 16 of them.
+/// The value of lowercase hex digits `s`, at most 16 of them: a table
+/// lookup per digit, one check at the end.
 fn hex(s: &[u8]) -> Option<u64> {
-    s.iter().try_fold(0u64, |acc, b| {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        Some(acc << 4 | u64::from(d))
-    })
+    let mut acc = 0u64;
+    let mut seen = 0u8;
+    for b in s {
+        let d = HEX_VALUES[usize::from(*b)];
+        seen |= d;
+        acc = acc << 4 | u64::from(d & 0xf);
+    }
+    (seen & INVALID == 0).then_some(acc)
 }
 
 /// `version-traceid-parentid-flags`, lowercase hex, ids not all zero.
@@ -126,6 +157,21 @@ fn parse(v: &[u8]) -> Option<(TraceId, SpanId, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_both_ways() {
+        let mut out = [0u8; 16];
+        hex_into(&mut out, 0x0123_4567_89ab_cdef);
+        assert_eq!(&out, b"0123456789abcdef");
+        let mut two = [0u8; 2];
+        hex_into(&mut two, 0x1ff);
+        assert_eq!(&two, b"ff");
+        assert_eq!(hex(b"0123456789abcdef"), Some(0x0123_4567_89ab_cdef));
+        assert_eq!(hex(b"00"), Some(0));
+        for bad in [&b"0A"[..], b"g0", b"0-", b" 0", b"\xff0"] {
+            assert_eq!(hex(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn continues_a_trace_with_a_new_span() {
