@@ -44,7 +44,7 @@ impl Step for Balance {
 
 /// An async block, not an `async fn`: it uses the request where it was
 /// captured rather than a second copy (the future is boxed for every
-/// attempt, and an allocation past 1 KiB takes glibc's slow path).
+/// attempt, and an allocation past 1 KiB takes the allocator's slow path).
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps a second copy of its arguments"

@@ -183,8 +183,9 @@ async fn only_a_replayable_request_waits_for_an_endpoint() {
 
 #[test]
 fn an_attempt_s_balance_future_stays_small() {
-    // It is boxed for every attempt: past 1 KiB an allocation leaves
-    // glibc's per-thread cache for its slow path (it was 1,160 bytes).
+    // It is boxed for every attempt: past 1 KiB an allocation leaves the
+    // allocator's fast path (mimalloc's small sizes, and glibc's per-thread
+    // cache, end there; it was 1,160 bytes).
     let (d, _sets) = dest(256);
     let (below, _handle) = mock_below();
     let f = attempt(

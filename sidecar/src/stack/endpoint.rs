@@ -65,7 +65,7 @@ impl Service<Request<Body>> for Endpoint {
 
 /// What the request says is read here, and the future uses what it holds
 /// in place: it is boxed for every attempt, and an allocation past 1 KiB
-/// takes glibc's slow path.
+/// takes the allocator's slow path.
 fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer> + Send {
     let pick = req.extensions_mut().remove::<Pick>();
     let deadline = deadline(&req);

@@ -59,7 +59,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// The request is taken apart here and the future uses the parts where it
 /// captured them, not a second copy (it is boxed for every request, and an
-/// allocation past 1 KiB takes glibc's slow path).
+/// allocation past 1 KiB takes the allocator's slow path).
 fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> impl Future<Output = Answer> {
     let deadline = deadline(&req);
     let (mut parts, body) = req.into_parts();

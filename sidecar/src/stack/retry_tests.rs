@@ -204,8 +204,9 @@ async fn a_large_body_streams_once() {
 
 #[test]
 fn a_request_s_retry_future_stays_small() {
-    // It is boxed for every request: past 1 KiB an allocation leaves
-    // glibc's per-thread cache for its slow path (it was 1,272 bytes).
+    // It is boxed for every request: past 1 KiB an allocation leaves the
+    // allocator's fast path (mimalloc's small sizes, and glibc's per-thread
+    // cache, end there; it was 1,272 bytes).
     let (below, _handle) = mock_below();
     let budget = Arc::new(Budget::new(
         Arc::new(Metrics::new(&mut Registry::default())),
