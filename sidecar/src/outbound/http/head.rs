@@ -31,9 +31,13 @@ fn mentions(headers: &HeaderMap, names: &[HeaderName]) -> bool {
 const MESH_ONLY: [HeaderName; 2] = [CLIENT_ID, ORIG_PROTO];
 
 pub(super) fn strip(headers: &mut HeaderMap) {
-    if !mentions(headers, &HOP_BY_HOP) {
-        return;
+    if mentions(headers, &HOP_BY_HOP) {
+        remove_hop_by_hop(headers);
     }
+}
+
+/// Removes the hop-by-hop headers and those `Connection` lists.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(listed) = headers.get(header::CONNECTION).cloned()
         && let Ok(listed) = listed.to_str()
     {
@@ -131,7 +135,7 @@ pub(super) fn prepare(
         let te_trailers = headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        strip(headers);
+        remove_hop_by_hop(headers);
         if te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
