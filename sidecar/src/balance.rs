@@ -20,6 +20,7 @@
 //!   deploy everywhere must not empty the service; nor may the one ready
 //!   endpoint beside a killed pod still listed as not ready).
 
+mod attempt;
 mod endpoint;
 mod failback;
 mod health;
@@ -27,10 +28,12 @@ mod params;
 mod peak_ewma;
 #[cfg(test)]
 mod tests;
+mod update;
+#[cfg(test)]
+mod update_tests;
 
 use std::sync::Arc;
 
-use meshfed_api::discovery::EndpointSet;
 use meshfed_api::priority::{GroupHealth, shares};
 use tokio::time::Instant;
 
@@ -38,7 +41,6 @@ pub(crate) use endpoint::EndpointInfo;
 pub(crate) use params::Params;
 
 use crate::FastMap;
-use endpoint::endpoint_info;
 use failback::{GroupState, hold};
 use health::EndpointState;
 
@@ -150,120 +152,6 @@ pub(crate) struct Balancer {
 impl Balancer {
     pub(crate) fn params(&self) -> Params {
         self.params
-    }
-
-    /// Takes a new endpoint set; what is known of endpoints and groups that
-    /// remain is kept.
-    pub(crate) fn update(
-        &mut self,
-        set: &EndpointSet,
-        caller_cluster: &str,
-        sni: &str,
-        now: Instant,
-    ) {
-        self.params = Params::from_wire(set.policy.as_ref());
-        self.epoch += 1;
-        self.groups = set
-            .groups
-            .iter()
-            .map(|g| {
-                let loc = g.locality.clone().unwrap_or_default();
-                let key = GroupKey {
-                    cluster: loc.cluster.into(),
-                    zone: if g.remote { "".into() } else { loc.zone.into() },
-                    remote: g.remote,
-                };
-                let members = g
-                    .endpoints
-                    .iter()
-                    .filter_map(|e| endpoint_info(e, g.remote, caller_cluster, sni))
-                    .map(|(info, weight, ready)| Member {
-                        info: Arc::new(info),
-                        weight,
-                        ready,
-                        state: 0,
-                    })
-                    .collect();
-                Group {
-                    key,
-                    state: 0,
-                    members,
-                    healthy: g.healthy,
-                    total: g.total,
-                    spill: g.spill_threshold,
-                }
-            })
-            .collect();
-        self.restate_endpoints(now);
-        self.restate_groups();
-    }
-
-    /// Gives every member the state of its endpoint (kept by name, new
-    /// when unknown); keeps an endpoint no longer listed while attempts on
-    /// it are in flight.
-    fn restate_endpoints(&mut self, now: Instant) {
-        let old_index = std::mem::take(&mut self.index);
-        let mut old: Vec<Option<Slot>> = std::mem::take(&mut self.states)
-            .into_iter()
-            .map(Some)
-            .collect();
-        for m in self.groups.iter_mut().flat_map(|g| g.members.iter_mut()) {
-            if let Some(&i) = self.index.get(&m.info.key) {
-                // Listed twice: one state.
-                m.state = i;
-                continue;
-            }
-            let kept = old_index.get(&m.info.key).and_then(|&i| old[i].take());
-            let state = match kept {
-                Some(Slot { mut state, .. }) => {
-                    if !state.listed {
-                        state.relisted(now);
-                    }
-                    state
-                }
-                None => EndpointState::new(now),
-            };
-            m.state = self.states.len();
-            self.index.insert(m.info.key.clone(), m.state);
-            self.states.push(Slot {
-                key: m.info.key.clone(),
-                state,
-            });
-        }
-        for mut slot in old.into_iter().flatten() {
-            if slot.state.pending > 0 {
-                slot.state.listed = false;
-                self.index.insert(slot.key.clone(), self.states.len());
-                self.states.push(slot);
-            }
-        }
-    }
-
-    /// Gives every group its state (kept by key); keeps a group no longer
-    /// listed while calls on it last.
-    fn restate_groups(&mut self) {
-        let mut old: Vec<Option<(GroupKey, GroupState)>> = std::mem::take(&mut self.group_states)
-            .into_iter()
-            .map(Some)
-            .collect();
-        for g in &mut self.groups {
-            if let Some(i) = self.group_states.iter().position(|(k, _)| *k == g.key) {
-                g.state = i;
-                continue;
-            }
-            let kept = old
-                .iter_mut()
-                .find(|o| o.as_ref().is_some_and(|(k, _)| *k == g.key))
-                .and_then(Option::take);
-            g.state = self.group_states.len();
-            self.group_states
-                .push(kept.unwrap_or_else(|| (g.key.clone(), GroupState::default())));
-        }
-        for (key, st) in old.into_iter().flatten() {
-            if st.in_flight + st.pending + st.connections > 0 {
-                self.group_states.push((key, st));
-            }
-        }
     }
 
     /// Every endpoint listed now (for pruning connection pools).
@@ -412,69 +300,6 @@ impl Balancer {
             if reachable > 0 { g.healthy } else { 0 }
         } else {
             reachable
-        }
-    }
-
-    // --- what happened to a call ---
-
-    /// The state of the endpoint `pick` chose: where the pick says while
-    /// its endpoint set lasts, else by name; `None` once it is forgotten.
-    fn endpoint_of(&self, pick: &Pick) -> Option<usize> {
-        match pick.at {
-            Some(at) if at.epoch == self.epoch => Some(at.endpoint),
-            _ => self.index.get(&pick.endpoint.key).copied(),
-        }
-    }
-
-    /// The state of the group `pick` chose from (see `endpoint_of`).
-    fn group_of(&self, pick: &Pick) -> Option<usize> {
-        match pick.at {
-            Some(at) if at.epoch == self.epoch => Some(at.group),
-            _ => self.group_states.iter().position(|(k, _)| *k == pick.group),
-        }
-    }
-
-    fn endpoint_mut(&mut self, pick: &Pick) -> Option<&mut EndpointState> {
-        let i = self.endpoint_of(pick)?;
-        Some(&mut self.states[i].state)
-    }
-
-    fn group_mut(&mut self, pick: &Pick) -> Option<&mut GroupState> {
-        let i = self.group_of(pick)?;
-        Some(&mut self.group_states[i].1)
-    }
-
-    /// An attempt starts on `pick`.
-    pub(crate) fn start(&mut self, pick: &Pick) {
-        if let Some(s) = self.endpoint_mut(pick) {
-            s.pending += 1;
-        }
-        if let Some(g) = self.group_mut(pick) {
-            g.in_flight += 1;
-        }
-    }
-
-    /// An attempt on `pick` ended (however it ended).
-    pub(crate) fn end(&mut self, pick: &Pick) {
-        if let Some(s) = self.endpoint_mut(pick) {
-            s.pending = s.pending.saturating_sub(1);
-        }
-        if let Some(g) = self.group_mut(pick) {
-            g.in_flight = g.in_flight.saturating_sub(1);
-        }
-    }
-
-    /// Counts a request on `pick` waiting for a connection (`delta` ±1).
-    pub(crate) fn pending(&mut self, pick: &Pick, delta: isize) {
-        if let Some(g) = self.group_mut(pick) {
-            g.pending = g.pending.saturating_add_signed(delta);
-        }
-    }
-
-    /// Counts an opaque connection open on `pick` (`delta` ±1).
-    pub(crate) fn connections(&mut self, pick: &Pick, delta: isize) {
-        if let Some(g) = self.group_mut(pick) {
-            g.connections = g.connections.saturating_add_signed(delta);
         }
     }
 }

@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use meshfed_api::discovery::{Endpoint, Locality, Policy, PriorityGroup};
+use meshfed_api::discovery::{Endpoint, EndpointSet, Locality, Policy, PriorityGroup};
 
 use super::health::DOWN_MIN;
 use super::*;
 
 const ID: &str = "spiffe://mesh.test/ns/shop/sa/api";
 
-fn ep(addr: &str, ready: bool) -> Endpoint {
+pub(super) fn ep(addr: &str, ready: bool) -> Endpoint {
     Endpoint {
         address: addr.into(),
         weight: 1,
@@ -22,7 +22,13 @@ fn ep(addr: &str, ready: bool) -> Endpoint {
     }
 }
 
-fn group(cluster: &str, zone: &str, remote: bool, eps: Vec<Endpoint>, t: f64) -> PriorityGroup {
+pub(super) fn group(
+    cluster: &str,
+    zone: &str,
+    remote: bool,
+    eps: Vec<Endpoint>,
+    t: f64,
+) -> PriorityGroup {
     let healthy = eps.iter().filter(|e| e.ready).count() as u32;
     PriorityGroup {
         locality: Some(Locality {
@@ -39,7 +45,7 @@ fn group(cluster: &str, zone: &str, remote: bool, eps: Vec<Endpoint>, t: f64) ->
     }
 }
 
-fn set(groups: Vec<PriorityGroup>, hold_ms: u32) -> EndpointSet {
+pub(super) fn set(groups: Vec<PriorityGroup>, hold_ms: u32) -> EndpointSet {
     EndpointSet {
         exists: true,
         groups,
@@ -57,11 +63,11 @@ fn set(groups: Vec<PriorityGroup>, hold_ms: u32) -> EndpointSet {
 }
 
 /// One group, east's zone a, with no failback hold.
-fn zone_a(eps: Vec<Endpoint>) -> EndpointSet {
+pub(super) fn zone_a(eps: Vec<Endpoint>) -> EndpointSet {
     set(vec![group("east", "a", false, eps, 0.7)], 0)
 }
 
-fn balancer(s: &EndpointSet, now: Instant) -> Balancer {
+pub(super) fn balancer(s: &EndpointSet, now: Instant) -> Balancer {
     let mut b = Balancer::default();
     b.update(s, "east", "api.shop.80.svc.meshfed.local", now);
     b
@@ -69,7 +75,7 @@ fn balancer(s: &EndpointSet, now: Instant) -> Balancer {
 
 /// A pick of the endpoint named `key`, as one from an earlier endpoint
 /// set (found by name).
-fn pick_of(b: &Balancer, key: &str) -> Pick {
+pub(super) fn pick_of(b: &Balancer, key: &str) -> Pick {
     let (g, m) = b
         .groups
         .iter()
@@ -83,7 +89,7 @@ fn pick_of(b: &Balancer, key: &str) -> Pick {
     }
 }
 
-fn picks(b: &mut Balancer, now: Instant, n: usize) -> HashMap<String, usize> {
+pub(super) fn picks(b: &mut Balancer, now: Instant, n: usize) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for _ in 0..n {
         let p = b.pick(now, &[]).expect("pick");
@@ -149,7 +155,7 @@ async fn a_down_endpoint_spills_part_of_its_zone_then_everything() {
 
 /// One local endpoint (down since `t0`) behind a barrier, then west;
 /// failback hold 1 s.
-fn local_down_remote_up(t0: Instant) -> (Balancer, Arc<str>) {
+pub(super) fn local_down_remote_up(t0: Instant) -> (Balancer, Arc<str>) {
     let s = set(
         vec![
             group("east", "a", false, vec![ep("10.0.0.1:80", true)], 0.0),
@@ -331,72 +337,4 @@ async fn nothing_listed_and_nothing_healthy_differ() {
     );
     let mut b = balancer(&s, now);
     assert_eq!(b.pick(now, &[]).map(|_| ()), Err(NoPick::NoneHealthy));
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_endpoint_listed_again_starts_afresh() {
-    let now = Instant::now();
-    let (mut b, _) = local_down_remote_up(now);
-    let west: Arc<str> = "192.0.2.1:7460/api.shop.80.svc.meshfed.local".into();
-    let p = b.pick(now, &[]).expect("west");
-    assert_eq!(p.endpoint.key, west);
-    // Two calls in flight to west when it is withdrawn (a partition);
-    // both then fail, enough to eject a listed endpoint.
-    b.start(&p);
-    b.start(&p);
-    let without_west = set(vec![group_of_one("east", "a", "10.0.0.1:80")], 1000);
-    b.update(&without_west, "east", "api.shop.80.svc.meshfed.local", now);
-    assert!(!b.keys().contains(&west), "{:?}", b.keys());
-    for _ in 0..2 {
-        b.answered(&p, Duration::from_secs(3), true, now);
-        b.end(&p);
-    }
-    // Back after the heal: served at once, not ejected for 30 s.
-    let again = set(
-        vec![
-            group_of_one("east", "a", "10.0.0.1:80"),
-            group("west", "", true, vec![ep("192.0.2.1:7460", true)], 0.7),
-        ],
-        1000,
-    );
-    let t = now + Duration::from_millis(10);
-    b.update(&again, "east", "api.shop.80.svc.meshfed.local", t);
-    b.connect_failed(&"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(), t, t);
-    assert_eq!(picks(&mut b, t, 10).get("192.0.2.1:7460"), Some(&10));
-}
-
-fn group_of_one(cluster: &str, zone: &str, addr: &str) -> PriorityGroup {
-    group(cluster, zone, false, vec![ep(addr, true)], 0.0)
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_attempt_picked_before_an_update_ends_on_its_own_endpoint() {
-    let now = Instant::now();
-    let (one, two) = (
-        "10.0.0.1:80/api.shop.80.svc.meshfed.local",
-        "10.0.0.2:80/api.shop.80.svc.meshfed.local",
-    );
-    let mut b = balancer(&zone_a(vec![ep("10.0.0.2:80", true)]), now);
-    let p = b.pick(now, &[]).expect("pick");
-    b.start(&p);
-    // Another endpoint listed before it: every state has a new place.
-    let both = zone_a(vec![ep("10.0.0.1:80", true), ep("10.0.0.2:80", true)]);
-    b.update(&both, "east", "api.shop.80.svc.meshfed.local", now);
-    let pending = |b: &Balancer, key: &str| b.states[b.index[key]].state.pending;
-    let in_flight = |b: &Balancer| b.group_states[b.groups[0].state].1.in_flight;
-    assert_eq!(
-        (pending(&b, one), pending(&b, two), in_flight(&b)),
-        (0, 1, 1)
-    );
-    b.answered(&p, Duration::from_millis(1), false, now);
-    b.end(&p);
-    assert_eq!(
-        (pending(&b, one), pending(&b, two), in_flight(&b)),
-        (0, 0, 0)
-    );
-    // A pick of this set finds its places without a name.
-    let q = b.pick(now, &[]).expect("pick");
-    b.start(&q);
-    assert_eq!(pending(&b, &q.endpoint.key), 1);
-    assert_eq!(in_flight(&b), 1);
 }
