@@ -3,6 +3,7 @@
 
 mod authz;
 mod failover;
+mod layout;
 mod netns;
 mod protocols;
 mod resilience;
