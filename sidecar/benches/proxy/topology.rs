@@ -161,7 +161,19 @@ struct Sidecar {
 
 impl Sidecar {
     fn new(name: &'static str, cluster: &Cluster, creds: &Path) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshfed-sidecar"));
+        let exe = env!("CARGO_BIN_EXE_meshfed-sidecar");
+        // `MESHFED_BENCH_SIDECAR_WRAP`: a command line the sidecars run
+        // under, a profiler's (`valgrind --tool=callgrind
+        // --callgrind-out-file=/tmp/cg.%p`, with `MESHFED_BENCH_HOLD`).
+        let mut cmd = match std::env::var("MESHFED_BENCH_SIDECAR_WRAP") {
+            Ok(wrap) if !wrap.trim().is_empty() => {
+                let mut words = wrap.split_whitespace();
+                let mut cmd = Command::new(words.next().unwrap_or_default());
+                cmd.args(words).arg(exe);
+                cmd
+            }
+            _ => Command::new(exe),
+        };
         cmd.args(["run", "--cluster", &cluster.name, "--zone", ZONE])
             .arg("--discovery")
             .arg(cluster.discovery.to_string())
