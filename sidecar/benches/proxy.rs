@@ -376,7 +376,7 @@ async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow
     let parsed = (|| {
         let name = fields.next()?;
         let secs = fields.next()?.parse::<f64>().ok()?;
-        // No rate: the closed loop.
+        // `None`: the closed loop; no third field: the latency rate.
         let rate = match fields.next() {
             Some("closed") => None,
             Some(r) => Some(r.parse::<f64>().ok().filter(|r| *r > 0.0)?),
