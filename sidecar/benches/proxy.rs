@@ -13,6 +13,8 @@
 //!
 //! `cargo build --release -p meshfed-gateway`, then
 //! `cargo bench -p meshfed-sidecar --bench proxy [-- --quick]`
+//! (`MESHFED_BENCH_BINS=<dir>`: the sidecars and the gateway run from
+//! `dir`, such as the profile-guided build `deploy/pgo-build` makes)
 //!
 //! The app runs as this binary re-executed with `--serve-app`; the sidecars
 //! and the gateway are child processes (so their RSS and CPU are their
@@ -183,7 +185,8 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
     }
     println!("set up in {:.1} s", started.elapsed().as_secs_f64());
     if let Ok(hold) = std::env::var("MESHFED_BENCH_HOLD") {
-        return hold_for_profiling(&mut ways, &plan, &hold).await;
+        hold_for_profiling(&mut ways, &plan, &hold).await?;
+        return topo.terminate();
     }
 
     // Idle: started, a few requests done, nothing else.
@@ -370,7 +373,9 @@ fn rss(pids: &[u32]) -> anyhow::Result<u64> {
 /// second (or the closed loop, `closed`), its proxies' pids printed first,
 /// so a profiler (`perf record -p`, `strace -c -p`) can be attached to
 /// them; a low rate lets one run under `valgrind --tool=callgrind`, whose
-/// instruction counts per request do not vary with a noisy machine.
+/// instruction counts per request do not vary with a noisy machine. The
+/// proxies are then stopped with SIGTERM, so what a profiler gathered is
+/// written: `deploy/pgo-build` trains its instrumented build this way.
 async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow::Result<()> {
     let mut fields = hold.split(':');
     let parsed = (|| {

@@ -96,6 +96,34 @@ impl Proc {
         self.child.id()
     }
 
+    /// Stops the child as an orchestrator does — SIGTERM, then up to
+    /// `grace` to exit — so what it writes at exit (a profile) is written.
+    /// Fails if it does not exit, or exits with a failure, in that time
+    /// (the guard kills it then).
+    #[allow(
+        dead_code,
+        reason = "the sidecar bench's holds end with it; this bench's do not"
+    )]
+    pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
+        use rustix::process::{Pid, Signal, kill_process};
+        let pid = Pid::from_raw(self.pid() as i32).context("pid 0")?;
+        if self.child.try_wait().context("wait")?.is_some() {
+            bail!("{} had already exited{}", self.name, self.log_tail());
+        }
+        kill_process(pid, Signal::TERM).with_context(|| format!("SIGTERM {}", self.name))?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().context("wait")? {
+                if !status.success() {
+                    bail!("{} exited ({status}){}", self.name, self.log_tail());
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} was still running {grace:?} after SIGTERM", self.name)
+    }
+
     /// Fails (with the end of its log) if the child has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait().context("wait")? {

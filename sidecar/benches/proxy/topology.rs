@@ -54,7 +54,7 @@ pub struct Topology {
 
 impl Topology {
     pub async fn start() -> anyhow::Result<Self> {
-        let gateway_bin = gateway_bin()?;
+        let bins = Bins::find()?;
         let dir = tempfile::tempdir().context("tempdir")?;
         let d = dir.path();
         let mesh = support::Mesh::new();
@@ -69,29 +69,39 @@ impl Topology {
         let (direct, behind) = (ports[0], ports[1]);
 
         let inbound = loopback(free_port()?);
-        let server = Sidecar::new("server sidecar", &east, &d.join("server"))
+        let server = Sidecar::new(&bins.sidecar, "server sidecar", &east, &d.join("server"))
             .role("east server (both paths)")
             .args(["--inbound", &format!("{inbound}={}", loopback(behind))])
             .spawn(d)
             .await?;
         east.write("api.yaml", &support::api_manifest(true, &[(inbound, ZONE)]));
-        let gateway = spawn_gateway(&gateway_bin, &east, &d.join("gateway"), d).await?;
+        let gateway = spawn_gateway(&bins.gateway, &east, &d.join("gateway"), d).await?;
         west.write("api.yaml", &support::api_manifest(false, &[]));
         let gw_listen = gateway.listen;
         west.link("east", gw_listen);
 
         let upstream = |port: u16| format!("api.shop:80={}", loopback(port));
         let (same, cross) = (free_port()?, free_port()?);
-        let client_east = Sidecar::new("client sidecar east", &east, &d.join("client-east"))
-            .role("east client (same-cluster)")
-            .args(["--upstream", &upstream(same)])
-            .spawn(d)
-            .await?;
-        let client_west = Sidecar::new("client sidecar west", &west, &d.join("client-west"))
-            .role("west client (cross-cluster)")
-            .args(["--upstream", &upstream(cross)])
-            .spawn(d)
-            .await?;
+        let client_east = Sidecar::new(
+            &bins.sidecar,
+            "client sidecar east",
+            &east,
+            &d.join("client-east"),
+        )
+        .role("east client (same-cluster)")
+        .args(["--upstream", &upstream(same)])
+        .spawn(d)
+        .await?;
+        let client_west = Sidecar::new(
+            &bins.sidecar,
+            "client sidecar west",
+            &west,
+            &d.join("client-west"),
+        )
+        .role("west client (cross-cluster)")
+        .args(["--upstream", &upstream(cross)])
+        .spawn(d)
+        .await?;
         tokio::time::timeout(
             Duration::from_secs(20),
             support::until_remote_group(&west, "east", ZONE),
@@ -136,15 +146,29 @@ impl Topology {
 
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.app_proc.check_alive()?;
-        for p in [
+        for p in self.proxies_mut() {
+            p.proc.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Stops every proxy as an orchestrator does (SIGTERM, then time to
+    /// exit): what a profiler or an instrumented build (`deploy/pgo-build`)
+    /// gathered, it writes at exit, and the guards' kill would lose it.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        for p in self.proxies_mut() {
+            p.proc.terminate(Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    fn proxies_mut(&mut self) -> [&mut Proxy; 4] {
+        [
             &mut self.client_east,
             &mut self.client_west,
             &mut self.server,
             &mut self.gateway,
-        ] {
-            p.proc.check_alive()?;
-        }
-        Ok(())
+        ]
     }
 }
 
@@ -160,8 +184,7 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    fn new(name: &'static str, cluster: &Cluster, creds: &Path) -> Self {
-        let exe = env!("CARGO_BIN_EXE_meshfed-sidecar");
+    fn new(exe: &Path, name: &'static str, cluster: &Cluster, creds: &Path) -> Self {
         // `MESHFED_BENCH_SIDECAR_WRAP`: a command line the sidecars run
         // under, a profiler's (`valgrind --tool=callgrind
         // --callgrind-out-file=/tmp/cg.%p`, with `MESHFED_BENCH_HOLD`).
@@ -258,42 +281,79 @@ async fn spawn_gateway(
     })
 }
 
-/// `meshfed-gateway` next to this bench in the target directory's profile
-/// folder (`cargo bench` builds only this package's binaries, and a nested
-/// `cargo build` would wait forever on the lock `cargo bench` holds), and
-/// not older than the sources it is built from.
-fn gateway_bin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("current exe")?;
-    // target/release/deps/proxy-HASH → target/release/meshfed-gateway
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("bench executable outside a target directory")?
-        .join("meshfed-gateway");
-    let build = "cargo build --release -p meshfed-gateway";
-    let built = std::fs::metadata(&bin)
+/// The binaries the proxies run.
+struct Bins {
+    sidecar: PathBuf,
+    gateway: PathBuf,
+}
+
+impl Bins {
+    /// `MESHFED_BENCH_BINS=<dir>`: both from `dir` (a profile-guided build,
+    /// `deploy/pgo-build`). Otherwise the sidecar `cargo bench` built and
+    /// `meshfed-gateway` next to this bench in the target directory's
+    /// profile folder (`cargo bench` builds only this package's binaries,
+    /// and a nested `cargo build` would wait forever on the lock `cargo
+    /// bench` holds). Either way not older than the sources they are built
+    /// from.
+    fn find() -> anyhow::Result<Self> {
+        let sidecar_sources = [
+            "sidecar/src",
+            "api/src",
+            "api/proto",
+            "api/build.rs",
+            "trust/src",
+        ];
+        let gateway_sources = [
+            "gateway/src",
+            "api/src",
+            "api/proto",
+            "api/build.rs",
+            "trust/src",
+        ];
+        if let Some(dir) = std::env::var_os("MESHFED_BENCH_BINS").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            let build = "deploy/pgo-build";
+            return Ok(Self {
+                sidecar: built(&dir.join("meshfed-sidecar"), &sidecar_sources, build)?,
+                gateway: built(&dir.join("meshfed-gateway"), &gateway_sources, build)?,
+            });
+        }
+        let exe = std::env::current_exe().context("current exe")?;
+        // target/release/deps/proxy-HASH → target/release/meshfed-gateway
+        let gateway = exe
+            .parent()
+            .and_then(Path::parent)
+            .context("bench executable outside a target directory")?
+            .join("meshfed-gateway");
+        Ok(Self {
+            sidecar: env!("CARGO_BIN_EXE_meshfed-sidecar").into(),
+            gateway: built(
+                &gateway,
+                &gateway_sources,
+                "cargo build --release -p meshfed-gateway",
+            )?,
+        })
+    }
+}
+
+/// `bin`, if it is there and not older than any of `sources` (what cargo
+/// would rebuild it for); else an error saying to run `build`.
+fn built(bin: &Path, sources: &[&str], build: &str) -> anyhow::Result<PathBuf> {
+    let made = std::fs::metadata(bin)
         .and_then(|m| m.modified())
         .with_context(|| format!("{} not found: run `{build}` first", bin.display()))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // What the binary is compiled from (what cargo would rebuild it for).
-    let sources = [
-        "gateway/src",
-        "api/src",
-        "api/proto",
-        "api/build.rs",
-        "trust/src",
-    ];
     let newest = sources
         .iter()
         .filter_map(|s| newest_mtime(&root.join(s)))
         .max();
-    if newest.is_some_and(|t| t > built) {
+    if newest.is_some_and(|t| t > made) {
         bail!(
             "{} is older than its sources: run `{build}` first",
             bin.display()
         );
     }
-    Ok(bin)
+    Ok(bin.to_path_buf())
 }
 
 /// The latest modification time of `path` or anything below it.
