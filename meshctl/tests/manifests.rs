@@ -1,8 +1,9 @@
 //! Everything meshctl and deploy/ hand to a Kubernetes API server parses
 //! strictly into the k8s-openapi types (a field those types do not know, or
 //! a value of the wrong shape, fails), the reference manifests in deploy/
-//! are exactly what `meshctl install` prints, and the container build has a
-//! stage for every image install refers to.
+//! are exactly what `meshctl install` prints, the container build has a
+//! stage for every image install refers to, and the data plane's
+//! profile-guided build script refuses what it cannot do before it builds.
 //!
 //! Regenerate the reference manifests after a deliberate change:
 //! `MESHFED_UPDATE_MANIFESTS=1 cargo test -p meshctl --test manifests`.
@@ -727,5 +728,76 @@ fn the_container_build_makes_every_image_install_uses() {
             manifests.contains(&format!("name = \"{bin}\"")),
             "the Dockerfile builds {bin}, which no crate defines"
         );
+    }
+}
+
+/// `deploy/pgo-build` is clean shell and, before it builds anything, refuses
+/// when no llvm-profdata of rustc's LLVM version is there (its profiles are
+/// read only by that version), naming both ways to get one. It runs with a
+/// PATH of only what it uses before that, and a `rustc` that reports an LLVM
+/// no machine has.
+#[test]
+fn the_pgo_build_refuses_without_llvm_profdata_of_rustcs_llvm() {
+    let script = deploy_dir().join("pgo-build");
+    let t = tempfile::tempdir().expect("tempdir");
+    let bin = t.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let path = std::env::var_os("PATH").expect("PATH is set");
+    for tool in ["bash", "dirname", "sed", "grep"] {
+        let found = std::env::split_paths(&path)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{tool} is on no directory of PATH"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).expect("symlink");
+    }
+    let fake = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let file = bin.join(name);
+        std::fs::write(&file, format!("#!/bin/sh\n{body}\n")).expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    fake(
+        "rustc",
+        r#"case "$1" in -vV) echo "LLVM version: 99.1.0" ;; --print) echo /nonexistent ;; esac"#,
+    );
+    let ran = t.path().join("cargo-ran");
+    fake("cargo", &format!("touch {}", ran.display()));
+    let out = Command::new(bin.join("bash"))
+        .arg(&script)
+        .env_clear()
+        .env("PATH", &bin)
+        .output()
+        .expect("run deploy/pgo-build");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for said in [
+        "no llvm-profdata of LLVM 99",
+        "rustup component add llvm-tools",
+        "apt-get install llvm-99",
+    ] {
+        assert!(err.contains(said), "no {said:?} in: {err}");
+    }
+    assert!(!ran.exists(), "cargo ran before the refusal");
+
+    let syntax = Command::new(bin.join("bash"))
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash -n");
+    assert!(syntax.status.success(), "bash -n deploy/pgo-build");
+    match Command::new("shellcheck").arg(&script).output() {
+        Ok(lint) => assert!(
+            lint.status.success(),
+            "shellcheck deploy/pgo-build:\n{}",
+            String::from_utf8_lossy(&lint.stdout)
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!(
+            "\n\
+             ************************************************************************\n\
+             * SKIPPED: shellcheck is not installed, deploy/pgo-build was not linted.\n\
+             * apt-get install shellcheck (CI installs it).\n\
+             ************************************************************************\n"
+        ),
+        Err(e) => panic!("running shellcheck: {e}"),
     }
 }
