@@ -289,33 +289,27 @@ struct Bins {
 
 impl Bins {
     /// `MESHFED_BENCH_BINS=<dir>`: both from `dir` (a profile-guided build,
-    /// `deploy/pgo-build`). Otherwise the sidecar `cargo bench` built and
-    /// `meshfed-gateway` next to this bench in the target directory's
-    /// profile folder (`cargo bench` builds only this package's binaries,
-    /// and a nested `cargo build` would wait forever on the lock `cargo
-    /// bench` holds). Either way not older than the sources they are built
-    /// from.
+    /// `deploy/pgo-build`), an absolute path: `cargo bench` runs the bench
+    /// in `sidecar/`, so a relative one would not mean what it says.
+    /// Otherwise the sidecar `cargo bench` built and `meshfed-gateway` next
+    /// to this bench in the target directory's profile folder (`cargo
+    /// bench` builds only this package's binaries, and a nested `cargo
+    /// build` would wait forever on the lock `cargo bench` holds). Either
+    /// way not older than the sources they are built from.
     fn find() -> anyhow::Result<Self> {
-        let sidecar_sources = [
-            "sidecar/src",
-            "api/src",
-            "api/proto",
-            "api/build.rs",
-            "trust/src",
-        ];
-        let gateway_sources = [
-            "gateway/src",
-            "api/src",
-            "api/proto",
-            "api/build.rs",
-            "trust/src",
-        ];
         if let Some(dir) = std::env::var_os("MESHFED_BENCH_BINS").filter(|d| !d.is_empty()) {
             let dir = PathBuf::from(dir);
+            if dir.is_relative() {
+                bail!(
+                    "MESHFED_BENCH_BINS={} is relative: give an absolute path, \
+                     such as $PWD/target/pgo/bin (cargo bench runs the bench in sidecar/)",
+                    dir.display()
+                );
+            }
             let build = "deploy/pgo-build";
             return Ok(Self {
-                sidecar: built(&dir.join("meshfed-sidecar"), &sidecar_sources, build)?,
-                gateway: built(&dir.join("meshfed-gateway"), &gateway_sources, build)?,
+                sidecar: built(&dir.join("meshfed-sidecar"), "sidecar/src", build)?,
+                gateway: built(&dir.join("meshfed-gateway"), "gateway/src", build)?,
             });
         }
         let exe = std::env::current_exe().context("current exe")?;
@@ -329,20 +323,22 @@ impl Bins {
             sidecar: env!("CARGO_BIN_EXE_meshfed-sidecar").into(),
             gateway: built(
                 &gateway,
-                &gateway_sources,
+                "gateway/src",
                 "cargo build --release -p meshfed-gateway",
             )?,
         })
     }
 }
 
-/// `bin`, if it is there and not older than any of `sources` (what cargo
-/// would rebuild it for); else an error saying to run `build`.
-fn built(bin: &Path, sources: &[&str], build: &str) -> anyhow::Result<PathBuf> {
+/// `bin`, if it is there and not older than its crate's sources `own` or
+/// those of the crates it shares (what cargo would rebuild it for); else an
+/// error saying to run `build`.
+fn built(bin: &Path, own: &str, build: &str) -> anyhow::Result<PathBuf> {
     let made = std::fs::metadata(bin)
         .and_then(|m| m.modified())
         .with_context(|| format!("{} not found: run `{build}` first", bin.display()))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sources = [own, "api/src", "api/proto", "api/build.rs", "trust/src"];
     let newest = sources
         .iter()
         .filter_map(|s| newest_mtime(&root.join(s)))
