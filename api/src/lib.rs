@@ -25,4 +25,5 @@ pub mod discovery {
 pub mod crd;
 pub mod labels;
 pub mod priority;
+pub mod route;
 pub mod sni;

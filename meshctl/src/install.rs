@@ -578,6 +578,9 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links", "failoverpolicies"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links/status", "failoverpolicies/status"], "verbs": ["get", "patch"] },
+            // Routes attached to Services (GAMMA), and their status entries.
+            { "apiGroups": [meshfed_api::route::GROUP], "resources": [meshfed_api::route::PLURAL], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [meshfed_api::route::GROUP], "resources": ["httproutes/status"], "verbs": ["get", "patch"] },
         ]),
     ));
     // The leader Lease, and no other: kube-lease-manager GETs it, CREATEs it

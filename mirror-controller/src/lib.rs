@@ -13,6 +13,7 @@ mod controller;
 mod discovery;
 mod federation;
 pub mod fixtures;
+mod httproute;
 mod leader;
 mod local;
 mod metrics;

@@ -1,7 +1,8 @@
 //! Statuses: each Link's `Accepted` and `Alive` conditions, liveness,
 //! probe latency, imported service count, resolved addresses and last
-//! error; each FailoverPolicy's `Accepted`. Written only when they change,
-//! at most once per period per object.
+//! error; each FailoverPolicy's `Accepted`; each HTTPRoute's entries for
+//! its Service parents (`Accepted`, `ResolvedRefs`). Written only when they
+//! change, at most once per period per object.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +15,11 @@ use meshfed_api::crd::{
 };
 use tokio::sync::watch;
 
+use crate::httproute::{check, status_parents};
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
 use crate::mirrors::{Unwritable, lock, selected};
 use futures::future::BoxFuture;
+use meshfed_api::route::{CONTROLLER_NAME, HttpRouteStatusParents, RouteTime, RouteTimestamp};
 
 use crate::store::{ObjKey, Store, StoreError};
 use crate::validate::{accepted_condition, validate_failover_policy, validate_link};
@@ -34,6 +37,7 @@ pub(crate) async fn run(
 ) {
     let mut written_links: HashMap<ObjKey, LinkStatus> = HashMap::new();
     let mut written_policies: HashMap<ObjKey, FailoverPolicyStatus> = HashMap::new();
+    let mut written_routes: HashMap<ObjKey, Vec<HttpRouteStatusParents>> = HashMap::new();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,6 +128,40 @@ pub(crate) async fn run(
             .await;
         }
         written_policies.retain(|k, _| w.local.policies.contains_key(k));
+        let route_now = RouteTime(RouteTimestamp::now());
+        for (key, route) in &w.local.routes {
+            let ours: Vec<HttpRouteStatusParents> = route
+                .status
+                .iter()
+                .flat_map(|s| s.parents.iter())
+                .filter(|p| p.controller_name == CONTROLLER_NAME)
+                .cloned()
+                .collect();
+            let verdicts = check(route, key, &w.local);
+            if verdicts.is_empty() && ours.is_empty() {
+                // Not a mesh route (its parents are Gateways): another
+                // controller's to report on.
+                continue;
+            }
+            let mut next = status_parents(
+                &verdicts,
+                route.metadata.generation,
+                &route_now,
+                route.status.as_ref(),
+            );
+            // The Gateway API holds at most 32 parents in a status.
+            next.truncate(32);
+            publish(
+                key,
+                next,
+                Some(&ours),
+                &mut written_routes,
+                &metrics,
+                |k, s| store.set_route_status(k, s),
+            )
+            .await;
+        }
+        written_routes.retain(|k, _| w.local.routes.contains_key(k));
     }
 }
 

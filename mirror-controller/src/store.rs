@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
+use meshfed_api::route::{HttpRoute, HttpRouteStatusParents};
 use tokio::sync::watch;
 
 pub use self::edit::{Change, Found, ManifestDir};
@@ -76,12 +77,18 @@ pub struct ClusterState {
     pub links: Table<ObjKey, Link>,
     /// FailoverPolicies by namespace/name.
     pub policies: Table<ObjKey, FailoverPolicy>,
+    /// HTTPRoutes by namespace/name (whatever their parents: which are
+    /// Meshfed's is decided where they are read).
+    pub routes: Table<ObjKey, Arc<HttpRoute>>,
     /// Manifest files that do not parse now (file store; the kube store
     /// has none). The objects they held keep their last good version.
     pub broken_files: usize,
     /// Each Service's slices, built on first use from the newest index of
     /// this state's line; not part of the value.
     slice_index: SliceIndex,
+    /// The routes naming each Service as a parent, built on first use for
+    /// the routes this state holds; not part of the value.
+    route_index: RouteIndexCell,
 }
 
 impl PartialEq for ClusterState {
@@ -95,6 +102,7 @@ impl PartialEq for ClusterState {
             && self.pods == other.pods
             && self.links == other.links
             && self.policies == other.policies
+            && self.routes == other.routes
             && self.broken_files == other.broken_files
     }
 }
@@ -143,6 +151,57 @@ impl ClusterState {
             .filter_map(|k| self.slices.get(k).map(|s| &**s))
             .collect();
         found.into_iter()
+    }
+}
+
+impl ClusterState {
+    /// The HTTPRoutes that name Service `key` as a parent, with their keys,
+    /// in key order. The index behind it is built once per set of routes
+    /// (states that share their routes share it), so a lookup costs the
+    /// routes of that Service, not all routes.
+    pub(crate) fn routes_of(&self, key: &ObjKey) -> Vec<(ObjKey, &HttpRoute)> {
+        let names = self.route_index.of(&self.routes).get(key).cloned();
+        names
+            .iter()
+            .flat_map(|n| n.iter())
+            .filter_map(|k| Some((k.clone(), &**self.routes.get(k)?)))
+            .collect()
+    }
+}
+
+/// The routes of a state.
+type Routes = Table<ObjKey, Arc<HttpRoute>>;
+
+/// [`ClusterState::routes_of`]'s index, with the routes it was built from.
+#[derive(Default, Clone)]
+struct RouteIndexCell(Arc<Mutex<Option<(Routes, crate::httproute::RouteIndex)>>>);
+
+impl RouteIndexCell {
+    fn of(&self, routes: &Routes) -> crate::httproute::RouteIndex {
+        let mut cell = locked(&self.0);
+        if let Some((of, index)) = cell.as_ref()
+            && of.ptr_eq(routes)
+        {
+            return index.clone();
+        }
+        let mut by_parent: BTreeMap<ObjKey, Vec<ObjKey>> = BTreeMap::new();
+        for (key, route) in routes {
+            for parent in crate::httproute::parents_of(key, route) {
+                by_parent.entry(parent).or_default().push(key.clone());
+            }
+        }
+        let index: crate::httproute::RouteIndex = by_parent
+            .into_iter()
+            .map(|(k, v)| (k, Arc::from(v)))
+            .collect();
+        *cell = Some((routes.clone(), index.clone()));
+        index
+    }
+}
+
+impl fmt::Debug for RouteIndexCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RouteIndex")
     }
 }
 
@@ -462,6 +521,31 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         key: ObjKey,
         status: FailoverPolicyStatus,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Replaces this controller's entries of an HTTPRoute's
+    /// `status.parents` (those under
+    /// [`meshfed_api::route::CONTROLLER_NAME`]) with `parents`, keeping
+    /// every other controller's; [`StoreError::NotFound`] if the route is
+    /// gone.
+    fn set_route_status(
+        &self,
+        key: ObjKey,
+        parents: Vec<HttpRouteStatusParents>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// `current`'s entries of `status.parents` that other controllers wrote,
+/// then `ours`: what a route's status becomes when this controller writes.
+pub fn merged_route_parents(
+    current: Option<&meshfed_api::route::HttpRouteStatus>,
+    ours: Vec<HttpRouteStatusParents>,
+) -> Vec<HttpRouteStatusParents> {
+    let others = current
+        .into_iter()
+        .flat_map(|s| s.parents.iter())
+        .filter(|p| p.controller_name != meshfed_api::route::CONTROLLER_NAME)
+        .cloned();
+    others.chain(ours).collect()
 }
 
 /// The outcome of each write of a batch, by object.

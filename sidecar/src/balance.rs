@@ -258,6 +258,11 @@ impl Balancer {
         })
     }
 
+    /// Whether any endpoint could take a request now.
+    pub(crate) fn serving(&self, now: Instant) -> bool {
+        (0..self.groups.len()).any(|i| self.can_serve(i, now, &[]))
+    }
+
     fn can_serve(&self, gi: usize, now: Instant, exclude: &[Arc<str>]) -> bool {
         self.candidates(gi, now, exclude).next().is_some()
     }

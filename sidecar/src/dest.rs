@@ -9,7 +9,7 @@ mod wait;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use meshfed_api::discovery::EndpointSet;
 use tokio::net::TcpStream;
@@ -26,6 +26,8 @@ use crate::connect::{Alpn, Connector};
 use crate::metrics::{Metrics, ServiceLabels};
 use crate::pool::Pool;
 use crate::reason::Reason;
+use crate::routes::RouteTable;
+use crate::stack::Next;
 use crate::stack::breaker::{self, Kind};
 use crate::workers::{PerWorker, Workers};
 
@@ -46,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// The data plane's threads.
     pub(crate) workers: Arc<Workers>,
+    /// Mirrored copies of requests in flight (bounded: a slow mirror
+    /// backend must not pile them up).
+    pub(crate) mirrors_in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -106,6 +111,11 @@ pub(crate) struct Dest {
     /// Discovery has answered (an endpoint set, even empty, never taken
     /// back): requests no longer wait for it.
     answered: AtomicBool,
+    /// The service's routes, compiled from the last endpoint set.
+    routes: Mutex<Arc<RouteTable>>,
+    /// The request path below the route, built once: every route naming
+    /// this service as a backend sends through it.
+    stack: OnceLock<Next>,
 }
 
 impl Dest {
@@ -127,7 +137,31 @@ impl Dest {
             changes: Notify::new(),
             waiting: AtomicUsize::new(0),
             answered: AtomicBool::new(false),
+            routes: Mutex::default(),
+            stack: OnceLock::new(),
         })
+    }
+
+    /// The stack below the route, built by `build` the first time.
+    pub(crate) fn stack(&self, build: impl FnOnce() -> Next) -> Next {
+        self.stack.get_or_init(build).clone()
+    }
+
+    /// The service's routes as of the last endpoint set (empty: none).
+    pub(crate) fn routes(&self) -> Arc<RouteTable> {
+        self.sync();
+        self.routes.lock().expect("routes lock").clone()
+    }
+
+    /// Whether an endpoint could take a request now (one of a service
+    /// discovery has not answered for yet may).
+    pub(crate) fn can_serve(&self) -> bool {
+        if self.set.lock().expect("set lock").borrow().is_none() {
+            return true;
+        }
+        self.sync();
+        let b = self.balancer.lock().expect("balancer lock");
+        b.serving(Instant::now())
     }
 
     /// Whether discovery has answered for the service (then `ready` is
@@ -162,6 +196,12 @@ impl Dest {
             return;
         };
         drop(rx);
+        let mut routes = self.routes.lock().expect("routes lock");
+        if routes.wire() != set.routes.as_slice() {
+            let table = RouteTable::compile(&set.routes, &self.label, &self.shared.metrics.routes);
+            *routes = Arc::new(table);
+        }
+        drop(routes);
         let mut b = self.balancer.lock().expect("balancer lock");
         b.update(&set, &self.shared.cluster, &self.sni, Instant::now());
         self.budget.set(&b.params());

@@ -33,6 +33,7 @@ mod opaque;
 mod outbound;
 mod pool;
 mod reason;
+mod routes;
 mod stack;
 mod trace;
 mod upgrade;
@@ -118,6 +119,7 @@ impl Sidecar {
                 workers::Workers::start(config.workers)
                     .expect("the system refused to start the sidecar's worker threads"),
             ),
+            mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
         });
         let discovery = Discovery::new(
             discovery,

@@ -152,6 +152,7 @@ pub struct Metrics {
     pub(crate) plaintext: Family<PlaintextLabels, Counter>,
     pub(crate) discovery_streams_up: Gauge,
     pub(crate) discovery_updates: Counter,
+    pub(crate) routes: crate::routes::RouteMetrics,
     handles: Mutex<Handles>,
 }
 
@@ -309,8 +310,10 @@ impl Metrics {
             plaintext: Family::default(),
             discovery_streams_up: Gauge::default(),
             discovery_updates: Counter::default(),
+            routes: crate::routes::RouteMetrics::default(),
             handles: Mutex::default(),
         };
+        m.routes.register(r);
         r.register(
             "requests",
             "HTTP requests by direction, service, serving cluster and zone, status",

@@ -19,6 +19,8 @@ use crate::detect::{Protocol, detect};
 use crate::discovery::Discovery;
 use crate::io::Prefixed;
 use crate::io::original_dst;
+use crate::stack::Next;
+use crate::stack::route::Backends;
 
 /// Destinations by service port, made on first use.
 #[derive(Debug)]
@@ -52,6 +54,14 @@ impl Router {
     }
 }
 
+impl Backends for Router {
+    fn backend(&self, target: &ServiceTarget) -> (Arc<Dest>, Next) {
+        let dest = self.dest(target);
+        let below = http::below_route(&dest);
+        (dest, below)
+    }
+}
+
 /// Serves one explicit upstream port.
 pub(crate) async fn serve_upstream(
     listener: TcpListener,
@@ -69,8 +79,9 @@ pub(crate) async fn serve_upstream(
             }
         };
         let d = dest.clone();
+        let r = router.clone();
         dest.shared
-            .spawn_accepted(tcp, move |tcp| async move { proxy(tcp, d).await });
+            .spawn_accepted(tcp, move |tcp| async move { proxy(tcp, d, r).await });
     }
 }
 
@@ -103,7 +114,10 @@ pub(crate) async fn serve_transparent(listener: TcpListener, router: Arc<Router>
             match router.discovery.resolve(original.ip()).await {
                 Ok(Some(svc)) if svc.ports.contains(&u32::from(original.port())) => {
                     match ServiceTarget::new(&svc.name, &svc.namespace, original.port()) {
-                        Ok(target) => proxy(tcp, router.dest(&target)).await,
+                        Ok(target) => {
+                            let dest = router.dest(&target);
+                            proxy(tcp, dest, router).await;
+                        }
                         Err(e) => tracing::warn!(error = %e, "discovery resolved to a bad name"),
                     }
                 }
@@ -119,7 +133,7 @@ pub(crate) async fn serve_transparent(listener: TcpListener, router: Arc<Router>
 }
 
 /// Detects the protocol and proxies the connection to `dest`.
-async fn proxy(mut tcp: TcpStream, dest: Arc<Dest>) {
+async fn proxy(mut tcp: TcpStream, dest: Arc<Dest>, router: Arc<Router>) {
     let _ = tcp.set_nodelay(true);
     let detected = match detect(&mut tcp, dest.shared.timeouts.detect).await {
         Ok(Some(d)) => d,
@@ -132,8 +146,8 @@ async fn proxy(mut tcp: TcpStream, dest: Arc<Dest>) {
     let (protocol, prefix) = detected;
     let io = Prefixed::new(prefix, tcp);
     match protocol {
-        Protocol::Http1 => http::serve(io, dest, false).await,
-        Protocol::Http2 => http::serve(io, dest, true).await,
-        Protocol::Opaque => tcp::forward(io, dest).await,
+        Protocol::Http1 => http::serve(io, dest, router, false).await,
+        Protocol::Http2 => http::serve(io, dest, router, true).await,
+        Protocol::Opaque => tcp::forward(io, dest, router).await,
     }
 }

@@ -32,11 +32,16 @@ pub enum Reason {
     /// The caller spoke plaintext where the port's policy is strict, or
     /// the port has an allow-list, which no plaintext caller is on (inbound).
     Plaintext,
+    /// The service has routes and the request matches none of them (404).
+    NoRouteMatch,
+    /// The route's rule sends the request nowhere: no backend with a
+    /// weight, or the one picked does not resolve (500).
+    NoRouteBackend,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::DiscoveryUnavailable,
         Reason::NoEndpoints,
         Reason::NoHealthyEndpoints,
@@ -48,6 +53,8 @@ impl Reason {
         Reason::Forbidden,
         Reason::Handshake,
         Reason::Plaintext,
+        Reason::NoRouteMatch,
+        Reason::NoRouteBackend,
     ];
 
     /// The label and header value.
@@ -64,6 +71,8 @@ impl Reason {
             Reason::Forbidden => "forbidden",
             Reason::Handshake => "handshake",
             Reason::Plaintext => "plaintext",
+            Reason::NoRouteMatch => "no_route_match",
+            Reason::NoRouteBackend => "no_route_backend",
         }
     }
 
@@ -79,6 +88,8 @@ impl Reason {
             Reason::RequestTimeout => S::GATEWAY_TIMEOUT,
             Reason::UpstreamReset | Reason::AppUnavailable => S::BAD_GATEWAY,
             Reason::Forbidden | Reason::Handshake | Reason::Plaintext => S::FORBIDDEN,
+            Reason::NoRouteMatch => S::NOT_FOUND,
+            Reason::NoRouteBackend => S::INTERNAL_SERVER_ERROR,
             _ => S::SERVICE_UNAVAILABLE,
         }
     }

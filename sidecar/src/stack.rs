@@ -6,6 +6,10 @@
 //! route ─► retry (budget) ─► balance (pick, wait, outlier feedback) ─► breaker ─► endpoint (pool, mTLS)
 //! ```
 //!
+//! The route sends a request to the stack below of the service it is for,
+//! or, where HTTPRoutes split the service, of the backend it picked: every
+//! backend a service of its own, with the layers below of its own.
+//!
 //! A layer's service answers `Result<Response<Body>, Failure>`: an answer
 //! from an endpoint (any status), or why there was none. What a layer tells
 //! the ones below travels in the request's extensions (`Deadline`,
@@ -16,6 +20,7 @@
 pub(crate) mod balance;
 pub(crate) mod breaker;
 pub(crate) mod endpoint;
+mod mirror;
 pub(crate) mod retry;
 pub(crate) mod route;
 

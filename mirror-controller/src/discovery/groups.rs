@@ -23,6 +23,7 @@ use meshfed_api::labels;
 use meshfed_api::priority::{GroupHealth, shares};
 use meshfed_trust::TrustDomain;
 
+use crate::httproute::rules_for;
 use crate::local;
 use crate::mirrors::imported;
 use crate::store::ObjKey;
@@ -82,6 +83,7 @@ pub(crate) fn endpoint_set(world: &World, me: &LocalCluster, q: &Query) -> Endpo
             groups,
             policy: Some(wire_policy),
             revision: 0,
+            routes: rules_for(&world.local, &q.key, q.port),
         };
     }
     if let Some(svc) = svc
@@ -122,6 +124,7 @@ pub(crate) fn endpoint_set(world: &World, me: &LocalCluster, q: &Query) -> Endpo
         groups,
         policy: Some(wire_policy),
         revision: 0,
+        routes: rules_for(&world.local, &q.key, q.port),
     }
 }
 

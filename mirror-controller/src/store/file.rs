@@ -5,7 +5,7 @@
 //! Layout under the directory:
 //! - any `*.yaml` / `*.yml` file (sub-directories too) holds manifests,
 //!   several per file separated by `---`: Services, EndpointSlices, Pods,
-//!   Nodes, Links and FailoverPolicies; other kinds are ignored;
+//!   Nodes, Links, FailoverPolicies and HTTPRoutes; other kinds are ignored;
 //! - `mirrors/<namespace>/<name>.yaml` are the mirrors the controller writes
 //!   (read back like any manifest, so a restarted controller finds them);
 //! - `status/<kind>/<namespace>.<name>.yaml` is where statuses are written
@@ -29,6 +29,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
+use meshfed_api::route::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -36,7 +37,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, compact_service,
-    compact_slice, edit, is_mirror,
+    compact_slice, edit, is_mirror, merged_route_parents,
 };
 
 mod changes;
@@ -255,12 +256,16 @@ fn take(state: &mut ClusterState, id: &Identity, obj: Option<&Object>) {
         Some(Object::Policy(p)) => {
             state.policies.insert(key, (**p).clone());
         }
+        Some(Object::Route(r)) => {
+            state.routes.insert(key, r.clone());
+        }
         None => match id.0 {
             SERVICE => drop(state.services.remove(&key)),
             SLICE => drop(state.slices.remove(&key)),
             NODE => drop(state.node_zones.remove(&*key.name)),
             POD => drop(state.pods.remove(&key)),
             LINK => drop(state.links.remove(&key)),
+            ROUTE => drop(state.routes.remove(&key)),
             _ => drop(state.policies.remove(&key)),
         },
     }
@@ -272,12 +277,14 @@ const NODE: &str = "Node";
 const POD: &str = "Pod";
 const LINK: &str = "Link";
 const POLICY: &str = "FailoverPolicy";
+const ROUTE: &str = "HTTPRoute";
 
 /// The objects that have a status, by the folder of their status files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StatusOf {
     Link,
     Policy,
+    Route,
 }
 
 /// A status file whose object is gone: (its kind, the object).
@@ -302,6 +309,7 @@ enum Object {
     Pod(Box<(ObjKey, Option<PodAccount>)>),
     Link(Arc<Link>),
     Policy(Arc<FailoverPolicy>),
+    Route(Arc<HttpRoute>),
 }
 
 /// A manifest that cannot be used, with where it is.
@@ -433,6 +441,19 @@ impl Store for FileStore {
             let mut policy = state.policies.get(key)?.clone();
             policy.status = Some(status);
             Some(policy)
+        }))
+    }
+
+    fn set_route_status(
+        &self,
+        key: ObjKey,
+        parents: Vec<HttpRouteStatusParents>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.inner.set_status(StatusOf::Route, key, |state, key| {
+            let mut route = (**state.routes.get(key)?).clone();
+            let parents = merged_route_parents(route.status.as_ref(), parents);
+            route.status = Some(HttpRouteStatus { parents });
+            Some(route)
         }))
     }
 }
@@ -779,12 +800,13 @@ impl Inner {
 // === impl StatusOf ===
 
 impl StatusOf {
-    const ALL: [Self; 2] = [Self::Link, Self::Policy];
+    const ALL: [Self; 3] = [Self::Link, Self::Policy, Self::Route];
 
     fn kind(self) -> &'static str {
         match self {
-            Self::Link => "Link",
-            Self::Policy => "FailoverPolicy",
+            Self::Link => LINK,
+            Self::Policy => POLICY,
+            Self::Route => ROUTE,
         }
     }
 
@@ -793,6 +815,7 @@ impl StatusOf {
         match self {
             Self::Link => "links",
             Self::Policy => "failoverpolicies",
+            Self::Route => "httproutes",
         }
     }
 
@@ -800,6 +823,7 @@ impl StatusOf {
         match self {
             Self::Link => Box::new(state.links.keys()),
             Self::Policy => Box::new(state.policies.keys()),
+            Self::Route => Box::new(state.routes.keys()),
         }
     }
 
@@ -807,6 +831,7 @@ impl StatusOf {
         match self {
             Self::Link => state.links.contains_key(key),
             Self::Policy => state.policies.contains_key(key),
+            Self::Route => state.routes.contains_key(key),
         }
     }
 }
@@ -905,7 +930,14 @@ fn parse_manifests(text: &str) -> Result<Vec<Object>, ParseError> {
             }
             ("meshfed.io/v1alpha1", "Link") => Object::Link(typed(doc, &at)?),
             ("meshfed.io/v1alpha1", "FailoverPolicy") => Object::Policy(typed(doc, &at)?),
-            (_, "Service" | "EndpointSlice" | "Node" | "Pod" | "Link" | "FailoverPolicy") => {
+            // v1beta1 is served from the same schema (what older tools write).
+            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", ROUTE) => {
+                Object::Route(typed(doc, &at)?)
+            }
+            (
+                _,
+                "Service" | "EndpointSlice" | "Node" | "Pod" | "Link" | "FailoverPolicy" | ROUTE,
+            ) => {
                 return Err(at(
                     1,
                     1,
@@ -983,6 +1015,7 @@ impl Object {
             Object::Pod(pod) => return (POD, pod.0.clone()),
             Object::Link(o) => (LINK, &o.metadata),
             Object::Policy(o) => (POLICY, &o.metadata),
+            Object::Route(o) => (ROUTE, &o.metadata),
         };
         (kind, object_key(meta))
     }

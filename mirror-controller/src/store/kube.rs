@@ -1,9 +1,14 @@
 //! The Kubernetes backend of the cluster store. [`KubeStore`] owns one
 //! watcher per resource the controller reads (Services, EndpointSlices, Pods,
-//! Nodes, Links and FailoverPolicies, in all namespaces), folds their events into one
-//! [`ClusterState`] published on a watch channel, and makes the controller's
-//! few writes: server-side apply of mirrors under [`CONTROLLER`], their
-//! deletion, and the status of Links and FailoverPolicies.
+//! Nodes, Links, FailoverPolicies and HTTPRoutes, in all namespaces), folds
+//! their events into one [`ClusterState`] published on a watch channel, and
+//! makes the controller's few writes: server-side apply of mirrors under
+//! [`CONTROLLER`], their deletion, and the status of Links, FailoverPolicies
+//! and HTTPRoutes.
+//!
+//! The Gateway API's HTTPRoute CRD is the cluster's, not Meshfed's: when
+//! the API server does not serve it, the store starts without routes, says
+//! so once, and takes them in as soon as the CRD is installed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +27,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
 use meshfed_api::labels::{CONTROLLER, ORIGIN_CLUSTER, ZONE};
+use meshfed_api::route::{HttpRoute, HttpRouteStatusParents};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -29,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, Table, compact_service,
-    compact_slice, diffed, diffed_key, is_mirror,
+    compact_slice, diffed, diffed_key, is_mirror, merged_route_parents,
 };
 
 /// How long [`KubeStore::start`] waits for every watcher's initial list.
@@ -64,6 +70,7 @@ impl KubeStore {
             watch_pods(&client),
             watch_all(&client, LINKS, Update::Link),
             watch_all(&client, POLICIES, Update::Policy),
+            watch_all(&client, ROUTES, Update::Route),
         ]);
         let (state, _) = watch::channel(Arc::default());
         let (progress_tx, mut progress) = watch::channel(Progress::new());
@@ -176,6 +183,38 @@ impl KubeStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// A route's status is shared by every controller of its parents, and
+    /// the Gateway API's `status.parents` is one list, replaced whole by a
+    /// write: the others' entries are kept as the cache has them, and the
+    /// write is conditional on that very version (a conflict is tried again
+    /// at the next status pass, from the newer version).
+    async fn route_status(
+        &self,
+        key: ObjKey,
+        parents: Vec<HttpRouteStatusParents>,
+    ) -> Result<(), StoreError> {
+        let not_found = || StoreError::NotFound {
+            kind: "HTTPRoute",
+            key: key.clone(),
+        };
+        let current = self.state.borrow().routes.get(&key).cloned();
+        let current = current.ok_or_else(not_found)?;
+        let parents = merged_route_parents(current.status.as_ref(), parents);
+        let patch = Patch::Merge(serde_json::json!({
+            "metadata": { "resourceVersion": current.metadata.resource_version },
+            "status": { "parents": parents },
+        }));
+        let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api
+            .patch_status(&key.name, &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Err(not_found()),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl Store for KubeStore {
@@ -222,6 +261,14 @@ impl Store for KubeStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         self.apply_status::<FailoverPolicy>(key, "FailoverPolicy", status)
             .boxed()
+    }
+
+    fn set_route_status(
+        &self,
+        key: ObjKey,
+        parents: Vec<HttpRouteStatusParents>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.route_status(key, parents).boxed()
     }
 }
 
@@ -316,7 +363,8 @@ const NODES: &str = "nodes";
 const PODS: &str = "pods";
 const LINKS: &str = "links.meshfed.io";
 const POLICIES: &str = "failoverpolicies.meshfed.io";
-const WATCHED: [&str; 6] = [SERVICES, SLICES, NODES, PODS, LINKS, POLICIES];
+const ROUTES: &str = "httproutes.gateway.networking.k8s.io";
+const WATCHED: [&str; 7] = [SERVICES, SLICES, NODES, PODS, LINKS, POLICIES, ROUTES];
 
 /// One watcher event, by the table it goes to.
 enum Update {
@@ -326,6 +374,7 @@ enum Update {
     Pod(Event<PodIdentity>),
     Link(Event<Link>),
     Policy(Event<FailoverPolicy>),
+    Route(Event<HttpRoute>),
 }
 
 /// A watcher's events and errors, tagged with the resource's name.
@@ -374,6 +423,8 @@ struct Progress {
     unsynced: BTreeMap<&'static str, Option<String>>,
     /// A resource whose list the API server answered with 404.
     missing: Option<&'static str>,
+    /// The API server does not serve HTTPRoutes (said once).
+    routes_unserved: bool,
 }
 
 impl Progress {
@@ -382,6 +433,7 @@ impl Progress {
         Self {
             unsynced,
             missing: None,
+            routes_unserved: false,
         }
     }
 
@@ -390,12 +442,26 @@ impl Progress {
     }
 
     fn note(&mut self, name: &'static str, error: &watcher::Error) -> bool {
+        let unserved = matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(s))
+            if s.is_not_found());
+        if name == ROUTES && unserved {
+            // Not Meshfed's CRD: without it there are no routes, and the
+            // rest runs. The watcher keeps listing, so installing it later
+            // brings the routes in.
+            if !self.routes_unserved {
+                tracing::warn!(
+                    "the Gateway API's HTTPRoute CRD is not installed (the API server does not \
+                     serve {ROUTES}): no routes apply until it is; install it with \
+                     `meshctl install --gateway-api-crds` or the Gateway API's standard install"
+                );
+            }
+            self.routes_unserved = true;
+            return self.unsynced.remove(name).is_some();
+        }
         let Some(last) = self.unsynced.get_mut(name) else {
             return false;
         };
-        if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = error
-            && s.is_not_found()
-        {
+        if unserved {
             self.missing = Some(name);
         }
         *last = Some(error.to_string());
@@ -449,7 +515,10 @@ async fn run(
                 }
             }
             Err(error) => {
-                tracing::warn!(resource = name, %error, "watch failed; retrying");
+                let said = name == ROUTES && progress.borrow().routes_unserved;
+                if !said {
+                    tracing::warn!(resource = name, %error, "watch failed; retrying");
+                }
                 progress.send_if_modified(|p| p.note(name, &error));
             }
         }
@@ -468,6 +537,7 @@ struct Fold {
     pods: Option<Table<ObjKey, PodAccount>>,
     links: Option<Table<ObjKey, Link>>,
     policies: Option<Table<ObjKey, FailoverPolicy>>,
+    routes: Option<Table<ObjKey, Arc<HttpRoute>>>,
 }
 
 impl Fold {
@@ -486,6 +556,7 @@ impl Fold {
             Update::Pod(e) => fold(&mut s.pods, &mut self.pods, e, account),
             Update::Link(e) => fold(&mut s.links, &mut self.links, e, keyed),
             Update::Policy(e) => fold(&mut s.policies, &mut self.policies, e, keyed),
+            Update::Route(e) => fold(&mut s.routes, &mut self.routes, e, shared),
         }
     }
 }

@@ -86,3 +86,95 @@ async fn broken_manifest_files_are_counted_until_fixed_or_removed() {
     eventually("the removed one no longer counted", || shows(0)).await;
     assert_eq!(east.state().borrow().links.len(), 1);
 }
+
+/// An HTTPRoute on shop/api splitting `primary`/`canary` percent between
+/// api and api-west.
+fn split_route(primary: u32, canary: u32) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: api-split\n  namespace: shop\n\
+         spec:\n  parentRefs:\n  - {{group: \"\", kind: Service, name: api, port: 80}}\n  rules:\n  - backendRefs:\n    \
+         - {{name: api, port: 80, weight: {primary}}}\n    - {{name: api-west, port: 80, weight: {canary}}}\n"
+    )
+}
+
+const ROUTE_STATUS: &str = "status/httproutes/shop.api-split.yaml";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_is_accepted_in_its_status_and_its_split_reaches_subscribers() {
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east", None).await;
+    for name in ["api", "api-west"] {
+        let svc = fixtures::service("shop", name, &[("http", 80)], false);
+        east.write(&format!("{name}.yaml"), &yaml(&svc));
+    }
+    east.write("route.yaml", &split_route(90, 10));
+    let caller = meshfed_api::discovery::Locality::default();
+    let client = creds(&east.ca, "/ns/shop/sa/client", None);
+    let mut sets = watch_endpoints(east.discovery, client, caller).await;
+    let weights =
+        |sets: &tokio::sync::watch::Receiver<Option<meshfed_api::discovery::EndpointSet>>| {
+            sets.borrow().as_ref().map(|s| {
+                s.routes
+                    .iter()
+                    .flat_map(|r| r.backends.iter().map(|b| (b.name.clone(), b.weight)))
+                    .collect::<Vec<_>>()
+            })
+        };
+    let wanted = |p: u32, c: u32| Some(vec![("api".to_owned(), p), ("api-west".to_owned(), c)]);
+    until_weights(&mut sets, &weights, wanted(90, 10)).await;
+    eventually("the route's status written", || {
+        std::fs::read_to_string(east.path(ROUTE_STATUS)).is_ok_and(|s| {
+            s.contains("controllerName: meshfed.io/mesh-controller")
+                && s.contains("reason: Accepted")
+                && s.contains("reason: ResolvedRefs")
+        })
+    })
+    .await;
+
+    // A shift reaches the subscriber within a second.
+    let shifted = Instant::now();
+    east.write("route.yaml", &split_route(50, 50));
+    until_weights(&mut sets, &weights, wanted(50, 50)).await;
+    assert!(
+        shifted.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        shifted.elapsed()
+    );
+
+    // A backend that goes is marked invalid (its share answered 500), and
+    // the status says why.
+    east.remove("api-west.yaml");
+    eventually("BackendNotFound in the status", || {
+        std::fs::read_to_string(east.path(ROUTE_STATUS))
+            .is_ok_and(|s| s.contains("reason: BackendNotFound"))
+    })
+    .await;
+    east.remove("route.yaml");
+    until_weights(&mut sets, &weights, Some(Vec::new())).await;
+    eventually("the route's status removed", || {
+        !east.path(ROUTE_STATUS).exists()
+    })
+    .await;
+}
+
+/// Waits, at most 10 s, until the subscriber's routes weigh `want`.
+async fn until_weights<F>(
+    sets: &mut tokio::sync::watch::Receiver<Option<meshfed_api::discovery::EndpointSet>>,
+    weights: &F,
+    want: Option<Vec<(String, u32)>>,
+) where
+    F: Fn(
+        &tokio::sync::watch::Receiver<Option<meshfed_api::discovery::EndpointSet>>,
+    ) -> Option<Vec<(String, u32)>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while weights(sets) != want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "routes {:?}, waiting for {want:?}",
+            weights(sets)
+        );
+        let _ = tokio::time::timeout(left, sets.changed()).await;
+    }
+}

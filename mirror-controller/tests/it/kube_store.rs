@@ -31,6 +31,7 @@ const NODES: &str = "/api/v1/nodes";
 const PODS: &str = "/api/v1/pods";
 const LINKS: &str = "/apis/meshfed.io/v1alpha1/links";
 const POLICIES: &str = "/apis/meshfed.io/v1alpha1/failoverpolicies";
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 
 // === the stand-in API server ===
 
@@ -693,6 +694,105 @@ async fn statuses_are_applied_to_the_status_subresource() {
     .await;
     assert!(
         matches!(&err, Err(StoreError::NotFound { kind: "Link", key }) if *key == west),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_httproute_crd_starts_without_routes() {
+    let mut cluster = cluster();
+    cluster.unserved.push(ROUTES);
+    let (store, server) = started(cluster).await;
+    assert!(store.state().borrow().routes.is_empty());
+    assert!(
+        !store.state().borrow().services.is_empty(),
+        "the rest is read"
+    );
+    assert!(
+        !server.list_queries(ROUTES).is_empty(),
+        "routes were asked for"
+    );
+}
+
+/// An HTTPRoute on Service api whose status holds another controller's
+/// entry (a Gateway's), at resourceVersion 7.
+fn shared_route() -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": "api-split", "namespace": "shop", "uid": "uid-route",
+            "resourceVersion": "7", "generation": 2,
+        },
+        "spec": {
+            "parentRefs": [
+                { "group": "", "kind": "Service", "name": "api", "port": 80 },
+                { "name": "edge" },
+            ],
+            "rules": [{ "backendRefs": [{ "name": "api", "port": 80 }] }],
+        },
+        "status": { "parents": [{
+            "parentRef": { "name": "edge" },
+            "controllerName": "example.com/gateway",
+            "conditions": [{
+                "type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
+        }]},
+    })
+}
+
+#[tokio::test]
+async fn a_route_status_keeps_every_other_controllers_entry_and_names_its_version() {
+    let mut cluster = cluster();
+    cluster.lists.insert(ROUTES, vec![shared_route()]);
+    let (store, server) = started(cluster).await;
+    let key = ObjKey::new("shop", "api-split");
+    let ours: meshfed_api::route::HttpRouteStatusParents = serde_json::from_value(json!({
+        "parentRef": { "group": "", "kind": "Service", "name": "api", "port": 80 },
+        "controllerName": meshfed_api::route::CONTROLLER_NAME,
+        "conditions": [{
+            "type": "Accepted", "status": "True", "reason": "Accepted", "message": "ok",
+            "observedGeneration": 2, "lastTransitionTime": "2026-01-02T00:00:00Z",
+        }],
+    }))
+    .expect("status entry");
+    within("route status", store.set_route_status(key, vec![ours]))
+        .await
+        .expect("patched");
+    let writes = server.writes();
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    let w = &writes[0];
+    assert_eq!(w.method, Method::PATCH);
+    assert_eq!(
+        w.path,
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/api-split/status"
+    );
+    assert_eq!(w.content_type, "application/merge-patch+json");
+    assert_eq!(
+        w.body["metadata"]["resourceVersion"], "7",
+        "conditional on the version read"
+    );
+    let parents = w.body["status"]["parents"].as_array().expect("parents");
+    let controllers: Vec<&str> = parents
+        .iter()
+        .map(|p| p["controllerName"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        controllers,
+        ["example.com/gateway", meshfed_api::route::CONTROLLER_NAME]
+    );
+
+    let gone = ObjKey::new("shop", "no-such-route");
+    let err = within("status", store.set_route_status(gone, Vec::new())).await;
+    assert!(
+        matches!(
+            err,
+            Err(StoreError::NotFound {
+                kind: "HTTPRoute",
+                ..
+            })
+        ),
         "{err:?}"
     );
 }

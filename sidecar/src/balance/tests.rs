@@ -59,6 +59,7 @@ pub(super) fn set(groups: Vec<PriorityGroup>, hold_ms: u32) -> EndpointSet {
             min_retries_per_second: 10,
         }),
         revision: 1,
+        routes: Vec::new(),
     }
 }
 

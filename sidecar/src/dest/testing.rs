@@ -75,6 +75,13 @@ pub(crate) fn dest_full(breakers: Breakers, timeouts: Timeouts) -> (Arc<Dest>, S
     (Dest::new(target, rx, shared), tx)
 }
 
+/// A destination of `target` beside others sharing `shared`.
+pub(crate) fn dest_of(target: &str, shared: &Arc<Shared>) -> (Arc<Dest>, Sets) {
+    let (tx, rx) = watch::channel(None);
+    let target: ServiceTarget = target.parse().expect("target");
+    (Dest::new(target, rx, shared.clone()), tx)
+}
+
 /// What a sidecar's destinations and ports share, with one worker, as
 /// the frontend of `web`.
 pub(crate) fn shared(breakers: Breakers, timeouts: Timeouts) -> Arc<Shared> {
@@ -95,6 +102,7 @@ pub(crate) fn shared(breakers: Breakers, timeouts: Timeouts) -> Arc<Shared> {
         tasks: TaskTracker::new(),
         stop,
         workers: Arc::new(crate::workers::Workers::start(1).expect("a worker")),
+        mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
     })
 }
 
@@ -137,6 +145,7 @@ pub(crate) fn set(endpoints: &[(&str, bool)]) -> Option<Arc<EndpointSet>> {
             min_retries_per_second: 10,
         }),
         revision: 1,
+        routes: Vec::new(),
     }))
 }
 

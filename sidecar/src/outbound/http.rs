@@ -31,15 +31,24 @@ use crate::stack::balance::Balance;
 use crate::stack::breaker::Breaker;
 use crate::stack::endpoint::Endpoint;
 use crate::stack::retry::Retry;
-use crate::stack::route::Route;
+use crate::stack::route::{Backends, Route};
 use crate::stack::{self, IntoNext, Next, ServedBy};
 use crate::trace::TraceContext;
 
 /// The request path to `dest`, from the top.
-fn build(dest: &Arc<Dest>) -> Next {
+fn build(dest: &Arc<Dest>, backends: Arc<dyn Backends>) -> Next {
+    // The service the request is for: its deadline starts, it waits for
+    // discovery, and the service's routes pick the backend it goes to.
+    tower::Layer::layer(&Route::layer(dest.clone(), backends), below_route(dest)).into_next()
+}
+
+/// The request path below the route: a service's own, built once.
+pub(super) fn below_route(dest: &Arc<Dest>) -> Next {
+    dest.stack(|| below_route_of(dest))
+}
+
+fn below_route_of(dest: &Arc<Dest>) -> Next {
     let stack = ServiceBuilder::new()
-        // The service the request is for: its deadline starts, and it waits for discovery.
-        .layer(Route::layer(dest.clone()))
         // An attempt that failed goes again to another endpoint, within the retry budget.
         .layer(Retry::layer(dest.budget.clone()))
         // Each attempt to the best endpoint by locality and latency; its outcome teaches the balancer.
@@ -52,11 +61,11 @@ fn build(dest: &Arc<Dest>) -> Next {
 }
 
 /// Serves the app's HTTP connection (`h2`: it spoke HTTP/2).
-pub(crate) async fn serve<S>(io: S, dest: Arc<Dest>, h2: bool)
+pub(crate) async fn serve<S>(io: S, dest: Arc<Dest>, backends: Arc<dyn Backends>, h2: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let stack = build(&dest);
+    let stack = build(&dest, backends);
     let svc = service_fn(move |req: Request<Incoming>| {
         let answer = handle(dest.clone(), stack.clone(), req, !h2);
         async move { Ok::<_, Infallible>(answer.await) }

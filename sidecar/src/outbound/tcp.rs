@@ -2,6 +2,11 @@
 //! endpoint balanced like a request. A failed connect moves on to another
 //! endpoint (nothing was sent yet); after that the bytes are copied both
 //! ways until either side closes, counted as they pass.
+//!
+//! A service with HTTPRoutes splits opaque connections as TCPRoute would:
+//! each connection goes to a backend picked by the weights of the route
+//! rule that matches any request (a path prefix of `/` and nothing else);
+//! with no such rule the connection is refused, as no rule would carry it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,13 +19,24 @@ use crate::detect::Protocol;
 use crate::metrics::{DestLabels, Direction, End};
 use crate::opaque::{Opaque, opaque};
 use crate::outbound::http;
+use crate::routes::Backend;
+use crate::stack::route::Backends;
 
 /// Proxies `app` to `dest` as opaque bytes; or, when the app turns out
 /// to speak HTTP after all (it was only slow to start), as HTTP.
-pub(crate) async fn forward<S>(app: S, dest: Arc<Dest>)
+pub(crate) async fn forward<S>(app: S, called: Arc<Dest>, backends: Arc<dyn Backends>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(reason) = called.ready().await {
+        tracing::warn!(service = %called.label, reason = reason.as_str(), "TCP connection refused");
+        return;
+    }
+    let Some(dest) = routed(&called, &*backends) else {
+        tracing::warn!(service = %called.label,
+            "TCP connection refused: the service's routes have no rule for any request");
+        return;
+    };
     if let Err(reason) = dest.ready().await {
         tracing::warn!(service = %dest.label, reason = reason.as_str(), "TCP connection refused");
         return;
@@ -54,13 +70,35 @@ where
         Opaque::Http(protocol, io) => {
             // Nothing reached the endpoint: each request is balanced.
             tracing::debug!(service = %dest.label, ?protocol, "HTTP after the detect timeout");
-            http::serve(io, dest, protocol == Protocol::Http2).await;
+            http::serve(io, called, backends, protocol == Protocol::Http2).await;
         }
         Opaque::Copied(Err(e)) => {
             tracing::debug!(service = %dest.label, error = %e, "TCP connection ended");
         }
         Opaque::Copied(Ok(_)) => {}
     }
+}
+
+/// The destination a connection to `called` goes to: `called` itself, or
+/// the backend its routes pick for the connection.
+fn routed(called: &Arc<Dest>, backends: &dyn Backends) -> Option<Arc<Dest>> {
+    let routes = called.routes();
+    if routes.is_empty() {
+        return Some(called.clone());
+    }
+    let rule = routes.catch_all()?;
+    let dest_of = |b: &Backend| {
+        let target = b.target.as_ref()?;
+        Some(if *target == called.target {
+            called.clone()
+        } else {
+            backends.backend(target).0
+        })
+    };
+    let i = rule.pick(|b| dest_of(b).is_none_or(|d| d.can_serve()), &[])?;
+    let backend = &rule.backends[i];
+    backend.picked.inc();
+    dest_of(backend)
 }
 
 /// A destination outside the mesh: straight through, marked so the

@@ -3,7 +3,8 @@
 //! peak-EWMA, outlier ejection, failback hold), never one an earlier
 //! attempt of the request went to (`Tried`). A request that may be sent
 //! again and finds endpoints but none able to serve waits for one, within
-//! its deadline (`dest::wait`); others fail at once.
+//! its deadline (`dest::wait`) — unless another backend of its route could
+//! take it (`Elsewhere`); others fail at once.
 //!
 //! The attempt is counted in flight on the endpoint and its group while the
 //! layers below run, and its outcome teaches the balancer: the latency of
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use http::Request;
 
+use super::route::Elsewhere;
 use super::{
     Answer, BoxFuture, Failure, Next, Replayable, ServedBy, Step, StepLayer, Tried, deadline,
 };
@@ -55,7 +57,10 @@ fn attempt(inner: Next, dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<
         let picked = match dest.pick(&tried.0) {
             // Endpoints exist but none can serve now: a request that may be
             // sent again waits for one to come back (rare: boxed apart).
-            Err(Reason::NoHealthyEndpoints) if req.extensions().get::<Replayable>().is_some() => {
+            Err(Reason::NoHealthyEndpoints)
+                if req.extensions().get::<Replayable>().is_some()
+                    && req.extensions().get::<Elsewhere>().is_none() =>
+            {
                 Box::pin(dest.wait_for_endpoint(&tried.0, deadline(&req))).await
             }
             picked => picked,

@@ -9,7 +9,12 @@
 //!
 //! Every retry is taken from the budget (`budget::Budget`); a refused one
 //! ends the request with what the last attempt got. The request timeout is
-//! not retried: it is the whole request's.
+//! not retried: it is the whole request's. A route's `backendRequest`
+//! timeout (`AttemptTimeout`) limits each attempt within it.
+//!
+//! A request that fails with its body still at hand (kept for replay, or
+//! given back unsent) fails with the body, so a route may send it to
+//! another backend.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use http::{Method, Request};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
+use super::route::AttemptTimeout;
 use super::{
     Answer, BoxFuture, Failure, Next, Replayable, ServedBy, Step, StepLayer, Tried, deadline,
 };
@@ -62,6 +68,7 @@ fn idempotent(m: &Method) -> bool {
 /// allocation past 1 KiB takes the allocator's slow path).
 fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> impl Future<Output = Answer> {
     let deadline = deadline(&req);
+    let per_attempt = req.extensions().get::<AttemptTimeout>().map(|t| t.0);
     let (mut parts, body) = req.into_parts();
     async move {
         // A small body is kept so the request can be sent again.
@@ -103,8 +110,15 @@ fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> impl Future
                 // deadline among them); a later one starts afresh.
                 *req.extensions_mut() = std::mem::take(&mut parts.extensions);
                 let ext = req.extensions_mut();
-                if ext.get::<super::Deadline>().is_none() {
-                    ext.insert(super::Deadline(deadline));
+                match per_attempt {
+                    Some(t) => {
+                        let ends = deadline.min(tokio::time::Instant::now() + t);
+                        ext.insert(super::Deadline(ends));
+                    }
+                    None if ext.get::<super::Deadline>().is_none() => {
+                        ext.insert(super::Deadline(deadline));
+                    }
+                    None => {}
                 }
                 if !tried.0.is_empty() {
                     ext.insert(tried.clone());
@@ -147,12 +161,23 @@ fn attempts(inner: Next, budget: Arc<Budget>, req: Request<Body>) -> impl Future
                         Reason::RequestTimeout => return Err(f),
                         // Nothing left to try: the last failure is the better reason.
                         _ if attempt > 0 => break,
-                        _ => return Err(f),
+                        _ => {
+                            f.unsent = body.take();
+                            return Err(f);
+                        }
                     }
                 }
             }
         }
-        set_aside.map_or_else(|| Err(Failure::new(last)), Ok)
+        set_aside.map_or_else(
+            || {
+                Err(Failure {
+                    unsent: body.take(),
+                    ..Failure::new(last)
+                })
+            },
+            Ok,
+        )
     }
 }
 
