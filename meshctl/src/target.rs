@@ -14,6 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use meshfed_api::crd::Link;
+use meshfed_api::route::HttpRoute;
 use meshfed_mirror::Change;
 
 pub use self::file::FileCluster;
@@ -141,6 +142,16 @@ impl Cluster {
     /// Sets (`true`) or clears the export label of a Service.
     pub async fn set_exported(&self, ns: &str, name: &str, on: bool) -> anyhow::Result<Change> {
         each!(self, c => c.set_exported(ns, name, on).await)
+    }
+
+    /// Creates or replaces an HTTPRoute, as `kubectl apply` would.
+    pub async fn put_route(&self, route: &HttpRoute) -> anyhow::Result<Change> {
+        each!(self, c => c.put_route(route).await)
+    }
+
+    /// Every HTTPRoute, with the status its parents' controllers wrote.
+    pub async fn routes(&self) -> anyhow::Result<Vec<HttpRoute>> {
+        each!(self, c => c.routes().await)
     }
 
     pub async fn service(&self, ns: &str, name: &str) -> anyhow::Result<Option<Service>> {

@@ -163,6 +163,7 @@ impl Runner<'_> {
                 op,
                 value,
                 since,
+                per_call,
             } => {
                 let now = probe::sum(&self.env.metrics(cluster, process).await?, name, labels);
                 let observed = match since {
@@ -179,6 +180,16 @@ impl Runner<'_> {
                     },
                     None => now,
                 };
+                let observed = match per_call {
+                    Some(t) => {
+                        let calls = window(&self.traffic[t].1, since).len();
+                        if calls == 0 {
+                            return Ok(Err(format!("{name} per call of {t}: {t} sent no call")));
+                        }
+                        observed / calls as f64
+                    }
+                    None => observed,
+                };
                 let holds = match op.as_str() {
                     ">" => observed > *value,
                     ">=" => observed >= *value,
@@ -186,7 +197,11 @@ impl Runner<'_> {
                     "<=" => observed <= *value,
                     _ => observed < *value,
                 };
-                let what = if since.is_some() { "growth of " } else { "" };
+                let what = match (since, per_call) {
+                    (_, Some(t)) => format!("per call of {t}, "),
+                    (Some(_), None) => "growth of ".to_owned(),
+                    (None, None) => String::new(),
+                };
                 if holds {
                     Ok(())
                 } else {

@@ -83,6 +83,11 @@ pub fn describe(a: &Action) -> String {
         Action::Unexport(r) => format!("unexport {} in {}", r.service, r.cluster),
         Action::Link(l) => format!("link {} to {}", l.cluster, l.peer),
         Action::Unlink(l) => format!("unlink {} from {}", l.cluster, l.peer),
+        Action::Route(r) => format!(
+            "apply HTTPRoute {} in {}",
+            r.route.metadata.name.as_deref().unwrap_or_default(),
+            r.cluster
+        ),
         Action::Assert(a) => match a {
             Assertion::SuccessRate { traffic, min, .. } => {
                 format!("assert success-rate of {traffic} ≥ {min}%")

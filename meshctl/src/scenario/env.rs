@@ -168,6 +168,15 @@ impl Env {
         each!(self, e => e.set_exported(cluster, service, on).await)
     }
 
+    /// Applies an HTTPRoute in `cluster`.
+    pub(super) async fn put_route(
+        &self,
+        cluster: &str,
+        route: &meshfed_api::route::HttpRoute,
+    ) -> anyhow::Result<()> {
+        each!(self, e => e.put_route(cluster, route).await)
+    }
+
     /// `cluster` links to `peer` (imports its exports).
     pub(super) async fn link(&self, cluster: &str, peer: &str) -> anyhow::Result<()> {
         each!(self, e => e.link(cluster, peer).await)

@@ -543,6 +543,15 @@ impl Kind {
         c.set_exported(SHOP, service, on).await.map(|_| ())
     }
 
+    pub(super) async fn put_route(
+        &self,
+        cluster: &str,
+        route: &meshfed_api::route::HttpRoute,
+    ) -> anyhow::Result<()> {
+        let c = crate::target::open(Some(&context(cluster)), None).await?;
+        c.put_route(route).await.map(|_| ())
+    }
+
     /// As up.sh links, and as a person would.
     pub(super) async fn link(&self, cluster: &str, peer: &str) -> anyhow::Result<()> {
         let out = Command::new(&self.exe)

@@ -443,6 +443,16 @@ impl Local {
         cluster.set_exported(SHOP, service, on).await.map(|_| ())
     }
 
+    pub(super) async fn put_route(
+        &self,
+        cluster: &str,
+        route: &meshfed_api::route::HttpRoute,
+    ) -> anyhow::Result<()> {
+        let c = self.t.cluster(cluster)?;
+        let store = crate::target::open(None, Some(&c.state_dir)).await?;
+        store.put_route(route).await.map(|_| ())
+    }
+
     pub(super) async fn link(&self, cluster: &str, peer: &str) -> anyhow::Result<()> {
         let (to, from) = (self.t.cluster(cluster)?, self.t.cluster(peer)?);
         dev::link(&self.spec, from, to).await

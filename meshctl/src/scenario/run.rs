@@ -421,6 +421,11 @@ impl<'a> Runner<'a> {
                 .link(&l.cluster, &l.peer)
                 .await
                 .map(|()| Done::ok()),
+            Action::Route(r) => self
+                .env
+                .put_route(&r.cluster, &r.route)
+                .await
+                .map(|_| Done::ok()),
             Action::Unlink(l) => self
                 .env
                 .unlink(&l.cluster, &l.peer)

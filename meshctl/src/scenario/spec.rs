@@ -107,6 +107,9 @@ pub enum Action {
     Unexport(ServiceRef),
     Link(LinkRef),
     Unlink(LinkRef),
+    /// Creates or replaces an HTTPRoute (`kubectl apply`). Boxed: a route
+    /// is far larger than any other step.
+    Route(Box<RouteApply>),
     Assert(Assertion),
     Probe(Probe),
 }
@@ -238,6 +241,13 @@ pub struct ServiceRef {
     pub service: String,
 }
 
+/// An HTTPRoute to apply in a cluster.
+#[derive(Debug, Clone)]
+pub struct RouteApply {
+    pub cluster: String,
+    pub route: meshfed_api::route::HttpRoute,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkRef {
@@ -367,6 +377,10 @@ pub enum Assertion {
         /// Compare the growth since the end of this step instead.
         #[serde(default)]
         since: Option<String>,
+        /// Compare per call of this traffic (sent since `since`, if given):
+        /// the metric divided by the number of calls.
+        #[serde(default, rename = "perCall")]
+        per_call: Option<String>,
     },
     /// No mirror in `cluster` was written, deleted or added since step `since`.
     MirrorsUnchanged { cluster: String, since: String },

@@ -9,6 +9,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use meshfed_api::crd::Link;
 use meshfed_api::labels;
+use meshfed_api::route::{self, HttpRoute};
 use meshfed_mirror::{Change, ManifestDir, ObjKey};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,6 +119,48 @@ impl FileCluster {
                 link.status = serde_json::from_value(status.clone()).ok();
             }
             out.push(link);
+        }
+        Ok(out)
+    }
+
+    pub async fn put_route(&self, route: &HttpRoute) -> anyhow::Result<Change> {
+        let (ns, name) = route_key(route)?;
+        let mut value = serde_json::to_value(route)?;
+        // A status is its controllers' to write (beside the manifests).
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("status");
+        }
+        self.dir
+            .put(
+                &value,
+                &PathBuf::from(&ns).join(format!("route-{name}.yaml")),
+            )
+            .with_context(|| format!("{}: writing HTTPRoute {ns}/{name}", self.describe()))
+    }
+
+    pub async fn routes(&self) -> anyhow::Result<Vec<HttpRoute>> {
+        let mut out = Vec::new();
+        // v1beta1 is served from the same schema, as on Kubernetes.
+        for version in ["v1", "v1beta1"] {
+            let api = format!("{}/{version}", route::GROUP);
+            for found in self
+                .dir
+                .list(&api, route::KIND)
+                .with_context(|| self.describe())?
+            {
+                let mut r: HttpRoute = serde_json::from_value(found.value)
+                    .with_context(|| format!("{}: an HTTPRoute", found.path.display()))?;
+                let (ns, name) = route_key(&r)?;
+                if let Some(written) = self
+                    .dir
+                    .status(route::PLURAL, &ObjKey::new(&ns, &name))
+                    .with_context(|| self.describe())?
+                    && let Some(status) = written.get("status")
+                {
+                    r.status = serde_json::from_value(status.clone()).ok();
+                }
+                out.push(r);
+            }
         }
         Ok(out)
     }
@@ -254,4 +297,20 @@ pub async fn ready_over(mut conn: tokio::net::TcpStream, addr: &str) -> Result<S
         Ok(r) => r,
         Err(_) => Err(format!("{addr}: no answer within 2 s")),
     }
+}
+
+/// A route's namespace (`default` when it names none, as `kubectl apply`
+/// places it) and name.
+fn route_key(r: &HttpRoute) -> anyhow::Result<(String, String)> {
+    let name = r
+        .metadata
+        .name
+        .clone()
+        .context("the HTTPRoute has a name")?;
+    let ns = r
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    Ok((ns, name))
 }

@@ -12,6 +12,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use meshfed_api::crd::Link;
 use meshfed_api::labels;
+use meshfed_api::route::HttpRoute;
 use meshfed_mirror::Change;
 use serde_json::{Value, json};
 
@@ -277,6 +278,42 @@ impl KubeCluster {
             .list(&ListParams::default())
             .await
             .map_err(self.failed(Call::on::<Link>(Verb::List)))?;
+        Ok(list.items)
+    }
+
+    pub async fn put_route(&self, route: &HttpRoute) -> anyhow::Result<Change> {
+        let name = route
+            .metadata
+            .name
+            .as_deref()
+            .context("the HTTPRoute has a name")?;
+        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+        let api = Api::<HttpRoute>::namespaced(self.client.clone(), ns);
+        let call = || Call::on::<HttpRoute>(Verb::Get).namespace(ns).named(name);
+        let existing = api.get_opt(name).await.map_err(self.failed(call()))?;
+        let change = match &existing {
+            None => Change::Created,
+            Some(old) if old.spec == route.spec => return Ok(Change::Unchanged),
+            Some(_) => Change::Updated,
+        };
+        let mut applied = route.clone();
+        applied.status = None;
+        let apply = Call::on::<HttpRoute>(Verb::Apply).namespace(ns).named(name);
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .map_err(self.failed(apply))?;
+        Ok(change)
+    }
+
+    pub async fn routes(&self) -> anyhow::Result<Vec<HttpRoute>> {
+        let list = Api::<HttpRoute>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(self.failed(Call::on::<HttpRoute>(Verb::List)))?;
         Ok(list.items)
     }
 

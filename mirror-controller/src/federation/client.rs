@@ -508,11 +508,15 @@ impl Lease<'_> {
             ),
         }
         ctx.metrics.imports_held.get_or_create(&labels).set(0);
+        // Its last exports are kept: the mirrors stay, their endpoints not
+        // ready (as a Service whose pods all died keeps its object), and
+        // discovery lists no endpoint there. A route naming a mirror as a
+        // backend thus finds a backend that cannot serve, whose share goes
+        // to the others, rather than a missing one, whose share fails.
         writer.update(|p| {
             p.lease_alive = false;
             p.held_until = None;
             p.withdrawn = Some(why);
-            p.imports = Some(Arc::new(ExportSet::new()));
         });
         None
     }

@@ -207,12 +207,12 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
     let t0 = Instant::now();
     gw.stop().await;
     let t_disc = until_set(t0, &mut sub, "dead peer withdrawn", |s| s.groups.is_empty()).await;
-    let t_mirror = until_state(t0, &mut state, "dead peer's mirror removed", |s| {
-        !has_mirror(s, "shop", "api-west")
+    let t_mirror = until_state(t0, &mut state, "dead peer's mirror withdrawn", |s| {
+        mirror_withdrawn(s, "shop", "api-west")
     })
     .await;
     println!(
-        "peer stopped (lease TTL 1 s) -> discovery withdrawn: {}, mirror removed: {}",
+        "peer stopped (lease TTL 1 s) -> discovery withdrawn: {}, mirror withdrawn: {}",
         ms(t_disc),
         ms(t_mirror)
     );
@@ -225,8 +225,8 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
     let t0 = Instant::now();
     let gw2 = Gateway::start_on(gw.addr, &west).await;
     let t_back = until_set(t0, &mut sub, "recovered peer returns", has_west_group).await;
-    until_state(t0, &mut state, "mirror back after recovery", |s| {
-        has_mirror(s, "shop", "api-west")
+    until_state(t0, &mut state, "mirror ready after recovery", |s| {
+        has_mirror(s, "shop", "api-west") && !mirror_withdrawn(s, "shop", "api-west")
     })
     .await;
     println!("peer recovered -> discovery group back: {}", ms(t_back));
@@ -648,13 +648,14 @@ async fn a_silent_controller_behind_a_live_gateway_is_held_through_the_grace() {
         "held imports keep their endpoints"
     );
 
-    // Past the grace the imports go, and the status says why.
+    // Past the grace the endpoints go (the mirror stays, not ready), and
+    // the status says why.
     let t_gone = until_set(t0, &mut sub, "withdrawn past the grace", |s| {
         s.groups.is_empty()
     })
     .await;
-    until_state(t0, &mut state, "mirror removed past the grace", |s| {
-        !has_mirror(s, "shop", "api-west")
+    until_state(t0, &mut state, "mirror withdrawn past the grace", |s| {
+        mirror_withdrawn(s, "shop", "api-west")
     })
     .await;
     let gone = until_link_status(&east, "grace expired", |s| {

@@ -269,6 +269,19 @@ pub fn has_mirror(state: &ClusterState, ns: &str, name: &str) -> bool {
         && state.slices.contains_key(&ObjKey::new(ns, name))
 }
 
+/// Whether the mirror `ns/name` is there with no ready endpoint: its
+/// cluster withdrawn, the Service kept as one whose pods all died.
+pub fn mirror_withdrawn(state: &ClusterState, ns: &str, name: &str) -> bool {
+    let key = ObjKey::new(ns, name);
+    state.services.contains_key(&key)
+        && state.slices.get(&key).is_some_and(|s| {
+            s.endpoints
+                .iter()
+                .flatten()
+                .all(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(true))
+        })
+}
+
 /// The cluster's real east-west gateway (meshfed-gateway) in-process:
 /// routes from the cluster's controller, federation passed through to it,
 /// probes answered with the gateway identity.

@@ -56,7 +56,7 @@ impl Step for Retry {
 }
 
 /// Whether a method may be sent twice with the effect of once (RFC 9110).
-fn idempotent(m: &Method) -> bool {
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE

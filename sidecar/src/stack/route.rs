@@ -100,17 +100,19 @@ impl Step for Route {
     }
 }
 
-/// Whether a backend failed the request having sent nothing of it, so
-/// another backend may take it.
-fn movable(reason: Reason) -> bool {
-    matches!(
-        reason,
+/// Whether another backend may take a request this one failed: it sent
+/// nothing of it, or the request may be sent twice (idempotent, its body
+/// kept) and the connection broke under it.
+fn movable(reason: Reason, idempotent: bool) -> bool {
+    match reason {
         Reason::NoEndpoints
-            | Reason::NoHealthyEndpoints
-            | Reason::ConnectFailed
-            | Reason::CircuitOpen
-            | Reason::DiscoveryUnavailable
-    )
+        | Reason::NoHealthyEndpoints
+        | Reason::ConnectFailed
+        | Reason::CircuitOpen
+        | Reason::DiscoveryUnavailable => true,
+        Reason::UpstreamReset => idempotent,
+        _ => false,
+    }
 }
 
 /// A request to a service with routes.
@@ -155,6 +157,7 @@ async fn routed(
         )
     };
     let usable = |b: &Backend| resolve(b).is_none_or(|(d, _)| d.can_serve());
+    let idempotent = super::retry::idempotent(req.method());
     let mut tried = Vec::new();
     loop {
         let Some(i) = rule.pick(usable, &tried) else {
@@ -180,7 +183,7 @@ async fn routed(
             Err(reason) => Err(Failure::unsent(reason, req.into_body())),
         };
         match (answer, head) {
-            (Err(mut f), Some(head)) if movable(f.reason) && f.unsent.is_some() => {
+            (Err(mut f), Some(head)) if movable(f.reason, idempotent) && f.unsent.is_some() => {
                 let body = f.unsent.take().expect("checked");
                 tracing::debug!(rule = %rule.label, backend = %to.label, reason = f.reason.as_str(),
                     "backend could not take the request; another backend of the rule will");

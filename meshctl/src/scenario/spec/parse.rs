@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Action, ClusterDef, SERVICES, Scenario, Step, duration};
+use super::{Action, ClusterDef, RouteApply, SERVICES, Scenario, Step, duration};
 
 /// The step actions, as written.
 const ACTIONS: &[&str] = &[
@@ -32,6 +32,7 @@ const ACTIONS: &[&str] = &[
     "unexport",
     "link",
     "unlink",
+    "route",
     "assert",
     "probe",
 ];
@@ -298,6 +299,7 @@ fn step(v: &Value, number: usize) -> anyhow::Result<Step> {
         "unexport" => Action::Unexport(typed(body, &inner)?),
         "link" => Action::Link(typed(body, &inner)?),
         "unlink" => Action::Unlink(typed(body, &inner)?),
+        "route" => Action::Route(Box::new(route(body, &inner)?)),
         "assert" => Action::Assert(one_of(body, &inner)?),
         "probe" => Action::Probe(typed(body, &inner)?),
         other => bail!(
@@ -364,4 +366,35 @@ fn one_of<T: DeserializeOwned>(v: &Value, at: &str) -> anyhow::Result<T> {
         Value::Object(m) if m.len() == 1 => typed(v, at),
         _ => bail!("{at}: expected a mapping with exactly one kind, e.g. `served-by: {{...}}`"),
     }
+}
+
+/// `route: {cluster: C, manifest: {HTTPRoute}}`: the manifest must be an
+/// HTTPRoute the Gateway API's types read; its namespace defaults to the
+/// sample services'.
+fn route(body: &Value, at: &str) -> anyhow::Result<RouteApply> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        cluster: String,
+        manifest: Value,
+    }
+    let b: Body = typed(body, at)?;
+    let api = b.manifest["apiVersion"].as_str().unwrap_or_default();
+    let kind = b.manifest["kind"].as_str().unwrap_or_default();
+    let group = format!("{}/", meshfed_api::route::GROUP);
+    if kind != meshfed_api::route::KIND || !api.starts_with(&group) {
+        bail!("{at}: manifest: expected an HTTPRoute of {group}v1, got {kind} of {api:?}");
+    }
+    let mut route: meshfed_api::route::HttpRoute = typed(&b.manifest, &format!("{at}: manifest"))?;
+    if route.metadata.name.is_none() {
+        bail!("{at}: manifest: metadata.name is missing");
+    }
+    route
+        .metadata
+        .namespace
+        .get_or_insert_with(|| crate::dev::SHOP.to_owned());
+    Ok(RouteApply {
+        cluster: b.cluster,
+        route,
+    })
 }

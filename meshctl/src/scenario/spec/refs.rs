@@ -199,6 +199,9 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
                 cluster(&at, &r.cluster)?;
                 service(&at, &r.service)?;
             }
+            Action::Route(r) => {
+                cluster(&at, &r.cluster)?;
+            }
             Action::Link(l) | Action::Unlink(l) => {
                 cluster(&at, &l.cluster)?;
                 cluster(&at, &l.peer)?;
@@ -261,10 +264,14 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
                     process: p,
                     op,
                     since,
+                    per_call,
                     ..
                 } => {
                     process(&at, c, p)?;
                     earlier(since, &names)?;
+                    if let Some(t) = per_call {
+                        seen(t)?;
+                    }
                     if !OPS.contains(&op.as_str()) {
                         bail!("{at}: op: one of {}", OPS.join(" "));
                     }
