@@ -102,6 +102,18 @@ impl HttpRoute {
     }
 }
 
+/// The HTTPRoute CRD, for clusters without the Gateway API: generated
+/// from the `gateway-api` crate's standard-channel types (Gateway API
+/// v1.5.1), serving `v1`. It has the fields and types of the Gateway API's
+/// own, but not its CEL validation rules nor its defaults: the controller
+/// applies both to every route itself. Clusters that may run other Gateway
+/// API implementations should install the Gateway API's own CRDs instead.
+pub fn crd() -> serde_json::Value {
+    use kube_4::CustomResourceExt;
+    let crd = gateway_api::httproutes::HttpRoute::crd();
+    serde_json::to_value(crd).expect("a CRD serializes")
+}
+
 impl kube::Resource for HttpRoute {
     type DynamicType = ();
     type Scope = kube::core::NamespaceResourceScope;

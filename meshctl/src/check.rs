@@ -153,9 +153,47 @@ pub async fn check(clusters: &[Cluster], expiry_warning: Duration) -> Vec<Outcom
                 "check the CRDs are installed (meshctl install) and you may list links.meshfed.io",
             ),
         }
+        routes(c, &mut r).await;
         clock(c, &mut r).await;
     }
     out
+}
+
+/// Every HTTPRoute on a Service accepted with its backends resolved; the
+/// rejected ones named, with the controller's reason.
+async fn routes(c: &Cluster, r: &mut Checks<'_>) {
+    let routes = match c.routes().await {
+        Ok(routes) => routes,
+        Err(e) => {
+            r.skip(
+                "routes",
+                format!("HTTPRoutes cannot be listed, so none applies: {e:#}"),
+            );
+            return;
+        }
+    };
+    let rows = crate::routes::rows(&routes, &[]);
+    if rows.is_empty() {
+        r.skip("routes", "no HTTPRoute is attached to a Service");
+        return;
+    }
+    let rejected = crate::routes::rejected(&routes);
+    if rejected.is_empty() {
+        let mut named: Vec<&str> = rows.iter().map(|row| row.route.as_str()).collect();
+        named.dedup();
+        r.pass(
+            "routes",
+            format!("{} accepted, every backend resolved", named.join(", ")),
+        );
+    }
+    for (route, why) in rejected {
+        r.warn(
+            "routes",
+            format!("HTTPRoute {route}: {why}"),
+            "fix the route (meshctl routes shows each rule and its status); until then its \
+             Service is served as the controller's status says",
+        );
+    }
 }
 
 /// The checked clusters that could be read, by name.

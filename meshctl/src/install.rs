@@ -30,6 +30,7 @@ pub enum GatewayServiceType {
 #[command(after_help = "Examples:
   meshctl install --cluster east --ca ./east-ca | kubectl apply -f -
   meshctl install --cluster east --ca ./east-ca --apply --context east
+  meshctl install --cluster east --ca ./east-ca --gateway-api-crds   # with the HTTPRoute CRD
   meshctl install --cluster sample --trust-domain mesh.example   # no CA material (GitOps)
   meshctl install --cluster east --ca ./east-ca --state ./east \\
       --gateway-address 127.0.0.1 --admin controller=127.0.0.1:9902   # a file store cluster")]
@@ -66,6 +67,13 @@ pub struct InstallArgs {
     /// (e.g. 24h, 10m); holders renew at 70 % of it. Default: the service's (24h).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub leaf_ttl: Option<std::time::Duration>,
+    /// Also install the Gateway API's HTTPRoute CRD, for routing (clusters
+    /// often have it already: from the Gateway API's standard install, or
+    /// an ingress controller's). It is generated from the gateway-api
+    /// crate's standard-channel types, without the Gateway API's CEL rules
+    /// and defaults (the controller applies them itself).
+    #[arg(long)]
+    pub gateway_api_crds: bool,
     #[command(flatten)]
     pub images: Images,
     /// Output format.
@@ -266,6 +274,9 @@ pub fn manifests(
             "apiextensions.k8s.io/v1",
             "CustomResourceDefinition",
         ));
+    }
+    if a.gateway_api_crds {
+        objects.push(meshfed_api::route::crd());
     }
     let (cluster_cm, trust_cm) = info.config_maps();
     objects.push(with_kind(cluster_cm, "v1", "ConfigMap"));

@@ -12,6 +12,7 @@ mod install;
 mod kube_error;
 mod link;
 mod output;
+mod routes;
 mod scenario;
 mod target;
 mod trust;
@@ -69,6 +70,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show every link's remote gateway: alive, latency, services, last error.
     Gateways(gateways::GatewaysArgs),
+    /// Show the HTTPRoutes on Services: rules, backends, weights, observed share, status.
+    Routes(routes::RoutesArgs),
     /// Add the Meshfed sidecar to workload manifests.
     Inject(inject::InjectArgs),
     /// See Meshfed work: three clusters on this machine, a failure, the failover, a summary.
@@ -147,6 +150,7 @@ fn async_command(command: Command) -> anyhow::Result<()> {
             Command::Unexport(a) => export::run(a, false).await,
             Command::Check(a) => check::run(a).await,
             Command::Gateways(a) => gateways::run(a).await,
+            Command::Routes(a) => routes::run(a).await,
             Command::Dev(cmd) => dev::run(cmd).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Scenario(cmd) => scenario::run(cmd).await,

@@ -11,7 +11,7 @@ mod describe;
 mod env;
 mod kind;
 mod local;
-mod probe;
+pub(crate) mod probe;
 mod replica;
 mod report;
 mod rotate;

@@ -20,7 +20,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use meshfed_api::crd::{FailoverPolicy, Link};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const REFERENCE: &str = "manifests/sample-cluster.yaml";
 /// The flags the reference manifests are made with.
@@ -235,12 +235,38 @@ fn every_install_output_parses_strictly() {
             "east",
             "--trust-domain",
             "mesh.example",
+            "--gateway-api-crds",
         ],
     ];
     for args in variants {
         let yaml = meshctl(args, tmp.path());
         let docs = documents(&yaml);
         assert_strict(&format!("meshctl {args:?}"), &docs);
+        // The HTTPRoute CRD only when asked for: served as v1, its status a
+        // subresource the controller writes.
+        let routes = docs.iter().find(|d| {
+            d["kind"] == "CustomResourceDefinition"
+                && d["metadata"]["name"] == "httproutes.gateway.networking.k8s.io"
+        });
+        assert_eq!(
+            routes.is_some(),
+            args.contains(&"--gateway-api-crds"),
+            "{args:?}"
+        );
+        if let Some(crd) = routes {
+            let v1 = &crd["spec"]["versions"][0];
+            assert_eq!(
+                (&v1["name"], &v1["served"], &v1["storage"]),
+                (&json!("v1"), &json!(true), &json!(true))
+            );
+            assert!(v1["subresources"]["status"].is_object(), "{v1}");
+            let crds = docs.iter().position(|d| d == crd).expect("listed");
+            let first_deployment = docs
+                .iter()
+                .position(|d| d["kind"] == "Deployment")
+                .expect("deployments");
+            assert!(crds < first_deployment, "applied before what reads it");
+        }
         let identity_env = docs
             .iter()
             .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "meshfed-identity")

@@ -72,6 +72,13 @@ while read -r cluster caller extra; do
 	[[ ! $caller =~ ^(api|echo|client|api-[a-d])$ ]] || die "$PLAN/callers: caller '$caller' is the name of a sample workload"
 	CALLERS[$cluster]+=" $caller"
 done < <(plan_lines "$PLAN/callers")
+declare -A VERSIONS=()
+while read -r cluster version extra; do
+	[[ -z $extra ]] || die "$PLAN/versions: '$cluster $version $extra': expected CLUSTER VERSION"
+	plan_cluster "$cluster"
+	[[ $version =~ ^v[0-9]{1,3}$ ]] || die "$PLAN/versions: version '$version' is not v followed by a number"
+	VERSIONS[$cluster]+=" $version"
+done < <(plan_lines "$PLAN/versions")
 
 # --- 1. tools -----------------------------------------------------------------
 
@@ -185,7 +192,9 @@ for c in "${CLUSTERS[@]}"; do
 	step "installing Meshfed in $(context "$c")"
 	args=(install --cluster "$c" --ca "$WORK/trust/$c-ca" --region "${REGIONS[$c]}"
 		--gateway-service-type NodePort --gateway-replicas 1
-		--image-registry "$REGISTRY" --image-tag "$TAG")
+		--image-registry "$REGISTRY" --image-tag "$TAG"
+		# kind has no Gateway API: the route steps need its HTTPRoute CRD.
+		--gateway-api-crds)
 	if [[ -n $LEAF_TTL ]]; then
 		args+=(--leaf-ttl "${LEAF_TTL}s")
 	fi
@@ -314,6 +323,14 @@ shop_yaml() {
 		deployment "api-$letter" api api "$zone" "$API_PORT" http \
 			"$(annotation meshfed.io/allow "$API_PORT=$client_id")" \
 			dev exec api --listen "0.0.0.0:$API_PORT" --cluster "$c" --zone "$zone" --pod "api-$letter"
+	done
+	# Other versions of api: a Service and a pod each, in the first zone.
+	for v in ${VERSIONS[$c]:-}; do
+		service "api-$v" "$API_PORT" http
+		deployment "api-$v" "api-$v" api "$first_zone" "$API_PORT" http \
+			"$(annotation meshfed.io/allow "$API_PORT=$client_id")" \
+			dev exec api --listen "0.0.0.0:$API_PORT" --cluster "$c" --zone "$first_zone" \
+			--pod "api-$v" --service "api-$v"
 	done
 	# echo and the clients live in the first zone, as with the local provider.
 	deployment echo echo echo "$first_zone" "$ECHO_PORT" tcp \

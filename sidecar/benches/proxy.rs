@@ -2,7 +2,8 @@
 //! (a) directly; (b) same cluster: client sidecar (explicit upstream port) →
 //! server sidecar (inbound mTLS port) → app; (c) cross-cluster: client
 //! sidecar in `west` → east's `meshfed-gateway` (SNI passthrough) → server
-//! sidecar in `east` → app; (d) the peer: the same pair shape built from
+//! sidecar in `east` → app, and the same to a Service whose HTTPRoute splits
+//! it 50/50 between two backends that both take that path; (d) the peer: the same pair shape built from
 //! nginx (TLS 1.3, client certificates verified, keep-alive pools; see
 //! `proxy/nginx.rs`), when nginx is installed — measuring open-loop latency
 //! at 2,000 req/s (from each request's scheduled send time), closed-loop
@@ -58,7 +59,7 @@ use anyhow::{Context, bail};
 
 use crate::cost::Used;
 use crate::load::{Conn, Samples};
-use crate::report::{CROSS_CLUSTER, Mem, NGINX, PathResults, Report, SAME_CLUSTER};
+use crate::report::{CROSS_CLUSTER, CROSS_ROUTED, Mem, NGINX, PathResults, Report, SAME_CLUSTER};
 use crate::topology::Topology;
 
 /// How much of everything.
@@ -147,9 +148,14 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
             proxies: vec![p(&topo.client_west), p(&topo.gateway), p(&topo.server)],
             results: PathResults::new(CROSS_CLUSTER, true),
         },
+        Way {
+            addr: topo.cross_routed,
+            proxies: vec![p(&topo.client_west), p(&topo.gateway), p(&topo.server)],
+            results: PathResults::new(CROSS_ROUTED, true),
+        },
     ];
     let caller = support::id(support::FRONTEND).to_string();
-    let mut expect = vec!["none", caller.as_str(), caller.as_str()];
+    let mut expect = vec!["none", caller.as_str(), caller.as_str(), caller.as_str()];
     let mut nginx = match nginx::find() {
         Some(exe) => {
             let pair = nginx::Pair::start(&exe, topo.east_ca(), topo.app_behind, topo.dir())

@@ -51,6 +51,17 @@ impl Caller {
         self.get_json(addr, path).await
     }
 
+    /// [`Caller::get`] with request headers.
+    pub async fn get_with(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Result<Served, String> {
+        let body = self.get_bytes_with(addr, path, headers).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("{addr}{path}: unexpected answer: {e}"))
+    }
+
     /// `GET http://ADDR/PATH`, the JSON answer.
     pub async fn get_json<T: DeserializeOwned>(
         &self,
@@ -69,13 +80,29 @@ impl Caller {
 
     /// `GET http://ADDR/PATH`: the body of a 2xx answer, else why not.
     async fn get_bytes(&self, addr: SocketAddr, path: &str) -> Result<Bytes, String> {
+        self.get_bytes_with(addr, path, &[]).await
+    }
+
+    async fn get_bytes_with(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Result<Bytes, String> {
         let uri: http::Uri = format!("http://{addr}{path}")
             .parse()
+            .map_err(|e| format!("{addr}{path}: {e}"))?;
+        let mut req = http::Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req
+            .body(Empty::new())
             .map_err(|e| format!("{addr}{path}: {e}"))?;
         let call = async {
             let response = self
                 .client
-                .get(uri)
+                .request(req)
                 .await
                 .map_err(|e| format!("{addr}: {}", crate::message(&anyhow::Error::new(e))))?;
             let status = response.status();

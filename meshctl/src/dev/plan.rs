@@ -54,6 +54,8 @@ const ECHO_HOST: u8 = 20;
 const CLIENT_HOST: u8 = 30;
 /// Extra client pods: `.40`, `.41`...
 const CALLER_HOST: u8 = 40;
+/// Other versions of `api`: `.60`, `.61`...
+const VERSION_HOST: u8 = 60;
 
 /// The dev CAs outlive any dev session and `meshctl check`'s 30-day expiry warning.
 const CA_VALIDITY: Duration = Duration::from_secs(365 * 86400);
@@ -87,6 +89,9 @@ pub struct ClusterSpec {
     pub zones: u8,
     /// Which sample services (`api`, `echo`) carry the export label.
     pub exported: Vec<String>,
+    /// Other versions of `api` (`v2`): each a pod `api-VERSION` in the
+    /// first zone behind a Service of its own, `api-VERSION`, not exported.
+    pub versions: Vec<String>,
     /// Service accounts of extra client pods: each is a sidecar with the
     /// same upstream listeners as the sample client's, under its own
     /// identity (`spiffe://TD/ns/shop/sa/NAME`), which the sample services
@@ -102,6 +107,7 @@ impl ClusterSpec {
             region: region.to_owned(),
             zones,
             exported: vec!["api".into()],
+            versions: Vec::new(),
             callers: Vec::new(),
         }
     }
@@ -198,6 +204,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
         admin: None,
         identity: None,
         replica_of: None,
+        service: None,
         log: logs.join(format!("{name}.log")),
         args,
         pid: None,
@@ -325,12 +332,21 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
     };
 
     let zones: Vec<String> = (0..cs.zones).map(|z| zone_name(region, z)).collect();
+    // api: one pod per zone; each other version one pod in the first zone,
+    // behind a Service of its own. All run as api's service account.
+    let mut api_pods = Vec::new();
     for (z, zone) in zones.iter().enumerate() {
-        let letter = char::from(b'a' + u8::try_from(z).expect("few zones"));
-        let ip = spec
-            .subnet
-            .ip(i, API_HOST + u8::try_from(z).expect("few zones"));
-        let pod = format!("api-{letter}");
+        let z = u8::try_from(z).expect("few zones");
+        let pod = format!("api-{}", char::from(b'a' + z));
+        api_pods.push((pod, API_HOST + z, zone.clone(), "api".to_owned()));
+    }
+    for (k, version) in cs.versions.iter().enumerate() {
+        let pod = format!("api-{version}");
+        let host = VERSION_HOST + u8::try_from(k).expect("few versions (checked)");
+        api_pods.push((pod.clone(), host, zones[0].clone(), pod));
+    }
+    for (pod, host, zone, service) in api_pods {
+        let ip = spec.subnet.ip(i, host);
         let app = SocketAddr::from((ip, API_PORT));
         let mut p = proc(
             &pod,
@@ -344,13 +360,16 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
                 zone.clone(),
                 "--pod".into(),
                 format!("{pod}.{name}"),
+                "--service".into(),
+                service.clone(),
             ],
         );
         p.zone = Some(zone.clone());
+        p.service = Some(service);
         p.listen.insert("http".into(), app);
         processes.push(p);
         let (listen, extra) = inbound(ip, API_PORT);
-        let mut s = sidecar(&pod, "api", ip, zone, extra);
+        let mut s = sidecar(&pod, "api", ip, &zone, extra);
         s.listen.insert("inbound".into(), listen);
         processes.push(s);
     }
@@ -359,6 +378,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
     let app = SocketAddr::from((ip, ECHO_PORT));
     let mut p = proc("echo", Kind::Echo, vec!["--listen".into(), arg(&app)]);
     p.zone = Some(zones[0].clone());
+    p.service = Some("echo".into());
     p.listen.insert("tcp".into(), app);
     processes.push(p);
     let (listen, extra) = inbound(ip, ECHO_PORT);
@@ -582,10 +602,15 @@ fn write_services(cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
     std::fs::write(&path, Format::Yaml.objects(&nodes)?)
         .with_context(|| format!("writing {}", path.display()))?;
 
-    for (service, port_name, port, kind) in [
-        ("api", "http", API_PORT, Kind::Api),
-        ("echo", "tcp", ECHO_PORT, Kind::Echo),
-    ] {
+    let versions = cs.versions.iter().map(|v| format!("api-{v}"));
+    let services = [
+        ("api".to_owned(), "http", API_PORT),
+        ("echo".into(), "tcp", ECHO_PORT),
+    ]
+    .into_iter()
+    .chain(versions.map(|v| (v, "http", API_PORT)));
+    for (service, port_name, port) in services {
+        let service = service.as_str();
         let exported = cs.exported.iter().any(|e| e == service);
         let svc = fixtures::service(SHOP, service, &[(port_name, port)], exported);
         let mut slice = fixtures::slice(
@@ -595,7 +620,11 @@ fn write_services(cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
             &[(port_name, INBOUND_PORT)],
         );
         let mut docs: Vec<Value> = vec![serde_json::to_value(svc)?];
-        for p in c.processes.iter().filter(|p| p.kind == kind) {
+        for p in c
+            .processes
+            .iter()
+            .filter(|p| p.service.as_deref() == Some(service))
+        {
             let ip = p.listen.values().next().expect("a workload listens").ip();
             let sidecar = format!("{}-sidecar", p.name);
             let account = c

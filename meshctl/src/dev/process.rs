@@ -192,6 +192,7 @@ mod tests {
             admin: None,
             identity: None,
             replica_of: None,
+            service: None,
             log: "/dev/null".into(),
             args: Vec::new(),
             pid: Some(pid),

@@ -99,6 +99,9 @@ pub struct Process {
     /// for `controller-0`): a step naming that acts on every replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_of: Option<String>,
+    /// For a workload: the Service whose endpoint it is (`api`, `api-v2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Its stdout and stderr.
     pub log: PathBuf,
     /// `meshctl dev exec KIND` followed by these starts it again.

@@ -37,6 +37,9 @@ struct ApiArgs {
     zone: String,
     #[arg(long)]
     pod: String,
+    /// The Service it serves (a version of api serves `api-VERSION`).
+    #[arg(long, default_value = "api")]
+    service: String,
 }
 
 #[derive(Debug, Parser)]
@@ -123,7 +126,7 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
     let listener = bind(a.listen).await?;
     serve_http(listener, move |req| {
         json(&Served {
-            service: "api".into(),
+            service: a.service.clone(),
             cluster: a.cluster.clone(),
             zone: a.zone.clone(),
             pod: a.pod.clone(),

@@ -52,6 +52,7 @@ impl Runner<'_> {
             Assertion::ServedBy {
                 traffic,
                 cluster,
+                service,
                 min,
                 max,
                 since,
@@ -61,8 +62,20 @@ impl Runner<'_> {
                     calls.iter().filter(|o| o.result.is_ok()).collect();
                 let by = ok
                     .iter()
-                    .filter(|o| o.served_by() == Some(cluster.as_str()))
+                    .filter(|o| {
+                        cluster
+                            .as_ref()
+                            .is_none_or(|c| o.served_by() == Some(c.as_str()))
+                            && service
+                                .as_ref()
+                                .is_none_or(|s| o.service.as_ref() == Some(s))
+                    })
                     .count();
+                let who = match (cluster, service) {
+                    (Some(c), Some(s)) => format!("{s} in {c}"),
+                    (Some(c), None) => c.clone(),
+                    (None, s) => s.clone().unwrap_or_default(),
+                };
                 let share = if ok.is_empty() {
                     0.0
                 } else {
@@ -73,7 +86,7 @@ impl Runner<'_> {
                 if ok.is_empty() || low || high {
                     let expected = bounds(*min, *max, |p| format!("{p}%"));
                     Err(format!(
-                        "served-by {cluster} of {traffic}: expected {expected}, observed {share:.2}% \
+                        "served-by {who} of {traffic}: expected {expected}, observed {share:.2}% \
                          of {} answered calls (by cluster: {})",
                         ok.len(),
                         shares(&calls)

@@ -93,8 +93,15 @@ pub fn describe(a: &Action) -> String {
                 format!("assert success-rate of {traffic} ≥ {min}%")
             }
             Assertion::ServedBy {
-                traffic, cluster, ..
-            } => format!("assert share of {traffic} served by {cluster}"),
+                traffic,
+                cluster,
+                service,
+                ..
+            } => {
+                let who = [service.as_deref(), cluster.as_deref()];
+                let who: Vec<&str> = who.into_iter().flatten().collect();
+                format!("assert share of {traffic} served by {}", who.join(" in "))
+            }
             Assertion::Latency {
                 traffic,
                 percentile,

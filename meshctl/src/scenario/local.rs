@@ -52,6 +52,7 @@ pub fn plan_spec(s: &Scenario, dir: &Path, network: Option<Network>) -> dev::Spe
                 region: c.region.clone().unwrap_or_else(|| c.name.clone()),
                 zones: c.zones,
                 exported: c.exported.clone(),
+                versions: c.versions.clone(),
                 callers: c.callers.clone(),
             })
             .collect(),
@@ -318,10 +319,8 @@ impl Local {
     fn endpoint_ready(&self, cluster: &str, pod: &str, ready: bool) -> anyhow::Result<()> {
         let c = self.t.cluster(cluster)?;
         let p = c.process(pod)?;
-        let service = match p.kind {
-            Kind::Api => "api",
-            Kind::Echo => "echo",
-            _ => return Ok(()),
+        let Some(service) = p.service.as_deref() else {
+            return Ok(());
         };
         let ip = p.listen.values().next().context("a workload listens")?.ip();
         dev::set_endpoint_ready(&c.state_dir, service, &[ip], ready)

@@ -341,7 +341,8 @@ impl<'a> Runner<'a> {
                 } else {
                     Protocol::Http
                 });
-                let tr = Traffic::start(&net, target, protocol, def.rate, def.duration);
+                let headers = def.headers.clone().into_iter().collect();
+                let tr = Traffic::start(&net, target, protocol, def.rate, def.duration, headers);
                 self.traffic.insert(def.name.clone(), (def.clone(), tr));
                 Ok(Done::ok())
             }

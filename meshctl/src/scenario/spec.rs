@@ -45,6 +45,10 @@ pub struct ClusterDef {
     pub zones: u8,
     #[serde(default = "api_only")]
     pub exported: Vec<String>,
+    /// Other versions of `api` (`v2`): a pod `api-VERSION` in the first
+    /// zone behind a Service `api-VERSION` of its own.
+    #[serde(default)]
+    pub versions: Vec<String>,
     #[serde(default)]
     pub callers: Vec<String>,
 }
@@ -133,6 +137,9 @@ pub struct Traffic {
     /// The client pod: `client` (default) or one of the cluster's callers.
     #[serde(default = "default_caller")]
     pub caller: String,
+    /// Request headers every call carries (HTTP).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 fn default_rate() -> u32 {
@@ -332,10 +339,14 @@ pub enum Assertion {
         #[serde(default)]
         since: Option<String>,
     },
-    /// Share of successful calls `cluster` served.
+    /// Share of successful calls `cluster` served, or `service` (HTTP:
+    /// `api`, or a version of it, `api-v2`).
     ServedBy {
         traffic: String,
-        cluster: String,
+        #[serde(default)]
+        cluster: Option<String>,
+        #[serde(default)]
+        service: Option<String>,
         #[serde(default, deserialize_with = "percent_opt")]
         min: Option<f64>,
         #[serde(default, deserialize_with = "percent_opt")]

@@ -26,6 +26,8 @@ pub struct Outcome {
     pub done: Instant,
     /// The cluster that served it (HTTP), or `Ok("")` for an echoed TCP call.
     pub result: Result<String, String>,
+    /// The Service that served it (HTTP): `api`, or a version of it.
+    pub service: Option<String>,
 }
 
 impl Outcome {
@@ -58,7 +60,9 @@ impl Traffic {
         protocol: Protocol,
         rate: u32,
         duration: Option<Duration>,
+        headers: Vec<(String, String)>,
     ) -> Self {
+        let headers = Arc::new(headers);
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -83,16 +87,25 @@ impl Traffic {
                 };
                 n += 1;
                 let (rec, caller, net) = (rec.clone(), caller.clone(), net.clone());
+                let headers = headers.clone();
                 tokio::spawn(async move {
                     let sent = Instant::now();
-                    let result = match protocol {
-                        Protocol::Http => caller.get(target, "/").await.map(|s| s.cluster),
-                        Protocol::Tcp => echo(&net, target, n).await.map(|()| String::new()),
+                    let (result, service) = match protocol {
+                        Protocol::Http => match caller.get_with(target, "/", &headers).await {
+                            Ok(s) => (Ok(s.cluster), Some(s.service)),
+                            Err(e) => (Err(e), None),
+                        },
+                        Protocol::Tcp => {
+                            (echo(&net, target, n).await.map(|()| String::new()), None)
+                        }
                     };
                     let done = Instant::now();
-                    rec.lock()
-                        .expect("outcomes lock")
-                        .push(Outcome { sent, done, result });
+                    rec.lock().expect("outcomes lock").push(Outcome {
+                        sent,
+                        done,
+                        result,
+                        service,
+                    });
                     drop(permit);
                 });
             }

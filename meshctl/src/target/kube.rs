@@ -312,9 +312,17 @@ impl KubeCluster {
     pub async fn routes(&self) -> anyhow::Result<Vec<HttpRoute>> {
         let list = Api::<HttpRoute>::all(self.client.clone())
             .list(&ListParams::default())
-            .await
-            .map_err(self.failed(Call::on::<HttpRoute>(Verb::List)))?;
-        Ok(list.items)
+            .await;
+        match list {
+            Ok(list) => Ok(list.items),
+            Err(kube::Error::Api(s)) if s.is_not_found() => bail!(
+                "the Gateway API's HTTPRoute CRD is not installed in {}: no route applies; \
+                 install it with `meshctl install --gateway-api-crds` (or the Gateway API's \
+                 standard install)",
+                self.describe()
+            ),
+            Err(e) => Err(self.failed(Call::on::<HttpRoute>(Verb::List))(e)),
+        }
     }
 
     pub async fn set_exported(&self, ns: &str, name: &str, on: bool) -> anyhow::Result<Change> {

@@ -13,6 +13,8 @@ struct Health {
     /// West's Link status.
     link_status: Value,
     links_crd: Value,
+    /// The answer to the list of HTTPRoutes.
+    routes: Exchange,
     clock: SystemTime,
 }
 
@@ -30,9 +32,48 @@ impl Health {
             lease: Exchange::get(LEASE).answers(lease(Some(LEADER), SystemTime::now())),
             link_status: link_status(true, None),
             links_crd,
+            routes: Exchange::get(ROUTES).answers(list(
+                "gateway.networking.k8s.io/v1",
+                "HTTPRouteList",
+                vec![route(
+                    ("True", "Accepted", "ok"),
+                    ("True", "ResolvedRefs", "ok"),
+                )],
+            )),
             clock: SystemTime::now(),
         }
     }
+}
+
+/// The list of every HTTPRoute.
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes?";
+
+/// An HTTPRoute on shop/api splitting it with api-west, with the
+/// controller's entry: `accepted` and `resolved` as (status, reason, message).
+fn route(accepted: (&str, &str, &str), resolved: (&str, &str, &str)) -> Value {
+    let cond = |t: &str, (status, reason, message): (&str, &str, &str)| {
+        json!({
+            "type": t, "status": status, "reason": reason, "message": message,
+            "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z",
+        })
+    };
+    let parent = json!({ "group": "", "kind": "Service", "name": "api", "port": 8080 });
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "name": "api-split", "namespace": "shop", "generation": 1 },
+        "spec": {
+            "parentRefs": [parent],
+            "rules": [{ "backendRefs": [
+                { "name": "api", "port": 8080, "weight": 90 },
+                { "name": "api-west", "port": 8080, "weight": 10 },
+            ]}],
+        },
+        "status": { "parents": [{
+            "parentRef": parent,
+            "controllerName": "meshfed.io/mesh-controller",
+            "conditions": [cond("Accepted", accepted), cond("ResolvedRefs", resolved)],
+        }]},
+    })
 }
 
 /// The leader Lease as kube-lease-manager leaves it: held by `holder`,
@@ -104,6 +145,7 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
             labels::ORIGIN_CLUSTER.replace('/', "%2F")
         ))
         .answers(list("v1", "ServiceList", vec![mirror])),
+        h.routes,
         Exchange::get("/version")
             .answers(json!({
                 "major": "1", "minor": "31", "gitVersion": "v1.31.4",
@@ -168,6 +210,7 @@ async fn check_passes_a_healthy_cluster() {
             ("link west: gateway alive", Pass),
             ("link west: mirrors written", Pass),
             ("mirrors backed by live exports", Pass),
+            ("routes", Pass),
             ("clock skew", Pass),
         ],
         "{outcomes:#?}"
@@ -185,6 +228,74 @@ async fn check_passes_a_healthy_cluster() {
     assert_eq!(
         outcome(&outcomes, "link west: mirrors written").detail,
         "1 imported service(s), each mirrored here"
+    );
+    assert_eq!(
+        outcome(&outcomes, "routes").detail,
+        "shop/api-split accepted, every backend resolved"
+    );
+}
+
+#[tokio::test]
+async fn check_names_a_refused_route_and_why() {
+    let (_dir, _, east) = federation();
+    let refused = route(
+        (
+            "False",
+            "UnsupportedValue",
+            "spec.rules[0].filters[0].type: URLRewrite is not supported",
+        ),
+        ("True", "ResolvedRefs", "ok"),
+    );
+    let health = Health {
+        routes: Exchange::get(ROUTES).answers(list(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRouteList",
+            vec![refused],
+        )),
+        ..Health::good(crd_as_served(&links_crd()))
+    };
+    let outcomes = check(check_transcript(&east, health)).await;
+    let o = outcome(&outcomes, "routes");
+    assert_eq!(o.status, Status::Warn);
+    assert_eq!(
+        o.detail,
+        "HTTPRoute shop/api-split on shop/api:8080: UnsupportedValue: \
+         spec.rules[0].filters[0].type: URLRewrite is not supported"
+    );
+    assert!(
+        o.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("meshctl routes")),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn check_says_routes_are_off_without_the_httproute_crd() {
+    let (_dir, _, east) = federation();
+    let not_found = json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+        "code": 404, "message": "the server could not find the requested resource",
+    });
+    let health = Health {
+        routes: Exchange::get(ROUTES).fails(StatusCode::NOT_FOUND, not_found),
+        ..Health::good(crd_as_served(&links_crd()))
+    };
+    let outcomes = check(check_transcript(&east, health)).await;
+    let o = outcome(&outcomes, "routes");
+    assert_eq!(o.status, Status::Skip);
+    assert!(
+        o.detail
+            .starts_with("HTTPRoutes cannot be listed, so none applies: "),
+        "{}",
+        o.detail
+    );
+    assert!(
+        o.detail
+            .contains("HTTPRoute CRD is not installed in context east")
+            && o.detail.contains("meshctl install --gateway-api-crds"),
+        "{}",
+        o.detail
     );
 }
 
@@ -221,6 +332,7 @@ async fn check_says_what_fails_and_how_to_fix_it() {
             ("link west: gateway alive", Fail),
             ("link west: mirrors written", Pass),
             ("mirrors backed by live exports", Pass),
+            ("routes", Pass),
             ("clock skew", Fail),
         ],
         "{outcomes:#?}"

@@ -6,7 +6,9 @@
 //!
 //! East exports `shop/api`, served by the server sidecar. West has a Service
 //! `api` with no endpoints and a Link to east's gateway, so its discovery
-//! offers only the remote group `east`.
+//! offers only the remote group `east`; and a Service `api-split` whose
+//! HTTPRoute splits it 50/50 between `api` and `api-east` (the mirror of
+//! east's api), both served through east's gateway.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ pub struct Topology {
     pub same_cluster: SocketAddr,
     /// West's client sidecar upstream port for `api.shop:80`.
     pub cross_cluster: SocketAddr,
+    /// West's client sidecar upstream port for `api-split.shop:80`.
+    pub cross_routed: SocketAddr,
     /// The app's port behind the server side (the server sidecar's, or a
     /// peer proxy's).
     pub app_behind: SocketAddr,
@@ -77,11 +81,12 @@ impl Topology {
         east.write("api.yaml", &support::api_manifest(true, &[(inbound, ZONE)]));
         let gateway = spawn_gateway(&bins.gateway, &east, &d.join("gateway"), d).await?;
         west.write("api.yaml", &support::api_manifest(false, &[]));
+        west.write("api-split.yaml", SPLIT);
         let gw_listen = gateway.listen;
         west.link("east", gw_listen);
 
         let upstream = |port: u16| format!("api.shop:80={}", loopback(port));
-        let (same, cross) = (free_port()?, free_port()?);
+        let (same, cross, routed) = (free_port()?, free_port()?, free_port()?);
         let client_east = Sidecar::new(
             &bins.sidecar,
             "client sidecar east",
@@ -99,7 +104,12 @@ impl Topology {
             &d.join("client-west"),
         )
         .role("west client (cross-cluster)")
-        .args(["--upstream", &upstream(cross)])
+        .args([
+            "--upstream",
+            &upstream(cross),
+            "--upstream",
+            &format!("api-split.shop:80={}", loopback(routed)),
+        ])
         .spawn(d)
         .await?;
         tokio::time::timeout(
@@ -112,6 +122,7 @@ impl Topology {
             app: loopback(direct),
             same_cluster: loopback(same),
             cross_cluster: loopback(cross),
+            cross_routed: loopback(routed),
             app_behind: loopback(behind),
             app_proc,
             client_east,
@@ -171,6 +182,26 @@ impl Topology {
         ]
     }
 }
+
+/// West's `api-split`: a Service of its own (no endpoints) whose route
+/// splits it between `api` and `api-east`.
+const SPLIT: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: api-split, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{name: http, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api-split, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: api-split, port: 80}]
+  rules:
+  - backendRefs:
+    - {name: api, port: 80, weight: 50}
+    - {name: api-east, port: 80, weight: 50}
+"#;
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

@@ -80,9 +80,9 @@ pub(super) async fn copy(
         *copy.headers_mut() = parts.headers.clone();
         copy.extensions_mut().insert(Deadline(deadline));
         let counters = m.counters.clone();
-        let shared = dest.shared.clone();
-        let done = dest.shared.clone();
-        shared.spawn(async move {
+        let slot = InFlight(dest.shared.clone());
+        dest.shared.spawn(async move {
+            let _slot = slot;
             let answered = match super::call(next, copy).await {
                 Ok(resp) => {
                     drain(resp.into_body(), deadline).await;
@@ -98,10 +98,19 @@ pub(super) async fn copy(
             } else {
                 counters.failed.inc();
             }
-            done.mirrors_in_flight.fetch_sub(1, Ordering::AcqRel);
         });
     }
     Ok(Request::from_parts(parts, full(bytes)))
+}
+
+/// A copy's place among those in flight, given back however its task ends
+/// (the sidecar stopping included).
+struct InFlight(std::sync::Arc<crate::dest::Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.mirrors_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Reads a mirror's answer to its end (up to `MAX_DRAIN`, until the

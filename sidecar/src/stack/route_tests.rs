@@ -293,3 +293,79 @@ async fn a_backend_that_sent_nothing_hands_the_request_to_another() {
     }
     assert_eq!(moved, 40);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_mirrored_copy_never_holds_the_request_up() {
+    let mut shadowed = rule(prefix("/"), vec![backend("api", 1)]);
+    shadowed.mirrors = vec![meshfed_api::discovery::RouteMirror {
+        name: "api-west".into(),
+        namespace: "shop".into(),
+        port: 80,
+        numerator: 100,
+        denominator: 100,
+    }];
+    let mut s = split(vec![shadowed], [true; 3]);
+    allow_all(&mut s);
+    let req = Request::builder()
+        .method("POST")
+        .header("content-length", "7")
+        .body(full("payload"))
+        .expect("req");
+    let call = tokio::spawn(crate::stack::call(s.route.clone(), req));
+    let (copy, copy_answer) = s.west.next_request().await.expect("a copy");
+    assert_eq!(copy.method(), "POST");
+    let (original, answer) = s.api.next_request().await.expect("the request");
+    let body = original
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "payload", "the original keeps its body");
+    answer.send_response(http::Response::new(full("ok")));
+    // Answered while the copy is still out.
+    let got = call.await.expect("task").expect("answer");
+    assert_eq!(got.status(), 200);
+    let body = copy
+        .into_body()
+        .collect()
+        .await
+        .expect("copy body")
+        .to_bytes();
+    assert_eq!(body, "payload", "the copy has the body too");
+    copy_answer.send_error(Failure::new(Reason::ConnectFailed));
+    let counters =
+        s.dest
+            .shared
+            .metrics
+            .routes
+            .mirror(&s.dest.label, "shop/api", "api-west.shop:80");
+    for _ in 0..10 {
+        if counters.failed.get() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!((counters.answered.get(), counters.failed.get()), (0, 1));
+    assert_eq!(
+        s.dest
+            .shared
+            .mirrors_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // A body of unknown length is not copied (it would hold the request).
+    let streamed = Request::builder()
+        .method("POST")
+        .body(crate::body::boxed(http_body_util::StreamBody::new(
+            futures::stream::iter(vec![Ok::<_, std::convert::Infallible>(
+                hyper::body::Frame::data(bytes::Bytes::from("a")),
+            )]),
+        )))
+        .expect("req");
+    let call = tokio::spawn(crate::stack::call(s.route.clone(), streamed));
+    let (_, answer) = s.api.next_request().await.expect("the request");
+    answer.send_response(http::Response::new(full("ok")));
+    assert_eq!(call.await.expect("task").expect("answer").status(), 200);
+    assert_eq!(counters.skipped_body.get(), 1);
+}

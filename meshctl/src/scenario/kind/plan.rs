@@ -49,6 +49,7 @@ pub(in crate::scenario) fn write_plan(
     let mut clusters = String::new();
     let mut exported = String::new();
     let mut callers = String::new();
+    let mut versions = String::new();
     for c in &s.clusters {
         let region = c.region.clone().unwrap_or_else(|| c.name.clone());
         writeln!(clusters, "{} {} {region}", c.name, c.zones)?;
@@ -57,6 +58,9 @@ pub(in crate::scenario) fn write_plan(
         }
         for k in &c.callers {
             writeln!(callers, "{} {k}", c.name)?;
+        }
+        for v in &c.versions {
+            writeln!(versions, "{} {v}", c.name)?;
         }
     }
     let pairs: Vec<(String, String)> = s.links.clone().unwrap_or_else(|| {
@@ -83,6 +87,7 @@ pub(in crate::scenario) fn write_plan(
         ("clusters", clusters),
         ("exported", exported),
         ("callers", callers),
+        ("versions", versions),
         ("links", links),
         ("settings", settings),
         ("scripts", scripts.display().to_string()),

@@ -197,6 +197,19 @@ fn check_clusters(clusters: &[ClusterDef]) -> anyhow::Result<()> {
                 bail!("{at}: exported: no service {e:?} (services: api, echo)");
             }
         }
+        if c.versions.len() > 4 {
+            bail!("{at}: versions: at most 4");
+        }
+        for (k, v) in c.versions.iter().enumerate() {
+            let digits = v.strip_prefix('v').unwrap_or_default();
+            if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                bail!("{at}: versions: {v:?} is not v followed by a number (v2)");
+            }
+            if c.versions[..k].contains(v) {
+                bail!("{at}: versions: {v:?} is named twice");
+            }
+        }
         if c.callers.len() > 8 {
             bail!("{at}: callers: at most 8");
         }

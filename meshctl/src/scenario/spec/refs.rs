@@ -219,12 +219,19 @@ pub(super) fn check_steps(s: &Scenario) -> anyhow::Result<()> {
                 Assertion::ServedBy {
                     traffic: t,
                     cluster: c,
+                    service: s,
                     min,
                     max,
                     since,
                 } => {
                     seen(t)?;
-                    cluster(&at, c)?;
+                    match (c, s) {
+                        (None, None) => bail!("{at}: served-by: give cluster, service or both"),
+                        (Some(c), _) => {
+                            cluster(&at, c)?;
+                        }
+                        (None, Some(_)) => {}
+                    }
                     earlier(since, &names)?;
                     if min.is_none() && max.is_none() {
                         bail!("{at}: served-by: give min, max or both");
