@@ -6,8 +6,8 @@ mod failover;
 mod link;
 
 pub use failover::{
-    Failback, FailoverPolicy, FailoverPolicySpec, FailoverPolicyStatus, LocalityKey,
-    OutlierDetection, RetryBudget,
+    ConsistentHash, Failback, FailoverPolicy, FailoverPolicySpec, FailoverPolicyStatus,
+    LocalityKey, OutlierDetection, RetryBudget,
 };
 pub use link::{
     DEFAULT_CONTROL_PLANE_GRACE_SECONDS, GatewaySpec, Link, LinkSpec, LinkStatus,

@@ -274,6 +274,7 @@ pub fn policy(namespace: &str, name: &str, service: &str) -> FailoverPolicy {
             outlier_detection: Default::default(),
             failback: Default::default(),
             retry_budget: Default::default(),
+            consistent_hash: None,
         },
     );
     p.metadata.namespace = Some(namespace.into());

@@ -204,6 +204,32 @@ pub fn validate_failover_policy(spec: &FailoverPolicySpec) -> Result<(), Vec<Fie
             format!("must be a healthy fraction greater than 0 and at most 1 (got {spill})"),
         );
     }
+    if let Some(h) = &spec.consistent_hash {
+        match (&h.header, &h.cookie) {
+            (Some(_), Some(_)) | (None, None) => e.add(
+                "spec.consistentHash",
+                "give exactly one of header and cookie",
+            ),
+            (Some(name), None) => {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    e.add(
+                        "spec.consistentHash.header",
+                        format!("{name:?} is not a header name"),
+                    );
+                }
+            }
+            (None, Some(name)) => {
+                // A cookie name is an HTTP token (RFC 6265).
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if name.is_empty() || name.len() > 256 || !name.bytes().all(token) {
+                    e.add(
+                        "spec.consistentHash.cookie",
+                        format!("{name:?} is not a cookie name"),
+                    );
+                }
+            }
+        }
+    }
     let od = &spec.outlier_detection;
     e.range(
         "spec.outlierDetection.consecutiveFailures",
@@ -403,6 +429,19 @@ mod tests {
                 "spec.retryBudget.percent",
             ]
         );
+        for good in ["{header: x-user-id}", "{cookie: session}"] {
+            let spec = policy(&format!("  service: api\n  consistentHash: {good}\n"));
+            assert_eq!(validate_failover_policy(&spec), Ok(()), "{good}");
+        }
+        for (bad, field) in [
+            ("{}", "spec.consistentHash"),
+            ("{header: a, cookie: b}", "spec.consistentHash"),
+            ("{header: 'x user'}", "spec.consistentHash.header"),
+            ("{cookie: 'a;b'}", "spec.consistentHash.cookie"),
+        ] {
+            let spec = policy(&format!("  service: api\n  consistentHash: {bad}\n"));
+            assert_eq!(fields(validate_failover_policy(&spec)), [field], "{bad}");
+        }
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //!   deploy everywhere must not empty the service; nor may the one ready
 //!   endpoint beside a killed pod still listed as not ready).
 
+mod affinity;
+#[cfg(test)]
+mod affinity_tests;
 mod attempt;
 mod endpoint;
 mod failback;
@@ -37,6 +40,7 @@ use std::sync::Arc;
 use meshfed_api::priority::{GroupHealth, shares};
 use tokio::time::Instant;
 
+pub(crate) use affinity::Affinity;
 pub(crate) use endpoint::EndpointInfo;
 pub(crate) use params::Params;
 
@@ -72,6 +76,8 @@ struct Group {
     healthy: u32,
     total: u32,
     spill: f64,
+    /// Where keys land, with session affinity (empty without).
+    ring: Vec<(u64, u32)>,
 }
 
 /// A pick: the endpoint, the group it came from and that group's calls at
@@ -132,6 +138,8 @@ struct Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Balancer {
     params: Params,
+    /// The policy's session affinity, if it asks for one.
+    pub(crate) affinity: Option<Affinity>,
     groups: Vec<Group>,
     /// Each group's, and a group no longer listed while calls on it last.
     group_states: Vec<(GroupKey, GroupState)>,
@@ -239,10 +247,15 @@ impl Balancer {
         candidates.extend(self.candidates(gi, now, exclude));
         let mi = self.p2c(gi, &candidates, now);
         self.candidates = candidates;
+        Ok(self.pick_of(gi, mi))
+    }
+
+    /// Member `mi` of group `gi` as a pick, with the group's load now.
+    fn pick_of(&self, gi: usize, mi: usize) -> Pick {
         let g = &self.groups[gi];
         let m = &g.members[mi];
         let st = &self.group_states[g.state].1;
-        Ok(Pick {
+        Pick {
             endpoint: m.info.clone(),
             group: g.key.clone(),
             load: Load {
@@ -255,7 +268,7 @@ impl Balancer {
                 endpoint: m.state,
                 group: g.state,
             }),
-        })
+        }
     }
 
     /// Whether any endpoint could take a request now.

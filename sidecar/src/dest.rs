@@ -3,6 +3,7 @@
 //! connection pool. Outbound HTTP (through the layers of `stack`) and TCP
 //! both go through here.
 
+mod flight;
 #[cfg(test)]
 pub(crate) mod testing;
 mod wait;
@@ -30,6 +31,8 @@ use crate::routes::RouteTable;
 use crate::stack::Next;
 use crate::stack::breaker::{self, Kind};
 use crate::workers::{PerWorker, Workers};
+
+pub(crate) use flight::InFlight;
 
 /// Connects per opaque connection (or upgrade), the first included.
 const MAX_CONNECTS: usize = 5;
@@ -111,6 +114,8 @@ pub(crate) struct Dest {
     /// Discovery has answered (an endpoint set, even empty, never taken
     /// back): requests no longer wait for it.
     answered: AtomicBool,
+    /// The policy asks for session affinity (read without the lock).
+    affinity: AtomicBool,
     /// The service's routes, compiled from the last endpoint set.
     routes: Mutex<Arc<RouteTable>>,
     /// The request path below the route, built once: every route naming
@@ -137,6 +142,7 @@ impl Dest {
             changes: Notify::new(),
             waiting: AtomicUsize::new(0),
             answered: AtomicBool::new(false),
+            affinity: AtomicBool::new(false),
             routes: Mutex::default(),
             stack: OnceLock::new(),
         })
@@ -204,6 +210,7 @@ impl Dest {
         drop(routes);
         let mut b = self.balancer.lock().expect("balancer lock");
         b.update(&set, &self.shared.cluster, &self.sni, Instant::now());
+        self.affinity.store(b.affinity.is_some(), Ordering::Release);
         self.budget.set(&b.params());
         let keys = b.keys();
         for pool in self.pool.all() {
@@ -215,11 +222,34 @@ impl Dest {
     /// with its group's load at that moment (for the circuit breakers);
     /// starts probing endpoints that are due.
     pub(crate) fn pick(self: &Arc<Self>, tried: &[Arc<str>]) -> Result<Pick, Reason> {
+        self.pick_keyed(tried, None)
+    }
+
+    /// The affinity key of a request with `headers`, when the policy asks
+    /// for session affinity and the request carries one.
+    pub(crate) fn affinity_key(&self, headers: &http::HeaderMap) -> Option<u64> {
+        if !self.affinity.load(Ordering::Acquire) {
+            return None;
+        }
+        let b = self.balancer.lock().expect("balancer lock");
+        b.affinity.as_ref()?.key(headers)
+    }
+
+    /// [`Dest::pick`] of the endpoint `key` belongs to, if given.
+    pub(crate) fn pick_keyed(
+        self: &Arc<Self>,
+        tried: &[Arc<str>],
+        key: Option<u64>,
+    ) -> Result<Pick, Reason> {
         self.sync();
         let now = Instant::now();
         let mut b = self.balancer.lock().expect("balancer lock");
         let probes = b.due_probes(now);
-        let pick = b.pick(now, tried).map_err(|e| match e {
+        let picked = match key {
+            Some(k) => b.pick_keyed(now, k, tried),
+            None => b.pick(now, tried),
+        };
+        let pick = picked.map_err(|e| match e {
             NoPick::NoEndpoints => Reason::NoEndpoints,
             NoPick::NoneHealthy => Reason::NoHealthyEndpoints,
         });
@@ -357,44 +387,5 @@ impl Dest {
             .lock()
             .expect("balancer lock")
             .connections(pick, delta);
-    }
-}
-
-/// An attempt in flight on an endpoint.
-#[derive(Debug)]
-pub(crate) struct InFlight {
-    dest: Arc<Dest>,
-    pick: Pick,
-    started: Instant,
-    /// Ended by `answered` (one lock for both), not by the drop.
-    ended: bool,
-}
-
-impl InFlight {
-    /// The endpoint answered (`failed`: 5xx or the stream broke); the
-    /// attempt ends.
-    pub(crate) fn answered(mut self, failed: bool) {
-        if failed {
-            self.dest.failure();
-        }
-        let now = Instant::now();
-        let rtt = now.saturating_duration_since(self.started);
-        let mut b = self.dest.balancer.lock().expect("balancer lock");
-        b.answered(&self.pick, rtt, failed, now);
-        b.end(&self.pick);
-        self.ended = true;
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        self.dest
-            .balancer
-            .lock()
-            .expect("balancer lock")
-            .end(&self.pick);
     }
 }

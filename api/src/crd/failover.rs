@@ -45,6 +45,23 @@ pub struct FailoverPolicySpec {
     /// Bound on retries.
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// Session affinity: requests carrying the same key (a header's value,
+    /// or a cookie's) go to the same endpoint while it can serve; when an
+    /// endpoint goes, only the keys it had move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+/// Where a request's affinity key is: exactly one of `header` and `cookie`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHash {
+    /// The value of this request header (e.g. `x-user-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The value of this cookie (e.g. `session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
 }
 
 /// A locality level to match on.

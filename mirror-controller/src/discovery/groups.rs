@@ -149,6 +149,7 @@ fn wire_policy(p: Option<&FailoverPolicySpec>) -> Policy {
         None => Default::default(),
     };
     let ms = |s: u32| s.saturating_mul(1000);
+    let hash = p.and_then(|p| p.consistent_hash.as_ref());
     Policy {
         spill_threshold: p.map_or(DEFAULT_SPILL, |p| p.spill_threshold),
         consecutive_failures: od.consecutive_failures,
@@ -157,6 +158,8 @@ fn wire_policy(p: Option<&FailoverPolicySpec>) -> Policy {
         failback_hold_ms: ms(fb.hold_seconds),
         retry_budget_percent: rb.percent,
         min_retries_per_second: rb.min_retries_per_second,
+        hash_header: hash.and_then(|h| h.header.clone()).unwrap_or_default(),
+        hash_cookie: hash.and_then(|h| h.cookie.clone()).unwrap_or_default(),
     }
 }
 

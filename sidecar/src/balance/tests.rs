@@ -57,6 +57,8 @@ pub(super) fn set(groups: Vec<PriorityGroup>, hold_ms: u32) -> EndpointSet {
             failback_hold_ms: hold_ms,
             retry_budget_percent: 20,
             min_retries_per_second: 10,
+            hash_header: String::new(),
+            hash_cookie: String::new(),
         }),
         revision: 1,
         routes: Vec::new(),

@@ -22,6 +22,7 @@ impl Balancer {
         now: Instant,
     ) {
         self.params = Params::from_wire(set.policy.as_ref());
+        self.affinity = super::Affinity::from_wire(set.policy.as_ref());
         self.epoch += 1;
         self.groups = set
             .groups
@@ -51,9 +52,15 @@ impl Balancer {
                     healthy: g.healthy,
                     total: g.total,
                     spill: g.spill_threshold,
+                    ring: Vec::new(),
                 }
             })
             .collect();
+        if self.affinity.is_some() {
+            for g in &mut self.groups {
+                g.ring = super::affinity::ring(g);
+            }
+        }
         self.restate_endpoints(now);
         self.restate_groups();
     }

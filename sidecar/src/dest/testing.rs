@@ -143,6 +143,8 @@ pub(crate) fn set(endpoints: &[(&str, bool)]) -> Option<Arc<EndpointSet>> {
             failback_hold_ms: 0,
             retry_budget_percent: 20,
             min_retries_per_second: 10,
+            hash_header: String::new(),
+            hash_cookie: String::new(),
         }),
         revision: 1,
         routes: Vec::new(),

@@ -54,7 +54,8 @@ impl Step for Balance {
 fn attempt(inner: Next, dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer> {
     async move {
         let tried = req.extensions_mut().remove::<Tried>().unwrap_or_default();
-        let picked = match dest.pick(&tried.0) {
+        let key = dest.affinity_key(req.headers());
+        let picked = match dest.pick_keyed(&tried.0, key) {
             // Endpoints exist but none can serve now: a request that may be
             // sent again waits for one to come back (rare: boxed apart).
             Err(Reason::NoHealthyEndpoints)
