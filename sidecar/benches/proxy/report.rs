@@ -13,7 +13,7 @@ pub const SAME_CLUSTER: &str = "same-cluster";
 pub const CROSS_CLUSTER: &str = "cross-cluster";
 /// The cross-cluster path to a Service whose HTTPRoute splits it between
 /// two backends, both served across the clusters as the plain path is.
-pub const CROSS_ROUTED: &str = "cross-cluster, routed";
+pub const CROSS_ROUTED: &str = "routed cross";
 /// The same pair shape built from nginx.
 pub const NGINX: &str = "nginx pair";
 
