@@ -19,7 +19,9 @@ use crate::httproute::{check, status_parents};
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
 use crate::mirrors::{Unwritable, lock, selected};
 use futures::future::BoxFuture;
-use meshfed_api::route::{CONTROLLER_NAME, HttpRouteStatusParents, RouteTime, RouteTimestamp};
+use meshfed_api::route::{
+    CONTROLLER_NAME, HttpRouteStatus, HttpRouteStatusParents, RouteTime, RouteTimestamp,
+};
 
 use crate::store::{ObjKey, Store, StoreError};
 use crate::validate::{accepted_condition, validate_failover_policy, validate_link};
@@ -143,11 +145,20 @@ pub(crate) async fn run(
                 // controller's to report on.
                 continue;
             }
+            // What was written last, else what the route carries: a
+            // condition's transition time holds while its status does (the
+            // file store never reads statuses back into its objects).
+            let previous = written_routes
+                .get(key)
+                .map(|parents| HttpRouteStatus {
+                    parents: parents.clone(),
+                })
+                .or_else(|| route.status.clone());
             let mut next = status_parents(
                 &verdicts,
                 route.metadata.generation,
                 &route_now,
-                route.status.as_ref(),
+                previous.as_ref(),
             );
             // The Gateway API holds at most 32 parents in a status.
             next.truncate(32);

@@ -130,6 +130,15 @@ async fn a_route_is_accepted_in_its_status_and_its_split_reaches_subscribers() {
         })
     })
     .await;
+    // Written once: three status periods later it is the same file.
+    let written = std::fs::metadata(east.path(ROUTE_STATUS)).and_then(|m| m.modified());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let now = std::fs::metadata(east.path(ROUTE_STATUS)).and_then(|m| m.modified());
+    assert_eq!(
+        written.ok(),
+        now.ok(),
+        "an unchanged status is not written again"
+    );
 
     // A shift reaches the subscriber within a second.
     let shifted = Instant::now();
