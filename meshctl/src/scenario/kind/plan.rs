@@ -119,6 +119,7 @@ clusters:
   - name: east
     zones: 2
     callers: [intruder]
+    versions: [v2, v3]
   - name: west
     region: eu
     exported: [api, echo]
@@ -138,6 +139,7 @@ steps:
         assert_eq!(read("links"), "east west\nwest east\n");
         assert_eq!(read("exported"), "east api\nwest api\nwest echo\n");
         assert_eq!(read("callers"), "east intruder\n");
+        assert_eq!(read("versions"), "east v2\neast v3\n");
         assert!(read("settings").contains("LEAF_TTL=12\n"));
         assert_eq!(read("scripts"), "/opt/kind");
         let policy = read("policies/east/0.yaml");

@@ -426,4 +426,54 @@ mod tests {
             assert!(e.contains(why), "{steps}: {e}");
         }
     }
+
+    #[test]
+    fn routes_headers_and_served_by_a_service_read_and_are_checked() {
+        let route = "{apiVersion: gateway.networking.k8s.io/v1, kind: HTTPRoute, metadata: {name: r}, \
+                     spec: {parentRefs: [{kind: Service, group: '', name: api}], rules: [{backendRefs: [{name: api, port: 8080}]}]}}";
+        let s = scenario(&format!(
+            "- route: {{cluster: east, manifest: {route}}}\n\
+             - traffic: {{name: t, from: east, service: api, headers: {{x-canary: '1'}}}}\n\
+             - assert: {{served-by: {{traffic: t, service: api-v2, min: 100%}}}}\n"
+        ))
+        .expect("valid");
+        let Action::Route(r) = &s.steps[0].action else {
+            panic!("{:?}", s.steps[0].action)
+        };
+        assert_eq!(
+            r.route.metadata.namespace.as_deref(),
+            Some("shop"),
+            "the sample namespace"
+        );
+        for (steps, why) in [
+            (
+                "- route: {cluster: east, manifest: {apiVersion: v1, kind: Service, metadata: {name: x}}}\n".to_owned(),
+                "route: manifest: expected an HTTPRoute of gateway.networking.k8s.io/v1, got Service",
+            ),
+            (
+                "- route: {cluster: east, manifest: {apiVersion: gateway.networking.k8s.io/v1, kind: HTTPRoute, metadata: {}, spec: {}}}\n".to_owned(),
+                "metadata.name is missing",
+            ),
+            (
+                format!("- route: {{cluster: north, manifest: {route}}}\n"),
+                "no cluster \"north\"",
+            ),
+            (
+                "- traffic: {name: t, from: east, service: api}\n- assert: {served-by: {traffic: t, min: 1%}}\n".to_owned(),
+                "served-by: give cluster, service or both",
+            ),
+        ] {
+            let e = error(&steps);
+            assert!(e.contains(why), "{steps}: {e}");
+        }
+        let bad_version = "name: t\nclusters: [{name: east, versions: [two]}, {name: west}]\nsteps:\n- sleep: 1s\n";
+        let e = format!(
+            "{:#}",
+            parse(bad_version, Path::new("t.yaml")).expect_err("invalid")
+        );
+        assert!(
+            e.contains("versions: \"two\" is not v followed by a number"),
+            "{e}"
+        );
+    }
 }
