@@ -58,6 +58,32 @@ pub mod condition {
     pub const REASON_REF_NOT_PERMITTED: &str = "RefNotPermitted";
 }
 
+/// Whether a reference of `group`/`kind` names a core Service; absent
+/// fields take the Gateway API's defaults: `default_kind` (`Gateway` for a
+/// parentRef, `Service` for a backendRef) in its default group (the
+/// Gateway API's for a parent, core for a backend). `core` is accepted for
+/// the empty group, as the GAMMA documentation writes it.
+pub fn is_service_ref(group: Option<&str>, kind: Option<&str>, default_kind: &str) -> bool {
+    let group = group.unwrap_or(if default_kind == "Service" { "" } else { GROUP });
+    let core = group.is_empty() || group.eq_ignore_ascii_case("core");
+    core && kind.unwrap_or(default_kind) == "Service"
+}
+
+/// The share of matched requests a `RequestMirror` copies, as
+/// `(numerator, denominator)`: its `fraction` (denominator 100 when left
+/// out), its `percent`, or all of them.
+pub fn mirror_fraction(m: &HttpRouteRulesFiltersRequestMirror) -> (u32, u32) {
+    let (n, d) = match (&m.fraction, m.percent) {
+        (Some(f), _) => (f.numerator, f.denominator.unwrap_or(100)),
+        (None, Some(p)) => (p, 100),
+        (None, None) => (100, 100),
+    };
+    (
+        u32::try_from(n).unwrap_or(0),
+        u32::try_from(d).unwrap_or(1).max(1),
+    )
+}
+
 /// An HTTPRoute as the API server holds it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

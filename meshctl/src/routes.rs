@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use meshfed_api::route::{
     CONTROLLER_NAME, HttpRoute, HttpRouteParentRefs, HttpRouteRulesMatches, RouteCondition,
-    condition,
+    condition, is_service_ref, mirror_fraction,
 };
 use serde::Serialize;
 
@@ -168,14 +168,8 @@ pub fn rows(routes: &[HttpRoute], metrics: &[Sample]) -> Vec<RuleRow> {
                     .map(|m| {
                         let b = &m.backend_ref;
                         let bns = b.namespace.as_deref().unwrap_or(ns);
-                        let percent = match (&m.fraction, m.percent) {
-                            (Some(f), _) => {
-                                100.0 * f64::from(f.numerator)
-                                    / f64::from(f.denominator.unwrap_or(100).max(1))
-                            }
-                            (None, Some(p)) => f64::from(p),
-                            (None, None) => 100.0,
-                        };
+                        let (n, d) = mirror_fraction(m);
+                        let percent = 100.0 * f64::from(n) / f64::from(d);
                         let port = b.port.unwrap_or_default();
                         (format!("{}.{bns}:{port}", b.name), percent)
                     })
@@ -198,8 +192,7 @@ pub fn rows(routes: &[HttpRoute], metrics: &[Sample]) -> Vec<RuleRow> {
 }
 
 fn is_service(p: &HttpRouteParentRefs) -> bool {
-    let group = p.group.as_deref().unwrap_or(meshfed_api::route::GROUP);
-    (group.is_empty() || group.eq_ignore_ascii_case("core")) && p.kind.as_deref() == Some("Service")
+    is_service_ref(p.group.as_deref(), p.kind.as_deref(), "Gateway")
 }
 
 fn of(c: &RouteCondition) -> Verdict {

@@ -271,6 +271,11 @@ impl Balancer {
         }
     }
 
+    /// Whether an endpoint set was taken in yet.
+    pub(crate) fn has_set(&self) -> bool {
+        self.epoch > 0
+    }
+
     /// Whether any endpoint could take a request now.
     pub(crate) fn serving(&self, now: Instant) -> bool {
         (0..self.groups.len()).any(|i| self.can_serve(i, now, &[]))

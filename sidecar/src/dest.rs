@@ -162,12 +162,9 @@ impl Dest {
     /// Whether an endpoint could take a request now (one of a service
     /// discovery has not answered for yet may).
     pub(crate) fn can_serve(&self) -> bool {
-        if self.set.lock().expect("set lock").borrow().is_none() {
-            return true;
-        }
         self.sync();
         let b = self.balancer.lock().expect("balancer lock");
-        b.serving(Instant::now())
+        !b.has_set() || b.serving(Instant::now())
     }
 
     /// Whether discovery has answered for the service (then `ready` is

@@ -11,7 +11,7 @@ use meshfed_api::route::condition::{
 };
 use meshfed_api::route::{
     CONTROLLER_NAME, HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteStatusParents,
-    HttpRouteStatusParentsParentRef, RouteCondition, RouteTime,
+    HttpRouteStatusParentsParentRef, RouteCondition, RouteTime, is_service_ref,
 };
 
 use crate::store::{ClusterState, ObjKey};
@@ -74,18 +74,6 @@ pub(crate) fn check(route: &HttpRoute, key: &ObjKey, state: &ClusterState) -> Ve
             }
         })
         .collect()
-}
-
-/// Whether a reference of `group`/`kind` (absent: the API's defaults,
-/// `default_kind` in the Gateway API's group) names a core Service.
-pub(crate) fn is_service_ref(group: Option<&str>, kind: Option<&str>, default_kind: &str) -> bool {
-    let group = group.unwrap_or(if default_kind == "Service" {
-        ""
-    } else {
-        meshfed_api::route::GROUP
-    });
-    let core = group.is_empty() || group.eq_ignore_ascii_case("core");
-    core && kind.unwrap_or(default_kind) == "Service"
 }
 
 /// The Service port a parentRef limits the route to, and whether the

@@ -13,7 +13,7 @@ use meshfed_api::discovery::{
 };
 use meshfed_api::route::{
     HttpRoute, HttpRouteRules, HttpRouteRulesFiltersRequestHeaderModifier, HttpRouteRulesMatches,
-    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType, is_service_ref, mirror_fraction,
 };
 
 use super::check::{Ref, check, resolve};
@@ -30,7 +30,7 @@ pub(crate) fn parents_of(key: &ObjKey, route: &HttpRoute) -> Vec<ObjKey> {
         .parent_refs
         .iter()
         .flatten()
-        .filter(|p| super::check::is_service_ref(p.group.as_deref(), p.kind.as_deref(), "Gateway"))
+        .filter(|p| is_service_ref(p.group.as_deref(), p.kind.as_deref(), "Gateway"))
         .map(|p| ObjKey::new(p.namespace.as_deref().unwrap_or(&key.namespace), &p.name))
         .collect();
     parents.sort();
@@ -200,17 +200,13 @@ fn wire_rule(
         .filter_map(|m| {
             // An unresolved mirror is reported in status and sends nothing.
             let r = resolve(&route.namespace, &Ref::mirror(m), state).ok()?;
-            let (numerator, denominator) = match (&m.fraction, m.percent) {
-                (Some(f), _) => (f.numerator, f.denominator.unwrap_or(100)),
-                (None, Some(p)) => (p, 100),
-                (None, None) => (100, 100),
-            };
+            let (numerator, denominator) = mirror_fraction(m);
             Some(RouteMirror {
                 name: r.service.name.to_string(),
                 namespace: r.service.namespace.to_string(),
                 port: u32::from(r.port),
-                numerator: u32::try_from(numerator).unwrap_or(0),
-                denominator: u32::try_from(denominator).unwrap_or(1).max(1),
+                numerator,
+                denominator,
             })
         })
         .collect();

@@ -87,14 +87,8 @@ fn routed(called: &Arc<Dest>, backends: &dyn Backends) -> Option<Arc<Dest>> {
         return Some(called.clone());
     }
     let rule = routes.catch_all()?;
-    let dest_of = |b: &Backend| {
-        let target = b.target.as_ref()?;
-        Some(if *target == called.target {
-            called.clone()
-        } else {
-            backends.backend(target).0
-        })
-    };
+    let own = http::below_route(called);
+    let dest_of = |b: &Backend| b.resolve(called, &own, backends).map(|(d, _)| d);
     let i = rule.pick(|b| dest_of(b).is_none_or(|d| d.can_serve()), &[])?;
     let backend = &rule.backends[i];
     backend.picked.inc();

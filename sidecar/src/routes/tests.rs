@@ -1,4 +1,6 @@
-use meshfed_api::discovery::{NameValue, PathMatch, RouteBackend, RouteMatch, RouteRule};
+use meshfed_api::discovery::{
+    NameValue, PathMatch, RouteBackend, RouteMatch, RouteRule, path_match,
+};
 
 use super::*;
 

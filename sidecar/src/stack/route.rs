@@ -142,20 +142,7 @@ async fn routed(
     if !rule.mirrors.is_empty() {
         req = super::mirror::copy(rule, req, deadline, &dest, &*backends).await?;
     }
-    let resolve = |b: &Backend| -> Option<(Arc<Dest>, Next)> {
-        let target = b.target.as_ref()?;
-        Some(
-            b.resolved
-                .get_or_init(|| {
-                    if *target == dest.target {
-                        (dest.clone(), own.clone())
-                    } else {
-                        backends.backend(target)
-                    }
-                })
-                .clone(),
-        )
-    };
+    let resolve = |b: &Backend| b.resolve(&dest, &own, &*backends);
     let usable = |b: &Backend| resolve(b).is_none_or(|(d, _)| d.can_serve());
     let idempotent = super::retry::idempotent(req.method());
     let mut tried = Vec::new();
