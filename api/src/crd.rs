@@ -4,6 +4,7 @@
 
 mod failover;
 mod link;
+mod ratelimit;
 
 pub use failover::{
     ConsistentHash, Failback, FailoverPolicy, FailoverPolicySpec, FailoverPolicyStatus,
@@ -13,6 +14,7 @@ pub use link::{
     DEFAULT_CONTROL_PLANE_GRACE_SECONDS, GatewaySpec, Link, LinkSpec, LinkStatus,
     MAX_CONTROL_PLANE_GRACE_SECONDS, ProbeSpec, UnwritableMirror,
 };
+pub use ratelimit::{RateLimitPolicy, RateLimitPolicySpec, RateLimitPolicyStatus, TokenBucket};
 
 /// The API group of every Meshfed resource.
 pub const GROUP: &str = "meshfed.io";
@@ -28,5 +30,5 @@ pub fn all()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![Link::crd(), FailoverPolicy::crd()]
+    vec![Link::crd(), FailoverPolicy::crd(), RateLimitPolicy::crd()]
 }

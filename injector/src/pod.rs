@@ -197,6 +197,8 @@ pub fn add_sidecar(
         // Pods carry their node's zone label (Kubernetes 1.33+); empty otherwise.
         json!({ "name": "MESHFED_ZONE", "valueFrom": { "fieldRef": {
             "fieldPath": "metadata.labels['topology.kubernetes.io/zone']" } } }),
+        // How the controller finds this pod's rate limits (its EndpointSlices list it so).
+        json!({ "name": "MESHFED_POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
         json!({ "name": "MESHFED_DISCOVERY", "value": format!("{CONTROLLER}.{NAMESPACE}.svc:{DISCOVERY_PORT}") }),
         json!({ "name": "MESHFED_TRANSPARENT_LISTEN", "value": format!("127.0.0.1:{OUTBOUND_PORT}") }),
         json!({ "name": "MESHFED_ADMIN_LISTEN", "value": format!("0.0.0.0:{SIDECAR_ADMIN_PORT}") }),

@@ -587,8 +587,8 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
             { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"] },
             // An endpoint's identity is its Pod's service account.
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links", "failoverpolicies"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links/status", "failoverpolicies/status"], "verbs": ["get", "patch"] },
+            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links", "failoverpolicies", "ratelimitpolicies"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links/status", "failoverpolicies/status", "ratelimitpolicies/status"], "verbs": ["get", "patch"] },
             // Routes attached to Services (GAMMA), and their status entries.
             { "apiGroups": [meshfed_api::route::GROUP], "resources": [meshfed_api::route::PLURAL], "verbs": ["get", "list", "watch"] },
             { "apiGroups": [meshfed_api::route::GROUP], "resources": ["httproutes/status"], "verbs": ["get", "patch"] },

@@ -1,6 +1,6 @@
 //! Statuses: each Link's `Accepted` and `Alive` conditions, liveness,
 //! probe latency, imported service count, resolved addresses and last
-//! error; each FailoverPolicy's `Accepted`; each HTTPRoute's entries for
+//! error; each FailoverPolicy's and RateLimitPolicy's `Accepted`; each HTTPRoute's entries for
 //! its Service parents (`Accepted`, `ResolvedRefs`). Written only when they
 //! change, at most once per period per object.
 
@@ -24,8 +24,12 @@ use meshfed_api::route::{
 };
 
 use crate::store::{ObjKey, Store, StoreError};
-use crate::validate::{accepted_condition, validate_failover_policy, validate_link};
+use crate::validate::{
+    FieldError, accepted_condition, validate_failover_policy, validate_link,
+    validate_rate_limit_policy,
+};
 use crate::world::{PeerState, Withdrawn, World};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The condition type that says whether a linked cluster receives traffic.
 pub const CONDITION_ALIVE: &str = "Alive";
@@ -39,6 +43,7 @@ pub(crate) async fn run(
 ) {
     let mut written_links: HashMap<ObjKey, LinkStatus> = HashMap::new();
     let mut written_policies: HashMap<ObjKey, FailoverPolicyStatus> = HashMap::new();
+    let mut written_rate_limits: HashMap<ObjKey, FailoverPolicyStatus> = HashMap::new();
     let mut written_routes: HashMap<ObjKey, Vec<HttpRouteStatusParents>> = HashMap::new();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,36 +105,36 @@ pub(crate) async fn run(
             .await;
         }
         written_links.retain(|k, _| w.local.links.contains_key(k));
-        for (key, policy) in &w.local.policies {
-            let previous = written_policies
-                .get(key)
-                .or(policy.status.as_ref())
-                .cloned()
-                .unwrap_or_default();
-            let gen_ = policy.metadata.generation;
-            let next = FailoverPolicyStatus {
-                conditions: merge_conditions(
-                    &previous.conditions,
-                    vec![accepted_condition(
-                        &validate_failover_policy(&policy.spec),
-                        gen_,
-                        now.clone(),
-                    )],
-                ),
-                observed_generation: gen_,
-            };
-            let current = policy.status.as_ref();
-            publish(
-                key,
-                next,
-                current,
-                &mut written_policies,
-                &metrics,
-                |k, s| store.set_policy_status(k, s),
-            )
-            .await;
-        }
-        written_policies.retain(|k, _| w.local.policies.contains_key(k));
+        accepted_statuses(
+            &w.local.policies,
+            |p| {
+                (
+                    validate_failover_policy(&p.spec),
+                    &p.metadata,
+                    p.status.as_ref(),
+                )
+            },
+            &mut written_policies,
+            &now,
+            &metrics,
+            |k, s| store.set_policy_status(k, s),
+        )
+        .await;
+        accepted_statuses(
+            &w.local.rate_limits,
+            |p| {
+                (
+                    validate_rate_limit_policy(&p.spec),
+                    &p.metadata,
+                    p.status.as_ref(),
+                )
+            },
+            &mut written_rate_limits,
+            &now,
+            &metrics,
+            |k, s| store.set_rate_limit_status(k, s),
+        )
+        .await;
         let route_now = RouteTime(RouteTimestamp::now());
         for (key, route) in &w.local.routes {
             let ours: Vec<HttpRouteStatusParents> = route
@@ -174,6 +179,39 @@ pub(crate) async fn run(
         }
         written_routes.retain(|k, _| w.local.routes.contains_key(k));
     }
+}
+
+/// The status of each object of a kind whose status is only `Accepted`
+/// (FailoverPolicy, RateLimitPolicy): its validation, written when it
+/// changes; `read` gives an object's validation, metadata and status.
+async fn accepted_statuses<'a, T>(
+    objects: &crate::store::Table<ObjKey, T>,
+    read: impl Fn(
+        &T,
+    ) -> (
+        Result<(), Vec<FieldError>>,
+        &ObjectMeta,
+        Option<&FailoverPolicyStatus>,
+    ),
+    written: &mut HashMap<ObjKey, FailoverPolicyStatus>,
+    now: &Time,
+    metrics: &Metrics,
+    write: impl Fn(ObjKey, FailoverPolicyStatus) -> BoxFuture<'a, Result<(), StoreError>>,
+) {
+    for (key, object) in objects {
+        let (validation, meta, current) = read(object);
+        let previous = written.get(key).or(current).cloned().unwrap_or_default();
+        let gen_ = meta.generation;
+        let next = FailoverPolicyStatus {
+            conditions: merge_conditions(
+                &previous.conditions,
+                vec![accepted_condition(&validation, gen_, now.clone())],
+            ),
+            observed_generation: gen_,
+        };
+        publish(key, next, current, written, metrics, &write).await;
+    }
+    written.retain(|k, _| objects.contains_key(k));
 }
 
 /// Writes `next` unless the object already shows it or it was written last.

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
+use meshfed_api::crd::{
+    FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus, RateLimitPolicy, RateLimitPolicyStatus,
+};
 use meshfed_api::route::{HttpRoute, HttpRouteStatusParents};
 use tokio::sync::watch;
 
@@ -77,6 +79,8 @@ pub struct ClusterState {
     pub links: Table<ObjKey, Link>,
     /// FailoverPolicies by namespace/name.
     pub policies: Table<ObjKey, FailoverPolicy>,
+    /// RateLimitPolicies by namespace/name.
+    pub rate_limits: Table<ObjKey, RateLimitPolicy>,
     /// HTTPRoutes by namespace/name (whatever their parents: which are
     /// Meshfed's is decided where they are read).
     pub routes: Table<ObjKey, Arc<HttpRoute>>,
@@ -102,6 +106,7 @@ impl PartialEq for ClusterState {
             && self.pods == other.pods
             && self.links == other.links
             && self.policies == other.policies
+            && self.rate_limits == other.rate_limits
             && self.routes == other.routes
             && self.broken_files == other.broken_files
     }
@@ -520,6 +525,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         &self,
         key: ObjKey,
         status: FailoverPolicyStatus,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Replaces a RateLimitPolicy's status; [`StoreError::NotFound`] if
+    /// the RateLimitPolicy is gone.
+    fn set_rate_limit_status(
+        &self,
+        key: ObjKey,
+        status: RateLimitPolicyStatus,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Replaces this controller's entries of an HTTPRoute's

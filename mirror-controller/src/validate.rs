@@ -8,7 +8,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use meshfed_api::crd::{CONDITION_ACCEPTED, FailoverPolicySpec, LinkSpec};
+use meshfed_api::crd::{
+    CONDITION_ACCEPTED, FailoverPolicySpec, LinkSpec, RateLimitPolicySpec, TokenBucket,
+};
 use meshfed_trust::SpiffeId;
 
 /// Most gateway addresses a Link may list.
@@ -270,6 +272,46 @@ pub fn validate_failover_policy(spec: &FailoverPolicySpec) -> Result<(), Vec<Fie
     e.finish()
 }
 
+/// Checks a RateLimitPolicy spec; every fault is reported, not just the
+/// first.
+pub fn validate_rate_limit_policy(spec: &RateLimitPolicySpec) -> Result<(), Vec<FieldError>> {
+    let mut e = Errors::default();
+    if !is_dns_label(&spec.service) {
+        e.add(
+            "spec.service",
+            format!("{:?} is not a Service name (a DNS label)", spec.service),
+        );
+    }
+    if spec.port == Some(0) {
+        e.add(
+            "spec.port",
+            "must be a Service port, 1 to 65535 (omit it for every port)",
+        );
+    }
+    if spec.total.is_none() && spec.per_caller.is_none() {
+        e.add(
+            "spec",
+            "give total, perCaller or both: a policy without either limits nothing",
+        );
+    }
+    for (field, bucket) in [
+        ("spec.total", &spec.total),
+        ("spec.perCaller", &spec.per_caller),
+    ] {
+        let Some(bucket) = bucket else { continue };
+        e.range(
+            &format!("{field}.requestsPerSecond"),
+            bucket.requests_per_second,
+            1,
+            TokenBucket::MAX_RATE,
+        );
+        if let Some(burst) = bucket.burst {
+            e.range(&format!("{field}.burst"), burst, 1, TokenBucket::MAX_BURST);
+        }
+    }
+    e.finish()
+}
+
 fn validate_selector(e: &mut Errors, field: &str, selector: &LabelSelector) {
     for (i, req) in selector.match_expressions.iter().flatten().enumerate() {
         let at = format!("{field}.matchExpressions[{i}]");
@@ -390,6 +432,54 @@ mod tests {
             "  cluster: west\n  gateway: {addresses: [], port: 1, identity: 'spiffe://td/ns/a/sa/b', controllerIdentity: 'spiffe://td/ns/a/sa/c'}\n",
         );
         assert_eq!(fields(validate_link(&empty)), ["spec.gateway.addresses"]);
+    }
+
+    fn rate_limit(spec_yaml: &str) -> RateLimitPolicySpec {
+        let doc = format!(
+            "apiVersion: meshfed.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p}}\nspec:\n{spec_yaml}"
+        );
+        serde_saphyr::from_str::<meshfed_api::crd::RateLimitPolicy>(&doc)
+            .expect("policy parses")
+            .spec
+    }
+
+    #[test]
+    fn rate_limit_policies() {
+        for good in [
+            "  service: api\n  total: {requestsPerSecond: 100}\n",
+            "  service: api\n  port: 8080\n  perCaller: {requestsPerSecond: 5, burst: 1}\n",
+            "  service: api\n  total: {requestsPerSecond: 1000000, burst: 10000000}\n  perCaller: {requestsPerSecond: 1}\n",
+        ] {
+            assert_eq!(
+                validate_rate_limit_policy(&rate_limit(good)),
+                Ok(()),
+                "{good}"
+            );
+        }
+        assert_eq!(
+            fields(validate_rate_limit_policy(&rate_limit("  service: api\n"))),
+            ["spec"]
+        );
+        let bad = rate_limit(
+            "  service: Api\n  port: 0\n  total: {requestsPerSecond: 0, burst: 0}\n  perCaller: {requestsPerSecond: 1000001, burst: 10000001}\n",
+        );
+        let errors = validate_rate_limit_policy(&bad).expect_err("bad policy");
+        assert_eq!(
+            errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            [
+                "spec.service",
+                "spec.port",
+                "spec.total.requestsPerSecond",
+                "spec.total.burst",
+                "spec.perCaller.requestsPerSecond",
+                "spec.perCaller.burst",
+            ]
+        );
+        assert!(errors[2].reason.contains("got 0"), "{}", errors[2].reason);
+        // A port beyond u16 does not parse at all: the file store reports
+        // the file, the API server's schema refuses it.
+        let doc = "apiVersion: meshfed.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: p}\nspec: {service: api, port: 70000, total: {requestsPerSecond: 1}}\n";
+        assert!(serde_saphyr::from_str::<meshfed_api::crd::RateLimitPolicy>(doc).is_err());
     }
 
     #[test]

@@ -83,6 +83,10 @@ struct RunArgs {
     /// Only these identities may call an inbound port: PORT=ID[,ID...] (an --inbound listen port, or an app port behind --inbound-transparent). Without it, any mesh identity may. Repeatable.
     #[arg(long = "allow", env = "MESHFED_ALLOW", value_delimiter = ' ')]
     allow: Vec<AllowRule>,
+    /// The pod's IP address (the downward API's `status.podIP`): the
+    /// controller sends the rate limits of the Services listing it.
+    #[arg(long, env = "MESHFED_POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
     /// Admin listener (/live, /ready, /metrics).
     #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "127.0.0.1:9904")]
     admin_listen: SocketAddr,
@@ -259,6 +263,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         mark: a.mark,
         workers: a.workers,
+        pod_ip: a.pod_ip,
     };
     config.apply_allow(a.allow)?;
     config.apply_port_policies(a.inbound_port_policies)?;

@@ -202,6 +202,10 @@ pub struct SidecarConfig {
     /// Data-plane threads, each carrying its connections from accept to
     /// answer (at least 1).
     pub workers: usize,
+    /// The pod's IP address, as its EndpointSlices list it: how the
+    /// controller finds the rate limits of this pod's inbound ports.
+    /// Without it none apply.
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 /// Data-plane threads unless configured.
@@ -220,6 +224,7 @@ impl Default for SidecarConfig {
             breakers: Breakers::default(),
             mark: None,
             workers: DEFAULT_WORKERS,
+            pod_ip: None,
         }
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// Mirrored copies of requests in flight (bounded: a slow mirror
     /// backend must not pile them up).
     pub(crate) mirrors_in_flight: AtomicUsize,
+    /// This pod's inbound rate limits.
+    pub(crate) limits: Arc<crate::limits::Limits>,
 }
 
 impl Shared {

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshfed_api::discovery::discovery_client::DiscoveryClient;
-use meshfed_api::discovery::{EndpointSet, Locality as WireLocality, ResolveRequest, WatchRequest};
+use meshfed_api::discovery::{
+    EndpointSet, Locality as WireLocality, ResolveRequest, WatchLimitsRequest, WatchRequest,
+};
 use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config, mtls_channel};
 use rustls_pki_types::ServerName;
 use tokio::sync::watch;
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::config::{Locality, ServiceTarget};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -121,6 +124,32 @@ impl Discovery {
         rx
     }
 
+    /// Follows the rate limits of the pod at `pod_ip` into `limits` until
+    /// the sidecar stops. While the controller is unreachable the last
+    /// limits stay in force.
+    pub(crate) fn watch_limits(&self, pod_ip: IpAddr, limits: Arc<Limits>) {
+        let (client, stop) = (self.client(), self.stop.clone());
+        let request = WatchLimitsRequest {
+            pod_ip: pod_ip.to_string(),
+        };
+        tokio::spawn(async move {
+            let attempt = || {
+                let (mut client, request, limits) = (client.clone(), request.clone(), &limits);
+                async move {
+                    let mut stream = client.watch_limits(request).await?.into_inner();
+                    while let Some(update) = stream.message().await? {
+                        limits.update(&update.limits);
+                    }
+                    Ok(())
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = with_backoff("rate limits", attempt, || false) => {}
+            }
+        });
+    }
+
     /// The service `ip` is the cluster IP of, if any (remembered a while).
     pub(crate) async fn resolve(&self, ip: IpAddr) -> Result<Option<Resolved>, tonic::Status> {
         let now = Instant::now();
@@ -160,21 +189,35 @@ impl Discovery {
 
 /// Follows one service's stream for as long as anyone holds its receiver.
 async fn follow(
-    mut client: DiscoveryClient<Channel>,
+    client: DiscoveryClient<Channel>,
     request: WatchRequest,
     tx: watch::Sender<Option<Arc<EndpointSet>>>,
     metrics: Arc<Metrics>,
     service: String,
 ) {
+    let attempt = || {
+        let (mut client, request, tx, metrics) = (client.clone(), &request, &tx, &metrics);
+        async move { follow_once(&mut client, request, tx, metrics).await }
+    };
+    with_backoff(&service, attempt, || tx.is_closed()).await;
+}
+
+/// Runs `attempt` (one stream, until it ends) again and again, after a
+/// jittered backoff that grows while attempts fail, until `done`.
+async fn with_backoff<F, Fut>(what: &str, mut attempt: F, done: impl Fn() -> bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
     let mut backoff = MIN_BACKOFF;
     loop {
-        match follow_once(&mut client, &request, &tx, &metrics).await {
+        match attempt().await {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
-                tracing::warn!(%service, error = %e, "discovery stream failed; keeping the last endpoints")
+                tracing::warn!(%what, error = %e, "discovery stream failed; keeping what it last said")
             }
         }
-        if tx.is_closed() {
+        if done() {
             return;
         }
         let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use meshfed_trust::{CredentialsWatch, SpiffeId, peer_id, server_config};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Allow, Inbound, Plaintext, PlaintextPorts, TransparentInbound};
@@ -37,6 +38,7 @@ use crate::detect::Protocol;
 use crate::io::Prefixed;
 use crate::io::original_dst;
 use crate::iptables::FORWARD_SOURCE;
+use crate::limits::Caller;
 use crate::metrics::{DestLabels, Direction, End, Outcome, PlaintextLabels};
 use crate::opaque::{Opaque, opaque};
 use crate::reason::Reason;
@@ -253,7 +255,7 @@ impl InboundPort {
         }
         if let Some(h1) = http {
             // HTTP between sidecars: refused requests get their 403.
-            app.serve_http(tls, Some(caller), allowed, h1).await;
+            app.serve_http(tls, Some(caller), remote, allowed, h1).await;
             return;
         }
         app.copy(tls, Some(caller), remote).await;
@@ -304,14 +306,28 @@ impl AppPort {
         };
         let labels = (Direction::inbound, &*self.label, &*self.shared.cluster);
         let app = self.shared.metrics.counted(labels, End::Server, app);
-        let counted_connection = || {
-            self.shared
-                .metrics
-                .tcp_connections
-                .get_or_create(&self.dest_labels())
-                .inc();
+        let limit_key = limit_key(caller.as_ref(), remote);
+        // An opaque connection takes a token of the port's rate limits.
+        let admitted = || match self
+            .shared
+            .limits
+            .check(self.port, &limit_key, Instant::now())
+        {
+            Ok(()) => {
+                self.shared
+                    .metrics
+                    .tcp_connections
+                    .get_or_create(&self.dest_labels())
+                    .inc();
+                true
+            }
+            Err(limited) => {
+                tracing::info!(%remote, caller = %Who(caller.as_ref()), port = self.port, policy = %limited.policy, "opaque connection refused: rate limited");
+                self.refused(Reason::RateLimited);
+                false
+            }
         };
-        match opaque(io, app, counted_connection).await {
+        match opaque(io, app, admitted).await {
             Opaque::Copied(Ok(_)) => {}
             Opaque::Copied(Err(e)) => {
                 tracing::debug!(%remote, error = %e, "opaque connection ended");
@@ -320,7 +336,7 @@ impl AppPort {
                 // Served as HTTP, so the app gets the caller's real ID (or none).
                 tracing::debug!(%remote, caller = %Who(caller.as_ref()), ?protocol, "HTTP on an opaque connection");
                 let h1 = protocol == Protocol::Http1;
-                self.serve_http(io, caller, true, h1).await;
+                self.serve_http(io, caller, remote, true, h1).await;
             }
         }
     }
@@ -328,6 +344,12 @@ impl AppPort {
     fn dest_labels(&self) -> DestLabels {
         self.labels.clone()
     }
+}
+
+/// Whose rate-limit bucket a caller's requests take from: its mesh
+/// identity, else its address.
+fn limit_key(caller: Option<&SpiffeId>, remote: SocketAddr) -> Caller {
+    caller.map_or(Caller::Addr(remote.ip()), |id| Caller::Id(id.clone()))
 }
 
 /// The caller as logs show it.

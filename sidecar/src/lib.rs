@@ -28,6 +28,7 @@ mod headers;
 mod inbound;
 mod io;
 mod iptables;
+mod limits;
 mod metrics;
 mod opaque;
 mod outbound;
@@ -81,6 +82,7 @@ pub struct Sidecar {
     config: SidecarConfig,
     creds: CredentialsWatch,
     shared: Arc<Shared>,
+    discovery: Arc<Discovery>,
     router: Arc<Router>,
     ready: Readiness,
 }
@@ -120,7 +122,12 @@ impl Sidecar {
                     .expect("the system refused to start the sidecar's worker threads"),
             ),
             mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            limits: Arc::default(),
         });
+        shared
+            .limits
+            .metrics
+            .register(registry.sub_registry_with_prefix("meshfed_sidecar"));
         let discovery = Discovery::new(
             discovery,
             creds.clone(),
@@ -128,11 +135,12 @@ impl Sidecar {
             metrics,
             shared.stop.clone(),
         );
-        let router = Router::new(discovery, shared.clone());
+        let router = Router::new(discovery.clone(), shared.clone());
         Self {
             config,
             creds,
             shared,
+            discovery,
             router,
             ready,
         }
@@ -222,6 +230,12 @@ impl Bound {
             transparent_inbound,
         } = self;
         let shared = sidecar.shared.clone();
+        if !inbound.is_empty() || transparent_inbound.is_some() {
+            match sidecar.config.pod_ip {
+                Some(ip) => sidecar.discovery.watch_limits(ip, shared.limits.clone()),
+                None => tracing::info!("no pod IP (--pod-ip): no RateLimitPolicy applies here"),
+            }
+        }
         let mut accepting = Vec::new();
         for (target, listener) in upstreams {
             let router = sidecar.router.clone();

@@ -32,8 +32,10 @@ pub(crate) enum Opaque<T> {
 /// Copies an opaque connection both ways, `caller` to `server`. The serving side's bytes flow at once, so server-first protocols
 /// are not held up; the caller's first bytes are looked at before any of
 /// them goes on. `judged` is called once they are found not to be HTTP
-/// (or the caller closed without a byte): the connection is opaque TCP.
-pub(crate) async fn opaque<T, A>(caller: T, server: A, judged: impl FnOnce()) -> Opaque<T>
+/// (or the caller closed without a byte): the connection is opaque TCP,
+/// and is closed at once, nothing of the caller's sent, if `judged` says
+/// `false` (refused, say by a rate limit).
+pub(crate) async fn opaque<T, A>(caller: T, server: A, judged: impl FnOnce() -> bool) -> Opaque<T>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -43,20 +45,21 @@ where
     let mut http = None;
     let caller_to_server = async {
         let prefix = match detect(&mut from_caller, CALLER_FIRST_BYTES).await? {
-            None => {
-                judged();
-                to_server.shutdown().await?;
-                return Ok(0);
-            }
             Some((protocol @ (Protocol::Http1 | Protocol::Http2), prefix)) => {
                 http = Some((protocol, prefix));
                 // Ends the copying; `http` says why.
                 return Err(std::io::Error::other("HTTP on an opaque connection"));
             }
-            Some((Protocol::Opaque, prefix)) => {
-                judged();
-                prefix
-            }
+            opaque => match (opaque, judged()) {
+                (None, _) => {
+                    to_server.shutdown().await?;
+                    return Ok(0);
+                }
+                (Some((_, prefix)), true) => prefix,
+                (Some(_), false) => {
+                    return Err(std::io::Error::other("opaque connection refused"));
+                }
+            },
         };
         to_server.write_all(&prefix).await?;
         let n = tokio::io::copy(&mut from_caller, &mut to_server).await?;

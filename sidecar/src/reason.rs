@@ -37,11 +37,13 @@ pub enum Reason {
     /// The route's rule sends the request nowhere: no backend with a
     /// weight, or the one picked does not resolve (500).
     NoRouteBackend,
+    /// A RateLimitPolicy's bucket had no token for the request (inbound, 429).
+    RateLimited,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::DiscoveryUnavailable,
         Reason::NoEndpoints,
         Reason::NoHealthyEndpoints,
@@ -55,6 +57,7 @@ impl Reason {
         Reason::Plaintext,
         Reason::NoRouteMatch,
         Reason::NoRouteBackend,
+        Reason::RateLimited,
     ];
 
     /// The label and header value.
@@ -73,6 +76,7 @@ impl Reason {
             Reason::Plaintext => "plaintext",
             Reason::NoRouteMatch => "no_route_match",
             Reason::NoRouteBackend => "no_route_backend",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -90,6 +94,7 @@ impl Reason {
             Reason::Forbidden | Reason::Handshake | Reason::Plaintext => S::FORBIDDEN,
             Reason::NoRouteMatch => S::NOT_FOUND,
             Reason::NoRouteBackend => S::INTERNAL_SERVER_ERROR,
+            Reason::RateLimited => S::TOO_MANY_REQUESTS,
             _ => S::SERVICE_UNAVAILABLE,
         }
     }

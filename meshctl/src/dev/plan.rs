@@ -324,6 +324,9 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
             vec![
                 "--inbound".into(),
                 format!("{listen}={app}"),
+                // The address the pod's EndpointSlices list (its rate limits).
+                "--pod-ip".into(),
+                ip.to_string(),
                 // Only the sample client may call the sample services.
                 "--allow".into(),
                 format!("{INBOUND_PORT}={client_id}"),

@@ -109,11 +109,15 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
     ));
     let failover = serde_json::to_value(&meshfed_api::crd::all()[1]).expect("crd json");
     let failover = failover.as_object().expect("an object");
+    let limits = serde_json::to_value(&meshfed_api::crd::all()[2]).expect("crd json");
+    let limits = limits.as_object().expect("an object");
     let mut t = Vec::from(info_exchanges(east));
     t.extend([
         Exchange::get(format!("{CRDS}/links.meshfed.io")).answers(h.links_crd),
         Exchange::get(format!("{CRDS}/failoverpolicies.meshfed.io"))
             .answers(crd_as_served(failover)),
+        Exchange::get(format!("{CRDS}/ratelimitpolicies.meshfed.io"))
+            .answers(crd_as_served(limits)),
         Exchange::get(format!("{DEPLOYMENTS}/meshfed-identity")).answers(deployment(
             "meshfed-identity",
             2,

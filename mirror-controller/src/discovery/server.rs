@@ -14,7 +14,8 @@ use std::time::Duration;
 use futures::Stream;
 use meshfed_api::discovery::discovery_server::Discovery;
 use meshfed_api::discovery::{
-    EndpointSet, ResolveRequest, ResolveResponse, RoutesUpdate, WatchRequest, WatchRoutesRequest,
+    EndpointSet, LimitsUpdate, ResolveRequest, ResolveResponse, RoutesUpdate, WatchLimitsRequest,
+    WatchRequest, WatchRoutesRequest,
 };
 use meshfed_api::sni::is_dns_label;
 use tokio::sync::{mpsc, watch};
@@ -22,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::groups::{LocalCluster, Query, endpoint_set};
+use super::limits::pod_limits;
 use super::routes::{RouteTable, stream_routes};
 use crate::metrics::Metrics;
 use crate::store::ObjKey;
@@ -58,11 +60,13 @@ impl DiscoveryService {
 
 type SetStream = Pin<Box<dyn Stream<Item = Result<EndpointSet, Status>> + Send>>;
 type RoutesStream = Pin<Box<dyn Stream<Item = Result<RoutesUpdate, Status>> + Send>>;
+type LimitsStream = Pin<Box<dyn Stream<Item = Result<LimitsUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
     type WatchStream = SetStream;
     type WatchRoutesStream = RoutesStream;
+    type WatchLimitsStream = LimitsStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<SetStream>, Status> {
         let req = req.into_inner();
@@ -142,6 +146,49 @@ impl Discovery for DiscoveryService {
             stream_routes(routes, tx).await;
             metrics.discovery_subscribers.dec();
             tracing::info!(%gateway, "gateway route stream closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn watch_limits(
+        &self,
+        req: Request<WatchLimitsRequest>,
+    ) -> Result<Response<LimitsStream>, Status> {
+        let ip: std::net::IpAddr = req.into_inner().pod_ip.parse().map_err(|_| {
+            Status::invalid_argument("pod_ip must be an IP address (the pod's status.podIP)")
+        })?;
+        let (tx, rx) = mpsc::channel(4);
+        let (mut world, metrics) = (self.world.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            metrics.discovery_subscribers.inc();
+            // The limits depend on the local state only: a change of the
+            // peers' is not looked at.
+            let mut seen: Option<Arc<crate::store::ClusterState>> = None;
+            let mut last = None;
+            let mut revision = 0u64;
+            loop {
+                let local = world.borrow_and_update().local.clone();
+                if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &local)) {
+                    let limits = pod_limits(&local, ip);
+                    seen = Some(local);
+                    if last.as_ref() != Some(&limits) {
+                        revision += 1;
+                        let update = LimitsUpdate {
+                            limits: limits.clone(),
+                            revision,
+                        };
+                        if tx.send(Ok(update)).await.is_err() {
+                            break;
+                        }
+                        last = Some(limits);
+                    }
+                }
+                tokio::select! {
+                    changed = world.changed() => if changed.is_err() { break },
+                    () = tx.closed() => break,
+                }
+            }
+            metrics.discovery_subscribers.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -28,7 +28,9 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
+use meshfed_api::crd::{
+    FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus, RateLimitPolicy, RateLimitPolicyStatus,
+};
 use meshfed_api::route::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -256,6 +258,9 @@ fn take(state: &mut ClusterState, id: &Identity, obj: Option<&Object>) {
         Some(Object::Policy(p)) => {
             state.policies.insert(key, (**p).clone());
         }
+        Some(Object::RateLimit(p)) => {
+            state.rate_limits.insert(key, (**p).clone());
+        }
         Some(Object::Route(r)) => {
             state.routes.insert(key, r.clone());
         }
@@ -266,6 +271,7 @@ fn take(state: &mut ClusterState, id: &Identity, obj: Option<&Object>) {
             POD => drop(state.pods.remove(&key)),
             LINK => drop(state.links.remove(&key)),
             ROUTE => drop(state.routes.remove(&key)),
+            RATE_LIMIT => drop(state.rate_limits.remove(&key)),
             _ => drop(state.policies.remove(&key)),
         },
     }
@@ -277,6 +283,7 @@ const NODE: &str = "Node";
 const POD: &str = "Pod";
 const LINK: &str = "Link";
 const POLICY: &str = "FailoverPolicy";
+const RATE_LIMIT: &str = "RateLimitPolicy";
 const ROUTE: &str = "HTTPRoute";
 
 /// The objects that have a status, by the folder of their status files.
@@ -284,6 +291,7 @@ const ROUTE: &str = "HTTPRoute";
 enum StatusOf {
     Link,
     Policy,
+    RateLimit,
     Route,
 }
 
@@ -309,6 +317,7 @@ enum Object {
     Pod(Box<(ObjKey, Option<PodAccount>)>),
     Link(Arc<Link>),
     Policy(Arc<FailoverPolicy>),
+    RateLimit(Arc<RateLimitPolicy>),
     Route(Arc<HttpRoute>),
 }
 
@@ -442,6 +451,21 @@ impl Store for FileStore {
             policy.status = Some(status);
             Some(policy)
         }))
+    }
+
+    fn set_rate_limit_status(
+        &self,
+        key: ObjKey,
+        status: RateLimitPolicyStatus,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(
+            self.inner
+                .set_status(StatusOf::RateLimit, key, |state, key| {
+                    let mut policy = state.rate_limits.get(key)?.clone();
+                    policy.status = Some(status);
+                    Some(policy)
+                }),
+        )
     }
 
     fn set_route_status(
@@ -800,12 +824,13 @@ impl Inner {
 // === impl StatusOf ===
 
 impl StatusOf {
-    const ALL: [Self; 3] = [Self::Link, Self::Policy, Self::Route];
+    const ALL: [Self; 4] = [Self::Link, Self::Policy, Self::RateLimit, Self::Route];
 
     fn kind(self) -> &'static str {
         match self {
             Self::Link => LINK,
             Self::Policy => POLICY,
+            Self::RateLimit => RATE_LIMIT,
             Self::Route => ROUTE,
         }
     }
@@ -815,6 +840,7 @@ impl StatusOf {
         match self {
             Self::Link => "links",
             Self::Policy => "failoverpolicies",
+            Self::RateLimit => "ratelimitpolicies",
             Self::Route => "httproutes",
         }
     }
@@ -823,6 +849,7 @@ impl StatusOf {
         match self {
             Self::Link => Box::new(state.links.keys()),
             Self::Policy => Box::new(state.policies.keys()),
+            Self::RateLimit => Box::new(state.rate_limits.keys()),
             Self::Route => Box::new(state.routes.keys()),
         }
     }
@@ -831,6 +858,7 @@ impl StatusOf {
         match self {
             Self::Link => state.links.contains_key(key),
             Self::Policy => state.policies.contains_key(key),
+            Self::RateLimit => state.rate_limits.contains_key(key),
             Self::Route => state.routes.contains_key(key),
         }
     }
@@ -930,13 +958,15 @@ fn parse_manifests(text: &str) -> Result<Vec<Object>, ParseError> {
             }
             ("meshfed.io/v1alpha1", "Link") => Object::Link(typed(doc, &at)?),
             ("meshfed.io/v1alpha1", "FailoverPolicy") => Object::Policy(typed(doc, &at)?),
+            ("meshfed.io/v1alpha1", RATE_LIMIT) => Object::RateLimit(typed(doc, &at)?),
             // v1beta1 is served from the same schema (what older tools write).
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", ROUTE) => {
                 Object::Route(typed(doc, &at)?)
             }
             (
                 _,
-                "Service" | "EndpointSlice" | "Node" | "Pod" | "Link" | "FailoverPolicy" | ROUTE,
+                "Service" | "EndpointSlice" | "Node" | "Pod" | "Link" | "FailoverPolicy"
+                | RATE_LIMIT | ROUTE,
             ) => {
                 return Err(at(
                     1,
@@ -1015,6 +1045,7 @@ impl Object {
             Object::Pod(pod) => return (POD, pod.0.clone()),
             Object::Link(o) => (LINK, &o.metadata),
             Object::Policy(o) => (POLICY, &o.metadata),
+            Object::RateLimit(o) => (RATE_LIMIT, &o.metadata),
             Object::Route(o) => (ROUTE, &o.metadata),
         };
         (kind, object_key(meta))

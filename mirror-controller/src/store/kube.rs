@@ -25,7 +25,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use meshfed_api::crd::{FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus};
+use meshfed_api::crd::{
+    FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus, RateLimitPolicy, RateLimitPolicyStatus,
+};
 use meshfed_api::labels::{CONTROLLER, ORIGIN_CLUSTER, ZONE};
 use meshfed_api::route::{HttpRoute, HttpRouteStatusParents};
 use serde::de::DeserializeOwned;
@@ -70,6 +72,7 @@ impl KubeStore {
             watch_pods(&client),
             watch_all(&client, LINKS, Update::Link),
             watch_all(&client, POLICIES, Update::Policy),
+            watch_all(&client, RATE_LIMITS, Update::RateLimit),
             watch_all(&client, ROUTES, Update::Route),
         ]);
         let (state, _) = watch::channel(Arc::default());
@@ -263,6 +266,15 @@ impl Store for KubeStore {
             .boxed()
     }
 
+    fn set_rate_limit_status(
+        &self,
+        key: ObjKey,
+        status: RateLimitPolicyStatus,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.apply_status::<RateLimitPolicy>(key, "RateLimitPolicy", status)
+            .boxed()
+    }
+
     fn set_route_status(
         &self,
         key: ObjKey,
@@ -363,8 +375,18 @@ const NODES: &str = "nodes";
 const PODS: &str = "pods";
 const LINKS: &str = "links.meshfed.io";
 const POLICIES: &str = "failoverpolicies.meshfed.io";
+const RATE_LIMITS: &str = "ratelimitpolicies.meshfed.io";
 const ROUTES: &str = "httproutes.gateway.networking.k8s.io";
-const WATCHED: [&str; 7] = [SERVICES, SLICES, NODES, PODS, LINKS, POLICIES, ROUTES];
+const WATCHED: [&str; 8] = [
+    SERVICES,
+    SLICES,
+    NODES,
+    PODS,
+    LINKS,
+    POLICIES,
+    RATE_LIMITS,
+    ROUTES,
+];
 
 /// One watcher event, by the table it goes to.
 enum Update {
@@ -374,6 +396,7 @@ enum Update {
     Pod(Event<PodIdentity>),
     Link(Event<Link>),
     Policy(Event<FailoverPolicy>),
+    RateLimit(Event<RateLimitPolicy>),
     Route(Event<HttpRoute>),
 }
 
@@ -471,7 +494,7 @@ impl Progress {
     fn failure(&self, timeout: Duration) -> String {
         if let Some(name) = self.missing {
             return match name {
-                LINKS | POLICIES => format!(
+                LINKS | POLICIES | RATE_LIMITS => format!(
                     "the Meshfed CRDs are not installed: the API server does not serve {name} \
                      (apply deploy/crds first)"
                 ),
@@ -537,6 +560,7 @@ struct Fold {
     pods: Option<Table<ObjKey, PodAccount>>,
     links: Option<Table<ObjKey, Link>>,
     policies: Option<Table<ObjKey, FailoverPolicy>>,
+    rate_limits: Option<Table<ObjKey, RateLimitPolicy>>,
     routes: Option<Table<ObjKey, Arc<HttpRoute>>>,
 }
 
@@ -556,6 +580,7 @@ impl Fold {
             Update::Pod(e) => fold(&mut s.pods, &mut self.pods, e, account),
             Update::Link(e) => fold(&mut s.links, &mut self.links, e, keyed),
             Update::Policy(e) => fold(&mut s.policies, &mut self.policies, e, keyed),
+            Update::RateLimit(e) => fold(&mut s.rate_limits, &mut self.rate_limits, e, keyed),
             Update::Route(e) => fold(&mut s.routes, &mut self.routes, e, shared),
         }
     }

@@ -103,6 +103,7 @@ pub(crate) fn shared(breakers: Breakers, timeouts: Timeouts) -> Arc<Shared> {
         stop,
         workers: Arc::new(crate::workers::Workers::start(1).expect("a worker")),
         mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        limits: Arc::default(),
     })
 }
 

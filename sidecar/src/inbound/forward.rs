@@ -5,6 +5,7 @@
 //! the app of its own.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -17,10 +18,11 @@ use meshfed_trust::SpiffeId;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{AppPort, Who};
+use super::{AppPort, Who, limit_key};
 use crate::body::{Body, BoxError, boxed, error_response};
 use crate::headers::name::{CLIENT_ID, ORIG_PROTO};
 use crate::headers::{absolute_form, origin_form};
+use crate::limits::{Caller, Limited};
 use crate::metrics::{Direction, End};
 use crate::reason::Reason;
 use crate::trace::TraceContext;
@@ -34,6 +36,7 @@ impl AppPort {
         self: Arc<Self>,
         io: S,
         caller: Option<SpiffeId>,
+        remote: SocketAddr,
         allowed: bool,
         h1: bool,
     ) where
@@ -44,13 +47,16 @@ impl AppPort {
         let header = caller
             .as_ref()
             .and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
-        let caller = Arc::new((caller, header));
+        let key = limit_key(caller.as_ref(), remote);
+        let caller = Arc::new((caller, header, key));
         let svc = service_fn(move |req: Request<Incoming>| {
             let me = me.clone();
             let caller = caller.clone();
             async move {
-                let (caller, header) = &*caller;
-                let resp = me.request(req, caller.as_ref(), header, allowed, h1).await;
+                let (caller, header, key) = &*caller;
+                let resp = me
+                    .request(req, (caller.as_ref(), key), header, allowed, h1)
+                    .await;
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -72,10 +78,12 @@ impl AppPort {
         }
     }
 
+    /// `caller`: who called (`None`: plaintext), and whose rate-limit
+    /// bucket the request takes from.
     async fn request(
         &self,
         req: Request<Incoming>,
-        caller: Option<&SpiffeId>,
+        (caller, key): (Option<&SpiffeId>, &Caller),
         header: &Option<HeaderValue>,
         allowed: bool,
         h1: bool,
@@ -90,13 +98,16 @@ impl AppPort {
             trace_id = %trace.trace_id,
             span_id = %trace.span_id,
         );
-        let resp = if allowed {
-            self.forward(parts, body, header, h1).instrument(span).await
-        } else {
+        let resp = if !allowed {
             error_response(
                 Reason::Forbidden,
                 &format!("{} may not call this port", Who(caller)),
             )
+        } else if let Err(limited) = self.shared.limits.check(self.port, key, started) {
+            self.refused(Reason::RateLimited);
+            rate_limited(&limited)
+        } else {
+            self.forward(parts, body, header, h1).instrument(span).await
         };
         self.shared
             .metrics
@@ -198,4 +209,19 @@ impl AppPort {
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, boxed(body))
     }
+}
+
+/// 429 for a request a rate limit refused, with `Retry-After` in seconds.
+fn rate_limited(limited: &Limited) -> Response<Body> {
+    let secs = limited.retry_after_secs();
+    let mut resp = error_response(
+        Reason::RateLimited,
+        &format!(
+            "over the {:?} limit of RateLimitPolicy {}; retry after {secs} s",
+            limited.scope, limited.policy
+        ),
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }

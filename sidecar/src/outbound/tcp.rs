@@ -62,6 +62,7 @@ where
                 zone: pick.endpoint.zone.clone(),
             })
             .inc();
+        true
     };
     dest.connections(&pick, 1);
     let copied = opaque(app, upstream, counted_connection).await;

@@ -4,6 +4,7 @@
 mod authz;
 mod failover;
 mod layout;
+mod limits;
 mod netns;
 mod protocols;
 mod resilience;
