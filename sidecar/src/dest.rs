@@ -25,12 +25,11 @@ use crate::budget::Budget;
 use crate::config::{Breakers, ServiceTarget, Timeouts};
 use crate::connect::{Alpn, Connector};
 use crate::metrics::{Metrics, ServiceLabels};
-use crate::pool::Pool;
 use crate::reason::Reason;
 use crate::routes::RouteTable;
 use crate::stack::Next;
 use crate::stack::breaker::{self, Kind};
-use crate::workers::{PerWorker, Workers};
+use crate::workers::Workers;
 
 pub(crate) use flight::InFlight;
 
@@ -56,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) mirrors_in_flight: AtomicUsize,
     /// This pod's inbound rate limits.
     pub(crate) limits: Arc<crate::limits::Limits>,
+    /// Connections to endpoints, whichever service listed them.
+    pub(crate) pools: crate::pool::Pools,
 }
 
 impl Shared {
@@ -103,9 +104,8 @@ pub(crate) struct Dest {
     set: Mutex<watch::Receiver<Option<Arc<EndpointSet>>>>,
     balancer: Mutex<Balancer>,
     pub(crate) budget: Arc<Budget>,
-    /// Each worker's connections (a connection's task runs on the worker
-    /// that made it, so its requests stay on one thread).
-    pub(crate) pool: PerWorker<Pool>,
+    /// The endpoints it listed last (whose connections the sidecar keeps).
+    listed: Mutex<Vec<Arc<str>>>,
     pub(crate) shared: Arc<Shared>,
     /// Woken when an endpoint's health changed off the request path (a
     /// probe's result, a down endpoint connected again): requests waiting
@@ -125,6 +125,17 @@ pub(crate) struct Dest {
     stack: OnceLock<Next>,
 }
 
+impl Drop for Dest {
+    fn drop(&mut self) {
+        let listed = self
+            .listed
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        self.shared.pools.relist(&listed, &[]);
+    }
+}
+
 impl Dest {
     pub(crate) fn new(
         target: ServiceTarget,
@@ -139,7 +150,7 @@ impl Dest {
             target,
             set: Mutex::new(set),
             balancer: Mutex::default(),
-            pool: PerWorker::new(&shared.workers, || Pool::new(shared.timeouts.liveness)),
+            listed: Mutex::default(),
             shared,
             changes: Notify::new(),
             waiting: AtomicUsize::new(0),
@@ -212,9 +223,10 @@ impl Dest {
         self.affinity.store(b.affinity.is_some(), Ordering::Release);
         self.budget.set(&b.params());
         let keys = b.keys();
-        for pool in self.pool.all() {
-            pool.retain(&keys);
-        }
+        drop(b);
+        let mut listed = self.listed.lock().expect("listed lock");
+        let before = std::mem::replace(&mut *listed, keys);
+        self.shared.pools.relist(&before, &listed);
     }
 
     /// Picks an endpoint for an attempt, avoiding those already tried,
@@ -311,7 +323,8 @@ impl Dest {
     async fn probe(self: Arc<Self>, ep: Arc<EndpointInfo>) {
         let started = Instant::now();
         let ok = self
-            .pool
+            .shared
+            .pools
             .mine()
             .get(&self.shared.connector, &ep, http::Version::HTTP_2)
             .await

@@ -103,6 +103,10 @@ impl Sidecar {
     ) -> Self {
         let metrics = Arc::new(Metrics::new(registry));
         let stop = CancellationToken::new();
+        let workers = Arc::new(
+            workers::Workers::start(config.workers)
+                .expect("the system refused to start the sidecar's worker threads"),
+        );
         let shared = Arc::new(Shared {
             connector: Arc::new(connect::Connector::new(
                 creds.clone(),
@@ -117,12 +121,10 @@ impl Sidecar {
             cluster: config.locality.cluster.as_str().into(),
             tasks: TaskTracker::new(),
             stop,
-            workers: Arc::new(
-                workers::Workers::start(config.workers)
-                    .expect("the system refused to start the sidecar's worker threads"),
-            ),
+            workers: workers.clone(),
             mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
             limits: Arc::default(),
+            pools: pool::Pools::new(&workers, config.timeouts.liveness),
         });
         shared
             .limits

@@ -1,5 +1,11 @@
-//! Mesh connections to the endpoints of one service, reused across
-//! requests.
+//! Mesh connections to endpoints, reused across requests and shared by
+//! every service of the sidecar that reaches the same endpoint: an
+//! endpoint is its address and server name, which name one destination
+//! (a pod, or a service of another cluster behind its gateway), whichever
+//! service's discovery listed it. So the backends of a route split between
+//! `api` and `api-east`, both behind east's gateway, share one set of
+//! connections rather than keeping two. A connection is forgotten when no
+//! service lists its endpoint any longer.
 //!
 //! - **HTTP/2**: one multiplexed connection per endpoint, made on first use
 //!   and again when it closes; requests to one endpoint wait on the same
@@ -47,10 +53,60 @@ use crate::body::{Body, boxed};
 use crate::connect::{Alpn, ConnectError, Connector};
 use crate::headers::name::ORIG_PROTO;
 use crate::headers::{absolute_form, origin_form};
+use crate::workers::{PerWorker, Workers};
 
 type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
-/// Connections to the endpoints of one service.
+/// Every worker's pool, and how many services list each endpoint.
+#[derive(Debug)]
+pub(crate) struct Pools {
+    /// Each worker's connections (a connection's task runs on the worker
+    /// that made it, so its requests stay on one thread).
+    per_worker: PerWorker<Pool>,
+    listed: Mutex<FastMap<Arc<str>, usize>>,
+}
+
+impl Pools {
+    pub(crate) fn new(workers: &Workers, liveness: Duration) -> Self {
+        Self {
+            per_worker: PerWorker::new(workers, || Pool::new(liveness)),
+            listed: Mutex::default(),
+        }
+    }
+
+    /// This worker's pool.
+    pub(crate) fn mine(&self) -> &Pool {
+        self.per_worker.mine()
+    }
+
+    /// A service listed `now` instead of `before`: the endpoints no
+    /// service lists any longer have their connections forgotten (they
+    /// close when their last request ends).
+    pub(crate) fn relist(&self, before: &[Arc<str>], now: &[Arc<str>]) {
+        let mut listed = self.listed.lock().expect("pool lock");
+        for key in now.iter().filter(|k| !before.contains(k)) {
+            *listed.entry(key.clone()).or_default() += 1;
+        }
+        let mut gone = Vec::new();
+        for key in before.iter().filter(|k| !now.contains(k)) {
+            if let Some(n) = listed.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    listed.remove(key);
+                    gone.push(key.clone());
+                }
+            }
+        }
+        drop(listed);
+        if !gone.is_empty() {
+            for pool in self.per_worker.all() {
+                pool.forget(&gone);
+            }
+        }
+    }
+}
+
+/// Connections of one worker.
 #[derive(Debug)]
 pub(crate) struct Pool {
     h2: Mutex<FastMap<Arc<str>, Slot>>,
@@ -156,12 +212,13 @@ impl Pool {
 
     /// Forgets connections to endpoints no longer listed (they close when
     /// their last request ends).
-    pub(crate) fn retain(&self, keys: &[Arc<str>]) {
-        self.h2
-            .lock()
-            .expect("pool lock")
-            .retain(|k, _| keys.contains(k));
-        self.h1.retain(keys);
+    fn forget(&self, gone: &[Arc<str>]) {
+        let mut h2 = self.h2.lock().expect("pool lock");
+        for key in gone {
+            h2.remove(key);
+        }
+        drop(h2);
+        self.h1.forget(gone);
     }
 }
 
@@ -222,5 +279,53 @@ impl Conn {
                 Either::Right(H1::send(h1, key, conn, req, TrySendError::into_error))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(pools: &Pools) -> Vec<Arc<str>> {
+        let mut keys: Vec<Arc<str>> = pools
+            .mine()
+            .h2
+            .lock()
+            .expect("pool lock")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn an_endpoint_is_forgotten_only_when_no_service_lists_it() {
+        let workers = Workers::start(1).expect("a worker");
+        let pools = Pools::new(&workers, Duration::from_secs(1));
+        let gw: Arc<str> = "192.0.2.1:15443/api.shop.80.east.svc.meshfed.local".into();
+        let pod: Arc<str> = "10.0.0.1:4143/api.shop.80.svc.meshfed.local".into();
+        // api lists the pod and east's gateway; api-east the gateway.
+        pools.relist(&[], &[pod.clone(), gw.clone()]);
+        pools.relist(&[], std::slice::from_ref(&gw));
+        for key in [&gw, &pod] {
+            pools
+                .mine()
+                .h2
+                .lock()
+                .expect("pool lock")
+                .insert(key.clone(), Slot::default());
+        }
+        // api lists only the pod now: the gateway is still api-east's.
+        pools.relist(&[pod.clone(), gw.clone()], std::slice::from_ref(&pod));
+        assert_eq!(kept(&pools), [pod.clone(), gw.clone()]);
+        // api-east goes: the gateway is no one's.
+        pools.relist(std::slice::from_ref(&gw), &[]);
+        assert_eq!(kept(&pools), std::slice::from_ref(&pod));
+        pools.relist(std::slice::from_ref(&pod), &[]);
+        assert!(kept(&pools).is_empty());
+        // Relisting what was never listed changes nothing.
+        pools.relist(&[gw], &[]);
+        assert!(pools.listed.lock().expect("pool lock").is_empty());
     }
 }

@@ -87,6 +87,7 @@ pub(crate) fn dest_of(target: &str, shared: &Arc<Shared>) -> (Arc<Dest>, Sets) {
 pub(crate) fn shared(breakers: Breakers, timeouts: Timeouts) -> Arc<Shared> {
     let creds = creds("spiffe://mesh.test/ns/web/sa/frontend");
     let stop = CancellationToken::new();
+    let workers = Arc::new(crate::workers::Workers::start(1).expect("a worker"));
     Arc::new(Shared {
         connector: Arc::new(Connector::new(
             creds,
@@ -101,9 +102,10 @@ pub(crate) fn shared(breakers: Breakers, timeouts: Timeouts) -> Arc<Shared> {
         cluster: "east".into(),
         tasks: TaskTracker::new(),
         stop,
-        workers: Arc::new(crate::workers::Workers::start(1).expect("a worker")),
         mirrors_in_flight: std::sync::atomic::AtomicUsize::new(0),
         limits: Arc::default(),
+        pools: crate::pool::Pools::new(&workers, timeouts.liveness),
+        workers,
     })
 }
 

@@ -280,12 +280,14 @@ impl H1 {
         state.idle.remove(key);
     }
 
-    /// Forgets what it knows of endpoints not in `keys`.
-    pub(crate) fn retain(&self, keys: &[Arc<str>]) {
+    /// Forgets what it knows of the endpoints `gone`.
+    pub(crate) fn forget(&self, gone: &[Arc<str>]) {
         let mut h1 = self.0.lock().expect("pool lock");
-        h1.idle.retain(|k, _| keys.contains(k));
-        h1.silent.retain(|k, _| keys.contains(k));
-        h1.h2_only.retain(|k| keys.contains(k));
+        for key in gone {
+            h1.idle.remove(key);
+            h1.silent.remove(key);
+            h1.h2_only.remove(key);
+        }
     }
 
     fn put(&self, key: Arc<str>, c: Http1) {

@@ -83,10 +83,11 @@ fn send(dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<Output = Answer>
         // failure is known at once).
         let mut started = None;
         let conn = {
-            let get = dest
-                .pool
-                .mine()
-                .get(&dest.shared.connector, &pick.endpoint, req.version());
+            let get =
+                dest.shared
+                    .pools
+                    .mine()
+                    .get(&dest.shared.connector, &pick.endpoint, req.version());
             let mut conn = pin!(within(timer.as_mut(), get));
             // A pooled connection is ready at once; only a request that has
             // to wait for one counts as pending (for the breaker).
