@@ -56,6 +56,8 @@ enum Target {
         namespace: Option<String>,
         /// `None`: the whole collection.
         name: Option<String>,
+        /// A subresource of the object (`proxy`), if the call is on one.
+        subresource: Option<&'static str>,
     },
     /// A non-resource URL such as `/version`.
     Path(String),
@@ -74,6 +76,7 @@ impl Call {
                 resource: resource.clone(),
                 namespace: None,
                 name: None,
+                subresource: None,
             },
         }
     }
@@ -100,6 +103,21 @@ impl Call {
         self
     }
 
+    /// The call is on the object's subresource `sub` (`proxy`).
+    pub(crate) fn subresource(mut self, sub: &'static str) -> Self {
+        if let Target::Object { subresource, .. } = &mut self.target {
+            *subresource = Some(sub);
+        }
+        self
+    }
+
+    fn sub(&self) -> Option<&'static str> {
+        match &self.target {
+            Target::Object { subresource, .. } => *subresource,
+            Target::Path(_) => None,
+        }
+    }
+
     /// `applying Link meshfed-system/west`, `listing Services`, `reading /version`.
     fn describe(&self) -> String {
         let doing = self.verb.doing();
@@ -109,6 +127,22 @@ impl Call {
                 resource,
                 namespace,
                 name,
+                subresource: Some(sub),
+            } => {
+                let ns = namespace
+                    .as_deref()
+                    .map_or_else(String::new, |ns| format!("{ns}/"));
+                let n = name.as_deref().unwrap_or_default();
+                format!(
+                    "{doing} {} {ns}{n} through its {sub} subresource",
+                    resource.kind
+                )
+            }
+            Target::Object {
+                resource,
+                namespace,
+                name,
+                subresource: None,
             } => match (namespace, name) {
                 (Some(ns), Some(n)) => format!("{doing} {} {ns}/{n}", resource.kind),
                 (None, Some(n)) => format!("{doing} {} {n}", resource.kind),
@@ -120,6 +154,14 @@ impl Call {
 
     /// `links.meshfed.io`, as RBAC and `kubectl auth can-i` name it.
     fn resource(&self) -> String {
+        let plain = self.resource_without_sub();
+        match self.sub() {
+            Some(sub) => format!("{plain}/{sub}"),
+            None => plain,
+        }
+    }
+
+    fn resource_without_sub(&self) -> String {
         match &self.target {
             Target::Path(p) => p.clone(),
             Target::Object { resource, .. } if resource.group.is_empty() => resource.plural.clone(),
@@ -146,10 +188,13 @@ impl Call {
             (_, Some(ns)) => format!(" -n {ns}"),
             (_, None) => " --all-namespaces".to_owned(),
         };
+        let sub = self
+            .sub()
+            .map_or_else(String::new, |s| format!(" --subresource={s}"));
         format!(
-            "kubectl auth can-i {} {}{scope} --context {context}",
+            "kubectl auth can-i {} {}{sub}{scope} --context {context}",
             self.verb.rbac(),
-            self.resource()
+            self.resource_without_sub()
         )
     }
 
@@ -307,6 +352,11 @@ fn hint(status: &Status, call: &Call, context: &str) -> Option<String> {
             .to_owned(),
         429 => "the API server is throttling requests; wait a moment and run the command again"
             .to_owned(),
+        500..=599 if call.sub() == Some("proxy") => {
+            "the API server could not reach the pod's port (the API's message says why): is \
+             the pod running, and does it serve that port?"
+                .to_owned()
+        }
         500..=599 => format!(
             "the API server failed, not the request; run the command again, and if it keeps \
              failing look at the API server's health (kubectl get --raw /readyz --context {context})"

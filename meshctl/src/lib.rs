@@ -27,6 +27,7 @@ pub use gateways::{GatewayRow, gateways};
 pub use inject::{InjectArgs, inject_text};
 pub use install::{InstallArgs, KIND_ORDER, install_objects};
 pub use link::{LinkArgs, make_link};
+pub use routes::{BackendRow, MetricsSource, Observed, RuleRow, read_metrics, rows as route_rows};
 pub use target::{
     Cluster, FileCluster, KubeCluster, Rollout, apply_objects, deployment_rollout, wait_rolled_out,
 };

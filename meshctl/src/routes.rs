@@ -1,7 +1,8 @@
 //! `meshctl routes`: every HTTPRoute attached to a Service (GAMMA), rule by
 //! rule: what it matches, its backends with their weights and the share
 //! each weight gives, the share the callers' sidecars observed (from their
-//! `meshfed_sidecar_route_requests_total`, when given their metrics), and
+//! `meshfed_sidecar_route_requests_total`: the sidecars given, or on
+//! Kubernetes every meshed pod's, read through the API server), and
 //! whether the Service's controller accepted the route and resolved its
 //! backends, with the reason when not.
 
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use futures::StreamExt;
 use meshfed_api::route::{
     CONTROLLER_NAME, HttpRoute, HttpRouteParentRefs, HttpRouteRulesMatches, RouteCondition,
     condition, is_service_ref, mirror_fraction,
@@ -19,11 +21,13 @@ use serde::Serialize;
 use crate::dev::{Caller, Net};
 use crate::output::{Report, table};
 use crate::scenario::probe::{Sample, parse_metrics};
-use crate::target::TargetArgs;
+use crate::target::{Cluster, TargetArgs};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   meshctl routes --context east
+  meshctl routes --context east --observed
+  meshctl routes --context east --metrics shop/frontend-7d4b9-x2kqz
   meshctl routes --state ./east -o json
   meshctl routes --state ./east --metrics 127.0.0.1:9901 --metrics 127.0.0.1:9911")]
 pub struct RoutesArgs {
@@ -32,10 +36,150 @@ pub struct RoutesArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Report,
-    /// A calling sidecar's admin listener (HOST:PORT): the observed share
-    /// is summed over the sidecars given. Repeatable.
+    /// A calling sidecar whose metrics the observed share is summed over:
+    /// its admin listener (HOST:PORT), or on Kubernetes its pod
+    /// (NAMESPACE/POD, read through the API server's pod proxy, which
+    /// needs `get` on `pods/proxy`). Repeatable.
     #[arg(long = "metrics")]
-    pub metrics: Vec<SocketAddr>,
+    pub metrics: Vec<MetricsSource>,
+    /// On Kubernetes: the observed share over every running meshed pod
+    /// (labelled meshfed.io/injected=true; at most 200), each read through
+    /// the API server's pod proxy.
+    #[arg(long)]
+    pub observed: bool,
+}
+
+/// Most pods `--observed` reads, and how many at once.
+const MAX_OBSERVED_PODS: u32 = 200;
+const OBSERVED_AT_ONCE: usize = 8;
+
+/// Where a calling sidecar's metrics are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsSource {
+    /// Its admin listener.
+    Addr(SocketAddr),
+    /// Its pod, through the API server's pod proxy to the sidecar's admin port.
+    Pod { namespace: String, name: String },
+}
+
+impl std::str::FromStr for MetricsSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse() {
+            return Ok(Self::Addr(addr));
+        }
+        let pod = s.split_once('/').filter(|(ns, name)| {
+            meshfed_api::sni::is_dns_label(ns)
+                && !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(meshfed_api::sni::is_dns_label)
+        });
+        match pod {
+            Some((namespace, name)) => Ok(Self::Pod {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+            None => Err(format!(
+                "{s:?} is neither HOST:PORT (a sidecar's admin listener) nor NAMESPACE/POD (a \
+                 pod of a Kubernetes cluster)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(a) => write!(f, "the sidecar at {a}"),
+            Self::Pod { namespace, name } => write!(f, "pod {namespace}/{name}"),
+        }
+    }
+}
+
+/// The calling sidecars' metrics, and what could not be read.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub samples: Vec<Sample>,
+    /// Sidecars read.
+    pub read: usize,
+    /// `--observed` only: pods whose metrics could not be read, and why
+    /// (the share is over the others).
+    pub unread: Vec<String>,
+    /// `--observed` only: more meshed pods than were read.
+    pub more: bool,
+}
+
+/// Reads the metrics of `sources`, and with `observed` of every meshed pod
+/// of a Kubernetes cluster. A source named explicitly that cannot be read
+/// is an error; a pod `observed` found that cannot is reported in `unread`.
+pub async fn read_metrics(
+    cluster: &Cluster,
+    sources: &[MetricsSource],
+    observed: bool,
+) -> anyhow::Result<Observed> {
+    let mut out = Observed::default();
+    for source in sources {
+        let text = metrics_text(cluster, source)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the metrics of {source}: {e:#}"))?;
+        out.samples.extend(parse_metrics(&text));
+        out.read += 1;
+    }
+    if !observed {
+        return Ok(out);
+    }
+    let Cluster::Kube(kube) = cluster else {
+        anyhow::bail!(
+            "--observed reads the sidecars of a Kubernetes cluster (--context); for {} give \
+             each calling sidecar's admin listener with --metrics HOST:PORT (meshctl dev's \
+             topology.json lists them)",
+            cluster.describe()
+        );
+    };
+    let (pods, more) = kube.meshed_pods(MAX_OBSERVED_PODS).await?;
+    out.more = more;
+    let reads = futures::stream::iter(pods)
+        .map(|(namespace, name)| async move {
+            let source = MetricsSource::Pod { namespace, name };
+            let text = metrics_text(cluster, &source).await;
+            (source, text)
+        })
+        .buffer_unordered(OBSERVED_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    for (source, text) in reads {
+        match text {
+            Ok(text) => {
+                out.samples.extend(parse_metrics(&text));
+                out.read += 1;
+            }
+            Err(e) => out.unread.push(format!("{source}: {e:#}")),
+        }
+    }
+    out.unread.sort();
+    Ok(out)
+}
+
+async fn metrics_text(cluster: &Cluster, source: &MetricsSource) -> anyhow::Result<String> {
+    match (source, cluster) {
+        (MetricsSource::Addr(addr), _) => {
+            let caller = Caller::from(&Net::Host, Duration::from_secs(3));
+            caller
+                .get_text(*addr, "/metrics")
+                .await
+                .map_err(anyhow::Error::msg)
+        }
+        (MetricsSource::Pod { namespace, name }, Cluster::Kube(kube)) => {
+            let port = meshfed_injector::contract::SIDECAR_ADMIN_PORT;
+            kube.pod_text(namespace, name, port, "/metrics").await
+        }
+        (MetricsSource::Pod { .. }, Cluster::File(_)) => anyhow::bail!(
+            "a pod's metrics are read through a Kubernetes API server (--context); for {} \
+             give the sidecar's admin listener, HOST:PORT",
+            cluster.describe()
+        ),
+    }
 }
 
 /// One rule of one route on one Service.
@@ -80,19 +224,20 @@ pub struct Verdict {
 pub async fn run(a: RoutesArgs) -> anyhow::Result<()> {
     let cluster = a.target.open().await?;
     let routes = cluster.routes().await?;
-    let mut samples = Vec::new();
-    let caller = Caller::from(&Net::Host, Duration::from_secs(3));
-    for addr in &a.metrics {
-        let text = caller
-            .get_text(*addr, "/metrics")
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the metrics of the sidecar at {addr}: {e}"))?;
-        samples.extend(parse_metrics(&text));
+    let observed = read_metrics(&cluster, &a.metrics, a.observed).await?;
+    for why in &observed.unread {
+        eprintln!("warning: not counted in the observed share: {why}");
     }
-    let rows = rows(&routes, &samples);
+    if observed.more {
+        eprintln!(
+            "warning: the observed share is over the first {MAX_OBSERVED_PODS} meshed pods \
+             only; name the callers with --metrics NAMESPACE/POD for an exact one"
+        );
+    }
+    let rows = rows(&routes, &observed.samples);
     match a.output {
         Report::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Report::Text => print!("{}", render(&rows, !a.metrics.is_empty())),
+        Report::Text => print!("{}", render(&rows, !a.metrics.is_empty() || a.observed)),
     }
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! One destination service port as the outbound side sees it: its live
-//! endpoint set, the balancer fed from it, the retry budget and the
-//! connection pool. Outbound HTTP (through the layers of `stack`) and TCP
-//! both go through here.
+//! endpoint set, the balancer fed from it, the retry budget and its routes
+//! (connections are the sidecar's, in `Shared`'s pool, shared by every
+//! destination listing the same endpoint). Outbound HTTP (through the
+//! layers of `stack`) and TCP both go through here.
 
 mod flight;
+mod shared;
 #[cfg(test)]
 pub(crate) mod testing;
 mod wait;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,82 +18,22 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::balance::{Balancer, EndpointInfo, NoPick, Pick};
 use crate::budget::Budget;
-use crate::config::{Breakers, ServiceTarget, Timeouts};
-use crate::connect::{Alpn, Connector};
-use crate::metrics::{Metrics, ServiceLabels};
+use crate::config::ServiceTarget;
+use crate::connect::Alpn;
+use crate::metrics::ServiceLabels;
 use crate::reason::Reason;
 use crate::routes::RouteTable;
 use crate::stack::Next;
 use crate::stack::breaker::{self, Kind};
-use crate::workers::Workers;
 
 pub(crate) use flight::InFlight;
+pub(crate) use shared::Shared;
 
 /// Connects per opaque connection (or upgrade), the first included.
 const MAX_CONNECTS: usize = 5;
-
-/// What a destination shares with every other.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) connector: Arc<Connector>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) breakers: Breakers,
-    pub(crate) cluster: Arc<str>,
-    /// Every connection's task, so shutdown can wait for them.
-    pub(crate) tasks: TaskTracker,
-    /// Fired when the drain is over: what still runs is closed.
-    pub(crate) stop: CancellationToken,
-    /// The data plane's threads.
-    pub(crate) workers: Arc<Workers>,
-    /// Mirrored copies of requests in flight (bounded: a slow mirror
-    /// backend must not pile them up).
-    pub(crate) mirrors_in_flight: AtomicUsize,
-    /// This pod's inbound rate limits.
-    pub(crate) limits: Arc<crate::limits::Limits>,
-    /// Connections to endpoints, whichever service listed them.
-    pub(crate) pools: crate::pool::Pools,
-}
-
-impl Shared {
-    /// Runs the work of an accepted connection on a worker, the connection
-    /// registered with that worker's reactor rather than the acceptor's:
-    /// its readiness then wakes no other thread.
-    pub(crate) fn spawn_accepted<F, W>(&self, tcp: TcpStream, work: F)
-    where
-        F: FnOnce(TcpStream) -> W + Send + 'static,
-        W: Future<Output = ()> + Send + 'static,
-    {
-        let tcp = match tcp.into_std() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::debug!(error = %e, "accepted connection lost");
-                return;
-            }
-        };
-        self.spawn(async move {
-            match TcpStream::from_std(tcp) {
-                Ok(tcp) => work(tcp).await,
-                Err(e) => tracing::debug!(error = %e, "accepted connection lost"),
-            }
-        });
-    }
-
-    /// Runs a connection's work on a worker until it ends or the sidecar
-    /// stops.
-    pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let stop = self.stop.clone();
-        // Polled a few times per request: `cancel::until` looks at the
-        // token without its lock.
-        self.workers
-            .spawn(self.tasks.track_future(crate::cancel::until(stop, work)));
-    }
-}
 
 /// A service port being called.
 #[derive(Debug)]

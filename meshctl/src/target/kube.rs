@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -323,6 +323,54 @@ impl KubeCluster {
             ),
             Err(e) => Err(self.failed(Call::on::<HttpRoute>(Verb::List))(e)),
         }
+    }
+
+    /// What port `port` of Pod `ns/pod` serves at `path`, read through the
+    /// API server's pod proxy (RBAC: `get` on `pods/proxy`).
+    pub async fn pod_text(
+        &self,
+        ns: &str,
+        pod: &str,
+        port: u16,
+        path: &str,
+    ) -> anyhow::Result<String> {
+        let uri = format!("/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy{path}");
+        let req = http::Request::get(uri)
+            .body(Vec::new())
+            .context("a pod proxy request")?;
+        let call = Call::on::<Pod>(Verb::Get)
+            .namespace(ns)
+            .named(pod)
+            .subresource("proxy");
+        self.client
+            .request_text(req)
+            .await
+            .map_err(self.failed(call))
+    }
+
+    /// Running Pods that carry Meshfed's sidecar (labelled
+    /// `meshfed.io/injected=true`), as `(namespace, name)`, in every
+    /// namespace: at most `limit`, and whether there are more.
+    pub async fn meshed_pods(&self, limit: u32) -> anyhow::Result<(Vec<(String, String)>, bool)> {
+        let params = ListParams::default()
+            .labels(&format!("{}=true", meshfed_injector::pod::INJECTED))
+            .fields("status.phase=Running")
+            .limit(limit);
+        let list = Api::<Pod>::all(self.client.clone())
+            .list_metadata(&params)
+            .await
+            .map_err(self.failed(Call::on::<Pod>(Verb::List)))?;
+        let more = list
+            .metadata
+            .continue_
+            .as_deref()
+            .is_some_and(|c| !c.is_empty());
+        let pods = list
+            .items
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.namespace?, p.metadata.name?)))
+            .collect();
+        Ok((pods, more))
     }
 
     pub async fn set_exported(&self, ns: &str, name: &str, on: bool) -> anyhow::Result<Change> {

@@ -12,4 +12,5 @@ mod install;
 mod link;
 mod objects;
 mod prelude;
+mod routes;
 mod standin;

@@ -15,6 +15,9 @@ pub struct Exchange {
     pub answer: Value,
     /// The answer's `Date` (the API server's clock); now when `None`.
     pub date: Option<SystemTime>,
+    /// A plain-text answer instead of `answer` (what a pod serves through
+    /// the API server's pod proxy).
+    pub text: Option<String>,
 }
 
 impl Exchange {
@@ -27,6 +30,7 @@ impl Exchange {
             status: StatusCode::OK,
             answer: Value::Null,
             date: None,
+            text: None,
         }
     }
 
@@ -62,6 +66,14 @@ impl Exchange {
 
     pub fn answers(self, answer: Value) -> Self {
         Self { answer, ..self }
+    }
+
+    /// Answers `text` as `text/plain`, as a pod's port does through the proxy.
+    pub fn answers_text(self, text: &str) -> Self {
+        Self {
+            text: Some(text.to_owned()),
+            ..self
+        }
     }
 
     pub fn fails(self, status: StatusCode, answer: Value) -> Self {
@@ -129,6 +141,14 @@ impl Exchange {
 
     pub fn response(&self) -> Response<Body> {
         let date = self.date.unwrap_or_else(SystemTime::now);
+        if let Some(text) = &self.text {
+            return Response::builder()
+                .status(self.status)
+                .header(CONTENT_TYPE, "text/plain; version=0.0.4")
+                .header(DATE, httpdate::fmt_http_date(date))
+                .body(Body::from(text.clone().into_bytes()))
+                .expect("a valid response");
+        }
         Response::builder()
             .status(self.status)
             .header(CONTENT_TYPE, JSON)
