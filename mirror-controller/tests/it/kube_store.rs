@@ -31,6 +31,7 @@ const NODES: &str = "/api/v1/nodes";
 const PODS: &str = "/api/v1/pods";
 const LINKS: &str = "/apis/meshfed.io/v1alpha1/links";
 const POLICIES: &str = "/apis/meshfed.io/v1alpha1/failoverpolicies";
+const RATE_LIMITS: &str = "/apis/meshfed.io/v1alpha1/ratelimitpolicies";
 const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 
 // === the stand-in API server ===
@@ -361,6 +362,13 @@ fn cluster() -> Cluster {
                 "spec": { "service": "api", "clusters": ["east"] },
             })],
         ),
+        (
+            RATE_LIMITS,
+            vec![json!({
+                "metadata": meta(Some("shop"), "api-limit", "uid-rlp-api", json!({})),
+                "spec": { "service": "api", "port": 80, "perCaller": { "requestsPerSecond": 5 } },
+            })],
+        ),
     ]);
     Cluster {
         lists,
@@ -426,6 +434,15 @@ async fn start_returns_with_every_resource_listed() {
     assert_eq!(
         policy.spec.clusters.as_deref(),
         Some(&["east".to_owned()][..])
+    );
+    let limit = &state.rate_limits[&ObjKey::new("shop", "api-limit")];
+    assert_eq!(limit.spec.port, Some(80));
+    assert_eq!(
+        limit
+            .spec
+            .per_caller
+            .map(|b| (b.requests_per_second, b.burst)),
+        Some((5, None))
     );
     assert!(server.writes().is_empty(), "{:?}", server.writes());
 }
@@ -664,9 +681,19 @@ async fn statuses_are_applied_to_the_status_subresource() {
     )
     .await
     .expect("patched");
+    let limit = FailoverPolicyStatus {
+        observed_generation: Some(1),
+        ..FailoverPolicyStatus::default()
+    };
+    within(
+        "rate limit status",
+        store.set_rate_limit_status(ObjKey::new("shop", "api-limit"), limit),
+    )
+    .await
+    .expect("patched");
 
     let writes = server.writes();
-    assert_eq!(writes.len(), 2, "{writes:#?}");
+    assert_eq!(writes.len(), 3, "{writes:#?}");
     let link = &writes[0];
     assert_eq!(link.method, Method::PATCH);
     assert_eq!(
@@ -685,6 +712,12 @@ async fn statuses_are_applied_to_the_status_subresource() {
         "/apis/meshfed.io/v1alpha1/namespaces/shop/failoverpolicies/api/status"
     );
     assert_eq!(writes[1].body["status"], json!({ "observedGeneration": 2 }));
+    assert_eq!(
+        writes[2].path,
+        "/apis/meshfed.io/v1alpha1/namespaces/shop/ratelimitpolicies/api-limit/status"
+    );
+    assert_eq!(writes[2].body["kind"], "RateLimitPolicy");
+    assert_eq!(writes[2].body["status"], json!({ "observedGeneration": 1 }));
 
     let west = ObjKey::new("meshfed-system", "west");
     let err = within(
