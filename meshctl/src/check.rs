@@ -153,10 +153,52 @@ pub async fn check(clusters: &[Cluster], expiry_warning: Duration) -> Vec<Outcom
                 "check the CRDs are installed (meshctl install) and you may list links.meshfed.io",
             ),
         }
+        policies(c, &mut r).await;
         routes(c, &mut r).await;
         clock(c, &mut r).await;
     }
     out
+}
+
+/// Every FailoverPolicy and RateLimitPolicy accepted; the refused ones
+/// named, with the fields at fault.
+async fn policies(c: &Cluster, r: &mut Checks<'_>) {
+    let policies = match c.policies().await {
+        Ok(p) => p,
+        Err(e) => {
+            r.fail(
+                "policies readable",
+                format!("{e:#}"),
+                "check the CRDs are installed (meshctl install) and you may list \
+                 failoverpolicies.meshfed.io and ratelimitpolicies.meshfed.io",
+            );
+            return;
+        }
+    };
+    if policies.is_empty() {
+        r.skip("policies", "no FailoverPolicy or RateLimitPolicy");
+        return;
+    }
+    let refused = |p: &&crate::target::PolicyVerdict| {
+        p.accepted.as_ref().is_some_and(|c| c.status == "False")
+    };
+    let (bad, good): (Vec<_>, Vec<_>) = policies.iter().partition(refused);
+    if bad.is_empty() {
+        let judged = good.iter().filter(|p| p.accepted.is_some()).count();
+        let detail = match good.len() - judged {
+            0 => format!("{judged} accepted"),
+            waiting => format!("{judged} accepted, {waiting} not judged by the controller yet"),
+        };
+        r.pass("policies", detail);
+    }
+    for p in bad {
+        let why = p.accepted.as_ref().map_or("", |c| c.message.as_str());
+        r.warn(
+            "policies",
+            format!("{} {} refused: {why}", p.kind, p.key),
+            "fix the fields named; until the controller accepts it the policy has no effect",
+        );
+    }
 }
 
 /// Every HTTPRoute on a Service accepted with its backends resolved; the

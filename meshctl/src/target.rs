@@ -76,6 +76,40 @@ pub enum Cluster {
     File(FileCluster),
 }
 
+/// A Meshfed policy (FailoverPolicy, RateLimitPolicy) and whether its
+/// controller accepted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyVerdict {
+    /// `FailoverPolicy` or `RateLimitPolicy`.
+    pub kind: &'static str,
+    /// `namespace/name`.
+    pub key: String,
+    /// Its `Accepted` condition: `None` until the controller wrote one.
+    pub accepted: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+impl PolicyVerdict {
+    /// The verdict of a policy of `kind` with `meta` and `status`.
+    pub fn of(
+        kind: &'static str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        status: Option<&meshfed_api::crd::FailoverPolicyStatus>,
+    ) -> Self {
+        let ns = meta.namespace.as_deref().unwrap_or("default");
+        let name = meta.name.as_deref().unwrap_or_default();
+        Self {
+            kind,
+            key: format!("{ns}/{name}"),
+            accepted: status.and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == meshfed_api::crd::CONDITION_ACCEPTED)
+                    .cloned()
+            }),
+        }
+    }
+}
+
 /// A component and whether it is ready (`Err` says why not).
 #[derive(Debug, Clone)]
 pub struct Component {
@@ -152,6 +186,11 @@ impl Cluster {
     /// Every HTTPRoute, with the status its parents' controllers wrote.
     pub async fn routes(&self) -> anyhow::Result<Vec<HttpRoute>> {
         each!(self, c => c.routes().await)
+    }
+
+    /// Every FailoverPolicy and RateLimitPolicy, with the controller's verdict.
+    pub async fn policies(&self) -> anyhow::Result<Vec<PolicyVerdict>> {
+        each!(self, c => c.policies().await)
     }
 
     pub async fn service(&self, ns: &str, name: &str) -> anyhow::Result<Option<Service>> {

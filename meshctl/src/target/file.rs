@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_api::crd::Link;
 use meshfed_api::labels;
 use meshfed_api::route::{self, HttpRoute};
@@ -14,8 +15,8 @@ use meshfed_mirror::{Change, ManifestDir, ObjKey};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Component;
 use super::export_holds;
+use super::{Component, PolicyVerdict};
 use crate::cluster::{CLUSTER_CONFIG, CONTROLLER_LEASE, ClusterInfo, NAMESPACE, TRUST_CONFIG};
 
 const LINK_API: &str = "meshfed.io/v1alpha1";
@@ -160,6 +161,31 @@ impl FileCluster {
                     r.status = serde_json::from_value(status.clone()).ok();
                 }
                 out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn policies(&self) -> anyhow::Result<Vec<PolicyVerdict>> {
+        let mut out = Vec::new();
+        for (kind, plural) in [
+            ("FailoverPolicy", "failoverpolicies"),
+            ("RateLimitPolicy", "ratelimitpolicies"),
+        ] {
+            let api = format!("{}/v1alpha1", meshfed_api::crd::GROUP);
+            for found in self.dir.list(&api, kind).with_context(|| self.describe())? {
+                let meta: ObjectMeta =
+                    serde_json::from_value(found.value["metadata"].clone()).unwrap_or_default();
+                let key = ObjKey::new(
+                    meta.namespace.as_deref().unwrap_or("default"),
+                    meta.name.as_deref().unwrap_or_default(),
+                );
+                let status = self
+                    .dir
+                    .status(plural, &key)
+                    .with_context(|| self.describe())?
+                    .and_then(|written| serde_json::from_value(written["status"].clone()).ok());
+                out.push(PolicyVerdict::of(kind, &meta, status.as_ref()));
             }
         }
         Ok(out)

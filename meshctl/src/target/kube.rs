@@ -10,13 +10,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
-use meshfed_api::crd::Link;
+use meshfed_api::crd::{FailoverPolicy, Link, RateLimitPolicy};
 use meshfed_api::labels;
 use meshfed_api::route::HttpRoute;
 use meshfed_mirror::Change;
 use serde_json::{Value, json};
 
-use super::{Component, export_holds};
+use super::{Component, PolicyVerdict, export_holds};
 use crate::cluster::{
     CLUSTER_CONFIG, CONTROLLER, CONTROLLER_LEASE, ClusterInfo, FIELD_MANAGER, GATEWAY, IDENTITY,
     INJECTOR, NAMESPACE, TRUST_CONFIG,
@@ -323,6 +323,25 @@ impl KubeCluster {
             ),
             Err(e) => Err(self.failed(Call::on::<HttpRoute>(Verb::List))(e)),
         }
+    }
+
+    pub async fn policies(&self) -> anyhow::Result<Vec<PolicyVerdict>> {
+        let all = ListParams::default();
+        let failover = Api::<FailoverPolicy>::all(self.client.clone())
+            .list(&all)
+            .await
+            .map_err(self.failed(Call::on::<FailoverPolicy>(Verb::List)))?;
+        let limits = Api::<RateLimitPolicy>::all(self.client.clone())
+            .list(&all)
+            .await
+            .map_err(self.failed(Call::on::<RateLimitPolicy>(Verb::List)))?;
+        let failover = failover
+            .iter()
+            .map(|p| PolicyVerdict::of("FailoverPolicy", &p.metadata, p.status.as_ref()));
+        let limits = limits
+            .iter()
+            .map(|p| PolicyVerdict::of("RateLimitPolicy", &p.metadata, p.status.as_ref()));
+        Ok(failover.chain(limits).collect())
     }
 
     /// What port `port` of Pod `ns/pod` serves at `path`, read through the

@@ -13,6 +13,8 @@ struct Health {
     /// West's Link status.
     link_status: Value,
     links_crd: Value,
+    /// The lists of FailoverPolicies and RateLimitPolicies.
+    policies: [Exchange; 2],
     /// The answer to the list of HTTPRoutes.
     routes: Exchange,
     clock: SystemTime,
@@ -32,6 +34,10 @@ impl Health {
             lease: Exchange::get(LEASE).answers(lease(Some(LEADER), SystemTime::now())),
             link_status: link_status(true, None),
             links_crd,
+            policies: policies(
+                vec![policy("api-failover", ("True", "Valid", "spec is valid"))],
+                Vec::new(),
+            ),
             routes: Exchange::get(ROUTES).answers(list(
                 "gateway.networking.k8s.io/v1",
                 "HTTPRouteList",
@@ -47,6 +53,36 @@ impl Health {
 
 /// The list of every HTTPRoute.
 const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes?";
+
+/// The lists of every FailoverPolicy and every RateLimitPolicy.
+fn policies(failover: Vec<Value>, limits: Vec<Value>) -> [Exchange; 2] {
+    let group = "meshfed.io/v1alpha1";
+    [
+        Exchange::get(format!("/apis/{group}/failoverpolicies?")).answers(list(
+            group,
+            "FailoverPolicyList",
+            failover,
+        )),
+        Exchange::get(format!("/apis/{group}/ratelimitpolicies?")).answers(list(
+            group,
+            "RateLimitPolicyList",
+            limits,
+        )),
+    ]
+}
+
+/// A policy in shop with its `Accepted` condition as (status, reason, message).
+fn policy(name: &str, (status, reason, message): (&str, &str, &str)) -> Value {
+    json!({
+        "apiVersion": "meshfed.io/v1alpha1", "kind": "FailoverPolicy",
+        "metadata": { "name": name, "namespace": "shop", "generation": 1 },
+        "spec": { "service": "api" },
+        "status": { "observedGeneration": 1, "conditions": [{
+            "type": "Accepted", "status": status, "reason": reason, "message": message,
+            "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }] },
+    })
+}
 
 /// An HTTPRoute on shop/api splitting it with api-west, with the
 /// controller's entry: `accepted` and `resolved` as (status, reason, message).
@@ -149,6 +185,9 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
             labels::ORIGIN_CLUSTER.replace('/', "%2F")
         ))
         .answers(list("v1", "ServiceList", vec![mirror])),
+    ]);
+    t.extend(h.policies);
+    t.extend([
         h.routes,
         Exchange::get("/version")
             .answers(json!({
@@ -214,6 +253,7 @@ async fn check_passes_a_healthy_cluster() {
             ("link west: gateway alive", Pass),
             ("link west: mirrors written", Pass),
             ("mirrors backed by live exports", Pass),
+            ("policies", Pass),
             ("routes", Pass),
             ("clock skew", Pass),
         ],
@@ -237,6 +277,54 @@ async fn check_passes_a_healthy_cluster() {
         outcome(&outcomes, "routes").detail,
         "shop/api-split accepted, every backend resolved"
     );
+    assert_eq!(outcome(&outcomes, "policies").detail, "1 accepted");
+}
+
+#[tokio::test]
+async fn check_names_a_refused_policy_and_the_fields_at_fault() {
+    let (_dir, _, east) = federation();
+    let mut limit = policy(
+        "api-limit",
+        (
+            "False",
+            "InvalidSpec",
+            "spec.total.requestsPerSecond: must be between 1 and 1000000 (got 0)",
+        ),
+    );
+    limit["kind"] = json!("RateLimitPolicy");
+    limit["spec"] = json!({ "service": "api", "total": { "requestsPerSecond": 0 } });
+    let mut waiting = policy("api-limit-new", ("True", "Valid", "spec is valid"));
+    waiting["kind"] = json!("RateLimitPolicy");
+    waiting["spec"] = json!({ "service": "api", "perCaller": { "requestsPerSecond": 5 } });
+    waiting.as_object_mut().expect("an object").remove("status");
+    let health = Health {
+        policies: policies(
+            vec![policy("api-failover", ("True", "Valid", "spec is valid"))],
+            vec![limit, waiting.clone()],
+        ),
+        ..Health::good(crd_as_served(&links_crd()))
+    };
+    let outcomes = check(check_transcript(&east, health)).await;
+    let o = outcome(&outcomes, "policies");
+    assert_eq!(o.status, Status::Warn);
+    assert_eq!(
+        o.detail,
+        "RateLimitPolicy shop/api-limit refused: spec.total.requestsPerSecond: must be between \
+         1 and 1000000 (got 0)"
+    );
+    assert!(
+        o.hint.as_deref().is_some_and(|h| h.contains("no effect")),
+        "{o:?}"
+    );
+    // Only a policy the controller has not judged yet: passed, and said so.
+    let health = Health {
+        policies: policies(Vec::new(), vec![waiting]),
+        ..Health::good(crd_as_served(&links_crd()))
+    };
+    let outcomes = check(check_transcript(&east, health)).await;
+    let o = outcome(&outcomes, "policies");
+    assert_eq!(o.status, Status::Pass);
+    assert_eq!(o.detail, "0 accepted, 1 not judged by the controller yet");
 }
 
 #[tokio::test]
@@ -336,6 +424,7 @@ async fn check_says_what_fails_and_how_to_fix_it() {
             ("link west: gateway alive", Fail),
             ("link west: mirrors written", Pass),
             ("mirrors backed by live exports", Pass),
+            ("policies", Pass),
             ("routes", Pass),
             ("clock skew", Fail),
         ],
