@@ -1,8 +1,9 @@
 //! Statuses: each Link's `Accepted` and `Alive` conditions, liveness,
 //! probe latency, imported service count, resolved addresses and last
-//! error; each FailoverPolicy's and RateLimitPolicy's `Accepted`; each HTTPRoute's entries for
-//! its Service parents (`Accepted`, `ResolvedRefs`). Written only when they
-//! change, at most once per period per object.
+//! error; each FailoverPolicy's and RateLimitPolicy's `Accepted`; each
+//! HTTPRoute's entries for its Service parents (`Accepted`,
+//! `ResolvedRefs`). Written only when they change, at most once per period
+//! per object.
 
 use std::collections::HashMap;
 use std::sync::Arc;

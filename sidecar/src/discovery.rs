@@ -32,6 +32,8 @@ const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// How long a cluster-IP lookup is remembered (a miss: shorter).
 const RESOLVED_TTL: Duration = Duration::from_secs(30);
 const MISS_TTL: Duration = Duration::from_secs(5);
+/// How often a controller that serves no rate limits is asked again.
+const UNSERVED_RETRY: Duration = Duration::from_secs(60);
 /// Most remembered lookups; beyond it the oldest are forgotten.
 const MAX_RESOLVED: usize = 4096;
 
@@ -132,11 +134,28 @@ impl Discovery {
         let request = WatchLimitsRequest {
             pod_ip: pod_ip.to_string(),
         };
+        let unserved_said = std::sync::atomic::AtomicBool::new(false);
         tokio::spawn(async move {
             let attempt = || {
-                let (mut client, request, limits) = (client.clone(), request.clone(), &limits);
+                let (mut client, request) = (client.clone(), request.clone());
+                let (limits, said) = (&limits, &unserved_said);
                 async move {
-                    let mut stream = client.watch_limits(request).await?.into_inner();
+                    let mut stream = match client.watch_limits(request).await {
+                        Ok(s) => s.into_inner(),
+                        Err(s) if s.code() == tonic::Code::Unimplemented => {
+                            // A controller older than this sidecar: asked
+                            // again now and then, as it may be upgraded.
+                            if !said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                tracing::warn!(
+                                    "the controller serves no rate limits (it is older than this \
+                                     sidecar): none apply until it is upgraded"
+                                );
+                            }
+                            tokio::time::sleep(UNSERVED_RETRY).await;
+                            return Ok(());
+                        }
+                        Err(s) => return Err(s),
+                    };
                     while let Some(update) = stream.message().await? {
                         limits.update(&update.limits);
                     }
