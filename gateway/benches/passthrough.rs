@@ -15,12 +15,6 @@
 
 #[path = "passthrough/backend.rs"]
 mod backend;
-#[path = "passthrough/load.rs"]
-mod load;
-#[path = "passthrough/mesh.rs"]
-mod mesh;
-#[path = "passthrough/procs.rs"]
-mod procs;
 #[path = "passthrough/proxies.rs"]
 mod proxies;
 #[path = "passthrough/report.rs"]
@@ -31,6 +25,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meshfed_testkit::{load, mesh, procs};
 
 use crate::load::Caller;
 use crate::mesh::Pki;

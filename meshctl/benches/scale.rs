@@ -20,10 +20,6 @@
 
 #[path = "scale/controllers.rs"]
 mod controllers;
-// /proc readings, the gateway bench's one way to take them.
-#[allow(dead_code)]
-#[path = "../../gateway/benches/passthrough/procs.rs"]
-mod procs;
 #[path = "scale/report.rs"]
 mod report;
 #[path = "scale/step.rs"]
@@ -39,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use meshctl::dev::{MAX_CLUSTERS, Subnet};
+use meshfed_testkit::procs;
 
 use crate::step::{Exporters, Opts, Shape};
 

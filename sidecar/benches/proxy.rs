@@ -26,22 +26,10 @@
 mod app;
 #[path = "proxy/cost.rs"]
 mod cost;
-// For `quantile`, the gateway bench's one way to take one.
-#[allow(dead_code)]
-#[path = "../../gateway/benches/passthrough/load.rs"]
-mod gateway_load;
 #[path = "proxy/load.rs"]
 mod load;
 #[path = "proxy/nginx.rs"]
 mod nginx;
-// The gateway bench's PKI: credential directories for the child processes.
-#[allow(dead_code)]
-#[path = "../../gateway/benches/passthrough/mesh.rs"]
-mod mesh;
-// The gateway bench's child processes and /proc readings (not all used here).
-#[allow(dead_code)]
-#[path = "../../gateway/benches/passthrough/procs.rs"]
-mod procs;
 #[path = "proxy/report.rs"]
 mod report;
 // The integration tests' clusters, manifests and links.
@@ -56,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meshfed_testkit::{mesh, procs};
 
 use crate::cost::Used;
 use crate::load::{Conn, Samples};

@@ -128,7 +128,7 @@ impl Samples {
 
     /// The `q`-quantile in µs (None: no samples).
     pub fn us(&self, q: f64) -> Option<f64> {
-        (!self.ns.is_empty()).then(|| crate::gateway_load::quantile(&self.ns, q) as f64 / 1e3)
+        (!self.ns.is_empty()).then(|| meshfed_testkit::load::quantile(&self.ns, q) as f64 / 1e3)
     }
 }
 

@@ -40,7 +40,7 @@ impl Caller {
             .await
             .with_context(|| format!("connect {}", self.addr))?;
         tcp.set_nodelay(true)?;
-        let name = super::mesh::server_name()?;
+        let name = crate::mesh::server_name()?;
         let tls = self
             .tls
             .connect(name, tcp)
