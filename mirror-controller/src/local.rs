@@ -129,6 +129,13 @@ fn is_ready(ep: &Endpoint) -> bool {
     ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
 }
 
+/// The port `slice`'s endpoints serve Service port `sp` on: the slice
+/// port with the Service port's name carries the target port.
+pub(crate) fn target_port(slice: &EndpointSlice, sp: &ServicePort) -> Option<u16> {
+    let target = slice.ports.iter().flatten().find(|p| p.name == sp.name)?;
+    target.port.and_then(|p| u16::try_from(p).ok())
+}
+
 /// Every endpoint serving `port` of Service `key`, ready or not.
 pub(crate) fn endpoints(
     state: &ClusterState,
@@ -147,12 +154,7 @@ pub(crate) fn endpoints(
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
-        // The slice port with the Service port's name carries the target port.
-        let target = slice.ports.iter().flatten().find(|p| p.name == sp.name);
-        let Some(target) = target
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
+        let Some(target) = target_port(slice, sp) else {
             continue;
         };
         for (ep, identity) in offered(state, td, svc, slice) {

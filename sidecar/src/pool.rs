@@ -47,13 +47,13 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::h1::{H1, Http1};
-use crate::FastMap;
 use crate::balance::EndpointInfo;
 use crate::body::{Body, boxed};
 use crate::connect::{Alpn, ConnectError, Connector};
 use crate::headers::name::ORIG_PROTO;
 use crate::headers::{absolute_form, origin_form};
 use crate::workers::{PerWorker, Workers};
+use crate::{FastMap, FastSet};
 
 type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
@@ -83,12 +83,15 @@ impl Pools {
     /// service lists any longer have their connections forgotten (they
     /// close when their last request ends).
     pub(crate) fn relist(&self, before: &[Arc<str>], now: &[Arc<str>]) {
+        // Sets, not scans: a service may list thousands of endpoints.
+        let (was, is): (FastSet<&Arc<str>>, FastSet<&Arc<str>>) =
+            (before.iter().collect(), now.iter().collect());
         let mut listed = self.listed.lock().expect("pool lock");
-        for key in now.iter().filter(|k| !before.contains(k)) {
+        for key in now.iter().filter(|k| !was.contains(k)) {
             *listed.entry(key.clone()).or_default() += 1;
         }
         let mut gone = Vec::new();
-        for key in before.iter().filter(|k| !now.contains(k)) {
+        for key in before.iter().filter(|k| !is.contains(k)) {
             if let Some(n) = listed.get_mut(key) {
                 *n -= 1;
                 if *n == 0 {

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use meshfed_api::crd::{RateLimitPolicy, TokenBucket};
 use meshfed_api::discovery::{Bucket, PortLimit};
 
+use crate::local::target_port;
 use crate::store::{ClusterState, ObjKey};
 use crate::validate::validate_rate_limit_policy;
 
@@ -49,26 +50,18 @@ fn policy_limits(
             burst: b.burst_or_rate(),
         })
     };
-    for sp in limited {
-        for slice in state.slices_of(&service) {
-            let lists_pod = slice
-                .endpoints
-                .iter()
-                .flatten()
-                .flat_map(|ep| &ep.addresses)
-                .any(|a| a.parse::<IpAddr>().is_ok_and(|a| a == ip));
-            if !lists_pod {
-                continue;
-            }
-            let target = slice
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name == sp.name)
-                .and_then(|p| p.port)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0);
-            if let Some(port) = target {
+    for slice in state.slices_of(&service) {
+        let lists_pod = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .flat_map(|ep| &ep.addresses)
+            .any(|a| a.parse::<IpAddr>().is_ok_and(|a| a == ip));
+        if !lists_pod {
+            continue;
+        }
+        for sp in limited.clone() {
+            if let Some(port) = target_port(slice, sp).filter(|p| *p != 0) {
                 out.push(PortLimit {
                     port: u32::from(port),
                     policy: key.to_string(),
