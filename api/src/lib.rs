@@ -1,6 +1,8 @@
-//! Meshfed's shared contracts: the protobuf services components speak to each
-//! other, the CRD types, the labels and the gateway's server-name format.
-//! Types only, no logic.
+//! Meshfed's wire contracts: the protobuf services components speak to each
+//! other, the labels, the gateway's server-name format and the rule that
+//! shares traffic across priority groups. No Kubernetes client types: the
+//! data plane links this crate; the Kubernetes resources are in
+//! `meshfed-resources`.
 
 /// The identity service (`meshfed.identity.v1`): CSR in, X.509-SVID out.
 pub mod identity {
@@ -22,8 +24,6 @@ pub mod discovery {
     tonic::include_proto!("meshfed.discovery.v1");
 }
 
-pub mod crd;
 pub mod labels;
 pub mod priority;
-pub mod route;
 pub mod sni;

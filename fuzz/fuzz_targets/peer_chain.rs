@@ -6,7 +6,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use meshfed_trust::{KeyAlgorithm, RootCa, SvidVerifier, TrustBundle, TrustDomain, Usage};
+use meshfed_identity::{KeyAlgorithm, RootCa};
+use meshfed_trust::{SvidVerifier, TrustBundle, TrustDomain, Usage};
 use rustls_pki_types::CertificateDer;
 
 static VERIFIER: LazyLock<SvidVerifier> = LazyLock::new(|| {

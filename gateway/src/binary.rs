@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use meshfed_trust::{CredentialArgs, Readiness, SpiffeId};
+use meshfed_runtime::{CredentialArgs, Readiness};
+use meshfed_trust::SpiffeId;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -24,49 +25,49 @@ use crate::{Gateway, GatewayConfig, Limits, Metrics, RoutesSource, follow_routes
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// This cluster's name (a DNS label).
-    #[arg(long, env = "MESHFED_CLUSTER", value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, env = meshfed_runtime::env::CLUSTER, value_parser = meshfed_runtime::cluster_name)]
     cluster: String,
     /// This gateway instance's name, for the controller's logs (default: the host name).
     #[arg(long, env = "HOSTNAME", default_value = "meshfed-gateway")]
     name: String,
     /// Where other clusters connect. Shared with other gateway processes on the
     /// same address (SO_REUSEPORT), so a replacement can start before this one drains.
-    #[arg(long, env = "MESHFED_LISTEN", default_value = "0.0.0.0:7460")]
+    #[arg(long, env = meshfed_runtime::env::LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::GATEWAY))]
     listen: SocketAddr,
     /// Admin listener (/live, /ready, /metrics).
-    #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "0.0.0.0:9903")]
+    #[arg(long, env = meshfed_runtime::env::ADMIN_LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::GATEWAY_ADMIN))]
     admin_listen: SocketAddr,
     /// The local controller's discovery listener (`host:port`): the routes come from it.
-    #[arg(long, env = "MESHFED_DISCOVERY")]
+    #[arg(long, env = meshfed_runtime::env::DISCOVERY)]
     discovery: String,
     /// The SPIFFE ID the controller presents (default:
     /// spiffe://<this gateway's trust domain>/ns/meshfed-system/sa/meshfed-controller).
-    #[arg(long, env = "MESHFED_CONTROLLER_ID")]
+    #[arg(long, env = meshfed_runtime::env::CONTROLLER_ID)]
     controller_id: Option<String>,
     /// The local controller's federation listener (`host:port`); peers' federation
     /// streams are passed through to it. Without it the federation name is refused.
-    #[arg(long, env = "MESHFED_FEDERATION_UPSTREAM")]
+    #[arg(long, env = meshfed_runtime::env::FEDERATION_UPSTREAM)]
     federation_upstream: Option<String>,
     /// Most connections open at once; beyond it new ones are closed at once.
-    #[arg(long, env = "MESHFED_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    #[arg(long, env = meshfed_runtime::env::MAX_CONNECTIONS, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
     /// Most connections open at once from one source IP.
-    #[arg(long, env = "MESHFED_MAX_CONNECTIONS_PER_SOURCE", default_value_t = Limits::default().max_per_source)]
+    #[arg(long, env = meshfed_runtime::env::MAX_CONNECTIONS_PER_SOURCE, default_value_t = Limits::default().max_per_source)]
     max_connections_per_source: usize,
     /// How long a client may take to send its ClientHello.
-    #[arg(long, env = "MESHFED_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::HANDSHAKE_TIMEOUT, default_value = "5s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
     /// How long one upstream connect may take before another endpoint is tried.
-    #[arg(long, env = "MESHFED_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::CONNECT_TIMEOUT, default_value = "1s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
     /// Connections with no byte either way for this long are closed.
-    #[arg(long, env = "MESHFED_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::IDLE_TIMEOUT, default_value = "1h", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// A peer silent this long gets TCP keepalive probes, as far apart; two unanswered close the connection and the one spliced to it.
-    #[arg(long, env = "MESHFED_LIVENESS", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::LIVENESS, default_value = "5s", value_parser = humantime::parse_duration)]
     liveness: Duration,
     /// On SIGTERM, how long open connections may run on before they are closed.
-    #[arg(long, env = "MESHFED_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::DRAIN_TIMEOUT, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     #[command(flatten)]
     credentials: CredentialArgs,
@@ -79,7 +80,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    meshfed_trust::component_main::<Args, _, _, _, _>(args, run)
+    meshfed_runtime::component_main::<Args, _, _, _, _>(args, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -143,7 +144,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let ready = Readiness::default();
     let gateway = Gateway::new(config, routes, creds, ready.clone(), metrics);
-    tokio::spawn(meshfed_trust::serve_admin(admin, Arc::new(registry), ready));
+    tokio::spawn(meshfed_runtime::serve_admin(
+        admin,
+        Arc::new(registry),
+        ready,
+    ));
     tracing::info!(
         cluster = %args.cluster,
         listen = %args.listen,
@@ -152,7 +157,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "gateway up"
     );
     let drained = gateway
-        .serve(listener, meshfed_trust::shutdown_signal())
+        .serve(listener, meshfed_runtime::shutdown_signal())
         .await;
     if drained.forced > 0 {
         tracing::warn!(

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use meshfed_api::sni::{self, Target};
-use meshfed_trust::Readiness;
+use meshfed_runtime::Readiness;
 use prometheus_client::metrics::counter::Counter;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;

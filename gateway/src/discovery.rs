@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use meshfed_api::discovery::WatchRoutesRequest;
 use meshfed_api::discovery::discovery_client::DiscoveryClient;
-use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config, mtls_channel};
+use meshfed_runtime::mtls_channel;
+use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config};
 use rand::Rng;
 use rustls_pki_types::ServerName;
 use tokio::sync::watch;

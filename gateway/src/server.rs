@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfed_trust::{CredentialsWatch, Readiness, server_config};
+use meshfed_runtime::Readiness;
+use meshfed_trust::{CredentialsWatch, server_config};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;

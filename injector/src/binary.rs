@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use meshfed_trust::{CertInfo, CredentialArgs, Readiness, SpiffeId, serving_names};
+use meshfed_runtime::{CredentialArgs, Readiness};
+use meshfed_trust::{CertInfo, SpiffeId, serving_names};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -35,25 +36,25 @@ use crate::{
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// This cluster's name (a DNS label), given to every sidecar.
-    #[arg(long, env = "MESHFED_CLUSTER", value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, env = meshfed_runtime::env::CLUSTER, value_parser = meshfed_runtime::cluster_name)]
     cluster: String,
     /// This cluster's region, given to every sidecar.
-    #[arg(long, env = "MESHFED_REGION")]
+    #[arg(long, env = meshfed_runtime::env::REGION)]
     region: Option<String>,
     /// The sidecar image injected pods run.
-    #[arg(long, env = "MESHFED_SIDECAR_IMAGE")]
+    #[arg(long, env = meshfed_runtime::env::SIDECAR_IMAGE)]
     sidecar_image: String,
     /// Where the API server calls the webhook (its Service maps 443 here).
-    #[arg(long, env = "MESHFED_LISTEN", default_value = "0.0.0.0:8443")]
+    #[arg(long, env = meshfed_runtime::env::LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::INJECTOR))]
     listen: SocketAddr,
     /// Admin listener (/live, /ready once the labelled namespaces are listed, /metrics).
-    #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "0.0.0.0:9905")]
+    #[arg(long, env = meshfed_runtime::env::ADMIN_LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::INJECTOR_ADMIN))]
     admin_listen: SocketAddr,
     /// How long a TLS handshake may take.
-    #[arg(long, env = "MESHFED_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::HANDSHAKE_TIMEOUT, default_value = "5s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
     /// How long reading one AdmissionReview may take.
-    #[arg(long, env = "MESHFED_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::READ_TIMEOUT, default_value = "5s", value_parser = humantime::parse_duration)]
     read_timeout: Duration,
     #[command(flatten)]
     credentials: CredentialArgs,
@@ -66,7 +67,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    meshfed_trust::component_main::<Args, _, _, _, _>(args, run)
+    meshfed_runtime::component_main::<Args, _, _, _, _>(args, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -137,7 +138,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         policies.clone(),
         ready.clone(),
     ));
-    tokio::spawn(meshfed_trust::serve_admin(admin, Arc::new(registry), ready));
+    tokio::spawn(meshfed_runtime::serve_admin(
+        admin,
+        Arc::new(registry),
+        ready,
+    ));
     tracing::info!(
         cluster = %args.cluster,
         listen = %args.listen,
@@ -159,7 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         inject,
         metrics,
         config,
-        meshfed_trust::shutdown_signal(),
+        meshfed_runtime::shutdown_signal(),
     )
     .await;
     Ok(())

@@ -3,6 +3,7 @@
 //! certificate. `meshctl install` builds the components' Deployments from it
 //! and [`crate::add_sidecar`] builds the sidecar from it, so both agree.
 
+use meshfed_runtime::port;
 use serde_json::{Value, json};
 
 /// The namespace every Meshfed component runs in.
@@ -24,18 +25,6 @@ pub const INJECTOR: &str = "meshfed-injector";
 
 /// The uid the sidecar runs as; its own connections are not intercepted.
 pub const SIDECAR_UID: i64 = 2102;
-/// The sidecar's transparent outbound listener (on the pod's loopback).
-pub const OUTBOUND_PORT: u16 = 4140;
-/// The sidecar's inbound listener (transparent, or what explicit slices name).
-pub const INBOUND_PORT: u16 = 4143;
-/// Every sidecar's admin port.
-pub const SIDECAR_ADMIN_PORT: u16 = 9904;
-
-pub const IDENTITY_PORT: u16 = 7443;
-pub const DISCOVERY_PORT: u16 = 7451;
-/// The injector's webhook port (its Service listens on 443).
-pub const INJECTOR_PORT: u16 = 8443;
-pub const INJECTOR_ADMIN_PORT: u16 = 9905;
 
 /// Where a projected ServiceAccount token for the identity service is mounted.
 pub const TOKEN_DIR: &str = "/var/run/secrets/meshfed";
@@ -57,13 +46,19 @@ pub fn env(name: &str, value: impl Into<String>) -> Value {
 pub fn identity_client(identity_server_id: &str, id: &str) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     let env = vec![
         env(
-            "MESHFED_IDENTITY_ADDR",
-            format!("{IDENTITY}.{NAMESPACE}.svc:{IDENTITY_PORT}"),
+            meshfed_runtime::env::IDENTITY_ADDR,
+            format!("{IDENTITY}.{NAMESPACE}.svc:{}", port::IDENTITY),
         ),
-        env("MESHFED_IDENTITY_SERVER_ID", identity_server_id),
-        env("MESHFED_ID", id),
-        env("MESHFED_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
-        env("MESHFED_BUNDLE", format!("{TRUST_DIR}/{KEY_ROOTS}")),
+        env(meshfed_runtime::env::IDENTITY_SERVER_ID, identity_server_id),
+        env(meshfed_runtime::env::ID, id),
+        env(
+            meshfed_runtime::env::TOKEN_FILE,
+            format!("{TOKEN_DIR}/token"),
+        ),
+        env(
+            meshfed_runtime::env::BUNDLE,
+            format!("{TRUST_DIR}/{KEY_ROOTS}"),
+        ),
     ];
     let volumes = vec![
         json!({
@@ -93,7 +88,7 @@ pub fn container(name: &str, image: String, ports: &[(&str, u16)]) -> Value {
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "ports": ports,
-        "env": [env("MESHFED_LOG_FORMAT", "json")],
+        "env": [env(meshfed_runtime::env::LOG_FORMAT, "json")],
         "livenessProbe": { "httpGet": admin, "periodSeconds": 10, "failureThreshold": 3 },
         "readinessProbe": { "httpGet": { "port": "admin", "path": "/ready" }, "periodSeconds": 2, "failureThreshold": 2 },
         "securityContext": {

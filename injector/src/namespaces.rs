@@ -20,8 +20,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, ResourceExt};
+use meshfed_runtime::Readiness;
 use meshfed_sidecar::Plaintext;
-use meshfed_trust::{CredentialsWatch, Readiness, certs_to_pem};
+use meshfed_trust::{CredentialsWatch, certs_to_pem};
 use serde_json::json;
 
 use crate::contract::{KEY_ROOTS, TRUST_CONFIG};

@@ -5,15 +5,13 @@
 //! the webhook on every pod created in a labelled namespace, so both write
 //! the same pod.
 
+use meshfed_runtime::port;
 use serde_json::{Value, json};
 
 use meshfed_sidecar::Plaintext;
 use meshfed_trust::TrustDomain;
 
-use crate::contract::{
-    CONTROLLER, DISCOVERY_PORT, INBOUND_PORT, NAMESPACE, OUTBOUND_PORT, SIDECAR,
-    SIDECAR_ADMIN_PORT, SIDECAR_UID, container, identity_client,
-};
+use crate::contract::{CONTROLLER, NAMESPACE, SIDECAR, SIDECAR_UID, container, identity_client};
 use crate::namespaces::NamespacePolicies;
 use crate::review::Inject;
 
@@ -163,7 +161,7 @@ pub fn add_sidecar(
             .map_err(|e| InjectError(format!("{INBOUND_PORT_POLICY}: {entry:?}: {e}")))?;
     }
 
-    let mut ports = vec![("admin", SIDECAR_ADMIN_PORT)];
+    let mut ports = vec![("admin", port::SIDECAR_ADMIN)];
     let names: Vec<String> = (0..inbound_ports.len())
         .map(|i| format!("mesh-in-{i}"))
         .collect();
@@ -174,7 +172,7 @@ pub fn add_sidecar(
             .zip(inbound_ports.iter().copied()),
     );
     if transparent {
-        ports.push(("mesh-in", INBOUND_PORT));
+        ports.push(("mesh-in", port::SIDECAR_INBOUND));
     }
     let mut sidecar = container(SIDECAR, image.clone(), &ports);
     sidecar["args"] = json!(["run"]);
@@ -189,33 +187,33 @@ pub fn add_sidecar(
     });
     let (id_env, volumes, mounts) = identity_client(&t.identity_server_id, &id.to_string());
     let env = sidecar["env"].as_array_mut().expect("container has env");
-    env.push(json!({ "name": "MESHFED_CLUSTER", "value": t.cluster }));
+    env.push(json!({ "name": meshfed_runtime::env::CLUSTER, "value": t.cluster }));
     if let Some(region) = &t.region {
-        env.push(json!({ "name": "MESHFED_REGION", "value": region }));
+        env.push(json!({ "name": meshfed_runtime::env::REGION, "value": region }));
     }
     env.extend([
         // Pods carry their node's zone label (Kubernetes 1.33+); empty otherwise.
-        json!({ "name": "MESHFED_ZONE", "valueFrom": { "fieldRef": {
+        json!({ "name": meshfed_runtime::env::ZONE, "valueFrom": { "fieldRef": {
             "fieldPath": "metadata.labels['topology.kubernetes.io/zone']" } } }),
         // How the controller finds this pod's rate limits (its EndpointSlices list it so).
-        json!({ "name": "MESHFED_POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
-        json!({ "name": "MESHFED_DISCOVERY", "value": format!("{CONTROLLER}.{NAMESPACE}.svc:{DISCOVERY_PORT}") }),
-        json!({ "name": "MESHFED_TRANSPARENT_LISTEN", "value": format!("127.0.0.1:{OUTBOUND_PORT}") }),
-        json!({ "name": "MESHFED_ADMIN_LISTEN", "value": format!("0.0.0.0:{SIDECAR_ADMIN_PORT}") }),
+        json!({ "name": meshfed_runtime::env::POD_IP, "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
+        json!({ "name": meshfed_runtime::env::DISCOVERY, "value": format!("{CONTROLLER}.{NAMESPACE}.svc:{}", port::DISCOVERY) }),
+        json!({ "name": meshfed_runtime::env::TRANSPARENT_LISTEN, "value": format!("127.0.0.1:{}", port::SIDECAR_OUTBOUND) }),
+        json!({ "name": meshfed_runtime::env::ADMIN_LISTEN, "value": format!("0.0.0.0:{}", port::SIDECAR_ADMIN) }),
     ]);
     if transparent {
         env.extend([
-            json!({ "name": "MESHFED_INBOUND_TRANSPARENT", "value": format!("0.0.0.0:{INBOUND_PORT}") }),
-            json!({ "name": "MESHFED_INBOUND_POLICY", "value": policy.unwrap_or_default().as_str() }),
+            json!({ "name": meshfed_runtime::env::INBOUND_TRANSPARENT, "value": format!("0.0.0.0:{}", port::SIDECAR_INBOUND) }),
+            json!({ "name": meshfed_runtime::env::INBOUND_POLICY, "value": policy.unwrap_or_default().as_str() }),
         ]);
     } else {
-        env.push(json!({ "name": "MESHFED_INBOUND", "value": inbound }));
+        env.push(json!({ "name": meshfed_runtime::env::INBOUND, "value": inbound }));
     }
     if let Some(p) = port_policies {
-        env.push(json!({ "name": "MESHFED_INBOUND_PORT_POLICY", "value": p }));
+        env.push(json!({ "name": meshfed_runtime::env::INBOUND_PORT_POLICY, "value": p }));
     }
     if let Some(allow) = note(ALLOW) {
-        env.push(json!({ "name": "MESHFED_ALLOW", "value": allow }));
+        env.push(json!({ "name": meshfed_runtime::env::ALLOW, "value": allow }));
     }
     if let Some(upstreams) = note(UPSTREAMS) {
         for entry in upstreams.split_whitespace() {
@@ -223,7 +221,7 @@ pub fn add_sidecar(
                 .parse::<meshfed_sidecar::Upstream>()
                 .map_err(|e| InjectError(format!("{UPSTREAMS}: {entry:?}: {e}")))?;
         }
-        env.push(json!({ "name": "MESHFED_UPSTREAMS", "value": upstreams }));
+        env.push(json!({ "name": meshfed_runtime::env::UPSTREAMS, "value": upstreams }));
     }
     env.extend(id_env);
     sidecar["volumeMounts"] = mounts.into();
@@ -231,7 +229,7 @@ pub fn add_sidecar(
     let mut init_args: Vec<String> = [
         "init-iptables",
         "--proxy-port",
-        &OUTBOUND_PORT.to_string(),
+        &port::SIDECAR_OUTBOUND.to_string(),
         "--proxy-uid",
         &SIDECAR_UID.to_string(),
     ]
@@ -241,9 +239,9 @@ pub fn add_sidecar(
         init_args.extend(
             [
                 "--inbound-proxy-port",
-                &INBOUND_PORT.to_string(),
+                &port::SIDECAR_INBOUND.to_string(),
                 "--admin-port",
-                &SIDECAR_ADMIN_PORT.to_string(),
+                &port::SIDECAR_ADMIN.to_string(),
             ]
             .map(str::to_owned),
         );

@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
+use meshfed_identity::{KeyAlgorithm, RootCa};
 use meshfed_injector::{KEY_ROOTS, NamespacePolicies, TRUST_CONFIG, follow_namespaces};
-use meshfed_trust::{
-    Credentials, KeyAlgorithm, RootCa, SpiffeId, TrustBundle, TrustDomain, certs_to_pem,
-};
-use rustls_pki_types::PrivatePkcs8KeyDer;
+use meshfed_trust::{Credentials, SpiffeId, TrustBundle, TrustDomain, certs_to_pem};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tower_test::mock;
@@ -154,12 +152,7 @@ fn injector_creds(
     let w = ca
         .issue_workload(&id, Duration::from_secs(600))
         .expect("leaf");
-    Credentials::new(
-        w.chain,
-        PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-        w.bundle,
-    )
-    .expect("creds")
+    w.into_credentials().expect("creds")
 }
 
 fn pem(bundle: &TrustBundle) -> String {
@@ -177,7 +170,7 @@ async fn every_labelled_namespace_gets_the_roots_and_keeps_them_current() {
     let (client, api) = ApiServer::start(&["shop", "web"], &["web"]);
     let (policies, ready) = (
         NamespacePolicies::default(),
-        meshfed_trust::Readiness::default(),
+        meshfed_runtime::Readiness::default(),
     );
     let task = tokio::spawn(follow_namespaces(
         client,

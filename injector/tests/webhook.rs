@@ -11,10 +11,11 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use meshfed_identity::{KeyAlgorithm, RootCa};
 use meshfed_injector::{
     MAX_REVIEW_BYTES, Metrics, NamespacePolicies, PodInjector, SidecarTemplate, WebhookConfig,
 };
-use meshfed_trust::{Credentials, KeyAlgorithm, RootCa, SpiffeId, TrustDomain, serving_names};
+use meshfed_trust::{Credentials, SpiffeId, TrustDomain, serving_names};
 use prometheus_client::registry::Registry;
 use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
 use serde_json::{Value, json};
@@ -223,8 +224,8 @@ async fn the_api_server_reaches_the_webhook_by_its_service_name_and_the_cluster_
             .as_array()
             .expect("env")
             .iter()
-            .find(|e| e["name"] == "MESHFED_ID")
-            .expect("MESHFED_ID")["value"]
+            .find(|e| e["name"] == meshfed_runtime::env::ID)
+            .expect(meshfed_runtime::env::ID)["value"]
             .clone();
         assert_eq!(
             id, "spiffe://mesh.test/ns/shop/sa/api",

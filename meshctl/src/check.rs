@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use clap::Args;
-use meshfed_api::crd::{CONDITION_MIRRORS_WRITTEN, Link, LinkStatus};
 use meshfed_api::labels;
+use meshfed_resources::crd::{CONDITION_MIRRORS_WRITTEN, Link, LinkStatus};
 use meshfed_trust::{CertInfo, TrustBundle};
 use serde::Serialize;
 
@@ -288,7 +288,7 @@ async fn crds(c: &Cluster, r: &mut Checks<'_>) {
             );
         }
     };
-    let want: BTreeMap<String, _> = meshfed_api::crd::all()
+    let want: BTreeMap<String, _> = meshfed_resources::crd::all()
         .into_iter()
         .map(|c| (c.metadata.name.clone().unwrap_or_default(), c))
         .collect();

@@ -11,8 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_trust::{SpiffeId, TrustBundle, TrustDomain};
 
 pub use meshfed_injector::contract::{
-    CONTROLLER, DISCOVERY_PORT, IDENTITY, IDENTITY_PORT, INJECTOR, INJECTOR_ADMIN_PORT,
-    INJECTOR_PORT, KEY_ROOTS, NAMESPACE, SIDECAR, TRUST_CONFIG,
+    CONTROLLER, IDENTITY, INJECTOR, KEY_ROOTS, NAMESPACE, SIDECAR, TRUST_CONFIG,
 };
 /// The controller replicas' leader Lease (`coordination.k8s.io/v1`, in
 /// meshfed-system): its holder is the replica that writes. The controller's
@@ -26,12 +25,6 @@ pub const CA_SECRET: &str = "meshfed-ca";
 
 /// The east-west gateway.
 pub const GATEWAY: &str = "meshfed-gateway";
-
-pub const FEDERATION_PORT: u16 = 7450;
-pub const GATEWAY_PORT: u16 = 7460;
-pub const IDENTITY_ADMIN_PORT: u16 = 9901;
-pub const CONTROLLER_ADMIN_PORT: u16 = 9902;
-pub const GATEWAY_ADMIN_PORT: u16 = 9903;
 
 /// Controller replicas install runs: one leads (writes), the other takes
 /// over within a lease; fewer ready and nothing takes over.
@@ -143,7 +136,7 @@ impl ClusterInfo {
             })
         };
         let name = need(KEY_CLUSTER)?;
-        meshfed_trust::cluster_name(name)
+        meshfed_runtime::cluster_name(name)
             .map_err(|e| anyhow::anyhow!("{source}: cluster name {name:?} {e}"))?;
         let trust_domain = TrustDomain::new(need(KEY_TRUST_DOMAIN)?)
             .with_context(|| format!("{source}: {KEY_TRUST_DOMAIN}"))?;

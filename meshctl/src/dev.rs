@@ -23,8 +23,7 @@ use clap::{Args, Subcommand};
 pub use call::{Caller, Served};
 pub use net::{Namespace, Net};
 pub use plan::{
-    CONTROLLER_PROCESS, CONTROLLER_REPLICAS, ClusterSpec, INBOUND_PORT, SHOP, Spec, link, plan,
-    zone_name,
+    CONTROLLER_PROCESS, CONTROLLER_REPLICAS, ClusterSpec, SHOP, Spec, link, plan, zone_name,
 };
 pub use process::{listening, running, signal, spawn, stop};
 pub use topology::{ClusterTopology, Kind, Process, State, Subnet, Topology};
@@ -128,7 +127,7 @@ pub enum DevCommand {
   meshctl dev down")]
 pub struct UpArgs {
     /// The clusters, comma-separated (2 to 10).
-    #[arg(long, value_delimiter = ',', default_value = "east,west", value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, value_delimiter = ',', default_value = "east,west", value_parser = meshfed_runtime::cluster_name)]
     pub clusters: Vec<String>,
     /// A cluster's region, CLUSTER=REGION (default: the cluster's name).
     /// Linked clusters of the caller's region are preferred. Repeatable.
@@ -151,8 +150,8 @@ fn region_entry(s: &str) -> Result<(String, String), String> {
     let (c, r) = s
         .split_once('=')
         .ok_or("expected CLUSTER=REGION, e.g. east=us-east")?;
-    meshfed_trust::cluster_name(c)?;
-    meshfed_trust::cluster_name(r).map_err(|e| format!("region {r:?}: {e}"))?;
+    meshfed_runtime::cluster_name(c)?;
+    meshfed_runtime::cluster_name(r).map_err(|e| format!("region {r:?}: {e}"))?;
     Ok((c.to_owned(), r.to_owned()))
 }
 
@@ -178,8 +177,7 @@ pub struct DownArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:
-  meshctl dev exec gateway --cluster east --listen 127.77.1.3:7460 ...")]
+#[command(after_help = exec_examples())]
 pub struct ExecArgs {
     /// What to run.
     #[arg(value_enum)]
@@ -193,7 +191,7 @@ pub struct ExecArgs {
 pub fn exec(a: ExecArgs) -> anyhow::Result<()> {
     let with_name = |name: &str| std::iter::once(name.into()).chain(a.args.clone());
     match a.kind {
-        Kind::Identity => meshfed_trust::binary_main(with_name("meshfed-identity")),
+        Kind::Identity => meshfed_identity::binary_main(with_name("meshfed-identity")),
         Kind::Controller => meshfed_mirror::binary_main(with_name("meshfed-controller")),
         Kind::Gateway => meshfed_gateway::binary_main(with_name("meshfed-gateway")),
         Kind::Sidecar => meshfed_sidecar::binary_main(with_name("meshfed-sidecar")),
@@ -322,6 +320,13 @@ fn summary(t: &Topology) -> String {
         states.join(" "),
     ));
     out
+}
+
+fn exec_examples() -> String {
+    format!(
+        "Example:\n  meshctl dev exec gateway --cluster east --listen 127.77.1.3:{} ...",
+        meshfed_runtime::port::GATEWAY
+    )
 }
 
 #[cfg(test)]

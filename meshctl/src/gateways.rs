@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use meshfed_api::crd::UnwritableMirror;
 use meshfed_mirror::CONDITION_ALIVE;
+use meshfed_resources::crd::UnwritableMirror;
 use serde::Serialize;
 
 use crate::output::{Report, table};

@@ -10,8 +10,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use meshfed_identity::ClusterCa;
 use meshfed_injector::{SidecarTemplate, add_sidecar, parse_policy};
-use meshfed_trust::{ClusterCa, paths};
+use meshfed_runtime::port;
+use meshfed_trust::paths;
 
 use meshfed_injector::pod::INBOUND_POLICY;
 pub use meshfed_injector::pod::INJECTED;
@@ -21,8 +23,10 @@ use crate::cluster::*;
 use crate::install::Images;
 use crate::output::Format;
 
-#[derive(Debug, Args)]
-#[command(after_help = "Examples:
+fn examples() -> String {
+    let inbound = port::SIDECAR_INBOUND;
+    format!(
+        "Examples:
   meshctl inject -f app.yaml --cluster east --ca ./east-ca | kubectl apply -f -
   kubectl get deploy api -n shop -o yaml | meshctl inject -f - --cluster east --ca ./east-ca
 
@@ -32,15 +36,20 @@ who may call app port 8080; meshfed.io/inbound-policy: \"strict\" (on the pod te
 Namespace in the same input) refuses callers outside the mesh (default permissive: served with no
 caller ID); meshfed.io/inbound-port-policy: \"9090=strict\" sets one port's;
 meshfed.io/skip-inbound-ports: \"22 9000\" leaves ports alone. Hosts without iptables: annotate
-meshfed.io/inbound: \"4143=8080\" (explicit sidecar port 4143, app port 8080; point the Service's
-targetPort at 4143). meshfed.io/upstreams: \"api.shop:8080=15001\" adds an explicit upstream on
-127.0.0.1:15001; meshfed.io/inject: \"false\" skips a workload.")]
+meshfed.io/inbound: \"{inbound}=8080\" (explicit sidecar port {inbound}, app port 8080; point the Service's
+targetPort at {inbound}). meshfed.io/upstreams: \"api.shop:8080=15001\" adds an explicit upstream on
+127.0.0.1:15001; meshfed.io/inject: \"false\" skips a workload."
+    )
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = examples())]
 pub struct InjectArgs {
     /// Manifest file (several documents allowed); `-` reads standard input.
     #[arg(short = 'f', long)]
     pub file: PathBuf,
     /// The cluster the workloads run in (a DNS label).
-    #[arg(long, value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, value_parser = meshfed_runtime::cluster_name)]
     pub cluster: String,
     /// The cluster's CA directory: its trust domain and root.crt (copied into
     /// a ConfigMap meshfed-trust in every namespace touched; no key is read).
@@ -83,7 +92,7 @@ pub fn inject_text(text: &str, a: &InjectArgs) -> anyhow::Result<Vec<Value>> {
         cluster: a.cluster.clone(),
         trust_domain: ca.trust_domain().clone(),
         region: a.region.clone(),
-        gateway_port: GATEWAY_PORT,
+        gateway_port: port::GATEWAY,
         gateway_addresses: Vec::new(),
         admin: Default::default(),
         roots_pem: Some(roots),
@@ -196,7 +205,7 @@ mod tests {
             cluster: "east".into(),
             trust_domain: TrustDomain::new("mesh.example").expect("td"),
             region: None,
-            gateway_port: GATEWAY_PORT,
+            gateway_port: port::GATEWAY,
             gateway_addresses: Vec::new(),
             admin: Default::default(),
             roots_pem: Some("ROOTS".into()),
@@ -344,10 +353,16 @@ mod tests {
              --inbound-proxy-port 4143 --admin-port 9904"
         );
         let get = |k: &str| env.get(k).map(String::as_str);
-        assert_eq!(get("MESHFED_INBOUND_TRANSPARENT"), Some("0.0.0.0:4143"));
-        assert_eq!(get("MESHFED_INBOUND_POLICY"), Some("permissive"));
-        assert_eq!(get("MESHFED_INBOUND"), None);
-        assert_eq!(get("MESHFED_INBOUND_PORT_POLICY"), None);
+        assert_eq!(
+            get(meshfed_runtime::env::INBOUND_TRANSPARENT),
+            Some("0.0.0.0:4143")
+        );
+        assert_eq!(
+            get(meshfed_runtime::env::INBOUND_POLICY),
+            Some("permissive")
+        );
+        assert_eq!(get(meshfed_runtime::env::INBOUND), None);
+        assert_eq!(get(meshfed_runtime::env::INBOUND_PORT_POLICY), None);
         let ports = &out[0]["spec"]["initContainers"][1]["ports"];
         assert!(
             ports
@@ -383,13 +398,18 @@ mod tests {
         let out = run(&text).expect("injects");
         let (_, env) = injected(&out, "plain");
         assert_eq!(
-            env["MESHFED_INBOUND_POLICY"], "strict",
+            env[meshfed_runtime::env::INBOUND_POLICY],
+            "strict",
             "from the Namespace"
         );
         let (args, env) = injected(&out, "own");
-        assert_eq!(env["MESHFED_INBOUND_POLICY"], "permissive", "the pod's own");
         assert_eq!(
-            env["MESHFED_INBOUND_PORT_POLICY"],
+            env[meshfed_runtime::env::INBOUND_POLICY],
+            "permissive",
+            "the pod's own"
+        );
+        assert_eq!(
+            env[meshfed_runtime::env::INBOUND_PORT_POLICY],
             "9090=strict 8080=permissive"
         );
         assert!(
@@ -416,10 +436,13 @@ mod tests {
             args.join(" "),
             "init-iptables --proxy-port 4140 --proxy-uid 2102"
         );
-        assert_eq!(env["MESHFED_INBOUND"], "4143=8080");
-        assert_eq!(env["MESHFED_INBOUND_PORT_POLICY"], "4143=permissive");
-        assert!(!env.contains_key("MESHFED_INBOUND_TRANSPARENT"));
-        assert!(!env.contains_key("MESHFED_INBOUND_POLICY"));
+        assert_eq!(env[meshfed_runtime::env::INBOUND], "4143=8080");
+        assert_eq!(
+            env[meshfed_runtime::env::INBOUND_PORT_POLICY],
+            "4143=permissive"
+        );
+        assert!(!env.contains_key(meshfed_runtime::env::INBOUND_TRANSPARENT));
+        assert!(!env.contains_key(meshfed_runtime::env::INBOUND_POLICY));
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use meshfed_trust::{ClusterCa, TrustDomain, paths};
+use meshfed_identity::ClusterCa;
+use meshfed_runtime::port;
+use meshfed_trust::{TrustDomain, paths};
 use serde_json::{Value, json};
 
 use crate::cluster::*;
@@ -27,16 +29,10 @@ pub enum GatewayServiceType {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  meshctl install --cluster east --ca ./east-ca | kubectl apply -f -
-  meshctl install --cluster east --ca ./east-ca --apply --context east
-  meshctl install --cluster east --ca ./east-ca --gateway-api-crds   # with the HTTPRoute CRD
-  meshctl install --cluster sample --trust-domain mesh.example   # no CA material (GitOps)
-  meshctl install --cluster east --ca ./east-ca --state ./east \\
-      --gateway-address 127.0.0.1 --admin controller=127.0.0.1:9902   # a file store cluster")]
+#[command(after_help = examples())]
 pub struct InstallArgs {
     /// This cluster's name (a DNS label), as linked clusters will call it.
-    #[arg(long, value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, value_parser = meshfed_runtime::cluster_name)]
     pub cluster: String,
     /// Cluster CA directory from `meshctl trust issue-cluster` (intermediate.crt,
     /// intermediate.key, root.crt): installed as the Secret meshfed-ca and the
@@ -57,7 +53,7 @@ pub struct InstallArgs {
     #[arg(long, default_value_t = 2)]
     pub gateway_replicas: u16,
     /// The gateway's port.
-    #[arg(long, default_value_t = GATEWAY_PORT)]
+    #[arg(long, default_value_t = port::GATEWAY)]
     pub gateway_port: u16,
     /// Fixed gateway address (IP or DNS name) for linked clusters to dial;
     /// without it `meshctl link` reads the gateway Service. Repeatable.
@@ -99,12 +95,30 @@ pub struct InstallArgs {
     pub admin: Vec<(String, String)>,
 }
 
+fn examples() -> String {
+    format!(
+        "Examples:
+  meshctl install --cluster east --ca ./east-ca | kubectl apply -f -
+  meshctl install --cluster east --ca ./east-ca --apply --context east
+  meshctl install --cluster east --ca ./east-ca --gateway-api-crds   # with the HTTPRoute CRD
+  meshctl install --cluster sample --trust-domain mesh.example   # no CA material (GitOps)
+  meshctl install --cluster east --ca ./east-ca --state ./east \\
+      --gateway-address 127.0.0.1 --admin controller=127.0.0.1:{}   # a file store cluster",
+        port::CONTROLLER_ADMIN
+    )
+}
+
+fn admin_entry_expected() -> String {
+    format!(
+        "expected COMPONENT=HOST:PORT, e.g. controller=127.0.0.1:{}",
+        port::CONTROLLER_ADMIN
+    )
+}
+
 fn admin_entry(s: &str) -> Result<(String, String), String> {
-    let (c, a) = s
-        .split_once('=')
-        .ok_or("expected COMPONENT=HOST:PORT, e.g. controller=127.0.0.1:9902")?;
+    let (c, a) = s.split_once('=').ok_or_else(admin_entry_expected)?;
     if c.is_empty() || a.parse::<std::net::SocketAddr>().is_err() {
-        return Err("expected COMPONENT=HOST:PORT, e.g. controller=127.0.0.1:9902".into());
+        return Err(admin_entry_expected());
     }
     Ok((c.to_owned(), a.to_owned()))
 }
@@ -268,7 +282,7 @@ pub fn manifests(
         "kind": "Namespace",
         "metadata": { "name": NAMESPACE, "labels": part_of(NAMESPACE) },
     })];
-    for crd in meshfed_api::crd::all() {
+    for crd in meshfed_resources::crd::all() {
         objects.push(with_kind(
             crd,
             "apiextensions.k8s.io/v1",
@@ -276,7 +290,7 @@ pub fn manifests(
         ));
     }
     if a.gateway_api_crds {
-        objects.push(meshfed_api::route::crd());
+        objects.push(meshfed_resources::route::crd());
     }
     let (cluster_cm, trust_cm) = info.config_maps();
     objects.push(with_kind(cluster_cm, "v1", "ConfigMap"));
@@ -491,19 +505,19 @@ fn identity(images: &Images, leaf_ttl: Option<std::time::Duration>) -> Vec<Value
     let mut c = container(
         IDENTITY,
         images.of(IDENTITY),
-        &[("grpc", IDENTITY_PORT), ("admin", IDENTITY_ADMIN_PORT)],
+        &[("grpc", port::IDENTITY), ("admin", port::IDENTITY_ADMIN)],
     );
     let envs = c["env"].as_array_mut().expect("container has env");
     envs.extend([
-        env("MESHFED_CA_DIR", CA_DIR),
-        env("MESHFED_IDENTITY_AUTH", "kubernetes"),
-        env("MESHFED_TOKEN_AUDIENCES", TOKEN_AUDIENCE),
-        env("MESHFED_NAMESPACE", NAMESPACE),
-        env("MESHFED_SERVICE_ACCOUNT", IDENTITY),
+        env(meshfed_runtime::env::CA_DIR, CA_DIR),
+        env(meshfed_runtime::env::IDENTITY_AUTH, "kubernetes"),
+        env(meshfed_runtime::env::TOKEN_AUDIENCES, TOKEN_AUDIENCE),
+        env(meshfed_runtime::env::NAMESPACE, NAMESPACE),
+        env(meshfed_runtime::env::SERVICE_ACCOUNT, IDENTITY),
     ]);
     if let Some(ttl) = leaf_ttl {
         envs.push(env(
-            "MESHFED_LEAF_TTL",
+            meshfed_runtime::env::LEAF_TTL,
             humantime::format_duration(ttl).to_string(),
         ));
     }
@@ -516,7 +530,7 @@ fn identity(images: &Images, leaf_ttl: Option<std::time::Duration>) -> Vec<Value
         service(
             IDENTITY,
             "ClusterIP",
-            &[("grpc", IDENTITY_PORT), ("admin", IDENTITY_ADMIN_PORT)],
+            &[("grpc", port::IDENTITY), ("admin", port::IDENTITY_ADMIN)],
         ),
         {
             let mut d = deployment(IDENTITY, 2, c, volumes);
@@ -534,9 +548,9 @@ fn identity(images: &Images, leaf_ttl: Option<std::time::Duration>) -> Vec<Value
 
 fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
     let ports = [
-        ("federation", FEDERATION_PORT),
-        ("discovery", DISCOVERY_PORT),
-        ("admin", CONTROLLER_ADMIN_PORT),
+        ("federation", port::FEDERATION),
+        ("discovery", port::DISCOVERY),
+        ("admin", port::CONTROLLER_ADMIN),
     ];
     let mut c = container(CONTROLLER, images.of(CONTROLLER), &ports);
     let (id_env, volumes, mounts) = identity_client(
@@ -545,17 +559,17 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
     );
     let envs = c["env"].as_array_mut().expect("container has env");
     envs.extend([
-        env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
-        env_from_cluster_config("MESHFED_REGION", "region", true),
-        env("MESHFED_STORE", "kube"),
+        env_from_cluster_config(meshfed_runtime::env::CLUSTER, "cluster", false),
+        env_from_cluster_config(meshfed_runtime::env::REGION, "region", true),
+        env(meshfed_runtime::env::STORE, "kube"),
         // The admin port its probes ask, named here so the two cannot drift.
         env(
-            "MESHFED_ADMIN_LISTEN",
-            format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+            meshfed_runtime::env::ADMIN_LISTEN,
+            format!("0.0.0.0:{}", port::CONTROLLER_ADMIN),
         ),
         // Each replica competes for the leader Lease as its pod, in its namespace.
-        env_from_pod("MESHFED_POD_NAME", "metadata.name"),
-        env_from_pod("MESHFED_POD_NAMESPACE", "metadata.namespace"),
+        env_from_pod(meshfed_runtime::env::POD_NAME, "metadata.name"),
+        env_from_pod(meshfed_runtime::env::POD_NAMESPACE, "metadata.namespace"),
     ]);
     envs.extend(id_env);
     c["volumeMounts"] = mounts.into();
@@ -587,11 +601,11 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
             { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"] },
             // An endpoint's identity is its Pod's service account.
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links", "failoverpolicies", "ratelimitpolicies"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_api::crd::GROUP], "resources": ["links/status", "failoverpolicies/status", "ratelimitpolicies/status"], "verbs": ["get", "patch"] },
+            { "apiGroups": [meshfed_resources::crd::GROUP], "resources": ["links", "failoverpolicies", "ratelimitpolicies"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [meshfed_resources::crd::GROUP], "resources": ["links/status", "failoverpolicies/status", "ratelimitpolicies/status"], "verbs": ["get", "patch"] },
             // Routes attached to Services (GAMMA), and their status entries.
-            { "apiGroups": [meshfed_api::route::GROUP], "resources": [meshfed_api::route::PLURAL], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_api::route::GROUP], "resources": ["httproutes/status"], "verbs": ["get", "patch"] },
+            { "apiGroups": [meshfed_resources::route::GROUP], "resources": [meshfed_resources::route::PLURAL], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": [meshfed_resources::route::GROUP], "resources": ["httproutes/status"], "verbs": ["get", "patch"] },
         ]),
     ));
     // The leader Lease, and no other: kube-lease-manager GETs it, CREATEs it
@@ -611,7 +625,7 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
 fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
     let ports = [
         ("gateway", info.gateway_port),
-        ("admin", GATEWAY_ADMIN_PORT),
+        ("admin", port::GATEWAY_ADMIN),
     ];
     let mut c = container(GATEWAY, images.of(GATEWAY), &ports);
     let (id_env, volumes, mounts) = identity_client(
@@ -621,15 +635,18 @@ fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
     let envs = c["env"].as_array_mut().expect("container has env");
     let controller = format!("{CONTROLLER}.{NAMESPACE}.svc");
     envs.extend([
-        env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
-        env("MESHFED_LISTEN", format!("0.0.0.0:{}", info.gateway_port)),
+        env_from_cluster_config(meshfed_runtime::env::CLUSTER, "cluster", false),
         env(
-            "MESHFED_DISCOVERY",
-            format!("{controller}:{DISCOVERY_PORT}"),
+            meshfed_runtime::env::LISTEN,
+            format!("0.0.0.0:{}", info.gateway_port),
         ),
         env(
-            "MESHFED_FEDERATION_UPSTREAM",
-            format!("{controller}:{FEDERATION_PORT}"),
+            meshfed_runtime::env::DISCOVERY,
+            format!("{controller}:{}", port::DISCOVERY),
+        ),
+        env(
+            meshfed_runtime::env::FEDERATION_UPSTREAM,
+            format!("{controller}:{}", port::FEDERATION),
         ),
     ]);
     envs.extend(id_env);
@@ -690,7 +707,7 @@ const NEVER_INJECTED: [&str; 4] = ["kube-system", "kube-public", "kube-node-leas
 /// cluster's roots (`--trust-domain` instead of `--ca`) the configuration
 /// is left out: the API server could not check the injector's certificate.
 fn injector(info: &ClusterInfo, images: &Images) -> Vec<Value> {
-    let ports = [("webhook", INJECTOR_PORT), ("admin", INJECTOR_ADMIN_PORT)];
+    let ports = [("webhook", port::INJECTOR), ("admin", port::INJECTOR_ADMIN)];
     let mut c = container(INJECTOR, images.of(INJECTOR), &ports);
     let (id_env, volumes, mounts) = identity_client(
         &info.component_id(IDENTITY).to_string(),
@@ -698,13 +715,16 @@ fn injector(info: &ClusterInfo, images: &Images) -> Vec<Value> {
     );
     let envs = c["env"].as_array_mut().expect("container has env");
     envs.extend([
-        env_from_cluster_config("MESHFED_CLUSTER", "cluster", false),
-        env_from_cluster_config("MESHFED_REGION", "region", true),
-        env("MESHFED_SIDECAR_IMAGE", images.of(SIDECAR)),
-        env("MESHFED_LISTEN", format!("0.0.0.0:{INJECTOR_PORT}")),
+        env_from_cluster_config(meshfed_runtime::env::CLUSTER, "cluster", false),
+        env_from_cluster_config(meshfed_runtime::env::REGION, "region", true),
+        env(meshfed_runtime::env::SIDECAR_IMAGE, images.of(SIDECAR)),
         env(
-            "MESHFED_ADMIN_LISTEN",
-            format!("0.0.0.0:{INJECTOR_ADMIN_PORT}"),
+            meshfed_runtime::env::LISTEN,
+            format!("0.0.0.0:{}", port::INJECTOR),
+        ),
+        env(
+            meshfed_runtime::env::ADMIN_LISTEN,
+            format!("0.0.0.0:{}", port::INJECTOR_ADMIN),
         ),
     ]);
     envs.extend(id_env);
@@ -712,7 +732,7 @@ fn injector(info: &ClusterInfo, images: &Images) -> Vec<Value> {
     // Two replicas: with failurePolicy Fail, pods of meshed namespaces are
     // created only while one answers.
     let d = deployment(INJECTOR, 2, c, volumes);
-    let mut svc = service(INJECTOR, "ClusterIP", &[("webhook", INJECTOR_PORT)]);
+    let mut svc = service(INJECTOR, "ClusterIP", &[("webhook", port::INJECTOR)]);
     svc["spec"]["ports"][0]["port"] = 443.into();
     let mut out = vec![service_account(INJECTOR), svc, d, one_always_up(INJECTOR)];
     // Reads labelled namespaces (their inbound policy); writes each one's trust ConfigMap.

@@ -178,7 +178,7 @@ impl Call {
 
     /// A Meshfed custom resource, which exists only once the CRDs are installed.
     fn is_meshfed(&self) -> bool {
-        matches!(&self.target, Target::Object { resource, .. } if resource.group == meshfed_api::crd::GROUP)
+        matches!(&self.target, Target::Object { resource, .. } if resource.group == meshfed_resources::crd::GROUP)
     }
 
     /// `kubectl auth can-i` asking the question the API server asked.
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_refusal_reads_as_one_sentence() {
-        let call = Call::on::<meshfed_api::crd::Link>(Verb::List);
+        let call = Call::on::<meshfed_resources::crd::Link>(Verb::List);
         let e = status(404, "Failed to parse error data", "404 page not found\n");
         assert_eq!(
             explain(&e, &call, EAST).to_string(),

@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use meshfed_api::crd::{GatewaySpec, Link, LinkSpec, ProbeSpec};
 use meshfed_api::labels;
 use meshfed_mirror::Change;
+use meshfed_resources::crd::{GatewaySpec, Link, LinkSpec, ProbeSpec};
 
 use crate::cluster::{LINK_ROOTS, NAMESPACE, shared_roots};
 use crate::output::Format;
@@ -57,8 +57,8 @@ pub struct LinkArgs {
     /// Seconds the exporting cluster's services are kept while its controller is
     /// silent but its gateway answers probes (a restart or rollout of that
     /// controller); 0 withdraws them when the lease runs out.
-    #[arg(long, default_value_t = meshfed_api::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
-          value_parser = clap::value_parser!(u32).range(0..=i64::from(meshfed_api::crd::MAX_CONTROL_PLANE_GRACE_SECONDS)))]
+    #[arg(long, default_value_t = meshfed_resources::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(meshfed_resources::crd::MAX_CONTROL_PLANE_GRACE_SECONDS)))]
     pub control_plane_grace: u32,
     /// Print the Link instead of writing it.
     #[arg(long)]
@@ -159,7 +159,7 @@ pub async fn make_link(a: &LinkArgs, from: &Cluster, to: &Cluster) -> anyhow::Re
   meshctl unlink --cluster west --state ./east --wait 10s")]
 pub struct UnlinkArgs {
     /// The linked (exporting) cluster to stop importing.
-    #[arg(long, value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, value_parser = meshfed_runtime::cluster_name)]
     pub cluster: String,
     #[command(flatten)]
     pub target: TargetArgs,

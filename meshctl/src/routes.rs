@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use meshfed_api::route::{
+use meshfed_resources::route::{
     CONTROLLER_NAME, HttpRoute, HttpRouteParentRefs, HttpRouteRulesMatches, RouteCondition,
     condition, is_service_ref, mirror_fraction,
 };
+use meshfed_runtime::port;
 use serde::Serialize;
 
 use crate::dev::{Caller, Net};
@@ -24,12 +25,7 @@ use crate::scenario::probe::{Sample, parse_metrics};
 use crate::target::{Cluster, TargetArgs};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  meshctl routes --context east
-  meshctl routes --context east --observed
-  meshctl routes --context east --metrics shop/frontend-7d4b9-x2kqz
-  meshctl routes --state ./east -o json
-  meshctl routes --state ./east --metrics 127.0.0.1:9901 --metrics 127.0.0.1:9911")]
+#[command(after_help = examples())]
 pub struct RoutesArgs {
     #[command(flatten)]
     pub target: TargetArgs,
@@ -171,7 +167,7 @@ async fn metrics_text(cluster: &Cluster, source: &MetricsSource) -> anyhow::Resu
                 .map_err(anyhow::Error::msg)
         }
         (MetricsSource::Pod { namespace, name }, Cluster::Kube(kube)) => {
-            let port = meshfed_injector::contract::SIDECAR_ADMIN_PORT;
+            let port = port::SIDECAR_ADMIN;
             kube.pod_text(namespace, name, port, "/metrics").await
         }
         (MetricsSource::Pod { .. }, Cluster::File(_)) => anyhow::bail!(
@@ -510,6 +506,18 @@ pub fn rejected(routes: &[HttpRoute]) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+fn examples() -> String {
+    let admin = port::SIDECAR_ADMIN;
+    format!(
+        "Examples:
+  meshctl routes --context east
+  meshctl routes --context east --observed
+  meshctl routes --context east --metrics shop/frontend-7d4b9-x2kqz
+  meshctl routes --state ./east -o json
+  meshctl routes --state ./east --metrics 127.0.0.1:{admin} --metrics 127.0.0.2:{admin}"
+    )
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use clap::Args;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use meshfed_api::crd::Link;
-use meshfed_api::route::HttpRoute;
 use meshfed_mirror::Change;
+use meshfed_resources::crd::Link;
+use meshfed_resources::route::HttpRoute;
 
 pub use self::file::FileCluster;
 pub(crate) use self::file::ready_over;
@@ -93,7 +93,7 @@ impl PolicyVerdict {
     pub fn of(
         kind: &'static str,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-        status: Option<&meshfed_api::crd::FailoverPolicyStatus>,
+        status: Option<&meshfed_resources::crd::FailoverPolicyStatus>,
     ) -> Self {
         let ns = meta.namespace.as_deref().unwrap_or("default");
         let name = meta.name.as_deref().unwrap_or_default();
@@ -103,7 +103,7 @@ impl PolicyVerdict {
             accepted: status.and_then(|s| {
                 s.conditions
                     .iter()
-                    .find(|c| c.type_ == meshfed_api::crd::CONDITION_ACCEPTED)
+                    .find(|c| c.type_ == meshfed_resources::crd::CONDITION_ACCEPTED)
                     .cloned()
             }),
         }

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use meshfed_trust::{
-    CertInfo, ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
-    KeyAlgorithm, RootCa, SpiffeId, TrustBundle, TrustDomain, paths,
+use meshfed_identity::{
+    ClusterCa, DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_TTL, DEFAULT_ROOT_VALIDITY,
+    KeyAlgorithm, RootCa,
 };
+use meshfed_trust::{CertInfo, SpiffeId, TrustBundle, TrustDomain, paths};
 use serde::Serialize;
 
 #[derive(Debug, Subcommand)]

@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfed_api::crd::Link;
+use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
-use meshfed_trust::{
-    ClusterCa, Credentials, CredentialsWatch, KeyAlgorithm, Readiness, RootCa, TrustDomain,
-};
+use meshfed_resources::crd::Link;
+use meshfed_runtime::Readiness;
+use meshfed_trust::{CredentialsWatch, TrustDomain};
 use prometheus_client::registry::Registry;
-use rustls_pki_types::PrivatePkcs8KeyDer;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -61,14 +60,7 @@ fn creds(ca: &ClusterCa, sa: &str) -> CredentialsWatch {
     let w = ca
         .issue_workload(&id, Duration::from_secs(3600))
         .expect("issue");
-    Credentials::new(
-        w.chain,
-        PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-        w.bundle,
-    )
-    .expect("credentials")
-    .into_watch()
-    .1
+    w.into_credentials().expect("credentials").into_watch().1
 }
 
 /// One cluster: a manifest directory, its controller and gateway, each with
@@ -94,7 +86,7 @@ async fn admin(tasks: &mut Vec<JoinHandle<()>>) -> String {
     let addr = listener.local_addr().expect("addr").to_string();
     let ready = Readiness::default();
     ready.set(true);
-    tasks.push(tokio::spawn(meshfed_trust::serve_admin(
+    tasks.push(tokio::spawn(meshfed_runtime::serve_admin(
         listener,
         Arc::new(Registry::default()),
         ready,

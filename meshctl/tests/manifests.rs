@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceA
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use meshfed_api::crd::{FailoverPolicy, Link};
+use meshfed_resources::crd::{FailoverPolicy, Link};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -276,7 +276,7 @@ fn every_install_output_parses_strictly() {
             .as_array()
             .expect("env")
             .iter()
-            .find(|e| e["name"] == "MESHFED_LEAF_TTL")
+            .find(|e| e["name"] == meshfed_runtime::env::LEAF_TTL)
             .map(|e| e["value"].clone());
         let wanted = args.contains(&"--leaf-ttl").then(|| Value::from("10m"));
         assert_eq!(leaf_ttl, wanted, "{args:?}");
@@ -322,12 +322,12 @@ fn every_install_output_parses_strictly() {
             .map(|e| e["value"].clone())
     };
     assert_eq!(
-        var("MESHFED_ID"),
+        var(meshfed_runtime::env::ID),
         Some("spiffe://mesh.example/ns/shop/sa/api".into())
     );
-    assert_eq!(var("MESHFED_INBOUND"), Some("4143=8080".into()));
+    assert_eq!(var(meshfed_runtime::env::INBOUND), Some("4143=8080".into()));
     assert_eq!(
-        var("MESHFED_UPSTREAMS"),
+        var(meshfed_runtime::env::UPSTREAMS),
         Some("db.data:5432=15001 cache.data:6379=127.0.0.1:15002".into())
     );
     assert!(
@@ -370,7 +370,7 @@ fn every_install_output_parses_strictly() {
             .as_array()
             .expect("env")
             .iter()
-            .any(|e| e["name"] == "MESHFED_INBOUND_TRANSPARENT"),
+            .any(|e| e["name"] == meshfed_runtime::env::INBOUND_TRANSPARENT),
         "{init}"
     );
     // A malformed upstream is refused, naming the annotation.
@@ -647,14 +647,17 @@ fn the_controller_is_highly_available() {
             .find(|e| e["name"] == n)
             .unwrap_or_else(|| panic!("no {n}"))
     };
-    assert_eq!(var("MESHFED_ADMIN_LISTEN")["value"], "0.0.0.0:9902");
+    assert_eq!(
+        var(meshfed_runtime::env::ADMIN_LISTEN)["value"],
+        "0.0.0.0:9902"
+    );
     // Each replica is its pod, in its namespace: the Lease's holder and home.
     assert_eq!(
-        var("MESHFED_POD_NAME")["valueFrom"],
+        var(meshfed_runtime::env::POD_NAME)["valueFrom"],
         serde_json::json!({ "fieldRef": { "fieldPath": "metadata.name" } })
     );
     assert_eq!(
-        var("MESHFED_POD_NAMESPACE")["valueFrom"],
+        var(meshfed_runtime::env::POD_NAMESPACE)["valueFrom"],
         serde_json::json!({ "fieldRef": { "fieldPath": "metadata.namespace" } })
     );
     // Time to hand the Lease over (2 s) and drain (5 s).
@@ -738,7 +741,7 @@ fn the_container_build_makes_every_image_install_uses() {
     // Each binary the Dockerfile builds is one the workspace defines.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let manifests: String = [
-        "trust",
+        "identity",
         "mirror-controller",
         "gateway",
         "sidecar",

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use meshfed_trust::{CredentialArgs, Readiness, SpiffeId};
+use meshfed_runtime::{CredentialArgs, Readiness};
+use meshfed_trust::SpiffeId;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -36,37 +37,37 @@ enum StoreKind {
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// This cluster's name (a DNS label).
-    #[arg(long, env = "MESHFED_CLUSTER", value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, env = meshfed_runtime::env::CLUSTER, value_parser = meshfed_runtime::cluster_name)]
     cluster: String,
     /// This cluster's region (remote clusters of the same region are preferred).
-    #[arg(long, env = "MESHFED_REGION")]
+    #[arg(long, env = meshfed_runtime::env::REGION)]
     region: Option<String>,
     /// Where the cluster is read from and mirrors are written to.
-    #[arg(long, env = "MESHFED_STORE", value_enum, default_value = "file")]
+    #[arg(long, env = meshfed_runtime::env::STORE, value_enum, default_value = "file")]
     store: StoreKind,
     /// Manifest directory, for --store file.
-    #[arg(long, env = "MESHFED_STORE_DIR")]
+    #[arg(long, env = meshfed_runtime::env::STORE_DIR)]
     dir: Option<PathBuf>,
     /// How often the manifest directory is read whole when its changes
     /// cannot be watched, for --store file.
-    #[arg(long, env = "MESHFED_STORE_POLL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::STORE_POLL, default_value = "100ms", value_parser = humantime::parse_duration)]
     poll: Duration,
     /// How often the watched manifest directory is read whole anyway, for
     /// --store file.
-    #[arg(long, env = "MESHFED_STORE_RESCAN", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::STORE_RESCAN, default_value = "30s", value_parser = humantime::parse_duration)]
     rescan: Duration,
     /// Federation listener (peers reach it through the gateway's federation SNI).
     #[arg(
         long,
-        env = "MESHFED_FEDERATION_LISTEN",
-        default_value = "0.0.0.0:7450"
+        env = meshfed_runtime::env::FEDERATION_LISTEN,
+        default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::FEDERATION)
     )]
     federation_listen: SocketAddr,
     /// Discovery listener for sidecars and gateways.
-    #[arg(long, env = "MESHFED_DISCOVERY_LISTEN", default_value = "0.0.0.0:7451")]
+    #[arg(long, env = meshfed_runtime::env::DISCOVERY_LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::DISCOVERY))]
     discovery_listen: SocketAddr,
     /// Admin listener (/live, /ready, /metrics).
-    #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "0.0.0.0:9902")]
+    #[arg(long, env = meshfed_runtime::env::ADMIN_LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::CONTROLLER_ADMIN))]
     admin_listen: SocketAddr,
     #[command(flatten)]
     credentials: CredentialArgs,
@@ -74,22 +75,22 @@ struct Args {
     /// controller's own and every Link's controllerIdentity (repeatable).
     #[arg(
         long = "allow-peer",
-        env = "MESHFED_ALLOW_PEERS",
+        env = meshfed_runtime::env::ALLOW_PEERS,
         value_delimiter = ','
     )]
     allow_peers: Vec<String>,
     /// This replica's name: the holder identity of the leader lease (on
     /// Kubernetes, the pod's name).
-    #[arg(long, env = "MESHFED_POD_NAME")]
+    #[arg(long, env = meshfed_runtime::env::POD_NAME)]
     replica: Option<String>,
     /// Namespace of the leader Lease `meshfed-controller`, for --store kube
     /// (on Kubernetes, the pod's own).
-    #[arg(long, env = "MESHFED_POD_NAMESPACE", default_value = "meshfed-system")]
+    #[arg(long, env = meshfed_runtime::env::POD_NAMESPACE, default_value = "meshfed-system")]
     lease_namespace: String,
     /// Let other replicas on this host bind the same federation and
     /// discovery addresses (SO_REUSEPORT): local mode's stand-in for a
     /// Service in front of the replicas.
-    #[arg(long, env = "MESHFED_REUSE_PORT")]
+    #[arg(long, env = meshfed_runtime::env::REUSE_PORT)]
     reuse_port: bool,
 }
 
@@ -100,7 +101,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    meshfed_trust::component_main::<Args, _, _, _, _>(args, run)
+    meshfed_runtime::component_main::<Args, _, _, _, _>(args, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -172,7 +173,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let controller = Arc::new(Controller::start(config, store, creds, &mut registry));
     let ready = Readiness::default();
-    tokio::spawn(meshfed_trust::serve_admin(
+    tokio::spawn(meshfed_runtime::serve_admin(
         admin,
         Arc::new(registry),
         ready.clone(),
@@ -208,7 +209,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let c = controller.clone();
         tokio::spawn(async move { c.serve_discovery(discovery, stopped(stop_rx)).await })
     };
-    meshfed_trust::shutdown_signal().await;
+    meshfed_runtime::shutdown_signal().await;
     ready.set(false);
     tracing::info!("stopping");
     // Hand the lease over first, so a follower writes while this one drains.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use meshfed_api::discovery::discovery_server::DiscoveryServer;
 use meshfed_api::federation::federation_server::FederationServer;
-use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain, server_config, tls_incoming};
+use meshfed_runtime::tls_incoming;
+use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain, server_config};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

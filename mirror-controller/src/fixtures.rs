@@ -8,11 +8,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use meshfed_api::crd::{
-    FailoverPolicy, FailoverPolicySpec, GatewaySpec, Link, LinkSpec, ProbeSpec,
-};
 use meshfed_api::federation::{self, ExportedService, ZoneEndpoints};
 use meshfed_api::labels;
+use meshfed_resources::crd::{
+    FailoverPolicy, FailoverPolicySpec, GatewaySpec, Link, LinkSpec, ProbeSpec,
+};
 
 use crate::store::{ClusterState, ObjKey, PodAccount};
 
@@ -254,7 +254,8 @@ pub fn link(
             },
             probe: ProbeSpec::default(),
             lease_ttl_seconds: 5,
-            control_plane_grace_seconds: meshfed_api::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
+            control_plane_grace_seconds:
+                meshfed_resources::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
             selector: None,
         },
     );

@@ -183,7 +183,7 @@ fn wanted<'w>(
     }
 }
 
-fn owner_ref(link: &meshfed_api::crd::Link) -> Option<OwnerReference> {
+fn owner_ref(link: &meshfed_resources::crd::Link) -> Option<OwnerReference> {
     Some(OwnerReference {
         api_version: "meshfed.io/v1alpha1".into(),
         kind: "Link".into(),
@@ -695,7 +695,7 @@ struct Inputs {
 
 #[derive(Debug)]
 struct PeerInputs {
-    spec: meshfed_api::crd::LinkSpec,
+    spec: meshfed_resources::crd::LinkSpec,
     gateways: Vec<SocketAddr>,
     alive: bool,
     imports: Option<Arc<crate::local::ExportSet>>,

@@ -8,7 +8,7 @@ mod resolve;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfed_api::crd::LinkSpec;
+use meshfed_resources::crd::LinkSpec;
 use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -93,7 +93,7 @@ pub(crate) fn lease_ttl(spec: &LinkSpec) -> Duration {
 pub(crate) fn control_plane_grace(spec: &LinkSpec) -> Duration {
     Duration::from_secs(u64::from(
         spec.control_plane_grace_seconds
-            .min(meshfed_api::crd::MAX_CONTROL_PLANE_GRACE_SECONDS),
+            .min(meshfed_resources::crd::MAX_CONTROL_PLANE_GRACE_SECONDS),
     ))
 }
 

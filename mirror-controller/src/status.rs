@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use meshfed_api::crd::{
+use meshfed_resources::crd::{
     CONDITION_MIRRORS_WRITTEN, FailoverPolicyStatus, LinkStatus, UnwritableMirror,
 };
 use tokio::sync::watch;
@@ -20,7 +20,7 @@ use crate::httproute::{check, status_parents};
 use crate::metrics::{ErrorLabels, LinkLabels, Metrics};
 use crate::mirrors::{Unwritable, lock, selected};
 use futures::future::BoxFuture;
-use meshfed_api::route::{
+use meshfed_resources::route::{
     CONTROLLER_NAME, HttpRouteStatus, HttpRouteStatusParents, RouteTime, RouteTimestamp,
 };
 

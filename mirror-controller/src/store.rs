@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use meshfed_api::crd::{
+use meshfed_resources::crd::{
     FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus, RateLimitPolicy, RateLimitPolicyStatus,
 };
-use meshfed_api::route::{HttpRoute, HttpRouteStatusParents};
+use meshfed_resources::route::{HttpRoute, HttpRouteStatusParents};
 use tokio::sync::watch;
 
 pub use self::edit::{Change, Found, ManifestDir};
@@ -537,7 +537,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Replaces this controller's entries of an HTTPRoute's
     /// `status.parents` (those under
-    /// [`meshfed_api::route::CONTROLLER_NAME`]) with `parents`, keeping
+    /// [`meshfed_resources::route::CONTROLLER_NAME`]) with `parents`, keeping
     /// every other controller's; [`StoreError::NotFound`] if the route is
     /// gone.
     fn set_route_status(
@@ -550,13 +550,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 /// `current`'s entries of `status.parents` that other controllers wrote,
 /// then `ours`: what a route's status becomes when this controller writes.
 pub fn merged_route_parents(
-    current: Option<&meshfed_api::route::HttpRouteStatus>,
+    current: Option<&meshfed_resources::route::HttpRouteStatus>,
     ours: Vec<HttpRouteStatusParents>,
 ) -> Vec<HttpRouteStatusParents> {
     let others = current
         .into_iter()
         .flat_map(|s| s.parents.iter())
-        .filter(|p| p.controller_name != meshfed_api::route::CONTROLLER_NAME)
+        .filter(|p| p.controller_name != meshfed_resources::route::CONTROLLER_NAME)
         .cloned();
     others.chain(ours).collect()
 }

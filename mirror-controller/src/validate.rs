@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use meshfed_api::crd::{
+use meshfed_resources::crd::{
     CONDITION_ACCEPTED, FailoverPolicySpec, LinkSpec, RateLimitPolicySpec, TokenBucket,
 };
 use meshfed_trust::SpiffeId;
@@ -137,7 +137,7 @@ pub fn validate_link(spec: &LinkSpec) -> Result<(), Vec<FieldError>> {
         "spec.controlPlaneGraceSeconds",
         spec.control_plane_grace_seconds,
         0,
-        meshfed_api::crd::MAX_CONTROL_PLANE_GRACE_SECONDS,
+        meshfed_resources::crd::MAX_CONTROL_PLANE_GRACE_SECONDS,
     );
     if let Some(selector) = &spec.selector {
         validate_selector(&mut e, "spec.selector", selector);
@@ -368,7 +368,7 @@ fn is_dns_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshfed_api::crd::{FailoverPolicy, Link};
+    use meshfed_resources::crd::{FailoverPolicy, Link};
 
     fn link(spec_yaml: &str) -> LinkSpec {
         let doc = format!(
@@ -438,7 +438,7 @@ mod tests {
         let doc = format!(
             "apiVersion: meshfed.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p}}\nspec:\n{spec_yaml}"
         );
-        serde_saphyr::from_str::<meshfed_api::crd::RateLimitPolicy>(&doc)
+        serde_saphyr::from_str::<meshfed_resources::crd::RateLimitPolicy>(&doc)
             .expect("policy parses")
             .spec
     }
@@ -479,7 +479,7 @@ mod tests {
         // A port beyond u16 does not parse at all: the file store reports
         // the file, the API server's schema refuses it.
         let doc = "apiVersion: meshfed.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: p}\nspec: {service: api, port: 70000, total: {requestsPerSecond: 1}}\n";
-        assert!(serde_saphyr::from_str::<meshfed_api::crd::RateLimitPolicy>(doc).is_err());
+        assert!(serde_saphyr::from_str::<meshfed_resources::crd::RateLimitPolicy>(doc).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfed_api::crd::LinkSpec;
+use meshfed_resources::crd::LinkSpec;
 use tokio::sync::watch;
 use tokio::time::Instant;
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use meshfed_trust::{CredentialArgs, Readiness, SpiffeId};
+use meshfed_runtime::{CredentialArgs, Readiness};
+use meshfed_trust::SpiffeId;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -43,85 +44,85 @@ enum Cmd {
 #[command(verbatim_doc_comment)]
 struct RunArgs {
     /// This cluster's name.
-    #[arg(long, env = "MESHFED_CLUSTER", value_parser = meshfed_trust::cluster_name)]
+    #[arg(long, env = meshfed_runtime::env::CLUSTER, value_parser = meshfed_runtime::cluster_name)]
     cluster: String,
     /// This workload's region, if known.
-    #[arg(long, env = "MESHFED_REGION", default_value = "")]
+    #[arg(long, env = meshfed_runtime::env::REGION, default_value = "")]
     region: String,
     /// This workload's zone (topology.kubernetes.io/zone), if known.
-    #[arg(long, env = "MESHFED_ZONE", default_value = "")]
+    #[arg(long, env = meshfed_runtime::env::ZONE, default_value = "")]
     zone: String,
     /// The local controller's discovery listener (`host:port`).
-    #[arg(long, env = "MESHFED_DISCOVERY")]
+    #[arg(long, env = meshfed_runtime::env::DISCOVERY)]
     discovery: String,
     /// The SPIFFE ID the controller presents (default:
     /// spiffe://<this workload's trust domain>/ns/meshfed-system/sa/meshfed-controller).
-    #[arg(long, env = "MESHFED_CONTROLLER_ID")]
+    #[arg(long, env = meshfed_runtime::env::CONTROLLER_ID)]
     controller_id: Option<String>,
     /// An explicit upstream, NAME.NAMESPACE:PORT=LISTEN (LISTEN: a port on 127.0.0.1, or IP:PORT). Repeatable.
-    #[arg(long = "upstream", env = "MESHFED_UPSTREAMS", value_delimiter = ' ')]
+    #[arg(long = "upstream", env = meshfed_runtime::env::UPSTREAMS, value_delimiter = ' ')]
     upstreams: Vec<Upstream>,
     /// The listener iptables redirects outbound TCP to (transparent mode).
-    #[arg(long, env = "MESHFED_TRANSPARENT_LISTEN")]
+    #[arg(long, env = meshfed_runtime::env::TRANSPARENT_LISTEN)]
     transparent_listen: Option<SocketAddr>,
     /// An inbound port, LISTEN=APP (bare LISTEN port: 0.0.0.0; bare APP port: 127.0.0.1). Repeatable.
-    #[arg(long = "inbound", env = "MESHFED_INBOUND", value_delimiter = ' ')]
+    #[arg(long = "inbound", env = meshfed_runtime::env::INBOUND, value_delimiter = ' ')]
     inbound: Vec<Inbound>,
     /// The listener iptables redirects inbound TCP to (init-iptables --inbound-proxy-port): each connection goes on to the app at the port the caller dialled.
-    #[arg(long, env = "MESHFED_INBOUND_TRANSPARENT")]
+    #[arg(long, env = meshfed_runtime::env::INBOUND_TRANSPARENT)]
     inbound_transparent: Option<SocketAddr>,
     /// What callers outside the mesh (no TLS) get on a port behind --inbound-transparent: permissive (passed to the app, no caller ID) or strict (closed).
-    #[arg(long, env = "MESHFED_INBOUND_POLICY", default_value_t = Plaintext::Permissive)]
+    #[arg(long, env = meshfed_runtime::env::INBOUND_POLICY, default_value_t = Plaintext::Permissive)]
     inbound_policy: Plaintext,
     /// A port's own plaintext policy, PORT=strict|permissive: an app port behind --inbound-transparent, or an --inbound listen port (strict unless named). Repeatable.
     #[arg(
         long = "inbound-port-policy",
-        env = "MESHFED_INBOUND_PORT_POLICY",
+        env = meshfed_runtime::env::INBOUND_PORT_POLICY,
         value_delimiter = ' '
     )]
     inbound_port_policies: Vec<PortPolicy>,
     /// Only these identities may call an inbound port: PORT=ID[,ID...] (an --inbound listen port, or an app port behind --inbound-transparent). Without it, any mesh identity may. Repeatable.
-    #[arg(long = "allow", env = "MESHFED_ALLOW", value_delimiter = ' ')]
+    #[arg(long = "allow", env = meshfed_runtime::env::ALLOW, value_delimiter = ' ')]
     allow: Vec<AllowRule>,
     /// The pod's IP address (the downward API's `status.podIP`): the
     /// controller sends the rate limits of the Services listing it.
-    #[arg(long, env = "MESHFED_POD_IP")]
+    #[arg(long, env = meshfed_runtime::env::POD_IP)]
     pod_ip: Option<std::net::IpAddr>,
     /// Admin listener (/live, /ready, /metrics).
-    #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "127.0.0.1:9904")]
+    #[arg(long, env = meshfed_runtime::env::ADMIN_LISTEN, default_value_t = meshfed_runtime::loopback(meshfed_runtime::port::SIDECAR_ADMIN))]
     admin_listen: SocketAddr,
     /// SO_MARK for the sidecar's own connections (what init-iptables --proxy-mark lets pass).
-    #[arg(long, env = "MESHFED_MARK")]
+    #[arg(long, env = meshfed_runtime::env::MARK)]
     mark: Option<u32>,
     /// Data-plane threads; each carries its connections from accept to answer.
-    #[arg(long, env = "MESHFED_WORKERS", default_value_t = crate::config::DEFAULT_WORKERS)]
+    #[arg(long, env = meshfed_runtime::env::WORKERS, default_value_t = crate::config::DEFAULT_WORKERS)]
     workers: usize,
     /// One connect (TCP + TLS) to an endpoint.
-    #[arg(long, env = "MESHFED_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::CONNECT_TIMEOUT, default_value = "1s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
     /// One HTTP request, retries included, until its response headers.
-    #[arg(long, env = "MESHFED_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::REQUEST_TIMEOUT, default_value = "15s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
     /// An endpoint connection silent this long gets an HTTP/2 ping; unanswered as long again, it is closed and its requests fail over. Every mesh connection also gets TCP keepalive probes after this much silence.
-    #[arg(long, env = "MESHFED_LIVENESS", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::LIVENESS, default_value = "2s", value_parser = humantime::parse_duration)]
     liveness: Duration,
     /// How long an app connection may stay silent before it is proxied as opaque TCP.
-    #[arg(long, env = "MESHFED_DETECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::DETECT_TIMEOUT, default_value = "1s", value_parser = humantime::parse_duration)]
     detect_timeout: Duration,
     /// Most HTTP requests in flight per endpoint group of a service.
-    #[arg(long, env = "MESHFED_MAX_REQUESTS", default_value_t = Breakers::default().max_requests)]
+    #[arg(long, env = meshfed_runtime::env::MAX_REQUESTS, default_value_t = Breakers::default().max_requests)]
     max_requests: usize,
     /// Most requests waiting for a connection per endpoint group.
-    #[arg(long, env = "MESHFED_MAX_PENDING", default_value_t = Breakers::default().max_pending)]
+    #[arg(long, env = meshfed_runtime::env::MAX_PENDING, default_value_t = Breakers::default().max_pending)]
     max_pending: usize,
     /// Most opaque TCP connections per endpoint group.
-    #[arg(long, env = "MESHFED_MAX_CONNECTIONS", default_value_t = Breakers::default().max_connections)]
+    #[arg(long, env = meshfed_runtime::env::MAX_CONNECTIONS, default_value_t = Breakers::default().max_connections)]
     max_connections: usize,
     /// Most HTTP requests of a service waiting for an endpoint able to serve; past it they fail at once.
-    #[arg(long, env = "MESHFED_MAX_WAITING", default_value_t = Breakers::default().max_waiting)]
+    #[arg(long, env = meshfed_runtime::env::MAX_WAITING, default_value_t = Breakers::default().max_waiting)]
     max_waiting: usize,
     /// On SIGTERM: how long open calls may take to finish.
-    #[arg(long, env = "MESHFED_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::DRAIN_TIMEOUT, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     #[command(flatten)]
     credentials: CredentialArgs,
@@ -138,7 +139,7 @@ struct RunArgs {
 #[command(verbatim_doc_comment)]
 struct IptablesArgs {
     /// The sidecar's --transparent-listen port.
-    #[arg(long, default_value_t = 4140)]
+    #[arg(long, default_value_t = meshfed_runtime::port::SIDECAR_OUTBOUND)]
     proxy_port: u16,
     /// The uid the sidecar runs as (its connections pass).
     #[arg(long)]
@@ -157,7 +158,7 @@ struct IptablesArgs {
     #[arg(long)]
     inbound_proxy_port: Option<u16>,
     /// The sidecar's --admin-listen port, never intercepted inbound.
-    #[arg(long, default_value_t = 9904)]
+    #[arg(long, default_value_t = meshfed_runtime::port::SIDECAR_ADMIN)]
     admin_port: u16,
     /// Inbound destination ports never intercepted (besides the sidecar's own). Repeatable.
     #[arg(long = "inbound-skip-port", requires = "inbound_proxy_port")]
@@ -231,7 +232,7 @@ fn init_iptables(a: IptablesArgs) -> anyhow::Result<()> {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
-    meshfed_trust::init_tracing();
+    meshfed_runtime::init_tracing();
     meshfed_trust::install_crypto_provider();
     let mut config = SidecarConfig {
         locality: Locality {
@@ -297,7 +298,11 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--admin-listen {}", a.admin_listen))?;
     let bound = sidecar.bind().await?;
-    tokio::spawn(meshfed_trust::serve_admin(admin, Arc::new(registry), ready));
+    tokio::spawn(meshfed_runtime::serve_admin(
+        admin,
+        Arc::new(registry),
+        ready,
+    ));
     tracing::info!(
         inbound = ?bound.inbound_addrs(),
         transparent = ?bound.transparent_addr(),
@@ -305,7 +310,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         "sidecar serving"
     );
     bound
-        .serve(meshfed_trust::shutdown_signal(), a.drain_timeout)
+        .serve(meshfed_runtime::shutdown_signal(), a.drain_timeout)
         .await;
     Ok(())
 }

@@ -13,7 +13,8 @@ use meshfed_api::discovery::discovery_client::DiscoveryClient;
 use meshfed_api::discovery::{
     EndpointSet, Locality as WireLocality, ResolveRequest, WatchLimitsRequest, WatchRequest,
 };
-use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config, mtls_channel};
+use meshfed_runtime::mtls_channel;
+use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, client_config};
 use rustls_pki_types::ServerName;
 use tokio::sync::watch;
 use tokio::time::Instant;

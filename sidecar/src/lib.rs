@@ -45,7 +45,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfed_trust::{CredentialsWatch, Readiness};
+use meshfed_runtime::Readiness;
+use meshfed_trust::CredentialsWatch;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
-use meshfed_trust::{
-    ClusterCa, Credentials, CredentialsWatch, ExpectedIds, KeyAlgorithm, RootCa, SpiffeId,
-    TrustDomain, client_config, paths,
-};
+use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, TrustDomain, client_config, paths};
 use prometheus_client::registry::Registry;
 use rustls::client::Resumption;
-use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
@@ -58,12 +56,7 @@ impl Pki {
     /// In-memory credentials for `path` issued by `ca`.
     pub fn watch(ca: &ClusterCa, path: &str) -> anyhow::Result<CredentialsWatch> {
         let w = ca.issue_workload(&id(path)?, VALIDITY).context("issue")?;
-        let creds = Credentials::new(
-            w.chain,
-            PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-            w.bundle,
-        )
-        .context("credentials")?;
+        let creds = w.into_credentials().context("credentials")?;
         Ok(creds.into_watch().1)
     }
 

@@ -123,3 +123,13 @@ fn to_system_time(unix: i64) -> SystemTime {
         UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
     }
 }
+
+/// The DNS names a workload may hold in its serving certificate: those of
+/// the Service named like its service account, in its own namespace
+/// (`<sa>.<ns>.svc` and `<sa>.<ns>.svc.cluster.local`), which is how the API
+/// server reaches a webhook. No other workload can be given them, since no
+/// other workload runs as that service account there.
+pub fn serving_names(namespace: &str, service_account: &str) -> [String; 2] {
+    let svc = format!("{service_account}.{namespace}.svc");
+    [svc.clone(), format!("{svc}.cluster.local")]
+}

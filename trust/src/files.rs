@@ -11,6 +11,22 @@ use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// File names of the on-disk layout.
+pub mod paths {
+    /// Root CA certificate; in a cluster or workload directory, the trust bundle.
+    pub const ROOT_CERT: &str = "root.crt";
+    /// Root CA private key.
+    pub const ROOT_KEY: &str = "root.key";
+    /// Cluster intermediate CA certificate.
+    pub const INTERMEDIATE_CERT: &str = "intermediate.crt";
+    /// Cluster intermediate CA private key.
+    pub const INTERMEDIATE_KEY: &str = "intermediate.key";
+    /// Workload leaf certificate (alone).
+    pub const LEAF_CERT: &str = "leaf.crt";
+    /// Workload private key.
+    pub const LEAF_KEY: &str = "leaf.key";
+}
+
 /// A file could not be read, parsed or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

@@ -16,9 +16,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
 use crate::bundle::{BundleError, TrustBundle};
-use crate::ca::paths;
 use crate::cert::{CertError, CertInfo};
-use crate::files::{self, FileError};
+use crate::files::{self, FileError, paths};
 use crate::spiffe::SpiffeId;
 use crate::verify::{
     BundleSource, ClientVerifier, ExpectedIds, ServerVerifier, SvidVerifier, Usage, VerifyError,
@@ -45,9 +44,6 @@ pub enum CredentialsError {
     /// A file could not be read.
     #[error(transparent)]
     File(#[from] FileError),
-    /// The CA could not issue the certificate.
-    #[error(transparent)]
-    Issue(#[from] crate::ca::CaError),
 }
 
 /// A workload's current identity: its SVID, key and the roots it trusts.

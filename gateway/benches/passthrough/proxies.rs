@@ -39,7 +39,7 @@ pub async fn spawn_gateway(
         .arg(creds)
         .args(["--max-connections-per-source", "20000"])
         .args(["--drain-timeout", "1s"])
-        .env("MESHFED_LOG", "warn");
+        .env(meshfed_runtime::env::LOG, "warn");
     let mut proc = Proc::spawn("meshfed-gateway", cmd, log)?;
     proc.wait_ready(addrs.admin).await?;
     Ok((proc, addrs))

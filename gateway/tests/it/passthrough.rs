@@ -13,8 +13,8 @@ use crate::support::*;
 #[tokio::test]
 async fn the_endpoint_sees_the_callers_own_identity() {
     let mut env = Env::start(GatewayConfig::default()).await;
-    let a = Backend::start(&env.ca, "a").await;
-    let b = Backend::start(&env.ca, "b").await;
+    let a = Backend::start(&env.cluster.ca, "a").await;
+    let b = Backend::start(&env.cluster.ca, "b").await;
     // Linked with `west` (written first: the routes that name api also name west).
     let link = meshfed_mirror::fixtures::link(
         "meshfed-system",
@@ -82,7 +82,7 @@ async fn a_client_hello_in_many_small_writes_still_routes() {
         pause: None,
     };
     let mut tls = tls_connect(
-        creds(&env.ca, FRONTEND),
+        creds(&env.cluster.ca, FRONTEND),
         trickle,
         &sni::service("api", "shop", 443),
         API,
@@ -99,7 +99,7 @@ async fn a_client_hello_in_many_small_writes_still_routes() {
 #[tokio::test]
 async fn a_dead_endpoint_is_retried_on_another_before_any_byte_is_forwarded() {
     let env = Env::start(GatewayConfig::default()).await;
-    let live = Backend::start(&env.ca, "live").await;
+    let live = Backend::start(&env.cluster.ca, "live").await;
     // A port nobody listens on: connects are refused.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -118,7 +118,13 @@ async fn every_refusal_forwards_nothing_and_is_counted() {
     }
     // A real TLS client without SNI (an IP address as the server name).
     let tcp = TcpStream::connect(env.gateway).await.expect("connect");
-    let err = tls_connect(creds(&env.ca, FRONTEND), tcp, &ep.ip().to_string(), API).await;
+    let err = tls_connect(
+        creds(&env.cluster.ca, FRONTEND),
+        tcp,
+        &ep.ip().to_string(),
+        API,
+    )
+    .await;
     assert!(err.is_err());
     assert_eq!(recorder.accepted(), 0);
     assert_eq!(env.metric("meshfed_gateway_connections_total"), 0.0);
@@ -180,14 +186,14 @@ async fn connection_caps_shed_at_once() {
         socket.connect(env.gateway)
     };
     let tcp = connect_from("127.0.0.2").await.expect("connect");
-    let mut third = tls_connect(creds(&env.ca, FRONTEND), tcp, &name, API)
+    let mut third = tls_connect(creds(&env.cluster.ca, FRONTEND), tcp, &name, API)
         .await
         .expect("admitted");
     ask(&mut third, "x").await;
     // ...and beyond it everyone is shed.
     let tcp = connect_from("127.0.0.3").await.expect("connect");
     assert!(
-        tls_connect(creds(&env.ca, FRONTEND), tcp, &name, API)
+        tls_connect(creds(&env.cluster.ca, FRONTEND), tcp, &name, API)
             .await
             .is_err()
     );

@@ -1,5 +1,5 @@
-//! Fixtures: a mesh PKI, a cluster (file store + real controller serving
-//! discovery and federation), the gateway in-process, TLS backends that
+//! Fixtures: a cluster (file store + real controller serving discovery and
+//! federation, from the testkit), the gateway in-process, TLS backends that
 //! report who called them, and plain TCP recorders that prove nothing was
 //! forwarded.
 
@@ -11,13 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use meshfed_gateway::{Gateway, GatewayConfig, Metrics, RoutesSource, bind_shared, follow_routes};
-use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
-use meshfed_trust::{
-    ClusterCa, Credentials, CredentialsWatch, ExpectedIds, KeyAlgorithm, Readiness, RootCa,
-    SpiffeId, TrustDomain, client_config, peer_id, server_config,
-};
+use meshfed_identity::ClusterCa;
+use meshfed_runtime::Readiness;
+pub use meshfed_testkit::cluster::*;
+use meshfed_trust::{CredentialsWatch, ExpectedIds, client_config, peer_id, server_config};
 use prometheus_client::registry::Registry;
-use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -25,92 +24,27 @@ use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-pub const TD: &str = "mesh.test";
-pub const CONTROLLER: &str = "/ns/meshfed-system/sa/meshfed-controller";
-pub const GATEWAY: &str = "/ns/meshfed-system/sa/meshfed-gateway";
-pub const API: &str = "/ns/shop/sa/api";
-pub const FRONTEND: &str = "/ns/web/sa/frontend";
-
-pub fn id(path: &str) -> SpiffeId {
-    SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("valid id")
-}
-
-/// A cluster CA under a fresh mesh root.
-pub fn cluster_ca() -> ClusterCa {
-    meshfed_trust::install_crypto_provider();
-    let td = TrustDomain::new(TD).expect("td");
-    let root =
-        RootCa::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400)).expect("root");
-    root.issue_cluster("east", Duration::from_secs(86400), Vec::new())
-        .expect("cluster ca")
-}
-
-/// Credentials for `path`, issued by `ca`.
-pub fn creds(ca: &ClusterCa, path: &str) -> CredentialsWatch {
-    let w = ca
-        .issue_workload(&id(path), Duration::from_secs(3600))
-        .expect("issue");
-    Credentials::new(
-        w.chain,
-        PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-        w.bundle,
-    )
-    .expect("credentials")
-    .into_watch()
-    .1
-}
-
-pub fn yaml<T: serde::Serialize>(obj: &T) -> String {
-    serde_saphyr::to_string(obj).expect("yaml")
-}
-
 /// One Service in namespace `shop` with a slice per endpoint (each endpoint
-/// listens on its own port).
+/// listens on its own port), all in one zone.
 pub fn service_manifest(
     name: &str,
     port: u16,
     exported: bool,
     endpoints: &[(SocketAddr, bool)],
 ) -> String {
-    let mut docs = vec![yaml(&fixtures::service(
-        "shop",
-        name,
-        &[("tls", port)],
-        exported,
-    ))];
-    for (i, (addr, ready)) in endpoints.iter().enumerate() {
-        let mut slice = fixtures::slice(
-            "shop",
-            name,
-            &format!("{name}-{i}"),
-            &[("tls", addr.port())],
-        );
-        let pod = fixtures::pod(
-            "shop",
-            &format!("{name}-{i}"),
-            name,
-            &addr.ip().to_string(),
-            "n1",
-        );
-        fixtures::add_pod_endpoint(&mut slice, &pod, Some("z1"), *ready);
-        docs.push(yaml(&slice));
-        docs.push(yaml(&pod));
-    }
-    docs.join("---\n")
+    let endpoints: Vec<_> = endpoints.iter().map(|&(a, r)| (a, "z1", r)).collect();
+    meshfed_testkit::cluster::service_manifest(name, ("tls", port), exported, &endpoints)
 }
 
-/// A cluster: manifests, file store, controller, gateway.
+/// A cluster (file store and controller, from the testkit) and its gateway.
 pub struct Env {
-    pub ca: ClusterCa,
-    pub dir: tempfile::TempDir,
+    pub cluster: Cluster,
     pub gateway: SocketAddr,
     pub registry: Arc<Registry>,
     pub ready: Readiness,
-    _controller: Arc<Controller>,
     tasks: Vec<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<meshfed_gateway::Drained>>,
-    discovery: SocketAddr,
 }
 
 impl Drop for Env {
@@ -134,53 +68,22 @@ impl Env {
         mut config: GatewayConfig,
         manifests: impl FnOnce(&std::path::Path),
     ) -> Self {
-        let ca = cluster_ca();
-        let dir = tempfile::tempdir().expect("tempdir");
-        manifests(dir.path());
-        let mut store_cfg = FileStoreConfig::new(dir.path());
-        store_cfg.poll = Duration::from_millis(20);
-        let store: Arc<dyn Store> = Arc::new(FileStore::open(store_cfg).await.expect("store"));
-        let mut controller_registry = Registry::default();
-        let controller = Arc::new(Controller::start(
-            ControllerConfig::new("east"),
-            store,
-            creds(&ca, CONTROLLER),
-            &mut controller_registry,
-        ));
+        let cluster = Cluster::start_with(&Mesh::new(), "east", manifests).await;
+        config.federation_upstream = Some(cluster.federation.to_string());
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let fed = TcpListener::bind(any).await.expect("bind");
-        let disc = TcpListener::bind(any).await.expect("bind");
-        let (federation, discovery) = (
-            fed.local_addr().expect("addr"),
-            disc.local_addr().expect("addr"),
-        );
-        let (c1, c2) = (controller.clone(), controller.clone());
-        let mut tasks = vec![
-            tokio::spawn(async move {
-                let _ = c1.serve_federation(fed, std::future::pending()).await;
-            }),
-            tokio::spawn(async move {
-                let _ = c2.serve_discovery(disc, std::future::pending()).await;
-            }),
-        ];
-        config.federation_upstream = Some(federation.to_string());
         let listener = bind_shared(any).expect("bind gateway");
         let gateway = listener.local_addr().expect("addr");
         let mut env = Self {
-            ca,
-            dir,
+            cluster,
             gateway,
             registry: Arc::new(Registry::default()),
             ready: Readiness::default(),
-            _controller: controller,
             tasks: Vec::new(),
             stop: None,
             served: None,
-            discovery,
         };
         let (gw, registry, following) = env.gateway_on(config);
-        tasks.push(following);
-        env.tasks = tasks;
+        env.tasks.push(following);
         env.registry = registry;
         let (stop, served) = serve(gw, listener);
         env.stop = Some(stop);
@@ -192,7 +95,7 @@ impl Env {
     /// A cluster exporting `api.shop:443`, served by one backend named `a`.
     pub async fn with_api(config: GatewayConfig) -> (Self, Backend) {
         let env = Self::start(config).await;
-        let a = Backend::start(&env.ca, "a").await;
+        let a = Backend::start(&env.cluster.ca, "a").await;
         env.write(
             "api.yaml",
             &service_manifest("api", 443, true, &[(a.addr, true)]),
@@ -206,9 +109,9 @@ impl Env {
     pub fn gateway_on(&self, config: GatewayConfig) -> (Gateway, Arc<Registry>, JoinHandle<()>) {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
-        let gw_creds = creds(&self.ca, GATEWAY);
+        let gw_creds = creds(&self.cluster.ca, GATEWAY);
         let source = RoutesSource {
-            discovery: self.discovery.to_string(),
+            discovery: self.cluster.discovery.to_string(),
             controller_id: id(CONTROLLER),
             gateway: "test".into(),
         };
@@ -230,7 +133,7 @@ impl Env {
 
     /// Writes a manifest and waits until the gateway's routes include it.
     pub async fn write(&self, file: &str, text: &str) {
-        let path = self.dir.path().join(file);
+        let path = self.cluster.dir.path().join(file);
         let tmp = path.with_extension("tmp~");
         std::fs::write(&tmp, text).expect("write");
         std::fs::rename(&tmp, &path).expect("rename");
@@ -279,7 +182,7 @@ impl Env {
         server: &str,
     ) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.gateway).await?;
-        tls_connect(creds(&self.ca, path), tcp, sni, server).await
+        tls_connect(creds(&self.cluster.ca, path), tcp, sni, server).await
     }
 }
 

@@ -11,10 +11,10 @@ use anyhow::{Context, bail};
 use meshctl::dev::{ClusterTopology, Kind, Topology};
 use meshfed_api::discovery::discovery_client::DiscoveryClient;
 use meshfed_api::discovery::{EndpointSet, Locality, WatchRequest};
-use meshfed_trust::{
-    ClusterCa, Credentials, ExpectedIds, SpiffeId, TrustDomain, client_config, mtls_channel,
-};
-use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
+use meshfed_identity::ClusterCa;
+use meshfed_runtime::mtls_channel;
+use meshfed_trust::{ExpectedIds, SpiffeId, TrustDomain, client_config};
+use rustls_pki_types::ServerName;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -40,13 +40,7 @@ impl Subscriber {
         let ca = ClusterCa::load(&c.ca_dir).context("the cluster's CA")?;
         let id = TrustDomain::new(&t.trust_domain)?.workload(NAMESPACE, "watcher")?;
         let issued = ca.issue_workload(&id, Duration::from_secs(3600))?;
-        let creds = Credentials::new(
-            issued.chain,
-            PrivatePkcs8KeyDer::from(issued.key_pkcs8).into(),
-            issued.bundle,
-        )?
-        .into_watch()
-        .1;
+        let creds = issued.into_credentials()?.into_watch().1;
         let controller = c
             .processes
             .iter()

@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use meshfed_identity::{KeyAlgorithm, RootCa};
 use meshfed_mirror::fixtures;
-use meshfed_trust::{KeyAlgorithm, RootCa, TrustDomain};
+use meshfed_runtime::port;
+use meshfed_trust::TrustDomain;
 use serde_json::Value;
 
 use super::topology::{ClientTopology, ClusterTopology, Kind, Process, State, Subnet, Topology};
@@ -33,9 +35,6 @@ pub const SHOP: &str = "shop";
 pub const API_PORT: u16 = 8080;
 /// `echo`'s service port (and the client sidecar's listener for it).
 pub const ECHO_PORT: u16 = 9000;
-/// Every sidecar's inbound port (what the EndpointSlices name) and admin
-/// port: the same as on Kubernetes.
-pub use meshfed_injector::contract::{INBOUND_PORT, SIDECAR_ADMIN_PORT};
 /// The client workload's `/stats`.
 pub const CLIENT_STATS_PORT: u16 = 8000;
 
@@ -172,14 +171,14 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
     let arg = |a: &dyn std::fmt::Display| a.to_string();
     let path = |p: &Path| p.display().to_string();
 
-    let identity_addr = at(IDENTITY_HOST, IDENTITY_PORT);
+    let identity_addr = at(IDENTITY_HOST, port::IDENTITY);
     let controller_ip = spec.subnet.ip(i, CONTROLLER_HOST);
-    let discovery = SocketAddr::from((controller_ip, DISCOVERY_PORT));
-    let federation = SocketAddr::from((controller_ip, FEDERATION_PORT));
+    let discovery = SocketAddr::from((controller_ip, port::DISCOVERY));
+    let federation = SocketAddr::from((controller_ip, port::FEDERATION));
     // In a network namespace the gateway alone listens on the WAN.
     let gateway = match &net {
-        Some(n) => SocketAddr::from((n.wan_ip, GATEWAY_PORT)),
-        None => at(GATEWAY_HOST, GATEWAY_PORT),
+        Some(n) => SocketAddr::from((n.wan_ip, port::GATEWAY)),
+        None => at(GATEWAY_HOST, port::GATEWAY),
     };
     // How a process proves who it is: the CSR flow against this cluster's identity service.
     let credentials = |ns: &str, sa: &str| -> Vec<String> {
@@ -222,7 +221,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
         "--listen".into(),
         arg(&identity_addr),
         "--admin-listen".into(),
-        arg(&at(IDENTITY_HOST, IDENTITY_ADMIN_PORT)),
+        arg(&at(IDENTITY_HOST, port::IDENTITY_ADMIN)),
     ];
     if let Some(ttl) = spec.leaf_ttl {
         args.push("--leaf-ttl".into());
@@ -230,13 +229,13 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
     }
     let mut p = proc("identity", Kind::Identity, args);
     p.listen.insert("grpc".into(), identity_addr);
-    p.admin = Some(at(IDENTITY_HOST, IDENTITY_ADMIN_PORT));
+    p.admin = Some(at(IDENTITY_HOST, port::IDENTITY_ADMIN));
     p.identity = Some(ids.of(NAMESPACE, IDENTITY));
     processes.push(p);
 
     for k in 0..CONTROLLER_REPLICAS {
         let replica = format!("{CONTROLLER_PROCESS}-{k}");
-        let admin = at(CONTROLLER_REPLICA_HOST + k, CONTROLLER_ADMIN_PORT);
+        let admin = at(CONTROLLER_REPLICA_HOST + k, port::CONTROLLER_ADMIN);
         let mut args = vec![
             "--cluster".into(),
             name.into(),
@@ -275,7 +274,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
         "--listen".into(),
         arg(&gateway),
         "--admin-listen".into(),
-        arg(&at(GATEWAY_HOST, GATEWAY_ADMIN_PORT)),
+        arg(&at(GATEWAY_HOST, port::GATEWAY_ADMIN)),
         "--discovery".into(),
         arg(&discovery),
         "--federation-upstream".into(),
@@ -286,7 +285,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
     args.extend(credentials(NAMESPACE, GATEWAY));
     let mut p = proc("gateway", Kind::Gateway, args);
     p.listen.insert("gateway".into(), gateway);
-    p.admin = Some(at(GATEWAY_HOST, GATEWAY_ADMIN_PORT));
+    p.admin = Some(at(GATEWAY_HOST, port::GATEWAY_ADMIN));
     p.identity = Some(ids.of(NAMESPACE, GATEWAY));
     processes.push(p);
 
@@ -304,7 +303,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
             "--discovery".into(),
             arg(&discovery),
             "--admin-listen".into(),
-            arg(&SocketAddr::from((ip, SIDECAR_ADMIN_PORT))),
+            arg(&SocketAddr::from((ip, port::SIDECAR_ADMIN))),
             "--drain-timeout".into(),
             "1s".into(),
         ];
@@ -312,12 +311,12 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
         args.extend(credentials(SHOP, sa));
         let mut p = proc(&format!("{workload}-sidecar"), Kind::Sidecar, args);
         p.zone = Some(zone.into());
-        p.admin = Some(SocketAddr::from((ip, SIDECAR_ADMIN_PORT)));
+        p.admin = Some(SocketAddr::from((ip, port::SIDECAR_ADMIN)));
         p.identity = Some(ids.of(SHOP, sa));
         p
     };
     let inbound = |ip: Ipv4Addr, app_port: u16| -> (SocketAddr, Vec<String>) {
-        let listen = SocketAddr::from((ip, INBOUND_PORT));
+        let listen = SocketAddr::from((ip, port::SIDECAR_INBOUND));
         let app = SocketAddr::from((ip, app_port));
         (
             listen,
@@ -329,7 +328,7 @@ fn plan_cluster(spec: &Spec, ids: &Ids, i: usize, cs: &ClusterSpec) -> ClusterTo
                 ip.to_string(),
                 // Only the sample client may call the sample services.
                 "--allow".into(),
-                format!("{INBOUND_PORT}={client_id}"),
+                format!("{}={client_id}", port::SIDECAR_INBOUND),
             ],
         )
     };
@@ -620,7 +619,7 @@ fn write_services(cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
             SHOP,
             service,
             &format!("{service}-1"),
-            &[(port_name, INBOUND_PORT)],
+            &[(port_name, port::SIDECAR_INBOUND)],
         );
         let mut docs: Vec<Value> = vec![serde_json::to_value(svc)?];
         for p in c

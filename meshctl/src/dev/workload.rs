@@ -79,7 +79,7 @@ pub fn run(kind: Kind, args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         };
         tokio::select! {
             r = work => r,
-            () = meshfed_trust::shutdown_signal() => Ok(()),
+            () = meshfed_runtime::shutdown_signal() => Ok(()),
         }
     })
 }

@@ -172,7 +172,7 @@ impl Env {
     pub(super) async fn put_route(
         &self,
         cluster: &str,
-        route: &meshfed_api::route::HttpRoute,
+        route: &meshfed_resources::route::HttpRoute,
     ) -> anyhow::Result<()> {
         each!(self, e => e.put_route(cluster, route).await)
     }

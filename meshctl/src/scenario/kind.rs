@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
+use meshfed_runtime::port;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -29,10 +30,7 @@ mod shell;
 use super::env::{Fault, Mirrors};
 use super::probe::{self, Sample};
 use super::spec::{Degrade, Replica, Scenario, Target};
-use crate::cluster::{
-    CONTROLLER, CONTROLLER_ADMIN_PORT, GATEWAY, GATEWAY_ADMIN_PORT, IDENTITY, IDENTITY_ADMIN_PORT,
-    NAMESPACE,
-};
+use crate::cluster::{CONTROLLER, GATEWAY, IDENTITY, NAMESPACE};
 use crate::dev::{CONTROLLER_PROCESS, Net, SHOP};
 use plan::{scripts_for, write_plan};
 use shell::{Forward, ScriptError, kubectl, port_forward, run_script, script_command};
@@ -42,8 +40,6 @@ use shell::{Forward, ScriptError, kubectl, port_forward, run_script, script_comm
 pub const SCRIPTS_ENV: &str = "MESHFED_KIND_SCRIPTS";
 /// The label every sample pod carries with its Deployment's name.
 const POD_LABEL: &str = "meshfed.io/scenario-pod";
-/// The sidecar's admin port in every injected pod.
-const SIDECAR_ADMIN_PORT: u16 = 9904;
 /// The client pods' explicit upstreams (up.sh sets them).
 const API_UPSTREAM: u16 = 15001;
 const ECHO_UPSTREAM: u16 = 15002;
@@ -546,7 +542,7 @@ impl Kind {
     pub(super) async fn put_route(
         &self,
         cluster: &str,
-        route: &meshfed_api::route::HttpRoute,
+        route: &meshfed_resources::route::HttpRoute,
     ) -> anyhow::Result<()> {
         let c = crate::target::open(Some(&context(cluster)), None).await?;
         c.put_route(route).await.map(|_| ())
@@ -696,7 +692,7 @@ fn pod_workload(pod: &str) -> Workload {
         namespace: SHOP,
         deployment: pod.to_owned(),
         selector: format!("{POD_LABEL}={pod}"),
-        admin: Some(SIDECAR_ADMIN_PORT),
+        admin: Some(port::SIDECAR_ADMIN),
     }
 }
 
@@ -709,11 +705,11 @@ fn process_workload(process: &str) -> anyhow::Result<Workload> {
         admin: Some(port),
     };
     Ok(match process {
-        "identity" => component(IDENTITY, IDENTITY_ADMIN_PORT),
-        "controller" => component(CONTROLLER, CONTROLLER_ADMIN_PORT),
+        "identity" => component(IDENTITY, port::IDENTITY_ADMIN),
+        "controller" => component(CONTROLLER, port::CONTROLLER_ADMIN),
         // One replica (`controller-1`): its Deployment, the pod picked apart.
-        p if replica_index(p).is_some() => component(CONTROLLER, CONTROLLER_ADMIN_PORT),
-        "gateway" => component(GATEWAY, GATEWAY_ADMIN_PORT),
+        p if replica_index(p).is_some() => component(CONTROLLER, port::CONTROLLER_ADMIN),
+        "gateway" => component(GATEWAY, port::GATEWAY_ADMIN),
         p => match p.strip_suffix("-sidecar") {
             Some(pod) => pod_workload(pod),
             None => Workload {
@@ -733,14 +729,14 @@ mod tests {
         let w = process_workload("gateway").expect("gateway");
         assert_eq!(
             (w.namespace, w.deployment.as_str(), w.admin),
-            (NAMESPACE, GATEWAY, Some(GATEWAY_ADMIN_PORT))
+            (NAMESPACE, GATEWAY, Some(port::GATEWAY_ADMIN))
         );
         let w = process_workload("api-a-sidecar").expect("sidecar");
         assert_eq!(
             (w.namespace, w.deployment.as_str(), w.selector.as_str()),
             (SHOP, "api-a", "meshfed.io/scenario-pod=api-a")
         );
-        assert_eq!(w.admin, Some(SIDECAR_ADMIN_PORT));
+        assert_eq!(w.admin, Some(port::SIDECAR_ADMIN));
         assert_eq!(process_workload("echo").expect("echo").admin, None);
     }
 

@@ -445,7 +445,7 @@ impl Local {
     pub(super) async fn put_route(
         &self,
         cluster: &str,
-        route: &meshfed_api::route::HttpRoute,
+        route: &meshfed_resources::route::HttpRoute,
     ) -> anyhow::Result<()> {
         let c = self.t.cluster(cluster)?;
         let store = crate::target::open(None, Some(&c.state_dir)).await?;

@@ -252,7 +252,7 @@ pub struct ServiceRef {
 #[derive(Debug, Clone)]
 pub struct RouteApply {
     pub cluster: String,
-    pub route: meshfed_api::route::HttpRoute,
+    pub route: meshfed_resources::route::HttpRoute,
 }
 
 #[derive(Debug, Clone, Deserialize)]

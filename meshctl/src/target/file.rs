@@ -8,10 +8,10 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use meshfed_api::crd::Link;
 use meshfed_api::labels;
-use meshfed_api::route::{self, HttpRoute};
 use meshfed_mirror::{Change, ManifestDir, ObjKey};
+use meshfed_resources::crd::Link;
+use meshfed_resources::route::{self, HttpRoute};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -172,7 +172,7 @@ impl FileCluster {
             ("FailoverPolicy", "failoverpolicies"),
             ("RateLimitPolicy", "ratelimitpolicies"),
         ] {
-            let api = format!("{}/v1alpha1", meshfed_api::crd::GROUP);
+            let api = format!("{}/v1alpha1", meshfed_resources::crd::GROUP);
             for found in self.dir.list(&api, kind).with_context(|| self.describe())? {
                 let meta: ObjectMeta =
                     serde_json::from_value(found.value["metadata"].clone()).unwrap_or_default();

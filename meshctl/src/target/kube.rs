@@ -10,10 +10,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
-use meshfed_api::crd::{FailoverPolicy, Link, RateLimitPolicy};
 use meshfed_api::labels;
-use meshfed_api::route::HttpRoute;
 use meshfed_mirror::Change;
+use meshfed_resources::crd::{FailoverPolicy, Link, RateLimitPolicy};
+use meshfed_resources::route::HttpRoute;
 use serde_json::{Value, json};
 
 use super::{Component, PolicyVerdict, export_holds};
@@ -477,7 +477,7 @@ impl KubeCluster {
     pub async fn crds(&self) -> anyhow::Result<Vec<(String, Option<CustomResourceDefinition>)>> {
         let api = Api::<CustomResourceDefinition>::all(self.client.clone());
         let mut out = Vec::new();
-        for want in meshfed_api::crd::all() {
+        for want in meshfed_resources::crd::all() {
             let name = want.metadata.name.clone().unwrap_or_default();
             let have = api.get_opt(&name).await.map_err(self.failed(crd(&name)))?;
             out.push((name, have));

@@ -143,9 +143,9 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
             labels::ORIGIN_CLUSTER: "west", labels::LINK: "west", labels::ORIGIN_SERVICE: "api",
         }),
     ));
-    let failover = serde_json::to_value(&meshfed_api::crd::all()[1]).expect("crd json");
+    let failover = serde_json::to_value(&meshfed_resources::crd::all()[1]).expect("crd json");
     let failover = failover.as_object().expect("an object");
-    let limits = serde_json::to_value(&meshfed_api::crd::all()[2]).expect("crd json");
+    let limits = serde_json::to_value(&meshfed_resources::crd::all()[2]).expect("crd json");
     let limits = limits.as_object().expect("an object");
     let mut t = Vec::from(info_exchanges(east));
     t.extend([
@@ -202,7 +202,7 @@ fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
 }
 
 fn links_crd() -> serde_json::Map<String, Value> {
-    let crd = serde_json::to_value(&meshfed_api::crd::all()[0]).expect("crd json");
+    let crd = serde_json::to_value(&meshfed_resources::crd::all()[0]).expect("crd json");
     let crd = crd.as_object().expect("an object").clone();
     assert_eq!(crd["metadata"]["name"], "links.meshfed.io");
     crd

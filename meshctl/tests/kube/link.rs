@@ -18,7 +18,7 @@ fn link_args() -> meshctl::LinkArgs {
 async fn link(
     west: Vec<Exchange>,
     east: Vec<Exchange>,
-) -> anyhow::Result<(meshfed_api::crd::Link, Change)> {
+) -> anyhow::Result<(meshfed_resources::crd::Link, Change)> {
     let (west_client, west_api) = ApiServer::start(west);
     let (east_client, east_api) = ApiServer::start(east);
     let (from, to) = (

@@ -4,7 +4,7 @@
 //! in a sentence.
 
 use meshctl::{MetricsSource, read_metrics, route_rows};
-use meshfed_api::route::HttpRoute;
+use meshfed_resources::route::HttpRoute;
 
 use crate::prelude::*;
 use crate::standin::*;

@@ -16,11 +16,11 @@
 
 use std::cmp::Reverse;
 
-use meshfed_api::crd::{FailoverPolicySpec, LocalityKey};
 use meshfed_api::discovery::{Endpoint, EndpointSet, Locality, Policy, PriorityGroup};
 use meshfed_api::federation::ExportedService;
 use meshfed_api::labels;
 use meshfed_api::priority::{GroupHealth, shares};
+use meshfed_resources::crd::{FailoverPolicySpec, LocalityKey};
 use meshfed_trust::TrustDomain;
 
 use crate::httproute::rules_for;

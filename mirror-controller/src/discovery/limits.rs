@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use meshfed_api::crd::{RateLimitPolicy, TokenBucket};
 use meshfed_api::discovery::{Bucket, PortLimit};
+use meshfed_resources::crd::{RateLimitPolicy, TokenBucket};
 
 use crate::local::target_port;
 use crate::store::{ClusterState, ObjKey};

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use meshfed_api::crd::LinkSpec;
 use meshfed_api::federation::federation_client::FederationClient;
 use meshfed_api::federation::{ExportedService, ExportsUpdate, WatchExportsRequest};
+use meshfed_resources::crd::LinkSpec;
 use rand::Rng;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;

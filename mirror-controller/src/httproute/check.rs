@@ -5,11 +5,11 @@
 use std::fmt::Write as _;
 
 use k8s_openapi::api::core::v1::Service;
-use meshfed_api::route::condition::{
+use meshfed_resources::route::condition::{
     ACCEPTED, REASON_ACCEPTED, REASON_BACKEND_NOT_FOUND, REASON_INVALID_KIND,
     REASON_NO_MATCHING_PARENT, REASON_RESOLVED_REFS, REASON_UNSUPPORTED_VALUE, RESOLVED_REFS,
 };
-use meshfed_api::route::{
+use meshfed_resources::route::{
     CONTROLLER_NAME, HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef, RouteCondition, RouteTime, is_service_ref,
 };
@@ -221,7 +221,7 @@ pub(crate) struct Ref<'a> {
 }
 
 impl<'a> Ref<'a> {
-    pub(crate) fn backend(b: &'a meshfed_api::route::HttpRouteRulesBackendRefs) -> Self {
+    pub(crate) fn backend(b: &'a meshfed_resources::route::HttpRouteRulesBackendRefs) -> Self {
         Self {
             group: b.group.as_deref(),
             kind: b.kind.as_deref(),
@@ -231,7 +231,9 @@ impl<'a> Ref<'a> {
         }
     }
 
-    pub(crate) fn mirror(m: &'a meshfed_api::route::HttpRouteRulesFiltersRequestMirror) -> Self {
+    pub(crate) fn mirror(
+        m: &'a meshfed_resources::route::HttpRouteRulesFiltersRequestMirror,
+    ) -> Self {
         let b = &m.backend_ref;
         Self {
             group: b.group.as_deref(),
@@ -261,7 +263,7 @@ pub(crate) fn status_parents(
     verdicts: &[ParentVerdict],
     generation: Option<i64>,
     now: &RouteTime,
-    previous: Option<&meshfed_api::route::HttpRouteStatus>,
+    previous: Option<&meshfed_resources::route::HttpRouteStatus>,
 ) -> Vec<HttpRouteStatusParents> {
     verdicts
         .iter()

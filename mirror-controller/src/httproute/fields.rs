@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use meshfed_api::route::{
+use meshfed_resources::route::{
     HttpRoute, HttpRouteRulesFiltersType, HttpRouteRulesMatchesHeadersType,
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
@@ -157,7 +157,7 @@ pub(super) fn unsupported(route: &HttpRoute) -> Option<String> {
 }
 
 fn check_modifier(
-    m: &meshfed_api::route::HttpRouteRulesFiltersRequestHeaderModifier,
+    m: &meshfed_resources::route::HttpRouteRulesFiltersRequestHeaderModifier,
     at: &str,
     add: &mut impl FnMut(String, &str),
 ) {
@@ -198,7 +198,7 @@ fn check_modifier(
 /// A Gateway API duration (GEP-2257: `10s`, `1h30m`, `500ms`; `0s` turns
 /// the timeout off).
 pub(crate) fn duration(v: &str) -> Result<std::time::Duration, String> {
-    let d: meshfed_api::route::RouteDuration = v.parse().map_err(|e: String| e)?;
+    let d: meshfed_resources::route::RouteDuration = v.parse().map_err(|e: String| e)?;
     let d = std::time::Duration::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     if !d.is_zero() && d < std::time::Duration::from_millis(1) {
         return Err("a timeout other than 0s must be at least 1ms".into());

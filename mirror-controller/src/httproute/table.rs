@@ -11,7 +11,7 @@ use meshfed_api::discovery::{
     HeaderModifier, NameValue, PathMatch, RouteBackend, RouteMatch, RouteMirror, RouteRule,
     path_match,
 };
-use meshfed_api::route::{
+use meshfed_resources::route::{
     HttpRoute, HttpRouteRules, HttpRouteRulesFiltersRequestHeaderModifier, HttpRouteRulesMatches,
     HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType, is_service_ref, mirror_fraction,
 };

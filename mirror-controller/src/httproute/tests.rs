@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use meshfed_api::discovery::{RouteRule, path_match};
-use meshfed_api::route::HttpRoute;
+use meshfed_resources::route::HttpRoute;
 
 use super::check::check;
 use super::rules_for;
@@ -377,7 +377,8 @@ fn status_echoes_each_parent_ref_with_the_generation() {
     let s = state(&[&text]);
     let key = ObjKey::new("shop", "r");
     let r = s.routes.get(&key).expect("route");
-    let now = meshfed_api::route::RouteTime(meshfed_api::route::RouteTimestamp::UNIX_EPOCH);
+    let now =
+        meshfed_resources::route::RouteTime(meshfed_resources::route::RouteTimestamp::UNIX_EPOCH);
     let parents = super::status_parents(&check(r, &key, &s), r.metadata.generation, &now, None);
     assert_eq!(parents.len(), 1);
     let p = &parents[0];

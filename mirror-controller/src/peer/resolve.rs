@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use meshfed_api::crd::LinkSpec;
+use meshfed_resources::crd::LinkSpec;
 
 use crate::world::PeerWriter;
 

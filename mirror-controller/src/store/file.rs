@@ -28,10 +28,10 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use meshfed_api::crd::{
+use meshfed_resources::crd::{
     FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus, RateLimitPolicy, RateLimitPolicyStatus,
 };
-use meshfed_api::route::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
+use meshfed_resources::route::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;

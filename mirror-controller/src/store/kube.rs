@@ -25,11 +25,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use meshfed_api::crd::{
+use meshfed_api::labels::{CONTROLLER, ORIGIN_CLUSTER, ZONE};
+use meshfed_resources::crd::{
     FailoverPolicy, FailoverPolicyStatus, Link, LinkStatus, RateLimitPolicy, RateLimitPolicyStatus,
 };
-use meshfed_api::labels::{CONTROLLER, ORIGIN_CLUSTER, ZONE};
-use meshfed_api::route::{HttpRoute, HttpRouteStatusParents};
+use meshfed_resources::route::{HttpRoute, HttpRouteStatusParents};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;

@@ -63,7 +63,7 @@ fn controller_binary_runs_from_flags_and_stops_on_sigterm() {
         .args(["--federation-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--discovery-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .env("MESHFED_LOG", "warn")
+        .env(meshfed_runtime::env::LOG, "warn")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn controller");

@@ -341,7 +341,7 @@ async fn invalid_specs_get_a_condition_naming_the_field() {
     let mut policy = fixtures::policy("shop", "api-failover", "api");
     policy.spec.spill_threshold = 1.5;
     policy.spec.clusters = Some(vec!["west".into()]);
-    policy.spec.locality = Some(vec![meshfed_api::crd::LocalityKey::Region]);
+    policy.spec.locality = Some(vec![meshfed_resources::crd::LocalityKey::Region]);
     east.write("policy.yaml", &yaml(&policy));
     let mut link = fixtures::link("meshfed-system", "west", &["not a host!"], 0, "x", "y");
     link.spec.lease_ttl_seconds = 0;
@@ -359,7 +359,7 @@ async fn invalid_specs_get_a_condition_naming_the_field() {
         assert!(Instant::now() < deadline, "statuses never written");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let policy: meshfed_api::crd::FailoverPolicy =
+    let policy: meshfed_resources::crd::FailoverPolicy =
         serde_saphyr::from_str(&policy_status).expect("status parses");
     let cond = &policy.status.expect("status").conditions[0];
     assert_eq!(
@@ -376,7 +376,8 @@ async fn invalid_specs_get_a_condition_naming_the_field() {
         cond.message
     );
     assert!(cond.message.contains("spec.clusters"), "{}", cond.message);
-    let link: meshfed_api::crd::Link = serde_saphyr::from_str(&link_status).expect("status parses");
+    let link: meshfed_resources::crd::Link =
+        serde_saphyr::from_str(&link_status).expect("status parses");
     let status = link.status.expect("status");
     let accepted = status
         .conditions
@@ -500,13 +501,13 @@ async fn a_restarted_controller_keeps_live_mirrors_and_removes_stale_ones() {
 async fn until_link_status(
     cluster: &Cluster,
     what: &str,
-    f: impl Fn(&meshfed_api::crd::LinkStatus) -> bool,
-) -> meshfed_api::crd::LinkStatus {
+    f: impl Fn(&meshfed_resources::crd::LinkStatus) -> bool,
+) -> meshfed_resources::crd::LinkStatus {
     let file = cluster.path("status/links/meshfed-system.west.yaml");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let status = serde_saphyr::from_str::<meshfed_api::crd::Link>(&text)
+        let status = serde_saphyr::from_str::<meshfed_resources::crd::Link>(&text)
             .ok()
             .and_then(|l| l.status);
         if let Some(s) = status.filter(|s| f(s)) {
@@ -521,7 +522,7 @@ async fn until_link_status(
 }
 
 fn condition<'a>(
-    status: &'a meshfed_api::crd::LinkStatus,
+    status: &'a meshfed_resources::crd::LinkStatus,
     type_: &str,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
@@ -547,7 +548,7 @@ async fn a_mirror_that_cannot_be_written_is_named_in_the_link_status() {
     let named = &status.unwritable_mirrors[0];
     assert_eq!(named.mirror, "shop/api-west");
     assert!(named.reason.contains("is not a mirror"), "{}", named.reason);
-    let written = condition(&status, meshfed_api::crd::CONDITION_MIRRORS_WRITTEN)
+    let written = condition(&status, meshfed_resources::crd::CONDITION_MIRRORS_WRITTEN)
         .expect("MirrorsWritten condition");
     assert_eq!(
         (written.status.as_str(), written.reason.as_str()),
@@ -582,7 +583,7 @@ async fn a_mirror_that_cannot_be_written_is_named_in_the_link_status() {
     })
     .await;
     assert!(status.unwritable_mirrors.is_empty());
-    let written = condition(&status, meshfed_api::crd::CONDITION_MIRRORS_WRITTEN)
+    let written = condition(&status, meshfed_resources::crd::CONDITION_MIRRORS_WRITTEN)
         .expect("MirrorsWritten condition");
     assert_eq!(
         (written.status.as_str(), written.reason.as_str()),
@@ -607,7 +608,7 @@ async fn a_silent_controller_behind_a_live_gateway_is_held_through_the_grace() {
     let east = Cluster::start(&mesh, "east", None).await;
     let gw = Gateway::start(&west).await;
     west.write("api.yaml", &api_manifest(true));
-    let mut link: meshfed_api::crd::Link =
+    let mut link: meshfed_resources::crd::Link =
         serde_saphyr::from_str(&link_manifest(gw.addr)).expect("link");
     link.spec.control_plane_grace_seconds = GRACE;
     east.write(LINK_FILE, &yaml(&link));

@@ -13,10 +13,10 @@ use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::client::Body;
-use meshfed_api::crd::{FailoverPolicyStatus, LinkStatus};
 use meshfed_api::discovery::{EndpointSet, Locality};
 use meshfed_api::labels;
 use meshfed_mirror::{Controller, ControllerConfig, KubeStore, Mirror, ObjKey, Store, StoreError};
+use meshfed_resources::crd::{FailoverPolicyStatus, LinkStatus};
 use tokio::time::Instant;
 
 use crate::support::{CONTROLLER, Mesh, TD, creds, until, watch_endpoints};
@@ -781,9 +781,9 @@ async fn a_route_status_keeps_every_other_controllers_entry_and_names_its_versio
     cluster.lists.insert(ROUTES, vec![shared_route()]);
     let (store, server) = started(cluster).await;
     let key = ObjKey::new("shop", "api-split");
-    let ours: meshfed_api::route::HttpRouteStatusParents = serde_json::from_value(json!({
+    let ours: meshfed_resources::route::HttpRouteStatusParents = serde_json::from_value(json!({
         "parentRef": { "group": "", "kind": "Service", "name": "api", "port": 80 },
-        "controllerName": meshfed_api::route::CONTROLLER_NAME,
+        "controllerName": meshfed_resources::route::CONTROLLER_NAME,
         "conditions": [{
             "type": "Accepted", "status": "True", "reason": "Accepted", "message": "ok",
             "observedGeneration": 2, "lastTransitionTime": "2026-01-02T00:00:00Z",
@@ -813,7 +813,10 @@ async fn a_route_status_keeps_every_other_controllers_entry_and_names_its_versio
         .collect();
     assert_eq!(
         controllers,
-        ["example.com/gateway", meshfed_api::route::CONTROLLER_NAME]
+        [
+            "example.com/gateway",
+            meshfed_resources::route::CONTROLLER_NAME
+        ]
     );
 
     let gone = ObjKey::new("shop", "no-such-route");

@@ -1,4 +1,4 @@
-//! Fixtures: a mesh PKI, clusters (file store + controller + served ports),
+//! Fixtures: clusters (file store + controller + served ports),
 //! the real gateway, and gRPC clients over mTLS.
 
 use std::net::SocketAddr;
@@ -9,49 +9,23 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use meshfed_api::discovery::discovery_client::DiscoveryClient;
 use meshfed_api::discovery::{EndpointSet, Locality, WatchRequest};
+use meshfed_identity::ClusterCa;
 use meshfed_mirror::{
     ClusterState, Controller, ControllerConfig, FileStore, FileStoreConfig, ObjKey, Store,
 };
+pub use meshfed_testkit::cluster::{
+    CONTROLLER, GATEWAY, Mesh, TD, id, serve_controller, write_file, yaml,
+};
 use meshfed_trust::{
-    ClusterCa, Credentials, CredentialsWatch, ExpectedIds, KeyAlgorithm, RootCa, SpiffeId,
-    TrustBundle, TrustDomain, client_config,
+    Credentials, CredentialsWatch, ExpectedIds, SpiffeId, TrustBundle, TrustDomain, client_config,
 };
 use prometheus_client::registry::Registry;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
-
-pub const TD: &str = "mesh.test";
-pub const CONTROLLER: &str = "/ns/meshfed-system/sa/meshfed-controller";
-pub const GATEWAY: &str = "/ns/meshfed-system/sa/meshfed-gateway";
-
-pub fn id(path: &str) -> SpiffeId {
-    SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("valid id")
-}
-
-/// A root for the mesh; cluster CAs under it.
-pub struct Mesh {
-    pub root: RootCa,
-}
-
-impl Mesh {
-    pub fn new() -> Self {
-        meshfed_trust::install_crypto_provider();
-        let td = TrustDomain::new(TD).expect("td");
-        let root = RootCa::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400))
-            .expect("root");
-        Self { root }
-    }
-
-    pub fn cluster_ca(&self, name: &str) -> ClusterCa {
-        self.root
-            .issue_cluster(name, Duration::from_secs(86400), Vec::new())
-            .expect("cluster ca")
-    }
-}
 
 /// Credentials for `path` from `ca`, trusting `bundle` (the CA's own when None).
 pub fn creds(ca: &ClusterCa, path: &str, bundle: Option<TrustBundle>) -> CredentialsWatch {
@@ -199,21 +173,8 @@ async fn launch(
     let mut registry = Registry::default();
     let dyn_store: Arc<dyn Store> = store.clone();
     let controller = Arc::new(Controller::start(config, dyn_store, creds, &mut registry));
-    let fed = TcpListener::bind(federation).await.expect("bind");
-    let disc = TcpListener::bind(discovery).await.expect("bind");
-    let (federation, discovery) = (
-        fed.local_addr().expect("addr"),
-        disc.local_addr().expect("addr"),
-    );
-    let (c1, c2) = (controller.clone(), controller.clone());
-    let servers = vec![
-        tokio::spawn(async move {
-            let _ = c1.serve_federation(fed, std::future::pending()).await;
-        }),
-        tokio::spawn(async move {
-            let _ = c2.serve_discovery(disc, std::future::pending()).await;
-        }),
-    ];
+    let (federation, discovery, servers) =
+        serve_controller(&controller, federation, discovery).await;
     Parts {
         store,
         controller,
@@ -222,16 +183,6 @@ async fn launch(
         registry: Arc::new(registry),
         servers,
     }
-}
-
-pub fn write_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-pub fn yaml<T: serde::Serialize>(obj: &T) -> String {
-    serde_saphyr::to_string(obj).expect("yaml")
 }
 
 /// Waits until `f` holds for the value in `rx`; returns the time since `since`.
@@ -318,7 +269,7 @@ impl Gateway {
             config,
             routes,
             gw_creds,
-            meshfed_trust::Readiness::default(),
+            meshfed_runtime::Readiness::default(),
             metrics,
         );
         let listener = meshfed_gateway::bind_shared(bind).expect("bind gateway");

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshfed_trust::{ClusterCa, paths};
+use meshfed_identity::ClusterCa;
+use meshfed_trust::paths;
 use tokio::net::TcpStream;
 
 use crate::procs::{Proc, free_port};
@@ -50,8 +51,13 @@ impl Pair {
     ) -> anyhow::Result<Self> {
         let server_dir = dir.join("nginx-server");
         let client_dir = dir.join("nginx-client");
-        credentials(ca, crate::support::API, &[SERVER_NAME.into()], &server_dir)?;
-        credentials(ca, crate::support::FRONTEND, &[], &client_dir)?;
+        credentials(
+            ca,
+            meshfed_testkit::cluster::API,
+            &[SERVER_NAME.into()],
+            &server_dir,
+        )?;
+        credentials(ca, meshfed_testkit::cluster::FRONTEND, &[], &client_dir)?;
         let tls_port = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
 
@@ -107,7 +113,7 @@ fn credentials(ca: &ClusterCa, path: &str, dns_names: &[String], dir: &Path) -> 
     std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
     // ECDSA P-256, as the mesh's own keys.
     let key = rcgen::KeyPair::generate().context("key")?;
-    let id = crate::support::id(path);
+    let id = meshfed_testkit::cluster::id(path);
     let chain = ca
         .issue_serving_leaf(&id, dns_names, &key, VALIDITY)
         .context("issue")?;

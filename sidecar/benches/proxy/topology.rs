@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 
 use crate::procs::{Proc, free_port};
-use crate::support::{self, Cluster};
+use meshfed_testkit::cluster::{self, Cluster};
 
 /// The zone of every workload.
 const ZONE: &str = "a";
@@ -61,13 +61,13 @@ impl Topology {
         let bins = Bins::find()?;
         let dir = tempfile::tempdir().context("tempdir")?;
         let d = dir.path();
-        let mesh = support::Mesh::new();
+        let mesh = cluster::Mesh::new();
         let east = Cluster::start(&mesh, "east").await;
         let west = Cluster::start(&mesh, "west").await;
-        crate::mesh::Pki::write_dir(&east.ca, support::API, &d.join("server"))?;
-        crate::mesh::Pki::write_dir(&east.ca, support::FRONTEND, &d.join("client-east"))?;
-        crate::mesh::Pki::write_dir(&west.ca, support::FRONTEND, &d.join("client-west"))?;
-        crate::mesh::Pki::write_dir(&east.ca, support::GATEWAY, &d.join("gateway"))?;
+        crate::mesh::Pki::write_dir(&east.ca, cluster::API, &d.join("server"))?;
+        crate::mesh::Pki::write_dir(&east.ca, cluster::FRONTEND, &d.join("client-east"))?;
+        crate::mesh::Pki::write_dir(&west.ca, cluster::FRONTEND, &d.join("client-west"))?;
+        crate::mesh::Pki::write_dir(&east.ca, cluster::GATEWAY, &d.join("gateway"))?;
 
         let (app_proc, ports) = Proc::spawn_self("app", &[crate::app::FLAG.as_ref()], 2)?;
         let (direct, behind) = (ports[0], ports[1]);
@@ -78,9 +78,9 @@ impl Topology {
             .args(["--inbound", &format!("{inbound}={}", loopback(behind))])
             .spawn(d)
             .await?;
-        east.write("api.yaml", &support::api_manifest(true, &[(inbound, ZONE)]));
+        east.write("api.yaml", &cluster::api_manifest(true, &[(inbound, ZONE)]));
         let gateway = spawn_gateway(&bins.gateway, &east, &d.join("gateway"), d).await?;
-        west.write("api.yaml", &support::api_manifest(false, &[]));
+        west.write("api.yaml", &cluster::api_manifest(false, &[]));
         west.write("api-split.yaml", SPLIT);
         let gw_listen = gateway.listen;
         west.link("east", gw_listen);
@@ -114,7 +114,7 @@ impl Topology {
         .await?;
         tokio::time::timeout(
             Duration::from_secs(20),
-            support::until_remote_group(&west, "east", ZONE),
+            cluster::until_remote_group(&west, "east", ZONE),
         )
         .await
         .context("west never listed east's api")?;
@@ -136,7 +136,7 @@ impl Topology {
     }
 
     /// East's cluster CA (the server side's).
-    pub fn east_ca(&self) -> &meshfed_trust::ClusterCa {
+    pub fn east_ca(&self) -> &meshfed_identity::ClusterCa {
         &self.east.ca
     }
 
@@ -232,11 +232,11 @@ impl Sidecar {
             .arg("--discovery")
             .arg(cluster.discovery.to_string())
             .arg("--controller-id")
-            .arg(support::id(support::CONTROLLER).to_string())
+            .arg(cluster::id(cluster::CONTROLLER).to_string())
             .arg("--credentials-dir")
             .arg(creds)
             .args(["--drain-timeout", "0s"])
-            .env("MESHFED_LOG", "warn");
+            .env(meshfed_runtime::env::LOG, "warn");
         Self {
             name,
             role: name,
@@ -298,7 +298,7 @@ async fn spawn_gateway(
         .arg("--credentials-dir")
         .arg(creds)
         .args(["--drain-timeout", "1s"])
-        .env("MESHFED_LOG", "warn");
+        .env(meshfed_runtime::env::LOG, "warn");
     let mut proc = Proc::spawn("meshfed-gateway", cmd, &dir.join("gateway.log"))?;
     proc.wait_ready(admin).await?;
     Ok(Gateway {
@@ -369,7 +369,14 @@ fn built(bin: &Path, own: &str, build: &str) -> anyhow::Result<PathBuf> {
         .and_then(|m| m.modified())
         .with_context(|| format!("{} not found: run `{build}` first", bin.display()))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sources = [own, "api/src", "api/proto", "api/build.rs", "trust/src"];
+    let sources = [
+        own,
+        "api/src",
+        "api/proto",
+        "api/build.rs",
+        "trust/src",
+        "runtime/src",
+    ];
     let newest = sources
         .iter()
         .filter_map(|s| newest_mtime(&root.join(s)))

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshfed_api::discovery::{Endpoint, EndpointSet, Locality, Policy, PriorityGroup};
-use meshfed_trust::{
-    ClusterCa, Credentials, CredentialsWatch, KeyAlgorithm, RootCa, SpiffeId, TrustDomain,
-};
+use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
+use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain};
 use prometheus_client::registry::Registry;
-use rustls_pki_types::PrivatePkcs8KeyDer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,14 +41,7 @@ pub(crate) fn creds(id: &str) -> CredentialsWatch {
     let w = ca()
         .issue_workload(&SpiffeId::parse(id).expect("id"), Duration::from_secs(3600))
         .expect("workload");
-    Credentials::new(
-        w.chain,
-        PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-        w.bundle,
-    )
-    .expect("credentials")
-    .into_watch()
-    .1
+    w.into_credentials().expect("credentials").into_watch().1
 }
 
 /// A destination (api.shop:80) fed by the returned sender, at most

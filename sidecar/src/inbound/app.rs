@@ -163,5 +163,4 @@ impl tower::Service<http::Uri> for AppConnector {
 }
 
 #[cfg(test)]
-#[path = "app_tests.rs"]
 mod tests;

@@ -91,5 +91,4 @@ fn attempt(inner: Next, dest: Arc<Dest>, mut req: Request<Body>) -> impl Future<
 }
 
 #[cfg(test)]
-#[path = "balance_tests.rs"]
 mod tests;

@@ -162,5 +162,4 @@ async fn within<F: Future>(mut timer: Pin<&mut Sleep>, f: F) -> Result<F::Output
 }
 
 #[cfg(test)]
-#[path = "endpoint_tests.rs"]
 mod tests;

@@ -211,5 +211,4 @@ impl Kept {
 }
 
 #[cfg(test)]
-#[path = "retry_tests.rs"]
 mod tests;

@@ -212,5 +212,4 @@ fn head_of(req: &Request<Body>) -> Head {
 }
 
 #[cfg(test)]
-#[path = "route_tests.rs"]
 mod tests;

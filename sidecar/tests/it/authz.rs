@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshfed_identity::{KeyAlgorithm, RootCa};
 use meshfed_sidecar::{Allow, Inbound, Locality, Plaintext, PortPolicy, SidecarConfig};
-use meshfed_trust::{ExpectedIds, KeyAlgorithm, RootCa, TrustDomain};
+use meshfed_trust::{ExpectedIds, TrustDomain};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -198,7 +199,7 @@ async fn plaintext_callers_get_what_the_port_policy_says() {
     config
         .apply_port_policies(vec![permissive(open), permissive(listed)])
         .expect("policies");
-    let sidecar = Running::start(config, creds(&east.ca, API), &east.source()).await;
+    let sidecar = Running::start(config, creds(&east.ca, API), &source(&east)).await;
     let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let spoof = format!(
         "GET / HTTP/1.1\r\nhost: api\r\n{}: {}\r\nconnection: close\r\n\r\n",

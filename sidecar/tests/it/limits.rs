@@ -61,7 +61,7 @@ async fn each_caller_gets_its_own_bucket_and_a_429_with_retry_after() {
         pod_ip: Some(POD_IP.parse().expect("ip")),
         ..SidecarConfig::default()
     };
-    let api = Running::start(config, creds(&east.ca, API), &east.source()).await;
+    let api = Running::start(config, creds(&east.ca, API), &source(&east)).await;
     let pod = api.bound_inbound[0];
     east.write("api.yaml", &api_manifest(false, &[(pod, "a")]));
     let frontend = client_sidecar(&east, "a", FRONTEND).await;

@@ -1,9 +1,8 @@
-//! Fixtures: a mesh PKI; clusters (file store + real controller serving
-//! discovery and federation); west's real gateway; HTTP apps behind real
-//! server sidecars; a client sidecar; a steady request stream.
+//! Fixtures: clusters (file store + real controller serving discovery and
+//! federation, from the testkit); west's real gateway; HTTP apps behind
+//! real server sidecars; a client sidecar; a steady request stream.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,200 +12,28 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
+use meshfed_runtime::Readiness;
 use meshfed_sidecar::{
     Breakers, DiscoverySource, Inbound, Locality, ServiceTarget, Sidecar, SidecarConfig, Timeouts,
     Upstream,
 };
-use meshfed_trust::{
-    ClusterCa, Credentials, CredentialsWatch, KeyAlgorithm, Readiness, RootCa, SpiffeId,
-    TrustDomain,
-};
+pub use meshfed_testkit::cluster::*;
+use meshfed_trust::CredentialsWatch;
 use prometheus_client::registry::Registry;
-use rustls_pki_types::PrivatePkcs8KeyDer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub const TD: &str = "mesh.test";
-pub const CONTROLLER: &str = "/ns/meshfed-system/sa/meshfed-controller";
-pub const GATEWAY: &str = "/ns/meshfed-system/sa/meshfed-gateway";
-pub const API: &str = "/ns/shop/sa/api";
-pub const FRONTEND: &str = "/ns/web/sa/frontend";
-
-pub fn id(path: &str) -> SpiffeId {
-    SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("valid id")
-}
-
 pub fn api_target() -> ServiceTarget {
     ServiceTarget::new("api", "shop", 80).expect("target")
 }
 
-/// The mesh root; cluster CAs under it.
-pub struct Mesh {
-    root: RootCa,
-}
-
-impl Mesh {
-    pub fn new() -> Self {
-        meshfed_trust::install_crypto_provider();
-        let td = TrustDomain::new(TD).expect("td");
-        let root = RootCa::generate(&td, KeyAlgorithm::EcdsaP256, Duration::from_secs(86400))
-            .expect("root");
-        Self { root }
-    }
-
-    pub fn cluster_ca(&self, name: &str) -> ClusterCa {
-        self.root
-            .issue_cluster(name, Duration::from_secs(86400), Vec::new())
-            .expect("cluster ca")
-    }
-}
-
-/// Credentials for `path`, issued by `ca`.
-pub fn creds(ca: &ClusterCa, path: &str) -> CredentialsWatch {
-    let w = ca
-        .issue_workload(&id(path), Duration::from_secs(3600))
-        .expect("issue");
-    Credentials::new(
-        w.chain,
-        PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-        w.bundle,
-    )
-    .expect("credentials")
-    .into_watch()
-    .1
-}
-
-pub fn yaml<T: serde::Serialize>(obj: &T) -> String {
-    serde_saphyr::to_string(obj).expect("yaml")
-}
-
-/// Writes a file atomically, as an editor or kubectl would.
-pub fn write_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-/// `api.shop:80`, served by `endpoints` (inbound address, zone), each in
-/// its own slice naming its Pod, which runs as `API`'s service account.
-pub fn api_manifest(exported: bool, endpoints: &[(SocketAddr, &str)]) -> String {
-    let mut svc = fixtures::service("shop", "api", &[("http", 80)], exported);
-    if let Some(spec) = svc.spec.as_mut() {
-        spec.cluster_ip = Some("10.96.0.10".into());
-    }
-    let mut docs = vec![yaml(&svc)];
-    for (i, (addr, zone)) in endpoints.iter().enumerate() {
-        let mut slice =
-            fixtures::slice("shop", "api", &format!("api-{i}"), &[("http", addr.port())]);
-        let pod = fixtures::pod(
-            "shop",
-            &format!("api-{i}"),
-            "api",
-            &addr.ip().to_string(),
-            "n1",
-        );
-        fixtures::add_pod_endpoint(&mut slice, &pod, Some(zone), true);
-        docs.push(yaml(&slice));
-        docs.push(yaml(&pod));
-    }
-    docs.join("---\n")
-}
-
-/// One cluster: manifests, file store, controller, its listeners.
-pub struct Cluster {
-    pub name: String,
-    pub dir: tempfile::TempDir,
-    pub ca: ClusterCa,
-    pub discovery: SocketAddr,
-    pub federation: SocketAddr,
-    _controller: Arc<Controller>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-impl Cluster {
-    pub async fn start(mesh: &Mesh, name: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = mesh.cluster_ca(name);
-        let mut cfg = FileStoreConfig::new(dir.path());
-        cfg.poll = Duration::from_millis(20);
-        let store: Arc<dyn Store> = Arc::new(FileStore::open(cfg).await.expect("store"));
-        let mut config = ControllerConfig::new(name);
-        config.status_period = Duration::from_millis(200);
-        let mut registry = Registry::default();
-        let controller = Arc::new(Controller::start(
-            config,
-            store,
-            creds(&ca, CONTROLLER),
-            &mut registry,
-        ));
-        let fed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let disc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (federation, discovery) = (
-            fed.local_addr().expect("addr"),
-            disc.local_addr().expect("addr"),
-        );
-        let (c1, c2) = (controller.clone(), controller.clone());
-        let tasks = vec![
-            tokio::spawn(async move {
-                let _ = c1.serve_federation(fed, std::future::pending()).await;
-            }),
-            tokio::spawn(async move {
-                let _ = c2.serve_discovery(disc, std::future::pending()).await;
-            }),
-        ];
-        Self {
-            name: name.into(),
-            dir,
-            ca,
-            discovery,
-            federation,
-            _controller: controller,
-            tasks,
-        }
-    }
-
-    pub fn write(&self, file: &str, text: &str) {
-        write_file(&self.dir.path().join(file), text);
-    }
-
-    pub fn source(&self) -> DiscoverySource {
-        DiscoverySource {
-            addr: self.discovery.to_string(),
-            controller_id: id(CONTROLLER),
-        }
-    }
-
-    /// Links this cluster to `peer`, whose gateway listens on `gateway`.
-    pub fn link(&self, peer: &str, gateway: SocketAddr) {
-        let mut link = fixtures::link(
-            "meshfed-system",
-            peer,
-            &[&gateway.ip().to_string()],
-            gateway.port(),
-            &id(GATEWAY).to_string(),
-            &id(CONTROLLER).to_string(),
-        );
-        link.spec.lease_ttl_seconds = 2;
-        link.spec.probe.period_seconds = 1;
-        self.write(&format!("link-{peer}.yaml"), &yaml(&link));
-    }
-
-    /// A FailoverPolicy for api with a failback hold of `hold_seconds`.
-    pub fn policy(&self, hold_seconds: u32) {
-        let mut p = fixtures::policy("shop", "api-failover", "api");
-        p.spec.failback.hold_seconds = hold_seconds;
-        self.write("policy.yaml", &yaml(&p));
+/// Where `cluster`'s controller serves discovery, as a sidecar is told.
+pub fn source(cluster: &Cluster) -> DiscoverySource {
+    DiscoverySource {
+        addr: cluster.discovery.to_string(),
+        controller_id: id(CONTROLLER),
     }
 }
 
@@ -446,7 +273,7 @@ pub async fn app_sidecar(
         inbound: vec![Inbound { listen, app, allow }],
         ..SidecarConfig::default()
     };
-    Running::start(config, creds(&cluster.ca, API), &cluster.source()).await
+    Running::start(config, creds(&cluster.ca, API), &source(cluster)).await
 }
 
 /// The client workload's sidecar in `cluster`, zone `zone`, with api on an upstream port.
@@ -483,7 +310,7 @@ pub async fn client_sidecar_with(
         breakers,
         ..SidecarConfig::default()
     };
-    Running::start(config, creds(&cluster.ca, path), &cluster.source()).await
+    Running::start(config, creds(&cluster.ca, path), &source(cluster)).await
 }
 
 /// A plain HTTP/1 client, as an unmodified app would be.
@@ -645,61 +472,6 @@ impl Stream {
         let mut all = self.outcomes.lock().expect("outcomes").clone();
         all.sort_by_key(|o| o.at);
         all
-    }
-}
-
-/// The value of the metric lines starting with `prefix`, summed.
-pub fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Waits until `cluster`'s discovery lists a group for `remote` with a
-/// healthy endpoint, for a caller in `zone`.
-pub async fn until_remote_group(cluster: &Cluster, remote: &str, zone: &str) {
-    use meshfed_api::discovery::discovery_client::DiscoveryClient;
-    use meshfed_api::discovery::{Locality as Wire, WatchRequest};
-    let tls = meshfed_trust::client_config(
-        creds(&cluster.ca, FRONTEND),
-        meshfed_trust::ExpectedIds::one(id(CONTROLLER)),
-    );
-    let name = rustls_pki_types::ServerName::try_from("discovery.meshfed.local").expect("name");
-    let channel = meshfed_trust::mtls_channel(
-        cluster.discovery.to_string(),
-        name,
-        tls,
-        Duration::from_secs(3),
-    );
-    let mut stream = DiscoveryClient::new(channel)
-        .watch(WatchRequest {
-            name: "api".into(),
-            namespace: "shop".into(),
-            port: 80,
-            caller: Some(Wire {
-                cluster: cluster.name.clone(),
-                region: String::new(),
-                zone: zone.into(),
-            }),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let set = tokio::time::timeout(left, stream.message())
-            .await
-            .unwrap_or_else(|_| panic!("{} never listed {remote}", cluster.name))
-            .expect("stream")
-            .expect("open");
-        let found = set.groups.iter().any(|g| {
-            g.remote && g.healthy > 0 && g.locality.as_ref().is_some_and(|l| l.cluster == remote)
-        });
-        if found {
-            return;
-        }
     }
 }
 

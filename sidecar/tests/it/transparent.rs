@@ -62,7 +62,7 @@ fn curl_reaches_a_remote_service_by_its_cluster_ip() {
             mark: Some(7),
             ..SidecarConfig::default()
         };
-        let _client = Running::start(config, creds(&east.ca, FRONTEND), &east.source()).await;
+        let _client = Running::start(config, creds(&east.ca, FRONTEND), &source(&east)).await;
         ready_tx.send(()).expect("ready");
         let _ = done_rx.await;
         drop((w1, gateway));

@@ -118,7 +118,7 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
         let discovery = Relay::start_on(at, west.discovery).await;
         let source = meshfed_sidecar::DiscoverySource {
             addr: discovery.addr.to_string(),
-            ..west.source()
+            ..source(&west)
         };
         let _ = creds_tx.send((creds(&west.ca, API), source));
         pod_ready_rx.await.expect("pod sidecar up");

@@ -2,7 +2,7 @@
 
 use meshfed_trust::{BundleError, TrustBundle};
 
-use crate::support::{Pki, TD, td};
+use meshfed_testkit::pki::{Pki, TD, td};
 
 #[test]
 fn pem_and_spiffe_json_round_trip() {
@@ -80,7 +80,7 @@ fn bundles_refuse_leaves_and_empty_input() {
     let leaf = pki
         .ca
         .issue_workload(
-            &crate::support::id("/ns/a/sa/b"),
+            &meshfed_testkit::pki::id("/ns/a/sa/b"),
             std::time::Duration::from_secs(60),
         )
         .expect("issue");

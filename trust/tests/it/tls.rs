@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
-use crate::support::{Pki, TD, id};
+use meshfed_testkit::pki::{Pki, TD, id};
 
 /// An echo server that reports each client's SPIFFE ID (or the handshake error).
 async fn echo_server(
@@ -136,7 +136,7 @@ async fn server_refuses_clients_without_a_mesh_certificate() {
         .issue_workload(&id("/ns/shop/sa/web"), std::time::Duration::from_secs(600))
         .expect("issue");
     let both = meshfed_trust::TrustBundle::new(
-        crate::support::td(),
+        meshfed_testkit::pki::td(),
         [stranger.root.cert().clone(), pki.root.cert().clone()],
     )
     .expect("bundle");

@@ -7,7 +7,7 @@ use meshfed_trust::{CertError, SvidVerifier, TrustBundle, Usage, VerifyError};
 use rcgen::SanType;
 use rustls_pki_types::CertificateDer;
 
-use crate::support::{Pki, TD, ca_leaf, good_leaf, id, td, uri};
+use meshfed_testkit::pki::{Pki, TD, ca_leaf, good_leaf, id, td, uri};
 
 fn verify(
     pki: &Pki,
@@ -249,9 +249,9 @@ fn rejects_wrong_key_usage() {
 #[test]
 fn accepts_both_roots_during_root_rotation() {
     let old = Pki::new(TD);
-    let new_root = meshfed_trust::RootCa::generate(
+    let new_root = meshfed_identity::RootCa::generate(
         &td(),
-        meshfed_trust::KeyAlgorithm::EcdsaP256,
+        meshfed_identity::KeyAlgorithm::EcdsaP256,
         Duration::from_secs(86400 * 365),
     )
     .expect("root");

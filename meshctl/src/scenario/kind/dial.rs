@@ -4,11 +4,12 @@
 //! sidecar inbound port.
 
 use anyhow::{Context, bail};
+use meshfed_runtime::port;
 
 use super::shell::kubectl;
 use super::{Kind, POD_LABEL};
 use crate::cluster::{GATEWAY, NAMESPACE};
-use crate::dev::{INBOUND_PORT, SHOP};
+use crate::dev::SHOP;
 use crate::scenario::spec::ProbeTarget;
 use meshfed_injector::pod::INJECT;
 
@@ -94,6 +95,6 @@ impl Kind {
         if ip.trim().is_empty() {
             bail!("no running pod {pod} in {cluster}");
         }
-        Ok(format!("{}:{INBOUND_PORT}", ip.trim()))
+        Ok(format!("{}:{}", ip.trim(), port::SIDECAR_INBOUND))
     }
 }

@@ -69,7 +69,7 @@ pub fn parse(text: &str, file: &Path) -> anyhow::Result<Scenario> {
         bail!("unknown field `{k}`; expected one of: {}", TOP.join(", "));
     }
     let name: String = typed(top.get("name").context("`name` is missing")?, "name")?;
-    meshfed_trust::cluster_name(&name)
+    meshfed_runtime::cluster_name(&name)
         .map_err(|e| anyhow::anyhow!("name {name:?}: {e} (it names files and reports)"))?;
     let description = match top.get("description") {
         Some(v) => typed(v, "description")?,
@@ -182,12 +182,12 @@ fn check_clusters(clusters: &[ClusterDef]) -> anyhow::Result<()> {
     }
     for (i, c) in clusters.iter().enumerate() {
         let at = format!("clusters[{i}] ({})", c.name);
-        meshfed_trust::cluster_name(&c.name).map_err(|e| anyhow::anyhow!("{at}: name: {e}"))?;
+        meshfed_runtime::cluster_name(&c.name).map_err(|e| anyhow::anyhow!("{at}: name: {e}"))?;
         if clusters[..i].iter().any(|o| o.name == c.name) {
             bail!("{at}: {} is named twice", c.name);
         }
         if let Some(r) = &c.region {
-            meshfed_trust::cluster_name(r).map_err(|e| anyhow::anyhow!("{at}: region: {e}"))?;
+            meshfed_runtime::cluster_name(r).map_err(|e| anyhow::anyhow!("{at}: region: {e}"))?;
         }
         if !(1..=4).contains(&c.zones) {
             bail!("{at}: zones: 1 to 4");
@@ -214,7 +214,7 @@ fn check_clusters(clusters: &[ClusterDef]) -> anyhow::Result<()> {
             bail!("{at}: callers: at most 8");
         }
         for (k, sa) in c.callers.iter().enumerate() {
-            meshfed_trust::cluster_name(sa)
+            meshfed_runtime::cluster_name(sa)
                 .map_err(|e| anyhow::anyhow!("{at}: callers: {sa:?}: {e}"))?;
             if RESERVED_PODS.contains(&sa.as_str()) || c.callers[..k].contains(sa) {
                 bail!("{at}: callers: {sa:?} is taken");
@@ -241,7 +241,7 @@ fn policy(
     }
     let d: Def = typed(item, at)?;
     cluster(at, &d.cluster)?;
-    let spec: meshfed_api::crd::FailoverPolicySpec = typed(&d.spec, &format!("{at}.spec"))?;
+    let spec: meshfed_resources::crd::FailoverPolicySpec = typed(&d.spec, &format!("{at}.spec"))?;
     if let Err(errors) = meshfed_mirror::validate_failover_policy(&spec) {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("{at}.spec: {}", list.join("; "));
@@ -253,7 +253,7 @@ fn policy(
         );
     }
     let name = d.name.unwrap_or_else(|| spec.service.clone());
-    meshfed_trust::cluster_name(&name).map_err(|e| anyhow::anyhow!("{at}.name: {e}"))?;
+    meshfed_runtime::cluster_name(&name).map_err(|e| anyhow::anyhow!("{at}.name: {e}"))?;
     let manifest = serde_json::json!({
         "apiVersion": "meshfed.io/v1alpha1",
         "kind": "FailoverPolicy",
@@ -394,11 +394,12 @@ fn route(body: &Value, at: &str) -> anyhow::Result<RouteApply> {
     let b: Body = typed(body, at)?;
     let api = b.manifest["apiVersion"].as_str().unwrap_or_default();
     let kind = b.manifest["kind"].as_str().unwrap_or_default();
-    let group = format!("{}/", meshfed_api::route::GROUP);
-    if kind != meshfed_api::route::KIND || !api.starts_with(&group) {
+    let group = format!("{}/", meshfed_resources::route::GROUP);
+    if kind != meshfed_resources::route::KIND || !api.starts_with(&group) {
         bail!("{at}: manifest: expected an HTTPRoute of {group}v1, got {kind} of {api:?}");
     }
-    let mut route: meshfed_api::route::HttpRoute = typed(&b.manifest, &format!("{at}: manifest"))?;
+    let mut route: meshfed_resources::route::HttpRoute =
+        typed(&b.manifest, &format!("{at}: manifest"))?;
     if route.metadata.name.is_none() {
         bail!("{at}: manifest: metadata.name is missing");
     }

@@ -112,14 +112,14 @@ pub async fn shutdown_signal() {
 /// Logs to stderr: `MESHFED_LOG` is the filter (default info),
 /// `MESHFED_LOG_FORMAT=json` switches to JSON lines.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHFED_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(crate::env::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour only for a person's terminal, never into log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if std::env::var("MESHFED_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    if std::env::var(crate::env::LOG_FORMAT).is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
         builder.init();
@@ -145,7 +145,7 @@ where
         .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
     runtime.block_on(async move {
         init_tracing();
-        crate::install_crypto_provider();
+        meshfed_trust::install_crypto_provider();
         main(args).await
     })
 }

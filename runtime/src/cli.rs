@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::{
+use meshfed_trust::{
     CredentialSource, Credentials, CredentialsWatch, IdentityClient, IdentityClientConfig,
     SpiffeId, TrustBundle,
 };
@@ -14,22 +14,22 @@ use crate::{
 pub struct CredentialArgs {
     /// Offline credentials: a directory with leaf.crt, leaf.key, intermediate.crt, root.crt
     /// (from `meshctl trust issue-workload`). Exclusive with --identity-addr.
-    #[arg(long, env = "MESHFED_CREDENTIALS_DIR")]
+    #[arg(long, env = crate::env::CREDENTIALS_DIR)]
     pub credentials_dir: Option<PathBuf>,
     /// Identity service `host:port` to get (and renew) this component's certificate from.
-    #[arg(long, env = "MESHFED_IDENTITY_ADDR")]
+    #[arg(long, env = crate::env::IDENTITY_ADDR)]
     pub identity_addr: Option<String>,
     /// SPIFFE ID the identity service presents.
-    #[arg(long, env = "MESHFED_IDENTITY_SERVER_ID")]
+    #[arg(long, env = crate::env::IDENTITY_SERVER_ID)]
     pub identity_server_id: Option<String>,
     /// This component's own SPIFFE ID, for --identity-addr.
-    #[arg(long, env = "MESHFED_ID")]
+    #[arg(long, env = crate::env::ID)]
     pub id: Option<String>,
     /// File holding the token that proves --id (re-read on every renewal).
-    #[arg(long, env = "MESHFED_TOKEN_FILE")]
+    #[arg(long, env = crate::env::TOKEN_FILE)]
     pub token_file: Option<PathBuf>,
     /// Trust bundle (PEM or SPIFFE JSON) to trust the identity service with.
-    #[arg(long, env = "MESHFED_BUNDLE")]
+    #[arg(long, env = crate::env::BUNDLE)]
     pub bundle: Option<PathBuf>,
 }
 

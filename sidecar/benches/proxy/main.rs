@@ -22,21 +22,11 @@
 //! own), all killed by guards when the bench ends or panics. The clusters'
 //! controllers run in this process.
 
-#[path = "proxy/app.rs"]
 mod app;
-#[path = "proxy/cost.rs"]
 mod cost;
-#[path = "proxy/load.rs"]
 mod load;
-#[path = "proxy/nginx.rs"]
 mod nginx;
-#[path = "proxy/report.rs"]
 mod report;
-// The integration tests' clusters, manifests and links.
-#[allow(dead_code)]
-#[path = "../tests/it/support.rs"]
-mod support;
-#[path = "proxy/topology.rs"]
 mod topology;
 
 use std::net::SocketAddr;
@@ -44,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meshfed_testkit::cluster;
 use meshfed_testkit::{mesh, procs};
 
 use crate::cost::Used;
@@ -143,7 +134,7 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
             results: PathResults::new(CROSS_ROUTED, true),
         },
     ];
-    let caller = support::id(support::FRONTEND).to_string();
+    let caller = cluster::id(cluster::FRONTEND).to_string();
     let mut expect = vec!["none", caller.as_str(), caller.as_str(), caller.as_str()];
     let mut nginx = match nginx::find() {
         Some(exe) => {
@@ -291,7 +282,7 @@ async fn whoami(addr: SocketAddr) -> anyhow::Result<String> {
 
 async fn gateway_connections(topo: &Topology) -> anyhow::Result<f64> {
     let metrics = procs::http_get(topo.gateway.admin, "/metrics").await?.1;
-    Ok(support::metric(
+    Ok(cluster::metric(
         &metrics,
         "meshfed_gateway_connections_total",
     ))
@@ -492,7 +483,7 @@ async fn counters(topo: &Topology) -> anyhow::Result<()> {
     for x in topo.proxies() {
         let text = procs::http_get(x.admin, "/metrics").await?.1;
         // Counters that were never set sum to -0.
-        let sum = |name: &str| support::metric(&text, name) + 0.0;
+        let sum = |name: &str| cluster::metric(&text, name) + 0.0;
         let opaque = sum("meshfed_sidecar_tcp_connections_total");
         if opaque > 0.0 {
             println!(

@@ -18,15 +18,10 @@
 //! federation is stopped with `dev down` at its end, on an error, on a
 //! panic and on Ctrl-C.
 
-#[path = "scale/controllers.rs"]
 mod controllers;
-#[path = "scale/report.rs"]
 mod report;
-#[path = "scale/step.rs"]
 mod step;
-#[path = "scale/subscriber.rs"]
 mod subscriber;
-#[path = "scale/workload.rs"]
 mod workload;
 
 use std::path::PathBuf;

@@ -13,11 +13,8 @@
 //! the gateway and HAProxy are child processes (so their RSS and CPU are
 //! their own), all killed by guards when the bench ends or panics.
 
-#[path = "passthrough/backend.rs"]
 mod backend;
-#[path = "passthrough/proxies.rs"]
 mod proxies;
-#[path = "passthrough/report.rs"]
 mod report;
 
 use std::net::SocketAddr;

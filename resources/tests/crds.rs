@@ -1,10 +1,10 @@
 //! The CRD YAML in `deploy/crds/` is generated from the Rust types. This
 //! test fails when the two drift; regenerate with
-//! `MESHFED_UPDATE_CRDS=1 cargo test -p meshfed-api --test crds`.
+//! `MESHFED_UPDATE_CRDS=1 cargo test -p meshfed-resources --test crds`.
 
 use std::path::PathBuf;
 
-use meshfed_api::crd::{self, FailoverPolicy, Link, LocalityKey};
+use meshfed_resources::crd::{self, FailoverPolicy, Link, LocalityKey};
 
 fn crd_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds")
@@ -15,7 +15,7 @@ fn render(
 ) -> String {
     let yaml = serde_saphyr::to_string(crd).expect("crd renders as yaml");
     format!(
-        "# Generated from the Rust types in api/src/crd; do not edit.\n# Regenerate: MESHFED_UPDATE_CRDS=1 cargo test -p meshfed-api --test crds\n{yaml}"
+        "# Generated from the Rust types in resources/src/crd; do not edit.\n# Regenerate: MESHFED_UPDATE_CRDS=1 cargo test -p meshfed-resources --test crds\n{yaml}"
     )
 }
 
@@ -36,7 +36,7 @@ fn deploy_crds_match_the_rust_types() {
     }
     assert!(
         drifted.is_empty(),
-        "CRD YAML drifted from the Rust types: {drifted:?}; run MESHFED_UPDATE_CRDS=1 cargo test -p meshfed-api --test crds"
+        "CRD YAML drifted from the Rust types: {drifted:?}; run MESHFED_UPDATE_CRDS=1 cargo test -p meshfed-resources --test crds"
     );
 }
 

@@ -1,19 +1,19 @@
-//! Fixtures: a real root and cluster CA made with meshfed-trust, plus an
-//! rcgen issuer over the same intermediate key so tests can craft leaves
-//! that break one rule at a time.
+//! Certificate fixtures for tests: a real root and cluster CA made with
+//! meshfed-identity, plus an rcgen issuer over the same intermediate key so
+//! tests can craft leaves that break one rule at a time. Panics on failure,
+//! as test set-up does.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshfed_trust::{
-    ClusterCa, Credentials, KeyAlgorithm, RootCa, SpiffeId, TrustBundle, TrustDomain,
-};
+use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
+use meshfed_trust::{Credentials, SpiffeId, TrustBundle, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::CertificateDer;
 
 pub const TD: &str = "mesh.example";
 
@@ -31,6 +31,15 @@ pub struct Pki {
     pub ca: Arc<ClusterCa>,
     pub dir: tempfile::TempDir,
     issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("trust_domain", self.ca.trust_domain())
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pki {
@@ -52,7 +61,8 @@ impl Pki {
             .expect("cluster");
         let dir = tempfile::tempdir().expect("tempdir");
         ca.save(dir.path(), false).expect("save");
-        let key = meshfed_trust::read_key(&dir.path().join("intermediate.key")).expect("key");
+        let key = meshfed_trust::read_key(&dir.path().join(meshfed_trust::paths::INTERMEDIATE_KEY))
+            .expect("key");
         let key = KeyPair::try_from(&key).expect("keypair");
         let issuer = Issuer::from_ca_cert_der(ca.cert(), key).expect("issuer");
         Self {
@@ -77,12 +87,7 @@ impl Pki {
             .ca
             .issue_workload(&id(path), Duration::from_secs(3600))
             .expect("issue");
-        Credentials::new(
-            w.chain,
-            PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-            w.bundle,
-        )
-        .expect("creds")
+        w.into_credentials().expect("creds")
     }
 
     /// A leaf crafted from `params`, signed by the real intermediate:

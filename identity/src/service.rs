@@ -29,9 +29,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, Authenticator};
 use crate::ca::ClusterCa;
-use crate::incoming::tls_incoming;
-use crate::spiffe::SpiffeId;
-use crate::tls::{Credentials, CredentialsWatch, bootstrap_server_config};
+use meshfed_runtime::tls_incoming;
+use meshfed_trust::{Credentials, CredentialsWatch, SpiffeId, bootstrap_server_config};
 
 /// Largest CSR accepted, DER bytes. An ECDSA CSR with one SAN is ~300.
 pub const MAX_CSR_BYTES: usize = 4096;
@@ -192,7 +191,7 @@ impl IdentityService {
                 )),
             ));
         }
-        let allowed = crate::ca::serving_names(&proven.namespace, &proven.service_account);
+        let allowed = meshfed_trust::serving_names(&proven.namespace, &proven.service_account);
         if let Some(name) = dns_names.iter().find(|n| !allowed.contains(n)) {
             return Err((
                 Outcome::IdentityMismatch,
@@ -221,7 +220,7 @@ impl IdentityService {
                     Status::internal(format!("signing failed: {e}")),
                 )
             })?;
-        let expires = crate::cert::CertInfo::parse(&chain[0])
+        let expires = meshfed_trust::CertInfo::parse(&chain[0])
             .map_err(|e| {
                 (
                     Outcome::Internal,
@@ -398,30 +397,37 @@ async fn message_len(mut body: Body) -> Result<(Body, Option<usize>), Status> {
     Ok((Body::new(StreamBody::new(replay)), len))
 }
 
+/// The service's own certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfCredentialsError {
+    /// The CA could not issue it.
+    #[error(transparent)]
+    Issue(#[from] crate::ca::CaError),
+    /// What it issued is not a usable credential.
+    #[error(transparent)]
+    Credentials(#[from] meshfed_trust::CredentialsError),
+}
+
 /// Issues the service's own certificate from its CA and keeps it fresh: the
 /// service is its own identity provider.
 pub fn self_credentials(
     ca: Arc<ClusterCa>,
     id: SpiffeId,
     ttl: Duration,
-) -> Result<(CredentialsWatch, tokio::task::JoinHandle<()>), crate::tls::CredentialsError> {
+) -> Result<(CredentialsWatch, tokio::task::JoinHandle<()>), SelfCredentialsError> {
     let issue = {
         let ca = ca.clone();
         let id = id.clone();
-        move || -> Result<Credentials, crate::tls::CredentialsError> {
+        move || -> Result<Credentials, SelfCredentialsError> {
             let w = ca.issue_workload(&id, ttl)?;
-            Credentials::new(
-                w.chain,
-                rustls_pki_types::PrivatePkcs8KeyDer::from(w.key_pkcs8).into(),
-                w.bundle,
-            )
+            Ok(w.into_credentials()?)
         }
     };
     let (tx, rx) = watch::channel(Arc::new(issue()?));
     let task = tokio::spawn(async move {
         loop {
             let current = tx.borrow().clone();
-            tokio::time::sleep(crate::client::renew_after(
+            tokio::time::sleep(meshfed_trust::renew_after(
                 SystemTime::now(),
                 current.not_after(),
             ))

@@ -16,29 +16,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::bundle::{BundleError, TrustBundle};
-use crate::cert::{CertError, CertInfo};
-use crate::files::{self, FileError};
-use crate::spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
-
-/// File names of the on-disk layout.
-pub mod paths {
-    /// Root CA certificate; in a cluster or workload directory, the trust bundle.
-    pub const ROOT_CERT: &str = "root.crt";
-    /// Root CA private key.
-    pub const ROOT_KEY: &str = "root.key";
-    /// Cluster intermediate CA certificate.
-    pub const INTERMEDIATE_CERT: &str = "intermediate.crt";
-    /// Cluster intermediate CA private key.
-    pub const INTERMEDIATE_KEY: &str = "intermediate.key";
-    /// Workload leaf certificate (alone).
-    pub const LEAF_CERT: &str = "leaf.crt";
-    /// Workload private key.
-    pub const LEAF_KEY: &str = "leaf.key";
-}
+use meshfed_trust::{
+    BundleError, CertError, CertInfo, Credentials, CredentialsError, FileError, SpiffeId,
+    SpiffeIdError, TrustBundle, TrustDomain, paths,
+};
 
 /// Default root lifetime: ten years.
 pub const DEFAULT_ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -140,6 +124,17 @@ pub struct IssuedWorkload {
     pub bundle: TrustBundle,
 }
 
+impl IssuedWorkload {
+    /// The leaf, its key and the bundle as the workload's credentials.
+    pub fn into_credentials(self) -> Result<Credentials, CredentialsError> {
+        Credentials::new(
+            self.chain,
+            PrivatePkcs8KeyDer::from(self.key_pkcs8).into(),
+            self.bundle,
+        )
+    }
+}
+
 #[derive(Debug)]
 struct Signer {
     cert: CertificateDer<'static>,
@@ -216,9 +211,9 @@ impl RootCa {
     /// Writes `root.crt` and `root.key` (0600) into `dir`.
     pub fn save(&self, dir: &Path, force: bool) -> Result<(), CaError> {
         let (crt, key) = (dir.join(paths::ROOT_CERT), dir.join(paths::ROOT_KEY));
-        files::check_writable(&[crt.clone(), key.clone()], force)?;
-        files::write_key(&key, &self.signer.issuer.key().serialize_der(), force)?;
-        files::write_certs(&crt, std::slice::from_ref(&self.signer.cert), force)?;
+        meshfed_trust::check_writable(&[crt.clone(), key.clone()], force)?;
+        meshfed_trust::write_key(&key, &self.signer.issuer.key().serialize_der(), force)?;
+        meshfed_trust::write_certs(&crt, std::slice::from_ref(&self.signer.cert), force)?;
         Ok(())
     }
 
@@ -333,10 +328,10 @@ impl ClusterCa {
         let crt = dir.join(paths::INTERMEDIATE_CERT);
         let key = dir.join(paths::INTERMEDIATE_KEY);
         let bundle = dir.join(paths::ROOT_CERT);
-        files::check_writable(&[crt.clone(), key.clone(), bundle.clone()], force)?;
-        files::write_key(&key, &self.signer.issuer.key().serialize_der(), force)?;
-        files::write_certs(&crt, std::slice::from_ref(&self.signer.cert), force)?;
-        files::write_certs(&bundle, self.bundle.roots(), force)?;
+        meshfed_trust::check_writable(&[crt.clone(), key.clone(), bundle.clone()], force)?;
+        meshfed_trust::write_key(&key, &self.signer.issuer.key().serialize_der(), force)?;
+        meshfed_trust::write_certs(&crt, std::slice::from_ref(&self.signer.cert), force)?;
+        meshfed_trust::write_certs(&bundle, self.bundle.roots(), force)?;
         Ok(())
     }
 
@@ -451,7 +446,7 @@ fn validate_cluster_name(name: &str) -> Result<(), CaError> {
 }
 
 fn single_cert(path: &Path) -> Result<CertificateDer<'static>, CaError> {
-    let mut certs = files::read_certs(path)?;
+    let mut certs = meshfed_trust::read_certs(path)?;
     if certs.len() != 1 {
         return Err(invalid(
             path,
@@ -462,7 +457,7 @@ fn single_cert(path: &Path) -> Result<CertificateDer<'static>, CaError> {
 }
 
 fn load_key(path: &Path) -> Result<KeyPair, CaError> {
-    let der = files::read_key(path)?;
+    let der = meshfed_trust::read_key(path)?;
     KeyPair::try_from(&der).map_err(|e| invalid(path, &format!("unusable private key: {e}")))
 }
 
@@ -471,14 +466,4 @@ fn invalid(path: &Path, reason: &str) -> CaError {
         path: path.into(),
         reason: reason.into(),
     }
-}
-
-/// The DNS names a workload may hold in its serving certificate: those of
-/// the Service named like its service account, in its own namespace
-/// (`<sa>.<ns>.svc` and `<sa>.<ns>.svc.cluster.local`), which is how the API
-/// server reaches a webhook. No other workload can be given them, since no
-/// other workload runs as that service account there.
-pub fn serving_names(namespace: &str, service_account: &str) -> [String; 2] {
-    let svc = format!("{service_account}.{namespace}.svc");
-    [svc.clone(), format!("{svc}.cluster.local")]
 }

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use meshfed_api::identity::CertifyRequest;
 use meshfed_api::identity::identity_server::Identity;
+use meshfed_identity::{
+    Authenticator, BootstrapTokens, IdentityService, IdentityServiceConfig, TokenReviewer,
+};
 use meshfed_trust::{
-    Authenticator, BootstrapTokens, ClientError, CredentialSource, IdentityClient,
-    IdentityClientConfig, IdentityService, IdentityServiceConfig, SpiffeId, TokenReviewer,
+    ClientError, CredentialSource, IdentityClient, IdentityClientConfig, SpiffeId,
 };
 use prometheus_client::registry::Registry;
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -19,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
-use crate::support::{Pki, TD, id, uri};
+use meshfed_testkit::pki::{Pki, TD, id, uri};
 
 const API_TOKEN: &str = "api-token-0123456789";
 const WEB_TOKEN: &str = "web-token-0123456789";
@@ -222,13 +224,13 @@ async fn serve_in_process(
 ) -> (SocketAddr, tokio::task::JoinHandle<()>, Registry) {
     let (svc, registry) = service(pki, leaf_ttl);
     let (creds, _renew) =
-        meshfed_trust::self_credentials(pki.ca.clone(), own_id, Duration::from_secs(3600))
+        meshfed_identity::self_credentials(pki.ca.clone(), own_id, Duration::from_secs(3600))
             .expect("own creds");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         let _renew = _renew;
-        meshfed_trust::serve(
+        meshfed_identity::serve(
             listener,
             svc,
             creds,
@@ -322,11 +324,15 @@ async fn handler_refuses_malformed_oversize_and_overreaching_csrs() {
         Code::InvalidArgument
     );
 
-    let oversize = certify(&svc, vec![0u8; meshfed_trust::MAX_CSR_BYTES + 1], API_TOKEN)
-        .await
-        .expect_err("oversize");
+    let oversize = certify(
+        &svc,
+        vec![0u8; meshfed_identity::MAX_CSR_BYTES + 1],
+        API_TOKEN,
+    )
+    .await
+    .expect_err("oversize");
     assert_eq!(oversize.code(), Code::ResourceExhausted);
-    let long_token = "x".repeat(meshfed_trust::MAX_CREDENTIAL_BYTES + 1);
+    let long_token = "x".repeat(meshfed_identity::MAX_CREDENTIAL_BYTES + 1);
     assert_eq!(
         certify(&svc, csr(vec![api()]), &long_token)
             .await
@@ -547,7 +553,7 @@ async fn token_review_proves_service_accounts_against_the_api_server() {
         assert!(
             matches!(
                 reviewer.authenticate(bad).await,
-                Err(meshfed_trust::AuthError::Rejected(_))
+                Err(meshfed_identity::AuthError::Rejected(_))
             ),
             "{bad}"
         );
@@ -565,7 +571,7 @@ async fn an_oversize_csr_over_grpc_is_resource_exhausted_whatever_its_size() {
         meshfed_trust::ExpectedIds::one(identity_id()),
     );
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let ch = meshfed_trust::mtls_channel(addr.to_string(), name, tls, Duration::from_secs(5));
+    let ch = meshfed_runtime::mtls_channel(addr.to_string(), name, tls, Duration::from_secs(5));
     let mut grpc = meshfed_api::identity::identity_client::IdentityClient::new(ch);
     // Under the service's message limit the handler refuses it; over it
     // (tonic's own limit answered OUT_OF_RANGE) the service does, unread.

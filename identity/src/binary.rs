@@ -12,8 +12,10 @@ use clap::{Parser, ValueEnum};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use meshfed_runtime::Readiness;
+
 use crate::{
-    Authenticator, BootstrapTokens, ClusterCa, IdentityService, IdentityServiceConfig, Readiness,
+    Authenticator, BootstrapTokens, ClusterCa, IdentityService, IdentityServiceConfig,
     TokenReviewer,
 };
 
@@ -35,42 +37,42 @@ enum AuthMode {
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// Cluster CA directory (intermediate.crt, intermediate.key, root.crt).
-    #[arg(long, env = "MESHFED_CA_DIR")]
+    #[arg(long, env = meshfed_runtime::env::CA_DIR)]
     ca_dir: PathBuf,
     /// Address of the gRPC (TLS) listener.
-    #[arg(long, env = "MESHFED_IDENTITY_LISTEN", default_value = "0.0.0.0:7443")]
+    #[arg(long, env = meshfed_runtime::env::IDENTITY_LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::IDENTITY))]
     listen: SocketAddr,
     /// Address of the admin listener (/live, /ready, /metrics).
-    #[arg(long, env = "MESHFED_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
+    #[arg(long, env = meshfed_runtime::env::ADMIN_LISTEN, default_value_t = meshfed_runtime::all_interfaces(meshfed_runtime::port::IDENTITY_ADMIN))]
     admin_listen: SocketAddr,
     /// How credentials are proven.
     #[arg(
         long,
-        env = "MESHFED_IDENTITY_AUTH",
+        env = meshfed_runtime::env::IDENTITY_AUTH,
         value_enum,
         default_value = "kubernetes"
     )]
     auth: AuthMode,
     /// Bootstrap token file (`<namespace>/<service-account> <token>` per line), for --auth bootstrap.
-    #[arg(long, env = "MESHFED_BOOTSTRAP_TOKENS")]
+    #[arg(long, env = meshfed_runtime::env::BOOTSTRAP_TOKENS)]
     bootstrap_tokens: Option<PathBuf>,
     /// Audience ServiceAccount tokens must be meant for, for --auth kubernetes (repeatable).
     #[arg(
         long = "token-audience",
-        env = "MESHFED_TOKEN_AUDIENCES",
+        env = meshfed_runtime::env::TOKEN_AUDIENCES,
         value_delimiter = ','
     )]
     token_audiences: Vec<String>,
     /// Lifetime of issued workload certificates, e.g. 24h, 90m.
-    #[arg(long, env = "MESHFED_LEAF_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = meshfed_runtime::env::LEAF_TTL, default_value = "24h", value_parser = humantime::parse_duration)]
     leaf_ttl: Duration,
     /// Namespace of the service's own identity.
-    #[arg(long, env = "MESHFED_NAMESPACE", default_value = "meshfed-system")]
+    #[arg(long, env = meshfed_runtime::env::NAMESPACE, default_value = "meshfed-system")]
     namespace: String,
     /// Service account of the service's own identity.
     #[arg(
         long,
-        env = "MESHFED_SERVICE_ACCOUNT",
+        env = meshfed_runtime::env::SERVICE_ACCOUNT,
         default_value = "meshfed-identity"
     )]
     service_account: String,
@@ -83,7 +85,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    crate::component_main::<Args, _, _, _, _>(args, run)
+    meshfed_runtime::component_main::<Args, _, _, _, _>(args, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -132,7 +134,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let (creds, _renew) = crate::self_credentials(ca, own_id.clone(), args.leaf_ttl)?;
     let ready = Readiness::default();
-    tokio::spawn(crate::serve_admin(admin, Arc::new(registry), ready.clone()));
+    tokio::spawn(meshfed_runtime::serve_admin(
+        admin,
+        Arc::new(registry),
+        ready.clone(),
+    ));
     ready.set(true);
     tracing::info!(listen = %args.listen, admin = %args.admin_listen, spiffe_id = %own_id, "identity service up");
     crate::serve(
@@ -140,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         service,
         creds,
         &IdentityServiceConfig::default(),
-        crate::shutdown_signal(),
+        meshfed_runtime::shutdown_signal(),
     )
     .await?;
     tracing::info!("identity service stopped");

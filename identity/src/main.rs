@@ -2,5 +2,5 @@
 //! with the cluster intermediate after proving the caller's credential.
 
 fn main() -> anyhow::Result<()> {
-    meshfed_trust::binary_main(std::env::args_os())
+    meshfed_identity::binary_main(std::env::args_os())
 }

@@ -1,0 +1,225 @@
+//! Rules of the workspace's layout that hold for every crate: the install
+//! contract is spelled only in `runtime/`, no file reaches into another with
+//! `#[path]`, and the data plane links no Kubernetes client.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Every `.rs` file under the workspace's crate folders, but `target/`.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if p.is_dir() {
+            if name != "target" && !name.to_string_lossy().starts_with('.') {
+                sources(&p, out);
+            }
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn all_sources() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    sources(&workspace(), &mut out);
+    out.sort();
+    out
+}
+
+/// The ports of `runtime::port`, as they would be spelled.
+fn component_ports() -> Vec<String> {
+    use meshfed_runtime::port::*;
+    [
+        IDENTITY,
+        FEDERATION,
+        DISCOVERY,
+        GATEWAY,
+        SIDECAR_OUTBOUND,
+        SIDECAR_INBOUND,
+        INJECTOR,
+        IDENTITY_ADMIN,
+        CONTROLLER_ADMIN,
+        GATEWAY_ADMIN,
+        SIDECAR_ADMIN,
+        INJECTOR_ADMIN,
+    ]
+    .iter()
+    .map(u16::to_string)
+    .collect()
+}
+
+/// The standalone digit runs of a line (`4143` in `"0.0.0.0:4143"`, not in
+/// `14143`).
+fn numbers(line: &str) -> impl Iterator<Item = &str> {
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+}
+
+/// `"MESHFED_…"` string literals of a line.
+fn env_literals(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("\"MESHFED_") {
+        let tail = &rest[i + 1..];
+        let end = tail.find('"').unwrap_or(tail.len());
+        out.push(&tail[..end]);
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// What `MESHFED_` strings name that is not a component's variable: the
+/// sidecar's iptables chains, `meshctl scenario`'s kind knobs, and the
+/// switches of tests and benches (only read outside production code).
+const NOT_COMPONENT_VARIABLES: &[&str] = &[
+    "MESHFED_OUTPUT",
+    "MESHFED_KIND_SCRIPTS",
+    "MESHFED_IMAGE_REGISTRY",
+    "MESHFED_IMAGE_TAG",
+];
+
+/// Production code: a crate's `src/`, but its test modules (`#[cfg(test)]`
+/// to the end of the file, by this workspace's convention, and files of
+/// tests and test helpers) and comments.
+fn production_lines(path: &Path, text: &str) -> Vec<(usize, String)> {
+    let rel = path.strip_prefix(workspace()).expect("in workspace");
+    let in_src = rel
+        .components()
+        .nth(1)
+        .is_some_and(|c| c.as_os_str() == "src");
+    let name = path.file_name().expect("file").to_string_lossy();
+    if !in_src || name == "tests.rs" || name.ends_with("_tests.rs") || name == "testing.rs" {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if code.starts_with("//") {
+            continue;
+        }
+        out.push((i + 1, line.to_owned()));
+    }
+    out
+}
+
+#[test]
+fn component_ports_and_variables_are_spelled_only_in_runtime() {
+    let ports = component_ports();
+    let root = workspace();
+    let mut found = Vec::new();
+    let mut scanned = 0;
+    for path in all_sources() {
+        let rel = path
+            .strip_prefix(&root)
+            .expect("in workspace")
+            .to_path_buf();
+        if rel.starts_with("runtime") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read source");
+        for (n, line) in production_lines(&path, &text) {
+            scanned += 1;
+            for number in numbers(&line) {
+                if ports.iter().any(|p| p == number) {
+                    found.push(format!(
+                        "{}:{n}: port {number}: {}",
+                        rel.display(),
+                        line.trim()
+                    ));
+                }
+            }
+            for var in env_literals(&line) {
+                let chain = line.contains("CHAIN");
+                if !chain && !NOT_COMPONENT_VARIABLES.contains(&var) {
+                    found.push(format!("{}:{n}: {var}: {}", rel.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        scanned > 10_000,
+        "only {scanned} lines of production code found"
+    );
+    assert!(
+        found.is_empty(),
+        "component ports and environment variables belong in runtime/src/contract.rs \
+         (meshfed_runtime::port, meshfed_runtime::env); spelled elsewhere:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn no_file_reaches_into_another_with_path_attributes() {
+    let root = workspace();
+    let mut found = Vec::new();
+    for path in all_sources() {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[path") {
+                let rel = path.strip_prefix(&root).expect("in workspace");
+                found.push(format!("{}:{}: {}", rel.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "modules are found by their place, not by #[path]:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The data plane (gateway, sidecar) links no Kubernetes client: what it
+/// needs of the contracts is in `meshfed-api` and `meshfed-trust`, which
+/// depend on neither `kube` nor `k8s-openapi`. Their tests may (they run a
+/// real controller), so only normal and build edges count.
+#[test]
+fn the_data_plane_links_no_kubernetes_client() {
+    for package in [
+        "meshfed-sidecar",
+        "meshfed-gateway",
+        "meshfed-runtime",
+        "meshfed-trust",
+    ] {
+        let out = Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args(["tree", "--locked", "--offline", "-p", package])
+            .args(["-e", "normal,build", "--prefix", "none", "--format", "{p}"])
+            .output()
+            .expect("run cargo tree");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cargo tree -p {package} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.lines().count() > 20,
+            "{package}: too short a tree:\n{text}"
+        );
+        let kube: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let name = l.split_whitespace().next().unwrap_or("");
+                name.starts_with("kube") || name.starts_with("k8s-openapi")
+            })
+            .collect();
+        assert!(
+            kube.is_empty(),
+            "{package} links a Kubernetes client: {kube:?}"
+        );
+    }
+}
