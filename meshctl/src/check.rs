@@ -715,7 +715,7 @@ fn held(link: &Link, s: &LinkStatus) -> Option<Held> {
 fn alive_reason(s: &LinkStatus) -> Option<&str> {
     s.conditions
         .iter()
-        .find(|c| c.type_ == meshfed_mirror::CONDITION_ALIVE)
+        .find(|c| c.type_ == meshfed_controller::CONDITION_ALIVE)
         .map(|c| c.reason.as_str())
 }
 

@@ -10,13 +10,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_trust::{SpiffeId, TrustBundle, TrustDomain};
 
-pub use meshfed_injector::contract::{
-    CONTROLLER, IDENTITY, INJECTOR, KEY_ROOTS, NAMESPACE, SIDECAR, TRUST_CONFIG,
-};
 /// The controller replicas' leader Lease (`coordination.k8s.io/v1`, in
 /// meshfed-system): its holder is the replica that writes. The controller's
 /// own name for it, so install's RBAC and check read the one it takes.
-pub use meshfed_mirror::LEASE_NAME as CONTROLLER_LEASE;
+pub use meshfed_controller::LEASE_NAME as CONTROLLER_LEASE;
+pub use meshfed_injector::contract::{
+    CONTROLLER, IDENTITY, INJECTOR, KEY_ROOTS, NAMESPACE, SIDECAR, TRUST_CONFIG,
+};
 
 /// ConfigMap: the cluster's name, trust domain, gateway and identities.
 pub const CLUSTER_CONFIG: &str = "meshfed-cluster";

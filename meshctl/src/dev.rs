@@ -192,7 +192,7 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<()> {
     let with_name = |name: &str| std::iter::once(name.into()).chain(a.args.clone());
     match a.kind {
         Kind::Identity => meshfed_identity::binary_main(with_name("meshfed-identity")),
-        Kind::Controller => meshfed_mirror::binary_main(with_name("meshfed-controller")),
+        Kind::Controller => meshfed_controller::binary_main(with_name("meshfed-controller")),
         Kind::Gateway => meshfed_gateway::binary_main(with_name("meshfed-gateway")),
         Kind::Sidecar => meshfed_sidecar::binary_main(with_name("meshfed-sidecar")),
         Kind::Api | Kind::Echo | Kind::Client => workload::run(a.kind, a.args),

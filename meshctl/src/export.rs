@@ -1,8 +1,8 @@
 //! `meshctl export` / `unexport`: set or clear a Service's export label.
 
+use crate::manifest_dir::Change;
 use anyhow::bail;
 use clap::Args;
-use meshfed_mirror::Change;
 
 use crate::target::TargetArgs;
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use meshfed_mirror::CONDITION_ALIVE;
+use meshfed_controller::CONDITION_ALIVE;
 use meshfed_resources::crd::UnwritableMirror;
 use serde::Serialize;
 

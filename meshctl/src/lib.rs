@@ -11,6 +11,7 @@ mod inject;
 mod install;
 mod kube_error;
 mod link;
+pub mod manifest_dir;
 mod output;
 mod routes;
 mod scenario;

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::manifest_dir::Change;
 use anyhow::{Context, bail};
 use clap::Args;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use meshfed_api::labels;
-use meshfed_mirror::Change;
 use meshfed_resources::crd::{GatewaySpec, Link, LinkSpec, ProbeSpec};
 
 use crate::cluster::{LINK_ROOTS, NAMESPACE, shared_roots};
@@ -138,7 +138,7 @@ pub async fn make_link(a: &LinkArgs, from: &Cluster, to: &Cluster) -> anyhow::Re
         control_plane_grace_seconds: a.control_plane_grace,
         selector,
     };
-    if let Err(errors) = meshfed_mirror::validate_link(&spec) {
+    if let Err(errors) = meshfed_controller::validate_link(&spec) {
         let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("the Link would be invalid: {}", why.join("; "));
     }

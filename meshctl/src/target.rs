@@ -8,12 +8,12 @@ mod kube;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::manifest_dir::Change;
 use anyhow::Context;
 use clap::Args;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use meshfed_mirror::Change;
 use meshfed_resources::crd::Link;
 use meshfed_resources::route::HttpRoute;
 

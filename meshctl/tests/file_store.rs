@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshfed_controller::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store};
 use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
-use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
 use meshfed_resources::crd::Link;
+use meshfed_resources::objects;
 use meshfed_runtime::Readiness;
 use meshfed_trust::{CredentialsWatch, TrustDomain};
 use prometheus_client::registry::Registry;
@@ -312,7 +313,7 @@ async fn link_export_check_and_a_dead_gateway_on_file_stores() {
     let east = Cluster::start(&mesh, "east").await;
     let mut west = Cluster::start(&mesh, "west").await;
     std::fs::write(west.path("shop.yaml"), SHOP).expect("write shop.yaml");
-    let (pods, slice) = fixtures::pods_and_slice(
+    let (pods, slice) = objects::pods_and_slice(
         "shop",
         "api",
         "api",

@@ -742,7 +742,7 @@ fn the_container_build_makes_every_image_install_uses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let manifests: String = [
         "identity",
-        "mirror-controller",
+        "controller",
         "gateway",
         "sidecar",
         "injector",

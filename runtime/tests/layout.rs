@@ -12,7 +12,8 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Every `.rs` file under the workspace's crate folders, but `target/`.
+/// Every `.rs` file under `dir`, but build output (a `target/` beside a
+/// `Cargo.toml`) and hidden folders.
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -21,7 +22,8 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.path();
         let name = e.file_name();
         if p.is_dir() {
-            if name != "target" && !name.to_string_lossy().starts_with('.') {
+            let build_output = name == "target" && dir.join("Cargo.toml").is_file();
+            if !build_output && !name.to_string_lossy().starts_with('.') {
                 sources(&p, out);
             }
         } else if p.extension().is_some_and(|x| x == "rs") {

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshfed_controller::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store};
 use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
-use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
+use meshfed_resources::objects;
 use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -95,16 +96,16 @@ pub fn service_manifest(
     exported: bool,
     endpoints: &[(SocketAddr, &str, bool)],
 ) -> String {
-    let mut svc = fixtures::service("shop", name, &[(port_name, port)], exported);
+    let mut svc = objects::service("shop", name, &[(port_name, port)], exported);
     if let Some(spec) = svc.spec.as_mut() {
         spec.cluster_ip = Some("10.96.0.10".into());
     }
     let mut docs = vec![yaml(&svc)];
     for (i, (addr, zone, ready)) in endpoints.iter().enumerate() {
         let pod_name = format!("{name}-{i}");
-        let mut slice = fixtures::slice("shop", name, &pod_name, &[(port_name, addr.port())]);
-        let pod = fixtures::pod("shop", &pod_name, name, &addr.ip().to_string(), "n1");
-        fixtures::add_pod_endpoint(&mut slice, &pod, Some(zone), *ready);
+        let mut slice = objects::slice("shop", name, &pod_name, &[(port_name, addr.port())]);
+        let pod = objects::pod("shop", &pod_name, name, &addr.ip().to_string(), "n1");
+        objects::add_pod_endpoint(&mut slice, &pod, Some(zone), *ready);
         docs.push(yaml(&slice));
         docs.push(yaml(&pod));
     }
@@ -211,7 +212,7 @@ impl Cluster {
 
     /// Links this cluster to `peer`, whose gateway listens on `gateway`.
     pub fn link(&self, peer: &str, gateway: SocketAddr) {
-        let mut link = fixtures::link(
+        let mut link = objects::link(
             "meshfed-system",
             peer,
             &[&gateway.ip().to_string()],
@@ -226,7 +227,7 @@ impl Cluster {
 
     /// A FailoverPolicy for api with a failback hold of `hold_seconds`.
     pub fn policy(&self, hold_seconds: u32) {
-        let mut p = fixtures::policy("shop", "api-failover", "api");
+        let mut p = objects::policy("shop", "api-failover", "api");
         p.spec.failback.hold_seconds = hold_seconds;
         self.write("policy.yaml", &yaml(&p));
     }

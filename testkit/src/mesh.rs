@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meshfed_controller::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store};
 use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
-use meshfed_mirror::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store, fixtures};
+use meshfed_resources::objects;
 use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, TrustDomain, client_config, paths};
 use prometheus_client::registry::Registry;
 use rustls::client::Resumption;
@@ -107,8 +108,8 @@ impl Discovery {
     /// manifest directory `dir`, and serves discovery on loopback.
     pub async fn start(pki: &Pki, dir: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).context("manifest dir")?;
-        let svc = fixtures::service("shop", "api", &[("tls", 443)], true);
-        let (pods, slice) = fixtures::pods_and_slice(
+        let svc = objects::service("shop", "api", &[("tls", 443)], true);
+        let (pods, slice) = objects::pods_and_slice(
             "shop",
             "api",
             "api",

@@ -16,7 +16,7 @@ async fn the_endpoint_sees_the_callers_own_identity() {
     let a = Backend::start(&env.cluster.ca, "a").await;
     let b = Backend::start(&env.cluster.ca, "b").await;
     // Linked with `west` (written first: the routes that name api also name west).
-    let link = meshfed_mirror::fixtures::link(
+    let link = meshfed_resources::objects::link(
         "meshfed-system",
         "west",
         &["127.0.0.1"],

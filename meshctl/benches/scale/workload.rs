@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_api::labels;
-use meshfed_mirror::fixtures;
+use meshfed_resources::objects;
 use serde::Serialize;
 
 /// The namespace of every bench service (and of their mirrors).
@@ -54,7 +54,7 @@ impl Exporter {
     fn workload(&self, j: usize, name: &str) -> (Vec<Pod>, EndpointSlice) {
         let zone = |k: usize| Some(self.zones[k % self.zones.len()].as_str());
         let (ip0, ip1) = (self.pod_ip(j, 0), self.pod_ip(j, 1));
-        fixtures::pods_and_slice(
+        objects::pods_and_slice(
             NAMESPACE,
             name,
             name,
@@ -78,7 +78,7 @@ impl Exporter {
                 let name = service_name(j);
                 push(
                     &mut text,
-                    &fixtures::service(NAMESPACE, &name, &[("http", PORT)], true),
+                    &objects::service(NAMESPACE, &name, &[("http", PORT)], true),
                 )?;
                 let (pods, slice) = self.workload(j, &name);
                 push(&mut text, &slice)?;
@@ -95,7 +95,7 @@ impl Exporter {
     }
 }
 
-/// The Node `fixtures::pods_and_slice` puts a zone's Pods on.
+/// The Node `objects::pods_and_slice` puts a zone's Pods on.
 fn node(zone: &str) -> Node {
     let name = format!("node-{zone}");
     Node {
@@ -163,7 +163,7 @@ impl Changing {
         let (pods, slice) = at.workload(n + i, &name);
         Self {
             file: format!("change-{i:03}.yaml"),
-            service: fixtures::service(NAMESPACE, &name, &[("http", PORT)], true),
+            service: objects::service(NAMESPACE, &name, &[("http", PORT)], true),
             name,
             slice,
             pods,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::manifest_dir::ManifestDir;
 use anyhow::{Context, bail};
-use meshfed_mirror::ManifestDir;
 use rustix::process::Signal;
 
 use super::narrate::Narrator;

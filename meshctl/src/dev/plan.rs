@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meshfed_identity::{KeyAlgorithm, RootCa};
-use meshfed_mirror::fixtures;
+use meshfed_resources::objects;
 use meshfed_runtime::port;
 use meshfed_trust::TrustDomain;
 use serde_json::Value;
@@ -614,8 +614,8 @@ fn write_services(cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
     for (service, port_name, port) in services {
         let service = service.as_str();
         let exported = cs.exported.iter().any(|e| e == service);
-        let svc = fixtures::service(SHOP, service, &[(port_name, port)], exported);
-        let mut slice = fixtures::slice(
+        let svc = objects::service(SHOP, service, &[(port_name, port)], exported);
+        let mut slice = objects::slice(
             SHOP,
             service,
             &format!("{service}-1"),
@@ -638,8 +638,8 @@ fn write_services(cs: &ClusterSpec, c: &ClusterTopology) -> anyhow::Result<()> {
                 .map(|(_, sa)| sa)
                 .with_context(|| format!("{} has no sidecar with an identity", p.name))?;
             let zone = p.zone.as_deref().unwrap_or_default();
-            let pod = fixtures::pod(SHOP, &p.name, account, &ip.to_string(), &node_of(zone));
-            fixtures::add_pod_endpoint(&mut slice, &pod, p.zone.as_deref(), true);
+            let pod = objects::pod(SHOP, &p.name, account, &ip.to_string(), &node_of(zone));
+            objects::add_pod_endpoint(&mut slice, &pod, p.zone.as_deref(), true);
             docs.push(serde_json::to_value(pod)?);
         }
         docs.insert(1, serde_json::to_value(slice)?);

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshfed_mirror::{ManifestDir, ObjKey};
+use meshfed_controller::ObjKey;
+
+use crate::manifest_dir::ManifestDir;
 
 use std::collections::BTreeMap;
 

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use meshfed_mirror::{ManifestDir, ObjKey};
+use meshfed_controller::ObjKey;
+
+use crate::manifest_dir::ManifestDir;
 use rustix::process::Signal;
 
 use super::env::{Fault, Mirrors};

@@ -9,7 +9,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshfed_api::labels;
-use meshfed_mirror::{Change, ManifestDir, ObjKey};
+use meshfed_controller::ObjKey;
+
+use crate::manifest_dir::{Change, ManifestDir};
 use meshfed_resources::crd::Link;
 use meshfed_resources::route::{self, HttpRoute};
 use serde::de::DeserializeOwned;

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::manifest_dir::Change;
 use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -11,7 +12,6 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use meshfed_api::labels;
-use meshfed_mirror::Change;
 use meshfed_resources::crd::{FailoverPolicy, Link, RateLimitPolicy};
 use meshfed_resources::route::HttpRoute;
 use serde_json::{Value, json};

@@ -242,7 +242,7 @@ fn policy(
     let d: Def = typed(item, at)?;
     cluster(at, &d.cluster)?;
     let spec: meshfed_resources::crd::FailoverPolicySpec = typed(&d.spec, &format!("{at}.spec"))?;
-    if let Err(errors) = meshfed_mirror::validate_failover_policy(&spec) {
+    if let Err(errors) = meshfed_controller::validate_failover_policy(&spec) {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("{at}.spec: {}", list.join("; "));
     }

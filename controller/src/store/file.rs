@@ -39,18 +39,17 @@ use tokio::task::JoinHandle;
 
 use super::{
     ClusterState, Mirror, ObjKey, Outcomes, PodAccount, Store, StoreError, compact_service,
-    compact_slice, edit, is_mirror, merged_route_parents,
+    compact_slice, is_mirror, manifest, merged_route_parents,
 };
 
 mod changes;
 
-const MIRRORS_DIR: &str = "mirrors";
-pub(super) const STATUS_DIR: &str = "status";
-/// Deeper trees are not scanned: a manifest directory is shallow.
-pub(super) const MAX_DEPTH: usize = 4;
-/// Larger files are refused rather than read.
-pub(super) const MAX_FILE_BYTES: u64 = 8 << 20;
+use manifest::{
+    MAX_DEPTH, MAX_FILE_BYTES, STATUS_DIR, collect_files, from_yaml, split_documents, stamp,
+    to_yaml,
+};
 
+const MIRRORS_DIR: &str = "mirrors";
 /// Where the file store reads and how it learns of changes.
 #[derive(Debug, Clone)]
 pub struct FileStoreConfig {
@@ -864,30 +863,6 @@ impl StatusOf {
     }
 }
 
-pub(super) fn collect_files(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, (SystemTime, u64))>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || (depth == 0 && name == STATUS_DIR) {
-            continue;
-        }
-        let Ok(meta) = entry.metadata() else { continue };
-        let path = entry.path();
-        if meta.is_dir() {
-            if depth + 1 < MAX_DEPTH {
-                collect_files(&path, depth + 1, out);
-            }
-        } else if meta.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
-            out.push((path, stamp(&meta)));
-        }
-    }
-}
-
 fn read_manifests(path: &Path) -> Result<Vec<Object>, ParseError> {
     let io = |e: std::io::Error| ParseError {
         line: 0,
@@ -993,46 +968,6 @@ fn typed<T: DeserializeOwned>(
         .map_err(|(l, c, m)| at(l, c, m))
 }
 
-/// Deserializes one document; errors as (line, column, message).
-pub(super) fn from_yaml<T: DeserializeOwned>(doc: &str) -> Result<T, (usize, usize, String)> {
-    serde_saphyr::from_str(doc).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map_or((1, 1), |l| (l.line() as usize, l.column() as usize));
-        (line, column, short_message(&e.to_string()))
-    })
-}
-
-/// serde-saphyr's message opens with `error: line L column C: why` and then
-/// draws a source excerpt; keep just the why.
-fn short_message(full: &str) -> String {
-    let first = full.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    match first.split_once(": ") {
-        Some((loc, why)) if loc.starts_with("line ") => why.to_owned(),
-        _ => first.to_owned(),
-    }
-}
-
-/// Splits at `---` lines; yields each document with its first line number.
-pub(super) fn split_documents(text: &str) -> Vec<(usize, &str)> {
-    let mut docs = Vec::new();
-    let mut start = 0;
-    let mut start_line = 1;
-    let mut offset = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let bare = line.trim_end();
-        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
-            docs.push((start_line, &text[start..offset]));
-            start = offset + line.len();
-            start_line = i + 2;
-        }
-        offset += line.len();
-    }
-    docs.push((start_line, &text[start..]));
-    docs
-}
-
 impl Object {
     fn identity(&self) -> Identity {
         let (kind, meta) = match self {
@@ -1061,13 +996,6 @@ fn object_key(meta: &ObjectMeta) -> ObjKey {
 
 // === writing ===
 
-pub(super) fn to_yaml<T: serde::Serialize>(key: &ObjKey, obj: &T) -> Result<String, StoreError> {
-    serde_saphyr::to_string(obj).map_err(|e| StoreError::Serialize {
-        what: key.to_string(),
-        reason: e.to_string(),
-    })
-}
-
 /// The one outcome of a batch of one.
 fn only(mut out: Outcomes) -> Result<(), StoreError> {
     out.pop().map_or_else(
@@ -1087,9 +1015,9 @@ fn failed_batch(keys: Vec<ObjKey>, e: &tokio::task::JoinError) -> Outcomes {
         .collect()
 }
 
-/// [`edit::write_atomic`], then the file's stamp as a scan finds it.
+/// [`manifest::write_atomic`], then the file's stamp as a scan finds it.
 fn write_stamped(path: &Path, text: &str) -> Result<(SystemTime, u64), StoreError> {
-    edit::write_atomic(path, text)?;
+    manifest::write_atomic(path, text)?;
     let meta = std::fs::metadata(path).map_err(|source| StoreError::Io {
         path: path.display().to_string(),
         source,
@@ -1097,18 +1025,10 @@ fn write_stamped(path: &Path, text: &str) -> Result<(SystemTime, u64), StoreErro
     Ok(stamp(&meta))
 }
 
-/// What tells one version of a file from the next: its mtime and size.
-fn stamp(meta: &std::fs::Metadata) -> (SystemTime, u64) {
-    (
-        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        meta.len(),
-    )
-}
-
-/// [`edit::write_atomic`] off the runtime.
+/// [`manifest::write_atomic`] off the runtime.
 async fn write_atomic(path: &Path, text: String) -> Result<(), StoreError> {
     let (owned, shown) = (path.to_path_buf(), path.display().to_string());
-    tokio::task::spawn_blocking(move || edit::write_atomic(&owned, &text))
+    tokio::task::spawn_blocking(move || manifest::write_atomic(&owned, &text))
         .await
         .map_err(|e| StoreError::Io {
             path: shown,

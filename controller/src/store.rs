@@ -3,9 +3,9 @@
 //! [`FileStore`] (a directory of YAML manifests) and [`KubeStore`] (the
 //! Kubernetes API).
 
-mod edit;
 mod file;
 mod kube;
+pub mod manifest;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,7 +20,6 @@ use meshfed_resources::crd::{
 use meshfed_resources::route::{HttpRoute, HttpRouteStatusParents};
 use tokio::sync::watch;
 
-pub use self::edit::{Change, Found, ManifestDir};
 pub use self::file::{FileStore, FileStoreConfig};
 pub use self::kube::KubeStore;
 

@@ -3,5 +3,5 @@
 //! exports to linked peers and discovery to sidecars and gateways.
 
 fn main() -> anyhow::Result<()> {
-    meshfed_mirror::binary_main(std::env::args_os())
+    meshfed_controller::binary_main(std::env::args_os())
 }

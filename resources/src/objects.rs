@@ -1,48 +1,25 @@
-//! Builders for the objects a cluster store holds, for tests, demos and
-//! local mode: the same shapes a person writes into a manifest directory.
+//! Builders of the objects a cluster holds, shaped as Kubernetes writes
+//! them: Services, EndpointSlices as the endpoint-slice controller writes
+//! them (each endpoint with its Pod's `targetRef`, `nodeName` and zone),
+//! Pods with their status, Links and FailoverPolicies. `meshctl dev` and
+//! the scenarios write a local cluster's objects with them, and tests build
+//! theirs the same way, so the local mode holds what a real cluster would.
 
 use std::collections::BTreeMap;
 
+use crate::crd::{FailoverPolicy, FailoverPolicySpec, GatewaySpec, Link, LinkSpec, ProbeSpec};
 use k8s_openapi::api::core::v1::{
     Container, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use meshfed_api::federation::{self, ExportedService, ZoneEndpoints};
 use meshfed_api::labels;
-use meshfed_resources::crd::{
-    FailoverPolicy, FailoverPolicySpec, GatewaySpec, Link, LinkSpec, ProbeSpec,
-};
-
-use crate::store::{ClusterState, ObjKey, PodAccount};
 
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: Some(namespace.into()),
         ..ObjectMeta::default()
-    }
-}
-
-/// What a peer exports for shop/api: port http/80, `ready` of `total`
-/// endpoints in `zone`, served as `spiffe://mesh.test/ns/shop/sa/api`.
-pub fn exported_api(zone: &str, ready: u32, total: u32) -> ExportedService {
-    ExportedService {
-        namespace: "shop".into(),
-        name: "api".into(),
-        ports: vec![federation::ServicePort {
-            name: "http".into(),
-            port: 80,
-            protocol: "TCP".into(),
-            app_protocol: String::new(),
-        }],
-        zones: vec![ZoneEndpoints {
-            zone: zone.into(),
-            ready,
-            total,
-        }],
-        identities: vec!["spiffe://mesh.test/ns/shop/sa/api".into()],
-        ..ExportedService::default()
     }
 }
 
@@ -213,24 +190,6 @@ pub fn pods_and_slice(
     (pods, slice)
 }
 
-/// Adds Pods and their slice to `state`, as either store would hold them.
-pub fn add_workload(state: &mut ClusterState, pods: &[Pod], slice: EndpointSlice) {
-    for p in pods {
-        let key = ObjKey::new(
-            p.metadata.namespace.clone().unwrap_or_default(),
-            p.metadata.name.clone().unwrap_or_default(),
-        );
-        if let Some(account) = PodAccount::of(p) {
-            state.pods.insert(key, account);
-        }
-    }
-    let key = ObjKey::new(
-        slice.metadata.namespace.clone().unwrap_or_default(),
-        slice.metadata.name.clone().unwrap_or_default(),
-    );
-    state.slices.insert(key, slice.into());
-}
-
 /// A Link to `cluster` whose gateway listens on `addresses`:`port`.
 pub fn link(
     namespace: &str,
@@ -254,8 +213,7 @@ pub fn link(
             },
             probe: ProbeSpec::default(),
             lease_ttl_seconds: 5,
-            control_plane_grace_seconds:
-                meshfed_resources::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
+            control_plane_grace_seconds: crate::crd::DEFAULT_CONTROL_PLANE_GRACE_SECONDS,
             selector: None,
         },
     );

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use meshfed_mirror::fixtures;
+use meshfed_resources::objects;
 use tokio::time::Instant;
 
 use crate::support::*;
@@ -24,7 +24,7 @@ async fn eventually(what: &str, holds: impl Fn() -> bool) {
 /// A valid Link to a gateway that never answers: it gets a status all the same.
 fn link() -> String {
     let (gw, ctl) = (id(GATEWAY).to_string(), id(CONTROLLER).to_string());
-    yaml(&fixtures::link(
+    yaml(&objects::link(
         "meshfed-system",
         "west",
         &["127.0.0.1"],
@@ -39,7 +39,7 @@ async fn statuses_of_deleted_links_and_policies_are_removed() {
     let mesh = Mesh::new();
     let east = Cluster::start(&mesh, "east", None).await;
     east.write("link.yaml", &link());
-    let policy = fixtures::policy("shop", "api-failover", "api");
+    let policy = objects::policy("shop", "api-failover", "api");
     east.write("policy.yaml", &yaml(&policy));
     let exists = |file: &str| east.path(file).exists();
     eventually("both statuses written", || {
@@ -104,7 +104,7 @@ async fn a_route_is_accepted_in_its_status_and_its_split_reaches_subscribers() {
     let mesh = Mesh::new();
     let east = Cluster::start(&mesh, "east", None).await;
     for name in ["api", "api-west"] {
-        let svc = fixtures::service("shop", name, &[("http", 80)], false);
+        let svc = objects::service("shop", name, &[("http", 80)], false);
         east.write(&format!("{name}.yaml"), &yaml(&svc));
     }
     east.write("route.yaml", &split_route(90, 10));

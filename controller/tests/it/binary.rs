@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshfed_mirror::fixtures;
+use meshfed_resources::objects;
 use meshfed_trust::paths;
 
 use crate::support::*;
@@ -50,7 +50,7 @@ fn controller_binary_runs_from_flags_and_stops_on_sigterm() {
     )
     .expect("root");
     let store = tempfile::tempdir().expect("tempdir");
-    let svc = fixtures::service("shop", "api", &[("http", 80)], true);
+    let svc = objects::service("shop", "api", &[("http", 80)], true);
     write_file(&store.path().join("api.yaml"), &yaml(&svc));
 
     let admin = free_port();

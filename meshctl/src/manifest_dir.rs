@@ -1,7 +1,8 @@
-//! Editing a file store's manifest directory one object at a time, for
-//! `meshctl`: find, replace, add and remove single documents while every
-//! other document keeps its bytes (comments, order, formatting), and read
-//! the statuses the controller writes. Plain sync std::fs: the CLI calls it
+//! Editing a file store's manifest directory one object at a time: find,
+//! replace, add and remove single documents while every other document
+//! keeps its bytes (comments, order, formatting), and read the statuses the
+//! controller writes. The format is the controller's
+//! (`meshfed_controller::manifest`); editing it is meshctl's. Plain sync std::fs: the CLI calls it
 //! from sync and async code alike, and the files are small.
 
 use std::ops::Range;
@@ -9,10 +10,11 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-use super::file::{
+use meshfed_controller::manifest::{
     MAX_DEPTH, MAX_FILE_BYTES, STATUS_DIR, collect_files, from_yaml, split_documents, to_yaml,
+    write_atomic,
 };
-use super::{ObjKey, StoreError};
+use meshfed_controller::{ObjKey, StoreError};
 
 /// A file store directory, opened for editing one object at a time.
 #[derive(Debug, Clone)]
@@ -326,18 +328,6 @@ fn read_text(path: &Path) -> Result<Option<String>, StoreError> {
         return Err(io(path)(std::io::Error::other(why)));
     }
     std::fs::read_to_string(path).map(Some).map_err(io(path))
-}
-
-/// Writes via a temporary file and a rename, so the controller never reads
-/// half a file.
-pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), StoreError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text).map_err(io(tmp.as_ref()))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {

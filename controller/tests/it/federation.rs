@@ -7,7 +7,7 @@ use std::time::Duration;
 use meshfed_api::discovery::{EndpointSet, Locality};
 use meshfed_api::federation::WatchExportsRequest;
 use meshfed_api::federation::federation_client::FederationClient;
-use meshfed_mirror::fixtures;
+use meshfed_resources::objects;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -16,10 +16,10 @@ use crate::support::*;
 const LINK_FILE: &str = "link-west.yaml";
 
 fn api_manifest(exported: bool) -> String {
-    let svc = fixtures::service("shop", "api", &[("http", 80)], exported);
+    let svc = objects::service("shop", "api", &[("http", 80)], exported);
     // As a cluster holds them: Pods running as `api`, and the slice the
     // endpoint-slice controller writes, naming each Pod in its targetRef.
-    let (pods, slice) = fixtures::pods_and_slice(
+    let (pods, slice) = objects::pods_and_slice(
         "shop",
         "api",
         "api",
@@ -36,7 +36,7 @@ fn api_manifest(exported: bool) -> String {
 }
 
 fn link_manifest(gateway: std::net::SocketAddr) -> String {
-    let mut link = fixtures::link(
+    let mut link = objects::link(
         "meshfed-system",
         "west",
         &[&gateway.ip().to_string()],
@@ -141,7 +141,8 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
         vec!["spiffe://mesh.test/ns/shop/sa/api".to_owned()]
     );
     assert_eq!(g.load_permille, 1000);
-    let mirror = state.borrow().services[&meshfed_mirror::ObjKey::new("shop", "api-west")].clone();
+    let mirror =
+        state.borrow().services[&meshfed_controller::ObjKey::new("shop", "api-west")].clone();
     let labels = mirror.metadata.labels.clone().expect("labels");
     assert_eq!(labels["meshfed.io/origin-cluster"], "west");
     assert_eq!(labels["meshfed.io/link"], "west");
@@ -338,12 +339,12 @@ async fn only_peer_controllers_of_the_mesh_open_the_federation_stream() {
 async fn invalid_specs_get_a_condition_naming_the_field() {
     let mesh = Mesh::new();
     let east = Cluster::start(&mesh, "east", None).await;
-    let mut policy = fixtures::policy("shop", "api-failover", "api");
+    let mut policy = objects::policy("shop", "api-failover", "api");
     policy.spec.spill_threshold = 1.5;
     policy.spec.clusters = Some(vec!["west".into()]);
     policy.spec.locality = Some(vec![meshfed_resources::crd::LocalityKey::Region]);
     east.write("policy.yaml", &yaml(&policy));
-    let mut link = fixtures::link("meshfed-system", "west", &["not a host!"], 0, "x", "y");
+    let mut link = objects::link("meshfed-system", "west", &["not a host!"], 0, "x", "y");
     link.spec.lease_ttl_seconds = 0;
     east.write("link.yaml", &yaml(&link));
     let read = |file: &str| std::fs::read_to_string(east.path(file)).unwrap_or_default();
@@ -535,7 +536,7 @@ async fn a_mirror_that_cannot_be_written_is_named_in_the_link_status() {
     let east = Cluster::start(&mesh, "east", None).await;
     let gw = Gateway::start(&west).await;
     // Someone's own Service already holds the mirror's name in east.
-    let squatter = fixtures::service("shop", "api-west", &[("http", 80)], false);
+    let squatter = objects::service("shop", "api-west", &[("http", 80)], false);
     east.write("squatter.yaml", &yaml(&squatter));
     west.write("api.yaml", &api_manifest(true));
     east.write(LINK_FILE, &link_manifest(gw.addr));
@@ -691,7 +692,7 @@ fn bulk_manifest(count: usize) -> String {
     bulk_manifest_range(0..count)
 }
 
-fn mirrors_of(state: &meshfed_mirror::ClusterState, prefix: &str) -> usize {
+fn mirrors_of(state: &meshfed_controller::ClusterState, prefix: &str) -> usize {
     state
         .services
         .keys()
@@ -888,14 +889,14 @@ fn bulk_manifest_range(range: std::ops::Range<usize>) -> String {
     let mut docs = Vec::new();
     for i in range {
         let name = format!("bulk-{i}");
-        docs.push(yaml(&fixtures::service(
+        docs.push(yaml(&objects::service(
             "shop",
             &name,
             &[("http", 80)],
             true,
         )));
         let ip = format!("10.2.{}.{}", i / 200, i % 200 + 1);
-        let (pods, slice) = fixtures::pods_and_slice(
+        let (pods, slice) = objects::pods_and_slice(
             "shop",
             &name,
             &name,

@@ -15,7 +15,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::client::Body;
 use meshfed_api::discovery::{EndpointSet, Locality};
 use meshfed_api::labels;
-use meshfed_mirror::{Controller, ControllerConfig, KubeStore, Mirror, ObjKey, Store, StoreError};
+use meshfed_controller::{
+    Controller, ControllerConfig, KubeStore, Mirror, ObjKey, Store, StoreError,
+};
 use meshfed_resources::crd::{FailoverPolicyStatus, LinkStatus};
 use tokio::time::Instant;
 

@@ -12,7 +12,8 @@ mod binary;
 mod controller;
 mod discovery;
 mod federation;
-pub mod fixtures;
+#[cfg(test)]
+mod fixtures;
 mod httproute;
 mod leader;
 mod local;
@@ -31,7 +32,7 @@ pub use federation::{Exports, FederationService, PeerAuthorizer};
 pub use leader::{FILE_LEASE_NAMESPACE, FILE_RETRY, KUBE_LEASE_SECONDS, LEASE_NAME, Leadership};
 pub use metrics::Metrics;
 pub use status::CONDITION_ALIVE;
-pub use store::{Change, Found, ManifestDir};
+pub use store::manifest;
 pub use store::{
     ClusterState, FileStore, FileStoreConfig, KubeStore, Mirror, ObjKey, PodAccount, Store,
     StoreError, is_mirror,
