@@ -4,7 +4,16 @@
 //! and [`crate::add_sidecar`] builds the sidecar from it, so both agree.
 
 use meshfed_runtime::port;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The namespace every Meshfed component runs in.
 pub const NAMESPACE: &str = "meshfed-system";
@@ -36,73 +45,150 @@ pub const TOKEN_AUDIENCE: &str = "meshfed-identity";
 pub const RUN_AS: i64 = 65532;
 
 /// An environment variable of a container.
-pub fn env(name: &str, value: impl Into<String>) -> Value {
-    json!({ "name": name, "value": value.into() })
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// An environment variable from the pod's own fields (the downward API),
+/// e.g. `metadata.name` or `status.podIP`.
+pub fn env_from_pod(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 /// Env, volumes and mounts for a container that gets its certificate, as
 /// `id`, from the identity service (which presents `identity_server_id`)
 /// with a projected ServiceAccount token.
-pub fn identity_client(identity_server_id: &str, id: &str) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+pub fn identity_client(
+    identity_server_id: &str,
+    id: &str,
+) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
+    use meshfed_runtime::env as var;
     let env = vec![
         env(
-            meshfed_runtime::env::IDENTITY_ADDR,
+            var::IDENTITY_ADDR,
             format!("{IDENTITY}.{NAMESPACE}.svc:{}", port::IDENTITY),
         ),
-        env(meshfed_runtime::env::IDENTITY_SERVER_ID, identity_server_id),
-        env(meshfed_runtime::env::ID, id),
-        env(
-            meshfed_runtime::env::TOKEN_FILE,
-            format!("{TOKEN_DIR}/token"),
-        ),
-        env(
-            meshfed_runtime::env::BUNDLE,
-            format!("{TRUST_DIR}/{KEY_ROOTS}"),
-        ),
+        env(var::IDENTITY_SERVER_ID, identity_server_id),
+        env(var::ID, id),
+        env(var::TOKEN_FILE, format!("{TOKEN_DIR}/token")),
+        env(var::BUNDLE, format!("{TRUST_DIR}/{KEY_ROOTS}")),
     ];
     let volumes = vec![
-        json!({
-            "name": "meshfed-token",
-            "projected": { "sources": [{ "serviceAccountToken": {
-                "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token",
-            }}]},
-        }),
-        json!({ "name": "meshfed-trust", "configMap": { "name": TRUST_CONFIG } }),
+        Volume {
+            name: "meshfed-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(3600),
+                        path: "token".into(),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "meshfed-trust".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: TRUST_CONFIG.into(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
     ];
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
     let mounts = vec![
-        json!({ "name": "meshfed-token", "mountPath": TOKEN_DIR, "readOnly": true }),
-        json!({ "name": "meshfed-trust", "mountPath": TRUST_DIR, "readOnly": true }),
+        mount("meshfed-token", TOKEN_DIR),
+        mount("meshfed-trust", TRUST_DIR),
     ];
     (env, volumes, mounts)
 }
 
-/// A hardened container: non-root, read-only root, no capabilities.
-pub fn container(name: &str, image: String, ports: &[(&str, u16)]) -> Value {
-    let ports: Vec<Value> = ports
+/// An HTTP probe of the container's admin port.
+pub fn admin_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            port: IntOrString::String("admin".into()),
+            path: Some(path.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+/// CPU and memory as `requests` and `limits` take them.
+pub fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
         .iter()
-        .map(|(n, p)| json!({ "name": n, "containerPort": p, "protocol": "TCP" }))
-        .collect();
-    let admin = json!({ "port": "admin", "path": "/live" });
-    json!({
-        "name": name,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "ports": ports,
-        "env": [env(meshfed_runtime::env::LOG_FORMAT, "json")],
-        "livenessProbe": { "httpGet": admin, "periodSeconds": 10, "failureThreshold": 3 },
-        "readinessProbe": { "httpGet": { "port": "admin", "path": "/ready" }, "periodSeconds": 2, "failureThreshold": 2 },
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "capabilities": { "drop": ["ALL"] },
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
-        "resources": {
-            "requests": { "cpu": "50m", "memory": "32Mi" },
-            "limits": { "memory": "256Mi" },
-        },
-    })
+        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+        .collect()
+}
+
+/// A hardened container: non-root, read-only root, no capabilities.
+pub fn container(name: &str, image: String, ports: &[(&str, u16)]) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".into()),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(n, p)| ContainerPort {
+                    name: Some((*n).into()),
+                    container_port: i32::from(*p),
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        env: Some(vec![env(meshfed_runtime::env::LOG_FORMAT, "json")]),
+        liveness_probe: Some(admin_probe("/live", 10, 3)),
+        readiness_probe: Some(admin_probe("/ready", 2, 2)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "50m"), ("memory", "32Mi")])),
+            limits: Some(quantities(&[("memory", "256Mi")])),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    }
 }

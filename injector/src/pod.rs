@@ -5,13 +5,19 @@
 //! the webhook on every pod created in a labelled namespace, so both write
 //! the same pod.
 
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ResourceRequirements, SeccompProfile, SecurityContext,
+};
 use meshfed_runtime::port;
 use serde_json::{Value, json};
 
 use meshfed_sidecar::Plaintext;
 use meshfed_trust::TrustDomain;
 
-use crate::contract::{CONTROLLER, NAMESPACE, SIDECAR, SIDECAR_UID, container, identity_client};
+use crate::contract::{
+    CONTROLLER, NAMESPACE, SIDECAR, SIDECAR_UID, admin_probe, container, env as var, env_from_pod,
+    identity_client, quantities,
+};
 use crate::namespaces::NamespacePolicies;
 use crate::review::Inject;
 
@@ -175,45 +181,63 @@ pub fn add_sidecar(
         ports.push(("mesh-in", port::SIDECAR_INBOUND));
     }
     let mut sidecar = container(SIDECAR, image.clone(), &ports);
-    sidecar["args"] = json!(["run"]);
-    sidecar["restartPolicy"] = "Always".into();
-    sidecar["securityContext"]["runAsUser"] = SIDECAR_UID.into();
-    sidecar["securityContext"]["runAsGroup"] = SIDECAR_UID.into();
-    sidecar["resources"]["limits"]["memory"] = "64Mi".into();
+    sidecar.args = Some(vec!["run".into()]);
+    sidecar.restart_policy = Some("Always".into());
+    if let Some(sc) = sidecar.security_context.as_mut() {
+        sc.run_as_user = Some(SIDECAR_UID);
+        sc.run_as_group = Some(SIDECAR_UID);
+    }
+    if let Some(r) = sidecar.resources.as_mut() {
+        r.limits = Some(quantities(&[("memory", "64Mi")]));
+    }
     // The app starts only once the sidecar is ready to carry its calls.
-    sidecar["startupProbe"] = json!({
-        "httpGet": { "port": "admin", "path": "/ready" },
-        "periodSeconds": 1, "failureThreshold": 30,
-    });
+    sidecar.startup_probe = Some(admin_probe("/ready", 1, 30));
     let (id_env, volumes, mounts) = identity_client(&t.identity_server_id, &id.to_string());
-    let env = sidecar["env"].as_array_mut().expect("container has env");
-    env.push(json!({ "name": meshfed_runtime::env::CLUSTER, "value": t.cluster }));
+    let env = sidecar.env.get_or_insert_with(Vec::new);
+    env.push(var(meshfed_runtime::env::CLUSTER, &t.cluster));
     if let Some(region) = &t.region {
-        env.push(json!({ "name": meshfed_runtime::env::REGION, "value": region }));
+        env.push(var(meshfed_runtime::env::REGION, region));
     }
     env.extend([
         // Pods carry their node's zone label (Kubernetes 1.33+); empty otherwise.
-        json!({ "name": meshfed_runtime::env::ZONE, "valueFrom": { "fieldRef": {
-            "fieldPath": "metadata.labels['topology.kubernetes.io/zone']" } } }),
+        env_from_pod(
+            meshfed_runtime::env::ZONE,
+            "metadata.labels['topology.kubernetes.io/zone']",
+        ),
         // How the controller finds this pod's rate limits (its EndpointSlices list it so).
-        json!({ "name": meshfed_runtime::env::POD_IP, "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
-        json!({ "name": meshfed_runtime::env::DISCOVERY, "value": format!("{CONTROLLER}.{NAMESPACE}.svc:{}", port::DISCOVERY) }),
-        json!({ "name": meshfed_runtime::env::TRANSPARENT_LISTEN, "value": format!("127.0.0.1:{}", port::SIDECAR_OUTBOUND) }),
-        json!({ "name": meshfed_runtime::env::ADMIN_LISTEN, "value": format!("0.0.0.0:{}", port::SIDECAR_ADMIN) }),
+        env_from_pod(meshfed_runtime::env::POD_IP, "status.podIP"),
+        var(
+            meshfed_runtime::env::DISCOVERY,
+            format!("{CONTROLLER}.{NAMESPACE}.svc:{}", port::DISCOVERY),
+        ),
+        var(
+            meshfed_runtime::env::TRANSPARENT_LISTEN,
+            meshfed_runtime::loopback(port::SIDECAR_OUTBOUND).to_string(),
+        ),
+        var(
+            meshfed_runtime::env::ADMIN_LISTEN,
+            meshfed_runtime::all_interfaces(port::SIDECAR_ADMIN).to_string(),
+        ),
     ]);
     if transparent {
         env.extend([
-            json!({ "name": meshfed_runtime::env::INBOUND_TRANSPARENT, "value": format!("0.0.0.0:{}", port::SIDECAR_INBOUND) }),
-            json!({ "name": meshfed_runtime::env::INBOUND_POLICY, "value": policy.unwrap_or_default().as_str() }),
+            var(
+                meshfed_runtime::env::INBOUND_TRANSPARENT,
+                meshfed_runtime::all_interfaces(port::SIDECAR_INBOUND).to_string(),
+            ),
+            var(
+                meshfed_runtime::env::INBOUND_POLICY,
+                policy.unwrap_or_default().as_str(),
+            ),
         ]);
     } else {
-        env.push(json!({ "name": meshfed_runtime::env::INBOUND, "value": inbound }));
+        env.push(var(meshfed_runtime::env::INBOUND, inbound));
     }
     if let Some(p) = port_policies {
-        env.push(json!({ "name": meshfed_runtime::env::INBOUND_PORT_POLICY, "value": p }));
+        env.push(var(meshfed_runtime::env::INBOUND_PORT_POLICY, p));
     }
     if let Some(allow) = note(ALLOW) {
-        env.push(json!({ "name": meshfed_runtime::env::ALLOW, "value": allow }));
+        env.push(var(meshfed_runtime::env::ALLOW, allow));
     }
     if let Some(upstreams) = note(UPSTREAMS) {
         for entry in upstreams.split_whitespace() {
@@ -221,10 +245,10 @@ pub fn add_sidecar(
                 .parse::<meshfed_sidecar::Upstream>()
                 .map_err(|e| InjectError(format!("{UPSTREAMS}: {entry:?}: {e}")))?;
         }
-        env.push(json!({ "name": meshfed_runtime::env::UPSTREAMS, "value": upstreams }));
+        env.push(var(meshfed_runtime::env::UPSTREAMS, upstreams));
     }
     env.extend(id_env);
-    sidecar["volumeMounts"] = mounts.into();
+    sidecar.volume_mounts = Some(mounts);
 
     let mut init_args: Vec<String> = [
         "init-iptables",
@@ -249,23 +273,37 @@ pub fn add_sidecar(
             init_args.extend(["--inbound-skip-port".to_owned(), p.to_string()]);
         }
     }
-    let init = json!({
-        "name": "meshfed-init",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": init_args,
+    let init = Container {
+        name: "meshfed-init".into(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(init_args),
         // Installing nat rules needs root and NET_ADMIN, only in this short-lived container.
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
             // iptables takes its lock under /run.
-            "readOnlyRootFilesystem": false,
-            "runAsNonRoot": false,
-            "runAsUser": 0,
-            "capabilities": { "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"] },
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
-        "resources": { "requests": { "cpu": "10m", "memory": "16Mi" }, "limits": { "memory": "64Mi" } },
-    });
+            read_only_root_filesystem: Some(false),
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "10m"), ("memory", "16Mi")])),
+            limits: Some(quantities(&[("memory", "64Mi")])),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    };
+    let (sidecar, init) = (to_json(&sidecar)?, to_json(&init)?);
+    let volumes = volumes.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
     let inits = spec.entry("initContainers").or_insert_with(|| json!([]));
     let inits = inits
         .as_array_mut()
@@ -296,6 +334,11 @@ pub fn add_sidecar(
         l.insert(INJECTED.into(), "true".into());
     }
     Ok(true)
+}
+
+/// A container or volume as the pod's JSON holds it.
+fn to_json<T: serde::Serialize>(part: &T) -> Result<Value, InjectError> {
+    serde_json::to_value(part).map_err(|e| InjectError(format!("cannot serialize: {e}")))
 }
 
 /// A `permissive` or `strict` policy annotation.

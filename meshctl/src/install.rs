@@ -7,15 +7,39 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
+};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMapKeySelector, Container, EnvVar, EnvVarSource, Namespace, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource,
+    Service, ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshfed_identity::ClusterCa;
 use meshfed_runtime::port;
 use meshfed_trust::{TrustDomain, paths};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::cluster::*;
 use crate::output::Format;
 use crate::target::{ContextArgs, apply_objects, wait_rolled_out};
-pub use meshfed_injector::contract::{RUN_AS, TOKEN_AUDIENCE, container, env, identity_client};
+pub use meshfed_injector::contract::{
+    RUN_AS, TOKEN_AUDIENCE, container, env, env_from_pod, identity_client, quantities,
+};
 
 /// How other clusters reach this cluster's gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -277,10 +301,9 @@ pub fn manifests(
     ca: Option<&CaFiles>,
 ) -> anyhow::Result<Vec<Value>> {
     let images = &a.images;
-    let mut objects = vec![json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": { "name": NAMESPACE, "labels": part_of(NAMESPACE) },
+    let mut objects = vec![object(&Namespace {
+        metadata: meta(NAMESPACE, None),
+        ..Namespace::default()
     })];
     for crd in meshfed_resources::crd::all() {
         objects.push(with_kind(
@@ -296,7 +319,7 @@ pub fn manifests(
     objects.push(with_kind(cluster_cm, "v1", "ConfigMap"));
     if let (Some(t), Some(files)) = (trust_cm, ca) {
         objects.push(with_kind(t, "v1", "ConfigMap"));
-        objects.push(ca_secret(files));
+        objects.push(object(&ca_secret(files)));
     }
     objects.extend(identity(images, a.leaf_ttl));
     objects.extend(controller(info, images));
@@ -363,190 +386,326 @@ impl Images {
     }
 }
 
-fn ca_secret(files: &CaFiles) -> Value {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": { "name": CA_SECRET, "namespace": NAMESPACE, "labels": part_of(CA_SECRET) },
-        "type": "Opaque",
-        "data": {
-            paths::INTERMEDIATE_CERT: b64(&files.intermediate_crt),
-            paths::INTERMEDIATE_KEY: b64(&files.intermediate_key),
-            paths::ROOT_CERT: b64(&files.root_crt),
-        },
-    })
+fn ca_secret(files: &CaFiles) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: meta(CA_SECRET, Some(NAMESPACE)),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (
+                paths::INTERMEDIATE_CERT.to_owned(),
+                bytes(&files.intermediate_crt),
+            ),
+            (
+                paths::INTERMEDIATE_KEY.to_owned(),
+                bytes(&files.intermediate_key),
+            ),
+            (paths::ROOT_CERT.to_owned(), bytes(&files.root_crt)),
+        ])),
+        ..Secret::default()
+    }
 }
 
-fn service_account(name: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
-    })
+fn service_account(name: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(name, Some(NAMESPACE)),
+        ..ServiceAccount::default()
+    }
 }
 
 /// A ClusterRole with `rules` and its binding to the component's ServiceAccount.
-fn cluster_role(name: &str, rules: Value) -> [Value; 2] {
+fn cluster_role(name: &str, rules: Vec<PolicyRule>) -> [Value; 2] {
     role_and_binding("ClusterRole", name, None, rules)
 }
 
 /// A Role in meshfed-system with `rules` and its binding to the component's
 /// ServiceAccount: for what the component may do in its own namespace only.
-fn namespaced_role(name: &str, rules: Value) -> [Value; 2] {
+fn namespaced_role(name: &str, rules: Vec<PolicyRule>) -> [Value; 2] {
     role_and_binding("Role", name, Some(NAMESPACE), rules)
 }
 
-fn role_and_binding(kind: &str, name: &str, namespace: Option<&str>, rules: Value) -> [Value; 2] {
-    let mut metadata = json!({ "name": name, "labels": part_of(name) });
-    if let Some(ns) = namespace {
-        metadata["namespace"] = ns.into();
+fn role_and_binding(
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+    rules: Vec<PolicyRule>,
+) -> [Value; 2] {
+    let metadata = meta(name, namespace);
+    let binding_to = |role_kind: &str| RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: role_kind.into(),
+        name: name.into(),
+    };
+    let subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(NAMESPACE.into()),
+        ..Subject::default()
+    }]);
+    if namespace.is_some() {
+        [
+            object(&Role {
+                metadata: metadata.clone(),
+                rules: Some(rules),
+            }),
+            object(&RoleBinding {
+                metadata,
+                role_ref: binding_to(kind),
+                subjects,
+            }),
+        ]
+    } else {
+        [
+            object(&ClusterRole {
+                metadata: metadata.clone(),
+                rules: Some(rules),
+                ..ClusterRole::default()
+            }),
+            object(&ClusterRoleBinding {
+                metadata,
+                role_ref: binding_to(kind),
+                subjects,
+            }),
+        ]
     }
-    [
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": kind,
-            "metadata": metadata,
-            "rules": rules,
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": format!("{kind}Binding"),
-            "metadata": metadata,
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name },
-            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": NAMESPACE }],
-        }),
-    ]
 }
 
-fn service(name: &str, type_: &str, ports: &[(&str, u16)]) -> Value {
-    let ports: Vec<Value> = ports
-        .iter()
-        .map(|(n, p)| json!({ "name": n, "port": p, "targetPort": n, "protocol": "TCP" }))
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
-        "spec": {
-            "type": type_,
-            "selector": { "app.kubernetes.io/name": name },
-            "ports": ports,
-        },
-    })
-}
-
-fn env_from_cluster_config(name: &str, key: &str, optional: bool) -> Value {
-    let mut selector = json!({ "name": CLUSTER_CONFIG, "key": key });
-    if optional {
-        selector["optional"] = true.into();
+/// A rule granting `verbs` on `resources` of `group` (`""`: the core group).
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |l: &[&str]| Some(l.iter().map(|s| (*s).to_owned()).collect());
+    PolicyRule {
+        api_groups: strings(&[group]),
+        resources: strings(resources),
+        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
+        ..PolicyRule::default()
     }
-    json!({ "name": name, "valueFrom": { "configMapKeyRef": selector } })
 }
 
-/// An env var from the pod's own fields (the downward API), e.g. `metadata.name`.
-fn env_from_pod(name: &str, field_path: &str) -> Value {
-    json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": field_path } } })
+/// [`rule`], for the objects named `names` only.
+fn named_rule(group: &str, resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        resource_names: Some(names.iter().map(|s| (*s).to_owned()).collect()),
+        ..rule(group, resources, verbs)
+    }
+}
+
+/// An installed object's metadata: its name, namespace and labels.
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        labels: Some(part_of(name)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A typed object as the install prints and applies it.
+fn object<T: serde::Serialize>(o: &T) -> Value {
+    serde_json::to_value(o).expect("k8s-openapi objects serialize")
+}
+
+/// Selects the pods of component `name`.
+fn selector(name: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_owned(),
+            name.to_owned(),
+        )])),
+        ..LabelSelector::default()
+    }
+}
+
+fn service(name: &str, type_: &str, ports: &[(&str, u16)]) -> Service {
+    Service {
+        metadata: meta(name, Some(NAMESPACE)),
+        spec: Some(ServiceSpec {
+            type_: Some(type_.into()),
+            selector: selector(name).match_labels,
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| ServicePort {
+                        name: Some((*n).into()),
+                        port: i32::from(*p),
+                        target_port: Some(IntOrString::String((*n).into())),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn env_from_cluster_config(name: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: CLUSTER_CONFIG.into(),
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 const CA_DIR: &str = "/etc/meshfed/ca";
 
-fn deployment(name: &str, replicas: u16, container: Value, volumes: Vec<Value>) -> Value {
-    let admin_port = container["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "admin"))
-        .map(|p| p["containerPort"].to_string())
+fn deployment(name: &str, replicas: u16, container: Container, volumes: Vec<Volume>) -> Deployment {
+    let admin_port = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("admin"))
+        .map(|p| p.container_port.to_string())
         .unwrap_or_default();
-    let mut d = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
-            "template": {
-                "metadata": {
-                    "labels": part_of(name),
-                    "annotations": { "prometheus.io/scrape": "true", "prometheus.io/port": admin_port },
-                },
-                "spec": {
-                    "serviceAccountName": name,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
-        },
-    });
+    let mut pod = PodSpec {
+        service_account_name: Some(name.into()),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    };
     if replicas > 1 {
-        let selector = json!({ "matchLabels": { "app.kubernetes.io/name": name } });
         // Replicas on different nodes, so one node going away keeps one up;
         // preferred, so a one-node cluster (kind) still runs them all.
-        d["spec"]["template"]["spec"]["affinity"] = json!({ "podAntiAffinity": {
-            "preferredDuringSchedulingIgnoredDuringExecution": [{ "weight": 100, "podAffinityTerm": {
-                "topologyKey": "kubernetes.io/hostname",
-                "labelSelector": selector,
-            }}],
-        }});
+        pod.affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            topology_key: "kubernetes.io/hostname".into(),
+                            label_selector: Some(selector(name)),
+                            ..PodAffinityTerm::default()
+                        },
+                    },
+                ]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        });
         // And in different zones where there are zones, so a zone outage
         // keeps one up; ScheduleAnyway, so a cluster of one zone (or of
         // unlabelled nodes) still runs them all.
-        d["spec"]["template"]["spec"]["topologySpreadConstraints"] = json!([{
-            "maxSkew": 1,
-            "topologyKey": "topology.kubernetes.io/zone",
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": selector,
+        pod.topology_spread_constraints = Some(vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "topology.kubernetes.io/zone".into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(selector(name)),
+            ..TopologySpreadConstraint::default()
         }]);
     }
-    d
+    Deployment {
+        metadata: meta(name, Some(NAMESPACE)),
+        spec: DeploymentSpec {
+            replicas: Some(i32::from(replicas)),
+            selector: selector(name),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(part_of(name)),
+                    annotations: Some(BTreeMap::from([
+                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                        ("prometheus.io/port".to_owned(), admin_port),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The pod spec of a Deployment [`deployment`] made.
+fn pod_spec(d: &mut Deployment) -> &mut PodSpec {
+    d.spec
+        .template
+        .spec
+        .as_mut()
+        .expect("deployment() makes a pod spec")
+}
+
+/// Mounts `mounts` into `c` and sets its env beyond the common.
+fn with_env(c: &mut Container, env: impl IntoIterator<Item = EnvVar>) {
+    c.env.get_or_insert_with(Vec::new).extend(env);
 }
 
 fn identity(images: &Images, leaf_ttl: Option<std::time::Duration>) -> Vec<Value> {
+    use meshfed_runtime::env as var;
     let mut c = container(
         IDENTITY,
         images.of(IDENTITY),
         &[("grpc", port::IDENTITY), ("admin", port::IDENTITY_ADMIN)],
     );
-    let envs = c["env"].as_array_mut().expect("container has env");
-    envs.extend([
-        env(meshfed_runtime::env::CA_DIR, CA_DIR),
-        env(meshfed_runtime::env::IDENTITY_AUTH, "kubernetes"),
-        env(meshfed_runtime::env::TOKEN_AUDIENCES, TOKEN_AUDIENCE),
-        env(meshfed_runtime::env::NAMESPACE, NAMESPACE),
-        env(meshfed_runtime::env::SERVICE_ACCOUNT, IDENTITY),
-    ]);
+    with_env(
+        &mut c,
+        [
+            env(var::CA_DIR, CA_DIR),
+            env(var::IDENTITY_AUTH, "kubernetes"),
+            env(var::TOKEN_AUDIENCES, TOKEN_AUDIENCE),
+            env(var::NAMESPACE, NAMESPACE),
+            env(var::SERVICE_ACCOUNT, IDENTITY),
+        ],
+    );
     if let Some(ttl) = leaf_ttl {
-        envs.push(env(
-            meshfed_runtime::env::LEAF_TTL,
-            humantime::format_duration(ttl).to_string(),
-        ));
+        with_env(
+            &mut c,
+            [env(
+                var::LEAF_TTL,
+                humantime::format_duration(ttl).to_string(),
+            )],
+        );
     }
-    c["volumeMounts"] = json!([{ "name": "ca", "mountPath": CA_DIR, "readOnly": true }]);
+    c.volume_mounts = Some(vec![VolumeMount {
+        name: "ca".into(),
+        mount_path: CA_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }]);
     // The key is readable by the component's group only.
-    let volumes =
-        vec![json!({ "name": "ca", "secret": { "secretName": CA_SECRET, "defaultMode": 0o440 } })];
+    let volumes = vec![Volume {
+        name: "ca".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(CA_SECRET.into()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut d = deployment(IDENTITY, 2, c, volumes);
+    pod_spec(&mut d).security_context = Some(PodSecurityContext {
+        fs_group: Some(RUN_AS),
+        ..PodSecurityContext::default()
+    });
     let mut out = vec![
-        service_account(IDENTITY),
-        service(
+        object(&service_account(IDENTITY)),
+        object(&service(
             IDENTITY,
             "ClusterIP",
             &[("grpc", port::IDENTITY), ("admin", port::IDENTITY_ADMIN)],
-        ),
-        {
-            let mut d = deployment(IDENTITY, 2, c, volumes);
-            d["spec"]["template"]["spec"]["securityContext"] = json!({ "fsGroup": RUN_AS });
-            d
-        },
+        )),
+        object(&d),
     ];
     // The identity service proves ServiceAccount tokens, and nothing else.
     out.extend(cluster_role(
         IDENTITY,
-        json!([{ "apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"] }]),
+        vec![rule(
+            "authentication.k8s.io",
+            &["tokenreviews"],
+            &["create"],
+        )],
     ));
     out
 }
 
 fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
+    use meshfed_runtime::env as var;
     let ports = [
         ("federation", port::FEDERATION),
         ("discovery", port::DISCOVERY),
@@ -557,56 +716,79 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
         &info.component_id(IDENTITY).to_string(),
         &info.controller_identity().to_string(),
     );
-    let envs = c["env"].as_array_mut().expect("container has env");
-    envs.extend([
-        env_from_cluster_config(meshfed_runtime::env::CLUSTER, "cluster", false),
-        env_from_cluster_config(meshfed_runtime::env::REGION, "region", true),
-        env(meshfed_runtime::env::STORE, "kube"),
-        // The admin port its probes ask, named here so the two cannot drift.
-        env(
-            meshfed_runtime::env::ADMIN_LISTEN,
-            format!("0.0.0.0:{}", port::CONTROLLER_ADMIN),
-        ),
-        // Each replica competes for the leader Lease as its pod, in its namespace.
-        env_from_pod(meshfed_runtime::env::POD_NAME, "metadata.name"),
-        env_from_pod(meshfed_runtime::env::POD_NAMESPACE, "metadata.namespace"),
-    ]);
-    envs.extend(id_env);
-    c["volumeMounts"] = mounts.into();
+    with_env(
+        &mut c,
+        [
+            env_from_cluster_config(var::CLUSTER, "cluster", false),
+            env_from_cluster_config(var::REGION, "region", true),
+            env(var::STORE, "kube"),
+            // The admin port its probes ask, named here so the two cannot drift.
+            env(
+                var::ADMIN_LISTEN,
+                meshfed_runtime::all_interfaces(port::CONTROLLER_ADMIN).to_string(),
+            ),
+            // Each replica competes for the leader Lease as its pod, in its namespace.
+            env_from_pod(var::POD_NAME, "metadata.name"),
+            env_from_pod(var::POD_NAMESPACE, "metadata.namespace"),
+        ],
+    );
+    with_env(&mut c, id_env);
+    c.volume_mounts = Some(mounts);
     // Two replicas, one leading (only it writes): a rollout, a drained node
     // or a killed pod costs at most a lease of writes, and discovery and
     // federation are answered throughout by the other replica.
     let mut d = deployment(CONTROLLER, CONTROLLER_REPLICAS, c, volumes);
     // A new replica comes up (and is ready: synced) before an old one
     // goes, so a rollout never leaves fewer than two serving.
-    d["spec"]["strategy"] = json!({
-        "type": "RollingUpdate",
-        "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 },
+    d.spec.strategy = Some(DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: Some(IntOrString::Int(1)),
+        }),
     });
     // Stopping: the Lease is handed over (at most 2 s), then open streams
     // get 5 s to drain; the rest is slack before the kill.
-    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 15.into();
+    pod_spec(&mut d).termination_grace_period_seconds = Some(15);
     let mut out = vec![
-        service_account(CONTROLLER),
-        service(CONTROLLER, "ClusterIP", &ports),
-        d,
-        one_at_a_time(CONTROLLER),
+        object(&service_account(CONTROLLER)),
+        object(&service(CONTROLLER, "ClusterIP", &ports)),
+        object(&d),
+        object(&one_at_a_time(CONTROLLER)),
     ];
+    let (meshfed, route) = (
+        meshfed_resources::crd::GROUP,
+        meshfed_resources::route::GROUP,
+    );
+    let read = ["get", "list", "watch"];
+    let own = ["get", "list", "watch", "create", "patch", "delete"];
     // Reads the cluster and the CRDs; writes only mirrors and statuses.
     out.extend(cluster_role(
         CONTROLLER,
-        json!([
-            { "apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
-            { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
-            { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"] },
+        vec![
+            rule("", &["services"], &own),
+            rule("discovery.k8s.io", &["endpointslices"], &own),
+            rule("", &["nodes"], &read),
             // An endpoint's identity is its Pod's service account.
-            { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_resources::crd::GROUP], "resources": ["links", "failoverpolicies", "ratelimitpolicies"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_resources::crd::GROUP], "resources": ["links/status", "failoverpolicies/status", "ratelimitpolicies/status"], "verbs": ["get", "patch"] },
+            rule("", &["pods"], &read),
+            rule(
+                meshfed,
+                &["links", "failoverpolicies", "ratelimitpolicies"],
+                &read,
+            ),
+            rule(
+                meshfed,
+                &[
+                    "links/status",
+                    "failoverpolicies/status",
+                    "ratelimitpolicies/status",
+                ],
+                &["get", "patch"],
+            ),
             // Routes attached to Services (GAMMA), and their status entries.
-            { "apiGroups": [meshfed_resources::route::GROUP], "resources": [meshfed_resources::route::PLURAL], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [meshfed_resources::route::GROUP], "resources": ["httproutes/status"], "verbs": ["get", "patch"] },
-        ]),
+            rule(route, &[meshfed_resources::route::PLURAL], &read),
+            rule(route, &["httproutes/status"], &["get", "patch"]),
+        ],
     ));
     // The leader Lease, and no other: kube-lease-manager GETs it, CREATEs it
     // when missing and PATCHes it (apply to take it, strategic merge to renew
@@ -614,15 +796,21 @@ fn controller(info: &ClusterInfo, images: &Images) -> Vec<Value> {
     // cannot limit create by name (the name is not known when it authorizes).
     out.extend(namespaced_role(
         CONTROLLER,
-        json!([
-            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
-            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [CONTROLLER_LEASE], "verbs": ["get", "patch"] },
-        ]),
+        vec![
+            rule("coordination.k8s.io", &["leases"], &["create"]),
+            named_rule(
+                "coordination.k8s.io",
+                &["leases"],
+                &[CONTROLLER_LEASE],
+                &["get", "patch"],
+            ),
+        ],
     ));
     out
 }
 
 fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
+    use meshfed_runtime::env as var;
     let ports = [
         ("gateway", info.gateway_port),
         ("admin", port::GATEWAY_ADMIN),
@@ -632,44 +820,59 @@ fn gateway(a: &InstallArgs, info: &ClusterInfo, images: &Images) -> Vec<Value> {
         &info.component_id(IDENTITY).to_string(),
         &info.gateway_identity().to_string(),
     );
-    let envs = c["env"].as_array_mut().expect("container has env");
     let controller = format!("{CONTROLLER}.{NAMESPACE}.svc");
-    envs.extend([
-        env_from_cluster_config(meshfed_runtime::env::CLUSTER, "cluster", false),
-        env(
-            meshfed_runtime::env::LISTEN,
-            format!("0.0.0.0:{}", info.gateway_port),
-        ),
-        env(
-            meshfed_runtime::env::DISCOVERY,
-            format!("{controller}:{}", port::DISCOVERY),
-        ),
-        env(
-            meshfed_runtime::env::FEDERATION_UPSTREAM,
-            format!("{controller}:{}", port::FEDERATION),
-        ),
-    ]);
-    envs.extend(id_env);
-    c["volumeMounts"] = mounts.into();
-    c["resources"]["limits"]["memory"] = "512Mi".into();
+    with_env(
+        &mut c,
+        [
+            env_from_cluster_config(var::CLUSTER, "cluster", false),
+            env(
+                var::LISTEN,
+                meshfed_runtime::all_interfaces(info.gateway_port).to_string(),
+            ),
+            env(var::DISCOVERY, format!("{controller}:{}", port::DISCOVERY)),
+            env(
+                var::FEDERATION_UPSTREAM,
+                format!("{controller}:{}", port::FEDERATION),
+            ),
+        ],
+    );
+    with_env(&mut c, id_env);
+    c.volume_mounts = Some(mounts);
+    if let Some(r) = c.resources.as_mut() {
+        r.limits = Some(quantities(&[("memory", "512Mi")]));
+    }
     let mut d = deployment(GATEWAY, a.gateway_replicas, c, volumes);
+    let pod = pod_spec(&mut d);
     // Open connections get the gateway's 30 s drain before the kill.
-    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 45.into();
+    pod.termination_grace_period_seconds = Some(45);
     // The gateway never talks to the API server: no token for it.
-    d["spec"]["template"]["spec"]["automountServiceAccountToken"] = false.into();
+    pod.automount_service_account_token = Some(false);
     let type_ = match a.gateway_service_type {
         GatewayServiceType::LoadBalancer => "LoadBalancer",
         GatewayServiceType::NodePort => "NodePort",
     };
     let mut svc = service(GATEWAY, type_, &[("gateway", info.gateway_port)]);
-    svc["metadata"]["annotations"] =
-        json!({ "meshfed.io/gateway-identity": info.gateway_identity().to_string() });
-    vec![service_account(GATEWAY), svc, d, one_always_up(GATEWAY)]
+    svc.metadata.annotations = Some(BTreeMap::from([(
+        "meshfed.io/gateway-identity".to_owned(),
+        info.gateway_identity().to_string(),
+    )]));
+    vec![
+        object(&service_account(GATEWAY)),
+        object(&svc),
+        object(&d),
+        object(&one_always_up(GATEWAY)),
+    ]
 }
 
 /// A PodDisruptionBudget keeping one replica of `name` up through drains.
-fn one_always_up(name: &str) -> Value {
-    disruption_budget(name, "minAvailable")
+fn one_always_up(name: &str) -> PodDisruptionBudget {
+    disruption_budget(
+        name,
+        PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            ..PodDisruptionBudgetSpec::default()
+        },
+    )
 }
 
 /// A PodDisruptionBudget letting drains take one replica of `name` at a
@@ -679,22 +882,26 @@ fn one_always_up(name: &str) -> Value {
 /// whatever the replica count; and scaled down to one, `minAvailable: 1`
 /// would block every node drain for good, where this lets it through at the
 /// cost of a pause in writes (nothing on the data path waits for them).
-fn one_at_a_time(name: &str) -> Value {
-    disruption_budget(name, "maxUnavailable")
+fn one_at_a_time(name: &str) -> PodDisruptionBudget {
+    disruption_budget(
+        name,
+        PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            ..PodDisruptionBudgetSpec::default()
+        },
+    )
 }
 
-/// A PodDisruptionBudget for the pods of `name` whose `rule` (`minAvailable`
-/// or `maxUnavailable`) is 1.
-fn disruption_budget(name: &str, rule: &str) -> Value {
-    json!({
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": { "name": name, "namespace": NAMESPACE, "labels": part_of(name) },
-        "spec": {
-            rule: 1,
-            "selector": { "matchLabels": { "app.kubernetes.io/name": name } },
-        },
-    })
+/// A PodDisruptionBudget for the pods of `name` with `rule`.
+fn disruption_budget(name: &str, rule: PodDisruptionBudgetSpec) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(name, Some(NAMESPACE)),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(selector(name)),
+            ..rule
+        }),
+        ..PodDisruptionBudget::default()
+    }
 }
 
 /// Namespaces the webhook never sees: Kubernetes' own, and Meshfed's (its
@@ -707,81 +914,115 @@ const NEVER_INJECTED: [&str; 4] = ["kube-system", "kube-public", "kube-node-leas
 /// cluster's roots (`--trust-domain` instead of `--ca`) the configuration
 /// is left out: the API server could not check the injector's certificate.
 fn injector(info: &ClusterInfo, images: &Images) -> Vec<Value> {
+    use meshfed_runtime::env as var;
     let ports = [("webhook", port::INJECTOR), ("admin", port::INJECTOR_ADMIN)];
     let mut c = container(INJECTOR, images.of(INJECTOR), &ports);
     let (id_env, volumes, mounts) = identity_client(
         &info.component_id(IDENTITY).to_string(),
         &info.component_id(INJECTOR).to_string(),
     );
-    let envs = c["env"].as_array_mut().expect("container has env");
-    envs.extend([
-        env_from_cluster_config(meshfed_runtime::env::CLUSTER, "cluster", false),
-        env_from_cluster_config(meshfed_runtime::env::REGION, "region", true),
-        env(meshfed_runtime::env::SIDECAR_IMAGE, images.of(SIDECAR)),
-        env(
-            meshfed_runtime::env::LISTEN,
-            format!("0.0.0.0:{}", port::INJECTOR),
-        ),
-        env(
-            meshfed_runtime::env::ADMIN_LISTEN,
-            format!("0.0.0.0:{}", port::INJECTOR_ADMIN),
-        ),
-    ]);
-    envs.extend(id_env);
-    c["volumeMounts"] = mounts.into();
+    with_env(
+        &mut c,
+        [
+            env_from_cluster_config(var::CLUSTER, "cluster", false),
+            env_from_cluster_config(var::REGION, "region", true),
+            env(var::SIDECAR_IMAGE, images.of(SIDECAR)),
+            env(
+                var::LISTEN,
+                meshfed_runtime::all_interfaces(port::INJECTOR).to_string(),
+            ),
+            env(
+                var::ADMIN_LISTEN,
+                meshfed_runtime::all_interfaces(port::INJECTOR_ADMIN).to_string(),
+            ),
+        ],
+    );
+    with_env(&mut c, id_env);
+    c.volume_mounts = Some(mounts);
     // Two replicas: with failurePolicy Fail, pods of meshed namespaces are
     // created only while one answers.
     let d = deployment(INJECTOR, 2, c, volumes);
     let mut svc = service(INJECTOR, "ClusterIP", &[("webhook", port::INJECTOR)]);
-    svc["spec"]["ports"][0]["port"] = 443.into();
-    let mut out = vec![service_account(INJECTOR), svc, d, one_always_up(INJECTOR)];
+    if let Some(p) = svc
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .and_then(|p| p.first_mut())
+    {
+        p.port = i32::from(port::INJECTOR_SERVICE);
+    }
+    let mut out = vec![
+        object(&service_account(INJECTOR)),
+        object(&svc),
+        object(&d),
+        object(&one_always_up(INJECTOR)),
+    ];
     // Reads labelled namespaces (their inbound policy); writes each one's trust ConfigMap.
     out.extend(cluster_role(
         INJECTOR,
-        json!([
-            { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"] },
-            { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [TRUST_CONFIG], "verbs": ["get", "patch"] },
-        ]),
+        vec![
+            rule("", &["namespaces"], &["get", "list", "watch"]),
+            rule("", &["configmaps"], &["create"]),
+            named_rule("", &["configmaps"], &[TRUST_CONFIG], &["get", "patch"]),
+        ],
     ));
     if let Some(roots) = &info.roots_pem {
-        out.push(webhook_configuration(roots));
+        out.push(object(&webhook_configuration(roots)));
     }
     out
 }
 
-fn webhook_configuration(roots_pem: &str) -> Value {
-    use base64::Engine;
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(roots_pem);
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": { "name": INJECTOR, "labels": part_of(INJECTOR) },
-        "webhooks": [{
-            "name": "inject.meshfed.io",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {
-                "service": { "name": INJECTOR, "namespace": NAMESPACE, "path": meshfed_injector::PATH, "port": 443 },
+fn webhook_configuration(roots_pem: &str) -> MutatingWebhookConfiguration {
+    let strings = |l: &[&str]| Some(l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+    let expression = |key: &str, operator: &str, values: &[&str]| LabelSelectorRequirement {
+        key: key.into(),
+        operator: operator.into(),
+        values: strings(values),
+    };
+    MutatingWebhookConfiguration {
+        metadata: meta(INJECTOR, None),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.meshfed.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: WebhookClientConfig {
+                service: Some(ServiceReference {
+                    name: INJECTOR.into(),
+                    namespace: NAMESPACE.into(),
+                    path: Some(meshfed_injector::PATH.into()),
+                    port: Some(i32::from(port::INJECTOR_SERVICE)),
+                }),
                 // The cluster's roots: the injector's certificate chains to them.
-                "caBundle": ca_bundle,
+                ca_bundle: Some(ByteString(roots_pem.as_bytes().to_vec())),
+                ..WebhookClientConfig::default()
             },
-            "rules": [{
-                "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                "resources": ["pods"], "scope": "Namespaced",
-            }],
-            "namespaceSelector": { "matchExpressions": [
-                { "key": meshfed_injector::INJECT_LABEL, "operator": "In", "values": [meshfed_injector::INJECT_ENABLED] },
-                { "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": NEVER_INJECTED },
-            ]},
+            rules: Some(vec![RuleWithOperations {
+                operations: strings(&["CREATE"]),
+                api_groups: strings(&[""]),
+                api_versions: strings(&["v1"]),
+                resources: strings(&["pods"]),
+                scope: Some("Namespaced".into()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_expressions: Some(vec![
+                    expression(
+                        meshfed_injector::INJECT_LABEL,
+                        "In",
+                        &[meshfed_injector::INJECT_ENABLED],
+                    ),
+                    expression("kubernetes.io/metadata.name", "NotIn", &NEVER_INJECTED),
+                ]),
+                ..LabelSelector::default()
+            }),
             // A pod of a meshed namespace created without its sidecar would be
             // outside the mesh unnoticed (refused by strict peers, or bypassing
             // policy): better not created until the injector answers.
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "timeoutSeconds": 5,
-            "matchPolicy": "Equivalent",
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(5),
+            match_policy: Some("Equivalent".into()),
             // Re-run after later webhooks; an injected pod is left as it is.
-            "reinvocationPolicy": "IfNeeded",
-        }],
-    })
+            reinvocation_policy: Some("IfNeeded".into()),
+            ..MutatingWebhook::default()
+        }]),
+    }
 }
