@@ -208,7 +208,7 @@ fn config_map(name: &str, data: BTreeMap<String, String>) -> ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(NAMESPACE.to_owned()),
-            labels: Some(crate::install::part_of(name)),
+            labels: Some(part_of(name)),
             ..ObjectMeta::default()
         },
         data: Some(data),
@@ -264,4 +264,12 @@ pub fn short_fingerprints(fps: &[String]) -> String {
         .map(|f| format!("{}…", f.get(..11).unwrap_or(f)))
         .collect();
     format!("root(s) {}", short.join(", "))
+}
+
+/// The labels every installed object carries.
+pub fn part_of(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), name.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "meshfed".to_owned()),
+    ])
 }

@@ -285,14 +285,6 @@ fn with_kind<T: serde::Serialize>(obj: T, api_version: &str, kind: &str) -> Valu
     v
 }
 
-/// The labels every installed object carries.
-pub fn part_of(name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), name.to_owned()),
-        ("app.kubernetes.io/part-of".to_owned(), "meshfed".to_owned()),
-    ])
-}
-
 /// Every object of the install, in apply order (kinds others depend on
 /// first), then by name.
 pub fn manifests(

@@ -146,7 +146,7 @@ pub async fn make_link(a: &LinkArgs, from: &Cluster, to: &Cluster) -> anyhow::Re
     link.metadata = ObjectMeta {
         name: Some(exporting.cluster.clone()),
         namespace: Some(NAMESPACE.to_owned()),
-        labels: Some(crate::install::part_of("meshfed-link")),
+        labels: Some(crate::cluster::part_of("meshfed-link")),
         annotations: Some(BTreeMap::from([(LINK_ROOTS.to_owned(), shared.join(","))])),
         ..ObjectMeta::default()
     };

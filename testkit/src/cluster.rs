@@ -287,3 +287,112 @@ pub async fn until_remote_group(cluster: &Cluster, remote: &str, zone: &str) {
         }
     }
 }
+
+/// Where a cluster's gateway finds its controller, and who it is.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayOf<'a> {
+    /// The cluster's name.
+    pub cluster: &'a str,
+    /// Its CA, which issues the gateway's certificate.
+    pub ca: &'a ClusterCa,
+    /// The controller's discovery listener.
+    pub discovery: SocketAddr,
+    /// The controller's federation listener.
+    pub federation: SocketAddr,
+}
+
+impl<'a> From<&'a Cluster> for GatewayOf<'a> {
+    fn from(c: &'a Cluster) -> Self {
+        Self {
+            cluster: &c.name,
+            ca: &c.ca,
+            discovery: c.discovery,
+            federation: c.federation,
+        }
+    }
+}
+
+/// A cluster's real east-west gateway (meshfed-gateway) in-process: routes
+/// from the cluster's controller, federation passed through to it, probes
+/// answered with the gateway identity. Stopping it is a crash: every
+/// connection through it ends at once (no drain).
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<JoinHandle<meshfed_gateway::Drained>>,
+    following: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Starts the gateway of `of` on `bind`, trusting a silent controller
+    /// for `liveness`.
+    pub async fn start(of: GatewayOf<'_>, bind: SocketAddr, liveness: Duration) -> Self {
+        let gw_creds = creds(of.ca, GATEWAY);
+        let mut registry = Registry::default();
+        let metrics = Arc::new(meshfed_gateway::Metrics::new(&mut registry));
+        let source = meshfed_gateway::RoutesSource {
+            discovery: of.discovery.to_string(),
+            controller_id: id(CONTROLLER),
+            gateway: format!("{}-gateway", of.cluster),
+        };
+        let (routes, following) =
+            meshfed_gateway::follow_routes(source, gw_creds.clone(), metrics.clone());
+        let config = meshfed_gateway::GatewayConfig {
+            federation_upstream: Some(of.federation.to_string()),
+            drain_timeout: Duration::ZERO,
+            liveness,
+            ..meshfed_gateway::GatewayConfig::default()
+        };
+        let gateway = meshfed_gateway::Gateway::new(
+            config,
+            routes,
+            gw_creds,
+            meshfed_runtime::Readiness::default(),
+            metrics,
+        );
+        let listener = meshfed_gateway::bind_shared(bind).expect("bind gateway");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            gateway
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        Self {
+            addr,
+            stop: Some(tx),
+            served: Some(served),
+            following,
+        }
+    }
+
+    /// Stops accepting and closes every connection through the gateway.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+        self.following.abort();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(s) = &self.served {
+            s.abort();
+        }
+        self.following.abort();
+    }
+}

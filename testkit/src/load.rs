@@ -300,3 +300,57 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Runs a bench's `main` future on a runtime of two workers, the cores of
+/// the machines these benches are compared on.
+pub fn block_on<F: std::future::Future>(bench: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("runtime: {e}"))?
+        .block_on(bench))
+}
+
+/// What every bench's plan starts from: how many interleaved rounds, and
+/// the open-loop latency workload (its rate, its seconds per path over all
+/// rounds, its connections). A quick run (`--quick`, for CI and for trying
+/// a change) keeps every workload to a couple of seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Rounds {
+    /// A quick run.
+    pub quick: bool,
+    /// Interleaved rounds per workload.
+    pub rounds: usize,
+    /// Requests per second of the latency workload.
+    pub rate: f64,
+    /// Per path, over all rounds.
+    pub latency_secs: f64,
+    /// Connections the latency workload spreads over.
+    pub latency_conns: usize,
+}
+
+impl Rounds {
+    /// Whether a bench's arguments ask for a quick run: `cargo bench`
+    /// passes `--bench`, and anything but `--quick` is ignored.
+    pub fn quick(args: &[String]) -> bool {
+        args.iter().any(|a| a == "--quick")
+    }
+
+    /// Five rounds and `latency_secs` of latency at 2,000 requests/s over
+    /// `latency_conns` connections; two rounds and 2 s when `quick`.
+    pub fn new(quick: bool, latency_secs: f64, latency_conns: usize) -> Self {
+        Self {
+            quick,
+            rounds: if quick { 2 } else { 5 },
+            rate: 2000.0,
+            latency_secs: if quick { 2.0 } else { latency_secs },
+            latency_conns,
+        }
+    }
+
+    /// `full`, or `quick` in a quick run.
+    pub fn pick<T>(&self, quick: T, full: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}

@@ -105,7 +105,7 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
     let mesh = Mesh::new();
     let west = Cluster::start(&mesh, "west", None).await;
     let east = Cluster::start(&mesh, "east", None).await;
-    let mut gw = Gateway::start(&west).await;
+    let mut gw = gateway(&west).await;
     west.write("api.yaml", &api_manifest(false));
     east.write(LINK_FILE, &link_manifest(gw.addr));
     let client = creds(&east.ca, "/ns/shop/sa/client", None);
@@ -224,7 +224,7 @@ async fn exports_mirrors_and_discovery_follow_export_link_and_peer() {
 
     // The peer comes back on the same address: everything returns.
     let t0 = Instant::now();
-    let gw2 = Gateway::start_on(gw.addr, &west).await;
+    let gw2 = gateway_on(gw.addr, &west).await;
     let t_back = until_set(t0, &mut sub, "recovered peer returns", has_west_group).await;
     until_state(t0, &mut state, "mirror ready after recovery", |s| {
         has_mirror(s, "shop", "api-west") && !mirror_withdrawn(s, "shop", "api-west")
@@ -445,7 +445,7 @@ async fn a_restarted_controller_keeps_live_mirrors_and_removes_stale_ones() {
     let mesh = Mesh::new();
     let west = Cluster::start(&mesh, "west", None).await;
     let mut east = Cluster::start(&mesh, "east", None).await;
-    let gw = Gateway::start(&west).await;
+    let gw = gateway(&west).await;
     west.write("api.yaml", &api_manifest(true));
     east.write(LINK_FILE, &link_manifest(gw.addr));
     let mut state = east.state();
@@ -534,7 +534,7 @@ async fn a_mirror_that_cannot_be_written_is_named_in_the_link_status() {
     let mesh = Mesh::new();
     let west = Cluster::start(&mesh, "west", None).await;
     let east = Cluster::start(&mesh, "east", None).await;
-    let gw = Gateway::start(&west).await;
+    let gw = gateway(&west).await;
     // Someone's own Service already holds the mirror's name in east.
     let squatter = objects::service("shop", "api-west", &[("http", 80)], false);
     east.write("squatter.yaml", &yaml(&squatter));
@@ -607,7 +607,7 @@ async fn a_silent_controller_behind_a_live_gateway_is_held_through_the_grace() {
     let mesh = Mesh::new();
     let mut west = Cluster::start(&mesh, "west", None).await;
     let east = Cluster::start(&mesh, "east", None).await;
-    let gw = Gateway::start(&west).await;
+    let gw = gateway(&west).await;
     west.write("api.yaml", &api_manifest(true));
     let mut link: meshfed_resources::crd::Link =
         serde_saphyr::from_str(&link_manifest(gw.addr)).expect("link");
@@ -706,7 +706,7 @@ async fn a_snapshot_that_drops_most_exports_is_doubted_before_mirrors_go() {
     let mesh = Mesh::new();
     let mut west = Cluster::start(&mesh, "west", None).await;
     let east = Cluster::start(&mesh, "east", None).await;
-    let gw = Gateway::start(&west).await;
+    let gw = gateway(&west).await;
     west.write("api.yaml", &api_manifest(true));
     west.write("bulk.yaml", &bulk_manifest(BULK));
     east.write(LINK_FILE, &link_manifest(gw.addr));
@@ -822,7 +822,7 @@ async fn an_exporter_restarting_during_a_bulk_export_costs_no_live_mirror() {
     let mesh = Mesh::new();
     let mut west = Cluster::start(&mesh, "west", None).await;
     let east = Cluster::start(&mesh, "east", None).await;
-    let gw = Gateway::start(&west).await;
+    let gw = gateway(&west).await;
     west.write("api.yaml", &api_manifest(true));
     east.write(LINK_FILE, &link_manifest(gw.addr));
     let mut state = east.state();

@@ -14,7 +14,7 @@ use meshfed_controller::{
 };
 use meshfed_identity::ClusterCa;
 pub use meshfed_testkit::cluster::{
-    CONTROLLER, GATEWAY, Mesh, TD, id, serve_controller, write_file, yaml,
+    CONTROLLER, GATEWAY, Gateway, GatewayOf, Mesh, TD, id, serve_controller, write_file, yaml,
 };
 use meshfed_trust::{
     Credentials, CredentialsWatch, ExpectedIds, SpiffeId, TrustBundle, TrustDomain, client_config,
@@ -233,82 +233,21 @@ pub fn mirror_withdrawn(state: &ClusterState, ns: &str, name: &str) -> bool {
         })
 }
 
-/// The cluster's real east-west gateway (meshfed-gateway) in-process:
-/// routes from the cluster's controller, federation passed through to it,
-/// probes answered with the gateway identity.
-pub struct Gateway {
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: Option<JoinHandle<meshfed_gateway::Drained>>,
-    following: JoinHandle<()>,
+/// The cluster's real east-west gateway (from the testkit).
+pub async fn gateway(cluster: &Cluster) -> Gateway {
+    gateway_on("127.0.0.1:0".parse().expect("addr"), cluster).await
 }
 
-impl Gateway {
-    pub async fn start(cluster: &Cluster) -> Self {
-        Self::start_on("127.0.0.1:0".parse().expect("addr"), cluster).await
-    }
-
-    pub async fn start_on(bind: SocketAddr, cluster: &Cluster) -> Self {
-        let gw_creds = creds(&cluster.ca, GATEWAY, None);
-        let mut registry = Registry::default();
-        let metrics = Arc::new(meshfed_gateway::Metrics::new(&mut registry));
-        let source = meshfed_gateway::RoutesSource {
-            discovery: cluster.discovery.to_string(),
-            controller_id: id(CONTROLLER),
-            gateway: format!("{}-gateway", cluster.name),
-        };
-        let (routes, following) =
-            meshfed_gateway::follow_routes(source, gw_creds.clone(), metrics.clone());
-        let config = meshfed_gateway::GatewayConfig {
-            federation_upstream: Some(cluster.federation.to_string()),
-            // Stopping is a crash: every connection through it ends at once.
-            drain_timeout: Duration::ZERO,
-            ..meshfed_gateway::GatewayConfig::default()
-        };
-        let gateway = meshfed_gateway::Gateway::new(
-            config,
-            routes,
-            gw_creds,
-            meshfed_runtime::Readiness::default(),
-            metrics,
-        );
-        let listener = meshfed_gateway::bind_shared(bind).expect("bind gateway");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(async move {
-            gateway
-                .serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await
-        });
-        Self {
-            addr,
-            stop: Some(tx),
-            served: Some(served),
-            following,
-        }
-    }
-
-    /// Stops accepting and closes every connection through the gateway.
-    pub async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(served) = self.served.take() {
-            let _ = served.await;
-        }
-        self.following.abort();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(s) = &self.served {
-            s.abort();
-        }
-        self.following.abort();
-    }
+/// [`gateway`], listening on `bind`.
+pub async fn gateway_on(bind: SocketAddr, cluster: &Cluster) -> Gateway {
+    let of = GatewayOf {
+        cluster: &cluster.name,
+        ca: &cluster.ca,
+        discovery: cluster.discovery,
+        federation: cluster.federation,
+    };
+    let liveness = meshfed_gateway::GatewayConfig::default().liveness;
+    Gateway::start(of, bind, liveness).await
 }
 
 /// A gRPC channel over mTLS to `addr`, sending `sni`, expecting `server`.

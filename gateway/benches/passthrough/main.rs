@@ -32,11 +32,7 @@ use crate::report::{Mem, PathResults, Report};
 /// How much of everything.
 #[derive(Debug)]
 struct Plan {
-    /// Interleaved rounds per workload.
-    rounds: usize,
-    rate: f64,
-    latency_secs: f64,
-    latency_conns: usize,
+    base: load::Rounds,
     bulk_bytes: u64,
     churn_secs: f64,
     churn_concurrency: usize,
@@ -49,15 +45,13 @@ struct Plan {
 
 impl Plan {
     fn new(quick: bool) -> Self {
+        let base = load::Rounds::new(quick, 5.0, 4);
         Self {
-            rounds: if quick { 2 } else { 5 },
-            rate: 2000.0,
-            latency_secs: if quick { 2.0 } else { 5.0 },
-            latency_conns: 4,
-            bulk_bytes: if quick { 256 << 20 } else { 1 << 30 },
-            churn_secs: if quick { 2.0 } else { 5.0 },
+            base,
+            bulk_bytes: base.pick(256 << 20, 1 << 30),
+            churn_secs: base.pick(2.0, 5.0),
             churn_concurrency: 32,
-            idle: if quick { 2_000 } else { 9_900 },
+            idle: base.pick(2_000, 9_900),
             idle_steps: 4,
             idle_concurrency: 64,
         }
@@ -86,15 +80,9 @@ fn main() -> anyhow::Result<()> {
         let dir = args.get(i + 1).context("--serve-backend DIR")?;
         return backend::run(Path::new(dir));
     }
-    // `cargo bench` passes `--bench`; anything but `--quick` is ignored.
-    let plan = Plan::new(args.iter().any(|a| a == "--quick"));
+    let plan = Plan::new(load::Rounds::quick(&args));
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("runtime")?
-        .block_on(run(plan))
+    load::block_on(run(plan))?
 }
 
 /// Everything started for the run; dropping it stops it all.
@@ -236,7 +224,7 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
         direct: &paths[0].results,
         gateway: &paths[1].results,
         haproxy: paths.get(2).map_or(&missing, |p| &p.results),
-        rate: plan.rate,
+        rate: plan.base.rate,
         idle_target: 10_000,
     };
     println!("\n== results ==  ({})", procs::machine_load());
@@ -299,17 +287,17 @@ async fn memory(p: &Way, plan: &Plan) -> anyhow::Result<Mem> {
 async fn latency(paths: &mut [Way], plan: &Plan) -> anyhow::Result<()> {
     let mut conns = Vec::with_capacity(paths.len());
     for p in paths.iter() {
-        let mut c = Vec::with_capacity(plan.latency_conns);
-        for _ in 0..plan.latency_conns {
+        let mut c = Vec::with_capacity(plan.base.latency_conns);
+        for _ in 0..plan.base.latency_conns {
             c.push(p.caller.echo_conn().await?);
         }
         conns.push(c);
     }
-    let secs = plan.latency_secs / plan.rounds as f64;
-    for round in 0..plan.rounds {
+    let secs = plan.base.latency_secs / plan.base.rounds as f64;
+    for round in 0..plan.base.rounds {
         for (p, c) in paths.iter_mut().zip(&mut conns) {
             let cpu = p.cpu()?;
-            let lat = load::open_loop(c, plan.rate, secs, 0.1)
+            let lat = load::open_loop(c, plan.base.rate, secs, 0.1)
                 .await
                 .with_context(|| format!("{}: latency", p.results.name))?;
             let after = p.cpu()?;
@@ -320,7 +308,7 @@ async fn latency(paths: &mut [Way], plan: &Plan) -> anyhow::Result<()> {
                 "{:8} latency round {}/{} done",
                 p.results.name,
                 round + 1,
-                plan.rounds
+                plan.base.rounds
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -345,7 +333,7 @@ async fn bulk(paths: &mut [Way], plan: &Plan, backend: u32) -> anyhow::Result<()
         load::upload(&mut c, 64 << 20).await?;
         conns.push(c);
     }
-    for round in 0..plan.rounds.min(3) {
+    for round in 0..plan.base.rounds.min(3) {
         for (p, c) in paths.iter_mut().zip(&mut conns) {
             let (cpu, ends0) = (p.cpu()?, ends()?);
             let took = load::upload(c, plan.bulk_bytes)
@@ -370,8 +358,8 @@ async fn bulk(paths: &mut [Way], plan: &Plan, backend: u32) -> anyhow::Result<()
 
 /// New connections per second, interleaved in rounds.
 async fn churn(paths: &mut [Way], plan: &Plan) -> anyhow::Result<()> {
-    let secs = plan.churn_secs / plan.rounds as f64;
-    for round in 0..plan.rounds {
+    let secs = plan.churn_secs / plan.base.rounds as f64;
+    for round in 0..plan.base.rounds {
         for p in paths.iter_mut() {
             let cpu = p.cpu()?;
             let c = load::churn(&p.caller, plan.churn_concurrency, secs).await;
@@ -381,7 +369,7 @@ async fn churn(paths: &mut [Way], plan: &Plan) -> anyhow::Result<()> {
                 "{:8} connections round {}/{}: {:.0}/s{}",
                 p.results.name,
                 round + 1,
-                plan.rounds,
+                plan.base.rounds,
                 c.ok as f64 / c.elapsed.as_secs_f64(),
                 c.first_error
                     .as_deref()

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshfed_testkit::cluster;
+use meshfed_testkit::load::Rounds;
 use meshfed_testkit::{mesh, procs};
 
 use crate::cost::Used;
@@ -45,12 +46,7 @@ use crate::topology::Topology;
 /// How much of everything.
 #[derive(Debug)]
 struct Plan {
-    /// Interleaved rounds per workload.
-    rounds: usize,
-    rate: f64,
-    /// Per path, over all rounds.
-    latency_secs: f64,
-    latency_conns: usize,
+    base: Rounds,
     /// Requests due in the first part of each round are not counted.
     warmup_secs: f64,
     steady_rate: f64,
@@ -61,15 +57,13 @@ struct Plan {
 
 impl Plan {
     fn new(quick: bool) -> Self {
+        let base = Rounds::new(quick, 15.0, 8);
         Self {
-            rounds: if quick { 2 } else { 5 },
-            rate: 2000.0,
-            latency_secs: if quick { 2.0 } else { 15.0 },
-            latency_conns: 8,
+            base,
             warmup_secs: 0.1,
             steady_rate: 1000.0,
-            steady_secs: if quick { 2.0 } else { 6.0 },
-            throughput_secs: if quick { 2.0 } else { 6.0 },
+            steady_secs: base.pick(2.0, 6.0),
+            throughput_secs: base.pick(2.0, 6.0),
             throughput_conns: 32,
         }
     }
@@ -94,14 +88,8 @@ fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == app::FLAG) {
         return app::run();
     }
-    // `cargo bench` passes `--bench`; anything but `--quick` is ignored.
-    let plan = Plan::new(args.iter().any(|a| a == "--quick"));
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("runtime")?
-        .block_on(run(plan))
+    let plan = Plan::new(Rounds::quick(&args));
+    meshfed_testkit::load::block_on(run(plan))?
 }
 
 async fn run(plan: Plan) -> anyhow::Result<()> {
@@ -238,9 +226,9 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
         paths: &paths,
         mem: &mem,
         pacer: &pacer,
-        rate: plan.rate,
+        rate: plan.base.rate,
         steady_rate: plan.steady_rate,
-        latency_conns: plan.latency_conns,
+        latency_conns: plan.base.latency_conns,
         throughput_conns: plan.throughput_conns,
     };
     let took = started.elapsed().as_secs_f64();
@@ -311,9 +299,9 @@ where
 /// group of processes) is sampled; the most each reached.
 async fn steady(ways: &mut [Way], plan: &Plan, groups: &[Vec<u32>]) -> anyhow::Result<Vec<u64>> {
     println!("\nsteady open loop at {} req/s", plan.steady_rate);
-    let rounds_n = plan.rounds.min(3);
+    let rounds_n = plan.base.rounds.min(3);
     let secs = plan.steady_secs / rounds_n as f64;
-    let mut conns = open_all(ways, plan.latency_conns).await?;
+    let mut conns = open_all(ways, plan.base.latency_conns).await?;
     let mut most = vec![0; groups.len()];
     rounds(ways, rounds_n, async |w, i| {
         let done = AtomicBool::new(false);
@@ -371,7 +359,7 @@ async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow
         let rate = match fields.next() {
             Some("closed") => None,
             Some(r) => Some(r.parse::<f64>().ok().filter(|r| *r > 0.0)?),
-            None => Some(plan.rate),
+            None => Some(plan.base.rate),
         };
         fields.next().is_none().then_some((name, secs, rate))
     })();
@@ -395,7 +383,7 @@ async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow
     let before = w.used()?;
     let s = match rate {
         Some(rate) => {
-            let mut conns = Conn::open_many(w.addr, plan.latency_conns).await?;
+            let mut conns = Conn::open_many(w.addr, plan.base.latency_conns).await?;
             load::open_loop(&mut conns, rate, secs, plan.warmup_secs)
                 .await?
                 .0
@@ -419,18 +407,19 @@ async fn hold_for_profiling(ways: &mut [Way], plan: &Plan, hold: &str) -> anyhow
 
 /// Open loop at the latency budget's rate; how late the pacer was.
 async fn latency(ways: &mut [Way], plan: &Plan) -> anyhow::Result<Samples> {
-    println!("\nopen loop at {} req/s", plan.rate);
-    let secs = plan.latency_secs / plan.rounds as f64;
-    let mut conns = open_all(ways, plan.latency_conns).await?;
+    println!("\nopen loop at {} req/s", plan.base.rate);
+    let secs = plan.base.latency_secs / plan.base.rounds as f64;
+    let mut conns = open_all(ways, plan.base.latency_conns).await?;
     let mut pacer = Samples::default();
-    rounds(ways, plan.rounds, async |w, i| {
+    rounds(ways, plan.base.rounds, async |w, i| {
         let before = w.used()?;
-        let (s, late) = load::open_loop(&mut conns[i], plan.rate, secs, plan.warmup_secs).await?;
+        let (s, late) =
+            load::open_loop(&mut conns[i], plan.base.rate, secs, plan.warmup_secs).await?;
         let used = w.used()? - before;
         if let Some(u) = &mut w.results.used_latency {
             *u += used;
         }
-        w.results.latency_sent += (plan.rate * secs).floor();
+        w.results.latency_sent += (plan.base.rate * secs).floor();
         let sorted = s.sorted();
         println!("  {:14} {}", w.results.name, sorted.brief());
         w.results.round_p99.extend(sorted.us(0.99));
@@ -446,7 +435,7 @@ async fn latency(ways: &mut [Way], plan: &Plan) -> anyhow::Result<Samples> {
 /// Closed loop; CPU of the path's proxies and of every process in `all`.
 async fn throughput(ways: &mut [Way], plan: &Plan, all: &[u32]) -> anyhow::Result<()> {
     println!("\nclosed loop, {} connections", plan.throughput_conns);
-    let rounds_n = plan.rounds.min(3);
+    let rounds_n = plan.base.rounds.min(3);
     let secs = plan.throughput_secs / rounds_n as f64;
     let mut conns = open_all(ways, plan.throughput_conns).await?;
     let everything = || -> anyhow::Result<f64> { all.iter().map(|p| procs::cpu_secs(*p)).sum() };

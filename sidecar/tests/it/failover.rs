@@ -92,7 +92,7 @@ async fn fails_over_through_the_gateway_and_back_without_a_failed_request() {
     let mesh = Mesh::new();
     let east = Cluster::start(&mesh, "east").await;
     let west = Cluster::start(&mesh, "west").await;
-    let gateway = Gateway::start(&west).await;
+    let gateway = gateway(&west).await;
     let w1 = Endpoint::start(&west, "west-w1", any()).await;
     west.write("api.yaml", &api_manifest(true, &[(w1.addr, "w")]));
     let mut a1 = Endpoint::start(&east, "east-a1", any()).await;

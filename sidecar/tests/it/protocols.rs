@@ -161,7 +161,7 @@ async fn a_websocket_crosses_the_gateway_and_its_app_sees_the_real_caller() {
     let mesh = Mesh::new();
     let east = Cluster::start(&mesh, "east").await;
     let west = Cluster::start(&mesh, "west").await;
-    let gateway = Gateway::start(&west).await;
+    let gateway = gateway(&west).await;
     // A WebSocket app in west: it greets with the caller ID its sidecar
     // gave in the handshake, then echoes every message.
     let app = TcpListener::bind(any()).await.expect("bind");

@@ -145,7 +145,7 @@ fn an_opaque_connection_across_a_partition_is_closed_at_both_ends() {
         let mesh = Mesh::new();
         let east = Cluster::start(&mesh, "east").await;
         let west = Cluster::start(&mesh, "west").await;
-        let gateway = Gateway::start(&west).await;
+        let gateway = gateway(&west).await;
         // A TCP echo in west that says when a connection of its ends.
         let app = TcpListener::bind(any()).await.expect("bind");
         let app_addr = app.local_addr().expect("addr");

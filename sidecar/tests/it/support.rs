@@ -37,51 +37,11 @@ pub fn source(cluster: &Cluster) -> DiscoverySource {
     }
 }
 
-/// The cluster's east-west gateway.
-pub struct Gateway {
-    pub addr: SocketAddr,
-    served: JoinHandle<meshfed_gateway::Drained>,
-    following: JoinHandle<()>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.served.abort();
-        self.following.abort();
-    }
-}
-
-impl Gateway {
-    pub async fn start(cluster: &Cluster) -> Self {
-        let gw_creds = creds(&cluster.ca, GATEWAY);
-        let mut registry = Registry::default();
-        let metrics = Arc::new(meshfed_gateway::Metrics::new(&mut registry));
-        let source = meshfed_gateway::RoutesSource {
-            discovery: cluster.discovery.to_string(),
-            controller_id: id(CONTROLLER),
-            gateway: format!("{}-gateway", cluster.name),
-        };
-        let (routes, following) =
-            meshfed_gateway::follow_routes(source, gw_creds.clone(), metrics.clone());
-        let config = meshfed_gateway::GatewayConfig {
-            federation_upstream: Some(cluster.federation.to_string()),
-            drain_timeout: Duration::ZERO,
-            liveness: Duration::from_secs(1),
-            ..meshfed_gateway::GatewayConfig::default()
-        };
-        let gateway =
-            meshfed_gateway::Gateway::new(config, routes, gw_creds, Readiness::default(), metrics);
-        let listener = meshfed_gateway::bind_shared("127.0.0.1:0".parse().expect("addr"))
-            .expect("bind gateway");
-        let addr = listener.local_addr().expect("addr");
-        let served =
-            tokio::spawn(async move { gateway.serve(listener, std::future::pending()).await });
-        Self {
-            addr,
-            served,
-            following,
-        }
-    }
+/// The cluster's east-west gateway (from the testkit), trusting a silent
+/// controller for 1 s.
+pub async fn gateway(cluster: &Cluster) -> Gateway {
+    let any = "127.0.0.1:0".parse().expect("addr");
+    Gateway::start(cluster.into(), any, Duration::from_secs(1)).await
 }
 
 /// An HTTP app answering every request with `<name> <meshfed-client-id>`.

@@ -45,7 +45,7 @@ fn curl_reaches_a_remote_service_by_its_cluster_ip() {
         let mesh = Mesh::new();
         let east = Cluster::start(&mesh, "east").await;
         let west = Cluster::start(&mesh, "west").await;
-        let gateway = Gateway::start(&west).await;
+        let gateway = gateway(&west).await;
         let w1 = Endpoint::start(&west, "west-w1", "127.0.0.1:0".parse().expect("addr")).await;
         west.write("api.yaml", &api_manifest(true, &[(w1.addr, "w")]));
         // East knows api only by its cluster IP: no endpoints of its own.

@@ -109,7 +109,7 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
         let mesh = Mesh::new();
         let east = Cluster::start(&mesh, "east").await;
         let west = Cluster::start(&mesh, "west").await;
-        let gateway = Gateway::start(&west).await;
+        let gateway = gateway(&west).await;
         west.write("api.yaml", &api_manifest(true, &[(app, "a")]));
         east.write("api.yaml", &api_manifest(false, &[]));
         east.link("west", gateway.addr);
