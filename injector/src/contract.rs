@@ -1,9 +1,10 @@
-//! The install contract every Meshfed pod follows: names and ports of the
-//! components, and how a Meshfed container is shaped and gets its
-//! certificate. `meshctl install` builds the components' Deployments from it
-//! and [`crate::add_sidecar`] builds the sidecar from it, so both agree.
+//! The install contract every Meshfed pod follows: the names of the
+//! components, and how a Meshfed container is shaped (k8s-openapi types)
+//! and gets its certificate; their ports and environment variables are
+//! `meshfed_runtime`'s. `meshctl install` builds the components'
+//! Deployments from it and [`crate::add_sidecar`] builds the sidecar from
+//! it, so both agree.
 
-use meshfed_runtime::port;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -14,6 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshfed_runtime::port;
 
 /// The namespace every Meshfed component runs in.
 pub const NAMESPACE: &str = "meshfed-system";

@@ -238,7 +238,7 @@ mod tests {
             federation_up: Some(true),
             imports_held_until: None,
             gateway_alive: Some(true),
-            addresses: vec!["203.0.113.10:7460".into()],
+            addresses: vec![format!("203.0.113.10:{}", meshfed_runtime::port::GATEWAY)],
             latency_p50: Some("1.2ms".into()),
             latency_p99: Some("4.8ms".into()),
             services: 2,

@@ -258,10 +258,10 @@ mod tests {
                 (SKIP_INBOUND_PORTS, "22"),
             ][..],
             &[
-                (INBOUND, "4143=8080"),
+                (INBOUND, "15006=8080"),
                 (
                     meshfed_injector::pod::ALLOW,
-                    "4143=spiffe://mesh.example/ns/web/sa/front",
+                    "15006=spiffe://mesh.example/ns/web/sa/front",
                 ),
             ][..],
         ] {
@@ -349,13 +349,22 @@ mod tests {
         let (args, env) = injected(&out, "api");
         assert_eq!(
             args.join(" "),
-            "init-iptables --proxy-port 4140 --proxy-uid 2102 \
-             --inbound-proxy-port 4143 --admin-port 9904"
+            format!(
+                "init-iptables --proxy-port {} --proxy-uid 2102 \
+                 --inbound-proxy-port {} --admin-port {}",
+                port::SIDECAR_OUTBOUND,
+                port::SIDECAR_INBOUND,
+                port::SIDECAR_ADMIN
+            )
         );
         let get = |k: &str| env.get(k).map(String::as_str);
         assert_eq!(
             get(meshfed_runtime::env::INBOUND_TRANSPARENT),
-            Some("0.0.0.0:4143")
+            Some(
+                meshfed_runtime::all_interfaces(port::SIDECAR_INBOUND)
+                    .to_string()
+                    .as_str()
+            )
         );
         assert_eq!(
             get(meshfed_runtime::env::INBOUND_POLICY),
@@ -369,7 +378,7 @@ mod tests {
                 .as_array()
                 .expect("ports")
                 .iter()
-                .any(|p| p["name"] == "mesh-in" && p["containerPort"] == 4143),
+                .any(|p| p["name"] == "mesh-in" && p["containerPort"] == port::SIDECAR_INBOUND),
             "{ports}"
         );
         // The same input, the same output; injected output is left alone.
@@ -413,10 +422,12 @@ mod tests {
             "9090=strict 8080=permissive"
         );
         assert!(
-            args.join(" ").ends_with(
-                "--inbound-proxy-port 4143 --admin-port 9904 \
-                 --inbound-skip-port 22 --inbound-skip-port 9000"
-            ),
+            args.join(" ").ends_with(&format!(
+                "--inbound-proxy-port {} --admin-port {} \
+                 --inbound-skip-port 22 --inbound-skip-port 9000",
+                port::SIDECAR_INBOUND,
+                port::SIDECAR_ADMIN
+            )),
             "{args:?}"
         );
     }
@@ -426,20 +437,23 @@ mod tests {
         let out = run(&pod(
             "api",
             &[
-                (INBOUND, "4143=8080"),
-                (INBOUND_PORT_POLICY, "4143=permissive"),
+                (INBOUND, "15006=8080"),
+                (INBOUND_PORT_POLICY, "15006=permissive"),
             ],
         ))
         .expect("injects");
         let (args, env) = injected(&out, "api");
         assert_eq!(
             args.join(" "),
-            "init-iptables --proxy-port 4140 --proxy-uid 2102"
+            format!(
+                "init-iptables --proxy-port {} --proxy-uid 2102",
+                port::SIDECAR_OUTBOUND
+            )
         );
-        assert_eq!(env[meshfed_runtime::env::INBOUND], "4143=8080");
+        assert_eq!(env[meshfed_runtime::env::INBOUND], "15006=8080");
         assert_eq!(
             env[meshfed_runtime::env::INBOUND_PORT_POLICY],
-            "4143=permissive"
+            "15006=permissive"
         );
         assert!(!env.contains_key(meshfed_runtime::env::INBOUND_TRANSPARENT));
         assert!(!env.contains_key(meshfed_runtime::env::INBOUND_POLICY));
@@ -458,7 +472,10 @@ mod tests {
                 SKIP_INBOUND_PORTS,
             ),
             (
-                pod("api", &[(INBOUND, "4143=8080"), (SKIP_INBOUND_PORTS, "22")]),
+                pod(
+                    "api",
+                    &[(INBOUND, "15006=8080"), (SKIP_INBOUND_PORTS, "22")],
+                ),
                 SKIP_INBOUND_PORTS,
             ),
             (

@@ -206,7 +206,9 @@ fn dev_up_serves_through_sidecars_and_dev_down_leaves_nothing() {
 fn dev_up_refuses_a_taken_address_and_starts_nothing() {
     const B: u8 = 92;
     // East's gateway address, taken before up runs.
-    let _taken = std::net::TcpListener::bind((Ipv4Addr::new(127, B, 1, 3), 7460)).expect("bind");
+    let _taken =
+        std::net::TcpListener::bind((Ipv4Addr::new(127, B, 1, 3), meshfed_runtime::port::GATEWAY))
+            .expect("bind");
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path().join("fed");
     let out = meshctl(&[
@@ -220,11 +222,15 @@ fn dev_up_refuses_a_taken_address_and_starts_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("127.{B}.1.3:7460")) && err.contains("--subnet"),
+        err.contains(&format!("127.{B}.1.3:{}", meshfed_runtime::port::GATEWAY))
+            && err.contains("--subnet"),
         "{err}"
     );
     assert!(!d.join("topology.json").exists());
-    assert_eq!(listening_in(B), vec![format!("127.{B}.1.3:7460")]);
+    assert_eq!(
+        listening_in(B),
+        vec![format!("127.{B}.1.3:{}", meshfed_runtime::port::GATEWAY)]
+    );
 }
 
 /// Stops the federation if the test fails half way.

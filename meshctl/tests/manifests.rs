@@ -325,7 +325,10 @@ fn every_install_output_parses_strictly() {
         var(meshfed_runtime::env::ID),
         Some("spiffe://mesh.example/ns/shop/sa/api".into())
     );
-    assert_eq!(var(meshfed_runtime::env::INBOUND), Some("4143=8080".into()));
+    assert_eq!(
+        var(meshfed_runtime::env::INBOUND),
+        Some("15006=8080".into())
+    );
     assert_eq!(
         var(meshfed_runtime::env::UPSTREAMS),
         Some("db.data:5432=15001 cache.data:6379=127.0.0.1:15002".into())
@@ -346,8 +349,8 @@ fn every_install_output_parses_strictly() {
     // Without meshfed.io/inbound, inbound is transparent: the Service keeps
     // its targetPort, and the output still parses strictly.
     let transparent_app = APP
-        .replace("        meshfed.io/inbound: \"4143=8080\"\n", "")
-        .replace("targetPort: 4143", "targetPort: 8080");
+        .replace("        meshfed.io/inbound: \"15006=8080\"\n", "")
+        .replace("targetPort: 15006", "targetPort: 8080");
     assert_ne!(transparent_app, APP);
     std::fs::write(&app, &transparent_app).expect("write");
     let docs = documents(&inject());
@@ -400,7 +403,7 @@ spec:
     metadata:
       labels: { app: api }
       annotations:
-        meshfed.io/inbound: \"4143=8080\"
+        meshfed.io/inbound: \"15006=8080\"
         meshfed.io/upstreams: \"db.data:5432=15001 cache.data:6379=127.0.0.1:15002\"
     spec:
       serviceAccountName: api
@@ -415,7 +418,7 @@ metadata:
   name: api
 spec:
   selector: { app: api }
-  ports: [{ port: 80, targetPort: 4143 }]
+  ports: [{ port: 80, targetPort: 15006 }]
 ";
 
 #[test]
@@ -639,7 +642,11 @@ fn the_controller_is_highly_available() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");
     for probe in ["readinessProbe", "livenessProbe"] {
         let port = c[probe]["httpGet"]["port"].as_str().expect("a named port");
-        assert_eq!(port_named(port), 9902, "{probe}");
+        assert_eq!(
+            port_named(port),
+            meshfed_runtime::port::CONTROLLER_ADMIN,
+            "{probe}"
+        );
     }
     let env = c["env"].as_array().expect("env");
     let var = |n: &str| {
@@ -649,7 +656,7 @@ fn the_controller_is_highly_available() {
     };
     assert_eq!(
         var(meshfed_runtime::env::ADMIN_LISTEN)["value"],
-        "0.0.0.0:9902"
+        meshfed_runtime::all_interfaces(meshfed_runtime::port::CONTROLLER_ADMIN).to_string()
     );
     // Each replica is its pod, in its namespace: the Lease's holder and home.
     assert_eq!(

@@ -267,13 +267,13 @@ mod tests {
     #[test]
     fn the_sidecar_and_loopback_pass_everything_else_is_redirected() {
         let r = Rules {
-            proxy_port: 4140,
+            proxy_port: 15001,
             proxy_uid: Some(2102),
             proxy_mark: None,
             exclude_cidrs: vec!["10.0.0.1/32".into()],
             exclude_ports: vec![22],
             inbound_port: None,
-            admin_port: 9904,
+            admin_port: 15020,
             skip_inbound_ports: vec![],
         };
         assert!(
@@ -288,7 +288,7 @@ mod tests {
                 "-A MESHFED_OUTPUT -m owner --uid-owner 2102 -j RETURN",
                 "-A MESHFED_OUTPUT -d 10.0.0.1/32 -j RETURN",
                 "-A MESHFED_OUTPUT -p tcp --dport 22 -j RETURN",
-                "-A MESHFED_OUTPUT -p tcp -j REDIRECT --to-ports 4140",
+                "-A MESHFED_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
             ]
         );
     }
@@ -296,26 +296,26 @@ mod tests {
     #[test]
     fn inbound_skips_the_sidecars_ports_and_the_skipped_ones_and_redirects_the_rest() {
         let r = Rules {
-            proxy_port: 4140,
+            proxy_port: 15001,
             proxy_uid: Some(2102),
             proxy_mark: None,
             exclude_cidrs: vec![],
             exclude_ports: vec![],
-            inbound_port: Some(4143),
-            admin_port: 9904,
-            // 9904 again: each port once.
-            skip_inbound_ports: vec![22, 9904, 15090],
+            inbound_port: Some(15006),
+            admin_port: 15020,
+            // 15020 again: each port once.
+            skip_inbound_ports: vec![22, 15020, 15090],
         };
         let text: Vec<String> = r.inbound_rules().iter().map(|a| a.join(" ")).collect();
         assert_eq!(
             text,
             vec![
-                "-A MESHFED_INBOUND -p tcp --dport 4143 -j RETURN",
-                "-A MESHFED_INBOUND -p tcp --dport 4140 -j RETURN",
-                "-A MESHFED_INBOUND -p tcp --dport 9904 -j RETURN",
+                "-A MESHFED_INBOUND -p tcp --dport 15006 -j RETURN",
+                "-A MESHFED_INBOUND -p tcp --dport 15001 -j RETURN",
+                "-A MESHFED_INBOUND -p tcp --dport 15020 -j RETURN",
                 "-A MESHFED_INBOUND -p tcp --dport 22 -j RETURN",
                 "-A MESHFED_INBOUND -p tcp --dport 15090 -j RETURN",
-                "-A MESHFED_INBOUND -p tcp -j REDIRECT --to-ports 4143",
+                "-A MESHFED_INBOUND -p tcp -j REDIRECT --to-ports 15006",
             ]
         );
         // Outbound, the sidecar's forwards to the app pass, and its calls to
@@ -325,10 +325,10 @@ mod tests {
             text,
             vec![
                 "-A MESHFED_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
-                "-A MESHFED_OUTPUT -p tcp -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 2102 -j REDIRECT --to-ports 4143",
+                "-A MESHFED_OUTPUT -p tcp -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 2102 -j REDIRECT --to-ports 15006",
                 "-A MESHFED_OUTPUT -d 127.0.0.0/8 -j RETURN",
                 "-A MESHFED_OUTPUT -m owner --uid-owner 2102 -j RETURN",
-                "-A MESHFED_OUTPUT -p tcp -j REDIRECT --to-ports 4140",
+                "-A MESHFED_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
             ]
         );
     }
@@ -336,13 +336,13 @@ mod tests {
     #[test]
     fn refuses_rules_that_would_loop_or_are_malformed() {
         let mut r = Rules {
-            proxy_port: 4140,
+            proxy_port: 15001,
             proxy_uid: None,
             proxy_mark: None,
             exclude_cidrs: vec![],
             exclude_ports: vec![],
             inbound_port: None,
-            admin_port: 9904,
+            admin_port: 15020,
             skip_inbound_ports: vec![],
         };
         assert!(matches!(r.apply(), Err(IptablesError::NoExemption)));
@@ -351,8 +351,8 @@ mod tests {
         assert!(matches!(r.apply(), Err(IptablesError::Cidr(_))));
         r.exclude_cidrs.clear();
         for (inbound, says) in [
-            (4140, "--inbound-proxy-port 4140 is also the --proxy-port"),
-            (9904, "--inbound-proxy-port 9904 is also the --admin-port"),
+            (15001, "--inbound-proxy-port 15001 is also the --proxy-port"),
+            (15020, "--inbound-proxy-port 15020 is also the --admin-port"),
             (0, "--inbound-proxy-port 0"),
         ] {
             r.inbound_port = Some(inbound);

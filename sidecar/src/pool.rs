@@ -307,7 +307,7 @@ mod tests {
         let workers = Workers::start(1).expect("a worker");
         let pools = Pools::new(&workers, Duration::from_secs(1));
         let gw: Arc<str> = "192.0.2.1:15443/api.shop.80.east.svc.meshfed.local".into();
-        let pod: Arc<str> = "10.0.0.1:4143/api.shop.80.svc.meshfed.local".into();
+        let pod: Arc<str> = "10.0.0.1:15006/api.shop.80.svc.meshfed.local".into();
         // api lists the pod and east's gateway; api-east the gateway.
         pools.relist(&[], &[pod.clone(), gw.clone()]);
         pools.relist(&[], std::slice::from_ref(&gw));

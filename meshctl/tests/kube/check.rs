@@ -133,7 +133,11 @@ fn lease(holder: Option<&str>, renewed: SystemTime) -> Value {
 /// Every request `meshctl check` makes of east, in order.
 fn check_transcript(east: &Member, h: Health) -> Vec<Exchange> {
     let link = with_status(
-        west_link(&["203.0.113.10"], 7460, &east.fingerprints),
+        west_link(
+            &["203.0.113.10"],
+            meshfed_runtime::port::GATEWAY,
+            &east.fingerprints,
+        ),
         h.link_status,
     );
     let mirror = list_item(service(
@@ -404,7 +408,13 @@ async fn check_says_what_fails_and_how_to_fix_it() {
     assert!(dropped.is_some(), "the Link schema has leaseTtlSeconds");
     let health = Health {
         gateway_ready: 0,
-        link_status: link_status(false, Some("probe 203.0.113.10:7460: connection refused")),
+        link_status: link_status(
+            false,
+            Some(&format!(
+                "probe 203.0.113.10:{}: connection refused",
+                meshfed_runtime::port::GATEWAY
+            )),
+        ),
         clock: SystemTime::now() + Duration::from_secs(300),
         ..Health::good(crd_as_served(&changed))
     };
@@ -443,7 +453,10 @@ async fn check_says_what_fails_and_how_to_fix_it() {
         ),
         (
             "link west: gateway alive",
-            "203.0.113.10:7460 does not answer probes; last error: probe 203.0.113.10:7460: connection refused",
+            &format!(
+                "203.0.113.10:{gw} does not answer probes; last error: probe 203.0.113.10:{gw}: connection refused",
+                gw = meshfed_runtime::port::GATEWAY
+            ),
             "firewall",
         ),
         ("clock skew", "ahead of this machine", "NTP"),

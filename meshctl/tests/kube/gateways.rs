@@ -10,7 +10,11 @@ async fn gateways_reads_every_link_status_in_one_list() {
     let mut status = link_status(true, None);
     status["importedServices"] = json!(3);
     let west_link = with_status(
-        west_link(&["203.0.113.10"], 7460, &west.fingerprints),
+        west_link(
+            &["203.0.113.10"],
+            meshfed_runtime::port::GATEWAY,
+            &west.fingerprints,
+        ),
         status,
     );
     let mut north = west_link.clone();
@@ -50,11 +54,14 @@ async fn gateways_reads_every_link_status_in_one_list() {
         rows.expect("gateways"),
         [
             GatewayRow {
-                addresses: vec!["gw.north.example:7460".to_owned()],
+                addresses: vec![format!(
+                    "gw.north.example:{}",
+                    meshfed_runtime::port::GATEWAY
+                )],
                 ..row("north", false, false)
             },
             GatewayRow {
-                addresses: vec!["203.0.113.10:7460".to_owned()],
+                addresses: vec![format!("203.0.113.10:{}", meshfed_runtime::port::GATEWAY)],
                 ..row("west", true, true)
             },
         ]
@@ -66,7 +73,11 @@ async fn gateways_json_shows_control_plane_and_gateway_apart_with_what_is_held_a
     let (_dir, west, _) = federation();
     let link = |name: &str, status: Value| {
         let mut l = with_status(
-            west_link(&["203.0.113.10"], 7460, &west.fingerprints),
+            west_link(
+                &["203.0.113.10"],
+                meshfed_runtime::port::GATEWAY,
+                &west.fingerprints,
+            ),
             status,
         );
         l["metadata"]["name"] = json!(name);

@@ -42,7 +42,11 @@ fn new_link(
     answer: impl FnOnce(Exchange, Value) -> Exchange,
 ) -> (TempDir, Vec<Exchange>, Vec<Exchange>) {
     let (dir, west, east) = federation();
-    let body = west_link(&["203.0.113.10"], 7460, &west.fingerprints);
+    let body = west_link(
+        &["203.0.113.10"],
+        meshfed_runtime::port::GATEWAY,
+        &west.fingerprints,
+    );
     let mut west_t = Vec::from(info_exchanges(&west));
     west_t.push(west_gateway_exchange());
     let mut east_t = Vec::from(info_exchanges(&east));
@@ -68,7 +72,11 @@ async fn link_applies_a_new_link_into_the_importing_cluster() {
 #[tokio::test]
 async fn link_is_unchanged_when_the_same_link_is_there() {
     let (_dir, west, east) = federation();
-    let body = west_link(&["203.0.113.10"], 7460, &west.fingerprints);
+    let body = west_link(
+        &["203.0.113.10"],
+        meshfed_runtime::port::GATEWAY,
+        &west.fingerprints,
+    );
     let mut west_t = Vec::from(info_exchanges(&west));
     west_t.push(west_gateway_exchange());
     let mut east_t = Vec::from(info_exchanges(&east));
@@ -149,7 +157,11 @@ async fn unlink(exchange: Exchange) -> anyhow::Result<bool> {
 async fn unlink_deletes_the_link() {
     let (_dir, west, _) = federation();
     let stored = with_status(
-        west_link(&["203.0.113.10"], 7460, &west.fingerprints),
+        west_link(
+            &["203.0.113.10"],
+            meshfed_runtime::port::GATEWAY,
+            &west.fingerprints,
+        ),
         link_status(true, None),
     );
     let deleted = unlink(Exchange::delete(format!("{LINKS}/west?")).answers(stored)).await;

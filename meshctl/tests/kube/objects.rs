@@ -112,7 +112,7 @@ pub fn info_exchanges(m: &Member) -> [Exchange; 2] {
     let cluster = config_map(
         "meshfed-cluster",
         json!({
-            "cluster": m.cluster, "trustDomain": TRUST_DOMAIN, "gatewayPort": "7460",
+            "cluster": m.cluster, "trustDomain": TRUST_DOMAIN, "gatewayPort": meshfed_runtime::port::GATEWAY.to_string(),
             "gatewayIdentity": spiffe("meshfed-gateway"),
             "controllerIdentity": spiffe("meshfed-controller"),
         }),
@@ -135,7 +135,7 @@ pub fn gateway_service(type_: &str, node_port: u16, ingress: Value) -> Value {
         "spec": {
             "type": type_, "clusterIP": "10.96.14.20", "clusterIPs": ["10.96.14.20"],
             "ports": [{
-                "name": "gateway", "protocol": "TCP", "port": 7460,
+                "name": "gateway", "protocol": "TCP", "port": meshfed_runtime::port::GATEWAY,
                 "targetPort": "gateway", "nodePort": node_port,
             }],
             "selector": { "app.kubernetes.io/name": "meshfed-gateway" },

@@ -10,7 +10,13 @@ use crate::prelude::*;
 use crate::standin::*;
 
 const PODS: &str = "/api/v1/pods?&fieldSelector=status.phase%3DRunning&labelSelector=meshfed.io%2Finjected%3Dtrue&limit=200";
-const PROXY: &str = "/api/v1/namespaces/web/pods/frontend-1:9904/proxy/metrics";
+/// The sidecar's metrics through the API server's pod proxy.
+fn proxy() -> String {
+    format!(
+        "/api/v1/namespaces/web/pods/frontend-1:{}/proxy/metrics",
+        meshfed_runtime::port::SIDECAR_ADMIN
+    )
+}
 
 const ROUTE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -57,7 +63,7 @@ fn meshed_pods(pods: &[(&str, &str)], more: bool) -> Value {
 async fn observed_reads_each_running_meshed_pod_through_the_pod_proxy() {
     let (client, api) = ApiServer::start(vec![
         list_meshed().answers(meshed_pods(&[("web", "frontend-1")], false)),
-        Exchange::get(PROXY).answers_text(METRICS),
+        Exchange::get(proxy()).answers_text(METRICS),
     ]);
     let cluster = kube_cluster(client, "east");
     let observed = within(read_metrics(&cluster, &[], true))
@@ -87,12 +93,15 @@ async fn a_meshed_pod_that_does_not_answer_is_left_out_and_named() {
     let refused = refusal(
         503,
         "ServiceUnavailable",
-        "error trying to reach service: dial tcp 10.244.1.7:9904: connect: connection refused",
+        &format!(
+            "error trying to reach service: dial tcp 10.244.1.7:{}: connect: connection refused",
+            meshfed_runtime::port::SIDECAR_ADMIN
+        ),
         json!({}),
     );
     let (client, api) = ApiServer::start(vec![
         list_meshed().answers(meshed_pods(&[("web", "frontend-1")], true)),
-        Exchange::get(PROXY).fails(StatusCode::SERVICE_UNAVAILABLE, refused),
+        Exchange::get(proxy()).fails(StatusCode::SERVICE_UNAVAILABLE, refused),
     ]);
     let cluster = kube_cluster(client, "east");
     let observed = within(read_metrics(&cluster, &[], true))
@@ -123,7 +132,7 @@ async fn a_named_pod_the_credentials_may_not_proxy_to_fails_saying_which_rbac() 
         json!({ "name": "frontend-1", "kind": "pods" }),
     );
     let (client, api) = ApiServer::start(vec![
-        Exchange::get(PROXY).fails(StatusCode::FORBIDDEN, forbidden),
+        Exchange::get(proxy()).fails(StatusCode::FORBIDDEN, forbidden),
     ]);
     let cluster = kube_cluster(client, "east");
     let source: MetricsSource = "web/frontend-1".parse().expect("a pod");

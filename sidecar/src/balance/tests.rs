@@ -112,7 +112,7 @@ fn two_zones_and_remote() -> EndpointSet {
                 0.7,
             ),
             group("east", "", false, vec![ep("10.0.1.1:80", true)], 0.0),
-            group("west", "", true, vec![ep("192.0.2.1:7460", true)], 0.7),
+            group("west", "", true, vec![ep("192.0.2.1:15443", true)], 0.7),
         ],
         1000,
     )
@@ -153,7 +153,7 @@ async fn a_down_endpoint_spills_part_of_its_zone_then_everything() {
         now,
     );
     let seen = picks(&mut b, now, 20);
-    assert_eq!(seen.get("192.0.2.1:7460"), Some(&20), "{seen:?}");
+    assert_eq!(seen.get("192.0.2.1:15443"), Some(&20), "{seen:?}");
 }
 
 /// One local endpoint (down since `t0`) behind a barrier, then west;
@@ -162,7 +162,7 @@ pub(super) fn local_down_remote_up(t0: Instant) -> (Balancer, Arc<str>) {
     let s = set(
         vec![
             group("east", "a", false, vec![ep("10.0.0.1:80", true)], 0.0),
-            group("west", "", true, vec![ep("192.0.2.1:7460", true)], 0.7),
+            group("west", "", true, vec![ep("192.0.2.1:15443", true)], 0.7),
         ],
         1000,
     );
@@ -176,7 +176,7 @@ pub(super) fn local_down_remote_up(t0: Instant) -> (Balancer, Arc<str>) {
 async fn failback_waits_for_the_hold_and_then_switches_once() {
     let t0 = Instant::now();
     let (mut b, key) = local_down_remote_up(t0);
-    assert_eq!(picks(&mut b, t0, 10).get("192.0.2.1:7460"), Some(&10));
+    assert_eq!(picks(&mut b, t0, 10).get("192.0.2.1:15443"), Some(&10));
     // The probe is due after the backoff and connects.
     let t1 = t0 + Duration::from_millis(150);
     let due = b.due_probes(t1);
@@ -186,7 +186,7 @@ async fn failback_waits_for_the_hold_and_then_switches_once() {
     for ms in [0u64, 300, 900] {
         let t = t1 + Duration::from_millis(ms);
         assert_eq!(
-            picks(&mut b, t, 10).get("192.0.2.1:7460"),
+            picks(&mut b, t, 10).get("192.0.2.1:15443"),
             Some(&10),
             "at {ms}"
         );
@@ -213,7 +213,7 @@ async fn a_connect_that_failed_after_a_newer_one_succeeded_takes_nothing_down() 
     // A connect begun after that success still counts.
     let t3 = t2 + Duration::from_millis(10);
     b.connect_failed(&key, t3, t3);
-    assert_eq!(picks(&mut b, t3, 10).get("192.0.2.1:7460"), Some(&10));
+    assert_eq!(picks(&mut b, t3, 10).get("192.0.2.1:15443"), Some(&10));
 }
 
 #[tokio::test(start_paused = true)]
@@ -231,7 +231,7 @@ async fn a_dip_during_the_hold_restarts_it() {
     for ms in [1200u64, 1700, 2100] {
         let t = t0 + Duration::from_millis(ms);
         assert_eq!(
-            picks(&mut b, t, 10).get("192.0.2.1:7460"),
+            picks(&mut b, t, 10).get("192.0.2.1:15443"),
             Some(&10),
             "at {ms}"
         );

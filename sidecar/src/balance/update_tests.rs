@@ -12,7 +12,7 @@ use super::*;
 async fn an_endpoint_listed_again_starts_afresh() {
     let now = Instant::now();
     let (mut b, _) = local_down_remote_up(now);
-    let west: Arc<str> = "192.0.2.1:7460/api.shop.80.svc.meshfed.local".into();
+    let west: Arc<str> = "192.0.2.1:15443/api.shop.80.svc.meshfed.local".into();
     let p = b.pick(now, &[]).expect("west");
     assert_eq!(p.endpoint.key, west);
     // Two calls in flight to west when it is withdrawn (a partition);
@@ -30,14 +30,14 @@ async fn an_endpoint_listed_again_starts_afresh() {
     let again = set(
         vec![
             group_of_one("east", "a", "10.0.0.1:80"),
-            group("west", "", true, vec![ep("192.0.2.1:7460", true)], 0.7),
+            group("west", "", true, vec![ep("192.0.2.1:15443", true)], 0.7),
         ],
         1000,
     );
     let t = now + Duration::from_millis(10);
     b.update(&again, "east", "api.shop.80.svc.meshfed.local", t);
     b.connect_failed(&"10.0.0.1:80/api.shop.80.svc.meshfed.local".into(), t, t);
-    assert_eq!(picks(&mut b, t, 10).get("192.0.2.1:7460"), Some(&10));
+    assert_eq!(picks(&mut b, t, 10).get("192.0.2.1:15443"), Some(&10));
 }
 
 fn group_of_one(cluster: &str, zone: &str, addr: &str) -> PriorityGroup {

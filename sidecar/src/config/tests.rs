@@ -13,8 +13,8 @@ fn parses_upstreams_and_inbound_ports() {
     assert_eq!(u.listen, "127.0.0.1:9001".parse().expect("addr"));
     let u: Upstream = "db.data:5432=10.0.0.1:6000".parse().expect("upstream");
     assert_eq!(u.listen.port(), 6000);
-    let i: Inbound = "4143=8080".parse().expect("inbound");
-    assert_eq!(i.listen, "0.0.0.0:4143".parse().expect("addr"));
+    let i: Inbound = "15006=8080".parse().expect("inbound");
+    assert_eq!(i.listen, "0.0.0.0:15006".parse().expect("addr"));
     assert_eq!(i.app, "127.0.0.1:8080".parse().expect("addr"));
 }
 
@@ -30,18 +30,20 @@ fn rejects_what_it_cannot_use() {
     ] {
         assert!(bad.parse::<Upstream>().is_err(), "{bad}");
     }
-    assert!("4143".parse::<Inbound>().is_err());
-    assert!("4143=frontend".parse::<AllowRule>().is_err());
+    assert!("15006".parse::<Inbound>().is_err());
+    assert!("15006=frontend".parse::<AllowRule>().is_err());
     assert!("x=spiffe://td/ns/a/sa/b".parse::<AllowRule>().is_err());
 }
 
 #[test]
 fn allow_rules_attach_to_their_port() {
     let mut c = SidecarConfig {
-        inbound: vec!["4143=8080".parse().expect("inbound")],
+        inbound: vec!["15006=8080".parse().expect("inbound")],
         ..SidecarConfig::default()
     };
-    let rule: AllowRule = "4143=spiffe://td/ns/web/sa/frontend".parse().expect("rule");
+    let rule: AllowRule = "15006=spiffe://td/ns/web/sa/frontend"
+        .parse()
+        .expect("rule");
     c.apply_allow(vec![rule]).expect("applies");
     let id = SpiffeId::parse("spiffe://td/ns/web/sa/frontend").expect("id");
     let other = SpiffeId::parse("spiffe://td/ns/web/sa/other").expect("id");
@@ -54,7 +56,7 @@ fn allow_rules_attach_to_their_port() {
 #[test]
 fn transparent_ports_take_allow_rules_and_policies_by_app_port() {
     let mut c = SidecarConfig {
-        inbound: vec!["4143=8080".parse().expect("inbound")],
+        inbound: vec!["15006=8080".parse().expect("inbound")],
         ..SidecarConfig::default()
     };
     let strict: PortPolicy = "9090=strict".parse().expect("policy");
@@ -71,14 +73,14 @@ fn transparent_ports_take_allow_rules_and_policies_by_app_port() {
         allow: BTreeMap::new(),
         plaintext: Plaintext::Permissive,
     });
-    c.apply_port_policies(vec![strict, "4143=permissive".parse().expect("policy")])
+    c.apply_port_policies(vec![strict, "15006=permissive".parse().expect("policy")])
         .expect("applies");
     assert_eq!(
         c.plaintext_ports.of(9090, Plaintext::Permissive),
         Plaintext::Strict
     );
     assert_eq!(
-        c.plaintext_ports.of(4143, Plaintext::Strict),
+        c.plaintext_ports.of(15006, Plaintext::Strict),
         Plaintext::Permissive
     );
     assert_eq!(
@@ -91,7 +93,7 @@ fn transparent_ports_take_allow_rules_and_policies_by_app_port() {
     let t = c.transparent_inbound.as_ref().expect("transparent");
     let id = SpiffeId::parse("spiffe://td/ns/web/sa/frontend").expect("id");
     assert_eq!(t.allow.get(&8080), Some(&Allow::Only(vec![id])));
-    assert_eq!(c.inbound[0].allow, Allow::Mesh, "4143 keeps its own");
+    assert_eq!(c.inbound[0].allow, Allow::Mesh, "15006 keeps its own");
     for bad in ["8080", "8080=open", "x=strict", "70000=strict"] {
         let err = bad.parse::<PortPolicy>().expect_err(bad);
         assert!(

@@ -33,10 +33,10 @@ fn curl_reaches_a_remote_service_by_its_cluster_ip() {
     ns.exec(&["ip", "addr", "add", "10.244.0.2/24", "dev", "svc0"]);
     ns.exec(&["ip", "route", "add", "10.96.0.0/12", "dev", "svc0"]);
     let listed = ns.init_iptables(
-        &["--proxy-port", "4140", "--proxy-mark", "7"],
+        &["--proxy-port", "15001", "--proxy-mark", "7"],
         meshfed_sidecar::CHAIN,
     );
-    assert!(listed.contains("REDIRECT --to-ports 4140"), "{listed}");
+    assert!(listed.contains("REDIRECT --to-ports 15001"), "{listed}");
 
     // The whole federation runs on a thread inside the namespace.
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -58,7 +58,7 @@ fn curl_reaches_a_remote_service_by_its_cluster_ip() {
                 region: String::new(),
                 zone: "a".into(),
             },
-            transparent: Some("127.0.0.1:4140".parse().expect("addr")),
+            transparent: Some("127.0.0.1:15001".parse().expect("addr")),
             mark: Some(7),
             ..SidecarConfig::default()
         };

@@ -41,11 +41,11 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
     let listed = pod.init_iptables(
         &[
             "--proxy-port",
-            "4140",
+            "15001",
             "--proxy-mark",
             "7",
             "--inbound-proxy-port",
-            "4143",
+            "15006",
             "--inbound-skip-port",
             "9000",
             // The pod's sidecar reaches discovery there (unmarked).
@@ -55,14 +55,14 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
         meshfed_sidecar::INBOUND_CHAIN,
     );
     assert!(listed.contains("--dport 9000 -j RETURN"), "{listed}");
-    assert!(listed.contains("REDIRECT --to-ports 4143"), "{listed}");
+    assert!(listed.contains("REDIRECT --to-ports 15006"), "{listed}");
 
     let app: SocketAddr = format!("{POD_IP}:8080").parse().expect("addr");
     let (creds_tx, creds_rx) = tokio::sync::oneshot::channel();
     let (pod_ready_tx, pod_ready_rx) = tokio::sync::oneshot::channel::<()>();
     let (pod_done_tx, pod_done_rx) = tokio::sync::oneshot::channel::<()>();
     let (metrics_tx, metrics_rx) = std::sync::mpsc::channel::<(String, String)>();
-    // The pod: its app on its own ports, its sidecar inbound on 4143 and
+    // The pod: its app on its own ports, its sidecar inbound on 15006 and
     // calling api (itself) on an upstream port.
     let pod_thread = pod.run(move || async move {
         let (creds, source): (_, meshfed_sidecar::DiscoverySource) =
@@ -80,7 +80,7 @@ fn mesh_and_plaintext_callers_reach_the_app_on_its_own_port() {
                 listen: "127.0.0.1:0".parse().expect("addr"),
             }],
             transparent_inbound: Some(TransparentInbound {
-                listen: "0.0.0.0:4143".parse().expect("addr"),
+                listen: "0.0.0.0:15006".parse().expect("addr"),
                 allow: Default::default(),
                 plaintext: Plaintext::Permissive,
             }),
