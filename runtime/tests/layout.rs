@@ -1,6 +1,6 @@
 //! Rules of the workspace's layout that hold for every crate: the install
-//! contract is spelled only in `runtime/`, no file reaches into another with
-//! `#[path]`, and the data plane links no Kubernetes client.
+//! contract is spelled only in `runtime/`, no file names a module's file
+//! with a `path` attribute, and the data plane links no Kubernetes client.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -153,12 +153,14 @@ fn component_ports_and_variables_are_spelled_only_in_runtime() {
 
 #[test]
 fn no_file_reaches_into_another_with_path_attributes() {
+    // Spelled in two halves, so this file does not match itself.
+    let attribute = ["#[", "path"].concat();
     let root = workspace();
     let mut found = Vec::new();
     for path in all_sources() {
         let text = std::fs::read_to_string(&path).expect("read source");
         for (i, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with("#[path") {
+            if line.trim_start().starts_with(&attribute) {
                 let rel = path.strip_prefix(&root).expect("in workspace");
                 found.push(format!("{}:{}: {}", rel.display(), i + 1, line.trim()));
             }
@@ -166,7 +168,7 @@ fn no_file_reaches_into_another_with_path_attributes() {
     }
     assert!(
         found.is_empty(),
-        "modules are found by their place, not by #[path]:\n{}",
+        "modules are found by their place, not by a path attribute:\n{}",
         found.join("\n")
     );
 }
