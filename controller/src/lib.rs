@@ -1,4 +1,4 @@
-//! Meshfed's mirror controller: knows what its cluster exports, learns what
+//! Meshfed's controller, one per cluster: knows what its cluster exports, learns what
 //! linked clusters export, keeps mirrors of them, watches their health and
 //! tells sidecars and gateways where a service lives.
 //!
