@@ -34,7 +34,8 @@ pub mod port {
     pub const CONTROLLER_ADMIN: u16 = 9902;
     /// The gateway's admin listener.
     pub const GATEWAY_ADMIN: u16 = 9903;
-    /// Every sidecar's admin listener (on the pod's loopback unless told).
+    /// Every sidecar's admin listener: on the loopback by default, on every
+    /// interface in an injected pod (its probes and `meshctl routes` reach it).
     pub const SIDECAR_ADMIN: u16 = 9904;
     /// The injector's admin listener.
     pub const INJECTOR_ADMIN: u16 = 9905;
