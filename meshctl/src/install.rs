@@ -407,58 +407,54 @@ fn service_account(name: &str) -> ServiceAccount {
 
 /// A ClusterRole with `rules` and its binding to the component's ServiceAccount.
 fn cluster_role(name: &str, rules: Vec<PolicyRule>) -> [Value; 2] {
-    role_and_binding("ClusterRole", name, None, rules)
+    let metadata = meta(name, None);
+    [
+        object(&ClusterRole {
+            metadata: metadata.clone(),
+            rules: Some(rules),
+            ..ClusterRole::default()
+        }),
+        object(&ClusterRoleBinding {
+            metadata,
+            role_ref: role_ref("ClusterRole", name),
+            subjects: Some(vec![component_account(name)]),
+        }),
+    ]
 }
 
 /// A Role in meshfed-system with `rules` and its binding to the component's
 /// ServiceAccount: for what the component may do in its own namespace only.
 fn namespaced_role(name: &str, rules: Vec<PolicyRule>) -> [Value; 2] {
-    role_and_binding("Role", name, Some(NAMESPACE), rules)
+    let metadata = meta(name, Some(NAMESPACE));
+    [
+        object(&Role {
+            metadata: metadata.clone(),
+            rules: Some(rules),
+        }),
+        object(&RoleBinding {
+            metadata,
+            role_ref: role_ref("Role", name),
+            subjects: Some(vec![component_account(name)]),
+        }),
+    ]
 }
 
-fn role_and_binding(
-    kind: &str,
-    name: &str,
-    namespace: Option<&str>,
-    rules: Vec<PolicyRule>,
-) -> [Value; 2] {
-    let metadata = meta(name, namespace);
-    let binding_to = |role_kind: &str| RoleRef {
+/// A binding's reference to the role `kind`/`name`.
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
         api_group: Some("rbac.authorization.k8s.io".into()),
-        kind: role_kind.into(),
+        kind: kind.into(),
         name: name.into(),
-    };
-    let subjects = Some(vec![Subject {
+    }
+}
+
+/// Component `name`'s ServiceAccount, as a binding's subject.
+fn component_account(name: &str) -> Subject {
+    Subject {
         kind: "ServiceAccount".into(),
         name: name.into(),
         namespace: Some(NAMESPACE.into()),
         ..Subject::default()
-    }]);
-    if namespace.is_some() {
-        [
-            object(&Role {
-                metadata: metadata.clone(),
-                rules: Some(rules),
-            }),
-            object(&RoleBinding {
-                metadata,
-                role_ref: binding_to(kind),
-                subjects,
-            }),
-        ]
-    } else {
-        [
-            object(&ClusterRole {
-                metadata: metadata.clone(),
-                rules: Some(rules),
-                ..ClusterRole::default()
-            }),
-            object(&ClusterRoleBinding {
-                metadata,
-                role_ref: binding_to(kind),
-                subjects,
-            }),
-        ]
     }
 }
 
@@ -623,7 +619,7 @@ fn pod_spec(d: &mut Deployment) -> &mut PodSpec {
         .expect("deployment() makes a pod spec")
 }
 
-/// Mounts `mounts` into `c` and sets its env beyond the common.
+/// Adds `env` to `c`'s environment (after what every container has).
 fn with_env(c: &mut Container, env: impl IntoIterator<Item = EnvVar>) {
     c.env.get_or_insert_with(Vec::new).extend(env);
 }
