@@ -8,7 +8,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use meshfed_api::identity::CertifyRequest;
 use meshfed_api::identity::identity_server::Identity;
-use meshfed_identity::{Authenticator, BootstrapTokens, IdentityService, KeyAlgorithm, RootCa};
+use meshfed_ca::{KeyAlgorithm, RootCa};
+use meshfed_identity::{Authenticator, BootstrapTokens, IdentityService};
 use meshfed_trust::TrustDomain;
 
 const TOKEN: &str = "fuzz-token-0123456789";

@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use meshfed_identity::{KeyAlgorithm, RootCa};
+use meshfed_ca::{KeyAlgorithm, RootCa};
 use meshfed_trust::{SvidVerifier, TrustBundle, TrustDomain, Usage};
 use rustls_pki_types::CertificateDer;
 

@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 
 use meshfed_runtime::Readiness;
 
+use meshfed_ca::ClusterCa;
+
 use crate::{
-    Authenticator, BootstrapTokens, ClusterCa, IdentityService, IdentityServiceConfig,
-    TokenReviewer,
+    Authenticator, BootstrapTokens, IdentityService, IdentityServiceConfig, TokenReviewer,
 };
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

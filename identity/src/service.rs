@@ -28,7 +28,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, Authenticator};
-use crate::ca::ClusterCa;
+use meshfed_ca::ClusterCa;
 use meshfed_runtime::tls_incoming;
 use meshfed_trust::{Credentials, CredentialsWatch, SpiffeId, bootstrap_server_config};
 
@@ -54,7 +54,7 @@ pub struct IdentityServiceConfig {
 impl Default for IdentityServiceConfig {
     fn default() -> Self {
         Self {
-            leaf_ttl: crate::ca::DEFAULT_LEAF_TTL,
+            leaf_ttl: meshfed_ca::DEFAULT_LEAF_TTL,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -402,7 +402,7 @@ async fn message_len(mut body: Body) -> Result<(Body, Option<usize>), Status> {
 pub enum SelfCredentialsError {
     /// The CA could not issue it.
     #[error(transparent)]
-    Issue(#[from] crate::ca::CaError),
+    Issue(#[from] meshfed_ca::CaError),
     /// What it issued is not a usable credential.
     #[error(transparent)]
     Credentials(#[from] meshfed_trust::CredentialsError),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
-use meshfed_identity::{KeyAlgorithm, RootCa};
+use meshfed_ca::{KeyAlgorithm, RootCa};
 use meshfed_injector::{KEY_ROOTS, NamespacePolicies, TRUST_CONFIG, follow_namespaces};
 use meshfed_trust::{Credentials, SpiffeId, TrustBundle, TrustDomain, certs_to_pem};
 use serde_json::{Value, json};

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use meshfed_identity::{KeyAlgorithm, RootCa};
+use meshfed_ca::{KeyAlgorithm, RootCa};
 use meshfed_injector::{
     MAX_REVIEW_BYTES, Metrics, NamespacePolicies, PodInjector, SidecarTemplate, WebhookConfig,
 };

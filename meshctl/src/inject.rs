@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use meshfed_identity::ClusterCa;
+use meshfed_ca::ClusterCa;
 use meshfed_injector::{SidecarTemplate, add_sidecar, parse_policy};
 use meshfed_runtime::port;
 use meshfed_trust::paths;

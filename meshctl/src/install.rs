@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use meshfed_identity::ClusterCa;
+use meshfed_ca::ClusterCa;
 use meshfed_runtime::port;
 use meshfed_trust::{TrustDomain, paths};
 use serde_json::Value;

@@ -175,20 +175,27 @@ fn no_file_reaches_into_another_with_path_attributes() {
 
 /// The data plane (gateway, sidecar) links no Kubernetes client: what it
 /// needs of the contracts is in `meshfed-api` and `meshfed-trust`, which
-/// depend on neither `kube` nor `k8s-openapi`. Their tests may (they run a
-/// real controller), so only normal and build edges count.
+/// depend on neither `kube` nor `k8s-openapi`. For the two proxies and the
+/// CA their tests use that holds of every edge, dev-dependencies too (the
+/// tests that run them with a real controller are `meshfed-e2e`'s); the
+/// libraries they link are checked for what they link (their own tests
+/// use the testkit, which runs a real controller).
 #[test]
 fn the_data_plane_links_no_kubernetes_client() {
-    for package in [
-        "meshfed-sidecar",
-        "meshfed-gateway",
-        "meshfed-runtime",
-        "meshfed-trust",
+    let every_edge: &[&str] = &[];
+    let linked: &[&str] = &["-e", "normal,build"];
+    for (package, edges) in [
+        ("meshfed-sidecar", every_edge),
+        ("meshfed-gateway", every_edge),
+        ("meshfed-ca", every_edge),
+        ("meshfed-runtime", linked),
+        ("meshfed-trust", linked),
     ] {
         let out = Command::new(env!("CARGO"))
             .current_dir(workspace())
             .args(["tree", "--locked", "--offline", "-p", package])
-            .args(["-e", "normal,build", "--prefix", "none", "--format", "{p}"])
+            .args(edges)
+            .args(["--prefix", "none", "--format", "{p}"])
             .output()
             .expect("run cargo tree");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -210,7 +217,8 @@ fn the_data_plane_links_no_kubernetes_client() {
             .collect();
         assert!(
             kube.is_empty(),
-            "{package} links a Kubernetes client: {kube:?}"
+            "`cargo tree -p {package} {}` reaches a Kubernetes client: {kube:?}",
+            edges.join(" ")
         );
     }
 }

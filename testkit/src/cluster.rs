@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshfed_ca::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_controller::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store};
-use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_resources::objects;
 use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain};
 use prometheus_client::registry::Registry;

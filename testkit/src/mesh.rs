@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meshfed_ca::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_controller::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store};
-use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_resources::objects;
 use meshfed_trust::{CredentialsWatch, ExpectedIds, SpiffeId, TrustDomain, client_config, paths};
 use prometheus_client::registry::Registry;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
+use meshfed_ca::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_trust::{Credentials, SpiffeId, TrustBundle, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer,

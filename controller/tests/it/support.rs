@@ -9,10 +9,10 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use meshfed_api::discovery::discovery_client::DiscoveryClient;
 use meshfed_api::discovery::{EndpointSet, Locality, WatchRequest};
+use meshfed_ca::ClusterCa;
 use meshfed_controller::{
     ClusterState, Controller, ControllerConfig, FileStore, FileStoreConfig, ObjKey, Store,
 };
-use meshfed_identity::ClusterCa;
 pub use meshfed_testkit::cluster::{
     CONTROLLER, GATEWAY, Gateway, GatewayOf, Mesh, TD, id, serve_controller, write_file, yaml,
 };

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use meshctl::dev::{ClusterTopology, Kind, Topology};
 use meshfed_api::discovery::discovery_client::DiscoveryClient;
 use meshfed_api::discovery::{EndpointSet, Locality, WatchRequest};
-use meshfed_identity::ClusterCa;
+use meshfed_ca::ClusterCa;
 use meshfed_runtime::mtls_channel;
 use meshfed_trust::{ExpectedIds, SpiffeId, TrustDomain, client_config};
 use rustls_pki_types::ServerName;

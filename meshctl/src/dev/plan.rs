@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use meshfed_identity::{KeyAlgorithm, RootCa};
+use meshfed_ca::{KeyAlgorithm, RootCa};
 use meshfed_resources::objects;
 use meshfed_runtime::port;
 use meshfed_trust::TrustDomain;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
+use meshfed_ca::{ClusterCa, KeyAlgorithm, RootCa};
 use rustls_pki_types::CertificateDer;
 
 use super::probe;

@@ -11,7 +11,7 @@ pub use kube::client::Body;
 pub use meshctl::manifest_dir::Change;
 pub use meshctl::{Cluster, GatewayRow, KubeCluster, Outcome, Status};
 pub use meshfed_api::labels;
-pub use meshfed_identity::{KeyAlgorithm, RootCa};
+pub use meshfed_ca::{KeyAlgorithm, RootCa};
 pub use meshfed_trust::TrustDomain;
 pub use serde_json::{Value, json};
 pub use tempfile::TempDir;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshfed_api::discovery::{Endpoint, EndpointSet, Locality, Policy, PriorityGroup};
-use meshfed_identity::{ClusterCa, KeyAlgorithm, RootCa};
+use meshfed_ca::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;

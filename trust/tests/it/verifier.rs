@@ -249,9 +249,9 @@ fn rejects_wrong_key_usage() {
 #[test]
 fn accepts_both_roots_during_root_rotation() {
     let old = Pki::new(TD);
-    let new_root = meshfed_identity::RootCa::generate(
+    let new_root = meshfed_ca::RootCa::generate(
         &td(),
-        meshfed_identity::KeyAlgorithm::EcdsaP256,
+        meshfed_ca::KeyAlgorithm::EcdsaP256,
         Duration::from_secs(86400 * 365),
     )
     .expect("root");

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshfed_identity::ClusterCa;
+use meshfed_ca::ClusterCa;
 use meshfed_trust::paths;
 use tokio::net::TcpStream;
 

@@ -1,6 +1,10 @@
-//! The CA hierarchy: an offline root per federation, one intermediate per
-//! cluster signed by the root (path length 0), and short-lived workload
+//! Meshfed's CA hierarchy: an offline root per federation, one intermediate
+//! per cluster signed by the root (path length 0), and short-lived workload
 //! leaves (X.509-SVIDs) signed by the intermediate.
+//!
+//! The identity service signs with a cluster CA, `meshctl trust` makes and
+//! rotates roots, and tests issue their certificates with it. It links no
+//! Kubernetes client, so the data plane's own tests can use it too.
 //!
 //! On disk a root directory holds `root.crt` + `root.key`; a cluster CA
 //! directory holds `intermediate.crt` + `intermediate.key` and the cluster's

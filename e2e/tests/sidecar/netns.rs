@@ -38,11 +38,19 @@ impl Netns {
         all
     }
 
-    /// Runs `meshfed-sidecar init-iptables ARGS` here; `chain` as installed.
+    /// Runs `meshfed-sidecar init-iptables ARGS` here — the command's own
+    /// code, in this process, on a thread inside the namespace (the
+    /// `iptables` it runs inherit that) — and lists `chain` as installed.
     pub fn init_iptables(&self, args: &[&str], chain: &str) -> String {
-        let mut all = vec![env!("CARGO_BIN_EXE_meshfed-sidecar"), "init-iptables"];
-        all.extend(args);
-        self.exec(&all);
+        let argv: Vec<String> = ["meshfed-sidecar", "init-iptables"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
+        self.on_thread(move || meshfed_sidecar::binary_main(argv))
+            .join()
+            .expect("init-iptables thread")
+            .unwrap_or_else(|e| panic!("init-iptables {args:?}: {e:#}"));
         let listed = self.exec(&["iptables", "-t", "nat", "-S", chain]);
         String::from_utf8_lossy(&listed.stdout).into_owned()
     }
@@ -65,6 +73,23 @@ impl Netns {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()>,
     {
+        self.on_thread(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(work());
+        })
+    }
+
+    /// Runs `work` on a thread inside the namespace (namespaces are a
+    /// thread's: the rest of the test stays outside).
+    fn on_thread<F, T>(&self, work: F) -> std::thread::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let path = format!("/var/run/netns/{}", self.0);
         std::thread::spawn(move || {
             let fd = std::fs::File::open(&path).expect("open netns");
@@ -73,12 +98,7 @@ impl Netns {
                 Some(rustix::thread::LinkNameSpaceType::Network),
             )
             .expect("enter netns");
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(work());
+            work()
         })
     }
 }

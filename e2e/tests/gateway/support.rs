@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use meshfed_ca::ClusterCa;
 use meshfed_gateway::{Gateway, GatewayConfig, Metrics, RoutesSource, bind_shared, follow_routes};
-use meshfed_identity::ClusterCa;
 use meshfed_runtime::Readiness;
 pub use meshfed_testkit::cluster::*;
 use meshfed_trust::{CredentialsWatch, ExpectedIds, client_config, peer_id, server_config};

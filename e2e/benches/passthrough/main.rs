@@ -7,7 +7,9 @@
 //! connections. Workloads alternate between paths in short rounds so load
 //! from elsewhere on the machine spreads evenly over them.
 //!
-//! `cargo bench -p meshfed-gateway --bench passthrough [-- --quick]`
+//! `cargo build --release -p meshfed-gateway`, then
+//! `cargo bench -p meshfed-e2e --bench passthrough [-- --quick]`
+//! (`MESHFED_BENCH_BINS=<dir>`: the gateway runs from `dir`)
 //!
 //! The backend runs as this binary re-executed with `--serve-backend DIR`;
 //! the gateway and HAProxy are child processes (so their RSS and CPU are
@@ -96,6 +98,7 @@ struct Bench {
 
 /// PKI, backend, controller, gateway and (when installed) HAProxy.
 async fn start(plan: &Plan) -> anyhow::Result<Bench> {
+    let gateway_bin = meshfed_e2e::binaries::gateway()?;
     let dir = tempfile::tempdir().context("tempdir")?;
     let pki = Pki::new()?;
     Pki::write_dir(&pki.east, mesh::BACKEND, &dir.path().join("backend"))?;
@@ -110,6 +113,7 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
     let discovery =
         mesh::Discovery::start(&pki, &dir.path().join("manifests"), upstream(1)).await?;
     let (gateway, gw) = proxies::spawn_gateway(
+        &gateway_bin,
         &dir.path().join("gateway"),
         discovery.addr,
         &dir.path().join("gateway.log"),

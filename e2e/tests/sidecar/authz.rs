@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfed_identity::{KeyAlgorithm, RootCa};
+use meshfed_ca::{KeyAlgorithm, RootCa};
 use meshfed_sidecar::{Allow, Inbound, Locality, Plaintext, PortPolicy, SidecarConfig};
 use meshfed_trust::{ExpectedIds, TrustDomain};
 use rustls_pki_types::ServerName;

@@ -5,15 +5,15 @@
 //! sidecar in `east` → app, and the same to a Service whose HTTPRoute splits
 //! it 50/50 between two backends that both take that path; (d) the peer: the same pair shape built from
 //! nginx (TLS 1.3, client certificates verified, keep-alive pools; see
-//! `proxy/nginx.rs`), when nginx is installed — measuring open-loop latency
+//! `nginx.rs`), when nginx is installed — measuring open-loop latency
 //! at 2,000 req/s (from each request's scheduled send time), closed-loop
 //! throughput, the proxies' CPU and context switches per request, and their
 //! RSS idle and at a steady 1,000 req/s. Workloads alternate between paths
 //! in short rounds so load from elsewhere on the machine spreads evenly
 //! over them.
 //!
-//! `cargo build --release -p meshfed-gateway`, then
-//! `cargo bench -p meshfed-sidecar --bench proxy [-- --quick]`
+//! `cargo build --release -p meshfed-sidecar -p meshfed-gateway`, then
+//! `cargo bench -p meshfed-e2e --bench proxy [-- --quick]`
 //! (`MESHFED_BENCH_BINS=<dir>`: the sidecars and the gateway run from
 //! `dir`, such as the profile-guided build `deploy/pgo-build` makes)
 //!

@@ -19,6 +19,7 @@ pub struct GatewayAddrs {
 
 /// Starts `meshfed-gateway` and waits until `/ready` answers 200.
 pub async fn spawn_gateway(
+    exe: &Path,
     creds: &Path,
     discovery: SocketAddr,
     log: &Path,
@@ -27,7 +28,7 @@ pub async fn spawn_gateway(
         listen: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
     };
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshfed-gateway"));
+    let mut cmd = Command::new(exe);
     cmd.args(["--cluster", "east", "--name", "bench"])
         .arg("--listen")
         .arg(addrs.listen.to_string())

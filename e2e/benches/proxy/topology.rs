@@ -11,11 +11,11 @@
 //! east's api), both served through east's gateway.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::procs::{Proc, free_port};
 use meshfed_testkit::cluster::{self, Cluster};
@@ -58,7 +58,8 @@ pub struct Topology {
 
 impl Topology {
     pub async fn start() -> anyhow::Result<Self> {
-        let bins = Bins::find()?;
+        let sidecar_bin = meshfed_e2e::binaries::sidecar()?;
+        let gateway_bin = meshfed_e2e::binaries::gateway()?;
         let dir = tempfile::tempdir().context("tempdir")?;
         let d = dir.path();
         let mesh = cluster::Mesh::new();
@@ -73,13 +74,13 @@ impl Topology {
         let (direct, behind) = (ports[0], ports[1]);
 
         let inbound = loopback(free_port()?);
-        let server = Sidecar::new(&bins.sidecar, "server sidecar", &east, &d.join("server"))
+        let server = Sidecar::new(&sidecar_bin, "server sidecar", &east, &d.join("server"))
             .role("east server (both paths)")
             .args(["--inbound", &format!("{inbound}={}", loopback(behind))])
             .spawn(d)
             .await?;
         east.write("api.yaml", &cluster::api_manifest(true, &[(inbound, ZONE)]));
-        let gateway = spawn_gateway(&bins.gateway, &east, &d.join("gateway"), d).await?;
+        let gateway = spawn_gateway(&gateway_bin, &east, &d.join("gateway"), d).await?;
         west.write("api.yaml", &cluster::api_manifest(false, &[]));
         west.write("api-split.yaml", SPLIT);
         let gw_listen = gateway.listen;
@@ -88,7 +89,7 @@ impl Topology {
         let upstream = |port: u16| format!("api.shop:80={}", loopback(port));
         let (same, cross, routed) = (free_port()?, free_port()?, free_port()?);
         let client_east = Sidecar::new(
-            &bins.sidecar,
+            &sidecar_bin,
             "client sidecar east",
             &east,
             &d.join("client-east"),
@@ -98,7 +99,7 @@ impl Topology {
         .spawn(d)
         .await?;
         let client_west = Sidecar::new(
-            &bins.sidecar,
+            &sidecar_bin,
             "client sidecar west",
             &west,
             &d.join("client-west"),
@@ -136,7 +137,7 @@ impl Topology {
     }
 
     /// East's cluster CA (the server side's).
-    pub fn east_ca(&self) -> &meshfed_identity::ClusterCa {
+    pub fn east_ca(&self) -> &meshfed_ca::ClusterCa {
         &self.east.ca
     }
 
@@ -310,97 +311,4 @@ async fn spawn_gateway(
         },
         listen,
     })
-}
-
-/// The binaries the proxies run.
-struct Bins {
-    sidecar: PathBuf,
-    gateway: PathBuf,
-}
-
-impl Bins {
-    /// `MESHFED_BENCH_BINS=<dir>`: both from `dir` (a profile-guided build,
-    /// `deploy/pgo-build`), an absolute path: `cargo bench` runs the bench
-    /// in `sidecar/`, so a relative one would not mean what it says.
-    /// Otherwise the sidecar `cargo bench` built and `meshfed-gateway` next
-    /// to this bench in the target directory's profile folder (`cargo
-    /// bench` builds only this package's binaries, and a nested `cargo
-    /// build` would wait forever on the lock `cargo bench` holds). Either
-    /// way not older than the sources they are built from.
-    fn find() -> anyhow::Result<Self> {
-        if let Some(dir) = std::env::var_os("MESHFED_BENCH_BINS").filter(|d| !d.is_empty()) {
-            let dir = PathBuf::from(dir);
-            if dir.is_relative() {
-                bail!(
-                    "MESHFED_BENCH_BINS={} is relative: give an absolute path, \
-                     such as $PWD/target/pgo/bin (cargo bench runs the bench in sidecar/)",
-                    dir.display()
-                );
-            }
-            let build = "deploy/pgo-build";
-            return Ok(Self {
-                sidecar: built(&dir.join("meshfed-sidecar"), "sidecar/src", build)?,
-                gateway: built(&dir.join("meshfed-gateway"), "gateway/src", build)?,
-            });
-        }
-        let exe = std::env::current_exe().context("current exe")?;
-        // target/release/deps/proxy-HASH → target/release/meshfed-gateway
-        let gateway = exe
-            .parent()
-            .and_then(Path::parent)
-            .context("bench executable outside a target directory")?
-            .join("meshfed-gateway");
-        Ok(Self {
-            sidecar: env!("CARGO_BIN_EXE_meshfed-sidecar").into(),
-            gateway: built(
-                &gateway,
-                "gateway/src",
-                "cargo build --release -p meshfed-gateway",
-            )?,
-        })
-    }
-}
-
-/// `bin`, if it is there and not older than its crate's sources `own` or
-/// those of the crates it shares (what cargo would rebuild it for); else an
-/// error saying to run `build`.
-fn built(bin: &Path, own: &str, build: &str) -> anyhow::Result<PathBuf> {
-    let made = std::fs::metadata(bin)
-        .and_then(|m| m.modified())
-        .with_context(|| format!("{} not found: run `{build}` first", bin.display()))?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sources = [
-        own,
-        "api/src",
-        "api/proto",
-        "api/build.rs",
-        "trust/src",
-        "runtime/src",
-    ];
-    let newest = sources
-        .iter()
-        .filter_map(|s| newest_mtime(&root.join(s)))
-        .max();
-    if newest.is_some_and(|t| t > made) {
-        bail!(
-            "{} is older than its sources: run `{build}` first",
-            bin.display()
-        );
-    }
-    Ok(bin.to_path_buf())
-}
-
-/// The latest modification time of `path` or anything below it.
-fn newest_mtime(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    let own = meta.modified().ok();
-    if !meta.is_dir() {
-        return own;
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| newest_mtime(&e.path()))
-        .chain(own)
-        .max()
 }
