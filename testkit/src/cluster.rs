@@ -11,8 +11,9 @@ use std::time::Duration;
 use meshfed_ca::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_controller::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store};
 use meshfed_resources::objects;
-use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain};
+use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain, paths};
 use prometheus_client::registry::Registry;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -66,6 +67,23 @@ pub fn creds(ca: &ClusterCa, path: &str) -> CredentialsWatch {
         .issue_workload(&id(path), Duration::from_secs(3600))
         .expect("issue");
     w.into_credentials().expect("credentials").into_watch().1
+}
+
+/// A credentials directory for `path` issued by `ca`, laid out as `meshctl
+/// trust issue-workload` writes it (what a component's `--credentials-dir`
+/// reads), for a component run as a child process.
+pub fn write_credentials(ca: &ClusterCa, path: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("credentials dir");
+    let w = ca
+        .issue_workload(&id(path), Duration::from_secs(24 * 3600))
+        .expect("issue");
+    let write_certs = |file: &str, certs: &[CertificateDer<'static>]| {
+        meshfed_trust::write_certs(&dir.join(file), certs, true).expect("write certificates");
+    };
+    write_certs(paths::LEAF_CERT, &w.chain[..1]);
+    write_certs(paths::INTERMEDIATE_CERT, &w.chain[1..]);
+    write_certs(paths::ROOT_CERT, w.bundle.roots());
+    meshfed_trust::write_key(&dir.join(paths::LEAF_KEY), &w.key_pkcs8, true).expect("write key");
 }
 
 pub fn yaml<T: serde::Serialize>(obj: &T) -> String {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -40,7 +41,8 @@ impl Caller {
             .await
             .with_context(|| format!("connect {}", self.addr))?;
         tcp.set_nodelay(true)?;
-        let name = crate::mesh::server_name()?;
+        let name = ServerName::try_from(meshfed_api::sni::service("api", "shop", 443))
+            .context("server name")?;
         let tls = self
             .tls
             .connect(name, tcp)

@@ -24,10 +24,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshfed_testkit::{load, mesh, procs};
+use meshfed_testkit::cluster::{self, Cluster, Mesh};
+use meshfed_testkit::{load, procs};
+use rustls::client::Resumption;
+use tokio_rustls::TlsConnector;
 
 use crate::load::Caller;
-use crate::mesh::Pki;
 use crate::procs::Proc;
 use crate::report::{Mem, PathResults, Report};
 
@@ -92,17 +94,31 @@ struct Bench {
     paths: Vec<Way>,
     gateway_admin: SocketAddr,
     backend: Proc,
-    _discovery: mesh::Discovery,
+    _east: Cluster,
     _dir: tempfile::TempDir,
 }
 
-/// PKI, backend, controller, gateway and (when installed) HAProxy.
+/// The caller's TLS: mTLS as `west`'s frontend, expecting the backend's
+/// identity whatever is in between. Resumption is off so every connection
+/// pays a full handshake.
+fn caller_tls(mesh: &Mesh) -> TlsConnector {
+    let west = mesh.cluster_ca("west");
+    let expected = meshfed_trust::ExpectedIds::one(cluster::id(cluster::API));
+    let mut config =
+        meshfed_trust::client_config(cluster::creds(&west, cluster::FRONTEND), expected);
+    config.resumption = Resumption::disabled();
+    TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// The mesh (east's controller on a file store exporting `shop/api` port
+/// 443, a caller in west), backend, gateway and (when installed) HAProxy.
 async fn start(plan: &Plan) -> anyhow::Result<Bench> {
     let gateway_bin = meshfed_e2e::binaries::gateway()?;
     let dir = tempfile::tempdir().context("tempdir")?;
-    let pki = Pki::new()?;
-    Pki::write_dir(&pki.east, mesh::BACKEND, &dir.path().join("backend"))?;
-    Pki::write_dir(&pki.east, mesh::GATEWAY, &dir.path().join("gateway"))?;
+    let mesh = Mesh::new();
+    let east = Cluster::start(&mesh, "east").await;
+    cluster::write_credentials(&east.ca, cluster::API, &dir.path().join("backend"));
+    cluster::write_credentials(&east.ca, cluster::GATEWAY, &dir.path().join("gateway"));
     let backend_dir = dir.path().join("backend");
     let (backend, ports) = Proc::spawn_self(
         "backend",
@@ -110,16 +126,17 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
         backend::PATHS,
     )?;
     let upstream = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
-    let discovery =
-        mesh::Discovery::start(&pki, &dir.path().join("manifests"), upstream(1)).await?;
+    let endpoint = (upstream(1), "a", true);
+    let api = cluster::service_manifest("api", ("tls", 443), true, &[endpoint]);
+    east.write("api.yaml", &api);
     let (gateway, gw) = proxies::spawn_gateway(
         &gateway_bin,
         &dir.path().join("gateway"),
-        discovery.addr,
+        east.discovery,
         &dir.path().join("gateway.log"),
     )
     .await?;
-    let tls = pki.client()?;
+    let tls = caller_tls(&mesh);
     let caller = |addr| Caller {
         addr,
         tls: tls.clone(),
@@ -158,7 +175,7 @@ async fn start(plan: &Plan) -> anyhow::Result<Bench> {
         paths,
         gateway_admin: gw.admin,
         backend,
-        _discovery: discovery,
+        _east: east,
         _dir: dir,
     })
 }
@@ -169,7 +186,7 @@ async fn run(plan: Plan) -> anyhow::Result<()> {
     println!("{plan:?}");
     let mut bench = start(&plan).await?;
     let paths = &mut bench.paths;
-    let client = mesh::id(mesh::CLIENT)?.to_string();
+    let client = cluster::id(cluster::FRONTEND).to_string();
     for p in paths.iter() {
         let who = retry(|| p.caller.whoami()).await?;
         if who != client {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use meshfed_testkit::cluster;
 use meshfed_testkit::load::Rounds;
-use meshfed_testkit::{mesh, procs};
+use meshfed_testkit::procs;
 
 use crate::cost::Used;
 use crate::load::{Conn, Samples};

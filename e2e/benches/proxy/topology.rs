@@ -65,10 +65,10 @@ impl Topology {
         let mesh = cluster::Mesh::new();
         let east = Cluster::start(&mesh, "east").await;
         let west = Cluster::start(&mesh, "west").await;
-        crate::mesh::Pki::write_dir(&east.ca, cluster::API, &d.join("server"))?;
-        crate::mesh::Pki::write_dir(&east.ca, cluster::FRONTEND, &d.join("client-east"))?;
-        crate::mesh::Pki::write_dir(&west.ca, cluster::FRONTEND, &d.join("client-west"))?;
-        crate::mesh::Pki::write_dir(&east.ca, cluster::GATEWAY, &d.join("gateway"))?;
+        cluster::write_credentials(&east.ca, cluster::API, &d.join("server"));
+        cluster::write_credentials(&east.ca, cluster::FRONTEND, &d.join("client-east"));
+        cluster::write_credentials(&west.ca, cluster::FRONTEND, &d.join("client-west"));
+        cluster::write_credentials(&east.ca, cluster::GATEWAY, &d.join("gateway"));
 
         let (app_proc, ports) = Proc::spawn_self("app", &[crate::app::FLAG.as_ref()], 2)?;
         let (direct, behind) = (ports[0], ports[1]);
