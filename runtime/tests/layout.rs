@@ -217,8 +217,10 @@ fn the_data_plane_links_no_kubernetes_client() {
             .collect();
         assert!(
             kube.is_empty(),
-            "`cargo tree -p {package} {}` reaches a Kubernetes client: {kube:?}",
-            edges.join(" ")
+            "`{}` reaches a Kubernetes client: {kube:?}",
+            [&["cargo", "tree", "-p", package], edges]
+                .concat()
+                .join(" ")
         );
     }
 }
