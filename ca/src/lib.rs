@@ -137,6 +137,33 @@ impl IssuedWorkload {
             self.bundle,
         )
     }
+
+    /// Writes an offline workload directory: `leaf.crt`, `leaf.key` (0600),
+    /// `intermediate.crt` and the bundle `root.crt` — what a component's
+    /// `--credentials-dir` reads.
+    pub fn save(&self, dir: &Path, force: bool) -> Result<(), CaError> {
+        let [leaf, key, intermediate, bundle] = [
+            paths::LEAF_CERT,
+            paths::LEAF_KEY,
+            paths::INTERMEDIATE_CERT,
+            paths::ROOT_CERT,
+        ]
+        .map(|f| dir.join(f));
+        meshfed_trust::check_writable(
+            &[
+                leaf.clone(),
+                key.clone(),
+                intermediate.clone(),
+                bundle.clone(),
+            ],
+            force,
+        )?;
+        meshfed_trust::write_key(&key, &self.key_pkcs8, force)?;
+        meshfed_trust::write_certs(&leaf, &self.chain[..1], force)?;
+        meshfed_trust::write_certs(&intermediate, &self.chain[1..], force)?;
+        meshfed_trust::write_certs(&bundle, self.bundle.roots(), force)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]

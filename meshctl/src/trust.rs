@@ -187,23 +187,8 @@ fn issue_workload(a: IssueWorkloadArgs) -> anyhow::Result<()> {
     let id = SpiffeId::parse(&a.spiffe_id).context("--spiffe-id")?;
     let ca = ClusterCa::load(&a.ca).context("loading --ca")?;
     let out = &a.out;
-    let targets = [
-        paths::LEAF_CERT,
-        paths::LEAF_KEY,
-        paths::INTERMEDIATE_CERT,
-        paths::ROOT_CERT,
-    ]
-    .map(|f| out.join(f));
-    meshfed_trust::check_writable(&targets, a.force)?;
     let issued = ca.issue_workload(&id, a.ttl)?;
-    meshfed_trust::write_key(&out.join(paths::LEAF_KEY), &issued.key_pkcs8, a.force)?;
-    meshfed_trust::write_certs(&out.join(paths::LEAF_CERT), &issued.chain[..1], a.force)?;
-    meshfed_trust::write_certs(
-        &out.join(paths::INTERMEDIATE_CERT),
-        &issued.chain[1..],
-        a.force,
-    )?;
-    meshfed_trust::write_certs(&out.join(paths::ROOT_CERT), issued.bundle.roots(), a.force)?;
+    issued.save(out, a.force)?;
     let info = CertInfo::parse(&issued.chain[0])?;
     println!("workload certificate for {id} written to {}", out.display());
     println!(

@@ -11,9 +11,8 @@ use std::time::Duration;
 use meshfed_ca::{ClusterCa, KeyAlgorithm, RootCa};
 use meshfed_controller::{Controller, ControllerConfig, FileStore, FileStoreConfig, Store};
 use meshfed_resources::objects;
-use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain, paths};
+use meshfed_trust::{CredentialsWatch, SpiffeId, TrustDomain};
 use prometheus_client::registry::Registry;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -73,17 +72,10 @@ pub fn creds(ca: &ClusterCa, path: &str) -> CredentialsWatch {
 /// trust issue-workload` writes it (what a component's `--credentials-dir`
 /// reads), for a component run as a child process.
 pub fn write_credentials(ca: &ClusterCa, path: &str, dir: &Path) {
-    std::fs::create_dir_all(dir).expect("credentials dir");
-    let w = ca
-        .issue_workload(&id(path), Duration::from_secs(24 * 3600))
-        .expect("issue");
-    let write_certs = |file: &str, certs: &[CertificateDer<'static>]| {
-        meshfed_trust::write_certs(&dir.join(file), certs, true).expect("write certificates");
-    };
-    write_certs(paths::LEAF_CERT, &w.chain[..1]);
-    write_certs(paths::INTERMEDIATE_CERT, &w.chain[1..]);
-    write_certs(paths::ROOT_CERT, w.bundle.roots());
-    meshfed_trust::write_key(&dir.join(paths::LEAF_KEY), &w.key_pkcs8, true).expect("write key");
+    ca.issue_workload(&id(path), Duration::from_secs(24 * 3600))
+        .expect("issue")
+        .save(dir, true)
+        .expect("write credentials");
 }
 
 pub fn yaml<T: serde::Serialize>(obj: &T) -> String {

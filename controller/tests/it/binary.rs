@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshfed_resources::objects;
-use meshfed_trust::paths;
 
 use crate::support::*;
 
@@ -35,20 +34,8 @@ fn controller_binary_runs_from_flags_and_stops_on_sigterm() {
     let mesh = Mesh::new();
     let ca = mesh.cluster_ca("east");
     let creds_dir = tempfile::tempdir().expect("tempdir");
-    let w = ca
-        .issue_workload(&id(CONTROLLER), Duration::from_secs(3600))
-        .expect("issue");
     let d = creds_dir.path();
-    meshfed_trust::write_certs(&d.join(paths::LEAF_CERT), &w.chain[..1], false).expect("leaf");
-    meshfed_trust::write_certs(&d.join(paths::INTERMEDIATE_CERT), &w.chain[1..], false)
-        .expect("inter");
-    meshfed_trust::write_key(&d.join(paths::LEAF_KEY), &w.key_pkcs8, false).expect("key");
-    meshfed_trust::write_certs(
-        &d.join(paths::ROOT_CERT),
-        &[mesh.root.cert().clone()],
-        false,
-    )
-    .expect("root");
+    write_credentials(&ca, CONTROLLER, d);
     let store = tempfile::tempdir().expect("tempdir");
     let svc = objects::service("shop", "api", &[("http", 80)], true);
     write_file(&store.path().join("api.yaml"), &yaml(&svc));

@@ -14,7 +14,8 @@ use meshfed_controller::{
     ClusterState, Controller, ControllerConfig, FileStore, FileStoreConfig, ObjKey, Store,
 };
 pub use meshfed_testkit::cluster::{
-    CONTROLLER, GATEWAY, Gateway, GatewayOf, Mesh, TD, id, serve_controller, write_file, yaml,
+    CONTROLLER, GATEWAY, Gateway, GatewayOf, Mesh, TD, id, serve_controller, write_credentials,
+    write_file, yaml,
 };
 use meshfed_trust::{
     Credentials, CredentialsWatch, ExpectedIds, SpiffeId, TrustBundle, TrustDomain, client_config,
